@@ -1,0 +1,17 @@
+//! Types shared by every Tollgate service: money, ids, the model catalog,
+//! the usage-event schema and the event-log interface.
+
+pub mod catalog;
+pub mod event;
+pub mod eventlog;
+pub mod ids;
+pub mod money;
+pub mod secrets;
+pub mod tokens;
+
+pub use catalog::{ApiSurface, Catalog, CatalogError, ModelSpec, Prices, ProviderSpec};
+pub use event::{CredentialSource, Envelope, EventBody, UsageEvent, ENVELOPE_VERSION};
+pub use eventlog::{EventLog, EventLogError, LogRecord, StoredRecord};
+pub use ids::{AccessKeyId, AccountId, EventId, ProviderKeyId};
+pub use money::Usd;
+pub use tokens::TokenCounts;

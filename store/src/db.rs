@@ -1,0 +1,113 @@
+use crate::error::StoreError;
+use rusqlite::Connection;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// How hard a commit presses data to disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// WAL + synchronous=NORMAL: a committed record survives a process crash
+    /// (SIGKILL); an OS crash or power loss may lose the last commits.
+    #[default]
+    Normal,
+    /// synchronous=FULL: each commit is fsynced; survives power loss.
+    Full,
+}
+
+/// Numbered schema migrations, applied in order once each.
+const MIGRATIONS: &[&str] = &[
+    // 1: the event log and the access-key tables.
+    "CREATE TABLE log_records (
+        log_offset INTEGER PRIMARY KEY AUTOINCREMENT,
+        topic TEXT NOT NULL,
+        record_key TEXT NOT NULL,
+        timestamp_ms INTEGER NOT NULL,
+        payload BLOB NOT NULL
+     );
+     CREATE INDEX log_records_topic ON log_records (topic, log_offset);
+     CREATE TABLE accounts (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        created_at TEXT NOT NULL
+     );
+     CREATE TABLE access_keys (
+        id TEXT PRIMARY KEY,
+        account_id TEXT NOT NULL REFERENCES accounts(id),
+        name TEXT NOT NULL,
+        token_prefix TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL,
+        revoked_at TEXT
+     );",
+];
+
+/// A handle on the database file; cheap to clone, opens connections on demand.
+#[derive(Clone, Debug)]
+pub struct Database {
+    path: PathBuf,
+    durability: Durability,
+}
+
+impl Database {
+    /// Open (creating if needed) the file and apply pending migrations.
+    pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<Database, StoreError> {
+        let db = Database {
+            path: path.as_ref().to_path_buf(),
+            durability,
+        };
+        if let Some(parent) = db.path.parent() {
+            if !parent.as_os_str().is_empty() {
+                let _ = std::fs::create_dir_all(parent);
+            }
+        }
+        let mut conn = db.connect()?;
+        migrate(&mut conn)?;
+        Ok(db)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A new connection with Tollgate's pragmas.
+    pub fn connect(&self) -> Result<Connection, StoreError> {
+        let conn = Connection::open(&self.path).map_err(|source| StoreError::Open {
+            path: self.path.clone(),
+            source,
+        })?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let sync = match self.durability {
+            Durability::Normal => "NORMAL",
+            Durability::Full => "FULL",
+        };
+        conn.pragma_update(None, "synchronous", sync)?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        Ok(conn)
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)",
+    )?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let applied: i64 = tx.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+        [],
+        |row| row.get(0),
+    )?;
+    for (index, sql) in MIGRATIONS.iter().enumerate() {
+        let version = index as i64 + 1;
+        if version > applied {
+            tx.execute_batch(sql)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+                rusqlite::params![version, chrono::Utc::now().to_rfc3339()],
+            )?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}

@@ -1,0 +1,207 @@
+//! The embedded event log: an append-only SQLite table written by one
+//! background thread with group commit.
+//!
+//! `append` only enqueues; the writer thread takes everything queued at that
+//! moment (up to `max_batch`) and commits it in one transaction. So the window
+//! a SIGKILL can lose is the records still queued or in the commit under way
+//! (typically well under a few milliseconds), and a slow disk makes batches
+//! larger rather than requests slower.
+
+use crate::db::Database;
+use crate::error::StoreError;
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use rusqlite::Connection;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tollgate_core::{EventLog, EventLogError, LogRecord, StoredRecord};
+
+#[derive(Clone, Copy, Debug)]
+pub struct SqliteEventLogOptions {
+    /// Bound on queued, not-yet-committed records; appends wait when full.
+    pub queue_capacity: usize,
+    /// Most records committed in one transaction.
+    pub max_batch: usize,
+}
+
+impl Default for SqliteEventLogOptions {
+    fn default() -> Self {
+        SqliteEventLogOptions {
+            queue_capacity: 65_536,
+            max_batch: 8_192,
+        }
+    }
+}
+
+enum WriterMsg {
+    Append(LogRecord, i64),
+    Flush(oneshot::Sender<()>),
+}
+
+pub struct SqliteEventLog {
+    tx: mpsc::Sender<WriterMsg>,
+    reader: Arc<Mutex<Connection>>,
+    writable: Arc<AtomicBool>,
+}
+
+impl SqliteEventLog {
+    pub fn open(db: &Database, options: SqliteEventLogOptions) -> Result<SqliteEventLog, StoreError> {
+        let writer_conn = db.connect()?;
+        let reader = Arc::new(Mutex::new(db.connect()?));
+        let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
+        let writable = Arc::new(AtomicBool::new(true));
+        let writer_flag = writable.clone();
+        std::thread::Builder::new()
+            .name("tollgate-eventlog-writer".into())
+            .spawn(move || writer_loop(writer_conn, rx, options.max_batch.max(1), writer_flag))
+            .map_err(|e| StoreError::Join(e.to_string()))?;
+        Ok(SqliteEventLog {
+            tx,
+            reader,
+            writable,
+        })
+    }
+
+    /// Records in the log for `topic` (all partitions; the embedded log has one).
+    pub fn count(&self, topic: &str) -> Result<u64, StoreError> {
+        let conn = self.reader.lock();
+        let n: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM log_records WHERE topic = ?1",
+            [topic],
+            |row| row.get(0),
+        )?;
+        Ok(n as u64)
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn writer_loop(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<WriterMsg>,
+    max_batch: usize,
+    writable: Arc<AtomicBool>,
+) {
+    let mut batch = Vec::with_capacity(max_batch);
+    let mut waiters = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                WriterMsg::Append(record, ts) => batch.push((record, ts)),
+                WriterMsg::Flush(done) => waiters.push(done),
+            }
+            if batch.len() < max_batch {
+                next = rx.try_recv().ok();
+            }
+        }
+        // A failed commit (disk full, I/O error) is retried, never dropped:
+        // the bounded queue then pushes back on producers.
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            match commit(&mut conn, &batch) {
+                Ok(()) => {
+                    writable.store(true, Ordering::Relaxed);
+                    break;
+                }
+                Err(err) => {
+                    writable.store(false, Ordering::Relaxed);
+                    tracing::error!(error = %err, records = batch.len(), "event log commit failed; retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+        batch.clear();
+        for done in waiters.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+fn commit(conn: &mut Connection, batch: &[(LogRecord, i64)]) -> Result<(), rusqlite::Error> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO log_records (topic, record_key, timestamp_ms, payload) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for (record, ts) in batch {
+            stmt.execute(rusqlite::params![record.topic, record.key, ts, record.payload])?;
+        }
+    }
+    tx.commit()
+}
+
+#[async_trait]
+impl EventLog for SqliteEventLog {
+    async fn append(&self, record: LogRecord) -> Result<(), EventLogError> {
+        self.tx
+            .send(WriterMsg::Append(record, now_ms()))
+            .await
+            .map_err(|_| EventLogError::Closed)
+    }
+
+    fn try_append(&self, record: LogRecord) -> Result<(), LogRecord> {
+        match self.tx.try_send(WriterMsg::Append(record, now_ms())) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(WriterMsg::Append(r, _)))
+            | Err(mpsc::error::TrySendError::Closed(WriterMsg::Append(r, _))) => Err(r),
+            Err(_) => Ok(()),
+        }
+    }
+
+    async fn flush(&self) -> Result<(), EventLogError> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(WriterMsg::Flush(done))
+            .await
+            .map_err(|_| EventLogError::Closed)?;
+        wait.await.map_err(|_| EventLogError::Closed)
+    }
+
+    async fn read(
+        &self,
+        topic: &str,
+        _partition: u32,
+        from_offset: u64,
+        max: usize,
+    ) -> Result<Vec<StoredRecord>, EventLogError> {
+        let reader = self.reader.clone();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock();
+            let mut stmt = conn.prepare_cached(
+                "SELECT log_offset, record_key, payload, timestamp_ms FROM log_records
+                 WHERE topic = ?1 AND log_offset >= ?2 ORDER BY log_offset LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(
+                rusqlite::params![topic, from_offset as i64, max as i64],
+                |row| {
+                    Ok(StoredRecord {
+                        topic: topic.clone(),
+                        partition: 0,
+                        offset: row.get::<_, i64>(0)? as u64,
+                        key: row.get(1)?,
+                        payload: row.get(2)?,
+                        timestamp_ms: row.get(3)?,
+                    })
+                },
+            )?;
+            rows.collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| EventLogError::Storage(e.to_string()))?
+        .map_err(|e| EventLogError::Storage(e.to_string()))
+    }
+
+    fn is_writable(&self) -> bool {
+        self.writable.load(Ordering::Relaxed) && !self.tx.is_closed()
+    }
+}
