@@ -1,0 +1,231 @@
+//! Gateway configuration sections. Defaults are documented on each field;
+//! `validate` reports every problem at once, naming the field.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use tollgate_core::ApiSurface;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the gateway listens on. Default 127.0.0.1:8080.
+    pub listen: SocketAddr,
+    /// Largest accepted request body in bytes (413 beyond). Default 10 MiB.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 10 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Cap on the time spent across all failover attempts until response
+    /// headers (streams then run as long as the upstream streams). Default 120 s.
+    pub total_timeout_ms: u64,
+    /// Per-attempt wait for upstream response headers before failing over. Default 60 s.
+    pub attempt_timeout_ms: u64,
+    /// TCP connect timeout per attempt. Default 5 s.
+    pub connect_timeout_ms: u64,
+    /// Per-attempt wait for a non-streamed upstream body. Default 300 s.
+    pub read_timeout_ms: u64,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            total_timeout_ms: 120_000,
+            attempt_timeout_ms: 60_000,
+            connect_timeout_ms: 5_000,
+            read_timeout_ms: 300_000,
+        }
+    }
+}
+
+/// Operator settings for a built-in provider.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderSettings {
+    /// Replace the catalog base URL (tests point this at mock upstreams).
+    pub base_url: Option<String>,
+    /// Operator-supplied upstream credentials, tried in order. Only used for
+    /// providers whose catalog entry allows operator credentials.
+    pub api_keys: Vec<String>,
+}
+
+/// An upstream defined by the operator: a self-hosted or private OpenAI- or
+/// Anthropic-compatible API.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomProviderConfig {
+    pub id: String,
+    /// Base URL including the version path, e.g. `http://127.0.0.1:11434/v1`.
+    /// Must be https unless the host is a loopback or private address.
+    pub base_url: String,
+    pub api: ApiSurface,
+    /// Model ids this provider serves; callable as `<id>:<model>` or bare.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Credentials for the upstream, if it needs any; tried in order.
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+}
+
+/// Everything the proxy needs to know from configuration.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    pub server: ServerConfig,
+    pub routing: RoutingConfig,
+    /// Per built-in provider settings, keyed by provider id.
+    pub providers: BTreeMap<String, ProviderSettings>,
+    pub custom_providers: Vec<CustomProviderConfig>,
+}
+
+impl ProxyConfig {
+    /// Every configuration problem, each naming its field.
+    pub fn problems(&self, known_providers: &[&str]) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.server.max_body_bytes == 0 {
+            problems.push("server.max_body_bytes: must be greater than 0".into());
+        }
+        for (field, value) in [
+            ("routing.total_timeout_ms", self.routing.total_timeout_ms),
+            ("routing.attempt_timeout_ms", self.routing.attempt_timeout_ms),
+            ("routing.connect_timeout_ms", self.routing.connect_timeout_ms),
+            ("routing.read_timeout_ms", self.routing.read_timeout_ms),
+        ] {
+            if value == 0 {
+                problems.push(format!("{field}: must be greater than 0"));
+            }
+        }
+        for (id, settings) in &self.providers {
+            if !known_providers.contains(&id.as_str()) {
+                problems.push(format!(
+                    "providers.{id}: no built-in provider has this id (custom providers go in [[custom_providers]])"
+                ));
+            }
+            if let Some(url) = &settings.base_url {
+                if let Err(why) = check_upstream_url(url) {
+                    problems.push(format!("providers.{id}.base_url: {why}"));
+                }
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, custom) in self.custom_providers.iter().enumerate() {
+            let field = format!("custom_providers[{i}]");
+            if known_providers.contains(&custom.id.as_str()) {
+                problems.push(format!(
+                    "{field}.id: `{}` is a built-in provider id",
+                    custom.id
+                ));
+            }
+            if !seen.insert(custom.id.clone()) {
+                problems.push(format!("{field}.id: `{}` is defined twice", custom.id));
+            }
+            if custom.id.is_empty()
+                || !custom
+                    .id
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+            {
+                problems.push(format!(
+                    "{field}.id: `{}` must be lowercase letters, digits, `-` or `_`",
+                    custom.id
+                ));
+            }
+            if let Err(why) = check_upstream_url(&custom.base_url) {
+                problems.push(format!("{field}.base_url: {why}"));
+            }
+        }
+        problems
+    }
+}
+
+/// External upstreams must use https; plain http is allowed only for
+/// loopback and private addresses, where traffic stays on a trusted network.
+pub fn check_upstream_url(raw: &str) -> Result<(), String> {
+    let url = url::Url::parse(raw).map_err(|e| format!("`{raw}` is not a valid URL: {e}"))?;
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" => {
+            let local = match url.host() {
+                Some(url::Host::Ipv4(ip)) => is_private(IpAddr::V4(ip)),
+                Some(url::Host::Ipv6(ip)) => is_private(IpAddr::V6(ip)),
+                Some(url::Host::Domain(name)) => name == "localhost" || name.ends_with(".localhost"),
+                None => false,
+            };
+            if local {
+                Ok(())
+            } else {
+                Err(format!(
+                    "`{raw}` uses plain http to a non-private host; use https (http is allowed only for loopback or private addresses)"
+                ))
+            }
+        }
+        other => Err(format!("`{raw}`: scheme `{other}` is not supported; use https")),
+    }
+}
+
+fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00 || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_only_for_local_upstreams() {
+        assert!(check_upstream_url("https://api.example.com/v1").is_ok());
+        assert!(check_upstream_url("http://127.0.0.1:11434/v1").is_ok());
+        assert!(check_upstream_url("http://localhost:8000/v1").is_ok());
+        assert!(check_upstream_url("http://10.1.2.3/v1").is_ok());
+        assert!(check_upstream_url("http://192.168.0.9/v1").is_ok());
+        assert!(check_upstream_url("http://[::1]:9000/v1").is_ok());
+        assert!(check_upstream_url("http://api.example.com/v1").is_err());
+        assert!(check_upstream_url("http://8.8.8.8/v1").is_err());
+        assert!(check_upstream_url("ftp://x/v1").is_err());
+        assert!(check_upstream_url("not a url").is_err());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_field() {
+        let config = ProxyConfig {
+            custom_providers: vec![
+                CustomProviderConfig {
+                    id: "openai".into(),
+                    base_url: "http://example.com/v1".into(),
+                    api: ApiSurface::Openai,
+                    models: vec![],
+                    api_keys: vec![],
+                },
+                CustomProviderConfig {
+                    id: "Bad Id".into(),
+                    base_url: "https://ok/v1".into(),
+                    api: ApiSurface::Openai,
+                    models: vec![],
+                    api_keys: vec![],
+                },
+            ],
+            ..ProxyConfig::default()
+        };
+        let problems = config.problems(&["openai"]);
+        assert!(problems.iter().any(|p| p.starts_with("custom_providers[0].id")));
+        assert!(problems.iter().any(|p| p.starts_with("custom_providers[0].base_url")));
+        assert!(problems.iter().any(|p| p.starts_with("custom_providers[1].id")));
+        assert_eq!(problems.len(), 3);
+    }
+}

@@ -1,0 +1,551 @@
+//! Request handling shared by both client APIs: authenticate, parse,
+//! resolve candidates, try them in order with failover, and answer.
+
+use crate::error::ProxyError;
+use crate::gateway::{Candidate, Credential, Gateway};
+use crate::meter::RequestMeter;
+use crate::relay::Relay;
+use axum::body::Body;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::Value;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tollgate_core::ApiSurface;
+use tollgate_translate::{request as tr_request, response as tr_response, usage as tr_usage};
+
+const ANTHROPIC_VERSION_DEFAULT: &str = "2023-06-01";
+/// Used as Anthropic's required `max_tokens` when neither the request nor the catalog says.
+const DEFAULT_MAX_OUTPUT_TOKENS: u32 = 4096;
+
+pub const HEADER_PROVIDER: &str = "x-tollgate-provider";
+pub const HEADER_MODEL: &str = "x-tollgate-model";
+pub const HEADER_EVENT_ID: &str = "x-tollgate-event-id";
+pub const HEADER_ATTEMPTS: &str = "x-tollgate-attempts";
+
+/// The access key from `Authorization: Bearer` (OpenAI SDKs) or `x-api-key` (Anthropic SDKs).
+pub fn extract_token(headers: &HeaderMap) -> Option<&str> {
+    if let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let value = value.trim();
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .unwrap_or(value)
+            .trim();
+        if !token.is_empty() {
+            return Some(token);
+        }
+    }
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Entry point for `/v1/chat/completions` (OpenAI) and `/v1/messages` (Anthropic).
+pub async fn handle(
+    gateway: Arc<Gateway>,
+    api: ApiSurface,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let key = match extract_token(&headers)
+        .ok_or(ProxyError::MissingKey)
+        .and_then(|token| gateway.authenticate(token))
+    {
+        Ok(key) => key,
+        Err(err) => {
+            // No account to attribute: counted in metrics, no usage event.
+            let metrics = &gateway.metrics;
+            metrics.errors.with_label_values(&[err.kind()]).inc();
+            metrics.requests.with_label_values(&[api.as_str(), "4xx"]).inc();
+            return err.into_response_for(api);
+        }
+    };
+    let mut meter = RequestMeter::start(
+        gateway.clone(),
+        started,
+        key.account_id.clone(),
+        key.key_id.clone(),
+        api,
+    );
+    match run(&gateway, api, &headers, body, &mut meter, started).await {
+        Ok(Outcome::Complete(mut response)) => {
+            add_trace_headers(&mut response, &meter);
+            response
+        }
+        Ok(Outcome::Stream(start)) => {
+            let StreamStart {
+                candidate,
+                first,
+                rest,
+                include_usage,
+            } = start;
+            let mut response = Response::new(Body::empty());
+            add_trace_headers(&mut response, &meter);
+            let relay = Relay::new(api, candidate.provider.spec.api, include_usage, first, rest, meter);
+            *response.body_mut() = Body::from_stream(relay);
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            response
+        }
+        Err(err) => {
+            meter.finish(err.status().as_u16(), Some(err.kind()), false);
+            let mut response = err.into_response_for(api);
+            add_trace_headers(&mut response, &meter);
+            response
+        }
+    }
+}
+
+fn add_trace_headers(response: &mut Response, meter: &RequestMeter) {
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&meter.event_id.to_string()) {
+        headers.insert(HEADER_EVENT_ID, v);
+    }
+    if let Some(v) = meter.provider().and_then(|p| HeaderValue::from_str(p).ok()) {
+        headers.insert(HEADER_PROVIDER, v);
+    }
+    if let Some(v) = meter.model_served().and_then(|m| HeaderValue::from_str(m).ok()) {
+        headers.insert(HEADER_MODEL, v);
+    }
+    if meter.attempts > 0 {
+        headers.insert(HEADER_ATTEMPTS, HeaderValue::from(meter.attempts));
+    }
+}
+
+enum Outcome {
+    Complete(Response),
+    Stream(StreamStart),
+}
+
+struct StreamStart {
+    candidate: Candidate,
+    first: Bytes,
+    rest: futures::stream::BoxStream<'static, reqwest::Result<Bytes>>,
+    include_usage: bool,
+}
+
+/// What the gateway needs from the client's request body.
+struct ClientRequest {
+    body: Arc<Value>,
+    model: String,
+    fallbacks: Vec<String>,
+    stream: bool,
+    include_usage: bool,
+}
+
+fn parse_request(api: ApiSurface, body: Result<Bytes, BytesRejection>, limit: usize) -> Result<ClientRequest, ProxyError> {
+    let bytes = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ProxyError::BodyTooLarge { limit_bytes: limit }
+        } else {
+            ProxyError::invalid(format!("cannot read request body: {}", rejection.body_text()))
+        }
+    })?;
+    let body: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ProxyError::invalid(format!("request body is not valid JSON: {e}")))?;
+    let object = body
+        .as_object()
+        .ok_or_else(|| ProxyError::invalid("request body must be a JSON object"))?;
+    let model = match object.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+        _ => {
+            return Err(ProxyError::invalid_param(
+                "model",
+                "`model` is required and must be a non-empty string",
+            ))
+        }
+    };
+    let fallbacks = match object.get("models") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|m| match m {
+                Value::String(s) if !s.is_empty() => Ok(s.clone()),
+                _ => Err(ProxyError::invalid_param(
+                    "models",
+                    "`models` must be an array of model names",
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(ProxyError::invalid_param(
+                "models",
+                "`models` must be an array of model names",
+            ))
+        }
+    };
+    if !matches!(object.get("messages"), Some(Value::Array(_))) {
+        return Err(ProxyError::invalid_param(
+            "messages",
+            "`messages` is required and must be an array",
+        ));
+    }
+    if api == ApiSurface::Anthropic && !object.get("max_tokens").is_some_and(Value::is_u64) {
+        return Err(ProxyError::invalid_param(
+            "max_tokens",
+            "`max_tokens` is required and must be a positive integer",
+        ));
+    }
+    let stream = match object.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ProxyError::invalid_param("stream", "`stream` must be a boolean")),
+    };
+    let include_usage = object
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    Ok(ClientRequest {
+        body: Arc::new(body),
+        model,
+        fallbacks,
+        stream,
+        include_usage,
+    })
+}
+
+/// The body to send upstream for one candidate, translated if the provider
+/// speaks the other API.
+fn upstream_body(api: ApiSurface, candidate: &Candidate, request: &ClientRequest) -> Result<Bytes, ProxyError> {
+    let value = match (api, candidate.provider.spec.api) {
+        (ApiSurface::Openai, ApiSurface::Openai) | (ApiSurface::Anthropic, ApiSurface::Anthropic) => {
+            let mut value = (*request.body).clone();
+            if let Some(object) = value.as_object_mut() {
+                object.insert("model".into(), Value::String(candidate.upstream_model.clone()));
+                object.remove("models");
+                // Ask an OpenAI upstream for usage in the stream's last chunk;
+                // the relay hides that chunk from clients that did not ask.
+                if api == ApiSurface::Openai && request.stream {
+                    let options = object
+                        .entry("stream_options")
+                        .or_insert_with(|| Value::Object(Default::default()));
+                    if let Some(options) = options.as_object_mut() {
+                        options.insert("include_usage".into(), Value::Bool(true));
+                    } else {
+                        *options = serde_json::json!({"include_usage": true});
+                    }
+                }
+            }
+            value
+        }
+        (ApiSurface::Openai, ApiSurface::Anthropic) => tr_request::openai_to_anthropic_request(
+            &request.body,
+            &candidate.upstream_model,
+            candidate.max_output_tokens.unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS),
+        )
+        .map_err(|e| ProxyError::invalid(e.to_string()))?,
+        (ApiSurface::Anthropic, ApiSurface::Openai) => {
+            tr_request::anthropic_to_openai_request(&request.body, &candidate.upstream_model)
+                .map_err(|e| ProxyError::invalid(e.to_string()))?
+        }
+    };
+    serde_json::to_vec(&value)
+        .map(Bytes::from)
+        .map_err(|e| ProxyError::Internal(format!("upstream body did not serialize: {e}")))
+}
+
+fn upstream_request(
+    gateway: &Gateway,
+    api: ApiSurface,
+    headers: &HeaderMap,
+    candidate: &Candidate,
+    credential: &Credential,
+    body: Bytes,
+) -> reqwest::RequestBuilder {
+    let mut builder = gateway
+        .client
+        .post(candidate.provider.endpoint_url())
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body);
+    if let Some((name, value)) = &credential.auth_header {
+        builder = builder.header(*name, value.clone());
+    }
+    if candidate.provider.spec.api == ApiSurface::Anthropic {
+        let version = match api {
+            ApiSurface::Anthropic => headers
+                .get("anthropic-version")
+                .cloned()
+                .unwrap_or(HeaderValue::from_static(ANTHROPIC_VERSION_DEFAULT)),
+            ApiSurface::Openai => HeaderValue::from_static(ANTHROPIC_VERSION_DEFAULT),
+        };
+        builder = builder.header("anthropic-version", version);
+        if api == ApiSurface::Anthropic {
+            if let Some(beta) = headers.get("anthropic-beta") {
+                builder = builder.header("anthropic-beta", beta.clone());
+            }
+        }
+    }
+    builder
+}
+
+fn upstream_request_id(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    ["x-request-id", "request-id"]
+        .iter()
+        .find_map(|name| headers.get(*name))
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().take(200).collect())
+}
+
+async fn run(
+    gateway: &Arc<Gateway>,
+    api: ApiSurface,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    meter: &mut RequestMeter,
+    started: Instant,
+) -> Result<Outcome, ProxyError> {
+    let routing = &gateway.config.routing;
+    let request = parse_request(api, body, gateway.config.server.max_body_bytes)?;
+    meter.model_requested = request.model.clone();
+    meter.streamed = request.stream;
+    meter.set_request(request.body.clone());
+
+    let mut candidates = Vec::with_capacity(1 + request.fallbacks.len());
+    let mut seen = HashSet::new();
+    for name in std::iter::once(&request.model).chain(request.fallbacks.iter()) {
+        let candidate = gateway.resolve(name)?;
+        // The same (provider, model) is never tried twice.
+        if seen.insert((candidate.provider.spec.id.clone(), candidate.upstream_model.clone())) {
+            candidates.push(candidate);
+        }
+    }
+
+    let deadline = started + Duration::from_millis(routing.total_timeout_ms);
+    let attempt_timeout = Duration::from_millis(routing.attempt_timeout_ms);
+    let read_timeout = Duration::from_millis(routing.read_timeout_ms);
+    let metrics = &gateway.metrics;
+    let mut last_error = String::from("no upstream was tried");
+    let mut timed_out = false;
+    let mut missing_credentials: Option<String> = None;
+
+    'candidates: for candidate in candidates {
+        let provider_id = candidate.provider.spec.id.as_str();
+        if candidate.provider.credentials.is_empty() {
+            missing_credentials.get_or_insert_with(|| provider_id.to_owned());
+            last_error = format!("provider `{provider_id}` has no credentials configured");
+            continue;
+        }
+        let body = upstream_body(api, &candidate, &request)?;
+        for credential in &candidate.provider.credentials {
+            let now = Instant::now();
+            if now >= deadline {
+                timed_out = true;
+                last_error = format!("total timeout of {} ms reached", routing.total_timeout_ms);
+                break 'candidates;
+            }
+            if meter.attempts > 0 {
+                metrics.failovers.inc();
+            }
+            meter.attempt(&candidate, credential);
+            let budget = attempt_timeout.min(deadline - now);
+            let label = format!("{provider_id}/{}", candidate.upstream_model);
+            let send = upstream_request(gateway, api, headers, &candidate, credential, body.clone()).send();
+            let response = match tokio::time::timeout(budget, send).await {
+                Err(_) => {
+                    metrics.upstream_attempts.with_label_values(&[provider_id, "timeout"]).inc();
+                    timed_out = true;
+                    last_error = format!("{label}: no response within {} ms", budget.as_millis());
+                    continue;
+                }
+                Ok(Err(err)) => {
+                    let outcome = if err.is_connect() { "connect_error" } else { "error" };
+                    metrics.upstream_attempts.with_label_values(&[provider_id, outcome]).inc();
+                    timed_out = err.is_timeout();
+                    last_error = format!("{label}: {outcome}: {}", without_url(&err));
+                    continue;
+                }
+                Ok(Ok(response)) => response,
+            };
+            meter.upstream_responded();
+            meter.upstream_request_id = upstream_request_id(response.headers());
+            let status = response.status();
+            if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+                metrics
+                    .upstream_attempts
+                    .with_label_values(&[provider_id, status_outcome(status)])
+                    .inc();
+                timed_out = false;
+                last_error = format!("{label}: upstream answered {}", status.as_u16());
+                continue;
+            }
+            if !status.is_success() {
+                // Not retryable (the request itself is wrong): return it as is.
+                metrics.upstream_attempts.with_label_values(&[provider_id, "client_error"]).inc();
+                let bytes = tokio::time::timeout(read_timeout, response.bytes())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default();
+                meter.finish(status.as_u16(), Some("upstream_rejected"), false);
+                return Ok(Outcome::Complete(upstream_error_response(
+                    api,
+                    candidate.provider.spec.api,
+                    status,
+                    bytes,
+                )));
+            }
+            if request.stream {
+                let mut stream = response.bytes_stream().boxed();
+                let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+                match tokio::time::timeout(attempt_timeout.min(remaining), stream.next()).await {
+                    Ok(Some(Ok(first))) => {
+                        metrics.upstream_attempts.with_label_values(&[provider_id, "ok"]).inc();
+                        return Ok(Outcome::Stream(StreamStart {
+                            candidate,
+                            first,
+                            rest: stream,
+                            include_usage: request.include_usage,
+                        }));
+                    }
+                    Ok(Some(Err(err))) => {
+                        last_error = format!("{label}: stream failed before its first byte: {}", without_url(&err));
+                        timed_out = false;
+                    }
+                    Ok(None) => {
+                        last_error = format!("{label}: stream ended before its first byte");
+                        timed_out = false;
+                    }
+                    Err(_) => {
+                        last_error = format!("{label}: no stream data in time");
+                        timed_out = true;
+                    }
+                }
+                metrics.upstream_attempts.with_label_values(&[provider_id, "stream_error"]).inc();
+                continue;
+            }
+            let bytes = match tokio::time::timeout(read_timeout, response.bytes()).await {
+                Ok(Ok(bytes)) => bytes,
+                Ok(Err(err)) => {
+                    metrics.upstream_attempts.with_label_values(&[provider_id, "error"]).inc();
+                    timed_out = false;
+                    last_error = format!("{label}: body failed: {}", without_url(&err));
+                    continue;
+                }
+                Err(_) => {
+                    metrics.upstream_attempts.with_label_values(&[provider_id, "timeout"]).inc();
+                    timed_out = true;
+                    last_error = format!("{label}: body not received in time");
+                    continue;
+                }
+            };
+            match complete_response(api, &candidate, bytes, meter) {
+                Ok(response) => {
+                    metrics.upstream_attempts.with_label_values(&[provider_id, "ok"]).inc();
+                    meter.finish(200, None, false);
+                    return Ok(Outcome::Complete(response));
+                }
+                Err(why) => {
+                    metrics.upstream_attempts.with_label_values(&[provider_id, "invalid_response"]).inc();
+                    timed_out = false;
+                    last_error = format!("{label}: {why}");
+                }
+            }
+        }
+    }
+
+    if meter.attempts == 0 {
+        if let Some(provider) = missing_credentials {
+            return Err(ProxyError::NoCredentials { provider });
+        }
+    }
+    tracing::warn!(attempts = meter.attempts, last_error = %last_error, "all upstream attempts failed");
+    let attempts = meter.attempts;
+    Err(if timed_out {
+        ProxyError::UpstreamTimeout { attempts, last: last_error }
+    } else {
+        ProxyError::UpstreamFailed { attempts, last: last_error }
+    })
+}
+
+fn status_outcome(status: StatusCode) -> &'static str {
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        "rate_limited"
+    } else {
+        "server_error"
+    }
+}
+
+/// reqwest errors name the URL; keep messages short and free of query strings.
+fn without_url(err: &reqwest::Error) -> String {
+    let mut text = err.to_string();
+    if let Some(url) = err.url() {
+        text = text.replace(url.as_str(), "upstream");
+    }
+    let mut source = std::error::Error::source(err);
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+/// A successful non-streamed upstream body → the client's response. Errors
+/// (unparseable body) are retryable: nothing reached the client yet.
+fn complete_response(
+    api: ApiSurface,
+    candidate: &Candidate,
+    bytes: Bytes,
+    meter: &mut RequestMeter,
+) -> Result<Response, String> {
+    let value: Value = serde_json::from_slice(&bytes).map_err(|_| "upstream returned a body that is not JSON".to_owned())?;
+    if !value.is_object() {
+        return Err("upstream returned a JSON body that is not an object".into());
+    }
+    let provider_api = candidate.provider.spec.api;
+    let reported = match provider_api {
+        ApiSurface::Openai => value.get("usage").and_then(tr_usage::openai_usage),
+        ApiSurface::Anthropic => value.get("usage").and_then(tr_usage::anthropic_usage),
+    };
+    if reported.is_none_or(|r| r.is_zero()) {
+        meter.output_text = match provider_api {
+            ApiSurface::Openai => tr_usage::openai_response_text(&value),
+            ApiSurface::Anthropic => tr_usage::anthropic_response_text(&value),
+        };
+    }
+    meter.reported = reported;
+    let body = if api == provider_api {
+        bytes
+    } else {
+        let client_model = meter.model_requested.clone();
+        let translated = match provider_api {
+            ApiSurface::Anthropic => tr_response::anthropic_to_openai_response(&value, &client_model),
+            ApiSurface::Openai => tr_response::openai_to_anthropic_response(&value, &client_model),
+        };
+        Bytes::from(serde_json::to_vec(&translated).map_err(|e| e.to_string())?)
+    };
+    let mut response = Response::new(Body::from(body));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(response)
+}
+
+/// An upstream's non-retryable error, in the client's API shape.
+fn upstream_error_response(client: ApiSurface, provider: ApiSurface, status: StatusCode, bytes: Bytes) -> Response {
+    if client == provider {
+        let mut response = Response::new(Body::from(bytes));
+        *response.status_mut() = status;
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        return response;
+    }
+    let value = serde_json::from_slice::<Value>(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).chars().take(2000).collect()));
+    let translated = match provider {
+        ApiSurface::Anthropic => tr_response::anthropic_error_to_openai(status.as_u16(), &value),
+        ApiSurface::Openai => tr_response::openai_error_to_anthropic(status.as_u16(), &value),
+    };
+    (status, axum::Json(translated)).into_response()
+}

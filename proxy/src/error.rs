@@ -1,0 +1,169 @@
+//! The proxy's one error enum, mapped once to a status and to the error
+//! shape of the API the client spoke.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tollgate_core::ApiSurface;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("missing access key: send it as `Authorization: Bearer <key>` or `x-api-key: <key>`")]
+    MissingKey,
+    #[error("invalid access key")]
+    InvalidKey,
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        param: Option<&'static str>,
+    },
+    #[error("request body is larger than the {limit_bytes}-byte limit")]
+    BodyTooLarge { limit_bytes: usize },
+    #[error("unknown model `{model}`: not in the catalog; use `provider:model` for a model the catalog does not list")]
+    ModelUnknown { model: String },
+    #[error("unknown provider `{provider}` in model `{model}`")]
+    ProviderUnknown { provider: String, model: String },
+    #[error("provider `{provider}` has no credentials configured: it needs a provider key")]
+    NoCredentials { provider: String },
+    #[error("all {attempts} upstream attempt(s) failed; last error: {last}")]
+    UpstreamFailed { attempts: u32, last: String },
+    #[error("upstream timed out after {attempts} attempt(s); last error: {last}")]
+    UpstreamTimeout { attempts: u32, last: String },
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ProxyError {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        ProxyError::InvalidRequest {
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    pub fn invalid_param(param: &'static str, message: impl Into<String>) -> Self {
+        ProxyError::InvalidRequest {
+            message: message.into(),
+            param: Some(param),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::MissingKey | ProxyError::InvalidKey => StatusCode::UNAUTHORIZED,
+            ProxyError::InvalidRequest { .. }
+            | ProxyError::ProviderUnknown { .. }
+            | ProxyError::NoCredentials { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::ModelUnknown { .. } => StatusCode::NOT_FOUND,
+            ProxyError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Low-cardinality label for metrics and usage events.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::MissingKey => "missing_key",
+            ProxyError::InvalidKey => "invalid_key",
+            ProxyError::InvalidRequest { .. } => "invalid_request",
+            ProxyError::BodyTooLarge { .. } => "body_too_large",
+            ProxyError::ModelUnknown { .. } => "model_unknown",
+            ProxyError::ProviderUnknown { .. } => "provider_unknown",
+            ProxyError::NoCredentials { .. } => "no_credentials",
+            ProxyError::UpstreamFailed { .. } => "upstream_failed",
+            ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
+            ProxyError::Internal(_) => "internal",
+        }
+    }
+
+    fn openai_type_and_code(&self) -> (&'static str, Option<&'static str>) {
+        match self {
+            ProxyError::MissingKey | ProxyError::InvalidKey => {
+                ("invalid_request_error", Some("invalid_api_key"))
+            }
+            ProxyError::ModelUnknown { .. } | ProxyError::ProviderUnknown { .. } => {
+                ("invalid_request_error", Some("model_not_found"))
+            }
+            ProxyError::BodyTooLarge { .. } => ("invalid_request_error", Some("request_too_large")),
+            ProxyError::InvalidRequest { .. } | ProxyError::NoCredentials { .. } => {
+                ("invalid_request_error", None)
+            }
+            ProxyError::UpstreamFailed { .. } => ("api_error", Some("upstream_failed")),
+            ProxyError::UpstreamTimeout { .. } => ("api_error", Some("upstream_timeout")),
+            ProxyError::Internal(_) => ("api_error", None),
+        }
+    }
+
+    fn anthropic_type(&self) -> &'static str {
+        match self {
+            ProxyError::MissingKey | ProxyError::InvalidKey => "authentication_error",
+            ProxyError::ModelUnknown { .. } => "not_found_error",
+            ProxyError::BodyTooLarge { .. } => "request_too_large",
+            ProxyError::InvalidRequest { .. }
+            | ProxyError::ProviderUnknown { .. }
+            | ProxyError::NoCredentials { .. } => "invalid_request_error",
+            ProxyError::UpstreamTimeout { .. } => "timeout_error",
+            ProxyError::UpstreamFailed { .. } | ProxyError::Internal(_) => "api_error",
+        }
+    }
+
+    /// The error body in the client's API shape.
+    pub fn body(&self, api: ApiSurface) -> serde_json::Value {
+        let message = self.to_string();
+        match api {
+            ApiSurface::Openai => {
+                let (kind, code) = self.openai_type_and_code();
+                let param = match self {
+                    ProxyError::InvalidRequest { param, .. } => *param,
+                    ProxyError::ModelUnknown { .. } | ProxyError::ProviderUnknown { .. } => {
+                        Some("model")
+                    }
+                    _ => None,
+                };
+                json!({"error": {"message": message, "type": kind, "param": param, "code": code}})
+            }
+            ApiSurface::Anthropic => {
+                json!({"type": "error", "error": {"type": self.anthropic_type(), "message": message}})
+            }
+        }
+    }
+
+    pub fn into_response_for(self, api: ApiSurface) -> Response {
+        if let ProxyError::Internal(detail) = &self {
+            // Detail stays in the log; the client gets a generic message.
+            tracing::error!(detail = %detail, "internal error");
+        }
+        let status = self.status();
+        let mut response = (status, axum::Json(self.body(api))).into_response();
+        if status == StatusCode::UNAUTHORIZED && api == ApiSurface::Openai {
+            response
+                .headers_mut()
+                .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_take_the_clients_api_shape() {
+        let err = ProxyError::ModelUnknown {
+            model: "nope".into(),
+        };
+        let openai = err.body(ApiSurface::Openai);
+        assert_eq!(openai["error"]["code"], "model_not_found");
+        assert_eq!(openai["error"]["param"], "model");
+        assert!(openai["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("unknown model `nope`")));
+        let anthropic = err.body(ApiSurface::Anthropic);
+        assert_eq!(anthropic["type"], "error");
+        assert_eq!(anthropic["error"]["type"], "not_found_error");
+        assert_eq!(err.status(), StatusCode::NOT_FOUND);
+    }
+}

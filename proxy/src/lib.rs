@@ -1,0 +1,17 @@
+//! Tollgate's HTTP gateway. `router` builds the whole axum app;
+//! `serve` runs it with TCP_NODELAY on every accepted socket.
+
+pub mod config;
+pub mod dispatch;
+pub mod error;
+pub mod gateway;
+pub mod meter;
+pub mod metrics;
+mod relay;
+mod routes;
+pub mod tokenize;
+
+pub use config::ProxyConfig;
+pub use error::ProxyError;
+pub use gateway::{Gateway, InitError};
+pub use routes::{router, serve};

@@ -1,0 +1,277 @@
+//! Per-request metering: collects what the usage event needs while the
+//! request runs, then emits exactly one event when it ends (success, failure
+//! or client disconnect) and updates metrics.
+
+use crate::gateway::{Candidate, Credential, Gateway};
+use crate::tokenize::estimate_tokens;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tollgate_core::eventlog::topics;
+use tollgate_core::{
+    AccessKeyId, AccountId, ApiSurface, CredentialSource, Envelope, EventId, LogRecord, Prices,
+    ProviderKeyId, TokenCounts, UsageEvent,
+};
+
+pub struct RequestMeter {
+    gateway: Arc<Gateway>,
+    pub event_id: EventId,
+    started: Instant,
+    started_at: DateTime<Utc>,
+    account_id: AccountId,
+    access_key_id: AccessKeyId,
+    client_api: ApiSurface,
+    pub streamed: bool,
+    pub model_requested: String,
+    provider: Option<String>,
+    model_served: Option<String>,
+    credential_source: Option<CredentialSource>,
+    provider_key_id: Option<ProviderKeyId>,
+    prices: Prices,
+    pub upstream_request_id: Option<String>,
+    upstream_latency: Option<Duration>,
+    ttft: Option<Duration>,
+    pub attempts: u32,
+    /// Usage as reported by the upstream, if it reported any.
+    pub reported: Option<TokenCounts>,
+    /// Input-side counts reported before a stream broke off (Anthropic
+    /// reports input at the start); output is then estimated.
+    pub partial_input: Option<TokenCounts>,
+    /// The parsed client request, kept (in memory only) for a token estimate
+    /// if the upstream never reports usage.
+    request: Option<Arc<Value>>,
+    /// Generated text seen so far, for the same fallback. Never stored.
+    pub output_text: String,
+    finished: bool,
+}
+
+impl RequestMeter {
+    pub fn start(
+        gateway: Arc<Gateway>,
+        started: Instant,
+        account_id: AccountId,
+        access_key_id: AccessKeyId,
+        client_api: ApiSurface,
+    ) -> Self {
+        gateway.metrics.in_flight.inc();
+        RequestMeter {
+            gateway,
+            event_id: EventId::generate(),
+            started,
+            started_at: Utc::now(),
+            account_id,
+            access_key_id,
+            client_api,
+            streamed: false,
+            model_requested: String::new(),
+            provider: None,
+            model_served: None,
+            credential_source: None,
+            provider_key_id: None,
+            prices: Prices::default(),
+            upstream_request_id: None,
+            upstream_latency: None,
+            ttft: None,
+            attempts: 0,
+            reported: None,
+            partial_input: None,
+            request: None,
+            output_text: String::new(),
+            finished: false,
+        }
+    }
+
+    pub fn set_request(&mut self, request: Arc<Value>) {
+        self.request = Some(request);
+    }
+
+    /// Record the attempt about to be made (the last one wins).
+    pub fn attempt(&mut self, candidate: &Candidate, credential: &Credential) {
+        self.attempts += 1;
+        self.provider = Some(candidate.provider.spec.id.clone());
+        self.model_served = Some(candidate.upstream_model.clone());
+        self.credential_source = Some(credential.source);
+        self.provider_key_id = credential.key_id.clone();
+        self.prices = candidate.prices;
+    }
+
+    pub fn upstream_responded(&mut self) {
+        self.upstream_latency = Some(self.started.elapsed());
+    }
+
+    pub fn first_byte_sent(&mut self) {
+        if self.ttft.is_none() {
+            let ttft = self.started.elapsed();
+            self.ttft = Some(ttft);
+            self.gateway
+                .metrics
+                .time_to_first_token
+                .with_label_values(&[self.client_api.as_str()])
+                .observe(ttft.as_secs_f64());
+        }
+    }
+
+    pub fn provider(&self) -> Option<&str> {
+        self.provider.as_deref()
+    }
+
+    pub fn model_served(&self) -> Option<&str> {
+        self.model_served.as_deref()
+    }
+
+    /// Token counts to bill: reported usage when present and plausible;
+    /// otherwise a local estimate when anything was generated or succeeded.
+    fn tokens(&self, status: u16) -> (TokenCounts, bool) {
+        if let Some(reported) = self.reported {
+            // A reported zero with generated text is an upstream bug, not free usage.
+            if !(reported.is_zero() && !self.output_text.is_empty()) {
+                return (reported, false);
+            }
+        }
+        let succeeded = (200..300).contains(&status);
+        if !succeeded && self.output_text.is_empty() {
+            return (TokenCounts::default(), false);
+        }
+        let model = self
+            .model_served
+            .as_deref()
+            .unwrap_or(self.model_requested.as_str());
+        if let Some(partial) = self.partial_input.filter(|p| p.total_input() > 0) {
+            let counts = TokenCounts {
+                output: estimate_tokens(model, &self.output_text),
+                ..partial
+            };
+            return (counts, true);
+        }
+        let input_text = match (&self.request, self.client_api) {
+            (Some(req), ApiSurface::Openai) => tollgate_translate::usage::openai_request_text(req),
+            (Some(req), ApiSurface::Anthropic) => {
+                tollgate_translate::usage::anthropic_request_text(req)
+            }
+            (None, _) => String::new(),
+        };
+        let counts = TokenCounts {
+            input: estimate_tokens(model, &input_text),
+            output: estimate_tokens(model, &self.output_text),
+            ..TokenCounts::default()
+        };
+        (counts, true)
+    }
+
+    /// Emit the request's one usage event. Idempotent: later calls do nothing.
+    pub fn finish(&mut self, status: u16, error_kind: Option<&str>, client_disconnected: bool) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let metrics = &self.gateway.metrics;
+        metrics.in_flight.dec();
+        let latency = self.started.elapsed();
+        let (tokens, tokens_estimated) = self.tokens(status);
+
+        let api = self.client_api.as_str();
+        let status_class = match status {
+            200..=299 => "2xx",
+            400..=499 => "4xx",
+            500..=599 => "5xx",
+            _ => "other",
+        };
+        metrics.requests.with_label_values(&[api, status_class]).inc();
+        if let Some(kind) = error_kind {
+            metrics.errors.with_label_values(&[kind]).inc();
+        }
+        metrics
+            .request_duration
+            .with_label_values(&[api, if self.streamed { "true" } else { "false" }])
+            .observe(latency.as_secs_f64());
+        for (class, n) in [
+            ("input", tokens.input),
+            ("cached_input", tokens.cached_input),
+            ("cache_write_5m", tokens.cache_write_5m),
+            ("cache_write_1h", tokens.cache_write_1h),
+            ("output", tokens.output),
+        ] {
+            if n > 0 {
+                metrics.tokens.with_label_values(&[class]).inc_by(n);
+            }
+        }
+
+        let event = UsageEvent {
+            event_id: self.event_id,
+            started_at: self.started_at,
+            finished_at: Utc::now(),
+            account_id: self.account_id.clone(),
+            access_key_id: self.access_key_id.clone(),
+            client_api: self.client_api,
+            provider: self.provider.take(),
+            model_requested: std::mem::take(&mut self.model_requested),
+            model_served: self.model_served.take(),
+            credential_source: self.credential_source,
+            provider_key_id: self.provider_key_id.take(),
+            streamed: self.streamed,
+            tokens,
+            tokens_estimated,
+            prices: self.prices,
+            upstream_request_id: self.upstream_request_id.take(),
+            latency_us: latency.as_micros() as u64,
+            ttft_us: self.ttft.map(|d| d.as_micros() as u64),
+            upstream_latency_us: self.upstream_latency.map(|d| d.as_micros() as u64),
+            status,
+            error_kind: error_kind.map(str::to_owned),
+            attempts: self.attempts,
+            client_disconnected,
+        };
+        self.output_text = String::new();
+        self.request = None;
+        emit(&self.gateway, event);
+    }
+}
+
+impl Drop for RequestMeter {
+    fn drop(&mut self) {
+        // A handler future dropped mid-flight means the client went away.
+        if !self.finished {
+            self.finish(499, Some("client_disconnected"), true);
+        }
+    }
+}
+
+/// Hand the event to the log without blocking the response; if the queue is
+/// full, wait for room on a background task rather than drop it.
+fn emit(gateway: &Arc<Gateway>, event: UsageEvent) {
+    let key = event.account_id.to_string();
+    let payload = match serde_json::to_vec(&Envelope::usage(event)) {
+        Ok(p) => p,
+        Err(err) => {
+            gateway.metrics.events_dropped.inc();
+            tracing::error!(error = %err, "usage event did not serialize");
+            return;
+        }
+    };
+    let record = LogRecord {
+        topic: topics::ACCOUNT_EVENTS.to_owned(),
+        key,
+        payload,
+    };
+    match gateway.events.try_append(record) {
+        Ok(()) => gateway.metrics.events_emitted.inc(),
+        Err(record) => {
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                gateway.metrics.events_dropped.inc();
+                tracing::error!("usage event lost: queue full and no runtime to wait on");
+                return;
+            };
+            let gateway = gateway.clone();
+            runtime.spawn(async move {
+                match gateway.events.append(record).await {
+                    Ok(()) => gateway.metrics.events_emitted.inc(),
+                    Err(err) => {
+                        gateway.metrics.events_dropped.inc();
+                        tracing::error!(error = %err, "usage event lost: event log refused it");
+                    }
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Prometheus metrics for the proxy, on a registry owned by the gateway so
+//! that several gateways can live in one process (tests).
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub errors: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub time_to_first_token: HistogramVec,
+    pub upstream_attempts: IntCounterVec,
+    pub failovers: IntCounter,
+    pub tokens: IntCounterVec,
+    pub events_emitted: IntCounter,
+    pub events_dropped: IntCounter,
+    pub in_flight: IntGauge,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0,
+];
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("tollgate_proxy_requests_total", "Requests handled, by client API and HTTP status class."),
+            &["api", "status_class"],
+        )?;
+        let errors = IntCounterVec::new(
+            Opts::new("tollgate_proxy_errors_total", "Failed requests, by error kind."),
+            &["kind"],
+        )?;
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "tollgate_proxy_request_duration_seconds",
+                "Time from request arrival to the end of the response.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["api", "streamed"],
+        )?;
+        let time_to_first_token = HistogramVec::new(
+            HistogramOpts::new(
+                "tollgate_proxy_time_to_first_token_seconds",
+                "Time from request arrival to the first streamed byte sent to the client.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["api"],
+        )?;
+        let upstream_attempts = IntCounterVec::new(
+            Opts::new(
+                "tollgate_proxy_upstream_attempts_total",
+                "Upstream attempts, by provider and outcome.",
+            ),
+            &["provider", "outcome"],
+        )?;
+        let failovers = IntCounter::new(
+            "tollgate_proxy_failovers_total",
+            "Times a request moved on to the next candidate after a retryable failure.",
+        )?;
+        let tokens = IntCounterVec::new(
+            Opts::new("tollgate_proxy_tokens_total", "Tokens metered, by class."),
+            &["class"],
+        )?;
+        let events_emitted = IntCounter::new(
+            "tollgate_proxy_usage_events_emitted_total",
+            "Usage events handed to the event log.",
+        )?;
+        let events_dropped = IntCounter::new(
+            "tollgate_proxy_usage_events_dropped_total",
+            "Usage events the event log refused (log closed or failing).",
+        )?;
+        let in_flight = IntGauge::new(
+            "tollgate_proxy_in_flight_requests",
+            "Requests currently being handled (streams until they end).",
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(time_to_first_token.clone()))?;
+        registry.register(Box::new(upstream_attempts.clone()))?;
+        registry.register(Box::new(failovers.clone()))?;
+        registry.register(Box::new(tokens.clone()))?;
+        registry.register(Box::new(events_emitted.clone()))?;
+        registry.register(Box::new(events_dropped.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            errors,
+            request_duration,
+            time_to_first_token,
+            upstream_attempts,
+            failovers,
+            tokens,
+            events_emitted,
+            events_dropped,
+            in_flight,
+        })
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        let encoder = TextEncoder::new();
+        if encoder.encode(&self.registry.gather(), &mut buffer).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}

@@ -1,0 +1,262 @@
+//! The streaming relay: forwards an upstream SSE stream to the client event
+//! by event as it arrives, translating between APIs when needed, while
+//! metering usage. Dropping the relay (client gone) drops the upstream
+//! connection, which cancels the upstream call, and still emits the event.
+
+use crate::meter::RequestMeter;
+use bytes::{Bytes, BytesMut};
+use futures::stream::BoxStream;
+use futures::Stream;
+use serde_json::{json, Value};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tollgate_core::ApiSurface;
+use tollgate_translate::sse::{encode_event, SseDecoder, SseEvent};
+use tollgate_translate::stream::{AnthropicToOpenAiStream, OpenAiToAnthropicStream};
+use tollgate_translate::usage::{self as tr_usage, AnthropicStreamUsage};
+
+enum Mode {
+    /// OpenAI → OpenAI: forward events unchanged, except the usage-only
+    /// chunk the gateway asked for when the client did not.
+    OpenAiPassthrough { client_wants_usage: bool },
+    AnthropicPassthrough,
+    AnthropicToOpenAi(Box<AnthropicToOpenAiStream>),
+    OpenAiToAnthropic(Box<OpenAiToAnthropicStream>),
+}
+
+pub struct Relay {
+    client_api: ApiSurface,
+    upstream_api: ApiSurface,
+    first: Option<Bytes>,
+    upstream: BoxStream<'static, reqwest::Result<Bytes>>,
+    decoder: SseDecoder,
+    mode: Mode,
+    anthropic_usage: AnthropicStreamUsage,
+    out: BytesMut,
+    meter: RequestMeter,
+    done: bool,
+}
+
+impl Relay {
+    pub fn new(
+        client_api: ApiSurface,
+        upstream_api: ApiSurface,
+        include_usage: bool,
+        first: Bytes,
+        upstream: BoxStream<'static, reqwest::Result<Bytes>>,
+        meter: RequestMeter,
+    ) -> Relay {
+        let client_model = meter.model_requested.clone();
+        let mode = match (client_api, upstream_api) {
+            (ApiSurface::Openai, ApiSurface::Openai) => Mode::OpenAiPassthrough {
+                client_wants_usage: include_usage,
+            },
+            (ApiSurface::Anthropic, ApiSurface::Anthropic) => Mode::AnthropicPassthrough,
+            (ApiSurface::Openai, ApiSurface::Anthropic) => Mode::AnthropicToOpenAi(Box::new(
+                AnthropicToOpenAiStream::new(&client_model, include_usage),
+            )),
+            (ApiSurface::Anthropic, ApiSurface::Openai) => {
+                Mode::OpenAiToAnthropic(Box::new(OpenAiToAnthropicStream::new(&client_model)))
+            }
+        };
+        Relay {
+            client_api,
+            upstream_api,
+            first: Some(first),
+            upstream,
+            decoder: SseDecoder::new(),
+            mode,
+            anthropic_usage: AnthropicStreamUsage::default(),
+            out: BytesMut::new(),
+            meter,
+            done: false,
+        }
+    }
+
+    fn process_chunk(&mut self, chunk: &[u8]) {
+        for event in self.decoder.push(chunk) {
+            self.process_event(event);
+        }
+    }
+
+    fn process_event(&mut self, event: SseEvent) {
+        match self.upstream_api {
+            ApiSurface::Openai => self.process_openai_event(event),
+            ApiSurface::Anthropic => self.process_anthropic_event(event),
+        }
+    }
+
+    fn process_openai_event(&mut self, event: SseEvent) {
+        let data = event.data.trim();
+        if data == "[DONE]" {
+            match &mut self.mode {
+                Mode::OpenAiToAnthropic(translator) => {
+                    let events = translator.finish();
+                    self.write_anthropic(events);
+                }
+                _ => self.out.extend_from_slice(&event.raw),
+            }
+            return;
+        }
+        let Ok(chunk) = serde_json::from_str::<Value>(data) else {
+            // Comments, keep-alives or garbage: forward only when not translating.
+            if matches!(self.mode, Mode::OpenAiPassthrough { .. }) {
+                self.out.extend_from_slice(&event.raw);
+            }
+            return;
+        };
+        if let Some(usage) = tr_usage::openai_chunk_usage(&chunk) {
+            self.meter.reported = Some(usage);
+        }
+        tr_usage::openai_chunk_text(&chunk, &mut self.meter.output_text);
+        match &mut self.mode {
+            Mode::OpenAiPassthrough { client_wants_usage } => {
+                if *client_wants_usage || !tr_usage::is_usage_only_chunk(&chunk) {
+                    self.out.extend_from_slice(&event.raw);
+                }
+            }
+            Mode::OpenAiToAnthropic(translator) => {
+                let events = translator.push(&chunk);
+                self.write_anthropic(events);
+            }
+            _ => {}
+        }
+    }
+
+    fn process_anthropic_event(&mut self, event: SseEvent) {
+        let parsed = serde_json::from_str::<Value>(&event.data).ok();
+        let event_type = event
+            .event
+            .clone()
+            .or_else(|| {
+                parsed
+                    .as_ref()
+                    .and_then(|v| v.get("type"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        if let Some(data) = &parsed {
+            self.anthropic_usage.observe(&event_type, data);
+            tr_usage::anthropic_event_text(&event_type, data, &mut self.meter.output_text);
+            if event_type == "message_delta" && data.get("usage").is_some() {
+                // message_delta carries the final cumulative counts.
+                self.meter.reported = self.anthropic_usage.counts();
+            }
+        }
+        match &mut self.mode {
+            Mode::AnthropicPassthrough => self.out.extend_from_slice(&event.raw),
+            Mode::AnthropicToOpenAi(translator) => {
+                if let Some(data) = &parsed {
+                    let chunks = translator.push(&event_type, data);
+                    self.write_openai(chunks);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn write_openai(&mut self, chunks: Vec<Value>) {
+        for chunk in chunks {
+            let data = chunk.to_string();
+            self.out.extend_from_slice(&encode_event(None, &data));
+        }
+    }
+
+    fn write_anthropic(&mut self, events: Vec<(&'static str, Value)>) {
+        for (name, data) in events {
+            self.out.extend_from_slice(&encode_event(Some(name), &data.to_string()));
+        }
+    }
+
+    /// Upstream ended cleanly: flush translators and close the client's stream.
+    fn end(&mut self) {
+        if let Some(event) = self.decoder.finish() {
+            self.process_event(event);
+        }
+        match &mut self.mode {
+            Mode::AnthropicToOpenAi(translator) => {
+                let chunks = translator.finish();
+                self.write_openai(chunks);
+                self.out.extend_from_slice(&encode_event(None, "[DONE]"));
+            }
+            Mode::OpenAiToAnthropic(translator) => {
+                let events = translator.finish();
+                self.write_anthropic(events);
+            }
+            _ => {}
+        }
+        if self.meter.reported.is_none() {
+            self.use_partial_anthropic_usage();
+        }
+        self.meter.finish(200, None, false);
+    }
+
+    /// The upstream broke mid-stream: tell the client in its API's error shape.
+    fn fail(&mut self, why: &str) {
+        tracing::warn!(error = why, "upstream stream failed mid-way");
+        let message = "the upstream stream ended with an error";
+        let bytes = match self.client_api {
+            ApiSurface::Openai => encode_event(
+                None,
+                &json!({"error": {"message": message, "type": "api_error", "param": null, "code": "upstream_stream_error"}}).to_string(),
+            ),
+            ApiSurface::Anthropic => encode_event(
+                Some("error"),
+                &json!({"type": "error", "error": {"type": "api_error", "message": message}}).to_string(),
+            ),
+        };
+        self.out.extend_from_slice(&bytes);
+        self.use_partial_anthropic_usage();
+        self.meter.finish(502, Some("upstream_stream_error"), false);
+    }
+
+    /// Anthropic reports input counts at the start and output at the end:
+    /// keep the input counts when the end never came.
+    fn use_partial_anthropic_usage(&mut self) {
+        if self.meter.reported.is_none() {
+            self.meter.partial_input = self.anthropic_usage.counts();
+        }
+    }
+}
+
+impl Stream for Relay {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if !this.out.is_empty() {
+                this.meter.first_byte_sent();
+                return Poll::Ready(Some(Ok(this.out.split().freeze())));
+            }
+            if this.done {
+                return Poll::Ready(None);
+            }
+            if let Some(first) = this.first.take() {
+                this.process_chunk(&first);
+                continue;
+            }
+            match this.upstream.as_mut().poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(chunk))) => this.process_chunk(&chunk),
+                Poll::Ready(Some(Err(err))) => {
+                    this.done = true;
+                    this.fail(&err.to_string());
+                }
+                Poll::Ready(None) => {
+                    this.done = true;
+                    this.end();
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // Client went away before the end: bill what was streamed.
+        self.use_partial_anthropic_usage();
+        self.meter.finish(200, Some("client_disconnected"), true);
+    }
+}

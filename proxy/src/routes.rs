@@ -1,0 +1,113 @@
+//! The composition root of the HTTP app. Layer order (outermost first):
+//! body-size limit → handlers. Handlers read `Arc<Gateway>` state; auth,
+//! metering and failover happen inside `dispatch::handle`, so a request
+//! never goes through more than one layer of middleware.
+
+use crate::dispatch::{extract_token, handle};
+use crate::error::ProxyError;
+use crate::gateway::Gateway;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::json;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tollgate_core::ApiSurface;
+
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    let limit = gateway.config.server.max_body_bytes;
+    Router::new()
+        .route(
+            "/v1/chat/completions",
+            post(|State(gw): State<Arc<Gateway>>, headers: HeaderMap, body| handle(gw, ApiSurface::Openai, headers, body)),
+        )
+        .route(
+            "/v1/messages",
+            post(|State(gw): State<Arc<Gateway>>, headers: HeaderMap, body| handle(gw, ApiSurface::Anthropic, headers, body)),
+        )
+        .route("/v1/models", get(list_models))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(gateway)
+}
+
+/// Serve until `shutdown` resolves. TCP_NODELAY avoids the 40 ms
+/// Nagle/delayed-ACK stall on keep-alive connections.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
+    if gateway.events.is_writable() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "event log is not writable").into_response()
+    }
+}
+
+async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        gateway.metrics.render(),
+    )
+        .into_response()
+}
+
+/// OpenAI's model list, or Anthropic's when the caller sends `anthropic-version`.
+async fn list_models(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    let api = if headers.contains_key("anthropic-version") {
+        ApiSurface::Anthropic
+    } else {
+        ApiSurface::Openai
+    };
+    if let Err(err) = extract_token(&headers)
+        .ok_or(ProxyError::MissingKey)
+        .and_then(|token| gateway.authenticate(token))
+    {
+        return err.into_response_for(api);
+    }
+    // A model reachable by its bare id is listed bare; otherwise qualified.
+    let names: Vec<(String, &str)> = gateway
+        .catalog
+        .models()
+        .iter()
+        .map(|m| {
+            let bare_default = gateway
+                .catalog
+                .model(&m.id)
+                .is_some_and(|d| d.provider == m.provider);
+            let name = if bare_default { m.id.clone() } else { format!("{}:{}", m.provider, m.id) };
+            (name, m.provider.as_str())
+        })
+        .collect();
+    let body = match api {
+        ApiSurface::Openai => json!({
+            "object": "list",
+            "data": names.iter().map(|(id, provider)| json!({
+                "id": id, "object": "model", "created": 0, "owned_by": provider
+            })).collect::<Vec<_>>(),
+        }),
+        ApiSurface::Anthropic => json!({
+            "data": names.iter().map(|(id, _)| json!({
+                "type": "model", "id": id, "display_name": id, "created_at": "1970-01-01T00:00:00Z"
+            })).collect::<Vec<_>>(),
+            "has_more": false,
+            "first_id": names.first().map(|(id, _)| id),
+            "last_id": names.last().map(|(id, _)| id),
+        }),
+    };
+    axum::Json(body).into_response()
+}

@@ -1,0 +1,254 @@
+//! Configuration: a TOML file overlaid by environment variables
+//! `TOLLGATE__SECTION__KEY` (e.g. `TOLLGATE__SERVER__LISTEN=0.0.0.0:8080`).
+//! Unknown keys are errors, so a typo never silently does nothing.
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tollgate_proxy::config::{CustomProviderConfig, ProviderSettings, RoutingConfig, ServerConfig};
+use tollgate_proxy::ProxyConfig;
+use tollgate_store::Durability;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub routing: RoutingConfig,
+    /// Settings per built-in provider id: `base_url` override, operator `api_keys`.
+    pub providers: BTreeMap<String, ProviderSettings>,
+    pub custom_providers: Vec<CustomProviderConfig>,
+    pub storage: StorageConfig,
+    pub bootstrap: BootstrapConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// The embedded database file (event log and state). Default `data/tollgate.db`.
+    pub path: PathBuf,
+    /// `normal` (survives a process crash; default) or `full` (fsync per commit).
+    pub durability: Durability,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            path: PathBuf::from("data/tollgate.db"),
+            durability: Durability::Normal,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BootstrapConfig {
+    /// On first start (no accounts yet), create an account and an access key
+    /// and print the key once. Default true.
+    pub enabled: bool,
+    pub account_name: String,
+}
+
+impl Default for BootstrapConfig {
+    fn default() -> Self {
+        BootstrapConfig {
+            enabled: true,
+            account_name: "default".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter such as `info` or `tollgate_proxy=debug`; `RUST_LOG` wins.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Conventional provider key variables, honoured when the config sets no keys.
+const CONVENTIONAL_KEY_VARS: &[(&str, &str)] = &[
+    ("openai", "OPENAI_API_KEY"),
+    ("anthropic", "ANTHROPIC_API_KEY"),
+];
+
+impl Config {
+    /// Defaults ← file (if given or `tollgate.toml` exists) ← `TOLLGATE__*` env.
+    pub fn load(path: Option<&Path>) -> Result<Config, figment::Error> {
+        Self::load_from(path, std::env::vars())
+    }
+
+    /// As `load`, with the environment given explicitly (tests, config checks).
+    pub fn load_from(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, figment::Error> {
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match path {
+            Some(path) => {
+                if !path.exists() {
+                    return Err(figment::Error::from(format!(
+                        "config file {} does not exist",
+                        path.display()
+                    )));
+                }
+                figment = figment.merge(Toml::file(path));
+            }
+            None => {
+                if Path::new("tollgate.toml").exists() {
+                    figment = figment.merge(Toml::file("tollgate.toml"));
+                }
+            }
+        }
+        let mut overlay = figment::value::Dict::new();
+        for (name, value) in &env {
+            if let Some(rest) = name.strip_prefix("TOLLGATE__") {
+                let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+                insert_path(&mut overlay, &path, parse_env_value(value));
+            }
+        }
+        figment = figment.merge(Serialized::defaults(overlay));
+        let mut config: Config = figment.extract()?;
+        for (provider, var) in CONVENTIONAL_KEY_VARS {
+            if let Some((_, key)) = env.iter().find(|(n, v)| n == var && !v.is_empty()) {
+                let settings = config.providers.entry((*provider).to_owned()).or_default();
+                if settings.api_keys.is_empty() {
+                    settings.api_keys.push(key.clone());
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    pub fn proxy(&self) -> ProxyConfig {
+        ProxyConfig {
+            server: self.server.clone(),
+            routing: self.routing.clone(),
+            providers: self.providers.clone(),
+            custom_providers: self.custom_providers.clone(),
+        }
+    }
+
+    /// The config as TOML with every secret replaced, for `check-config`.
+    pub fn redacted_toml(&self) -> String {
+        let mut copy = self.clone();
+        for settings in copy.providers.values_mut() {
+            for key in &mut settings.api_keys {
+                *key = "<redacted>".into();
+            }
+        }
+        for custom in &mut copy.custom_providers {
+            for key in &mut custom.api_keys {
+                *key = "<redacted>".into();
+            }
+        }
+        toml::to_string_pretty(&copy).unwrap_or_default()
+    }
+}
+
+fn insert_path(dict: &mut figment::value::Dict, path: &[String], value: figment::value::Value) {
+    use figment::value::Value;
+    match path {
+        [] => {}
+        [last] => {
+            dict.insert(last.clone(), value);
+        }
+        [head, rest @ ..] => {
+            let entry = dict
+                .entry(head.clone())
+                .or_insert_with(|| Value::from(figment::value::Dict::new()));
+            if let Value::Dict(_, inner) = entry {
+                insert_path(inner, rest, value);
+            } else {
+                let mut inner = figment::value::Dict::new();
+                insert_path(&mut inner, rest, value);
+                *entry = Value::from(inner);
+            }
+        }
+    }
+}
+
+/// Env values are TOML-ish: `8080`, `true`, `[a, b]`; anything else is a string.
+fn parse_env_value(raw: &str) -> figment::value::Value {
+    raw.parse::<figment::value::Value>()
+        .unwrap_or_else(|_| figment::value::Value::from(raw.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_round_trip_through_toml() {
+        let config = Config::default();
+        let text = toml::to_string(&config).unwrap();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back, config);
+    }
+
+    #[test]
+    fn env_overrides_file_and_conventional_keys_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.toml");
+        std::fs::write(
+            &file,
+            "[server]\nlisten = \"127.0.0.1:9000\"\n[providers.groq]\napi_keys = [\"gk\"]\n",
+        )
+        .unwrap();
+        let config = Config::load_from(
+            Some(&file),
+            env(&[
+                ("TOLLGATE__SERVER__LISTEN", "0.0.0.0:7000"),
+                ("TOLLGATE__ROUTING__TOTAL_TIMEOUT_MS", "5000"),
+                ("TOLLGATE__PROVIDERS__OPENAI__BASE_URL", "http://127.0.0.1:1/v1"),
+                ("TOLLGATE__PROVIDERS__ANTHROPIC__API_KEYS", "[a1, a2]"),
+                ("OPENAI_API_KEY", "sk-env"),
+                ("ANTHROPIC_API_KEY", "ignored-because-config-sets-keys"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.server.listen.to_string(), "0.0.0.0:7000");
+        assert_eq!(config.routing.total_timeout_ms, 5000);
+        assert_eq!(config.providers["openai"].api_keys, vec!["sk-env"]);
+        assert_eq!(
+            config.providers["openai"].base_url.as_deref(),
+            Some("http://127.0.0.1:1/v1")
+        );
+        assert_eq!(config.providers["anthropic"].api_keys, vec!["a1", "a2"]);
+        assert_eq!(config.providers["groq"].api_keys, vec!["gk"]);
+        assert!(!config.redacted_toml().contains("sk-env"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_field() {
+        let err = Config::load_from(None, env(&[("TOLLGATE__SERVER__LISTN", "x")])).unwrap_err();
+        assert!(err.to_string().contains("listn"), "{err}");
+        let err = Config::load_from(None, env(&[("TOLLGATE__SERVER__LISTEN", "nope")])).unwrap_err();
+        assert!(err.to_string().contains("listen"), "{err}");
+    }
+}

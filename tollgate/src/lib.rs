@@ -1,0 +1,5 @@
+//! The `tollgate` binary's library half: configuration loading and the
+//! composition of services, so integration tests can drive them in-process.
+
+pub mod app;
+pub mod config;

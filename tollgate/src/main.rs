@@ -1,0 +1,164 @@
+//! `tollgate` — run the gateway, check configuration, manage access keys.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use tollgate::app;
+use tollgate::config::{Config, LogFormat};
+use tollgate_store::KeyStore;
+
+#[derive(Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "Self-hostable AI gateway with billing and observability built in",
+    long_about = "Tollgate accepts OpenAI (/v1/chat/completions, /v1/models) and Anthropic (/v1/messages) \
+requests authenticated by Tollgate access keys, routes them to upstream providers with key and model \
+failover, and records one metadata-only usage event per request.\n\n\
+Configuration: a TOML file (--config, or ./tollgate.toml if present) overlaid by environment variables \
+named TOLLGATE__SECTION__KEY, e.g. TOLLGATE__SERVER__LISTEN=0.0.0.0:8080. OPENAI_API_KEY and \
+ANTHROPIC_API_KEY are used as operator credentials when the config sets none."
+)]
+struct Cli {
+    /// Path to the TOML config file. Default: ./tollgate.toml if it exists, else built-in defaults.
+    #[arg(long, short, env = "TOLLGATE_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run everything in one process on the embedded store (default deployment).
+    Serve,
+    /// Validate the configuration (file + environment) and print it with secrets redacted.
+    CheckConfig,
+    /// Manage access keys in the embedded store.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Create an access key; prints its token once. Creates the account if named and missing.
+    Create {
+        /// Account name (an account with this name is created if none exists).
+        #[arg(long, default_value = "default")]
+        account: String,
+        /// A name for the key, e.g. the app or environment using it.
+        #[arg(long)]
+        name: String,
+    },
+    /// List access keys (id, account, name, token prefix, created, revoked). Never tokens.
+    List,
+    /// Revoke an access key by id; running gateways refuse it within a second.
+    Revoke {
+        /// The key id (ak_…).
+        id: String,
+    },
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested; finishing in-flight requests");
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("tollgate: configuration error: {err}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    match run(cli.command, config) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("tollgate: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Serve => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(app::serve(config, shutdown_signal()))
+        }
+        Command::CheckConfig => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let gateway_check = runtime.block_on(async {
+                let dir = std::env::temp_dir().join(format!("tollgate-check-{}", std::process::id()));
+                let mut probe = config.clone();
+                probe.storage.path = dir.join("check.db");
+                let result = app::build(&probe).map(|_| ());
+                let _ = std::fs::remove_dir_all(&dir);
+                result
+            });
+            gateway_check?;
+            print!("{}", config.redacted_toml());
+            eprintln!("configuration OK");
+            Ok(())
+        }
+        Command::Keys { action } => {
+            let db = tollgate_store::Database::open(&config.storage.path, config.storage.durability)?;
+            let keys = KeyStore::open(&db)?;
+            match action {
+                KeysAction::Create { account, name } => {
+                    let account_id = match keys.accounts()?.into_iter().find(|a| a.name == account) {
+                        Some(found) => found.id,
+                        None => keys.create_account(&account)?.id,
+                    };
+                    let created = keys.create_access_key(&account_id, &name)?;
+                    println!("{}", serde_json::to_string_pretty(&created)?);
+                    eprintln!("Store the token now: it is not shown again.");
+                }
+                KeysAction::List => {
+                    println!("{}", serde_json::to_string_pretty(&keys.access_keys()?)?);
+                }
+                KeysAction::Revoke { id } => {
+                    keys.revoke_access_key(&id.as_str().into())?;
+                    eprintln!("revoked {id}");
+                }
+            }
+            Ok(())
+        }
+    }
+}
