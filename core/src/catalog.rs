@@ -182,9 +182,9 @@ impl Catalog {
 
 fn valid_provider_id(id: &str) -> bool {
     !id.is_empty()
-        && id
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' || c == '.')
+        && id.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' || c == '.'
+        })
 }
 
 #[cfg(test)]
@@ -216,17 +216,25 @@ mod tests {
             catalog.provider("anthropic").map(|p| p.api),
             Some(ApiSurface::Anthropic)
         );
-        assert!(catalog.provider("openai").is_some_and(|p| p.operator_credentials));
-        assert!(catalog.provider("groq").is_some_and(|p| !p.operator_credentials));
+        assert!(catalog
+            .provider("openai")
+            .is_some_and(|p| p.operator_credentials));
+        assert!(catalog
+            .provider("groq")
+            .is_some_and(|p| !p.operator_credentials));
     }
 
     #[test]
     fn aliases_resolve_to_their_model() {
         let catalog = Catalog::builtin().unwrap_or_default();
-        let by_alias = catalog.model("claude-sonnet-4-5-20250929").map(|m| m.id.clone());
+        let by_alias = catalog
+            .model("claude-sonnet-4-5-20250929")
+            .map(|m| m.id.clone());
         assert_eq!(by_alias.as_deref(), Some("claude-sonnet-4-5"));
         assert_eq!(
-            catalog.provider_model("openai", "gpt-4o").map(|m| m.provider.as_str()),
+            catalog
+                .provider_model("openai", "gpt-4o")
+                .map(|m| m.provider.as_str()),
             Some("openai")
         );
         assert!(catalog.provider_model("anthropic", "gpt-4o").is_none());

@@ -8,7 +8,9 @@ use std::ops::{Add, AddAssign, Mul, Neg, Sub, SubAssign};
 
 /// An exact amount of US dollars. Serialized as a decimal string so that
 /// JSON consumers never round it through a float.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Usd(#[serde(with = "rust_decimal::serde::str")] pub Decimal);
 

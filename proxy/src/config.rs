@@ -98,8 +98,14 @@ impl ProxyConfig {
         }
         for (field, value) in [
             ("routing.total_timeout_ms", self.routing.total_timeout_ms),
-            ("routing.attempt_timeout_ms", self.routing.attempt_timeout_ms),
-            ("routing.connect_timeout_ms", self.routing.connect_timeout_ms),
+            (
+                "routing.attempt_timeout_ms",
+                self.routing.attempt_timeout_ms,
+            ),
+            (
+                "routing.connect_timeout_ms",
+                self.routing.connect_timeout_ms,
+            ),
             ("routing.read_timeout_ms", self.routing.read_timeout_ms),
         ] {
             if value == 0 {
@@ -159,7 +165,9 @@ pub fn check_upstream_url(raw: &str) -> Result<(), String> {
             let local = match url.host() {
                 Some(url::Host::Ipv4(ip)) => is_private(IpAddr::V4(ip)),
                 Some(url::Host::Ipv6(ip)) => is_private(IpAddr::V6(ip)),
-                Some(url::Host::Domain(name)) => name == "localhost" || name.ends_with(".localhost"),
+                Some(url::Host::Domain(name)) => {
+                    name == "localhost" || name.ends_with(".localhost")
+                }
                 None => false,
             };
             if local {
@@ -170,7 +178,9 @@ pub fn check_upstream_url(raw: &str) -> Result<(), String> {
                 ))
             }
         }
-        other => Err(format!("`{raw}`: scheme `{other}` is not supported; use https")),
+        other => Err(format!(
+            "`{raw}`: scheme `{other}` is not supported; use https"
+        )),
     }
 }
 
@@ -178,7 +188,9 @@ fn is_private(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local(),
         IpAddr::V6(v6) => {
-            v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00 || (v6.segments()[0] & 0xffc0) == 0xfe80
+            v6.is_loopback()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
         }
     }
 }
@@ -223,9 +235,15 @@ mod tests {
             ..ProxyConfig::default()
         };
         let problems = config.problems(&["openai"]);
-        assert!(problems.iter().any(|p| p.starts_with("custom_providers[0].id")));
-        assert!(problems.iter().any(|p| p.starts_with("custom_providers[0].base_url")));
-        assert!(problems.iter().any(|p| p.starts_with("custom_providers[1].id")));
+        assert!(problems
+            .iter()
+            .any(|p| p.starts_with("custom_providers[0].id")));
+        assert!(problems
+            .iter()
+            .any(|p| p.starts_with("custom_providers[0].base_url")));
+        assert!(problems
+            .iter()
+            .any(|p| p.starts_with("custom_providers[1].id")));
         assert_eq!(problems.len(), 3);
     }
 }

@@ -29,7 +29,10 @@ pub const HEADER_ATTEMPTS: &str = "x-tollgate-attempts";
 
 /// The access key from `Authorization: Bearer` (OpenAI SDKs) or `x-api-key` (Anthropic SDKs).
 pub fn extract_token(headers: &HeaderMap) -> Option<&str> {
-    if let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+    if let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
         let value = value.trim();
         let token = value
             .strip_prefix("Bearer ")
@@ -64,7 +67,10 @@ pub async fn handle(
             // No account to attribute: counted in metrics, no usage event.
             let metrics = &gateway.metrics;
             metrics.errors.with_label_values(&[err.kind()]).inc();
-            metrics.requests.with_label_values(&[api.as_str(), "4xx"]).inc();
+            metrics
+                .requests
+                .with_label_values(&[api.as_str(), "4xx"])
+                .inc();
             return err.into_response_for(api);
         }
     };
@@ -89,10 +95,20 @@ pub async fn handle(
             } = start;
             let mut response = Response::new(Body::empty());
             add_trace_headers(&mut response, &meter);
-            let relay = Relay::new(api, candidate.provider.spec.api, include_usage, first, rest, meter);
+            let relay = Relay::new(
+                api,
+                candidate.provider.spec.api,
+                include_usage,
+                first,
+                rest,
+                meter,
+            );
             *response.body_mut() = Body::from_stream(relay);
             let headers = response.headers_mut();
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             response
         }
@@ -113,7 +129,10 @@ fn add_trace_headers(response: &mut Response, meter: &RequestMeter) {
     if let Some(v) = meter.provider().and_then(|p| HeaderValue::from_str(p).ok()) {
         headers.insert(HEADER_PROVIDER, v);
     }
-    if let Some(v) = meter.model_served().and_then(|m| HeaderValue::from_str(m).ok()) {
+    if let Some(v) = meter
+        .model_served()
+        .and_then(|m| HeaderValue::from_str(m).ok())
+    {
         headers.insert(HEADER_MODEL, v);
     }
     if meter.attempts > 0 {
@@ -142,12 +161,19 @@ struct ClientRequest {
     include_usage: bool,
 }
 
-fn parse_request(api: ApiSurface, body: Result<Bytes, BytesRejection>, limit: usize) -> Result<ClientRequest, ProxyError> {
+fn parse_request(
+    api: ApiSurface,
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<ClientRequest, ProxyError> {
     let bytes = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ProxyError::BodyTooLarge { limit_bytes: limit }
         } else {
-            ProxyError::invalid(format!("cannot read request body: {}", rejection.body_text()))
+            ProxyError::invalid(format!(
+                "cannot read request body: {}",
+                rejection.body_text()
+            ))
         }
     })?;
     let body: Value = serde_json::from_slice(&bytes)
@@ -198,7 +224,12 @@ fn parse_request(api: ApiSurface, body: Result<Bytes, BytesRejection>, limit: us
     let stream = match object.get("stream") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(ProxyError::invalid_param("stream", "`stream` must be a boolean")),
+        Some(_) => {
+            return Err(ProxyError::invalid_param(
+                "stream",
+                "`stream` must be a boolean",
+            ))
+        }
     };
     let include_usage = object
         .get("stream_options")
@@ -216,12 +247,20 @@ fn parse_request(api: ApiSurface, body: Result<Bytes, BytesRejection>, limit: us
 
 /// The body to send upstream for one candidate, translated if the provider
 /// speaks the other API.
-fn upstream_body(api: ApiSurface, candidate: &Candidate, request: &ClientRequest) -> Result<Bytes, ProxyError> {
+fn upstream_body(
+    api: ApiSurface,
+    candidate: &Candidate,
+    request: &ClientRequest,
+) -> Result<Bytes, ProxyError> {
     let value = match (api, candidate.provider.spec.api) {
-        (ApiSurface::Openai, ApiSurface::Openai) | (ApiSurface::Anthropic, ApiSurface::Anthropic) => {
+        (ApiSurface::Openai, ApiSurface::Openai)
+        | (ApiSurface::Anthropic, ApiSurface::Anthropic) => {
             let mut value = (*request.body).clone();
             if let Some(object) = value.as_object_mut() {
-                object.insert("model".into(), Value::String(candidate.upstream_model.clone()));
+                object.insert(
+                    "model".into(),
+                    Value::String(candidate.upstream_model.clone()),
+                );
                 object.remove("models");
                 // Ask an OpenAI upstream for usage in the stream's last chunk;
                 // the relay hides that chunk from clients that did not ask.
@@ -241,7 +280,9 @@ fn upstream_body(api: ApiSurface, candidate: &Candidate, request: &ClientRequest
         (ApiSurface::Openai, ApiSurface::Anthropic) => tr_request::openai_to_anthropic_request(
             &request.body,
             &candidate.upstream_model,
-            candidate.max_output_tokens.unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS),
+            candidate
+                .max_output_tokens
+                .unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS),
         )
         .map_err(|e| ProxyError::invalid(e.to_string()))?,
         (ApiSurface::Anthropic, ApiSurface::Openai) => {
@@ -315,7 +356,10 @@ async fn run(
     for name in std::iter::once(&request.model).chain(request.fallbacks.iter()) {
         let candidate = gateway.resolve(name)?;
         // The same (provider, model) is never tried twice.
-        if seen.insert((candidate.provider.spec.id.clone(), candidate.upstream_model.clone())) {
+        if seen.insert((
+            candidate.provider.spec.id.clone(),
+            candidate.upstream_model.clone(),
+        )) {
             candidates.push(candidate);
         }
     }
@@ -349,17 +393,29 @@ async fn run(
             meter.attempt(&candidate, credential);
             let budget = attempt_timeout.min(deadline - now);
             let label = format!("{provider_id}/{}", candidate.upstream_model);
-            let send = upstream_request(gateway, api, headers, &candidate, credential, body.clone()).send();
+            let send =
+                upstream_request(gateway, api, headers, &candidate, credential, body.clone())
+                    .send();
             let response = match tokio::time::timeout(budget, send).await {
                 Err(_) => {
-                    metrics.upstream_attempts.with_label_values(&[provider_id, "timeout"]).inc();
+                    metrics
+                        .upstream_attempts
+                        .with_label_values(&[provider_id, "timeout"])
+                        .inc();
                     timed_out = true;
                     last_error = format!("{label}: no response within {} ms", budget.as_millis());
                     continue;
                 }
                 Ok(Err(err)) => {
-                    let outcome = if err.is_connect() { "connect_error" } else { "error" };
-                    metrics.upstream_attempts.with_label_values(&[provider_id, outcome]).inc();
+                    let outcome = if err.is_connect() {
+                        "connect_error"
+                    } else {
+                        "error"
+                    };
+                    metrics
+                        .upstream_attempts
+                        .with_label_values(&[provider_id, outcome])
+                        .inc();
                     timed_out = err.is_timeout();
                     last_error = format!("{label}: {outcome}: {}", without_url(&err));
                     continue;
@@ -380,7 +436,10 @@ async fn run(
             }
             if !status.is_success() {
                 // Not retryable (the request itself is wrong): return it as is.
-                metrics.upstream_attempts.with_label_values(&[provider_id, "client_error"]).inc();
+                metrics
+                    .upstream_attempts
+                    .with_label_values(&[provider_id, "client_error"])
+                    .inc();
                 let bytes = tokio::time::timeout(read_timeout, response.bytes())
                     .await
                     .ok()
@@ -396,10 +455,15 @@ async fn run(
             }
             if request.stream {
                 let mut stream = response.bytes_stream().boxed();
-                let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+                let remaining = deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1));
                 match tokio::time::timeout(attempt_timeout.min(remaining), stream.next()).await {
                     Ok(Some(Ok(first))) => {
-                        metrics.upstream_attempts.with_label_values(&[provider_id, "ok"]).inc();
+                        metrics
+                            .upstream_attempts
+                            .with_label_values(&[provider_id, "ok"])
+                            .inc();
                         return Ok(Outcome::Stream(StreamStart {
                             candidate,
                             first,
@@ -408,7 +472,10 @@ async fn run(
                         }));
                     }
                     Ok(Some(Err(err))) => {
-                        last_error = format!("{label}: stream failed before its first byte: {}", without_url(&err));
+                        last_error = format!(
+                            "{label}: stream failed before its first byte: {}",
+                            without_url(&err)
+                        );
                         timed_out = false;
                     }
                     Ok(None) => {
@@ -420,19 +487,28 @@ async fn run(
                         timed_out = true;
                     }
                 }
-                metrics.upstream_attempts.with_label_values(&[provider_id, "stream_error"]).inc();
+                metrics
+                    .upstream_attempts
+                    .with_label_values(&[provider_id, "stream_error"])
+                    .inc();
                 continue;
             }
             let bytes = match tokio::time::timeout(read_timeout, response.bytes()).await {
                 Ok(Ok(bytes)) => bytes,
                 Ok(Err(err)) => {
-                    metrics.upstream_attempts.with_label_values(&[provider_id, "error"]).inc();
+                    metrics
+                        .upstream_attempts
+                        .with_label_values(&[provider_id, "error"])
+                        .inc();
                     timed_out = false;
                     last_error = format!("{label}: body failed: {}", without_url(&err));
                     continue;
                 }
                 Err(_) => {
-                    metrics.upstream_attempts.with_label_values(&[provider_id, "timeout"]).inc();
+                    metrics
+                        .upstream_attempts
+                        .with_label_values(&[provider_id, "timeout"])
+                        .inc();
                     timed_out = true;
                     last_error = format!("{label}: body not received in time");
                     continue;
@@ -440,12 +516,18 @@ async fn run(
             };
             match complete_response(api, &candidate, bytes, meter) {
                 Ok(response) => {
-                    metrics.upstream_attempts.with_label_values(&[provider_id, "ok"]).inc();
+                    metrics
+                        .upstream_attempts
+                        .with_label_values(&[provider_id, "ok"])
+                        .inc();
                     meter.finish(200, None, false);
                     return Ok(Outcome::Complete(response));
                 }
                 Err(why) => {
-                    metrics.upstream_attempts.with_label_values(&[provider_id, "invalid_response"]).inc();
+                    metrics
+                        .upstream_attempts
+                        .with_label_values(&[provider_id, "invalid_response"])
+                        .inc();
                     timed_out = false;
                     last_error = format!("{label}: {why}");
                 }
@@ -461,9 +543,15 @@ async fn run(
     tracing::warn!(attempts = meter.attempts, last_error = %last_error, "all upstream attempts failed");
     let attempts = meter.attempts;
     Err(if timed_out {
-        ProxyError::UpstreamTimeout { attempts, last: last_error }
+        ProxyError::UpstreamTimeout {
+            attempts,
+            last: last_error,
+        }
     } else {
-        ProxyError::UpstreamFailed { attempts, last: last_error }
+        ProxyError::UpstreamFailed {
+            attempts,
+            last: last_error,
+        }
     })
 }
 
@@ -498,7 +586,8 @@ fn complete_response(
     bytes: Bytes,
     meter: &mut RequestMeter,
 ) -> Result<Response, String> {
-    let value: Value = serde_json::from_slice(&bytes).map_err(|_| "upstream returned a body that is not JSON".to_owned())?;
+    let value: Value = serde_json::from_slice(&bytes)
+        .map_err(|_| "upstream returned a body that is not JSON".to_owned())?;
     if !value.is_object() {
         return Err("upstream returned a JSON body that is not an object".into());
     }
@@ -519,30 +608,40 @@ fn complete_response(
     } else {
         let client_model = meter.model_requested.clone();
         let translated = match provider_api {
-            ApiSurface::Anthropic => tr_response::anthropic_to_openai_response(&value, &client_model),
+            ApiSurface::Anthropic => {
+                tr_response::anthropic_to_openai_response(&value, &client_model)
+            }
             ApiSurface::Openai => tr_response::openai_to_anthropic_response(&value, &client_model),
         };
         Bytes::from(serde_json::to_vec(&translated).map_err(|e| e.to_string())?)
     };
     let mut response = Response::new(Body::from(body));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     Ok(response)
 }
 
 /// An upstream's non-retryable error, in the client's API shape.
-fn upstream_error_response(client: ApiSurface, provider: ApiSurface, status: StatusCode, bytes: Bytes) -> Response {
+fn upstream_error_response(
+    client: ApiSurface,
+    provider: ApiSurface,
+    status: StatusCode,
+    bytes: Bytes,
+) -> Response {
     if client == provider {
         let mut response = Response::new(Body::from(bytes));
         *response.status_mut() = status;
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         return response;
     }
-    let value = serde_json::from_slice::<Value>(&bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).chars().take(2000).collect()));
+    let value = serde_json::from_slice::<Value>(&bytes).unwrap_or_else(|_| {
+        Value::String(String::from_utf8_lossy(&bytes).chars().take(2000).collect())
+    });
     let translated = match provider {
         ApiSurface::Anthropic => tr_response::anthropic_error_to_openai(status.as_u16(), &value),
         ApiSurface::Openai => tr_response::openai_error_to_anthropic(status.as_u16(), &value),

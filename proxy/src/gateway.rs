@@ -35,7 +35,11 @@ impl fmt::Debug for Credential {
 }
 
 impl Credential {
-    fn new(api: ApiSurface, source: CredentialSource, secret: Option<&str>) -> Result<Self, String> {
+    fn new(
+        api: ApiSurface,
+        source: CredentialSource,
+        secret: Option<&str>,
+    ) -> Result<Self, String> {
         let auth_header = match secret {
             None => None,
             Some(secret) => {
@@ -43,8 +47,9 @@ impl Credential {
                     ApiSurface::Openai => ("authorization", format!("Bearer {secret}")),
                     ApiSurface::Anthropic => ("x-api-key", secret.to_owned()),
                 };
-                let mut value = HeaderValue::from_str(&value)
-                    .map_err(|_| "credential contains characters not allowed in a header".to_owned())?;
+                let mut value = HeaderValue::from_str(&value).map_err(|_| {
+                    "credential contains characters not allowed in a header".to_owned()
+                })?;
                 value.set_sensitive(true);
                 Some((name, value))
             }
@@ -152,7 +157,10 @@ impl Gateway {
         for spec in catalog.providers() {
             let (base_url, secrets): (String, Vec<String>) = match config.providers.get(&spec.id) {
                 Some(settings) => (
-                    settings.base_url.clone().unwrap_or_else(|| spec.base_url.clone()),
+                    settings
+                        .base_url
+                        .clone()
+                        .unwrap_or_else(|| spec.base_url.clone()),
                     settings.api_keys.clone(),
                 ),
                 None => match config.custom_providers.iter().find(|c| c.id == spec.id) {
@@ -164,7 +172,9 @@ impl Gateway {
             for (i, secret) in secrets.iter().enumerate() {
                 match Credential::new(spec.api, CredentialSource::Operator, Some(secret)) {
                     Ok(c) => credentials.push(c),
-                    Err(why) => problems.push(format!("providers.{}.api_keys[{i}]: {why}", spec.id)),
+                    Err(why) => {
+                        problems.push(format!("providers.{}.api_keys[{i}]: {why}", spec.id))
+                    }
                 }
             }
             // A custom upstream without keys is called without authentication.
@@ -233,7 +243,9 @@ impl Gateway {
             let mut tick = tokio::time::interval(interval);
             loop {
                 tick.tick().await;
-                let Some(gateway) = gateway.upgrade() else { break };
+                let Some(gateway) = gateway.upgrade() else {
+                    break;
+                };
                 if let Err(err) = gateway.reload_keys() {
                     tracing::warn!(error = %err, "access key refresh failed; keeping the previous set");
                 }
@@ -253,7 +265,10 @@ impl Gateway {
     /// (id or alias → default provider). Non-catalog models need the prefix.
     pub fn resolve(&self, name: &str) -> Result<Candidate, ProxyError> {
         if name.is_empty() {
-            return Err(ProxyError::invalid_param("model", "`model` must not be empty"));
+            return Err(ProxyError::invalid_param(
+                "model",
+                "`model` must not be empty",
+            ));
         }
         if let Some((prefix, rest)) = name.split_once(':') {
             if let Some(provider) = self.providers.get(prefix) {
@@ -279,18 +294,24 @@ impl Gateway {
             .ok_or_else(|| ProxyError::ModelUnknown {
                 model: name.to_owned(),
             })?;
-        let provider = self
-            .providers
-            .get(&spec.provider)
-            .cloned()
-            .ok_or_else(|| ProxyError::Internal(format!("provider {} missing", spec.provider)))?;
+        let provider =
+            self.providers.get(&spec.provider).cloned().ok_or_else(|| {
+                ProxyError::Internal(format!("provider {} missing", spec.provider))
+            })?;
         Ok(self.candidate(provider, name, Some(spec)))
     }
 
-    fn candidate(&self, provider: Arc<ProviderRuntime>, name: &str, spec: Option<&ModelSpec>) -> Candidate {
+    fn candidate(
+        &self,
+        provider: Arc<ProviderRuntime>,
+        name: &str,
+        spec: Option<&ModelSpec>,
+    ) -> Candidate {
         Candidate {
             provider,
-            upstream_model: spec.map(|s| s.id.clone()).unwrap_or_else(|| name.to_owned()),
+            upstream_model: spec
+                .map(|s| s.id.clone())
+                .unwrap_or_else(|| name.to_owned()),
             prices: spec.map(|s| s.prices).unwrap_or_default(),
             max_output_tokens: spec.map(|s| s.max_output_tokens).filter(|&m| m > 0),
         }

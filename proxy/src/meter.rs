@@ -125,7 +125,7 @@ impl RequestMeter {
     fn tokens(&self, status: u16) -> (TokenCounts, bool) {
         if let Some(reported) = self.reported {
             // A reported zero with generated text is an upstream bug, not free usage.
-            if !(reported.is_zero() && !self.output_text.is_empty()) {
+            if !reported.is_zero() || self.output_text.is_empty() {
                 return (reported, false);
             }
         }
@@ -177,7 +177,10 @@ impl RequestMeter {
             500..=599 => "5xx",
             _ => "other",
         };
-        metrics.requests.with_label_values(&[api, status_class]).inc();
+        metrics
+            .requests
+            .with_label_values(&[api, status_class])
+            .inc();
         if let Some(kind) = error_kind {
             metrics.errors.with_label_values(&[kind]).inc();
         }
@@ -204,9 +207,9 @@ impl RequestMeter {
             account_id: self.account_id.clone(),
             access_key_id: self.access_key_id.clone(),
             client_api: self.client_api,
-            provider: self.provider.take(),
+            provider: self.provider.clone(),
             model_requested: std::mem::take(&mut self.model_requested),
-            model_served: self.model_served.take(),
+            model_served: self.model_served.clone(),
             credential_source: self.credential_source,
             provider_key_id: self.provider_key_id.take(),
             streamed: self.streamed,

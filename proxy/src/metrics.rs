@@ -29,11 +29,17 @@ impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("tollgate_proxy_requests_total", "Requests handled, by client API and HTTP status class."),
+            Opts::new(
+                "tollgate_proxy_requests_total",
+                "Requests handled, by client API and HTTP status class.",
+            ),
             &["api", "status_class"],
         )?;
         let errors = IntCounterVec::new(
-            Opts::new("tollgate_proxy_errors_total", "Failed requests, by error kind."),
+            Opts::new(
+                "tollgate_proxy_errors_total",
+                "Failed requests, by error kind.",
+            ),
             &["kind"],
         )?;
         let request_duration = HistogramVec::new(
@@ -108,7 +114,10 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
         let encoder = TextEncoder::new();
-        if encoder.encode(&self.registry.gather(), &mut buffer).is_err() {
+        if encoder
+            .encode(&self.registry.gather(), &mut buffer)
+            .is_err()
+        {
             return String::new();
         }
         String::from_utf8(buffer).unwrap_or_default()

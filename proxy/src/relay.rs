@@ -18,7 +18,9 @@ use tollgate_translate::usage::{self as tr_usage, AnthropicStreamUsage};
 enum Mode {
     /// OpenAI → OpenAI: forward events unchanged, except the usage-only
     /// chunk the gateway asked for when the client did not.
-    OpenAiPassthrough { client_wants_usage: bool },
+    OpenAiPassthrough {
+        client_wants_usage: bool,
+    },
     AnthropicPassthrough,
     AnthropicToOpenAi(Box<AnthropicToOpenAiStream>),
     OpenAiToAnthropic(Box<OpenAiToAnthropicStream>),
@@ -110,10 +112,10 @@ impl Relay {
         }
         tr_usage::openai_chunk_text(&chunk, &mut self.meter.output_text);
         match &mut self.mode {
-            Mode::OpenAiPassthrough { client_wants_usage } => {
-                if *client_wants_usage || !tr_usage::is_usage_only_chunk(&chunk) {
-                    self.out.extend_from_slice(&event.raw);
-                }
+            Mode::OpenAiPassthrough { client_wants_usage }
+                if *client_wants_usage || !tr_usage::is_usage_only_chunk(&chunk) =>
+            {
+                self.out.extend_from_slice(&event.raw);
             }
             Mode::OpenAiToAnthropic(translator) => {
                 let events = translator.push(&chunk);
@@ -165,7 +167,8 @@ impl Relay {
 
     fn write_anthropic(&mut self, events: Vec<(&'static str, Value)>) {
         for (name, data) in events {
-            self.out.extend_from_slice(&encode_event(Some(name), &data.to_string()));
+            self.out
+                .extend_from_slice(&encode_event(Some(name), &data.to_string()));
         }
     }
 

@@ -22,11 +22,15 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
         .route(
             "/v1/chat/completions",
-            post(|State(gw): State<Arc<Gateway>>, headers: HeaderMap, body| handle(gw, ApiSurface::Openai, headers, body)),
+            post(|State(gw): State<Arc<Gateway>>, headers: HeaderMap, body| {
+                handle(gw, ApiSurface::Openai, headers, body)
+            }),
         )
         .route(
             "/v1/messages",
-            post(|State(gw): State<Arc<Gateway>>, headers: HeaderMap, body| handle(gw, ApiSurface::Anthropic, headers, body)),
+            post(|State(gw): State<Arc<Gateway>>, headers: HeaderMap, body| {
+                handle(gw, ApiSurface::Anthropic, headers, body)
+            }),
         )
         .route("/v1/models", get(list_models))
         .route("/healthz", get(|| async { "ok" }))
@@ -47,7 +51,9 @@ pub async fn serve(
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
@@ -89,7 +95,11 @@ async fn list_models(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) ->
                 .catalog
                 .model(&m.id)
                 .is_some_and(|d| d.provider == m.provider);
-            let name = if bare_default { m.id.clone() } else { format!("{}:{}", m.provider, m.id) };
+            let name = if bare_default {
+                m.id.clone()
+            } else {
+                format!("{}:{}", m.provider, m.id)
+            };
             (name, m.provider.as_str())
         })
         .collect();

@@ -10,13 +10,19 @@ static CL100K: OnceLock<Option<CoreBPE>> = OnceLock::new();
 /// Newer OpenAI families use o200k; everything else is approximated with cl100k.
 fn encoding_for(model: &str) -> Option<&'static CoreBPE> {
     let name = model.rsplit('/').next().unwrap_or(model);
-    let o200k = ["gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "chatgpt", "gpt-oss"]
-        .iter()
-        .any(|family| name.starts_with(family));
+    let o200k = [
+        "gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "chatgpt", "gpt-oss",
+    ]
+    .iter()
+    .any(|family| name.starts_with(family));
     if o200k {
-        O200K.get_or_init(|| tiktoken_rs::o200k_base().ok()).as_ref()
+        O200K
+            .get_or_init(|| tiktoken_rs::o200k_base().ok())
+            .as_ref()
     } else {
-        CL100K.get_or_init(|| tiktoken_rs::cl100k_base().ok()).as_ref()
+        CL100K
+            .get_or_init(|| tiktoken_rs::cl100k_base().ok())
+            .as_ref()
     }
 }
 

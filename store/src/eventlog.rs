@@ -47,7 +47,10 @@ pub struct SqliteEventLog {
 }
 
 impl SqliteEventLog {
-    pub fn open(db: &Database, options: SqliteEventLogOptions) -> Result<SqliteEventLog, StoreError> {
+    pub fn open(
+        db: &Database,
+        options: SqliteEventLogOptions,
+    ) -> Result<SqliteEventLog, StoreError> {
         let writer_conn = db.connect()?;
         let reader = Arc::new(Mutex::new(db.connect()?));
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
@@ -133,7 +136,12 @@ fn commit(conn: &mut Connection, batch: &[(LogRecord, i64)]) -> Result<(), rusql
             "INSERT INTO log_records (topic, record_key, timestamp_ms, payload) VALUES (?1, ?2, ?3, ?4)",
         )?;
         for (record, ts) in batch {
-            stmt.execute(rusqlite::params![record.topic, record.key, ts, record.payload])?;
+            stmt.execute(rusqlite::params![
+                record.topic,
+                record.key,
+                ts,
+                record.payload
+            ])?;
         }
     }
     tx.commit()

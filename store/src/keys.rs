@@ -46,7 +46,9 @@ pub struct KeyStore {
 fn parse_time(text: String) -> rusqlite::Result<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(&text)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+        .map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+        })
 }
 
 fn key_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AccessKeyRecord> {
@@ -57,12 +59,14 @@ fn key_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AccessKeyRecord> {
         token_prefix: row.get(3)?,
         token_hash: row.get(4)?,
         created_at: parse_time(row.get(5)?)?,
-        revoked_at: row.get::<_, Option<String>>(6)?.map(parse_time).transpose()?,
+        revoked_at: row
+            .get::<_, Option<String>>(6)?
+            .map(parse_time)
+            .transpose()?,
     })
 }
 
-const KEY_COLUMNS: &str =
-    "id, account_id, name, token_prefix, token_hash, created_at, revoked_at";
+const KEY_COLUMNS: &str = "id, account_id, name, token_prefix, token_hash, created_at, revoked_at";
 
 impl KeyStore {
     pub fn open(db: &Database) -> Result<KeyStore, StoreError> {
@@ -79,14 +83,19 @@ impl KeyStore {
         };
         self.conn.lock().execute(
             "INSERT INTO accounts (id, name, created_at) VALUES (?1, ?2, ?3)",
-            rusqlite::params![account.id.as_str(), account.name, account.created_at.to_rfc3339()],
+            rusqlite::params![
+                account.id.as_str(),
+                account.name,
+                account.created_at.to_rfc3339()
+            ],
         )?;
         Ok(account)
     }
 
     pub fn accounts(&self) -> Result<Vec<Account>, StoreError> {
         let conn = self.conn.lock();
-        let mut stmt = conn.prepare("SELECT id, name, created_at FROM accounts ORDER BY created_at")?;
+        let mut stmt =
+            conn.prepare("SELECT id, name, created_at FROM accounts ORDER BY created_at")?;
         let rows = stmt.query_map([], |row| {
             Ok(Account {
                 id: AccountId(row.get(0)?),
@@ -97,7 +106,11 @@ impl KeyStore {
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
-    pub fn create_access_key(&self, account: &AccountId, name: &str) -> Result<NewAccessKey, StoreError> {
+    pub fn create_access_key(
+        &self,
+        account: &AccountId,
+        name: &str,
+    ) -> Result<NewAccessKey, StoreError> {
         let token = generate_access_token();
         let key = AccessKeyRecord {
             id: AccessKeyId::generate(),

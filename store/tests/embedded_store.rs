@@ -19,7 +19,9 @@ async fn appended_records_survive_reopen_in_order() {
         let db = Database::open(&path, Durability::Normal).unwrap();
         let log = SqliteEventLog::open(&db, SqliteEventLogOptions::default()).unwrap();
         for n in 0..1000 {
-            log.append(record(if n % 2 == 0 { "a" } else { "b" }, n)).await.unwrap();
+            log.append(record(if n % 2 == 0 { "a" } else { "b" }, n))
+                .await
+                .unwrap();
         }
         log.flush().await.unwrap();
     }
@@ -78,9 +80,7 @@ fn access_keys_store_only_hashes_and_revoke() {
     assert!(keys.access_key_by_token("tgk_wrong").unwrap().is_none());
     keys.revoke_access_key(&created.key.id).unwrap();
     assert!(keys.access_keys().unwrap()[0].revoked_at.is_some());
-    assert!(keys
-        .create_access_key(&"acct_missing".into(), "x")
-        .is_err());
+    assert!(keys.create_access_key(&"acct_missing".into(), "x").is_err());
     drop(keys);
     let raw = std::fs::read(&path).unwrap();
     let wal = std::fs::read(path.with_extension("db-wal")).unwrap_or_default();

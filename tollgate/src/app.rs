@@ -68,7 +68,10 @@ pub fn print_bootstrap_key(key: &NewAccessKey, listen: SocketAddr) {
 }
 
 /// Run the embedded gateway until `shutdown`, then make every event durable.
-pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let embedded = build(&config)?;
     if let Some(key) = bootstrap(&embedded.keys, &config)? {
         embedded.gateway.reload_keys()?;

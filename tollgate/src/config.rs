@@ -200,7 +200,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]
@@ -225,7 +228,10 @@ mod tests {
             env(&[
                 ("TOLLGATE__SERVER__LISTEN", "0.0.0.0:7000"),
                 ("TOLLGATE__ROUTING__TOTAL_TIMEOUT_MS", "5000"),
-                ("TOLLGATE__PROVIDERS__OPENAI__BASE_URL", "http://127.0.0.1:1/v1"),
+                (
+                    "TOLLGATE__PROVIDERS__OPENAI__BASE_URL",
+                    "http://127.0.0.1:1/v1",
+                ),
                 ("TOLLGATE__PROVIDERS__ANTHROPIC__API_KEYS", "[a1, a2]"),
                 ("OPENAI_API_KEY", "sk-env"),
                 ("ANTHROPIC_API_KEY", "ignored-because-config-sets-keys"),
@@ -248,7 +254,8 @@ mod tests {
     fn unknown_keys_are_errors_naming_the_field() {
         let err = Config::load_from(None, env(&[("TOLLGATE__SERVER__LISTN", "x")])).unwrap_err();
         assert!(err.to_string().contains("listn"), "{err}");
-        let err = Config::load_from(None, env(&[("TOLLGATE__SERVER__LISTEN", "nope")])).unwrap_err();
+        let err =
+            Config::load_from(None, env(&[("TOLLGATE__SERVER__LISTEN", "nope")])).unwrap_err();
         assert!(err.to_string().contains("listen"), "{err}");
     }
 }

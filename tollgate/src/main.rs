@@ -63,7 +63,9 @@ enum KeysAction {
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -125,7 +127,8 @@ fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             let gateway_check = runtime.block_on(async {
-                let dir = std::env::temp_dir().join(format!("tollgate-check-{}", std::process::id()));
+                let dir =
+                    std::env::temp_dir().join(format!("tollgate-check-{}", std::process::id()));
                 let mut probe = config.clone();
                 probe.storage.path = dir.join("check.db");
                 let result = app::build(&probe).map(|_| ());
@@ -138,11 +141,13 @@ fn run(command: Command, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys { action } => {
-            let db = tollgate_store::Database::open(&config.storage.path, config.storage.durability)?;
+            let db =
+                tollgate_store::Database::open(&config.storage.path, config.storage.durability)?;
             let keys = KeyStore::open(&db)?;
             match action {
                 KeysAction::Create { account, name } => {
-                    let account_id = match keys.accounts()?.into_iter().find(|a| a.name == account) {
+                    let account_id = match keys.accounts()?.into_iter().find(|a| a.name == account)
+                    {
                         Some(found) => found.id,
                         None => keys.create_account(&account)?.id,
                     };
