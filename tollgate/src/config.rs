@@ -93,7 +93,7 @@ const CONVENTIONAL_KEY_VARS: &[(&str, &str)] = &[
 
 impl Config {
     /// Defaults ← file (if given or `tollgate.toml` exists) ← `TOLLGATE__*` env.
-    pub fn load(path: Option<&Path>) -> Result<Config, figment::Error> {
+    pub fn load(path: Option<&Path>) -> Result<Config, Box<figment::Error>> {
         Self::load_from(path, std::env::vars())
     }
 
@@ -101,16 +101,16 @@ impl Config {
     pub fn load_from(
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Config, figment::Error> {
+    ) -> Result<Config, Box<figment::Error>> {
         let env: Vec<(String, String)> = env.into_iter().collect();
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         match path {
             Some(path) => {
                 if !path.exists() {
-                    return Err(figment::Error::from(format!(
+                    return Err(Box::new(figment::Error::from(format!(
                         "config file {} does not exist",
                         path.display()
-                    )));
+                    ))));
                 }
                 figment = figment.merge(Toml::file(path));
             }
@@ -128,7 +128,7 @@ impl Config {
             }
         }
         figment = figment.merge(Serialized::defaults(overlay));
-        let mut config: Config = figment.extract()?;
+        let mut config: Config = figment.extract().map_err(Box::new)?;
         for (provider, var) in CONVENTIONAL_KEY_VARS {
             if let Some((_, key)) = env.iter().find(|(n, v)| n == var && !v.is_empty()) {
                 let settings = config.providers.entry((*provider).to_owned()).or_default();
