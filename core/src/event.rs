@@ -24,6 +24,7 @@ pub struct Envelope {
 #[serde(tag = "type", content = "data", rename_all = "snake_case")]
 pub enum EventBody {
     Usage(Box<UsageEvent>),
+    Control(crate::control::ControlChange),
 }
 
 impl Envelope {
@@ -34,10 +35,10 @@ impl Envelope {
         }
     }
 
-    /// The partition key: one account's events share one order.
-    pub fn account_id(&self) -> &AccountId {
-        match &self.body {
-            EventBody::Usage(event) => &event.account_id,
+    pub fn control(change: crate::control::ControlChange) -> Self {
+        Envelope {
+            v: ENVELOPE_VERSION,
+            body: EventBody::Control(change),
         }
     }
 }

@@ -59,4 +59,6 @@ pub trait EventLog: Send + Sync + 'static {
 pub mod topics {
     /// Ledger inputs and usage, keyed by account id.
     pub const ACCOUNT_EVENTS: &str = "tollgate.account-events";
+    /// Control-plane changes, keyed by object id (compacted in Kafka).
+    pub const CONTROL: &str = "tollgate.control";
 }

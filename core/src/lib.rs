@@ -2,6 +2,7 @@
 //! the usage-event schema and the event-log interface.
 
 pub mod catalog;
+pub mod control;
 pub mod event;
 pub mod eventlog;
 pub mod ids;

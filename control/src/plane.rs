@@ -1,0 +1,553 @@
+//! The control plane: validates admin operations, writes them as changes to
+//! the control topic, and keeps every instance's view current by tailing it.
+
+use crate::crypto::MasterKey;
+use crate::state::ControlState;
+use arc_swap::ArcSwap;
+use chrono::Utc;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tollgate_core::control::{
+    AccessKey, Account, Configuration, ConfigurationId, ControlChange, ControlKind, ControlObject,
+    CustomProvider, ProviderKey, ProviderKeyAttachment, RateLimits,
+};
+use tollgate_core::eventlog::topics;
+use tollgate_core::secrets::{display_prefix, generate_access_token, hash_access_token};
+use tollgate_core::{
+    AccessKeyId, AccountId, ApiSurface, Envelope, EventBody, EventLog, EventLogError, LogRecord,
+    ProviderKeyId,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("control log unavailable: {0}")]
+    Log(#[from] EventLogError),
+}
+
+/// Provider ids known outside the control plane: the built-in catalog and
+/// custom providers from the config file (which the admin API may not reuse).
+#[derive(Clone, Debug, Default)]
+pub struct ProviderIds {
+    pub builtin: HashSet<String>,
+    pub from_config: HashSet<String>,
+}
+
+/// What a configuration allows; the admin API's create/update body.
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigurationSpec {
+    pub name: String,
+    #[serde(default)]
+    pub allowed_providers: Option<Vec<String>>,
+    #[serde(default)]
+    pub allowed_models: Option<Vec<String>>,
+    #[serde(default = "default_true")]
+    pub allow_passthrough_models: bool,
+    #[serde(default)]
+    pub rate_limits: RateLimits,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+pub struct ControlPlane {
+    log: Arc<dyn EventLog>,
+    master: Arc<MasterKey>,
+    providers: ProviderIds,
+    state: ArcSwap<ControlState>,
+    /// Serializes catch-up so changes apply exactly once, in order.
+    apply: tokio::sync::Mutex<()>,
+}
+
+const READ_BATCH: usize = 1_000;
+
+impl ControlPlane {
+    /// Build the view by replaying the whole control topic.
+    pub async fn open(
+        log: Arc<dyn EventLog>,
+        master: Arc<MasterKey>,
+        providers: ProviderIds,
+    ) -> Result<Arc<ControlPlane>, ControlError> {
+        let plane = Arc::new(ControlPlane {
+            log,
+            master,
+            providers,
+            state: ArcSwap::from_pointee(ControlState::default()),
+            apply: tokio::sync::Mutex::new(()),
+        });
+        plane.catch_up().await?;
+        Ok(plane)
+    }
+
+    pub fn snapshot(&self) -> Arc<ControlState> {
+        self.state.load_full()
+    }
+
+    /// Apply every change appended since the last call. Returns how many.
+    pub async fn catch_up(&self) -> Result<usize, ControlError> {
+        let _guard = self.apply.lock().await;
+        let mut state: Option<ControlState> = None;
+        let mut applied = 0;
+        loop {
+            let from = state
+                .as_ref()
+                .map_or_else(|| self.state.load().next_offset, |s| s.next_offset);
+            let records = self.log.read(topics::CONTROL, 0, from, READ_BATCH).await?;
+            if records.is_empty() {
+                break;
+            }
+            let next = state.get_or_insert_with(|| (**self.state.load()).clone());
+            for record in &records {
+                next.next_offset = record.offset + 1;
+                match serde_json::from_slice::<Envelope>(&record.payload) {
+                    Ok(Envelope {
+                        body: EventBody::Control(change),
+                        ..
+                    }) => {
+                        next.apply(&change, &self.master);
+                        applied += 1;
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        tracing::error!(offset = record.offset, error = %err, "skipping unreadable control record");
+                    }
+                }
+            }
+            if records.len() < READ_BATCH {
+                break;
+            }
+        }
+        if let Some(next) = state {
+            self.state.store(Arc::new(next));
+        }
+        Ok(applied)
+    }
+
+    /// Keep this instance's view current; changes from any instance apply
+    /// within `every` (plus a read).
+    pub fn spawn_tail(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let plane = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(plane) = plane.upgrade() else { break };
+                if let Err(err) = plane.catch_up().await {
+                    tracing::warn!(error = %err, "control-plane catch-up failed; retrying");
+                }
+            }
+        })
+    }
+
+    /// Append a change durably, then apply it here (read-your-writes).
+    async fn publish(&self, change: ControlChange) -> Result<(), ControlError> {
+        let key = match &change {
+            ControlChange::Upsert { object } => object.object_id(),
+            ControlChange::Delete { kind, id } => match kind {
+                ControlKind::CustomProvider => format!("custom_provider:{id}"),
+                _ => id.clone(),
+            },
+            ControlChange::KeyUsed { access_key_id, .. } => format!("last_used:{access_key_id}"),
+        };
+        let payload = serde_json::to_vec(&Envelope::control(change))
+            .map_err(|e| ControlError::Invalid(e.to_string()))?;
+        self.log
+            .append(LogRecord {
+                topic: topics::CONTROL.to_owned(),
+                key,
+                payload,
+            })
+            .await?;
+        self.log.flush().await?;
+        self.catch_up().await?;
+        Ok(())
+    }
+
+    /// Record that a key was used (callers rate-limit this).
+    pub async fn record_key_used(&self, id: &AccessKeyId) -> Result<(), ControlError> {
+        self.publish(ControlChange::KeyUsed {
+            access_key_id: id.clone(),
+            at: Utc::now(),
+        })
+        .await
+    }
+
+    async fn upsert(&self, object: ControlObject) -> Result<(), ControlError> {
+        self.publish(ControlChange::Upsert { object }).await
+    }
+
+    fn account(&self, id: &AccountId) -> Result<Account, ControlError> {
+        self.snapshot()
+            .accounts
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ControlError::NotFound(format!("account {id}")))
+    }
+
+    pub fn known_provider(&self, id: &str) -> bool {
+        self.providers.builtin.contains(id)
+            || self.providers.from_config.contains(id)
+            || self.snapshot().custom_providers.contains_key(id)
+    }
+
+    // ---- accounts -------------------------------------------------------
+
+    pub async fn create_account(&self, name: &str) -> Result<Account, ControlError> {
+        let name = non_empty("name", name)?;
+        let account = Account {
+            id: AccountId::generate(),
+            name,
+            created_at: Utc::now(),
+        };
+        self.upsert(ControlObject::Account(account.clone())).await?;
+        Ok(account)
+    }
+
+    // ---- access keys ----------------------------------------------------
+
+    /// Create a key; the token is returned here and never again.
+    pub async fn create_access_key(
+        &self,
+        account_id: &AccountId,
+        name: &str,
+        configuration_id: Option<ConfigurationId>,
+    ) -> Result<(AccessKey, String), ControlError> {
+        self.account(account_id)?;
+        if let Some(cfg) = &configuration_id {
+            self.owned_configuration(account_id, cfg)?;
+        }
+        let token = generate_access_token();
+        let key = AccessKey {
+            id: AccessKeyId::generate(),
+            account_id: account_id.clone(),
+            name: non_empty("name", name)?,
+            token_prefix: display_prefix(&token),
+            token_hash: hash_access_token(&token),
+            created_at: Utc::now(),
+            revoked_at: None,
+            configuration_id,
+        };
+        self.upsert(ControlObject::AccessKey(key.clone())).await?;
+        Ok((key, token))
+    }
+
+    fn key(&self, id: &AccessKeyId) -> Result<AccessKey, ControlError> {
+        self.snapshot()
+            .access_keys
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ControlError::NotFound(format!("access key {id}")))
+    }
+
+    pub async fn revoke_access_key(&self, id: &AccessKeyId) -> Result<AccessKey, ControlError> {
+        let mut key = self.key(id)?;
+        if key.revoked_at.is_some() {
+            return Err(ControlError::Conflict(format!(
+                "access key {id} is already revoked"
+            )));
+        }
+        key.revoked_at = Some(Utc::now());
+        self.upsert(ControlObject::AccessKey(key.clone())).await?;
+        Ok(key)
+    }
+
+    pub async fn assign_configuration(
+        &self,
+        id: &AccessKeyId,
+        configuration_id: Option<ConfigurationId>,
+    ) -> Result<AccessKey, ControlError> {
+        let mut key = self.key(id)?;
+        if let Some(cfg) = &configuration_id {
+            self.owned_configuration(&key.account_id, cfg)?;
+        }
+        key.configuration_id = configuration_id;
+        self.upsert(ControlObject::AccessKey(key.clone())).await?;
+        Ok(key)
+    }
+
+    // ---- configurations -------------------------------------------------
+
+    fn owned_configuration(
+        &self,
+        account_id: &AccountId,
+        id: &ConfigurationId,
+    ) -> Result<Configuration, ControlError> {
+        match self.snapshot().configurations.get(id) {
+            Some(c) if &c.account_id == account_id => Ok(c.clone()),
+            Some(_) => Err(ControlError::Invalid(format!(
+                "configuration {id} belongs to another account"
+            ))),
+            None => Err(ControlError::NotFound(format!("configuration {id}"))),
+        }
+    }
+
+    pub fn configuration(&self, id: &ConfigurationId) -> Result<Configuration, ControlError> {
+        self.snapshot()
+            .configurations
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ControlError::NotFound(format!("configuration {id}")))
+    }
+
+    fn check_spec(&self, spec: &ConfigurationSpec) -> Result<(), ControlError> {
+        non_empty("name", &spec.name)?;
+        if let Some(providers) = &spec.allowed_providers {
+            for p in providers {
+                if !self.known_provider(p) {
+                    return Err(ControlError::Invalid(format!(
+                        "allowed_providers: unknown provider `{p}`"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn create_configuration(
+        &self,
+        account_id: &AccountId,
+        spec: ConfigurationSpec,
+    ) -> Result<Configuration, ControlError> {
+        self.account(account_id)?;
+        self.check_spec(&spec)?;
+        let config = Configuration {
+            id: ConfigurationId::generate(),
+            account_id: account_id.clone(),
+            name: spec.name,
+            allowed_providers: spec.allowed_providers,
+            allowed_models: spec.allowed_models,
+            allow_passthrough_models: spec.allow_passthrough_models,
+            provider_keys: vec![],
+            rate_limits: spec.rate_limits,
+            created_at: Utc::now(),
+        };
+        self.upsert(ControlObject::Configuration(config.clone()))
+            .await?;
+        Ok(config)
+    }
+
+    pub async fn update_configuration(
+        &self,
+        id: &ConfigurationId,
+        spec: ConfigurationSpec,
+    ) -> Result<Configuration, ControlError> {
+        let mut config = self.configuration(id)?;
+        self.check_spec(&spec)?;
+        config.name = spec.name;
+        config.allowed_providers = spec.allowed_providers;
+        config.allowed_models = spec.allowed_models;
+        config.allow_passthrough_models = spec.allow_passthrough_models;
+        config.rate_limits = spec.rate_limits;
+        self.upsert(ControlObject::Configuration(config.clone()))
+            .await?;
+        Ok(config)
+    }
+
+    pub async fn delete_configuration(&self, id: &ConfigurationId) -> Result<(), ControlError> {
+        self.configuration(id)?;
+        let in_use = self
+            .snapshot()
+            .access_keys
+            .values()
+            .any(|k| k.revoked_at.is_none() && k.configuration_id.as_ref() == Some(id));
+        if in_use {
+            return Err(ControlError::Conflict(format!(
+                "configuration {id} is assigned to an active access key"
+            )));
+        }
+        self.publish(ControlChange::Delete {
+            kind: ControlKind::Configuration,
+            id: id.to_string(),
+        })
+        .await
+    }
+
+    pub async fn attach_provider_key(
+        &self,
+        id: &ConfigurationId,
+        provider_key_id: &ProviderKeyId,
+    ) -> Result<Configuration, ControlError> {
+        let mut config = self.configuration(id)?;
+        let key = self.provider_key(provider_key_id)?;
+        if key.account_id != config.account_id {
+            return Err(ControlError::Invalid(format!(
+                "provider key {provider_key_id} belongs to another account"
+            )));
+        }
+        // Re-attaching moves the key to the front (most recent first).
+        config
+            .provider_keys
+            .retain(|a| &a.provider_key_id != provider_key_id);
+        config.provider_keys.push(ProviderKeyAttachment {
+            provider_key_id: provider_key_id.clone(),
+            attached_at: Utc::now(),
+        });
+        self.upsert(ControlObject::Configuration(config.clone()))
+            .await?;
+        Ok(config)
+    }
+
+    pub async fn detach_provider_key(
+        &self,
+        id: &ConfigurationId,
+        provider_key_id: &ProviderKeyId,
+    ) -> Result<Configuration, ControlError> {
+        let mut config = self.configuration(id)?;
+        let before = config.provider_keys.len();
+        config
+            .provider_keys
+            .retain(|a| &a.provider_key_id != provider_key_id);
+        if config.provider_keys.len() == before {
+            return Err(ControlError::NotFound(format!(
+                "provider key {provider_key_id} attached to configuration {id}"
+            )));
+        }
+        self.upsert(ControlObject::Configuration(config.clone()))
+            .await?;
+        Ok(config)
+    }
+
+    // ---- provider keys --------------------------------------------------
+
+    fn provider_key(&self, id: &ProviderKeyId) -> Result<ProviderKey, ControlError> {
+        self.snapshot()
+            .provider_keys
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ControlError::NotFound(format!("provider key {id}")))
+    }
+
+    pub async fn add_provider_key(
+        &self,
+        account_id: &AccountId,
+        provider: &str,
+        name: &str,
+        secret: &str,
+    ) -> Result<ProviderKey, ControlError> {
+        self.account(account_id)?;
+        if !self.known_provider(provider) {
+            return Err(ControlError::Invalid(format!(
+                "provider: unknown provider `{provider}`"
+            )));
+        }
+        let secret = non_empty("secret", secret)?;
+        let key = ProviderKey {
+            id: ProviderKeyId::generate(),
+            account_id: account_id.clone(),
+            provider: provider.to_owned(),
+            name: non_empty("name", name)?,
+            secret_ciphertext: self.master.encrypt(&secret),
+            created_at: Utc::now(),
+            rotated_at: None,
+        };
+        self.upsert(ControlObject::ProviderKey(key.clone())).await?;
+        Ok(key)
+    }
+
+    /// Replace a key's secret, keeping its id (and so its attachments).
+    pub async fn rotate_provider_key(
+        &self,
+        id: &ProviderKeyId,
+        secret: &str,
+    ) -> Result<ProviderKey, ControlError> {
+        let mut key = self.provider_key(id)?;
+        key.secret_ciphertext = self.master.encrypt(&non_empty("secret", secret)?);
+        key.rotated_at = Some(Utc::now());
+        self.upsert(ControlObject::ProviderKey(key.clone())).await?;
+        Ok(key)
+    }
+
+    pub async fn delete_provider_key(&self, id: &ProviderKeyId) -> Result<(), ControlError> {
+        self.provider_key(id)?;
+        // Detach everywhere first so no configuration points at nothing.
+        let attached: Vec<ConfigurationId> = self
+            .snapshot()
+            .configurations
+            .values()
+            .filter(|c| c.provider_keys.iter().any(|a| &a.provider_key_id == id))
+            .map(|c| c.id.clone())
+            .collect();
+        for cfg in attached {
+            self.detach_provider_key(&cfg, id).await?;
+        }
+        self.publish(ControlChange::Delete {
+            kind: ControlKind::ProviderKey,
+            id: id.to_string(),
+        })
+        .await
+    }
+
+    // ---- custom providers -------------------------------------------------
+
+    pub async fn create_custom_provider(
+        &self,
+        id: &str,
+        base_url: &str,
+        api: ApiSurface,
+        models: Vec<String>,
+    ) -> Result<CustomProvider, ControlError> {
+        if id.is_empty()
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        {
+            return Err(ControlError::Invalid(format!(
+                "id: `{id}` must be lowercase letters, digits, `-` or `_`"
+            )));
+        }
+        if self.providers.builtin.contains(id) {
+            return Err(ControlError::Conflict(format!(
+                "id: `{id}` is a built-in provider"
+            )));
+        }
+        if self.providers.from_config.contains(id) {
+            return Err(ControlError::Conflict(format!(
+                "id: `{id}` is defined in the config file"
+            )));
+        }
+        if self.snapshot().custom_providers.contains_key(id) {
+            return Err(ControlError::Conflict(format!("id: `{id}` already exists")));
+        }
+        tollgate_core::catalog::check_upstream_url(base_url)
+            .map_err(|why| ControlError::Invalid(format!("base_url: {why}")))?;
+        let provider = CustomProvider {
+            id: id.to_owned(),
+            base_url: base_url.to_owned(),
+            api,
+            models,
+            created_at: Utc::now(),
+        };
+        self.upsert(ControlObject::CustomProvider(provider.clone()))
+            .await?;
+        Ok(provider)
+    }
+
+    pub async fn delete_custom_provider(&self, id: &str) -> Result<(), ControlError> {
+        if !self.snapshot().custom_providers.contains_key(id) {
+            return Err(ControlError::NotFound(format!("custom provider {id}")));
+        }
+        self.publish(ControlChange::Delete {
+            kind: ControlKind::CustomProvider,
+            id: id.to_owned(),
+        })
+        .await
+    }
+}
+
+fn non_empty(field: &str, value: &str) -> Result<String, ControlError> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        Err(ControlError::Invalid(format!("{field}: must not be empty")))
+    } else {
+        Ok(trimmed.to_owned())
+    }
+}

@@ -1,0 +1,152 @@
+//! The materialized control-plane view: a pure function of the control
+//! changes applied so far, in log order.
+
+use crate::crypto::MasterKey;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use tollgate_core::control::{
+    AccessKey, Account, Configuration, ConfigurationId, ControlChange, ControlKind, ControlObject,
+    CustomProvider, ProviderKey,
+};
+use tollgate_core::{AccessKeyId, AccountId, ProviderKeyId};
+
+/// A decrypted provider key; Debug never shows it.
+#[derive(Clone)]
+pub struct ProviderSecret(pub Arc<str>);
+
+impl std::fmt::Debug for ProviderSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProviderSecret(<redacted>)")
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ControlState {
+    pub accounts: BTreeMap<AccountId, Account>,
+    pub access_keys: BTreeMap<AccessKeyId, AccessKey>,
+    /// Token hash → key id, for active (unrevoked) keys only.
+    keys_by_hash: HashMap<String, AccessKeyId>,
+    pub configurations: BTreeMap<ConfigurationId, Configuration>,
+    pub provider_keys: BTreeMap<ProviderKeyId, ProviderKey>,
+    secrets: HashMap<ProviderKeyId, ProviderSecret>,
+    pub custom_providers: BTreeMap<String, CustomProvider>,
+    pub last_used: HashMap<AccessKeyId, chrono::DateTime<chrono::Utc>>,
+    /// The next control-log offset to read.
+    pub next_offset: u64,
+}
+
+impl ControlState {
+    pub fn apply(&mut self, change: &ControlChange, master: &MasterKey) {
+        match change {
+            ControlChange::Upsert { object } => self.upsert(object.clone(), master),
+            ControlChange::Delete { kind, id } => self.delete(*kind, id),
+            ControlChange::KeyUsed { access_key_id, at } => {
+                let entry = self.last_used.entry(access_key_id.clone()).or_insert(*at);
+                if *at > *entry {
+                    *entry = *at;
+                }
+            }
+        }
+    }
+
+    fn upsert(&mut self, object: ControlObject, master: &MasterKey) {
+        match object {
+            ControlObject::Account(account) => {
+                self.accounts.insert(account.id.clone(), account);
+            }
+            ControlObject::AccessKey(key) => {
+                if let Some(old) = self.access_keys.get(&key.id) {
+                    self.keys_by_hash.remove(&old.token_hash);
+                }
+                if key.revoked_at.is_none() {
+                    self.keys_by_hash
+                        .insert(key.token_hash.clone(), key.id.clone());
+                }
+                self.access_keys.insert(key.id.clone(), key);
+            }
+            ControlObject::Configuration(config) => {
+                self.configurations.insert(config.id.clone(), config);
+            }
+            ControlObject::ProviderKey(key) => {
+                match master.decrypt(&key.secret_ciphertext) {
+                    Ok(secret) => {
+                        self.secrets
+                            .insert(key.id.clone(), ProviderSecret(Arc::from(secret)));
+                    }
+                    Err(err) => {
+                        self.secrets.remove(&key.id);
+                        tracing::error!(provider_key = %key.id, error = %err, "provider key cannot be decrypted; it will not be used");
+                    }
+                }
+                self.provider_keys.insert(key.id.clone(), key);
+            }
+            ControlObject::CustomProvider(provider) => {
+                self.custom_providers.insert(provider.id.clone(), provider);
+            }
+        }
+    }
+
+    fn delete(&mut self, kind: ControlKind, id: &str) {
+        match kind {
+            ControlKind::Account => {
+                self.accounts.remove(&AccountId(id.to_owned()));
+            }
+            ControlKind::AccessKey => {
+                if let Some(old) = self.access_keys.remove(&AccessKeyId(id.to_owned())) {
+                    self.keys_by_hash.remove(&old.token_hash);
+                }
+            }
+            ControlKind::Configuration => {
+                self.configurations.remove(&ConfigurationId(id.to_owned()));
+            }
+            ControlKind::ProviderKey => {
+                let id = ProviderKeyId(id.to_owned());
+                self.provider_keys.remove(&id);
+                self.secrets.remove(&id);
+            }
+            ControlKind::CustomProvider => {
+                self.custom_providers.remove(id);
+            }
+        }
+    }
+
+    /// The active key whose token hashes to `token_hash`.
+    pub fn key_by_hash(&self, token_hash: &str) -> Option<&AccessKey> {
+        self.keys_by_hash
+            .get(token_hash)
+            .and_then(|id| self.access_keys.get(id))
+    }
+
+    pub fn configuration_of(&self, key: &AccessKey) -> Option<&Configuration> {
+        key.configuration_id
+            .as_ref()
+            .and_then(|id| self.configurations.get(id))
+    }
+
+    /// Provider keys attached to `config` for `provider`, most recently
+    /// attached first, with their decrypted secrets.
+    pub fn attached_keys(
+        &self,
+        config: &Configuration,
+        provider: &str,
+    ) -> Vec<(ProviderKeyId, ProviderSecret)> {
+        let mut attachments: Vec<_> = config
+            .provider_keys
+            .iter()
+            .filter(|a| {
+                self.provider_keys
+                    .get(&a.provider_key_id)
+                    .is_some_and(|k| k.provider == provider)
+            })
+            .collect();
+        attachments.sort_by(|a, b| b.attached_at.cmp(&a.attached_at));
+        attachments
+            .into_iter()
+            .filter_map(|a| {
+                self.secrets
+                    .get(&a.provider_key_id)
+                    .map(|s| (a.provider_key_id.clone(), s.clone()))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,417 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tollgate_control::admin::{router, AdminState};
+use tollgate_control::{ConfigurationSpec, ControlPlane, MasterKey, ProviderIds};
+use tollgate_core::secrets::hash_access_token;
+use tollgate_core::{ApiSurface, EventLog};
+use tollgate_store::{Database, Durability, SqliteEventLog, SqliteEventLogOptions};
+
+const MASTER: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+fn providers() -> ProviderIds {
+    ProviderIds {
+        builtin: ["openai", "anthropic", "groq"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        from_config: ["local"].iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+async fn plane_on(path: &std::path::Path) -> (Arc<ControlPlane>, Arc<SqliteEventLog>) {
+    let db = Database::open(path, Durability::Normal).unwrap();
+    let log = Arc::new(SqliteEventLog::open(&db, SqliteEventLogOptions::default()).unwrap());
+    let plane = ControlPlane::open(
+        log.clone() as Arc<dyn EventLog>,
+        Arc::new(MasterKey::parse(MASTER).unwrap()),
+        providers(),
+    )
+    .await
+    .unwrap();
+    (plane, log)
+}
+
+#[tokio::test]
+async fn two_instances_on_one_store_see_each_others_changes_within_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let (a, _log_a) = plane_on(&path).await;
+    let (b, _log_b) = plane_on(&path).await;
+    let _tail = b.spawn_tail(Duration::from_millis(100));
+
+    let account = a.create_account("team").await.unwrap();
+    let (key, token) = a.create_access_key(&account.id, "app", None).await.unwrap();
+    let hash = hash_access_token(&token);
+
+    let started = Instant::now();
+    while b.snapshot().key_by_hash(&hash).is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "instance b never saw the key"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!(
+        "new key visible on the other instance after {:?}",
+        started.elapsed()
+    );
+
+    a.revoke_access_key(&key.id).await.unwrap();
+    let started = Instant::now();
+    while b.snapshot().key_by_hash(&hash).is_some() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "instance b never saw the revocation"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!(
+        "revocation visible on the other instance after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        a.snapshot().key_by_hash(&hash).is_none(),
+        "the writer sees its own change at once"
+    );
+}
+
+#[tokio::test]
+async fn state_survives_restart_by_replaying_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let (token, config_id) = {
+        let (a, log) = plane_on(&path).await;
+        let account = a.create_account("team").await.unwrap();
+        let config = a
+            .create_configuration(
+                &account.id,
+                ConfigurationSpec {
+                    name: "restricted".into(),
+                    allowed_models: Some(vec!["gpt-4o-mini".into()]),
+                    ..ConfigurationSpec::default()
+                },
+            )
+            .await
+            .unwrap();
+        let pk = a
+            .add_provider_key(&account.id, "openai", "mine", "sk-byok-1")
+            .await
+            .unwrap();
+        a.attach_provider_key(&config.id, &pk.id).await.unwrap();
+        let (_, token) = a
+            .create_access_key(&account.id, "app", Some(config.id.clone()))
+            .await
+            .unwrap();
+        log.flush().await.unwrap();
+        (token, config.id)
+    };
+    let (b, _log) = plane_on(&path).await;
+    let snapshot = b.snapshot();
+    let key = snapshot.key_by_hash(&hash_access_token(&token)).unwrap();
+    let config = snapshot.configuration_of(key).unwrap();
+    assert_eq!(config.id, config_id);
+    assert_eq!(
+        config.allowed_models.as_deref(),
+        Some(&["gpt-4o-mini".to_string()][..])
+    );
+    let attached = snapshot.attached_keys(config, "openai");
+    assert_eq!(attached.len(), 1);
+    assert_eq!(&*attached[0].1 .0, "sk-byok-1");
+    assert!(snapshot.attached_keys(config, "anthropic").is_empty());
+}
+
+#[tokio::test]
+async fn provider_keys_are_encrypted_at_rest_and_rotation_keeps_the_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let (a, log) = plane_on(&path).await;
+    let account = a.create_account("team").await.unwrap();
+    let config = a
+        .create_configuration(
+            &account.id,
+            ConfigurationSpec {
+                name: "c".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let first = a
+        .add_provider_key(&account.id, "openai", "older", "sk-RAW-SECRET-ONE")
+        .await
+        .unwrap();
+    let second = a
+        .add_provider_key(&account.id, "openai", "newer", "sk-RAW-SECRET-TWO")
+        .await
+        .unwrap();
+    a.attach_provider_key(&config.id, &first.id).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    a.attach_provider_key(&config.id, &second.id).await.unwrap();
+
+    let snapshot = a.snapshot();
+    let config_now = snapshot.configurations.get(&config.id).unwrap();
+    let order: Vec<_> = snapshot
+        .attached_keys(config_now, "openai")
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(
+        order,
+        vec![second.id.clone(), first.id.clone()],
+        "most recently attached first"
+    );
+
+    let rotated = a
+        .rotate_provider_key(&first.id, "sk-RAW-SECRET-THREE")
+        .await
+        .unwrap();
+    assert_eq!(rotated.id, first.id);
+    let snapshot = a.snapshot();
+    let config_now = snapshot.configurations.get(&config.id).unwrap();
+    let secrets: Vec<String> = snapshot
+        .attached_keys(config_now, "openai")
+        .into_iter()
+        .map(|(_, s)| s.0.to_string())
+        .collect();
+    assert_eq!(secrets, vec!["sk-RAW-SECRET-TWO", "sk-RAW-SECRET-THREE"]);
+
+    log.flush().await.unwrap();
+    for file in [path.clone(), path.with_extension("db-wal")] {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        for secret in ["RAW-SECRET-ONE", "RAW-SECRET-TWO", "RAW-SECRET-THREE"] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret} found in {}",
+                file.display()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn custom_provider_ids_are_unique_across_config_and_admin() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _log) = plane_on(&dir.path().join("t.db")).await;
+    let err = a
+        .create_custom_provider("local", "http://127.0.0.1:9/v1", ApiSurface::Openai, vec![])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("config file"), "{err}");
+    let err = a
+        .create_custom_provider(
+            "openai",
+            "http://127.0.0.1:9/v1",
+            ApiSurface::Openai,
+            vec![],
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("built-in"), "{err}");
+    let err = a
+        .create_custom_provider(
+            "remote",
+            "http://example.com/v1",
+            ApiSurface::Openai,
+            vec![],
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("https"), "{err}");
+    a.create_custom_provider(
+        "vllm",
+        "http://10.0.0.5:8000/v1",
+        ApiSurface::Openai,
+        vec!["m".into()],
+    )
+    .await
+    .unwrap();
+    assert!(a
+        .create_custom_provider(
+            "vllm",
+            "http://10.0.0.5:8000/v1",
+            ApiSurface::Openai,
+            vec![]
+        )
+        .await
+        .is_err());
+    assert!(a.known_provider("vllm"));
+}
+
+async fn admin_server() -> (String, Arc<ControlPlane>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let (plane, _log) = plane_on(&dir.path().join("t.db")).await;
+    let app = router(AdminState::new(plane.clone(), "admin-secret-token"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/admin/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, plane, dir)
+}
+
+#[tokio::test]
+async fn admin_api_requires_the_admin_token() {
+    let (url, _plane, _dir) = admin_server().await;
+    let client = reqwest::Client::new();
+    let none = client.get(format!("{url}/accounts")).send().await.unwrap();
+    assert_eq!(none.status(), 401);
+    let body: serde_json::Value = none.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "unauthorized");
+    let wrong = client
+        .get(format!("{url}/accounts"))
+        .bearer_auth("admin-secret-tokeX")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let right = client
+        .get(format!("{url}/accounts"))
+        .bearer_auth("admin-secret-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), 200);
+    let spec = client
+        .get(format!("{url}/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(spec.status(), 200, "the OpenAPI document is public");
+}
+
+#[tokio::test]
+async fn admin_api_manages_keys_and_never_returns_secrets() {
+    let (url, plane, _dir) = admin_server().await;
+    let client = reqwest::Client::new();
+    let auth = "admin-secret-token";
+    let account: serde_json::Value = client
+        .post(format!("{url}/accounts"))
+        .bearer_auth(auth)
+        .json(&serde_json::json!({"name": "acme"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let account_id = account["id"].as_str().unwrap();
+    let created = client
+        .post(format!("{url}/accounts/{account_id}/access-keys"))
+        .bearer_auth(auth)
+        .json(&serde_json::json!({"name": "backend"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let created: serde_json::Value = created.json().await.unwrap();
+    let token = created["token"].as_str().unwrap();
+    assert!(token.starts_with("tgk_"));
+    let listed = client
+        .get(format!("{url}/accounts/{account_id}/access-keys"))
+        .bearer_auth(auth)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!listed.contains(token), "listing must not return the token");
+    assert!(!listed.contains(&hash_access_token(token)), "nor its hash");
+    assert!(listed.contains(&token[..12]), "but shows its prefix");
+
+    let pk = client
+        .post(format!("{url}/accounts/{account_id}/provider-keys"))
+        .bearer_auth(auth)
+        .json(
+            &serde_json::json!({"provider": "openai", "name": "prod", "secret": "sk-NEVER-SHOWN"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pk.status(), 201);
+    let pk_text = pk.text().await.unwrap();
+    assert!(!pk_text.contains("NEVER-SHOWN") && !pk_text.contains("ciphertext"));
+    let listed = client
+        .get(format!("{url}/accounts/{account_id}/provider-keys"))
+        .bearer_auth(auth)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!listed.contains("NEVER-SHOWN") && !listed.contains("ciphertext"));
+
+    let bad = client
+        .post(format!("{url}/accounts/{account_id}/provider-keys"))
+        .bearer_auth(auth)
+        .json(&serde_json::json!({"provider": "nope", "name": "x", "secret": "s"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let missing = client
+        .post(format!("{url}/accounts/acct_missing/access-keys"))
+        .bearer_auth(auth)
+        .json(&serde_json::json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let malformed = client
+        .post(format!("{url}/accounts"))
+        .bearer_auth(auth)
+        .header("content-type", "application/json")
+        .body("{nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), 400);
+
+    let key_id = created["access_key"]["id"].as_str().unwrap();
+    let revoked = client
+        .post(format!("{url}/access-keys/{key_id}/revoke"))
+        .bearer_auth(auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    assert!(plane
+        .snapshot()
+        .key_by_hash(&hash_access_token(token))
+        .is_none());
+    let again = client
+        .post(format!("{url}/access-keys/{key_id}/revoke"))
+        .bearer_auth(auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409);
+}
+
+#[test]
+fn openapi_document_lists_every_route() {
+    let doc: serde_json::Value = serde_json::from_str(tollgate_control::admin::OPENAPI).unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    let source = include_str!("../src/admin.rs");
+    for line in source.lines() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix(".route(\"") {
+            let path = rest.split('"').next().unwrap();
+            let full = format!("/admin/v1{path}");
+            assert!(
+                paths.contains_key(&full),
+                "{full} missing from the OpenAPI document"
+            );
+        } else if line.starts_with("\"/") && line.ends_with("\",") {
+            let path = line.trim_end_matches(',').trim_matches('"');
+            let full = format!("/admin/v1{path}");
+            assert!(
+                paths.contains_key(&full),
+                "{full} missing from the OpenAPI document"
+            );
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! Control-plane objects: accounts, access keys, access-key configurations,
+//! provider keys and runtime custom providers. Every change is a
+//! `ControlChange` on the control topic (key = object id) carrying the whole
+//! object, so a compacted topic keeps the latest state of each object and
+//! every instance rebuilds the same view by replaying it.
+
+use crate::catalog::ApiSurface;
+use crate::ids::{AccessKeyId, AccountId, ProviderKeyId};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// An access-key configuration's id.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ConfigurationId(pub String);
+
+impl ConfigurationId {
+    pub fn generate() -> Self {
+        ConfigurationId(format!("cfg_{}", uuid::Uuid::now_v7().simple()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ConfigurationId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub id: AccountId,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An access key as stored: the SHA-256 of its token, never the token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessKey {
+    pub id: AccessKeyId,
+    pub account_id: AccountId,
+    pub name: String,
+    /// The token's first characters, to tell keys apart in listings.
+    pub token_prefix: String,
+    pub token_hash: String,
+    pub created_at: DateTime<Utc>,
+    #[serde(default)]
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// None: the account's unrestricted defaults.
+    #[serde(default)]
+    pub configuration_id: Option<ConfigurationId>,
+}
+
+/// Per-key request and token budgets, counted per gateway instance.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimits {
+    #[serde(default)]
+    pub requests_per_minute: Option<u32>,
+    #[serde(default)]
+    pub tokens_per_minute: Option<u32>,
+}
+
+/// A provider key attached to a configuration; later attachments win.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderKeyAttachment {
+    pub provider_key_id: ProviderKeyId,
+    pub attached_at: DateTime<Utc>,
+}
+
+/// What the keys assigned to it may call, and with which provider keys.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Configuration {
+    pub id: ConfigurationId,
+    pub account_id: AccountId,
+    pub name: String,
+    /// None: every provider. Some: only these provider ids.
+    #[serde(default)]
+    pub allowed_providers: Option<Vec<String>>,
+    /// None: every model. Some: only these (`model` or `provider:model`).
+    #[serde(default)]
+    pub allowed_models: Option<Vec<String>>,
+    /// Whether models the catalog does not list may be called as `provider:model`.
+    #[serde(default = "default_true")]
+    pub allow_passthrough_models: bool,
+    #[serde(default)]
+    pub provider_keys: Vec<ProviderKeyAttachment>,
+    #[serde(default)]
+    pub rate_limits: RateLimits,
+    pub created_at: DateTime<Utc>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// A bring-your-own upstream key. The secret is stored only encrypted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderKey {
+    pub id: ProviderKeyId,
+    pub account_id: AccountId,
+    pub provider: String,
+    pub name: String,
+    /// Authenticated ciphertext (base64 of nonce ‖ ciphertext ‖ tag).
+    pub secret_ciphertext: String,
+    pub created_at: DateTime<Utc>,
+    pub rotated_at: Option<DateTime<Utc>>,
+}
+
+/// A custom provider defined at runtime through the admin API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomProvider {
+    pub id: String,
+    pub base_url: String,
+    pub api: ApiSurface,
+    #[serde(default)]
+    pub models: Vec<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ControlObject {
+    Account(Account),
+    AccessKey(AccessKey),
+    Configuration(Configuration),
+    ProviderKey(ProviderKey),
+    CustomProvider(CustomProvider),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlKind {
+    Account,
+    AccessKey,
+    Configuration,
+    ProviderKey,
+    CustomProvider,
+}
+
+impl ControlObject {
+    pub fn kind(&self) -> ControlKind {
+        match self {
+            ControlObject::Account(_) => ControlKind::Account,
+            ControlObject::AccessKey(_) => ControlKind::AccessKey,
+            ControlObject::Configuration(_) => ControlKind::Configuration,
+            ControlObject::ProviderKey(_) => ControlKind::ProviderKey,
+            ControlObject::CustomProvider(_) => ControlKind::CustomProvider,
+        }
+    }
+
+    /// The record key on the control topic.
+    pub fn object_id(&self) -> String {
+        match self {
+            ControlObject::Account(a) => a.id.to_string(),
+            ControlObject::AccessKey(k) => k.id.to_string(),
+            ControlObject::Configuration(c) => c.id.to_string(),
+            ControlObject::ProviderKey(p) => p.id.to_string(),
+            ControlObject::CustomProvider(c) => format!("custom_provider:{}", c.id),
+        }
+    }
+}
+
+/// One control-plane change: the whole new object, or a deletion.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ControlChange {
+    Upsert {
+        object: ControlObject,
+    },
+    Delete {
+        kind: ControlKind,
+        id: String,
+    },
+    /// An access key was used (recorded at most about once a minute per
+    /// key and instance; record key `last_used:<key id>`).
+    KeyUsed {
+        access_key_id: AccessKeyId,
+        at: DateTime<Utc>,
+    },
+}
