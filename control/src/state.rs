@@ -139,7 +139,7 @@ impl ControlState {
                     .is_some_and(|k| k.provider == provider)
             })
             .collect();
-        attachments.sort_by(|a, b| b.attached_at.cmp(&a.attached_at));
+        attachments.sort_by_key(|a| std::cmp::Reverse(a.attached_at));
         attachments
             .into_iter()
             .filter_map(|a| {
