@@ -7,6 +7,7 @@ pub mod event;
 pub mod eventlog;
 pub mod ids;
 pub mod money;
+pub mod pricing;
 pub mod secrets;
 pub mod tokens;
 
