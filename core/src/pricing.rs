@@ -109,7 +109,10 @@ mod tests {
         let cost = cost_of(&event(Some(CredentialSource::Byok), TOKENS));
         assert_eq!(cost.fee, Usd(dec!(0.0001805)));
         assert_eq!(cost.upstream, Usd::ZERO);
-        let free = cost_of(&event(Some(CredentialSource::Operator), TokenCounts::default()));
+        let free = cost_of(&event(
+            Some(CredentialSource::Operator),
+            TokenCounts::default(),
+        ));
         assert_eq!(free.total(), Usd::ZERO);
         assert_eq!(PROCESSING_FEE_PER_MTOK, Usd(dec!(0.05)));
     }

@@ -127,7 +127,7 @@ impl Config {
                 insert_path(&mut overlay, &path, parse_env_value(value));
             }
         }
-        figment = figment.merge(Serialized::defaults(overlay));
+        figment = figment.merge(EnvOverlay(overlay));
         let mut config: Config = figment.extract().map_err(Box::new)?;
         for (provider, var) in CONVENTIONAL_KEY_VARS {
             if let Some((_, key)) = env.iter().find(|(n, v)| n == var && !v.is_empty()) {
@@ -163,6 +163,23 @@ impl Config {
             }
         }
         toml::to_string_pretty(&copy).unwrap_or_default()
+    }
+}
+
+/// `TOLLGATE__*` variables as a figment provider, so errors name their source.
+struct EnvOverlay(figment::value::Dict);
+
+impl figment::Provider for EnvOverlay {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("TOLLGATE__* environment variable").interpolater(
+            |_profile, keys| format!("TOLLGATE__{}", keys.join("__").to_ascii_uppercase()),
+        )
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        Ok(figment::Profile::Default.collect(self.0.clone()))
     }
 }
 

@@ -30,6 +30,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run everything in one process on the embedded store (default deployment).
+    #[command(
+        long_about = "Run the gateway, with its usage-event log, in one process on the embedded \
+store (one SQLite file, `storage.path`). On first start an account and an access key are created and the \
+key is printed once.\n\nSettings come from the config file and TOLLGATE__SECTION__KEY environment \
+variables (e.g. TOLLGATE__SERVER__LISTEN=0.0.0.0:8080); validate them with `tollgate check-config`. \
+SIGTERM or Ctrl-C stops accepting requests, finishes in-flight ones and makes every usage event durable."
+    )]
     Serve,
     /// Validate the configuration (file + environment) and print it with secrets redacted.
     CheckConfig,
