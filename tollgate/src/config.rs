@@ -273,6 +273,6 @@ mod tests {
         assert!(err.to_string().contains("listn"), "{err}");
         let err =
             Config::load_from(None, env(&[("TOLLGATE__SERVER__LISTEN", "nope")])).unwrap_err();
-        assert!(err.to_string().contains("listen"), "{err}");
+        assert!(err.to_string().contains("TOLLGATE__SERVER__LISTEN"), "{err}");
     }
 }
