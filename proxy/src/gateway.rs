@@ -170,6 +170,10 @@ impl Gateway {
             };
             let mut credentials = Vec::new();
             for (i, secret) in secrets.iter().enumerate() {
+                // A key listed twice would be retried with the same model: keep the first.
+                if secrets[..i].contains(secret) {
+                    continue;
+                }
                 match Credential::new(spec.api, CredentialSource::Operator, Some(secret)) {
                     Ok(c) => credentials.push(c),
                     Err(why) => {

@@ -144,14 +144,20 @@ impl TestGateway {
         self.events.flush().await.unwrap();
         let records = self
             .events
-            .read(tollgate_core::eventlog::topics::ACCOUNT_EVENTS, 0, 0, 100_000)
+            .read(
+                tollgate_core::eventlog::topics::ACCOUNT_EVENTS,
+                0,
+                0,
+                100_000,
+            )
             .await
             .unwrap();
         records
             .iter()
             .map(|r| serde_json::from_slice::<Envelope>(&r.payload).unwrap())
-            .map(|e| match e.body {
-                EventBody::Usage(u) => *u,
+            .filter_map(|e| match e.body {
+                EventBody::Usage(u) => Some(*u),
+                _ => None,
             })
             .collect()
     }
@@ -187,4 +193,237 @@ pub fn sse_events(body: &str) -> Vec<(Option<String>, String)> {
         }
     }
     out
+}
+
+// ---------------------------------------------------------------------------
+// Extensions used by the feature test files.
+
+/// Second operator keys for failover tests (install them with `set_keys`).
+pub const OPENAI_KEY_2: &str = "sk-operator-openai-2";
+pub const ANTHROPIC_KEY_2: &str = "sk-ant-operator-2";
+
+/// Replace the operator keys of a built-in provider in `config`.
+pub fn set_keys(config: &mut ProxyConfig, provider: &str, keys: &[&str]) {
+    config
+        .providers
+        .get_mut(provider)
+        .unwrap_or_else(|| panic!("provider {provider} is not in the mock config"))
+        .api_keys = keys.iter().map(|k| (*k).to_owned()).collect();
+}
+
+/// A URL whose port nothing listens on (bound, then released): connecting fails.
+pub fn closed_port_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}/v1")
+}
+
+/// Build (but do not serve) a gateway for `config` over a fresh store:
+/// for checking what `Gateway::new` accepts.
+pub fn try_gateway(config: ProxyConfig) -> Result<Arc<Gateway>, tollgate_proxy::InitError> {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path().join("t.db"), Durability::Normal).unwrap();
+    let keys = KeyStore::open(&db).unwrap();
+    let events = Arc::new(SqliteEventLog::open(&db, SqliteEventLogOptions::default()).unwrap());
+    Gateway::new(
+        config,
+        Catalog::builtin().unwrap(),
+        keys,
+        events as Arc<dyn EventLog>,
+    )
+}
+
+/// A minimal OpenAI chat request.
+pub fn chat(model: &str, text: &str) -> serde_json::Value {
+    serde_json::json!({"model": model, "messages": [{"role": "user", "content": text}]})
+}
+
+/// A minimal OpenAI streamed chat request.
+pub fn chat_stream(model: &str, text: &str) -> serde_json::Value {
+    let mut body = chat(model, text);
+    body["stream"] = serde_json::Value::Bool(true);
+    body
+}
+
+/// A minimal Anthropic messages request.
+pub fn messages(model: &str, text: &str) -> serde_json::Value {
+    serde_json::json!({
+        "model": model,
+        "max_tokens": 256,
+        "messages": [{"role": "user", "content": text}],
+    })
+}
+
+/// A minimal Anthropic streamed messages request.
+pub fn messages_stream(model: &str, text: &str) -> serde_json::Value {
+    let mut body = messages(model, text);
+    body["stream"] = serde_json::Value::Bool(true);
+    body
+}
+
+/// A response header as a string ("" when absent).
+pub fn header(response: &reqwest::Response, name: &str) -> String {
+    response
+        .headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+/// Status, headers and JSON body of a response.
+pub async fn json_of(
+    response: reqwest::Response,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("response body is not JSON ({e}): {text}"));
+    (status, headers, body)
+}
+
+/// The JSON data of every OpenAI SSE chunk (not `[DONE]`).
+pub fn openai_chunks(body: &str) -> Vec<serde_json::Value> {
+    sse_events(body)
+        .into_iter()
+        .filter(|(_, data)| data != "[DONE]")
+        .map(|(_, data)| {
+            serde_json::from_str(&data).unwrap_or_else(|e| panic!("chunk not JSON ({e}): {data}"))
+        })
+        .collect()
+}
+
+/// Concatenated `choices[0].delta.content` of an OpenAI stream.
+pub fn openai_stream_text(body: &str) -> String {
+    openai_chunks(body)
+        .iter()
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// Concatenated `text_delta` text of an Anthropic stream.
+pub fn anthropic_stream_text(body: &str) -> String {
+    anthropic_events(body)
+        .iter()
+        .filter(|(name, _)| name == "content_block_delta")
+        .filter_map(|(_, data)| data["delta"]["text"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// (event name, parsed data) of every Anthropic SSE event.
+pub fn anthropic_events(body: &str) -> Vec<(String, serde_json::Value)> {
+    sse_events(body)
+        .into_iter()
+        .map(|(name, data)| {
+            let value: serde_json::Value = serde_json::from_str(&data)
+                .unwrap_or_else(|e| panic!("event data not JSON ({e}): {data}"));
+            (name.unwrap_or_default(), value)
+        })
+        .collect()
+}
+
+/// Number of recorded upstream requests that carried `key`.
+pub fn requests_with_key(mock: &MockUpstream, key: &str) -> usize {
+    mock.requests()
+        .iter()
+        .filter(|r| r.api_key.as_deref() == Some(key))
+        .count()
+}
+
+/// Poll `check` until it holds or `timeout` passes; returns whether it held.
+pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl TestGateway {
+    /// POST a JSON body to `path` with the test key as a bearer token.
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> reqwest::Response {
+        Self::client()
+            .post(self.url(path))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The one stored usage event with this id (waits for it, bounded).
+    pub async fn event(&self, event_id: &str) -> UsageEvent {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let events = self.usage_events().await;
+            let mut matching: Vec<_> = events
+                .into_iter()
+                .filter(|e| e.event_id.to_string() == event_id)
+                .collect();
+            if matching.len() > 1 {
+                panic!("{} events share id {event_id}", matching.len());
+            }
+            if let Some(event) = matching.pop() {
+                return event;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("no usage event with id {event_id}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The only stored usage event; fails if there is not exactly one.
+    pub async fn only_event(&self) -> UsageEvent {
+        let mut events = self.wait_for_events(1).await;
+        assert_eq!(
+            events.len(),
+            1,
+            "expected exactly one usage event: {events:#?}"
+        );
+        events.pop().unwrap()
+    }
+
+    /// The Prometheus text from `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        Self::client()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+/// Sum of the samples of metric `name` whose label set contains every `labels` pair.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, label_text) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| label_text.split(',').any(|p| p == format!("{k}=\"{v}\"")));
+            all.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
 }
