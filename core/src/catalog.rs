@@ -30,8 +30,10 @@ pub struct ProviderSpec {
     /// Base URL including the API version path, e.g. `https://api.openai.com/v1`.
     pub base_url: String,
     pub api: ApiSurface,
-    /// Whether the operator may supply upstream credentials for this provider
-    /// (billed through credits). Otherwise callers must bring their own key.
+    /// Whether a default deployment supplies operator credentials for this
+    /// provider (OpenAI and Anthropic). Informational: any provider the
+    /// operator configures `api_keys` for gets operator credentials; for the
+    /// others callers attach their own provider keys.
     #[serde(default)]
     pub operator_credentials: bool,
     /// True for providers defined by configuration rather than the built-in catalog.

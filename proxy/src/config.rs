@@ -55,8 +55,9 @@ impl Default for RoutingConfig {
 pub struct ProviderSettings {
     /// Replace the catalog base URL (tests point this at mock upstreams).
     pub base_url: Option<String>,
-    /// Operator-supplied upstream credentials, tried in order. Only used for
-    /// providers whose catalog entry allows operator credentials.
+    /// Operator-supplied upstream credentials, tried in order after any
+    /// provider keys attached to the caller's configuration. Requests they
+    /// answer are billed the upstream cost through credits.
     pub api_keys: Vec<String>,
 }
 

@@ -124,6 +124,8 @@ pub async fn handle(
 fn add_trace_headers(response: &mut Response, meter: &RequestMeter) {
     let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&meter.event_id.to_string()) {
+        // SDKs surface `x-request-id` as the request id (e.g. openai's `_request_id`).
+        headers.insert("x-request-id", v.clone());
         headers.insert(HEADER_EVENT_ID, v);
     }
     if let Some(v) = meter.provider().and_then(|p| HeaderValue::from_str(p).ok()) {
@@ -371,6 +373,7 @@ async fn run(
     let mut last_error = String::from("no upstream was tried");
     let mut timed_out = false;
     let mut missing_credentials: Option<String> = None;
+    let mut untranslatable: Option<ProxyError> = None;
 
     'candidates: for candidate in candidates {
         let provider_id = candidate.provider.spec.id.as_str();
@@ -379,7 +382,16 @@ async fn run(
             last_error = format!("provider `{provider_id}` has no credentials configured");
             continue;
         }
-        let body = upstream_body(api, &candidate, &request)?;
+        let body = match upstream_body(api, &candidate, &request) {
+            Ok(body) => body,
+            // This candidate cannot take the request; a later one may.
+            Err(err @ ProxyError::InvalidRequest { .. }) => {
+                last_error = format!("{provider_id}/{}: {err}", candidate.upstream_model);
+                untranslatable.get_or_insert(err);
+                continue;
+            }
+            Err(err) => return Err(err),
+        };
         for credential in &candidate.provider.credentials {
             let now = Instant::now();
             if now >= deadline {
@@ -432,6 +444,21 @@ async fn run(
                     .inc();
                 timed_out = false;
                 last_error = format!("{label}: upstream answered {}", status.as_u16());
+                continue;
+            }
+            if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                // The credential Tollgate used was refused: another key may work,
+                // and the upstream's body (which may echo part of the key) must
+                // not reach the client as if its own Tollgate key were wrong.
+                metrics
+                    .upstream_attempts
+                    .with_label_values(&[provider_id, "credential_rejected"])
+                    .inc();
+                timed_out = false;
+                last_error = format!(
+                    "{label}: upstream refused the credential ({})",
+                    status.as_u16()
+                );
                 continue;
             }
             if !status.is_success() {
@@ -536,6 +563,9 @@ async fn run(
     }
 
     if meter.attempts == 0 {
+        if let Some(err) = untranslatable {
+            return Err(err);
+        }
         if let Some(provider) = missing_credentials {
             return Err(ProxyError::NoCredentials { provider });
         }

@@ -37,6 +37,11 @@ pub struct Relay {
     out: BytesMut,
     meter: RequestMeter,
     done: bool,
+    /// The upstream sent its closing event (`[DONE]`/finish_reason, or
+    /// `message_stop`/stop_reason); without it the stream was truncated.
+    completed: bool,
+    /// The upstream reported an error inside the stream.
+    upstream_error: bool,
 }
 
 impl Relay {
@@ -72,6 +77,8 @@ impl Relay {
             out: BytesMut::new(),
             meter,
             done: false,
+            completed: false,
+            upstream_error: false,
         }
     }
 
@@ -91,6 +98,7 @@ impl Relay {
     fn process_openai_event(&mut self, event: SseEvent) {
         let data = event.data.trim();
         if data == "[DONE]" {
+            self.completed = true;
             match &mut self.mode {
                 Mode::OpenAiToAnthropic(translator) => {
                     let events = translator.finish();
@@ -101,12 +109,24 @@ impl Relay {
             return;
         }
         let Ok(chunk) = serde_json::from_str::<Value>(data) else {
-            // Comments, keep-alives or garbage: forward only when not translating.
-            if matches!(self.mode, Mode::OpenAiPassthrough { .. }) {
-                self.out.extend_from_slice(&event.raw);
-            }
+            // Garbage is never forwarded: it would break the client's parser.
+            tracing::warn!("skipping an upstream stream event that is not JSON");
             return;
         };
+        if chunk.get("error").is_some() {
+            self.upstream_error = true;
+        }
+        let finished = chunk
+            .get("choices")
+            .and_then(Value::as_array)
+            .is_some_and(|choices| {
+                choices
+                    .iter()
+                    .any(|c| c.get("finish_reason").is_some_and(|f| !f.is_null()))
+            });
+        if finished {
+            self.completed = true;
+        }
         if let Some(usage) = tr_usage::openai_chunk_usage(&chunk) {
             self.meter.reported = Some(usage);
         }
@@ -138,7 +158,16 @@ impl Relay {
                     .map(str::to_owned)
             })
             .unwrap_or_default();
-        if let Some(data) = &parsed {
+        let Some(data) = &parsed else {
+            tracing::warn!("skipping an upstream stream event that is not JSON");
+            return;
+        };
+        match event_type.as_str() {
+            "message_stop" => self.completed = true,
+            "error" => self.upstream_error = true,
+            _ => {}
+        }
+        {
             self.anthropic_usage.observe(&event_type, data);
             tr_usage::anthropic_event_text(&event_type, data, &mut self.meter.output_text);
             if event_type == "message_delta" && data.get("usage").is_some() {
@@ -149,10 +178,8 @@ impl Relay {
         match &mut self.mode {
             Mode::AnthropicPassthrough => self.out.extend_from_slice(&event.raw),
             Mode::AnthropicToOpenAi(translator) => {
-                if let Some(data) = &parsed {
-                    let chunks = translator.push(&event_type, data);
-                    self.write_openai(chunks);
-                }
+                let chunks = translator.push(&event_type, data);
+                self.write_openai(chunks);
             }
             _ => {}
         }
@@ -172,10 +199,21 @@ impl Relay {
         }
     }
 
-    /// Upstream ended cleanly: flush translators and close the client's stream.
+    /// Upstream closed the connection: close the client's stream the way the
+    /// upstream ended it — complete, with an error it reported, or truncated.
     fn end(&mut self) {
         if let Some(event) = self.decoder.finish() {
             self.process_event(event);
+        }
+        if self.upstream_error {
+            // The error event has been relayed in the client's shape already.
+            self.use_partial_anthropic_usage();
+            self.meter.finish(502, Some("upstream_stream_error"), false);
+            return;
+        }
+        if !self.completed {
+            self.fail("the upstream stream ended before its final event");
+            return;
         }
         match &mut self.mode {
             Mode::AnthropicToOpenAi(translator) => {

@@ -33,6 +33,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             }),
         )
         .route("/v1/models", get(list_models))
+        .route("/v1/models/{*model}", get(get_model))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -72,21 +73,18 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
         .into_response()
 }
 
-/// OpenAI's model list, or Anthropic's when the caller sends `anthropic-version`.
-async fn list_models(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    let api = if headers.contains_key("anthropic-version") {
+fn model_api(headers: &HeaderMap) -> ApiSurface {
+    if headers.contains_key("anthropic-version") {
         ApiSurface::Anthropic
     } else {
         ApiSurface::Openai
-    };
-    if let Err(err) = extract_token(&headers)
-        .ok_or(ProxyError::MissingKey)
-        .and_then(|token| gateway.authenticate(token))
-    {
-        return err.into_response_for(api);
     }
-    // A model reachable by its bare id is listed bare; otherwise qualified.
-    let names: Vec<(String, &str)> = gateway
+}
+
+/// Every catalog model as (listed name, provider): a model reachable by its
+/// bare id is listed bare; otherwise provider-qualified.
+fn listed_models(gateway: &Gateway) -> Vec<(String, &str)> {
+    gateway
         .catalog
         .models()
         .iter()
@@ -102,22 +100,61 @@ async fn list_models(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) ->
             };
             (name, m.provider.as_str())
         })
+        .collect()
+}
+
+fn model_object(api: ApiSurface, id: &str, provider: &str) -> serde_json::Value {
+    match api {
+        ApiSurface::Openai => {
+            json!({"id": id, "object": "model", "created": 0, "owned_by": provider})
+        }
+        ApiSurface::Anthropic => json!({
+            "type": "model", "id": id, "display_name": id, "created_at": "1970-01-01T00:00:00Z"
+        }),
+    }
+}
+
+/// OpenAI's model list, or Anthropic's when the caller sends `anthropic-version`.
+async fn list_models(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    let api = model_api(&headers);
+    if let Err(err) = extract_token(&headers)
+        .ok_or(ProxyError::MissingKey)
+        .and_then(|token| gateway.authenticate(token))
+    {
+        return err.into_response_for(api);
+    }
+    let names = listed_models(&gateway);
+    let data: Vec<_> = names
+        .iter()
+        .map(|(id, provider)| model_object(api, id, provider))
         .collect();
     let body = match api {
-        ApiSurface::Openai => json!({
-            "object": "list",
-            "data": names.iter().map(|(id, provider)| json!({
-                "id": id, "object": "model", "created": 0, "owned_by": provider
-            })).collect::<Vec<_>>(),
-        }),
+        ApiSurface::Openai => json!({"object": "list", "data": data}),
         ApiSurface::Anthropic => json!({
-            "data": names.iter().map(|(id, _)| json!({
-                "type": "model", "id": id, "display_name": id, "created_at": "1970-01-01T00:00:00Z"
-            })).collect::<Vec<_>>(),
+            "data": data,
             "has_more": false,
             "first_id": names.first().map(|(id, _)| id),
             "last_id": names.last().map(|(id, _)| id),
         }),
     };
     axum::Json(body).into_response()
+}
+
+/// One model of the list, by its listed name.
+async fn get_model(
+    State(gateway): State<Arc<Gateway>>,
+    axum::extract::Path(model): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let api = model_api(&headers);
+    if let Err(err) = extract_token(&headers)
+        .ok_or(ProxyError::MissingKey)
+        .and_then(|token| gateway.authenticate(token))
+    {
+        return err.into_response_for(api);
+    }
+    match listed_models(&gateway).iter().find(|(id, _)| *id == model) {
+        Some((id, provider)) => axum::Json(model_object(api, id, provider)).into_response(),
+        None => ProxyError::ModelUnknown { model }.into_response_for(api),
+    }
 }

@@ -273,20 +273,53 @@ async fn upstream_bad_request_is_returned_as_is_and_not_retried() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upstream_client_errors_other_than_429_are_not_retried_on_the_anthropic_api() {
+async fn upstream_request_errors_are_not_retried_on_the_anthropic_api() {
     let gw = start_with(|c| set_keys(c, "anthropic", &[ANTHROPIC_KEY, ANTHROPIC_KEY_2])).await;
     let upstream_error = json!({"type": "error", "error": {
-        "type": "permission_error", "message": "not allowed for this key"}});
+        "type": "invalid_request_error", "message": "messages: bad shape"}});
     gw.mock
-        .add_rule(Rule::any().fail_with(403, upstream_error.clone()));
+        .add_rule(Rule::any().fail_with(422, upstream_error.clone()));
     let (status, _, body) = json_of(
         gw.post_anthropic(messages("claude-haiku-4-5", PROMPT))
             .await,
     )
     .await;
-    assert_eq!(status, 403);
+    assert_eq!(status, 422);
     assert_eq!(body, upstream_error);
     assert_eq!(gw.mock.requests().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_upstream_credential_fails_over_to_the_next_key() {
+    let gw = two_openai_keys().await;
+    gw.mock.add_rule(Rule::for_key(OPENAI_KEY).fail(401));
+    let (status, headers, body) = json_of(gw.post_openai(chat("gpt-4o-mini", PROMPT)).await).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-tollgate-attempts"], "2");
+    let keys: Vec<_> = gw
+        .mock
+        .requests()
+        .iter()
+        .map(|r| r.api_key.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(keys, vec![OPENAI_KEY.to_string(), OPENAI_KEY_2.to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_everywhere_give_502_without_the_upstream_body() {
+    let gw = two_openai_keys().await;
+    let upstream_error = json!({"error": {"message": "Incorrect API key provided: sk-op****-1",
+        "type": "invalid_request_error", "code": "invalid_api_key"}});
+    gw.mock.add_rule(Rule::any().fail_with(401, upstream_error));
+    let (status, _, body) = json_of(gw.post_openai(chat("gpt-4o-mini", PROMPT)).await).await;
+    assert_eq!(status, 502);
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("refused the credential"), "{message}");
+    assert!(
+        !body.to_string().contains("sk-op"),
+        "upstream text leaked: {body}"
+    );
+    assert_eq!(gw.mock.requests().len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -488,4 +521,57 @@ async fn a_key_listed_twice_is_still_tried_only_once_per_model() {
     assert_eq!(header(&response, "x-tollgate-attempts"), "2");
     assert_eq!(requests_with_key(&gw.mock, OPENAI_KEY), 1);
     assert_eq!(requests_with_key(&gw.mock, OPENAI_KEY_2), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_closes_before_its_final_event_ends_with_an_error_in_every_shape() {
+    let gw = start().await;
+    // The mock's garbage stream sends one unparseable event, then closes
+    // cleanly without `[DONE]` / `message_stop`.
+    gw.mock.add_rule(Rule::any().garbage());
+    let cases = [
+        (
+            gw.post_openai(chat_stream("gpt-4o-mini", PROMPT)).await,
+            "openai",
+        ),
+        (
+            gw.post_openai(chat_stream("claude-haiku-4-5", PROMPT))
+                .await,
+            "openai",
+        ),
+        (
+            gw.post_anthropic(messages_stream("claude-haiku-4-5", PROMPT))
+                .await,
+            "anthropic",
+        ),
+        (
+            gw.post_anthropic(messages_stream("gpt-4o", PROMPT)).await,
+            "anthropic",
+        ),
+    ];
+    for (response, shape) in cases {
+        let event_id = header(&response, "x-tollgate-event-id");
+        let body = response.text().await.unwrap();
+        assert!(
+            !body.contains("this is not json"),
+            "garbage forwarded: {body}"
+        );
+        assert!(
+            !body.contains("[DONE]") && !body.contains("message_stop"),
+            "{body}"
+        );
+        let events = sse_events(&body);
+        let (name, last) = events.last().unwrap();
+        let error: serde_json::Value = serde_json::from_str(last).unwrap();
+        match shape {
+            "openai" => assert_eq!(error["error"]["type"], "api_error", "{body}"),
+            _ => {
+                assert_eq!(name.as_deref(), Some("error"), "{body}");
+                assert_eq!(error["type"], "error", "{body}");
+            }
+        }
+        let event = gw.event(&event_id).await;
+        assert_eq!(event.status, 502);
+        assert_eq!(event.error_kind.as_deref(), Some("upstream_stream_error"));
+    }
 }

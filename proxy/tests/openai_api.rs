@@ -304,3 +304,47 @@ async fn models_endpoint_needs_a_valid_key() {
     assert_eq!(body["type"], "error");
     assert_eq!(body["error"]["type"], "authentication_error");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_model_can_be_retrieved_in_either_shape() {
+    let gw = start().await;
+    let client = TestGateway::client();
+    let found: serde_json::Value = client
+        .get(gw.url("/v1/models/gpt-4o-mini"))
+        .bearer_auth(&gw.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(found["id"], "gpt-4o-mini");
+    assert_eq!(found["owned_by"], "openai");
+    let qualified = client
+        .get(gw.url("/v1/models/openai/gpt-oss-120b"))
+        .bearer_auth(&gw.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(qualified.status(), 200);
+    let anthropic: serde_json::Value = client
+        .get(gw.url("/v1/models/claude-haiku-4-5"))
+        .header("x-api-key", &gw.token)
+        .header("anthropic-version", "2023-06-01")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(anthropic["type"], "model");
+    let missing = client
+        .get(gw.url("/v1/models/no-such-model"))
+        .bearer_auth(&gw.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let body: serde_json::Value = missing.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "model_not_found");
+}
