@@ -2,7 +2,7 @@
 //! resolve candidates, try them in order with failover, and answer.
 
 use crate::error::ProxyError;
-use crate::gateway::{Candidate, Credential, Gateway};
+use crate::gateway::{Caller, Candidate, Credential, Gateway};
 use crate::meter::RequestMeter;
 use crate::relay::Relay;
 use axum::body::Body;
@@ -58,11 +58,11 @@ pub async fn handle(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
-    let key = match extract_token(&headers)
+    let caller = match extract_token(&headers)
         .ok_or(ProxyError::MissingKey)
         .and_then(|token| gateway.authenticate(token))
     {
-        Ok(key) => key,
+        Ok(caller) => caller,
         Err(err) => {
             // No account to attribute: counted in metrics, no usage event.
             let metrics = &gateway.metrics;
@@ -77,11 +77,11 @@ pub async fn handle(
     let mut meter = RequestMeter::start(
         gateway.clone(),
         started,
-        key.account_id.clone(),
-        key.key_id.clone(),
+        caller.account_id.clone(),
+        caller.key_id.clone(),
         api,
     );
-    match run(&gateway, api, &headers, body, &mut meter, started).await {
+    match run(&gateway, &caller, api, &headers, body, &mut meter, started).await {
         Ok(Outcome::Complete(mut response)) => {
             add_trace_headers(&mut response, &meter);
             response
@@ -341,6 +341,7 @@ fn upstream_request_id(headers: &reqwest::header::HeaderMap) -> Option<String> {
 
 async fn run(
     gateway: &Arc<Gateway>,
+    caller: &Caller,
     api: ApiSurface,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -348,6 +349,15 @@ async fn run(
     started: Instant,
 ) -> Result<Outcome, ProxyError> {
     let routing = &gateway.config.routing;
+    let limits = caller.rate_limits();
+    gateway
+        .limiter
+        .admit(&caller.key_id, limits)
+        .map_err(|limited| ProxyError::RateLimited {
+            limit: limited.limit,
+            retry_after_secs: limited.retry_after_secs,
+        })?;
+    meter.rate_limits = limits;
     let request = parse_request(api, body, gateway.config.server.max_body_bytes)?;
     meter.model_requested = request.model.clone();
     meter.streamed = request.stream;
@@ -356,7 +366,7 @@ async fn run(
     let mut candidates = Vec::with_capacity(1 + request.fallbacks.len());
     let mut seen = HashSet::new();
     for name in std::iter::once(&request.model).chain(request.fallbacks.iter()) {
-        let candidate = gateway.resolve(name)?;
+        let candidate = gateway.resolve(name, caller)?;
         // The same (provider, model) is never tried twice.
         if seen.insert((
             candidate.provider.spec.id.clone(),
@@ -377,7 +387,7 @@ async fn run(
 
     'candidates: for candidate in candidates {
         let provider_id = candidate.provider.spec.id.as_str();
-        if candidate.provider.credentials.is_empty() {
+        if candidate.credentials.is_empty() {
             missing_credentials.get_or_insert_with(|| provider_id.to_owned());
             last_error = format!("provider `{provider_id}` has no credentials configured");
             continue;
@@ -392,7 +402,7 @@ async fn run(
             }
             Err(err) => return Err(err),
         };
-        for credential in &candidate.provider.credentials {
+        for credential in &candidate.credentials {
             let now = Instant::now();
             if now >= deadline {
                 timed_out = true;

@@ -25,6 +25,17 @@ pub enum ProxyError {
     ProviderUnknown { provider: String, model: String },
     #[error("provider `{provider}` has no credentials configured: it needs a provider key")]
     NoCredentials { provider: String },
+    #[error("provider `{provider}` is not allowed by this access key's configuration")]
+    ProviderNotAllowed { provider: String },
+    #[error("model `{model}` is not allowed by this access key's configuration")]
+    ModelNotAllowed { model: String },
+    #[error("model `{model}` is not in the catalog and this access key's configuration does not allow pass-through models")]
+    PassthroughNotAllowed { model: String },
+    #[error("rate limit exceeded for this access key ({limit}); retry after {retry_after_secs} s")]
+    RateLimited {
+        limit: &'static str,
+        retry_after_secs: u64,
+    },
     #[error("all {attempts} upstream attempt(s) failed; last error: {last}")]
     UpstreamFailed { attempts: u32, last: String },
     #[error("upstream timed out after {attempts} attempt(s); last error: {last}")]
@@ -55,6 +66,10 @@ impl ProxyError {
             | ProxyError::ProviderUnknown { .. }
             | ProxyError::NoCredentials { .. } => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::ProviderNotAllowed { .. }
+            | ProxyError::ModelNotAllowed { .. }
+            | ProxyError::PassthroughNotAllowed { .. } => StatusCode::FORBIDDEN,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::ModelUnknown { .. } => StatusCode::NOT_FOUND,
             ProxyError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -72,6 +87,10 @@ impl ProxyError {
             ProxyError::ModelUnknown { .. } => "model_unknown",
             ProxyError::ProviderUnknown { .. } => "provider_unknown",
             ProxyError::NoCredentials { .. } => "no_credentials",
+            ProxyError::ProviderNotAllowed { .. } => "provider_not_allowed",
+            ProxyError::ModelNotAllowed { .. } => "model_not_allowed",
+            ProxyError::PassthroughNotAllowed { .. } => "passthrough_not_allowed",
+            ProxyError::RateLimited { .. } => "rate_limited",
             ProxyError::UpstreamFailed { .. } => "upstream_failed",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::Internal(_) => "internal",
@@ -87,6 +106,14 @@ impl ProxyError {
                 ("invalid_request_error", Some("model_not_found"))
             }
             ProxyError::BodyTooLarge { .. } => ("invalid_request_error", Some("request_too_large")),
+            ProxyError::ProviderNotAllowed { .. } => {
+                ("permission_error", Some("provider_not_allowed"))
+            }
+            ProxyError::ModelNotAllowed { .. } => ("permission_error", Some("model_not_allowed")),
+            ProxyError::PassthroughNotAllowed { .. } => {
+                ("permission_error", Some("passthrough_not_allowed"))
+            }
+            ProxyError::RateLimited { .. } => ("rate_limit_error", Some("rate_limit_exceeded")),
             ProxyError::InvalidRequest { .. } | ProxyError::NoCredentials { .. } => {
                 ("invalid_request_error", None)
             }
@@ -101,6 +128,10 @@ impl ProxyError {
             ProxyError::MissingKey | ProxyError::InvalidKey => "authentication_error",
             ProxyError::ModelUnknown { .. } => "not_found_error",
             ProxyError::BodyTooLarge { .. } => "request_too_large",
+            ProxyError::ProviderNotAllowed { .. }
+            | ProxyError::ModelNotAllowed { .. }
+            | ProxyError::PassthroughNotAllowed { .. } => "permission_error",
+            ProxyError::RateLimited { .. } => "rate_limit_error",
             ProxyError::InvalidRequest { .. }
             | ProxyError::ProviderUnknown { .. }
             | ProxyError::NoCredentials { .. } => "invalid_request_error",
@@ -117,9 +148,11 @@ impl ProxyError {
                 let (kind, code) = self.openai_type_and_code();
                 let param = match self {
                     ProxyError::InvalidRequest { param, .. } => *param,
-                    ProxyError::ModelUnknown { .. } | ProxyError::ProviderUnknown { .. } => {
-                        Some("model")
-                    }
+                    ProxyError::ModelUnknown { .. }
+                    | ProxyError::ProviderUnknown { .. }
+                    | ProxyError::ModelNotAllowed { .. }
+                    | ProxyError::PassthroughNotAllowed { .. }
+                    | ProxyError::ProviderNotAllowed { .. } => Some("model"),
                     _ => None,
                 };
                 json!({"error": {"message": message, "type": kind, "param": param, "code": code}})
@@ -136,7 +169,18 @@ impl ProxyError {
             tracing::error!(detail = %detail, "internal error");
         }
         let status = self.status();
+        let retry_after = match &self {
+            ProxyError::RateLimited {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
+        };
         let mut response = (status, axum::Json(self.body(api))).into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from(secs));
+        }
         if status == StatusCode::UNAUTHORIZED && api == ApiSurface::Openai {
             response
                 .headers_mut()

@@ -4,18 +4,21 @@
 use crate::config::ProxyConfig;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
-use arc_swap::ArcSwap;
+use crate::ratelimit::RateLimiter;
 use axum::http::HeaderValue;
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
+use tollgate_control::{ControlPlane, ControlState, ProviderIds};
+use tollgate_core::control::{Configuration, ConfigurationId, RateLimits};
 use tollgate_core::secrets::hash_access_token;
 use tollgate_core::{
     AccessKeyId, AccountId, ApiSurface, Catalog, CredentialSource, EventLog, ModelSpec, Prices,
     ProviderKeyId, ProviderSpec,
 };
-use tollgate_store::KeyStore;
 
 /// An upstream credential. Its secret never appears in Debug output or logs.
 pub struct Credential {
@@ -67,7 +70,8 @@ pub struct ProviderRuntime {
     pub spec: ProviderSpec,
     /// Base URL with overrides applied, without a trailing slash.
     pub base_url: String,
-    pub credentials: Vec<Credential>,
+    /// The operator's credentials for this provider, in order.
+    pub credentials: Vec<Arc<Credential>>,
 }
 
 impl ProviderRuntime {
@@ -79,32 +83,58 @@ impl ProviderRuntime {
     }
 }
 
-/// What an authenticated access key resolves to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AuthedKey {
+/// The authenticated caller: its key, account and the control-plane
+/// snapshot the request is evaluated against (one snapshot per request, so
+/// a change mid-request never mixes two views).
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub snapshot: Arc<ControlState>,
     pub key_id: AccessKeyId,
     pub account_id: AccountId,
+    pub configuration_id: Option<ConfigurationId>,
 }
 
-/// One model to try: which provider, which upstream model id, which prices.
+impl Caller {
+    pub fn configuration(&self) -> Option<&Configuration> {
+        self.configuration_id
+            .as_ref()
+            .and_then(|id| self.snapshot.configurations.get(id))
+    }
+
+    pub fn rate_limits(&self) -> RateLimits {
+        self.configuration()
+            .map(|c| c.rate_limits)
+            .unwrap_or_default()
+    }
+}
+
+/// One model to try: which provider, which upstream model id, which prices,
+/// and the credentials to try it with, in order.
 #[derive(Clone, Debug)]
 pub struct Candidate {
     pub provider: Arc<ProviderRuntime>,
     pub upstream_model: String,
     pub prices: Prices,
     pub max_output_tokens: Option<u32>,
+    pub credentials: Vec<Arc<Credential>>,
 }
 
 pub struct Gateway {
     pub config: ProxyConfig,
     pub catalog: Catalog,
+    /// Built-in and config-file providers with their operator credentials.
     pub providers: HashMap<String, Arc<ProviderRuntime>>,
-    pub keys: ArcSwap<HashMap<String, Arc<AuthedKey>>>,
-    pub key_store: KeyStore,
+    pub control: Arc<ControlPlane>,
     pub client: reqwest::Client,
     pub events: Arc<dyn EventLog>,
     pub metrics: Metrics,
+    pub limiter: RateLimiter,
+    /// When this instance last recorded each key's use on the control log.
+    last_used_recorded: Mutex<HashMap<AccessKeyId, Instant>>,
 }
+
+/// Keys' last use is recorded at most this often per key and instance.
+const LAST_USED_INTERVAL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
@@ -114,15 +144,25 @@ pub enum InitError {
     HttpClient(String),
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
-    #[error("cannot load access keys: {0}")]
-    Keys(#[from] tollgate_store::StoreError),
 }
 
 impl Gateway {
+    /// Provider ids the control plane must know: built-in and config-file ones.
+    pub fn provider_ids(catalog: &Catalog, config: &ProxyConfig) -> ProviderIds {
+        ProviderIds {
+            builtin: catalog.providers().iter().map(|p| p.id.clone()).collect(),
+            from_config: config
+                .custom_providers
+                .iter()
+                .map(|c| c.id.clone())
+                .collect(),
+        }
+    }
+
     pub fn new(
         config: ProxyConfig,
         mut catalog: Catalog,
-        key_store: KeyStore,
+        control: Arc<ControlPlane>,
         events: Arc<dyn EventLog>,
     ) -> Result<Arc<Gateway>, InitError> {
         let builtin_ids: Vec<String> = catalog.providers().iter().map(|p| p.id.clone()).collect();
@@ -142,14 +182,7 @@ impl Gateway {
                 continue; // already reported by `problems`
             }
             for model in &custom.models {
-                let _ = catalog.add_model(ModelSpec {
-                    provider: custom.id.clone(),
-                    id: model.clone(),
-                    aliases: vec![],
-                    context_window: 0,
-                    max_output_tokens: 0,
-                    prices: Prices::default(),
-                });
+                let _ = catalog.add_model(custom_model(&custom.id, model));
             }
         }
 
@@ -175,16 +208,10 @@ impl Gateway {
                     continue;
                 }
                 match Credential::new(spec.api, CredentialSource::Operator, Some(secret)) {
-                    Ok(c) => credentials.push(c),
+                    Ok(c) => credentials.push(Arc::new(c)),
                     Err(why) => {
                         problems.push(format!("providers.{}.api_keys[{i}]: {why}", spec.id))
                     }
-                }
-            }
-            // A custom upstream without keys is called without authentication.
-            if spec.custom && credentials.is_empty() {
-                if let Ok(c) = Credential::new(spec.api, CredentialSource::Operator, None) {
-                    credentials.push(c);
                 }
             }
             providers.insert(
@@ -208,82 +235,116 @@ impl Gateway {
             .build()
             .map_err(|e| InitError::HttpClient(e.to_string()))?;
 
-        let gateway = Arc::new(Gateway {
+        Ok(Arc::new(Gateway {
             config,
             catalog,
             providers,
-            keys: ArcSwap::from_pointee(HashMap::new()),
-            key_store,
+            control,
             client,
             events,
             metrics: Metrics::new()?,
-        });
-        gateway.reload_keys()?;
-        Ok(gateway)
+            limiter: RateLimiter::default(),
+            last_used_recorded: Mutex::new(HashMap::new()),
+        }))
     }
 
-    /// Re-read active access keys into the in-memory cache.
-    pub fn reload_keys(&self) -> Result<(), tollgate_store::StoreError> {
-        let mut map = HashMap::new();
-        for key in self.key_store.access_keys()? {
-            if key.revoked_at.is_none() {
-                map.insert(
-                    key.token_hash.clone(),
-                    Arc::new(AuthedKey {
-                        key_id: key.id,
-                        account_id: key.account_id,
-                    }),
-                );
-            }
-        }
-        self.keys.store(Arc::new(map));
-        Ok(())
+    /// Look the token up in this instance's control-plane view (memory only).
+    pub fn authenticate(&self, token: &str) -> Result<Caller, ProxyError> {
+        let snapshot = self.control.snapshot();
+        let key = snapshot
+            .key_by_hash(&hash_access_token(token))
+            .ok_or(ProxyError::InvalidKey)?;
+        let caller = Caller {
+            key_id: key.id.clone(),
+            account_id: key.account_id.clone(),
+            configuration_id: key.configuration_id.clone(),
+            snapshot: snapshot.clone(),
+        };
+        self.note_key_used(&caller.key_id);
+        Ok(caller)
     }
 
-    /// Keeps the key cache fresh so revocations apply within `interval`.
-    pub fn spawn_key_refresh(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
-        let gateway = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            loop {
-                tick.tick().await;
-                let Some(gateway) = gateway.upgrade() else {
-                    break;
-                };
-                if let Err(err) = gateway.reload_keys() {
-                    tracing::warn!(error = %err, "access key refresh failed; keeping the previous set");
+    /// Record a key's use on the control log, at most once a minute per key.
+    fn note_key_used(&self, key_id: &AccessKeyId) {
+        let now = Instant::now();
+        {
+            let mut recorded = self.last_used_recorded.lock();
+            match recorded.get(key_id) {
+                Some(at) if now.duration_since(*at) < LAST_USED_INTERVAL => return,
+                _ => {
+                    recorded.insert(key_id.clone(), now);
                 }
             }
-        })
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let control = self.control.clone();
+        let key_id = key_id.clone();
+        runtime.spawn(async move {
+            if let Err(err) = control.record_key_used(&key_id).await {
+                tracing::warn!(error = %err, "could not record an access key's last use");
+            }
+        });
     }
 
-    pub fn authenticate(&self, token: &str) -> Result<Arc<AuthedKey>, ProxyError> {
-        self.keys
-            .load()
-            .get(&hash_access_token(token))
-            .cloned()
-            .ok_or(ProxyError::InvalidKey)
-    }
-
-    /// Resolve a model name: `provider:model` prefix first, then the catalog
-    /// (id or alias → default provider). Non-catalog models need the prefix.
-    pub fn resolve(&self, name: &str) -> Result<Candidate, ProxyError> {
+    /// Resolve a model name for `caller`: `provider:model` prefix first, then
+    /// the catalog (id or alias → default provider), then runtime custom
+    /// providers' declared models; then apply the caller's configuration.
+    pub fn resolve(&self, name: &str, caller: &Caller) -> Result<Candidate, ProxyError> {
         if name.is_empty() {
             return Err(ProxyError::invalid_param(
                 "model",
                 "`model` must not be empty",
             ));
         }
+        let (provider, upstream, spec) = self.locate(name, &caller.snapshot)?;
+        self.check_policy(name, &provider, &upstream, spec.is_some(), caller)?;
+        let credentials = self.credentials_for(&provider, caller);
+        Ok(Candidate {
+            upstream_model: spec.as_ref().map_or(upstream, |s| s.id.clone()),
+            prices: spec.as_ref().map(|s| s.prices).unwrap_or_default(),
+            max_output_tokens: spec
+                .as_ref()
+                .map(|s| s.max_output_tokens)
+                .filter(|&m| m > 0),
+            provider,
+            credentials,
+        })
+    }
+
+    /// Which provider serves `name`, under which upstream id, and its catalog
+    /// entry if it has one.
+    fn locate(
+        &self,
+        name: &str,
+        snapshot: &ControlState,
+    ) -> Result<(Arc<ProviderRuntime>, String, Option<ModelSpec>), ProxyError> {
         if let Some((prefix, rest)) = name.split_once(':') {
-            if let Some(provider) = self.providers.get(prefix) {
+            let provider = self
+                .providers
+                .get(prefix)
+                .cloned()
+                .or_else(|| runtime_provider(snapshot, prefix));
+            if let Some(provider) = provider {
                 if rest.is_empty() {
                     return Err(ProxyError::invalid_param(
                         "model",
                         format!("model `{name}` names a provider but no model"),
                     ));
                 }
-                let spec = self.catalog.provider_model(prefix, rest);
-                return Ok(self.candidate(provider.clone(), rest, spec));
+                let spec = self
+                    .catalog
+                    .provider_model(prefix, rest)
+                    .cloned()
+                    .or_else(|| {
+                        snapshot
+                            .custom_providers
+                            .get(prefix)
+                            .filter(|c| c.models.iter().any(|m| m == rest))
+                            .map(|_| custom_model(prefix, rest))
+                    });
+                return Ok((provider, rest.to_owned(), spec));
             }
             if self.catalog.model(name).is_none() {
                 return Err(ProxyError::ProviderUnknown {
@@ -292,32 +353,125 @@ impl Gateway {
                 });
             }
         }
-        let spec = self
-            .catalog
-            .model(name)
-            .ok_or_else(|| ProxyError::ModelUnknown {
-                model: name.to_owned(),
-            })?;
-        let provider =
-            self.providers.get(&spec.provider).cloned().ok_or_else(|| {
+        if let Some(spec) = self.catalog.model(name) {
+            let provider = self.providers.get(&spec.provider).cloned().ok_or_else(|| {
                 ProxyError::Internal(format!("provider {} missing", spec.provider))
             })?;
-        Ok(self.candidate(provider, name, Some(spec)))
+            return Ok((provider, name.to_owned(), Some(spec.clone())));
+        }
+        for custom in snapshot.custom_providers.values() {
+            if custom.models.iter().any(|m| m == name) {
+                if let Some(provider) = runtime_provider(snapshot, &custom.id) {
+                    return Ok((
+                        provider,
+                        name.to_owned(),
+                        Some(custom_model(&custom.id, name)),
+                    ));
+                }
+            }
+        }
+        Err(ProxyError::ModelUnknown {
+            model: name.to_owned(),
+        })
     }
 
-    fn candidate(
+    /// The caller's configuration decides: provider allowed? model allowed?
+    /// non-catalog pass-through allowed?
+    fn check_policy(
         &self,
-        provider: Arc<ProviderRuntime>,
         name: &str,
-        spec: Option<&ModelSpec>,
-    ) -> Candidate {
-        Candidate {
-            provider,
-            upstream_model: spec
-                .map(|s| s.id.clone())
-                .unwrap_or_else(|| name.to_owned()),
-            prices: spec.map(|s| s.prices).unwrap_or_default(),
-            max_output_tokens: spec.map(|s| s.max_output_tokens).filter(|&m| m > 0),
+        provider: &ProviderRuntime,
+        upstream: &str,
+        in_catalog: bool,
+        caller: &Caller,
+    ) -> Result<(), ProxyError> {
+        let Some(config) = caller.configuration() else {
+            return Ok(());
+        };
+        let provider_id = provider.spec.id.as_str();
+        if let Some(allowed) = &config.allowed_providers {
+            if !allowed.iter().any(|p| p == provider_id) {
+                return Err(ProxyError::ProviderNotAllowed {
+                    provider: provider_id.to_owned(),
+                });
+            }
         }
+        if !in_catalog && !config.allow_passthrough_models {
+            return Err(ProxyError::PassthroughNotAllowed {
+                model: name.to_owned(),
+            });
+        }
+        if let Some(allowed) = &config.allowed_models {
+            let canonical = self
+                .catalog
+                .provider_model(provider_id, upstream)
+                .map(|m| m.id.as_str())
+                .unwrap_or(upstream);
+            let qualified = format!("{provider_id}:{canonical}");
+            let permitted = allowed
+                .iter()
+                .any(|m| m == name || m == canonical || *m == qualified);
+            if !permitted {
+                return Err(ProxyError::ModelNotAllowed {
+                    model: name.to_owned(),
+                });
+            }
+        }
+        Ok(())
     }
+
+    /// Attached provider keys (most recently attached first), then the
+    /// operator's credentials; a custom upstream with neither is called
+    /// without authentication.
+    fn credentials_for(&self, provider: &ProviderRuntime, caller: &Caller) -> Vec<Arc<Credential>> {
+        let mut credentials = Vec::new();
+        if let Some(config) = caller.configuration() {
+            for (key_id, secret) in caller.snapshot.attached_keys(config, &provider.spec.id) {
+                match Credential::new(provider.spec.api, CredentialSource::Byok, Some(&secret.0)) {
+                    Ok(mut c) => {
+                        c.key_id = Some(key_id);
+                        credentials.push(Arc::new(c));
+                    }
+                    Err(why) => {
+                        tracing::warn!(provider_key = %key_id, reason = %why, "skipping an unusable provider key")
+                    }
+                }
+            }
+        }
+        credentials.extend(provider.credentials.iter().cloned());
+        if credentials.is_empty() && provider.spec.custom {
+            if let Ok(c) = Credential::new(provider.spec.api, CredentialSource::Operator, None) {
+                credentials.push(Arc::new(c));
+            }
+        }
+        credentials
+    }
+}
+
+fn custom_model(provider: &str, model: &str) -> ModelSpec {
+    ModelSpec {
+        provider: provider.to_owned(),
+        id: model.to_owned(),
+        aliases: vec![],
+        context_window: 0,
+        max_output_tokens: 0,
+        prices: Prices::default(),
+    }
+}
+
+/// A custom provider defined through the admin API, as a runtime provider.
+fn runtime_provider(snapshot: &ControlState, id: &str) -> Option<Arc<ProviderRuntime>> {
+    let custom = snapshot.custom_providers.get(id)?;
+    Some(Arc::new(ProviderRuntime {
+        spec: ProviderSpec {
+            id: custom.id.clone(),
+            name: custom.id.clone(),
+            base_url: custom.base_url.clone(),
+            api: custom.api,
+            operator_credentials: false,
+            custom: true,
+        },
+        base_url: custom.base_url.trim_end_matches('/').to_owned(),
+        credentials: vec![],
+    }))
 }

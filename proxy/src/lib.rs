@@ -7,11 +7,12 @@ pub mod error;
 pub mod gateway;
 pub mod meter;
 pub mod metrics;
+pub mod ratelimit;
 mod relay;
 mod routes;
 pub mod tokenize;
 
 pub use config::ProxyConfig;
 pub use error::ProxyError;
-pub use gateway::{Gateway, InitError};
+pub use gateway::{Caller, Gateway, InitError};
 pub use routes::{router, serve};

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tollgate_core::control::RateLimits;
 use tollgate_core::eventlog::topics;
 use tollgate_core::{
     AccessKeyId, AccountId, ApiSurface, CredentialSource, Envelope, EventId, LogRecord, Prices,
@@ -43,6 +44,8 @@ pub struct RequestMeter {
     request: Option<Arc<Value>>,
     /// Generated text seen so far, for the same fallback. Never stored.
     pub output_text: String,
+    /// The key's limits, charged with the tokens used when the request ends.
+    pub rate_limits: RateLimits,
     finished: bool,
 }
 
@@ -78,6 +81,7 @@ impl RequestMeter {
             partial_input: None,
             request: None,
             output_text: String::new(),
+            rate_limits: RateLimits::default(),
             finished: false,
         }
     }
@@ -169,6 +173,9 @@ impl RequestMeter {
         metrics.in_flight.dec();
         let latency = self.started.elapsed();
         let (tokens, tokens_estimated) = self.tokens(status);
+        self.gateway
+            .limiter
+            .record_tokens(&self.access_key_id, self.rate_limits, tokens.total());
 
         let api = self.client_api.as_str();
         let status_class = match status {

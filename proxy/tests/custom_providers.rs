@@ -218,8 +218,8 @@ fn config_with(custom_providers: Vec<CustomProviderConfig>) -> tollgate_proxy::P
     }
 }
 
-#[test]
-fn gateway_refuses_plain_http_to_an_external_host() {
+#[tokio::test]
+async fn gateway_refuses_plain_http_to_an_external_host() {
     let config = config_with(vec![custom(
         "remote",
         "http://example.com/v1",
@@ -227,7 +227,7 @@ fn gateway_refuses_plain_http_to_an_external_host() {
         &["m"],
         &[],
     )]);
-    let problems = config_problems(try_gateway(config).err().expect("refused"));
+    let problems = config_problems(try_gateway(config).await.err().expect("refused"));
     assert!(
         problems
             .iter()
@@ -236,8 +236,8 @@ fn gateway_refuses_plain_http_to_an_external_host() {
     );
 }
 
-#[test]
-fn gateway_accepts_https_and_private_http_upstreams() {
+#[tokio::test]
+async fn gateway_accepts_https_and_private_http_upstreams() {
     let config = config_with(vec![
         custom(
             "a",
@@ -261,11 +261,11 @@ fn gateway_accepts_https_and_private_http_upstreams() {
             &[],
         ),
     ]);
-    assert!(try_gateway(config).is_ok());
+    assert!(try_gateway(config).await.is_ok());
 }
 
-#[test]
-fn gateway_refuses_a_custom_id_that_clashes_with_a_built_in_provider() {
+#[tokio::test]
+async fn gateway_refuses_a_custom_id_that_clashes_with_a_built_in_provider() {
     let config = config_with(vec![custom(
         "openai",
         "http://127.0.0.1:9/v1",
@@ -273,7 +273,7 @@ fn gateway_refuses_a_custom_id_that_clashes_with_a_built_in_provider() {
         &["m"],
         &[],
     )]);
-    let problems = config_problems(try_gateway(config).err().expect("refused"));
+    let problems = config_problems(try_gateway(config).await.err().expect("refused"));
     assert!(
         problems
             .iter()
@@ -282,8 +282,8 @@ fn gateway_refuses_a_custom_id_that_clashes_with_a_built_in_provider() {
     );
 }
 
-#[test]
-fn gateway_reports_every_custom_provider_problem_at_once() {
+#[tokio::test]
+async fn gateway_reports_every_custom_provider_problem_at_once() {
     let config = config_with(vec![
         custom(
             "ok",
@@ -307,7 +307,7 @@ fn gateway_reports_every_custom_provider_problem_at_once() {
             &[],
         ),
     ]);
-    let problems = config_problems(try_gateway(config).err().expect("refused"));
+    let problems = config_problems(try_gateway(config).await.err().expect("refused"));
     for field in [
         "custom_providers[1].id",
         "custom_providers[1].base_url",

@@ -17,7 +17,7 @@ pub enum Durability {
 
 /// Numbered schema migrations, applied in order once each.
 const MIGRATIONS: &[&str] = &[
-    // 1: the event log and the access-key tables.
+    // 1: the event log. Control-plane state lives on the log itself.
     "CREATE TABLE log_records (
         log_offset INTEGER PRIMARY KEY AUTOINCREMENT,
         topic TEXT NOT NULL,
@@ -25,21 +25,7 @@ const MIGRATIONS: &[&str] = &[
         timestamp_ms INTEGER NOT NULL,
         payload BLOB NOT NULL
      );
-     CREATE INDEX log_records_topic ON log_records (topic, log_offset);
-     CREATE TABLE accounts (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        created_at TEXT NOT NULL
-     );
-     CREATE TABLE access_keys (
-        id TEXT PRIMARY KEY,
-        account_id TEXT NOT NULL REFERENCES accounts(id),
-        name TEXT NOT NULL,
-        token_prefix TEXT NOT NULL,
-        token_hash TEXT NOT NULL UNIQUE,
-        created_at TEXT NOT NULL,
-        revoked_at TEXT
-     );",
+     CREATE INDEX log_records_topic ON log_records (topic, log_offset);",
 ];
 
 /// A handle on the database file; cheap to clone, opens connections on demand.

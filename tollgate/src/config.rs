@@ -20,8 +20,65 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderSettings>,
     pub custom_providers: Vec<CustomProviderConfig>,
     pub storage: StorageConfig,
+    pub secrets: SecretsConfig,
+    pub admin: AdminConfig,
     pub bootstrap: BootstrapConfig,
     pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// File holding the 32-byte master key (64 hex characters) that encrypts
+    /// provider keys at rest. Default: `master.key` beside the storage file.
+    /// `TOLLGATE_MASTER_KEY` takes precedence. A fresh install creates the
+    /// file; later starts fail if it is missing.
+    pub master_key_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Serve the admin API. Default true.
+    pub enabled: bool,
+    /// Its own listener, so it can stay private. Default 127.0.0.1:8081.
+    pub listen: std::net::SocketAddr,
+    /// File holding the admin token. Default: `admin.token` beside the storage
+    /// file. `TOLLGATE_ADMIN_TOKEN` takes precedence. A fresh install creates it.
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8081)),
+            token_file: None,
+        }
+    }
+}
+
+impl Config {
+    fn beside_storage(&self, name: &str) -> PathBuf {
+        match self.storage.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.join(name),
+            _ => PathBuf::from(name),
+        }
+    }
+
+    pub fn master_key_file(&self) -> PathBuf {
+        self.secrets
+            .master_key_file
+            .clone()
+            .unwrap_or_else(|| self.beside_storage("master.key"))
+    }
+
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.admin
+            .token_file
+            .clone()
+            .unwrap_or_else(|| self.beside_storage("admin.token"))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -273,6 +330,9 @@ mod tests {
         assert!(err.to_string().contains("listn"), "{err}");
         let err =
             Config::load_from(None, env(&[("TOLLGATE__SERVER__LISTEN", "nope")])).unwrap_err();
-        assert!(err.to_string().contains("TOLLGATE__SERVER__LISTEN"), "{err}");
+        assert!(
+            err.to_string().contains("TOLLGATE__SERVER__LISTEN"),
+            "{err}"
+        );
     }
 }

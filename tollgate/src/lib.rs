@@ -1,5 +1,6 @@
 //! The `tollgate` binary's library half: configuration loading and the
 //! composition of services, so integration tests can drive them in-process.
 
+pub mod admin_cli;
 pub mod app;
 pub mod config;

@@ -3,9 +3,8 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
-use tollgate::app;
 use tollgate::config::{Config, LogFormat};
-use tollgate_store::KeyStore;
+use tollgate::{admin_cli, app};
 
 #[derive(Parser)]
 #[command(
@@ -40,31 +39,9 @@ SIGTERM or Ctrl-C stops accepting requests, finishes in-flight ones and makes ev
     Serve,
     /// Validate the configuration (file + environment) and print it with secrets redacted.
     CheckConfig,
-    /// Manage access keys in the embedded store.
-    Keys {
-        #[command(subcommand)]
-        action: KeysAction,
-    },
-}
-
-#[derive(Subcommand)]
-enum KeysAction {
-    /// Create an access key; prints its token once. Creates the account if named and missing.
-    Create {
-        /// Account name (an account with this name is created if none exists).
-        #[arg(long, default_value = "default")]
-        account: String,
-        /// A name for the key, e.g. the app or environment using it.
-        #[arg(long)]
-        name: String,
-    },
-    /// List access keys (id, account, name, token prefix, created, revoked). Never tokens.
-    List,
-    /// Revoke an access key by id; running gateways refuse it within a second.
-    Revoke {
-        /// The key id (ak_…).
-        id: String,
-    },
+    /// Manage accounts, access keys, configurations, provider keys and custom
+    /// providers through the admin API.
+    Admin(admin_cli::AdminArgs),
 }
 
 fn init_logging(config: &Config) {
@@ -134,11 +111,14 @@ fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             let gateway_check = runtime.block_on(async {
+                // Build everything against a scratch store, so the check
+                // validates the gateway without touching real state.
                 let dir =
                     std::env::temp_dir().join(format!("tollgate-check-{}", std::process::id()));
                 let mut probe = config.clone();
                 probe.storage.path = dir.join("check.db");
-                let result = app::build(&probe).map(|_| ());
+                probe.secrets.master_key_file = Some(dir.join("master.key"));
+                let result = app::build(&probe).await.map(|_| ());
                 let _ = std::fs::remove_dir_all(&dir);
                 result
             });
@@ -147,29 +127,31 @@ fn run(command: Command, config: Config) -> anyhow::Result<()> {
             eprintln!("configuration OK");
             Ok(())
         }
-        Command::Keys { action } => {
-            let db =
-                tollgate_store::Database::open(&config.storage.path, config.storage.durability)?;
-            let keys = KeyStore::open(&db)?;
-            match action {
-                KeysAction::Create { account, name } => {
-                    let account_id = match keys.accounts()?.into_iter().find(|a| a.name == account)
-                    {
-                        Some(found) => found.id,
-                        None => keys.create_account(&account)?.id,
-                    };
-                    let created = keys.create_access_key(&account_id, &name)?;
-                    println!("{}", serde_json::to_string_pretty(&created)?);
-                    eprintln!("Store the token now: it is not shown again.");
+        Command::Admin(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let url = args
+                .url
+                .clone()
+                .unwrap_or_else(|| format!("http://{}", config.admin.listen));
+            let token = match args.token.clone() {
+                Some(token) => token,
+                None => {
+                    let file = config.admin_token_file();
+                    std::fs::read_to_string(&file)
+                        .with_context(|| {
+                            format!(
+                                "no admin token: pass --token, set TOLLGATE_ADMIN_TOKEN, or create {}",
+                                file.display()
+                            )
+                        })?
+                        .trim()
+                        .to_owned()
                 }
-                KeysAction::List => {
-                    println!("{}", serde_json::to_string_pretty(&keys.access_keys()?)?);
-                }
-                KeysAction::Revoke { id } => {
-                    keys.revoke_access_key(&id.as_str().into())?;
-                    eprintln!("revoked {id}");
-                }
-            }
+            };
+            let answer = runtime.block_on(admin_cli::run(&url, &token, &args.command))?;
+            println!("{}", serde_json::to_string_pretty(&answer)?);
             Ok(())
         }
     }

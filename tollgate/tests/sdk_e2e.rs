@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use tollgate_core::eventlog::topics;
 use tollgate_core::{CredentialSource, Envelope, EventBody, EventLog, UsageEvent};
 use tollgate_mock_upstream::{MockUpstream, Rule};
-use tollgate_store::{Database, Durability, KeyStore, SqliteEventLog, SqliteEventLogOptions};
+use tollgate_store::{Database, Durability, SqliteEventLog, SqliteEventLogOptions};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 const PYTHON_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/python");
@@ -420,6 +420,9 @@ path = {db}
 [bootstrap]
 account_name = {account}
 
+[admin]
+enabled = false
+
 [log]
 level = "info"
 format = "text"
@@ -691,12 +694,26 @@ async fn official_sdks_against_the_binary() {
 
     // ---- The stored usage events. ----
     let db = Database::open(&db_path, Durability::Normal).unwrap();
-    let accounts = KeyStore::open(&db).unwrap().accounts().unwrap();
+    let log = SqliteEventLog::open(&db, SqliteEventLogOptions::default()).unwrap();
+    // Accounts live on the control topic.
+    let accounts: Vec<tollgate_core::control::Account> = log
+        .read(topics::CONTROL, 0, 0, 100_000)
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(
+            |r| match serde_json::from_slice::<Envelope>(&r.payload).unwrap().body {
+                EventBody::Control(tollgate_core::control::ControlChange::Upsert {
+                    object: tollgate_core::control::ControlObject::Account(account),
+                }) => Some(account),
+                _ => None,
+            },
+        )
+        .collect();
     let account = accounts
         .iter()
         .find(|a| a.name == ACCOUNT_NAME)
         .unwrap_or_else(|| panic!("no bootstrap account `{ACCOUNT_NAME}`: {accounts:?}"));
-    let log = SqliteEventLog::open(&db, SqliteEventLogOptions::default()).unwrap();
     let records = log
         .read(topics::ACCOUNT_EVENTS, 0, 0, 100_000)
         .await

@@ -6,11 +6,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
+use tollgate_control::{ControlPlane, MasterKey};
+use tollgate_core::{AccessKeyId, AccountId};
 use tollgate_core::{Catalog, Envelope, EventBody, EventLog, UsageEvent};
 use tollgate_mock_upstream::MockUpstream;
 use tollgate_proxy::config::ProviderSettings;
 use tollgate_proxy::{Gateway, ProxyConfig};
-use tollgate_store::{Database, Durability, KeyStore, SqliteEventLog, SqliteEventLogOptions};
+use tollgate_store::{Database, Durability, SqliteEventLog, SqliteEventLogOptions};
+
+/// A fixed master key for tests (provider keys are encrypted with it).
+pub const TEST_MASTER_KEY: &str =
+    "8f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
 
 pub const OPENAI_KEY: &str = "sk-operator-openai-1";
 pub const ANTHROPIC_KEY: &str = "sk-ant-operator-1";
@@ -18,7 +24,9 @@ pub const ANTHROPIC_KEY: &str = "sk-ant-operator-1";
 pub struct TestGateway {
     pub addr: SocketAddr,
     pub token: String,
-    pub keys: KeyStore,
+    pub account_id: AccountId,
+    pub key_id: AccessKeyId,
+    pub control: Arc<ControlPlane>,
     pub events: Arc<SqliteEventLog>,
     pub gateway: Arc<Gateway>,
     pub db_path: std::path::PathBuf,
@@ -65,14 +73,18 @@ pub async fn start_on(mock: MockUpstream, config: ProxyConfig) -> TestGateway {
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("tollgate.db");
     let db = Database::open(&db_path, Durability::Normal).unwrap();
-    let keys = KeyStore::open(&db).unwrap();
-    let account = keys.create_account("test").unwrap();
-    let created = keys.create_access_key(&account.id, "test-key").unwrap();
     let events = Arc::new(SqliteEventLog::open(&db, SqliteEventLogOptions::default()).unwrap());
+    let catalog = Catalog::builtin().unwrap();
+    let control = open_control(&events, &catalog, &config).await;
+    let account = control.create_account("test").await.unwrap();
+    let (key, token) = control
+        .create_access_key(&account.id, "test-key", None)
+        .await
+        .unwrap();
     let gateway = Gateway::new(
         config,
-        Catalog::builtin().unwrap(),
-        keys.clone(),
+        catalog,
+        control.clone(),
         events.clone() as Arc<dyn EventLog>,
     )
     .unwrap();
@@ -88,8 +100,10 @@ pub async fn start_on(mock: MockUpstream, config: ProxyConfig) -> TestGateway {
     });
     TestGateway {
         addr,
-        token: created.token,
-        keys,
+        token,
+        account_id: account.id,
+        key_id: key.id,
+        control,
         events,
         gateway,
         db_path,
@@ -221,17 +235,28 @@ pub fn closed_port_url() -> String {
 
 /// Build (but do not serve) a gateway for `config` over a fresh store:
 /// for checking what `Gateway::new` accepts.
-pub fn try_gateway(config: ProxyConfig) -> Result<Arc<Gateway>, tollgate_proxy::InitError> {
+pub async fn try_gateway(config: ProxyConfig) -> Result<Arc<Gateway>, tollgate_proxy::InitError> {
     let dir = tempfile::tempdir().unwrap();
     let db = Database::open(dir.path().join("t.db"), Durability::Normal).unwrap();
-    let keys = KeyStore::open(&db).unwrap();
     let events = Arc::new(SqliteEventLog::open(&db, SqliteEventLogOptions::default()).unwrap());
-    Gateway::new(
-        config,
-        Catalog::builtin().unwrap(),
-        keys,
-        events as Arc<dyn EventLog>,
+    let catalog = Catalog::builtin().unwrap();
+    let control = open_control(&events, &catalog, &config).await;
+    Gateway::new(config, catalog, control, events as Arc<dyn EventLog>)
+}
+
+/// The control plane over `events`, as the binary builds it.
+pub async fn open_control(
+    events: &Arc<SqliteEventLog>,
+    catalog: &Catalog,
+    config: &ProxyConfig,
+) -> Arc<ControlPlane> {
+    ControlPlane::open(
+        events.clone() as Arc<dyn EventLog>,
+        Arc::new(MasterKey::parse(TEST_MASTER_KEY).unwrap()),
+        Gateway::provider_ids(catalog, config),
     )
+    .await
+    .unwrap()
 }
 
 /// A minimal OpenAI chat request.

@@ -1,0 +1,353 @@
+//! `tollgate admin …`: the admin API from the command line (over HTTP, so it
+//! works against any deployment). Prints the API's JSON answers.
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use std::io::Read;
+
+#[derive(Args)]
+pub struct AdminArgs {
+    /// Admin API base URL. Default: http://<admin.listen> from the config.
+    #[arg(long, env = "TOLLGATE_ADMIN_URL")]
+    pub url: Option<String>,
+    /// Admin token. Default: TOLLGATE_ADMIN_TOKEN, else the admin token file.
+    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+#[derive(Subcommand)]
+pub enum AdminCommand {
+    /// Accounts: the unit that owns keys and credits.
+    Accounts {
+        #[command(subcommand)]
+        action: AccountsAction,
+    },
+    /// Access keys: create (token shown once), list, revoke, assign a configuration.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+    /// Access-key configurations: allowed providers/models, pass-through, rate limits.
+    Configs {
+        #[command(subcommand)]
+        action: ConfigsAction,
+    },
+    /// Provider keys (bring your own key): stored encrypted, never shown again.
+    ProviderKeys {
+        #[command(subcommand)]
+        action: ProviderKeysAction,
+    },
+    /// Custom providers defined at runtime.
+    CustomProviders {
+        #[command(subcommand)]
+        action: CustomProvidersAction,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AccountsAction {
+    List,
+    Create { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum KeysAction {
+    /// List an account's keys (id, name, prefix, created, last used, revoked).
+    List {
+        #[arg(long)]
+        account: String,
+    },
+    /// Create a key; its token is printed once.
+    Create {
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        name: String,
+        /// Configuration id (cfg_…) to assign.
+        #[arg(long)]
+        configuration: Option<String>,
+    },
+    /// Revoke a key; every gateway refuses it within a second.
+    Revoke { id: String },
+    /// Assign a configuration to a key (`none` clears it).
+    Assign {
+        id: String,
+        #[arg(long)]
+        configuration: String,
+    },
+}
+
+#[derive(Args)]
+pub struct ConfigSpecArgs {
+    #[arg(long)]
+    name: String,
+    /// Allow only these providers (repeat the flag). Default: all.
+    #[arg(long = "allow-provider")]
+    allow_provider: Vec<String>,
+    /// Allow only these models, `model` or `provider:model` (repeat). Default: all.
+    #[arg(long = "allow-model")]
+    allow_model: Vec<String>,
+    /// Refuse models the catalog does not list, even with a provider prefix.
+    #[arg(long)]
+    no_passthrough: bool,
+    /// Requests per minute per key (per gateway instance).
+    #[arg(long)]
+    rpm: Option<u32>,
+    /// Tokens per minute per key (per gateway instance).
+    #[arg(long)]
+    tpm: Option<u32>,
+}
+
+impl ConfigSpecArgs {
+    fn body(&self) -> Value {
+        let list = |v: &Vec<String>| if v.is_empty() { Value::Null } else { json!(v) };
+        json!({
+            "name": self.name,
+            "allowed_providers": list(&self.allow_provider),
+            "allowed_models": list(&self.allow_model),
+            "allow_passthrough_models": !self.no_passthrough,
+            "rate_limits": {"requests_per_minute": self.rpm, "tokens_per_minute": self.tpm},
+        })
+    }
+}
+
+#[derive(Subcommand)]
+pub enum ConfigsAction {
+    List {
+        #[arg(long)]
+        account: String,
+    },
+    Get {
+        id: String,
+    },
+    Create {
+        #[arg(long)]
+        account: String,
+        #[command(flatten)]
+        spec: ConfigSpecArgs,
+    },
+    /// Replace a configuration's rules (attached provider keys are kept).
+    Update {
+        id: String,
+        #[command(flatten)]
+        spec: ConfigSpecArgs,
+    },
+    Delete {
+        id: String,
+    },
+    /// Attach a provider key; the most recently attached is tried first.
+    Attach {
+        id: String,
+        #[arg(long)]
+        provider_key: String,
+    },
+    Detach {
+        id: String,
+        #[arg(long)]
+        provider_key: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ProviderKeysAction {
+    List {
+        #[arg(long)]
+        account: String,
+    },
+    /// Store a provider key; the secret is read from standard input.
+    Add {
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        provider: String,
+        #[arg(long)]
+        name: String,
+    },
+    /// Replace a key's secret (read from standard input), keeping its id.
+    Rotate {
+        id: String,
+    },
+    Delete {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CustomProvidersAction {
+    List,
+    Create {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        base_url: String,
+        /// `openai` or `anthropic`.
+        #[arg(long)]
+        api: String,
+        /// A model id it serves (repeat).
+        #[arg(long = "model")]
+        models: Vec<String>,
+    },
+    Delete {
+        id: String,
+    },
+}
+
+fn read_secret() -> anyhow::Result<String> {
+    eprintln!("reading the secret from standard input…");
+    let mut secret = String::new();
+    std::io::stdin()
+        .read_to_string(&mut secret)
+        .context("reading the secret")?;
+    let secret = secret.trim().to_owned();
+    if secret.is_empty() {
+        bail!("no secret on standard input");
+    }
+    Ok(secret)
+}
+
+/// (method, path, body) for one command.
+fn request(command: &AdminCommand) -> anyhow::Result<(reqwest::Method, String, Option<Value>)> {
+    use reqwest::Method;
+    Ok(match command {
+        AdminCommand::Accounts { action } => match action {
+            AccountsAction::List => (Method::GET, "/accounts".into(), None),
+            AccountsAction::Create { name } => (
+                Method::POST,
+                "/accounts".into(),
+                Some(json!({"name": name})),
+            ),
+        },
+        AdminCommand::Keys { action } => match action {
+            KeysAction::List { account } => (
+                Method::GET,
+                format!("/accounts/{account}/access-keys"),
+                None,
+            ),
+            KeysAction::Create {
+                account,
+                name,
+                configuration,
+            } => (
+                Method::POST,
+                format!("/accounts/{account}/access-keys"),
+                Some(json!({"name": name, "configuration_id": configuration})),
+            ),
+            KeysAction::Revoke { id } => (Method::POST, format!("/access-keys/{id}/revoke"), None),
+            KeysAction::Assign { id, configuration } => {
+                let value = if configuration == "none" {
+                    Value::Null
+                } else {
+                    json!(configuration)
+                };
+                (
+                    Method::PUT,
+                    format!("/access-keys/{id}/configuration"),
+                    Some(json!({"configuration_id": value})),
+                )
+            }
+        },
+        AdminCommand::Configs { action } => match action {
+            ConfigsAction::List { account } => (
+                Method::GET,
+                format!("/accounts/{account}/configurations"),
+                None,
+            ),
+            ConfigsAction::Get { id } => (Method::GET, format!("/configurations/{id}"), None),
+            ConfigsAction::Create { account, spec } => (
+                Method::POST,
+                format!("/accounts/{account}/configurations"),
+                Some(spec.body()),
+            ),
+            ConfigsAction::Update { id, spec } => (
+                Method::PUT,
+                format!("/configurations/{id}"),
+                Some(spec.body()),
+            ),
+            ConfigsAction::Delete { id } => (Method::DELETE, format!("/configurations/{id}"), None),
+            ConfigsAction::Attach { id, provider_key } => (
+                Method::POST,
+                format!("/configurations/{id}/provider-keys"),
+                Some(json!({"provider_key_id": provider_key})),
+            ),
+            ConfigsAction::Detach { id, provider_key } => (
+                Method::DELETE,
+                format!("/configurations/{id}/provider-keys/{provider_key}"),
+                None,
+            ),
+        },
+        AdminCommand::ProviderKeys { action } => match action {
+            ProviderKeysAction::List { account } => (
+                Method::GET,
+                format!("/accounts/{account}/provider-keys"),
+                None,
+            ),
+            ProviderKeysAction::Add {
+                account,
+                provider,
+                name,
+            } => (
+                Method::POST,
+                format!("/accounts/{account}/provider-keys"),
+                Some(json!({"provider": provider, "name": name, "secret": read_secret()?})),
+            ),
+            ProviderKeysAction::Rotate { id } => (
+                Method::PUT,
+                format!("/provider-keys/{id}/secret"),
+                Some(json!({"secret": read_secret()?})),
+            ),
+            ProviderKeysAction::Delete { id } => {
+                (Method::DELETE, format!("/provider-keys/{id}"), None)
+            }
+        },
+        AdminCommand::CustomProviders { action } => match action {
+            CustomProvidersAction::List => (Method::GET, "/custom-providers".into(), None),
+            CustomProvidersAction::Create {
+                id,
+                base_url,
+                api,
+                models,
+            } => (
+                Method::POST,
+                "/custom-providers".into(),
+                Some(json!({"id": id, "base_url": base_url, "api": api, "models": models})),
+            ),
+            CustomProvidersAction::Delete { id } => {
+                (Method::DELETE, format!("/custom-providers/{id}"), None)
+            }
+        },
+    })
+}
+
+/// Run one admin command; a non-2xx answer is an error carrying its message.
+pub async fn run(base_url: &str, token: &str, command: &AdminCommand) -> anyhow::Result<Value> {
+    let (method, path, body) = request(command)?;
+    let url = format!("{}/admin/v1{path}", base_url.trim_end_matches('/'));
+    let mut builder = reqwest::Client::new()
+        .request(method, &url)
+        .bearer_auth(token);
+    if let Some(body) = body {
+        builder = builder.json(&body);
+    }
+    let response = builder
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the admin API at {base_url}"))?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    let value: Value = if text.is_empty() {
+        json!({"status": status.as_u16()})
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    if !status.is_success() {
+        let message = value["error"]["message"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| value.to_string());
+        bail!("admin API answered {}: {message}", status.as_u16());
+    }
+    Ok(value)
+}
