@@ -1,0 +1,307 @@
+//! The real binary: bootstrap writes the master key and admin token, the
+//! `tollgate admin` CLI drives the admin API, a revoked key is refused, and a
+//! restart without the master key fails clearly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tollgate_mock_upstream::MockUpstream;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write_config(dir: &Path, mock: &str) -> (std::path::PathBuf, u16, u16) {
+    let port = free_port();
+    let admin_port = free_port();
+    let path = dir.join("tollgate.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n\
+             [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
+             [providers.openai]\nbase_url = \"{mock}\"\napi_keys = [\"sk-cli-operator\"]\n\
+             [storage]\npath = \"{}\"\n",
+            dir.join("data/tollgate.db").display()
+        ),
+    )
+    .unwrap();
+    (path, port, admin_port)
+}
+
+fn clean_command(config: &Path) -> Command {
+    let mut command = Command::new(BIN);
+    command.arg("--config").arg(config);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("TOLLGATE") || name.ends_with("_API_KEY") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start `serve`; returns the server and the bootstrap token it printed.
+fn start(config: &Path, port: u16) -> (Server, Option<String>) {
+    let mut child = clean_command(config)
+        .arg("serve")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(token) = line.split_whitespace().find(|w| w.starts_with("tgk_")) {
+                let _ = tx.send(token.to_owned());
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = http_probe::get_ok(&format!("http://127.0.0.1:{port}/readyz"));
+        if ready {
+            break;
+        }
+        assert!(Instant::now() < deadline, "gateway never became ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let token = rx.recv_timeout(Duration::from_secs(1)).ok();
+    (Server(child), token)
+}
+
+/// `tollgate admin …` with the given args; returns parsed JSON or the error text.
+fn admin(config: &Path, args: &[&str], stdin: Option<&str>) -> Result<Value, String> {
+    let mut child = clean_command(config)
+        .arg("admin")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    } else {
+        drop(child.stdin.take());
+    }
+    let output = child.wait_with_output().unwrap();
+    if output.status.success() {
+        Ok(serde_json::from_slice(&output.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+mod http_probe {
+    /// A tiny blocking GET over std (the tests avoid a second HTTP stack).
+    pub fn get_ok(url: &str) -> bool {
+        status_of("GET", url, None, None).is_some_and(|s| s == 200)
+    }
+
+    pub fn status_of(
+        method: &str,
+        url: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> Option<u16> {
+        use std::io::{Read, Write};
+        let rest = url.strip_prefix("http://")?;
+        let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}")))?;
+        let mut stream = std::net::TcpStream::connect(host).ok()?;
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .ok()?;
+        let body = body.unwrap_or("");
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        response.split_whitespace().nth(1)?.parse().ok()
+    }
+}
+
+fn chat_status(port: u16, token: &str) -> u16 {
+    http_probe::status_of(
+        "POST",
+        &format!("http://127.0.0.1:{port}/v1/chat/completions"),
+        Some(token),
+        Some(r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#),
+    )
+    .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_cli_manages_keys_on_a_running_gateway() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (config, port, _) = write_config(dir.path(), &mock.base_url());
+    let config_for_thread = config.clone();
+    tokio::task::spawn_blocking(move || {
+        let config = config_for_thread;
+        let (server, bootstrap) = start(&config, port);
+        let bootstrap = bootstrap.expect("bootstrap token printed on first start");
+        assert_eq!(chat_status(port, &bootstrap), 200);
+
+        // Secrets written with owner-only permissions.
+        for file in ["data/master.key", "data/admin.token"] {
+            let path = config.parent().unwrap().join(file);
+            let meta = std::fs::metadata(&path).unwrap_or_else(|_| panic!("{file} missing"));
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{file}");
+            }
+            let _ = meta;
+        }
+
+        let accounts = admin(&config, &["accounts", "list"], None).unwrap();
+        assert_eq!(accounts["data"].as_array().unwrap().len(), 1);
+        let account = admin(&config, &["accounts", "create", "team-b"], None).unwrap();
+        let account_id = account["id"].as_str().unwrap().to_owned();
+        let cfg = admin(
+            &config,
+            &[
+                "configs",
+                "create",
+                "--account",
+                &account_id,
+                "--name",
+                "only-anthropic",
+                "--allow-provider",
+                "anthropic",
+            ],
+            None,
+        )
+        .unwrap();
+        let cfg_id = cfg["id"].as_str().unwrap().to_owned();
+        let created = admin(
+            &config,
+            &[
+                "keys",
+                "create",
+                "--account",
+                &account_id,
+                "--name",
+                "svc",
+                "--configuration",
+                &cfg_id,
+            ],
+            None,
+        )
+        .unwrap();
+        let token = created["token"].as_str().unwrap().to_owned();
+        let key_id = created["access_key"]["id"].as_str().unwrap().to_owned();
+        assert_eq!(
+            chat_status(port, &token),
+            403,
+            "openai is not allowed for this key"
+        );
+        admin(
+            &config,
+            &["keys", "assign", &key_id, "--configuration", "none"],
+            None,
+        )
+        .unwrap();
+        assert_eq!(chat_status(port, &token), 200);
+
+        let pk = admin(
+            &config,
+            &[
+                "provider-keys",
+                "add",
+                "--account",
+                &account_id,
+                "--provider",
+                "openai",
+                "--name",
+                "mine",
+            ],
+            Some("sk-cli-byok-secret\n"),
+        )
+        .unwrap();
+        assert!(!pk.to_string().contains("sk-cli-byok-secret"));
+        let listed = admin(&config, &["keys", "list", "--account", &account_id], None).unwrap();
+        assert!(!listed.to_string().contains(&token));
+
+        admin(&config, &["keys", "revoke", &key_id], None).unwrap();
+        assert_eq!(chat_status(port, &token), 401);
+        let again = admin(&config, &["keys", "revoke", &key_id], None).unwrap_err();
+        assert!(again.contains("already revoked"), "{again}");
+
+        let wrong = clean_command(&config)
+            .args(["admin", "--token", "tga_wrong", "accounts", "list"])
+            .output()
+            .unwrap();
+        assert!(!wrong.status.success());
+        assert!(String::from_utf8_lossy(&wrong.stderr).contains("401"));
+        drop(server);
+    })
+    .await
+    .unwrap();
+    assert!(mock
+        .requests()
+        .iter()
+        .all(|r| r.api_key.as_deref() == Some("sk-cli-operator")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_without_the_master_key_fails_clearly() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (config, port, _) = write_config(dir.path(), &mock.base_url());
+    let config_clone = config.clone();
+    tokio::task::spawn_blocking(move || {
+        let (server, token) = start(&config_clone, port);
+        assert!(token.is_some());
+        drop(server);
+        std::fs::remove_file(config_clone.parent().unwrap().join("data/master.key")).unwrap();
+        let output = clean_command(&config_clone).arg("serve").output().unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("no master key") && stderr.contains("TOLLGATE_MASTER_KEY"),
+            "{stderr}"
+        );
+        // With the key given through the environment it starts again.
+        let bad = clean_command(&config_clone)
+            .arg("serve")
+            .env("TOLLGATE_MASTER_KEY", "not-a-key")
+            .output()
+            .unwrap();
+        assert!(!bad.status.success());
+        assert!(String::from_utf8_lossy(&bad.stderr).contains("TOLLGATE_MASTER_KEY is invalid"));
+    })
+    .await
+    .unwrap();
+}
