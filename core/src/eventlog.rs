@@ -1,6 +1,7 @@
 //! The event-log interface every backend implements (embedded SQLite, Kafka).
 
 use async_trait::async_trait;
+use std::sync::Arc;
 
 /// A record to append: `key` decides ordering (one key, one total order).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +54,55 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Whether appends currently succeed (for readiness checks).
     fn is_writable(&self) -> bool;
+
+    /// Partitions of `topic` (the embedded log has one).
+    async fn partitions(&self, topic: &str) -> Result<u32, EventLogError>;
+
+    /// Consume `topic` as a member of consumer `group`. For each partition
+    /// assigned to this member the subscription starts at the position the
+    /// consumer's own durable state gives (`positions`), else at the start.
+    async fn subscribe(
+        &self,
+        topic: &str,
+        group: &str,
+        positions: Arc<dyn PositionSource>,
+    ) -> Result<Box<dyn Subscription>, EventLogError>;
+}
+
+/// Where a consumer left off, read from the consumer's own durable state,
+/// which records it in the same transaction as the effects it applied (so a
+/// crash never separates an effect from its position).
+pub trait PositionSource: Send + Sync {
+    /// The next offset to read on `partition`, or None to start at the beginning.
+    fn next_offset(&self, topic: &str, partition: u32) -> Option<u64>;
+}
+
+/// Records from one partition, in log order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    pub partition: u32,
+    pub records: Vec<StoredRecord>,
+}
+
+/// A consumer's stream of batches (at-least-once: after a crash or a
+/// rebalance, records after the last durable position come again, so
+/// consumers deduplicate by event id).
+#[async_trait]
+pub trait Subscription: Send {
+    /// The next non-empty batch of at most `max` records, waiting up to
+    /// `wait` for one; Ok(None) when none arrived in time.
+    async fn next_batch(
+        &mut self,
+        max: usize,
+        wait: std::time::Duration,
+    ) -> Result<Option<Batch>, EventLogError>;
+
+    /// Report that everything before `next_offset` on `partition` is
+    /// durably applied (Kafka commits it, for lag and monitoring).
+    async fn commit(&mut self, partition: u32, next_offset: u64) -> Result<(), EventLogError>;
+
+    /// Partitions currently assigned to this member.
+    fn assigned(&self) -> Vec<u32>;
 }
 
 /// Topic names shared by producers and consumers.

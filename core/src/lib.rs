@@ -13,7 +13,9 @@ pub mod tokens;
 
 pub use catalog::{ApiSurface, Catalog, CatalogError, ModelSpec, Prices, ProviderSpec};
 pub use event::{CredentialSource, Envelope, EventBody, UsageEvent, ENVELOPE_VERSION};
-pub use eventlog::{EventLog, EventLogError, LogRecord, StoredRecord};
+pub use eventlog::{
+    Batch, EventLog, EventLogError, LogRecord, PositionSource, StoredRecord, Subscription,
+};
 pub use ids::{AccessKeyId, AccountId, EventId, ProviderKeyId};
 pub use money::Usd;
 pub use tokens::TokenCounts;

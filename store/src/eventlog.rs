@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
-use tollgate_core::{EventLog, EventLogError, LogRecord, StoredRecord};
+use tollgate_core::{
+    Batch, EventLog, EventLogError, LogRecord, PositionSource, StoredRecord, Subscription,
+};
 
 #[derive(Clone, Copy, Debug)]
 pub struct SqliteEventLogOptions {
@@ -181,35 +183,108 @@ impl EventLog for SqliteEventLog {
         from_offset: u64,
         max: usize,
     ) -> Result<Vec<StoredRecord>, EventLogError> {
-        let reader = self.reader.clone();
-        let topic = topic.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let conn = reader.lock();
-            let mut stmt = conn.prepare_cached(
-                "SELECT log_offset, record_key, payload, timestamp_ms FROM log_records
-                 WHERE topic = ?1 AND log_offset >= ?2 ORDER BY log_offset LIMIT ?3",
-            )?;
-            let rows = stmt.query_map(
-                rusqlite::params![topic, from_offset as i64, max as i64],
-                |row| {
-                    Ok(StoredRecord {
-                        topic: topic.clone(),
-                        partition: 0,
-                        offset: row.get::<_, i64>(0)? as u64,
-                        key: row.get(1)?,
-                        payload: row.get(2)?,
-                        timestamp_ms: row.get(3)?,
-                    })
-                },
-            )?;
-            rows.collect::<Result<Vec<_>, _>>()
-        })
-        .await
-        .map_err(|e| EventLogError::Storage(e.to_string()))?
-        .map_err(|e| EventLogError::Storage(e.to_string()))
+        read_records(&self.reader, topic, from_offset, max).await
     }
 
     fn is_writable(&self) -> bool {
         self.writable.load(Ordering::Relaxed) && !self.tx.is_closed()
     }
+
+    async fn partitions(&self, _topic: &str) -> Result<u32, EventLogError> {
+        Ok(1)
+    }
+
+    async fn subscribe(
+        &self,
+        topic: &str,
+        _group: &str,
+        positions: Arc<dyn PositionSource>,
+    ) -> Result<Box<dyn Subscription>, EventLogError> {
+        // One partition, one member: the group is trivially this consumer.
+        let next = positions.next_offset(topic, 0).unwrap_or(0);
+        Ok(Box::new(EmbeddedSubscription {
+            reader: self.reader.clone(),
+            topic: topic.to_owned(),
+            next,
+        }))
+    }
+}
+
+/// Polls the log table from the consumer's position.
+struct EmbeddedSubscription {
+    reader: Arc<Mutex<Connection>>,
+    topic: String,
+    next: u64,
+}
+
+/// How often an idle embedded subscription looks for new records.
+const EMBEDDED_POLL: Duration = Duration::from_millis(20);
+
+#[async_trait]
+impl Subscription for EmbeddedSubscription {
+    async fn next_batch(
+        &mut self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Option<Batch>, EventLogError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let records = read_records(&self.reader, &self.topic, self.next, max).await?;
+            if let Some(last) = records.last() {
+                self.next = last.offset + 1;
+                return Ok(Some(Batch {
+                    partition: 0,
+                    records,
+                }));
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(EMBEDDED_POLL.min(deadline - now)).await;
+        }
+    }
+
+    async fn commit(&mut self, _partition: u32, _next_offset: u64) -> Result<(), EventLogError> {
+        // The consumer's own state holds its position; nothing to do here.
+        Ok(())
+    }
+
+    fn assigned(&self) -> Vec<u32> {
+        vec![0]
+    }
+}
+
+async fn read_records(
+    reader: &Arc<Mutex<Connection>>,
+    topic: &str,
+    from_offset: u64,
+    max: usize,
+) -> Result<Vec<StoredRecord>, EventLogError> {
+    let reader = reader.clone();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let conn = reader.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT log_offset, record_key, payload, timestamp_ms FROM log_records
+             WHERE topic = ?1 AND log_offset >= ?2 ORDER BY log_offset LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(
+            rusqlite::params![topic, from_offset as i64, max as i64],
+            |row| {
+                Ok(StoredRecord {
+                    topic: topic.clone(),
+                    partition: 0,
+                    offset: row.get::<_, i64>(0)? as u64,
+                    key: row.get(1)?,
+                    payload: row.get(2)?,
+                    timestamp_ms: row.get(3)?,
+                })
+            },
+        )?;
+        rows.collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| EventLogError::Storage(e.to_string()))?
+    .map_err(|e| EventLogError::Storage(e.to_string()))
 }

@@ -65,3 +65,43 @@ async fn small_queue_applies_backpressure_without_losing_records() {
     assert_eq!(log.count("t").unwrap(), 500);
     assert!(rejected > 0, "a queue of 4 must push back at some point");
 }
+
+/// The shared event-log contract, on the embedded backend.
+mod contract {
+    use super::*;
+    use std::sync::Arc;
+    use tollgate_eventlog_contract as suite;
+
+    struct Embedded(std::path::PathBuf);
+
+    impl suite::Factory for Embedded {
+        async fn open(&self) -> Arc<dyn EventLog> {
+            let db = Database::open(&self.0, Durability::Normal).unwrap();
+            Arc::new(SqliteEventLog::open(&db, SqliteEventLogOptions::default()).unwrap())
+        }
+    }
+
+    fn factory() -> (tempfile::TempDir, Embedded) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("contract.db");
+        (dir, Embedded(path))
+    }
+
+    #[tokio::test]
+    async fn append_is_durable_and_ordered_per_key() {
+        let (_dir, f) = factory();
+        suite::append_is_durable_and_ordered_per_key(&f, "contract.append").await;
+    }
+
+    #[tokio::test]
+    async fn records_survive_restart() {
+        let (_dir, f) = factory();
+        suite::records_survive_restart(&f, "contract.restart").await;
+    }
+
+    #[tokio::test]
+    async fn consume_from_position_resume_and_dedup() {
+        let (_dir, f) = factory();
+        suite::consume_from_position_resume_and_dedup(&f, "contract.consume").await;
+    }
+}
