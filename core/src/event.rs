@@ -13,18 +13,54 @@ use serde::{Deserialize, Serialize};
 pub const ENVELOPE_VERSION: u16 = 1;
 
 /// What travels on the event log: `{"v":1,"type":"usage","data":{…}}`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// Readers skip kinds they do not know (`EventBody::Unknown`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Envelope {
     pub v: u16,
     #[serde(flatten)]
     pub body: EventBody,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "type", content = "data", rename_all = "snake_case")]
 pub enum EventBody {
     Usage(Box<UsageEvent>),
     Control(crate::control::ControlChange),
+    Purchase(crate::billing::Purchase),
+    Adjustment(crate::billing::Adjustment),
+    Tick(crate::billing::Tick),
+    Balance(crate::billing::BalanceUpdate),
+    /// A kind this reader does not know (written by a newer version): skipped.
+    Unknown,
+}
+
+impl<'de> Deserialize<'de> for Envelope {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        #[derive(Deserialize)]
+        struct Raw {
+            v: u16,
+            #[serde(rename = "type")]
+            kind: String,
+            #[serde(default)]
+            data: Option<Box<serde_json::value::RawValue>>,
+        }
+        fn parse<T: serde::de::DeserializeOwned, E: Error>(data: &str) -> Result<T, E> {
+            serde_json::from_str(data).map_err(E::custom)
+        }
+        let raw = Raw::deserialize(deserializer)?;
+        let data = raw.data.as_deref().map_or("null", |d| d.get());
+        let body = match raw.kind.as_str() {
+            "usage" => EventBody::Usage(parse(data)?),
+            "control" => EventBody::Control(parse(data)?),
+            "purchase" => EventBody::Purchase(parse(data)?),
+            "adjustment" => EventBody::Adjustment(parse(data)?),
+            "tick" => EventBody::Tick(parse(data)?),
+            "balance" => EventBody::Balance(parse(data)?),
+            _ => EventBody::Unknown,
+        };
+        Ok(Envelope { v: raw.v, body })
+    }
 }
 
 impl Envelope {
@@ -39,6 +75,13 @@ impl Envelope {
         Envelope {
             v: ENVELOPE_VERSION,
             body: EventBody::Control(change),
+        }
+    }
+
+    pub fn new(body: EventBody) -> Self {
+        Envelope {
+            v: ENVELOPE_VERSION,
+            body,
         }
     }
 }
@@ -98,4 +141,28 @@ pub struct UsageEvent {
     /// True when the client went away before the response completed.
     #[serde(default)]
     pub client_disconnected: bool,
+    /// The gateway instance that metered the request, and its per-instance
+    /// sequence number: balance updates report the highest applied, so the
+    /// instance can release the request's credit reservation.
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    #[serde(default)]
+    pub instance_seq: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn unknown_event_kinds_are_skipped_not_errors() {
+        let envelope: Envelope =
+            serde_json::from_str(r#"{"v":1,"type":"from_the_future","data":{"x":1}}"#).unwrap();
+        assert_eq!(envelope.body, EventBody::Unknown);
+        let tick: Envelope =
+            serde_json::from_str(r#"{"v":1,"type":"tick","data":{"at":"2026-01-01T00:00:00Z"}}"#)
+                .unwrap();
+        assert!(matches!(tick.body, EventBody::Tick(_)));
+    }
 }

@@ -1,6 +1,7 @@
 //! Types shared by every Tollgate service: money, ids, the model catalog,
 //! the usage-event schema and the event-log interface.
 
+pub mod billing;
 pub mod catalog;
 pub mod control;
 pub mod event;

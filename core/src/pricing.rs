@@ -83,6 +83,8 @@ mod tests {
             error_kind: None,
             attempts: 1,
             client_disconnected: false,
+            instance_id: None,
+            instance_seq: None,
         }
     }
 

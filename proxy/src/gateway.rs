@@ -129,6 +129,10 @@ pub struct Gateway {
     pub events: Arc<dyn EventLog>,
     pub metrics: Metrics,
     pub limiter: RateLimiter,
+    /// Identifies this gateway process in usage events (with a sequence
+    /// number per event) so balance updates can say what they include.
+    pub instance_id: String,
+    pub next_seq: std::sync::atomic::AtomicU64,
     /// When this instance last recorded each key's use on the control log.
     last_used_recorded: Mutex<HashMap<AccessKeyId, Instant>>,
 }
@@ -244,6 +248,8 @@ impl Gateway {
             events,
             metrics: Metrics::new()?,
             limiter: RateLimiter::default(),
+            instance_id: format!("gw_{}", uuid::Uuid::now_v7().simple()),
+            next_seq: std::sync::atomic::AtomicU64::new(1),
             last_used_recorded: Mutex::new(HashMap::new()),
         }))
     }

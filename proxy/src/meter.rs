@@ -18,6 +18,8 @@ use tollgate_core::{
 pub struct RequestMeter {
     gateway: Arc<Gateway>,
     pub event_id: EventId,
+    /// This request's sequence number within the gateway instance.
+    pub instance_seq: u64,
     started: Instant,
     started_at: DateTime<Utc>,
     account_id: AccountId,
@@ -58,9 +60,13 @@ impl RequestMeter {
         client_api: ApiSurface,
     ) -> Self {
         gateway.metrics.in_flight.inc();
+        let instance_seq = gateway
+            .next_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         RequestMeter {
             gateway,
             event_id: EventId::generate(),
+            instance_seq,
             started,
             started_at: Utc::now(),
             account_id,
@@ -231,6 +237,8 @@ impl RequestMeter {
             error_kind: error_kind.map(str::to_owned),
             attempts: self.attempts,
             client_disconnected,
+            instance_id: Some(self.gateway.instance_id.clone()),
+            instance_seq: Some(self.instance_seq),
         };
         self.output_text = String::new();
         self.request = None;

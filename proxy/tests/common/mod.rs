@@ -14,6 +14,9 @@ use tollgate_proxy::config::ProviderSettings;
 use tollgate_proxy::{Gateway, ProxyConfig};
 use tollgate_store::{Database, Durability, SqliteEventLog, SqliteEventLogOptions};
 
+/// How often every instance's control plane tails the control topic.
+pub const CONTROL_TAIL_EVERY: Duration = Duration::from_millis(100);
+
 /// A fixed master key for tests (provider keys are encrypted with it).
 pub const TEST_MASTER_KEY: &str =
     "8f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
@@ -76,6 +79,8 @@ pub async fn start_on(mock: MockUpstream, config: ProxyConfig) -> TestGateway {
     let events = Arc::new(SqliteEventLog::open(&db, SqliteEventLogOptions::default()).unwrap());
     let catalog = Catalog::builtin().unwrap();
     let control = open_control(&events, &catalog, &config).await;
+    // Like the binary: changes made by other instances apply here too.
+    let _tail = control.spawn_tail(CONTROL_TAIL_EVERY);
     let account = control.create_account("test").await.unwrap();
     let (key, token) = control
         .create_access_key(&account.id, "test-key", None)
@@ -451,4 +456,99 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
             all.then(|| value.parse::<f64>().ok()).flatten()
         })
         .sum()
+}
+
+// ---------------------------------------------------------------------------
+// More instances on one store (the tenancy tests).
+
+/// A second gateway instance sharing the first one's SQLite file: its own
+/// event log (writer and reader connections), control plane (replaying and
+/// tailing the shared control topic) and gateway, on its own port.
+pub struct Instance {
+    pub addr: SocketAddr,
+    pub control: Arc<ControlPlane>,
+    pub events: Arc<SqliteEventLog>,
+    pub gateway: Arc<Gateway>,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Instance {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl TestGateway {
+    /// Start another instance on the same store, with the same proxy config.
+    pub async fn start_instance(&self) -> Instance {
+        let db = Database::open(&self.db_path, Durability::Normal).unwrap();
+        let events = Arc::new(SqliteEventLog::open(&db, SqliteEventLogOptions::default()).unwrap());
+        let catalog = Catalog::builtin().unwrap();
+        let config = self.gateway.config.clone();
+        let control = open_control(&events, &catalog, &config).await;
+        let _tail = control.spawn_tail(CONTROL_TAIL_EVERY);
+        let gateway = Gateway::new(
+            config,
+            catalog,
+            control.clone(),
+            events.clone() as Arc<dyn EventLog>,
+        )
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let app = tollgate_proxy::router(gateway.clone());
+        tokio::spawn(async move {
+            let _ = tollgate_proxy::serve(listener, app, async {
+                let _ = rx.await;
+            })
+            .await;
+        });
+        Instance {
+            addr,
+            control,
+            events,
+            gateway,
+            shutdown: Some(tx),
+        }
+    }
+}
+
+/// POST an OpenAI chat request to `base` (e.g. `http://127.0.0.1:PORT`) with `token`.
+pub async fn post_openai_to(
+    base: &str,
+    token: &str,
+    body: &serde_json::Value,
+) -> reqwest::Response {
+    TestGateway::client()
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// POST an Anthropic messages request to `base` with `token`, as the Anthropic SDK does.
+pub async fn post_anthropic_to(
+    base: &str,
+    token: &str,
+    body: &serde_json::Value,
+) -> reqwest::Response {
+    TestGateway::client()
+        .post(format!("{base}/v1/messages"))
+        .header("x-api-key", token)
+        .header("anthropic-version", "2023-06-01")
+        .json(body)
+        .send()
+        .await
+        .unwrap()
 }
