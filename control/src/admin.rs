@@ -18,22 +18,21 @@ use tollgate_core::{AccessKeyId, AccountId, ApiSurface, ProviderKeyId};
 
 pub const OPENAPI: &str = include_str!("../openapi/admin.json");
 
+/// Admin-token check: SHA-256 digests compared in constant time, so
+/// neither the token's length nor its content leaks through timing.
 #[derive(Clone)]
-pub struct AdminState {
-    pub control: Arc<ControlPlane>,
+pub struct AdminAuth {
     token_digest: [u8; 32],
 }
 
-impl AdminState {
-    pub fn new(control: Arc<ControlPlane>, admin_token: &str) -> AdminState {
-        AdminState {
-            control,
+impl AdminAuth {
+    pub fn new(admin_token: &str) -> AdminAuth {
+        AdminAuth {
             token_digest: digest(admin_token),
         }
     }
 
-    /// Compare digests so neither length nor content leaks through timing.
-    fn authorized(&self, headers: &HeaderMap) -> bool {
+    pub fn authorized(&self, headers: &HeaderMap) -> bool {
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -41,6 +40,34 @@ impl AdminState {
             .map(str::trim)
             .unwrap_or("");
         !presented.is_empty() && bool::from(digest(presented).ct_eq(&self.token_digest))
+    }
+
+    /// Middleware refusing requests without the admin token (401, JSON).
+    pub async fn require(
+        State(auth): State<AdminAuth>,
+        request: axum::extract::Request,
+        next: axum::middleware::Next,
+    ) -> Response {
+        if auth.authorized(request.headers()) {
+            next.run(request).await
+        } else {
+            AdminError::Unauthorized.into_response()
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub control: Arc<ControlPlane>,
+    pub auth: AdminAuth,
+}
+
+impl AdminState {
+    pub fn new(control: Arc<ControlPlane>, admin_token: &str) -> AdminState {
+        AdminState {
+            control,
+            auth: AdminAuth::new(admin_token),
+        }
     }
 }
 
@@ -269,23 +296,11 @@ pub fn router(state: AdminState) -> Router {
             axum::routing::delete(delete_custom_provider),
         )
         .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            require_admin,
+            state.auth.clone(),
+            AdminAuth::require,
         ))
         .route("/openapi.json", get(openapi));
     Router::new().nest("/admin/v1", api).with_state(state)
-}
-
-async fn require_admin(
-    State(state): State<AdminState>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    if state.authorized(request.headers()) {
-        next.run(request).await
-    } else {
-        AdminError::Unauthorized.into_response()
-    }
 }
 
 async fn openapi() -> Response {

@@ -111,4 +111,6 @@ pub mod topics {
     pub const ACCOUNT_EVENTS: &str = "tollgate.account-events";
     /// Control-plane changes, keyed by object id (compacted in Kafka).
     pub const CONTROL: &str = "tollgate.control";
+    /// Balance updates from the ledger, keyed by account id (compacted in Kafka).
+    pub const BALANCES: &str = "tollgate.balances";
 }

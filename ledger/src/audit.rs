@@ -1,0 +1,302 @@
+//! `tollgate audit`: re-derive every account's balance and entries from the
+//! raw log with a deliberately separate, simple, whole-log computation (no
+//! stored state, no incremental updates) and compare with the ledger.
+//!
+//! The rules restated plainly: events apply in log order per partition,
+//! each id once; ledger time is the latest event time seen on the
+//! partition; before an account's event, and at every tick, lots whose
+//! expiry (purchase + 365 days) is at or before ledger time expire; a debit
+//! takes from the lot expiring first (then the oldest), the rest is debt;
+//! new credit pays debt first; a refund needs enough unexpired credit.
+
+use crate::store;
+use crate::LedgerError;
+use chrono::{DateTime, Duration, Utc};
+use rusqlite::Connection;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use tollgate_core::billing::{AdjustmentKind, CREDIT_LIFETIME_DAYS};
+use tollgate_core::eventlog::topics;
+use tollgate_core::pricing::cost_of;
+use tollgate_core::{Envelope, EventBody, EventLog, StoredRecord, Usd};
+
+struct SimpleLot {
+    id: String,
+    bought: DateTime<Utc>,
+    expires: DateTime<Utc>,
+    left: Usd,
+    done: bool,
+}
+
+#[derive(Default)]
+struct SimpleAccount {
+    partition: u32,
+    lots: Vec<SimpleLot>,
+    debt: Usd,
+}
+
+/// (kind, source id, amount): what an entry must say.
+pub type EntryKey = (String, String, Usd);
+
+#[derive(Default)]
+pub struct Derived {
+    pub balances: BTreeMap<String, Usd>,
+    pub entries: BTreeMap<String, Vec<EntryKey>>,
+}
+
+fn expire(
+    account: &str,
+    state: &mut SimpleAccount,
+    now: DateTime<Utc>,
+    entries: &mut BTreeMap<String, Vec<EntryKey>>,
+) {
+    let mut order: Vec<usize> = (0..state.lots.len()).collect();
+    order.sort_by_key(|&i| {
+        (
+            state.lots[i].expires,
+            state.lots[i].bought,
+            state.lots[i].id.clone(),
+        )
+    });
+    for i in order {
+        let lot = &mut state.lots[i];
+        if !lot.done && lot.expires <= now {
+            lot.done = true;
+            if lot.left != Usd::ZERO {
+                entries.entry(account.to_owned()).or_default().push((
+                    "expiry".into(),
+                    lot.id.clone(),
+                    -lot.left,
+                ));
+            }
+            lot.left = Usd::ZERO;
+        }
+    }
+}
+
+fn take(state: &mut SimpleAccount, mut amount: Usd) {
+    let mut order: Vec<usize> = (0..state.lots.len()).collect();
+    order.sort_by_key(|&i| {
+        (
+            state.lots[i].expires,
+            state.lots[i].bought,
+            state.lots[i].id.clone(),
+        )
+    });
+    for i in order {
+        let lot = &mut state.lots[i];
+        if lot.done || amount == Usd::ZERO {
+            continue;
+        }
+        let used = amount.min(lot.left);
+        lot.left -= used;
+        amount -= used;
+    }
+    state.debt += amount;
+}
+
+fn give(state: &mut SimpleAccount, id: String, at: DateTime<Utc>, amount: Usd) {
+    let paid = state.debt.min(amount);
+    state.debt -= paid;
+    state.lots.push(SimpleLot {
+        id,
+        bought: at,
+        expires: at + Duration::days(CREDIT_LIFETIME_DAYS),
+        left: amount - paid,
+        done: false,
+    });
+}
+
+/// Derive balances and entries from records (each partition in offset order).
+pub fn derive(records: &[StoredRecord]) -> Derived {
+    let mut by_partition: BTreeMap<u32, Vec<&StoredRecord>> = BTreeMap::new();
+    for r in records {
+        by_partition.entry(r.partition).or_default().push(r);
+    }
+    let mut accounts: HashMap<String, SimpleAccount> = HashMap::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut out = Derived::default();
+    for (partition, mut list) in by_partition {
+        list.sort_by_key(|r| r.offset);
+        let mut clock: Option<DateTime<Utc>> = None;
+        for record in list {
+            let Ok(envelope) = serde_json::from_slice::<Envelope>(&record.payload) else {
+                continue;
+            };
+            let (account, at, key) = match &envelope.body {
+                EventBody::Usage(u) => (
+                    u.account_id.to_string(),
+                    u.finished_at,
+                    format!("usage:{}", u.event_id),
+                ),
+                EventBody::Purchase(p) => (
+                    p.account_id.to_string(),
+                    p.purchased_at,
+                    format!("purchase:{}:{}", p.account_id, p.idempotency_key),
+                ),
+                EventBody::Adjustment(a) => (
+                    a.account_id.to_string(),
+                    a.at,
+                    format!("adjustment:{}:{}", a.account_id, a.idempotency_key),
+                ),
+                EventBody::Tick(t) => {
+                    let now = clock.map_or(t.at, |c| c.max(t.at));
+                    clock = Some(now);
+                    let mut names: Vec<String> = accounts
+                        .iter()
+                        .filter(|(_, s)| s.partition == partition)
+                        .map(|(n, _)| n.clone())
+                        .collect();
+                    names.sort();
+                    for name in names {
+                        if let Some(state) = accounts.get_mut(&name) {
+                            expire(&name, state, now, &mut out.entries);
+                        }
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            // A redelivered id is skipped before it can move the clock.
+            if !seen.insert(key) {
+                continue;
+            }
+            let now = clock.map_or(at, |c| c.max(at));
+            clock = Some(now);
+            let state = accounts.entry(account.clone()).or_default();
+            state.partition = partition;
+            expire(&account, state, now, &mut out.entries);
+            let entries = out.entries.entry(account.clone()).or_default();
+            match envelope.body {
+                EventBody::Usage(u) => {
+                    let cost = cost_of(&u).total();
+                    if cost != Usd::ZERO {
+                        take(state, cost);
+                        entries.push(("usage".into(), u.event_id.to_string(), -cost));
+                    }
+                }
+                EventBody::Purchase(p) => {
+                    give(state, p.purchase_id.clone(), p.purchased_at, p.amount);
+                    entries.push(("purchase".into(), p.purchase_id, p.amount));
+                }
+                EventBody::Adjustment(a) => match a.kind {
+                    AdjustmentKind::GoodwillCredit => {
+                        give(state, a.adjustment_id.clone(), a.at, a.amount);
+                        entries.push(("goodwill_credit".into(), a.adjustment_id, a.amount));
+                    }
+                    AdjustmentKind::ManualDebit => {
+                        take(state, a.amount);
+                        entries.push(("manual_debit".into(), a.adjustment_id, -a.amount));
+                    }
+                    AdjustmentKind::Refund => {
+                        let credit: Usd =
+                            state.lots.iter().filter(|l| !l.done).map(|l| l.left).sum();
+                        if a.amount <= credit && state.debt == Usd::ZERO {
+                            take(state, a.amount);
+                            entries.push(("refund".into(), a.adjustment_id, -a.amount));
+                        } else {
+                            entries.push((
+                                "adjustment_rejected".into(),
+                                a.adjustment_id,
+                                Usd::ZERO,
+                            ));
+                        }
+                    }
+                },
+                _ => {}
+            }
+        }
+    }
+    for (name, state) in accounts {
+        let credit: Usd = state.lots.iter().filter(|l| !l.done).map(|l| l.left).sum();
+        out.balances.insert(name, credit - state.debt);
+    }
+    out
+}
+
+/// Read every record of the account-events topic.
+pub async fn read_log(log: &dyn EventLog) -> Result<Vec<StoredRecord>, LedgerError> {
+    let topic = topics::ACCOUNT_EVENTS;
+    let mut all = Vec::new();
+    for partition in 0..log.partitions(topic).await? {
+        let mut from = 0;
+        loop {
+            let batch = log.read(topic, partition, from, 10_000).await?;
+            let Some(last) = batch.last() else { break };
+            from = last.offset + 1;
+            all.extend(batch);
+        }
+    }
+    Ok(all)
+}
+
+/// What the ledger's tables say, in the same shape.
+pub fn stored(conn: &Connection) -> Result<Derived, LedgerError> {
+    let mut out = Derived::default();
+    let mut stmt = conn
+        .prepare("SELECT account_id, kind, source_id, amount FROM ledger_entries ORDER BY seq")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+        ))
+    })?;
+    for row in rows {
+        let (account, kind, source, amount) = row?;
+        out.entries
+            .entry(account)
+            .or_default()
+            .push((kind, source, store::parse_usd(&amount)?));
+    }
+    let ledger = store::load(conn)?;
+    for (id, state) in ledger.accounts {
+        out.balances.insert(id.to_string(), state.balance());
+    }
+    Ok(out)
+}
+
+/// Every difference between the re-derivation and the ledger, described.
+pub fn compare(derived: &Derived, ledger: &Derived) -> Vec<String> {
+    let mut problems = Vec::new();
+    let names: std::collections::BTreeSet<&String> = derived
+        .balances
+        .keys()
+        .chain(ledger.balances.keys())
+        .collect();
+    for name in names {
+        let want = derived.balances.get(name).copied().unwrap_or_default();
+        let have = ledger.balances.get(name).copied().unwrap_or_default();
+        if want != have {
+            problems.push(format!(
+                "account {name}: balance from the log is {want}, the ledger says {have}"
+            ));
+        }
+        let mut want_entries = derived.entries.get(name).cloned().unwrap_or_default();
+        let mut have_entries = ledger.entries.get(name).cloned().unwrap_or_default();
+        want_entries.sort();
+        have_entries.sort();
+        if want_entries != have_entries {
+            let missing: Vec<_> = want_entries
+                .iter()
+                .filter(|e| !have_entries.contains(e))
+                .collect();
+            let extra: Vec<_> = have_entries
+                .iter()
+                .filter(|e| !want_entries.contains(e))
+                .collect();
+            problems.push(format!(
+                "account {name}: entries differ; missing from the ledger: {missing:?}; not derivable from the log: {extra:?}"
+            ));
+        }
+    }
+    problems
+}
+
+/// Audit the ledger in `conn` against `log`; returns the differences.
+pub async fn audit(log: &dyn EventLog, conn: &Connection) -> Result<Vec<String>, LedgerError> {
+    let records = read_log(log).await?;
+    let derived = derive(&records);
+    let ledger = stored(conn)?;
+    Ok(compare(&derived, &ledger))
+}

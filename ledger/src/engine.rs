@@ -1,0 +1,537 @@
+//! The ledger as a pure state machine: the same inputs in the same order
+//! always give the same entries and balances (time comes from the events,
+//! never the wall clock). Persistence and deduplication live in `store`.
+//!
+//! Invariants, checked on every entry: postings sum to zero; the customer's
+//! posting equals the entry's balance change; an account's balance equals
+//! its lots' remaining credit minus its debt.
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use tollgate_core::billing::{Adjustment, AdjustmentKind, Purchase, CREDIT_LIFETIME_DAYS};
+use tollgate_core::pricing::cost_of;
+use tollgate_core::{AccountId, UsageEvent, Usd};
+
+/// Ledger accounts of the chart, besides one `customer:<account id>` each.
+pub mod chart {
+    pub const CASH: &str = "cash";
+    pub const FEE_REVENUE: &str = "revenue:processing_fee";
+    pub const UPSTREAM_COST: &str = "payable:upstream_cost";
+    pub const EXPIRED_CREDIT: &str = "revenue:expired_credit";
+    pub const GOODWILL: &str = "expense:goodwill";
+    pub const MANUAL_DEBIT: &str = "revenue:manual_debit";
+
+    pub fn customer(account: &str) -> String {
+        format!("customer:{account}")
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LotSource {
+    Purchase,
+    GoodwillCredit,
+}
+
+/// Credits from one purchase (or goodwill credit), burnt down by debits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lot {
+    pub lot_id: String,
+    pub account_id: AccountId,
+    pub source: LotSource,
+    pub purchased_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub amount: Usd,
+    pub remaining: Usd,
+    /// Set once the lot's remainder has been booked as expired.
+    pub expired: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AccountState {
+    pub lots: Vec<Lot>,
+    /// Owed by the customer (≥ 0): what admitted requests cost beyond the lots.
+    pub debt: Usd,
+    /// The log partition the account's events arrive on (for ticks).
+    pub partition: u32,
+    /// Per gateway instance, the highest usage sequence number applied.
+    pub applied: BTreeMap<String, u64>,
+}
+
+impl AccountState {
+    pub fn balance(&self) -> Usd {
+        self.lots
+            .iter()
+            .filter(|l| !l.expired)
+            .map(|l| l.remaining)
+            .sum::<Usd>()
+            - self.debt
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    Purchase,
+    Usage,
+    Expiry,
+    Refund,
+    GoodwillCredit,
+    ManualDebit,
+    /// An adjustment that could not apply (e.g. refund beyond the balance):
+    /// recorded with no postings, so nothing happens silently.
+    AdjustmentRejected,
+}
+
+impl EntryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Purchase => "purchase",
+            EntryKind::Usage => "usage",
+            EntryKind::Expiry => "expiry",
+            EntryKind::Refund => "refund",
+            EntryKind::GoodwillCredit => "goodwill_credit",
+            EntryKind::ManualDebit => "manual_debit",
+            EntryKind::AdjustmentRejected => "adjustment_rejected",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<EntryKind> {
+        [
+            EntryKind::Purchase,
+            EntryKind::Usage,
+            EntryKind::Expiry,
+            EntryKind::Refund,
+            EntryKind::GoodwillCredit,
+            EntryKind::ManualDebit,
+            EntryKind::AdjustmentRejected,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == text)
+    }
+}
+
+/// One side of a double-entry posting: debits positive, credits negative.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Posting {
+    pub ledger_account: String,
+    pub amount: Usd,
+}
+
+/// How an entry moved the customer's credit: from/to a lot, or debt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    /// None: the debt.
+    pub lot_id: Option<String>,
+    /// Signed change: negative consumes credit (or adds debt), positive adds
+    /// credit (or settles debt).
+    pub amount: Usd,
+}
+
+/// An immutable ledger entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub account_id: AccountId,
+    pub at: DateTime<Utc>,
+    pub kind: EntryKind,
+    /// What caused it: usage event id, purchase id, adjustment id, or lot id (expiry).
+    pub source_id: String,
+    /// Change of the customer's balance (negative for debits).
+    pub amount: Usd,
+    pub fee: Usd,
+    pub upstream: Usd,
+    pub balance_after: Usd,
+    pub postings: Vec<Posting>,
+    pub allocations: Vec<Allocation>,
+    pub memo: Option<String>,
+}
+
+/// All ledger state, in memory.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ledger {
+    pub accounts: HashMap<AccountId, AccountState>,
+    /// Ledger time per partition: the latest event time seen there.
+    pub clocks: HashMap<u32, DateTime<Utc>>,
+}
+
+/// Lots expire exactly 365 days after purchase.
+pub fn expiry_of(purchased_at: DateTime<Utc>) -> DateTime<Utc> {
+    purchased_at + Duration::days(CREDIT_LIFETIME_DAYS)
+}
+
+impl Ledger {
+    /// Move the partition's clock (never backwards) and return it.
+    fn advance(&mut self, partition: u32, at: DateTime<Utc>) -> DateTime<Utc> {
+        let clock = self.clocks.entry(partition).or_insert(at);
+        if at > *clock {
+            *clock = at;
+        }
+        *clock
+    }
+
+    fn account(&mut self, account_id: &AccountId, partition: u32) -> &mut AccountState {
+        let state = self.accounts.entry(account_id.clone()).or_default();
+        state.partition = partition;
+        state
+    }
+
+    /// Book the remainder of every lot of `account_id` expired at `now`.
+    fn expire_account(&mut self, account_id: &AccountId, now: DateTime<Utc>, out: &mut Vec<Entry>) {
+        let Some(state) = self.accounts.get_mut(account_id) else {
+            return;
+        };
+        let mut due: Vec<usize> = (0..state.lots.len())
+            .filter(|&i| !state.lots[i].expired && state.lots[i].expires_at <= now)
+            .collect();
+        due.sort_by(|&a, &b| {
+            let (la, lb) = (&state.lots[a], &state.lots[b]);
+            (la.expires_at, la.purchased_at, &la.lot_id).cmp(&(
+                lb.expires_at,
+                lb.purchased_at,
+                &lb.lot_id,
+            ))
+        });
+        for i in due {
+            let lot = &mut state.lots[i];
+            lot.expired = true;
+            let remainder = lot.remaining;
+            lot.remaining = Usd::ZERO;
+            if remainder == Usd::ZERO {
+                continue;
+            }
+            let lot_id = lot.lot_id.clone();
+            let at = lot.expires_at;
+            let balance_after = state.balance();
+            out.push(entry(
+                account_id,
+                at,
+                EntryKind::Expiry,
+                lot_id.clone(),
+                -remainder,
+                Usd::ZERO,
+                Usd::ZERO,
+                balance_after,
+                vec![
+                    posting(&chart::customer(account_id.as_str()), remainder),
+                    posting(chart::EXPIRED_CREDIT, -remainder),
+                ],
+                vec![Allocation {
+                    lot_id: Some(lot_id),
+                    amount: -remainder,
+                }],
+                None,
+            ));
+        }
+    }
+
+    /// A tick on `partition`: expire due lots of every account there.
+    pub fn tick(&mut self, partition: u32, at: DateTime<Utc>, out: &mut Vec<Entry>) {
+        let now = self.advance(partition, at);
+        let mut due: Vec<AccountId> = self
+            .accounts
+            .iter()
+            .filter(|(_, s)| {
+                s.partition == partition && s.lots.iter().any(|l| !l.expired && l.expires_at <= now)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        due.sort();
+        for account_id in due {
+            self.expire_account(&account_id, now, out);
+        }
+    }
+
+    /// Consume `amount` from lots (earliest expiry, then oldest first); the
+    /// rest becomes debt. Returns the allocations.
+    fn burn(state: &mut AccountState, amount: Usd) -> Vec<Allocation> {
+        let mut allocations = Vec::new();
+        let mut left = amount;
+        let mut order: Vec<usize> = (0..state.lots.len())
+            .filter(|&i| !state.lots[i].expired && state.lots[i].remaining > Usd::ZERO)
+            .collect();
+        order.sort_by(|&a, &b| {
+            let (la, lb) = (&state.lots[a], &state.lots[b]);
+            (la.expires_at, la.purchased_at, &la.lot_id).cmp(&(
+                lb.expires_at,
+                lb.purchased_at,
+                &lb.lot_id,
+            ))
+        });
+        for i in order {
+            if left == Usd::ZERO {
+                break;
+            }
+            let lot = &mut state.lots[i];
+            let take = left.min(lot.remaining);
+            lot.remaining -= take;
+            left -= take;
+            allocations.push(Allocation {
+                lot_id: Some(lot.lot_id.clone()),
+                amount: -take,
+            });
+        }
+        if left > Usd::ZERO {
+            state.debt += left;
+            allocations.push(Allocation {
+                lot_id: None,
+                amount: -left,
+            });
+        }
+        allocations
+    }
+
+    /// Add a lot; any debt is settled from it first.
+    fn add_lot(state: &mut AccountState, mut lot: Lot) -> Vec<Allocation> {
+        let mut allocations = Vec::new();
+        if state.debt > Usd::ZERO {
+            let settle = state.debt.min(lot.amount);
+            state.debt -= settle;
+            lot.remaining = lot.amount - settle;
+            allocations.push(Allocation {
+                lot_id: None,
+                amount: settle,
+            });
+        }
+        allocations.push(Allocation {
+            lot_id: Some(lot.lot_id.clone()),
+            amount: lot.remaining,
+        });
+        state.lots.push(lot);
+        allocations
+    }
+
+    pub fn apply_usage(&mut self, partition: u32, event: &UsageEvent, out: &mut Vec<Entry>) {
+        let now = self.advance(partition, event.finished_at);
+        self.account(&event.account_id, partition);
+        self.expire_account(&event.account_id, now, out);
+        let state = self.account(&event.account_id, partition);
+        if let (Some(instance), Some(seq)) = (&event.instance_id, event.instance_seq) {
+            let mark = state.applied.entry(instance.clone()).or_insert(seq);
+            if seq > *mark {
+                *mark = seq;
+            }
+        }
+        let cost = cost_of(event);
+        let total = cost.total();
+        if total == Usd::ZERO {
+            return; // a request with no tokens costs nothing
+        }
+        let allocations = Self::burn(state, total);
+        let balance_after = state.balance();
+        let account = event.account_id.as_str();
+        let mut postings = vec![
+            posting(&chart::customer(account), total),
+            posting(chart::FEE_REVENUE, -cost.fee),
+        ];
+        if cost.upstream != Usd::ZERO {
+            postings.push(posting(chart::UPSTREAM_COST, -cost.upstream));
+        }
+        out.push(entry(
+            &event.account_id,
+            now,
+            EntryKind::Usage,
+            event.event_id.to_string(),
+            -total,
+            cost.fee,
+            cost.upstream,
+            balance_after,
+            postings,
+            allocations,
+            None,
+        ));
+    }
+
+    pub fn apply_purchase(&mut self, partition: u32, purchase: &Purchase, out: &mut Vec<Entry>) {
+        let now = self.advance(partition, purchase.purchased_at);
+        self.account(&purchase.account_id, partition);
+        self.expire_account(&purchase.account_id, now, out);
+        let lot = Lot {
+            lot_id: purchase.purchase_id.clone(),
+            account_id: purchase.account_id.clone(),
+            source: LotSource::Purchase,
+            purchased_at: purchase.purchased_at,
+            expires_at: expiry_of(purchase.purchased_at),
+            amount: purchase.amount,
+            remaining: purchase.amount,
+            expired: false,
+        };
+        let state = self.account(&purchase.account_id, partition);
+        let allocations = Self::add_lot(state, lot);
+        let balance_after = state.balance();
+        out.push(entry(
+            &purchase.account_id,
+            now,
+            EntryKind::Purchase,
+            purchase.purchase_id.clone(),
+            purchase.amount,
+            Usd::ZERO,
+            Usd::ZERO,
+            balance_after,
+            vec![
+                posting(chart::CASH, purchase.amount),
+                posting(
+                    &chart::customer(purchase.account_id.as_str()),
+                    -purchase.amount,
+                ),
+            ],
+            allocations,
+            None,
+        ));
+    }
+
+    pub fn apply_adjustment(&mut self, partition: u32, adj: &Adjustment, out: &mut Vec<Entry>) {
+        let now = self.advance(partition, adj.at);
+        self.account(&adj.account_id, partition);
+        self.expire_account(&adj.account_id, now, out);
+        let customer = chart::customer(adj.account_id.as_str());
+        let memo = Some(adj.reason.clone());
+        let state = self.account(&adj.account_id, partition);
+        match adj.kind {
+            AdjustmentKind::GoodwillCredit => {
+                let lot = Lot {
+                    lot_id: adj.adjustment_id.clone(),
+                    account_id: adj.account_id.clone(),
+                    source: LotSource::GoodwillCredit,
+                    purchased_at: adj.at,
+                    expires_at: expiry_of(adj.at),
+                    amount: adj.amount,
+                    remaining: adj.amount,
+                    expired: false,
+                };
+                let allocations = Self::add_lot(state, lot);
+                let balance_after = state.balance();
+                out.push(entry(
+                    &adj.account_id,
+                    now,
+                    EntryKind::GoodwillCredit,
+                    adj.adjustment_id.clone(),
+                    adj.amount,
+                    Usd::ZERO,
+                    Usd::ZERO,
+                    balance_after,
+                    vec![
+                        posting(chart::GOODWILL, adj.amount),
+                        posting(&customer, -adj.amount),
+                    ],
+                    allocations,
+                    memo,
+                ));
+            }
+            AdjustmentKind::ManualDebit => {
+                let allocations = Self::burn(state, adj.amount);
+                let balance_after = state.balance();
+                out.push(entry(
+                    &adj.account_id,
+                    now,
+                    EntryKind::ManualDebit,
+                    adj.adjustment_id.clone(),
+                    -adj.amount,
+                    Usd::ZERO,
+                    Usd::ZERO,
+                    balance_after,
+                    vec![
+                        posting(&customer, adj.amount),
+                        posting(chart::MANUAL_DEBIT, -adj.amount),
+                    ],
+                    allocations,
+                    memo,
+                ));
+            }
+            AdjustmentKind::Refund => {
+                let available: Usd = state
+                    .lots
+                    .iter()
+                    .filter(|l| !l.expired)
+                    .map(|l| l.remaining)
+                    .sum();
+                if adj.amount > available || state.debt > Usd::ZERO {
+                    let balance_after = state.balance();
+                    out.push(entry(
+                        &adj.account_id,
+                        now,
+                        EntryKind::AdjustmentRejected,
+                        adj.adjustment_id.clone(),
+                        Usd::ZERO,
+                        Usd::ZERO,
+                        Usd::ZERO,
+                        balance_after,
+                        vec![],
+                        vec![],
+                        Some(format!(
+                            "refund of {} rejected: only {} of unexpired credit remains; reason given: {}",
+                            adj.amount, available, adj.reason
+                        )),
+                    ));
+                    return;
+                }
+                let allocations = Self::burn(state, adj.amount);
+                let balance_after = state.balance();
+                out.push(entry(
+                    &adj.account_id,
+                    now,
+                    EntryKind::Refund,
+                    adj.adjustment_id.clone(),
+                    -adj.amount,
+                    Usd::ZERO,
+                    Usd::ZERO,
+                    balance_after,
+                    vec![
+                        posting(&customer, adj.amount),
+                        posting(chart::CASH, -adj.amount),
+                    ],
+                    allocations,
+                    memo,
+                ));
+            }
+        }
+    }
+}
+
+fn posting(ledger_account: &str, amount: Usd) -> Posting {
+    Posting {
+        ledger_account: ledger_account.to_owned(),
+        amount,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn entry(
+    account_id: &AccountId,
+    at: DateTime<Utc>,
+    kind: EntryKind,
+    source_id: String,
+    amount: Usd,
+    fee: Usd,
+    upstream: Usd,
+    balance_after: Usd,
+    postings: Vec<Posting>,
+    allocations: Vec<Allocation>,
+    memo: Option<String>,
+) -> Entry {
+    // Invariants: every posting set balances, and the customer's side is the
+    // entry's balance change (debits positive, so it is the negation).
+    debug_assert_eq!(postings.iter().map(|p| p.amount).sum::<Usd>(), Usd::ZERO);
+    debug_assert!(
+        postings.is_empty()
+            || postings
+                .iter()
+                .filter(|p| p.ledger_account == chart::customer(account_id.as_str()))
+                .map(|p| p.amount)
+                .sum::<Usd>()
+                == -amount
+    );
+    Entry {
+        account_id: account_id.clone(),
+        at,
+        kind,
+        source_id,
+        amount,
+        fee,
+        upstream,
+        balance_after,
+        postings,
+        allocations,
+        memo,
+    }
+}

@@ -1,0 +1,29 @@
+//! The credits ledger: consumes usage, purchases, adjustments and ticks from
+//! the account-events topic, books exact double-entry entries, keeps lots
+//! (365-day expiry, earliest-expiring burnt first) and debt, and publishes
+//! balance updates that gateways use for admission.
+
+pub mod api;
+pub mod audit;
+pub mod engine;
+pub mod service;
+pub mod store;
+
+pub use engine::{Entry, EntryKind, Ledger, Lot};
+pub use service::{LedgerMetrics, LedgerService};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("ledger storage failed: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("ledger storage holds unreadable data: {0}")]
+    Corrupt(String),
+    #[error("event log: {0}")]
+    Log(#[from] tollgate_core::EventLogError),
+    #[error("storage: {0}")]
+    Store(#[from] tollgate_store::StoreError),
+    #[error("background task failed: {0}")]
+    Join(String),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}

@@ -1,0 +1,331 @@
+//! The ledger consumer: applies batches from the account-events topic in
+//! one SQLite transaction each (state + position together), then commits
+//! the log position and publishes balance updates.
+
+use crate::engine::Ledger;
+use crate::store;
+use crate::LedgerError;
+use chrono::Utc;
+use parking_lot::Mutex;
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use rusqlite::Connection;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tollgate_core::billing::{BalanceUpdate, Tick};
+use tollgate_core::eventlog::topics;
+use tollgate_core::{AccountId, Batch, Envelope, EventBody, EventLog, LogRecord, PositionSource};
+use tollgate_store::Database;
+
+pub const CONSUMER_GROUP: &str = "tollgate-ledger";
+const BATCH_MAX: usize = 5_000;
+const BATCH_WAIT: Duration = Duration::from_millis(200);
+
+pub struct LedgerMetrics {
+    pub registry: Registry,
+    pub entries: IntCounterVec,
+    pub duplicates: IntCounter,
+    pub unreadable: IntCounter,
+    pub lag: IntGauge,
+}
+
+impl LedgerMetrics {
+    fn new() -> Result<LedgerMetrics, prometheus::Error> {
+        let registry = Registry::new();
+        let entries = IntCounterVec::new(
+            Opts::new(
+                "tollgate_ledger_entries_total",
+                "Ledger entries booked, by kind (usage = debits, purchase, expiry, …).",
+            ),
+            &["kind"],
+        )?;
+        let duplicates = IntCounter::new(
+            "tollgate_ledger_duplicate_events_total",
+            "Redelivered events recognised by id and not applied again.",
+        )?;
+        let unreadable = IntCounter::new(
+            "tollgate_ledger_unreadable_records_total",
+            "Log records the ledger could not decode (skipped, logged).",
+        )?;
+        let lag = IntGauge::new(
+            "tollgate_ledger_consumer_lag_records",
+            "Records on the account-events topic not yet applied.",
+        )?;
+        registry.register(Box::new(entries.clone()))?;
+        registry.register(Box::new(duplicates.clone()))?;
+        registry.register(Box::new(unreadable.clone()))?;
+        registry.register(Box::new(lag.clone()))?;
+        Ok(LedgerMetrics {
+            registry,
+            entries,
+            duplicates,
+            unreadable,
+            lag,
+        })
+    }
+}
+
+pub struct LedgerService {
+    db: Database,
+    writer: Mutex<Connection>,
+    state: Mutex<Ledger>,
+    log: Arc<dyn EventLog>,
+    pub metrics: LedgerMetrics,
+}
+
+/// The ledger's durable positions, read from its own tables.
+struct StoredPositions(Database);
+
+impl PositionSource for StoredPositions {
+    fn next_offset(&self, topic: &str, partition: u32) -> Option<u64> {
+        let conn = self.0.connect().ok()?;
+        store::position(&conn, topic, partition).ok().flatten()
+    }
+}
+
+impl LedgerService {
+    /// Open (migrating) the ledger tables in `db` and load the state.
+    pub fn open(db: &Database, log: Arc<dyn EventLog>) -> Result<Arc<LedgerService>, LedgerError> {
+        let mut writer = db.connect()?;
+        store::migrate(&mut writer)?;
+        let state = store::load(&writer)?;
+        Ok(Arc::new(LedgerService {
+            db: db.clone(),
+            writer: Mutex::new(writer),
+            state: Mutex::new(state),
+            log,
+            metrics: LedgerMetrics::new()?,
+        }))
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// One account's current state.
+    pub fn account_state(&self, account: &AccountId) -> Option<crate::engine::AccountState> {
+        self.state.lock().accounts.get(account).cloned()
+    }
+
+    /// A copy of the in-memory state (tests, audit).
+    pub fn snapshot(&self) -> Ledger {
+        self.state.lock().clone()
+    }
+
+    /// Apply one batch durably; returns the balance updates to publish.
+    pub fn apply_batch(
+        &self,
+        topic: &str,
+        batch: &Batch,
+    ) -> Result<Vec<BalanceUpdate>, LedgerError> {
+        let Some(last) = batch.records.last() else {
+            return Ok(vec![]);
+        };
+        let mut conn = self.writer.lock();
+        let mut state = self.state.lock();
+        let result = apply_in_transaction(
+            &mut conn,
+            &mut state,
+            &self.metrics,
+            topic,
+            batch,
+            last.offset + 1,
+        );
+        if result.is_err() {
+            // The transaction rolled back: the in-memory state must too.
+            match store::load(&conn) {
+                Ok(reloaded) => *state = reloaded,
+                Err(err) => tracing::error!(error = %err, "ledger state reload failed"),
+            }
+        }
+        result
+    }
+
+    /// Consume until `shutdown` turns true.
+    pub async fn run(
+        self: Arc<Self>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), LedgerError> {
+        let topic = topics::ACCOUNT_EVENTS;
+        let positions = Arc::new(StoredPositions(self.db.clone()));
+        let mut subscription = self.log.subscribe(topic, CONSUMER_GROUP, positions).await?;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let batch = tokio::select! {
+                batch = subscription.next_batch(BATCH_MAX, BATCH_WAIT) => batch?,
+                _ = shutdown.changed() => continue,
+            };
+            let Some(batch) = batch else { continue };
+            let partition = batch.partition;
+            let next = batch.records.last().map_or(0, |r| r.offset + 1);
+            let service = self.clone();
+            let updates = tokio::task::spawn_blocking(move || service.apply_batch(topic, &batch))
+                .await
+                .map_err(|e| LedgerError::Join(e.to_string()))??;
+            // The effect is durable; the group commit is for lag monitoring.
+            if let Err(err) = subscription.commit(partition, next).await {
+                tracing::warn!(error = %err, "ledger offset commit failed (position is kept in the ledger's own state)");
+            }
+            self.publish(updates).await;
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, updates: Vec<BalanceUpdate>) {
+        for update in updates {
+            let key = update.account_id.to_string();
+            let payload = match serde_json::to_vec(&Envelope::new(EventBody::Balance(update))) {
+                Ok(p) => p,
+                Err(_) => continue,
+            };
+            let record = LogRecord {
+                topic: topics::BALANCES.to_owned(),
+                key,
+                payload,
+            };
+            if let Err(err) = self.log.append(record).await {
+                tracing::warn!(error = %err, "balance update not published; the next change republishes it");
+            }
+        }
+    }
+
+    /// The current balance update of every account (published at start so
+    /// gateways that start later know every balance).
+    pub fn all_balances(&self) -> Vec<BalanceUpdate> {
+        let state = self.state.lock();
+        let now = Utc::now();
+        let mut all: Vec<BalanceUpdate> = state
+            .accounts
+            .iter()
+            .map(|(id, s)| BalanceUpdate {
+                account_id: id.clone(),
+                balance: s.balance(),
+                as_of: now,
+                applied: s.applied.clone(),
+            })
+            .collect();
+        all.sort_by(|a, b| a.account_id.cmp(&b.account_id));
+        all
+    }
+
+    pub async fn publish_all(&self) {
+        let all = self.all_balances();
+        self.publish(all).await;
+    }
+
+    /// Write a tick into the log every `every` (embedded: one partition).
+    pub fn spawn_ticker(log: Arc<dyn EventLog>, every: Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(every);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                let Ok(payload) =
+                    serde_json::to_vec(&Envelope::new(EventBody::Tick(Tick { at: Utc::now() })))
+                else {
+                    continue;
+                };
+                let record = LogRecord {
+                    topic: topics::ACCOUNT_EVENTS.to_owned(),
+                    key: "tick".to_owned(),
+                    payload,
+                };
+                if let Err(err) = log.append(record).await {
+                    tracing::warn!(error = %err, "ledger tick not written");
+                }
+            }
+        })
+    }
+}
+
+fn apply_in_transaction(
+    conn: &mut Connection,
+    state: &mut Ledger,
+    metrics: &LedgerMetrics,
+    topic: &str,
+    batch: &Batch,
+    next_offset: u64,
+) -> Result<Vec<BalanceUpdate>, LedgerError> {
+    let tx = conn.transaction()?;
+    let mut entries = Vec::new();
+    let mut changed: HashSet<AccountId> = HashSet::new();
+    let partition = batch.partition;
+    for record in &batch.records {
+        let envelope: Envelope = match serde_json::from_slice(&record.payload) {
+            Ok(envelope) => envelope,
+            Err(err) => {
+                metrics.unreadable.inc();
+                tracing::error!(offset = record.offset, error = %err, "skipping an unreadable record");
+                continue;
+            }
+        };
+        match envelope.body {
+            EventBody::Usage(event) => {
+                if store::claim(&tx, &format!("usage:{}", event.event_id))? {
+                    state.apply_usage(partition, &event, &mut entries);
+                    changed.insert(event.account_id.clone());
+                } else {
+                    metrics.duplicates.inc();
+                }
+            }
+            EventBody::Purchase(purchase) => {
+                let key = format!(
+                    "purchase:{}:{}",
+                    purchase.account_id, purchase.idempotency_key
+                );
+                if store::claim(&tx, &key)? {
+                    state.apply_purchase(partition, &purchase, &mut entries);
+                    changed.insert(purchase.account_id.clone());
+                } else {
+                    metrics.duplicates.inc();
+                }
+            }
+            EventBody::Adjustment(adjustment) => {
+                let key = format!(
+                    "adjustment:{}:{}",
+                    adjustment.account_id, adjustment.idempotency_key
+                );
+                if store::claim(&tx, &key)? {
+                    state.apply_adjustment(partition, &adjustment, &mut entries);
+                    changed.insert(adjustment.account_id.clone());
+                } else {
+                    metrics.duplicates.inc();
+                }
+            }
+            EventBody::Tick(tick) => state.tick(partition, tick.at, &mut entries),
+            _ => {}
+        }
+    }
+    for entry in &entries {
+        changed.insert(entry.account_id.clone());
+        metrics
+            .entries
+            .with_label_values(&[entry.kind.as_str()])
+            .inc();
+    }
+    store::insert_entries(&tx, &entries)?;
+    store::save_accounts(&tx, state, &changed)?;
+    store::save_clocks(&tx, &state.clocks)?;
+    store::save_position(&tx, topic, partition, next_offset)?;
+    tx.commit()?;
+    let as_of = state
+        .clocks
+        .get(&partition)
+        .copied()
+        .unwrap_or_else(Utc::now);
+    let mut updates: Vec<BalanceUpdate> = changed
+        .into_iter()
+        .filter_map(|id| {
+            state.accounts.get(&id).map(|s| BalanceUpdate {
+                account_id: id.clone(),
+                balance: s.balance(),
+                as_of,
+                applied: s.applied.clone(),
+            })
+        })
+        .collect();
+    updates.sort_by(|a, b| a.account_id.cmp(&b.account_id));
+    Ok(updates)
+}

@@ -1,0 +1,377 @@
+//! Durable ledger state in SQLite: lots, debts, entries, applied ids,
+//! per-partition clocks and log positions — written in ONE transaction per
+//! batch, so a crash at any point neither loses nor duplicates a debit.
+
+use crate::engine::{AccountState, Allocation, Entry, EntryKind, Ledger, Lot, LotSource, Posting};
+use crate::LedgerError;
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use tollgate_core::{AccountId, Usd};
+
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE ledger_accounts (
+        account_id TEXT PRIMARY KEY,
+        partition INTEGER NOT NULL,
+        debt TEXT NOT NULL
+    );
+    CREATE TABLE ledger_lots (
+        lot_id TEXT PRIMARY KEY,
+        account_id TEXT NOT NULL,
+        source TEXT NOT NULL,
+        purchased_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        amount TEXT NOT NULL,
+        remaining TEXT NOT NULL,
+        expired INTEGER NOT NULL
+    );
+    CREATE INDEX ledger_lots_account ON ledger_lots (account_id);
+    CREATE TABLE ledger_entries (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        account_id TEXT NOT NULL,
+        at TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        source_id TEXT NOT NULL,
+        amount TEXT NOT NULL,
+        fee TEXT NOT NULL,
+        upstream TEXT NOT NULL,
+        balance_after TEXT NOT NULL,
+        postings TEXT NOT NULL,
+        allocations TEXT NOT NULL,
+        memo TEXT
+    );
+    CREATE INDEX ledger_entries_account ON ledger_entries (account_id, seq);
+    CREATE TABLE ledger_applied (dedup_key TEXT PRIMARY KEY);
+    CREATE TABLE ledger_positions (
+        topic TEXT NOT NULL,
+        partition INTEGER NOT NULL,
+        next_offset INTEGER NOT NULL,
+        PRIMARY KEY (topic, partition)
+    );
+    CREATE TABLE ledger_clocks (partition INTEGER PRIMARY KEY, at TEXT NOT NULL);
+    CREATE TABLE ledger_watermarks (
+        account_id TEXT NOT NULL,
+        instance_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (account_id, instance_id)
+    );
+"];
+
+pub fn migrate(conn: &mut Connection) -> Result<(), LedgerError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS ledger_migrations (version INTEGER PRIMARY KEY)",
+    )?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let applied: i64 = tx.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM ledger_migrations",
+        [],
+        |r| r.get(0),
+    )?;
+    for (i, sql) in MIGRATIONS.iter().enumerate() {
+        let version = i as i64 + 1;
+        if version > applied {
+            tx.execute_batch(sql)?;
+            tx.execute(
+                "INSERT INTO ledger_migrations (version) VALUES (?1)",
+                [version],
+            )?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Timestamps sort as text: fixed precision, UTC.
+pub fn time_text(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Nanos, true)
+}
+
+pub fn parse_time(text: &str) -> Result<DateTime<Utc>, LedgerError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| LedgerError::Corrupt(format!("timestamp {text}: {e}")))
+}
+
+pub fn parse_usd(text: &str) -> Result<Usd, LedgerError> {
+    Usd::from_str(text).map_err(|e| LedgerError::Corrupt(format!("amount {text}: {e}")))
+}
+
+fn source_text(source: LotSource) -> &'static str {
+    match source {
+        LotSource::Purchase => "purchase",
+        LotSource::GoodwillCredit => "goodwill_credit",
+    }
+}
+
+/// Load the whole ledger state (used at start and after a failed batch).
+pub fn load(conn: &Connection) -> Result<Ledger, LedgerError> {
+    let mut ledger = Ledger::default();
+    let mut stmt = conn.prepare("SELECT account_id, partition, debt FROM ledger_accounts")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (id, partition, debt) = row?;
+        ledger.accounts.insert(
+            AccountId(id),
+            AccountState {
+                lots: vec![],
+                debt: parse_usd(&debt)?,
+                partition: partition as u32,
+                applied: Default::default(),
+            },
+        );
+    }
+    let mut stmt = conn.prepare(
+        "SELECT lot_id, account_id, source, purchased_at, expires_at, amount, remaining, expired
+         FROM ledger_lots ORDER BY purchased_at, lot_id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, String>(4)?,
+            r.get::<_, String>(5)?,
+            r.get::<_, String>(6)?,
+            r.get::<_, bool>(7)?,
+        ))
+    })?;
+    for row in rows {
+        let (lot_id, account, source, purchased, expires, amount, remaining, expired) = row?;
+        let account_id = AccountId(account);
+        let lot = Lot {
+            lot_id,
+            account_id: account_id.clone(),
+            source: if source == "goodwill_credit" {
+                LotSource::GoodwillCredit
+            } else {
+                LotSource::Purchase
+            },
+            purchased_at: parse_time(&purchased)?,
+            expires_at: parse_time(&expires)?,
+            amount: parse_usd(&amount)?,
+            remaining: parse_usd(&remaining)?,
+            expired,
+        };
+        ledger
+            .accounts
+            .entry(account_id)
+            .or_default()
+            .lots
+            .push(lot);
+    }
+    let mut stmt = conn.prepare("SELECT account_id, instance_id, seq FROM ledger_watermarks")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (account, instance, seq) = row?;
+        ledger
+            .accounts
+            .entry(AccountId(account))
+            .or_default()
+            .applied
+            .insert(instance, seq as u64);
+    }
+    let mut stmt = conn.prepare("SELECT partition, at FROM ledger_clocks")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+    for row in rows {
+        let (partition, at) = row?;
+        ledger.clocks.insert(partition as u32, parse_time(&at)?);
+    }
+    Ok(ledger)
+}
+
+/// Mark `dedup_key` applied; false when it already was (a redelivery).
+pub fn claim(tx: &Transaction<'_>, dedup_key: &str) -> Result<bool, LedgerError> {
+    let changed = tx
+        .prepare_cached("INSERT OR IGNORE INTO ledger_applied (dedup_key) VALUES (?1)")?
+        .execute([dedup_key])?;
+    Ok(changed == 1)
+}
+
+pub fn insert_entries(tx: &Transaction<'_>, entries: &[Entry]) -> Result<(), LedgerError> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO ledger_entries (account_id, at, kind, source_id, amount, fee, upstream,
+            balance_after, postings, allocations, memo)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?;
+    for e in entries {
+        stmt.execute(params![
+            e.account_id.as_str(),
+            time_text(e.at),
+            e.kind.as_str(),
+            e.source_id,
+            e.amount.to_string(),
+            e.fee.to_string(),
+            e.upstream.to_string(),
+            e.balance_after.to_string(),
+            serde_json::to_string(&e.postings).unwrap_or_default(),
+            serde_json::to_string(&e.allocations).unwrap_or_default(),
+            e.memo,
+        ])?;
+    }
+    Ok(())
+}
+
+/// Write the current state of the accounts that changed.
+pub fn save_accounts(
+    tx: &Transaction<'_>,
+    ledger: &Ledger,
+    changed: &HashSet<AccountId>,
+) -> Result<(), LedgerError> {
+    let mut account_stmt = tx.prepare_cached(
+        "INSERT INTO ledger_accounts (account_id, partition, debt) VALUES (?1, ?2, ?3)
+         ON CONFLICT (account_id) DO UPDATE SET partition = excluded.partition, debt = excluded.debt",
+    )?;
+    let mut lot_stmt = tx.prepare_cached(
+        "INSERT INTO ledger_lots (lot_id, account_id, source, purchased_at, expires_at, amount, remaining, expired)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (lot_id) DO UPDATE SET remaining = excluded.remaining, expired = excluded.expired",
+    )?;
+    let mut mark_stmt = tx.prepare_cached(
+        "INSERT INTO ledger_watermarks (account_id, instance_id, seq) VALUES (?1, ?2, ?3)
+         ON CONFLICT (account_id, instance_id) DO UPDATE SET seq = excluded.seq",
+    )?;
+    for account_id in changed {
+        let Some(state) = ledger.accounts.get(account_id) else {
+            continue;
+        };
+        account_stmt.execute(params![
+            account_id.as_str(),
+            state.partition,
+            state.debt.to_string()
+        ])?;
+        for lot in &state.lots {
+            lot_stmt.execute(params![
+                lot.lot_id,
+                lot.account_id.as_str(),
+                source_text(lot.source),
+                time_text(lot.purchased_at),
+                time_text(lot.expires_at),
+                lot.amount.to_string(),
+                lot.remaining.to_string(),
+                lot.expired,
+            ])?;
+        }
+        for (instance, seq) in &state.applied {
+            mark_stmt.execute(params![account_id.as_str(), instance, *seq as i64])?;
+        }
+    }
+    Ok(())
+}
+
+pub fn save_clocks(
+    tx: &Transaction<'_>,
+    clocks: &HashMap<u32, DateTime<Utc>>,
+) -> Result<(), LedgerError> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO ledger_clocks (partition, at) VALUES (?1, ?2)
+         ON CONFLICT (partition) DO UPDATE SET at = excluded.at",
+    )?;
+    for (partition, at) in clocks {
+        stmt.execute(params![partition, time_text(*at)])?;
+    }
+    Ok(())
+}
+
+pub fn save_position(
+    tx: &Transaction<'_>,
+    topic: &str,
+    partition: u32,
+    next_offset: u64,
+) -> Result<(), LedgerError> {
+    tx.prepare_cached(
+        "INSERT INTO ledger_positions (topic, partition, next_offset) VALUES (?1, ?2, ?3)
+         ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
+    )?
+    .execute(params![topic, partition, next_offset as i64])?;
+    Ok(())
+}
+
+pub fn position(
+    conn: &Connection,
+    topic: &str,
+    partition: u32,
+) -> Result<Option<u64>, LedgerError> {
+    Ok(conn
+        .query_row(
+            "SELECT next_offset FROM ledger_positions WHERE topic = ?1 AND partition = ?2",
+            params![topic, partition],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()?
+        .map(|n| n as u64))
+}
+
+/// A stored entry as the credits API returns it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct StoredEntry {
+    pub seq: u64,
+    #[serde(flatten)]
+    pub entry: Entry,
+}
+
+pub fn entry_from_row(
+    row: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(u64, [String; 10], Option<String>)> {
+    Ok((
+        row.get::<_, i64>(0)? as u64,
+        [
+            row.get(1)?,
+            row.get(2)?,
+            row.get(3)?,
+            row.get(4)?,
+            row.get(5)?,
+            row.get(6)?,
+            row.get(7)?,
+            row.get(8)?,
+            row.get(9)?,
+            row.get(10)?,
+        ],
+        row.get(11)?,
+    ))
+}
+
+pub const ENTRY_COLUMNS: &str =
+    "seq, account_id, at, kind, source_id, amount, fee, upstream, balance_after, postings, allocations, memo";
+
+pub fn decode_entry(raw: (u64, [String; 10], Option<String>)) -> Result<StoredEntry, LedgerError> {
+    let (
+        seq,
+        [account, at, kind, source_id, amount, fee, upstream, balance_after, postings, allocations],
+        memo,
+    ) = raw;
+    let postings: Vec<Posting> =
+        serde_json::from_str(&postings).map_err(|e| LedgerError::Corrupt(e.to_string()))?;
+    let allocations: Vec<Allocation> =
+        serde_json::from_str(&allocations).map_err(|e| LedgerError::Corrupt(e.to_string()))?;
+    Ok(StoredEntry {
+        seq,
+        entry: Entry {
+            account_id: AccountId(account),
+            at: parse_time(&at)?,
+            kind: EntryKind::parse(&kind)
+                .ok_or_else(|| LedgerError::Corrupt(format!("entry kind {kind}")))?,
+            source_id,
+            amount: parse_usd(&amount)?,
+            fee: parse_usd(&fee)?,
+            upstream: parse_usd(&upstream)?,
+            balance_after: parse_usd(&balance_after)?,
+            postings,
+            allocations,
+            memo,
+        },
+    })
+}
