@@ -2,8 +2,10 @@
 //! the client its cost) and the ledger (to debit it) both call this, so the
 //! number a client sees is the number debited. Exact decimals, no rounding.
 
+use crate::catalog::Prices;
 use crate::event::{CredentialSource, UsageEvent};
 use crate::money::Usd;
+use crate::tokens::TokenCounts;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
@@ -26,16 +28,23 @@ impl Cost {
 
 /// The cost of one request, from the counts and unit prices in its event.
 pub fn cost_of(event: &UsageEvent) -> Cost {
-    let tokens = &event.tokens;
+    cost_for(&event.tokens, &event.prices, event.credential_source)
+}
+
+/// The cost of `tokens` at `prices` when `source`'s credentials answered.
+pub fn cost_for(tokens: &TokenCounts, prices: &Prices, source: Option<CredentialSource>) -> Cost {
     let fee = PROCESSING_FEE_PER_MTOK.per_million_tokens(tokens.total());
-    let upstream = match event.credential_source {
+    let upstream = match source {
         Some(CredentialSource::Operator) => {
-            let p = &event.prices;
-            p.input.per_million_tokens(tokens.input)
-                + p.cached_input.per_million_tokens(tokens.cached_input)
-                + p.cache_write_5m.per_million_tokens(tokens.cache_write_5m)
-                + p.cache_write_1h.per_million_tokens(tokens.cache_write_1h)
-                + p.output.per_million_tokens(tokens.output)
+            prices.input.per_million_tokens(tokens.input)
+                + prices.cached_input.per_million_tokens(tokens.cached_input)
+                + prices
+                    .cache_write_5m
+                    .per_million_tokens(tokens.cache_write_5m)
+                + prices
+                    .cache_write_1h
+                    .per_million_tokens(tokens.cache_write_1h)
+                + prices.output.per_million_tokens(tokens.output)
         }
         Some(CredentialSource::Byok) | None => Usd::ZERO,
     };

@@ -79,6 +79,20 @@ pub struct CustomProviderConfig {
     pub api_keys: Vec<String>,
 }
 
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BillingConfig {
+    /// Refuse requests (402) when the account's available credit is at or
+    /// below zero. Default true; switch off for deployments that meter only.
+    pub enforce: bool,
+}
+
+impl Default for BillingConfig {
+    fn default() -> Self {
+        BillingConfig { enforce: true }
+    }
+}
+
 /// Everything the proxy needs to know from configuration.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -88,6 +102,7 @@ pub struct ProxyConfig {
     /// Per built-in provider settings, keyed by provider id.
     pub providers: BTreeMap<String, ProviderSettings>,
     pub custom_providers: Vec<CustomProviderConfig>,
+    pub billing: BillingConfig,
 }
 
 impl ProxyConfig {

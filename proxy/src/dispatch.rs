@@ -15,7 +15,8 @@ use serde_json::Value;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tollgate_core::ApiSurface;
+use tollgate_core::pricing::cost_for;
+use tollgate_core::{ApiSurface, CredentialSource, TokenCounts, Usd};
 use tollgate_translate::{request as tr_request, response as tr_response, usage as tr_usage};
 
 const ANTHROPIC_VERSION_DEFAULT: &str = "2023-06-01";
@@ -26,6 +27,11 @@ pub const HEADER_PROVIDER: &str = "x-tollgate-provider";
 pub const HEADER_MODEL: &str = "x-tollgate-model";
 pub const HEADER_EVENT_ID: &str = "x-tollgate-event-id";
 pub const HEADER_ATTEMPTS: &str = "x-tollgate-attempts";
+/// The request's cost in USD (exact decimals), on non-streamed responses;
+/// streams carry it as `usage.tollgate_cost` when the client asked for usage.
+pub const HEADER_COST_FEE: &str = "x-tollgate-cost-fee";
+pub const HEADER_COST_UPSTREAM: &str = "x-tollgate-cost-upstream";
+pub const HEADER_COST_TOTAL: &str = "x-tollgate-cost-total";
 
 /// The access key from `Authorization: Bearer` (OpenAI SDKs) or `x-api-key` (Anthropic SDKs).
 pub fn extract_token(headers: &HeaderMap) -> Option<&str> {
@@ -140,6 +146,17 @@ fn add_trace_headers(response: &mut Response, meter: &RequestMeter) {
     if meter.attempts > 0 {
         headers.insert(HEADER_ATTEMPTS, HeaderValue::from(meter.attempts));
     }
+    if let Some(cost) = &meter.cost {
+        for (name, amount) in [
+            (HEADER_COST_FEE, cost.fee),
+            (HEADER_COST_UPSTREAM, cost.upstream),
+            (HEADER_COST_TOTAL, cost.total()),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(&amount.to_string()) {
+                headers.insert(name, v);
+            }
+        }
+    }
 }
 
 enum Outcome {
@@ -157,6 +174,10 @@ struct StreamStart {
 /// What the gateway needs from the client's request body.
 struct ClientRequest {
     body: Arc<Value>,
+    /// Body size: an upper bound on input tokens (a token is at least a byte).
+    body_len: usize,
+    /// The output cap the client asked for, if any.
+    max_tokens: Option<u64>,
     model: String,
     fallbacks: Vec<String>,
     stream: bool,
@@ -238,7 +259,12 @@ fn parse_request(
         .and_then(|o| o.get("include_usage"))
         .and_then(Value::as_bool)
         .unwrap_or(false);
+    let max_tokens = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|field| object.get(*field).and_then(Value::as_u64));
     Ok(ClientRequest {
+        body_len: bytes.len(),
+        max_tokens,
         body: Arc::new(body),
         model,
         fallbacks,
@@ -349,15 +375,6 @@ async fn run(
     started: Instant,
 ) -> Result<Outcome, ProxyError> {
     let routing = &gateway.config.routing;
-    let limits = caller.rate_limits();
-    gateway
-        .limiter
-        .admit(&caller.key_id, limits)
-        .map_err(|limited| ProxyError::RateLimited {
-            limit: limited.limit,
-            retry_after_secs: limited.retry_after_secs,
-        })?;
-    meter.rate_limits = limits;
     let request = parse_request(api, body, gateway.config.server.max_body_bytes)?;
     meter.model_requested = request.model.clone();
     meter.streamed = request.stream;
@@ -375,6 +392,26 @@ async fn run(
             candidates.push(candidate);
         }
     }
+
+    // Only a request that would go upstream uses the key's budget: one
+    // refused above (bad body, unknown or not-allowed model) does not.
+    let limits = caller.rate_limits();
+    gateway
+        .limiter
+        .admit(&caller.key_id, limits)
+        .map_err(|limited| ProxyError::RateLimited {
+            limit: limited.limit,
+            retry_after_secs: limited.retry_after_secs,
+        })?;
+    meter.rate_limits = limits;
+
+    let max_cost = max_cost(&candidates, &request);
+    gateway
+        .admission
+        .admit(&caller.account_id, meter.instance_seq, max_cost)
+        .map_err(|refused| ProxyError::InsufficientCredits {
+            available: refused.available.to_string(),
+        })?;
 
     let deadline = started + Duration::from_millis(routing.total_timeout_ms);
     let attempt_timeout = Duration::from_millis(routing.attempt_timeout_ms);
@@ -593,6 +630,27 @@ async fn run(
             last: last_error,
         }
     })
+}
+
+/// The most a request can cost on any of its candidates: every body byte
+/// as an input token plus the output cap, at operator prices.
+fn max_cost(candidates: &[Candidate], request: &ClientRequest) -> Usd {
+    candidates
+        .iter()
+        .map(|candidate| {
+            let output = request
+                .max_tokens
+                .or(candidate.max_output_tokens.map(u64::from))
+                .unwrap_or(u64::from(DEFAULT_MAX_OUTPUT_TOKENS));
+            let tokens = TokenCounts {
+                input: request.body_len as u64,
+                output,
+                ..TokenCounts::default()
+            };
+            cost_for(&tokens, &candidate.prices, Some(CredentialSource::Operator)).total()
+        })
+        .max()
+        .unwrap_or(Usd::ZERO)
 }
 
 fn status_outcome(status: StatusCode) -> &'static str {

@@ -31,6 +31,8 @@ pub enum ProxyError {
     ModelNotAllowed { model: String },
     #[error("model `{model}` is not in the catalog and this access key's configuration does not allow pass-through models")]
     PassthroughNotAllowed { model: String },
+    #[error("insufficient credits: the account's available balance is {available}; buy credits to continue")]
+    InsufficientCredits { available: String },
     #[error("rate limit exceeded for this access key ({limit}); retry after {retry_after_secs} s")]
     RateLimited {
         limit: &'static str,
@@ -70,6 +72,7 @@ impl ProxyError {
             | ProxyError::ModelNotAllowed { .. }
             | ProxyError::PassthroughNotAllowed { .. } => StatusCode::FORBIDDEN,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
             ProxyError::ModelUnknown { .. } => StatusCode::NOT_FOUND,
             ProxyError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -91,6 +94,7 @@ impl ProxyError {
             ProxyError::ModelNotAllowed { .. } => "model_not_allowed",
             ProxyError::PassthroughNotAllowed { .. } => "passthrough_not_allowed",
             ProxyError::RateLimited { .. } => "rate_limited",
+            ProxyError::InsufficientCredits { .. } => "insufficient_credits",
             ProxyError::UpstreamFailed { .. } => "upstream_failed",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::Internal(_) => "internal",
@@ -114,6 +118,9 @@ impl ProxyError {
                 ("permission_error", Some("passthrough_not_allowed"))
             }
             ProxyError::RateLimited { .. } => ("rate_limit_error", Some("rate_limit_exceeded")),
+            ProxyError::InsufficientCredits { .. } => {
+                ("insufficient_credits", Some("insufficient_credits"))
+            }
             ProxyError::InvalidRequest { .. } | ProxyError::NoCredentials { .. } => {
                 ("invalid_request_error", None)
             }
@@ -132,6 +139,7 @@ impl ProxyError {
             | ProxyError::ModelNotAllowed { .. }
             | ProxyError::PassthroughNotAllowed { .. } => "permission_error",
             ProxyError::RateLimited { .. } => "rate_limit_error",
+            ProxyError::InsufficientCredits { .. } => "billing_error",
             ProxyError::InvalidRequest { .. }
             | ProxyError::ProviderUnknown { .. }
             | ProxyError::NoCredentials { .. } => "invalid_request_error",

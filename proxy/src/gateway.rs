@@ -1,6 +1,7 @@
 //! The gateway's shared state: catalog, providers with their credentials,
 //! the access-key cache, the HTTP client, the event log and metrics.
 
+use crate::admission::Admission;
 use crate::config::ProxyConfig;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
@@ -129,6 +130,7 @@ pub struct Gateway {
     pub events: Arc<dyn EventLog>,
     pub metrics: Metrics,
     pub limiter: RateLimiter,
+    pub admission: Arc<Admission>,
     /// Identifies this gateway process in usage events (with a sequence
     /// number per event) so balance updates can say what they include.
     pub instance_id: String,
@@ -239,7 +241,10 @@ impl Gateway {
             .build()
             .map_err(|e| InitError::HttpClient(e.to_string()))?;
 
+        let instance_id = format!("gw_{}", uuid::Uuid::now_v7().simple());
+        let admission = Arc::new(Admission::new(config.billing.enforce, instance_id.clone()));
         Ok(Arc::new(Gateway {
+            admission,
             config,
             catalog,
             providers,
@@ -248,7 +253,7 @@ impl Gateway {
             events,
             metrics: Metrics::new()?,
             limiter: RateLimiter::default(),
-            instance_id: format!("gw_{}", uuid::Uuid::now_v7().simple()),
+            instance_id,
             next_seq: std::sync::atomic::AtomicU64::new(1),
             last_used_recorded: Mutex::new(HashMap::new()),
         }))
@@ -414,9 +419,21 @@ impl Gateway {
                 .map(|m| m.id.as_str())
                 .unwrap_or(upstream);
             let qualified = format!("{provider_id}:{canonical}");
-            let permitted = allowed
-                .iter()
-                .any(|m| m == name || m == canonical || *m == qualified);
+            // An entry may also name the model by an alias, bare or qualified.
+            let alias_here = |entry: &str| {
+                self.catalog
+                    .provider_model(provider_id, entry)
+                    .is_some_and(|m| m.id == canonical)
+            };
+            let permitted = allowed.iter().any(|m| {
+                m == name
+                    || m == canonical
+                    || *m == qualified
+                    || alias_here(m)
+                    || m.strip_prefix(provider_id)
+                        .and_then(|rest| rest.strip_prefix(':'))
+                        .is_some_and(alias_here)
+            });
             if !permitted {
                 return Err(ProxyError::ModelNotAllowed {
                     model: name.to_owned(),

@@ -1,6 +1,7 @@
 //! Tollgate's HTTP gateway. `router` builds the whole axum app;
 //! `serve` runs it with TCP_NODELAY on every accepted socket.
 
+pub mod admission;
 pub mod config;
 pub mod dispatch;
 pub mod error;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_core::control::RateLimits;
 use tollgate_core::eventlog::topics;
+use tollgate_core::pricing::{cost_for, Cost};
 use tollgate_core::{
     AccessKeyId, AccountId, ApiSurface, CredentialSource, Envelope, EventId, LogRecord, Prices,
     ProviderKeyId, TokenCounts, UsageEvent,
@@ -48,6 +49,8 @@ pub struct RequestMeter {
     pub output_text: String,
     /// The key's limits, charged with the tokens used when the request ends.
     pub rate_limits: RateLimits,
+    /// What the request costs, once it ended (the ledger debits exactly this).
+    pub cost: Option<Cost>,
     finished: bool,
 }
 
@@ -88,6 +91,7 @@ impl RequestMeter {
             request: None,
             output_text: String::new(),
             rate_limits: RateLimits::default(),
+            cost: None,
             finished: false,
         }
     }
@@ -120,6 +124,12 @@ impl RequestMeter {
                 .with_label_values(&[self.client_api.as_str()])
                 .observe(ttft.as_secs_f64());
         }
+    }
+
+    /// The cost of the usage reported so far (for the final usage chunk).
+    pub fn reported_cost(&self) -> Option<Cost> {
+        self.reported
+            .map(|tokens| cost_for(&tokens, &self.prices, self.credential_source))
     }
 
     pub fn provider(&self) -> Option<&str> {
@@ -179,6 +189,7 @@ impl RequestMeter {
         metrics.in_flight.dec();
         let latency = self.started.elapsed();
         let (tokens, tokens_estimated) = self.tokens(status);
+        self.cost = Some(cost_for(&tokens, &self.prices, self.credential_source));
         self.gateway
             .limiter
             .record_tokens(&self.access_key_id, self.rate_limits, tokens.total());
@@ -292,4 +303,13 @@ fn emit(gateway: &Arc<Gateway>, event: UsageEvent) {
             });
         }
     }
+}
+
+/// The cost as JSON, exact decimal strings: `{"fee", "upstream", "total"}`.
+pub fn cost_json(cost: &Cost) -> Value {
+    serde_json::json!({
+        "fee": cost.fee.to_string(),
+        "upstream": cost.upstream.to_string(),
+        "total": cost.total().to_string(),
+    })
 }

@@ -3,7 +3,7 @@
 //! metering usage. Dropping the relay (client gone) drops the upstream
 //! connection, which cancels the upstream call, and still emits the event.
 
-use crate::meter::RequestMeter;
+use crate::meter::{cost_json, RequestMeter};
 use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
 use futures::Stream;
@@ -132,10 +132,16 @@ impl Relay {
         }
         tr_usage::openai_chunk_text(&chunk, &mut self.meter.output_text);
         match &mut self.mode {
-            Mode::OpenAiPassthrough { client_wants_usage }
-                if *client_wants_usage || !tr_usage::is_usage_only_chunk(&chunk) =>
-            {
-                self.out.extend_from_slice(&event.raw);
+            Mode::OpenAiPassthrough { client_wants_usage } => {
+                let has_usage = chunk.get("usage").is_some_and(Value::is_object);
+                if *client_wants_usage && has_usage {
+                    let mut chunk = chunk;
+                    self.add_cost(&mut chunk);
+                    self.out
+                        .extend_from_slice(&encode_event(None, &chunk.to_string()));
+                } else if *client_wants_usage || !tr_usage::is_usage_only_chunk(&chunk) {
+                    self.out.extend_from_slice(&event.raw);
+                }
             }
             Mode::OpenAiToAnthropic(translator) => {
                 let events = translator.push(&chunk);
@@ -176,6 +182,14 @@ impl Relay {
             }
         }
         match &mut self.mode {
+            Mode::AnthropicPassthrough
+                if event_type == "message_delta" && data.get("usage").is_some() =>
+            {
+                let mut data = data.clone();
+                self.add_cost(&mut data);
+                self.out
+                    .extend_from_slice(&encode_event(Some("message_delta"), &data.to_string()));
+            }
             Mode::AnthropicPassthrough => self.out.extend_from_slice(&event.raw),
             Mode::AnthropicToOpenAi(translator) => {
                 let chunks = translator.push(&event_type, data);
@@ -185,15 +199,31 @@ impl Relay {
         }
     }
 
+    /// Put the request's cost next to the usage it is computed from.
+    fn add_cost(&self, carrier: &mut Value) {
+        if let (Some(cost), Some(usage)) = (
+            self.meter.reported_cost(),
+            carrier.get_mut("usage").and_then(Value::as_object_mut),
+        ) {
+            usage.insert("tollgate_cost".into(), cost_json(&cost));
+        }
+    }
+
     fn write_openai(&mut self, chunks: Vec<Value>) {
-        for chunk in chunks {
+        for mut chunk in chunks {
+            if chunk.get("usage").is_some_and(Value::is_object) {
+                self.add_cost(&mut chunk);
+            }
             let data = chunk.to_string();
             self.out.extend_from_slice(&encode_event(None, &data));
         }
     }
 
     fn write_anthropic(&mut self, events: Vec<(&'static str, Value)>) {
-        for (name, data) in events {
+        for (name, mut data) in events {
+            if name == "message_delta" {
+                self.add_cost(&mut data);
+            }
             self.out
                 .extend_from_slice(&encode_event(Some(name), &data.to_string()));
         }
