@@ -246,61 +246,65 @@ struct NewCustomProviderBody {
 /// The admin router; mount it on its own listener.
 pub fn router(state: AdminState) -> Router {
     let api = Router::new()
-        .route("/accounts", get(list_accounts).post(create_account))
-        .route("/accounts/{account_id}", get(get_account))
         .route(
-            "/accounts/{account_id}/access-keys",
+            "/admin/v1/accounts",
+            get(list_accounts).post(create_account),
+        )
+        .route("/admin/v1/accounts/{account_id}", get(get_account))
+        .route(
+            "/admin/v1/accounts/{account_id}/access-keys",
             get(list_keys).post(create_key),
         )
-        .route("/access-keys/{key_id}/revoke", post(revoke_key))
+        .route("/admin/v1/access-keys/{key_id}/revoke", post(revoke_key))
         .route(
-            "/access-keys/{key_id}/configuration",
+            "/admin/v1/access-keys/{key_id}/configuration",
             put(assign_configuration),
         )
         .route(
-            "/accounts/{account_id}/configurations",
+            "/admin/v1/accounts/{account_id}/configurations",
             get(list_configurations).post(create_configuration),
         )
         .route(
-            "/configurations/{config_id}",
+            "/admin/v1/configurations/{config_id}",
             get(get_configuration)
                 .put(update_configuration)
                 .delete(delete_configuration),
         )
         .route(
-            "/configurations/{config_id}/provider-keys",
+            "/admin/v1/configurations/{config_id}/provider-keys",
             post(attach_key),
         )
         .route(
-            "/configurations/{config_id}/provider-keys/{provider_key_id}",
+            "/admin/v1/configurations/{config_id}/provider-keys/{provider_key_id}",
             axum::routing::delete(detach_key),
         )
         .route(
-            "/accounts/{account_id}/provider-keys",
+            "/admin/v1/accounts/{account_id}/provider-keys",
             get(list_provider_keys).post(add_provider_key),
         )
         .route(
-            "/provider-keys/{provider_key_id}/secret",
+            "/admin/v1/provider-keys/{provider_key_id}/secret",
             put(rotate_provider_key),
         )
         .route(
-            "/provider-keys/{provider_key_id}",
+            "/admin/v1/provider-keys/{provider_key_id}",
             axum::routing::delete(delete_provider_key),
         )
         .route(
-            "/custom-providers",
+            "/admin/v1/custom-providers",
             get(list_custom_providers).post(create_custom_provider),
         )
         .route(
-            "/custom-providers/{provider_id}",
+            "/admin/v1/custom-providers/{provider_id}",
             axum::routing::delete(delete_custom_provider),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state.auth.clone(),
             AdminAuth::require,
         ))
-        .route("/openapi.json", get(openapi));
-    Router::new().nest("/admin/v1", api).with_state(state)
+        .route("/admin/v1/openapi.json", get(openapi));
+    // Full paths (no `nest`): other routers (credits) merge beside these.
+    api.with_state(state)
 }
 
 async fn openapi() -> Response {

@@ -54,9 +54,14 @@ impl ControlState {
             ControlObject::Account(account) => {
                 self.accounts.insert(account.id.clone(), account);
             }
-            ControlObject::AccessKey(key) => {
+            ControlObject::AccessKey(mut key) => {
                 if let Some(old) = self.access_keys.get(&key.id) {
                     self.keys_by_hash.remove(&old.token_hash);
+                    // Revocation is final: an upsert written from a view that
+                    // had not seen it yet (another instance's) cannot undo it.
+                    if key.revoked_at.is_none() {
+                        key.revoked_at = old.revoked_at;
+                    }
                 }
                 if key.revoked_at.is_none() {
                     self.keys_by_hash

@@ -6,13 +6,17 @@ use std::fmt;
 use std::iter::Sum;
 use std::ops::{Add, AddAssign, Mul, Neg, Sub, SubAssign};
 
-/// An exact amount of US dollars. Serialized as a decimal string so that
-/// JSON consumers never round it through a float.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+/// An exact amount of US dollars. Serialized as a normalized decimal string
+/// (`"1.5"`, never a float) so JSON consumers never round it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
 #[serde(transparent)]
 pub struct Usd(#[serde(with = "rust_decimal::serde::str")] pub Decimal);
+
+impl Serialize for Usd {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0.normalize())
+    }
+}
 
 impl Usd {
     pub const ZERO: Usd = Usd(Decimal::ZERO);
@@ -116,7 +120,7 @@ mod tests {
     #[test]
     fn serializes_as_string() {
         let json = serde_json::to_string(&Usd(dec!(1.50))).unwrap_or_default();
-        assert_eq!(json, "\"1.50\"");
+        assert_eq!(json, "\"1.5\"");
         let back: Usd = serde_json::from_str("\"0.000001\"").unwrap_or_default();
         assert_eq!(back, Usd(dec!(0.000001)));
     }

@@ -293,9 +293,18 @@ pub fn compare(derived: &Derived, ledger: &Derived) -> Vec<String> {
     problems
 }
 
-/// Audit the ledger in `conn` against `log`; returns the differences.
+/// Audit the ledger in `conn` against `log` (up to the positions the ledger
+/// has applied, so a running ledger can be audited); returns the differences.
 pub async fn audit(log: &dyn EventLog, conn: &Connection) -> Result<Vec<String>, LedgerError> {
-    let records = read_log(log).await?;
+    let mut records = read_log(log).await?;
+    let mut applied_through = std::collections::HashMap::new();
+    for r in &records {
+        if let std::collections::hash_map::Entry::Vacant(slot) = applied_through.entry(r.partition)
+        {
+            slot.insert(store::position(conn, topics::ACCOUNT_EVENTS, r.partition)?.unwrap_or(0));
+        }
+    }
+    records.retain(|r| r.offset < applied_through.get(&r.partition).copied().unwrap_or(0));
     let derived = derive(&records);
     let ledger = stored(conn)?;
     Ok(compare(&derived, &ledger))

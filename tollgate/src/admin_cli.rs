@@ -45,6 +45,56 @@ pub enum AdminCommand {
         #[command(subcommand)]
         action: CustomProvidersAction,
     },
+    /// Credits: balances, lots, entries; record purchases and adjustments.
+    Credits {
+        #[command(subcommand)]
+        action: CreditsAction,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CreditsAction {
+    Balance {
+        #[arg(long)]
+        account: String,
+    },
+    Lots {
+        #[arg(long)]
+        account: String,
+    },
+    /// Ledger entries, oldest first (use --after with the returned cursor).
+    Entries {
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Record a purchase (minimum $5.00); a retry with the same key applies once.
+    Purchase {
+        #[arg(long)]
+        account: String,
+        /// USD, e.g. 25.00
+        #[arg(long)]
+        amount: String,
+        #[arg(long)]
+        idempotency_key: String,
+    },
+    /// Record a refund, goodwill credit or manual debit, with a reason.
+    Adjust {
+        #[arg(long)]
+        account: String,
+        /// refund, goodwill_credit or manual_debit
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        amount: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        idempotency_key: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -301,6 +351,63 @@ fn request(command: &AdminCommand) -> anyhow::Result<(reqwest::Method, String, O
             ProviderKeysAction::Delete { id } => {
                 (Method::DELETE, format!("/provider-keys/{id}"), None)
             }
+        },
+        AdminCommand::Credits { action } => match action {
+            CreditsAction::Balance { account } => (
+                Method::GET,
+                format!("/accounts/{account}/credits/balance"),
+                None,
+            ),
+            CreditsAction::Lots { account } => (
+                Method::GET,
+                format!("/accounts/{account}/credits/lots"),
+                None,
+            ),
+            CreditsAction::Entries {
+                account,
+                kind,
+                after,
+            } => {
+                let mut query = Vec::new();
+                if let Some(kind) = kind {
+                    query.push(format!("kind={kind}"));
+                }
+                if let Some(after) = after {
+                    query.push(format!("after={after}"));
+                }
+                let query = if query.is_empty() {
+                    String::new()
+                } else {
+                    format!("?{}", query.join("&"))
+                };
+                (
+                    Method::GET,
+                    format!("/accounts/{account}/credits/entries{query}"),
+                    None,
+                )
+            }
+            CreditsAction::Purchase {
+                account,
+                amount,
+                idempotency_key,
+            } => (
+                Method::POST,
+                format!("/accounts/{account}/purchases"),
+                Some(json!({"amount": amount, "idempotency_key": idempotency_key})),
+            ),
+            CreditsAction::Adjust {
+                account,
+                kind,
+                amount,
+                reason,
+                idempotency_key,
+            } => (
+                Method::POST,
+                format!("/accounts/{account}/adjustments"),
+                Some(
+                    json!({"kind": kind, "amount": amount, "reason": reason, "idempotency_key": idempotency_key}),
+                ),
+            ),
         },
         AdminCommand::CustomProviders { action } => match action {
             CustomProvidersAction::List => (Method::GET, "/custom-providers".into(), None),

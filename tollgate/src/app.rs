@@ -4,19 +4,26 @@ use crate::config::Config;
 use anyhow::{bail, Context};
 use std::future::Future;
 use std::path::Path;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tollgate_control::admin::AdminState;
 use tollgate_control::{ControlPlane, MasterKey};
+use tollgate_core::billing::{Adjustment, AdjustmentKind};
 use tollgate_core::eventlog::topics;
-use tollgate_core::{Catalog, EventLog};
+use tollgate_core::{Catalog, Envelope, EventBody, EventLog, LogRecord, Usd};
+use tollgate_ledger::api::CreditsApi;
+use tollgate_ledger::LedgerService;
 use tollgate_proxy::Gateway;
 use tollgate_store::{Database, SqliteEventLog, SqliteEventLogOptions};
 
 /// How often each instance reads new control-plane changes (so a revoked key
 /// is refused everywhere well within a second).
 pub const CONTROL_TAIL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How often gateways read new balance updates from the ledger.
+pub const BALANCE_TAIL_INTERVAL: Duration = Duration::from_millis(100);
 
 pub const MASTER_KEY_ENV: &str = "TOLLGATE_MASTER_KEY";
 pub const ADMIN_TOKEN_ENV: &str = "TOLLGATE_ADMIN_TOKEN";
@@ -26,6 +33,7 @@ pub struct Embedded {
     pub events: Arc<SqliteEventLog>,
     pub control: Arc<ControlPlane>,
     pub gateway: Arc<Gateway>,
+    pub ledger: Arc<LedgerService>,
     /// True when the store held no control-plane state before this start.
     pub fresh: bool,
 }
@@ -117,12 +125,14 @@ pub async fn build(config: &Config) -> anyhow::Result<Embedded> {
     )
     .await
     .context("reading the control plane from the log")?;
-    let gateway = Gateway::new(proxy_config, catalog, control.clone(), log)?;
+    let gateway = Gateway::new(proxy_config, catalog, control.clone(), log.clone())?;
+    let ledger = LedgerService::open(&db, log).context("opening the ledger")?;
     Ok(Embedded {
         db,
         events,
         control,
         gateway,
+        ledger,
         fresh,
     })
 }
@@ -130,6 +140,8 @@ pub async fn build(config: &Config) -> anyhow::Result<Embedded> {
 /// What bootstrap created, to print once.
 pub struct Bootstrapped {
     pub token: String,
+    pub account_id: tollgate_core::AccountId,
+    pub granted: bool,
 }
 
 /// On a fresh install, create the first account and access key.
@@ -148,7 +160,38 @@ pub async fn bootstrap(
         .control
         .create_access_key(&account.id, "bootstrap", None)
         .await?;
-    Ok(Some(Bootstrapped { token }))
+    let grant = Usd::from_str(config.bootstrap.starting_credit_usd.trim()).with_context(|| {
+        format!(
+            "bootstrap.starting_credit_usd: `{}` is not a decimal amount",
+            config.bootstrap.starting_credit_usd
+        )
+    })?;
+    if grant > Usd::ZERO {
+        let grant = Adjustment {
+            adjustment_id: format!("adj_bootstrap_{}", account.id),
+            account_id: account.id.clone(),
+            kind: AdjustmentKind::GoodwillCredit,
+            amount: grant,
+            reason: "starting grant of a fresh install".into(),
+            idempotency_key: "bootstrap-grant".into(),
+            at: chrono::Utc::now(),
+        };
+        let payload = serde_json::to_vec(&Envelope::new(EventBody::Adjustment(grant)))?;
+        embedded
+            .events
+            .append(LogRecord {
+                topic: topics::ACCOUNT_EVENTS.to_owned(),
+                key: account.id.to_string(),
+                payload,
+            })
+            .await?;
+        embedded.events.flush().await?;
+    }
+    Ok(Some(Bootstrapped {
+        token,
+        account_id: account.id,
+        granted: grant > Usd::ZERO,
+    }))
 }
 
 pub fn print_bootstrap(boot: &Bootstrapped, config: &Config, admin_token_shown: bool) {
@@ -190,13 +233,7 @@ pub async fn serve(
     } else {
         None
     };
-    if let Some(boot) = bootstrap(&embedded, &config).await? {
-        print_bootstrap(
-            &boot,
-            &config,
-            admin_token.is_some() && env_value(ADMIN_TOKEN_ENV).is_none(),
-        );
-    }
+    let bootstrapped = bootstrap(&embedded, &config).await?;
     let configured: Vec<&str> = embedded
         .gateway
         .providers
@@ -208,16 +245,57 @@ pub async fn serve(
         tracing::warn!("no provider has operator credentials: set OPENAI_API_KEY or ANTHROPIC_API_KEY, providers.<id>.api_keys in the config, or attach provider keys through the admin API");
     }
     let tail = embedded.control.spawn_tail(CONTROL_TAIL_INTERVAL);
+    let log = embedded.events.clone() as Arc<dyn EventLog>;
 
+    // The ledger role, in-process: consume, tick, publish balances.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    embedded.ledger.publish_all().await;
+    let ledger_task = tokio::spawn(embedded.ledger.clone().run(stop_rx.clone()));
+    let ticker = LedgerService::spawn_ticker(
+        log.clone(),
+        Duration::from_millis(config.ledger.tick_interval_ms.max(1)),
+    );
+    embedded.gateway.admission.catch_up(log.as_ref()).await?;
+    let balances = embedded
+        .gateway
+        .admission
+        .spawn_tail(log.clone(), BALANCE_TAIL_INTERVAL);
+    if let Some(boot) = &bootstrapped {
+        // Serve the first request with the starting grant already known.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while boot.granted
+            && embedded
+                .gateway
+                .admission
+                .credit(&boot.account_id)
+                .is_none()
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            embedded.gateway.admission.catch_up(log.as_ref()).await?;
+        }
+        print_bootstrap(
+            boot,
+            &config,
+            admin_token.is_some() && env_value(ADMIN_TOKEN_ENV).is_none(),
+        );
+    }
+    let credits = Arc::new(CreditsApi {
+        ledger: embedded.ledger.clone(),
+        control: embedded.control.clone(),
+        log: log.clone(),
+    });
+
     let mut admin_task = None;
     match (&admin_token, config.admin.enabled) {
         (Some(token), true) => {
             let listener = TcpListener::bind(config.admin.listen)
                 .await
                 .with_context(|| format!("binding the admin API on {}", config.admin.listen))?;
-            let app =
-                tollgate_control::admin::router(AdminState::new(embedded.control.clone(), token));
+            let state = AdminState::new(embedded.control.clone(), token);
+            let app = tollgate_control::admin::router(state.clone()).merge(
+                tollgate_ledger::api::admin_router(credits.clone(), state.auth.clone()),
+            );
             let mut stop = stop_rx.clone();
             admin_task = Some(tokio::spawn(async move {
                 let _ = axum::serve(listener, app)
@@ -244,18 +322,54 @@ pub async fn serve(
         providers_with_credentials = ?configured,
         "tollgate serving (embedded mode)"
     );
-    let app = tollgate_proxy::router(embedded.gateway.clone());
+    let app = tollgate_proxy::router(embedded.gateway.clone())
+        .merge(tollgate_ledger::api::public_router(credits));
     tollgate_proxy::serve(listener, app, shutdown).await?;
     let _ = stop_tx.send(true);
     if let Some(task) = admin_task {
         let _ = task.await;
     }
+    ticker.abort();
+    balances.abort();
     tail.abort();
+    match ledger_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::error!(error = %err, "the ledger stopped with an error"),
+        Err(err) => tracing::error!(error = %err, "the ledger task failed"),
+    }
     embedded
         .events
         .flush()
         .await
         .context("flushing the event log at shutdown")?;
     tracing::info!("stopped; all usage events are durable");
+    Ok(())
+}
+
+/// The ledger role alone (embedded store): consume, tick, publish balances,
+/// until `shutdown`. Used by `tollgate ledger`; `serve` runs it in-process.
+pub async fn run_ledger(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let db = Database::open(&config.storage.path, config.storage.durability)
+        .with_context(|| format!("opening storage at {}", config.storage.path.display()))?;
+    let events = Arc::new(SqliteEventLog::open(&db, SqliteEventLogOptions::default())?);
+    let log = events.clone() as Arc<dyn EventLog>;
+    let ledger = LedgerService::open(&db, log.clone()).context("opening the ledger")?;
+    ledger.publish_all().await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(ledger.clone().run(stop_rx));
+    let ticker = LedgerService::spawn_ticker(
+        log,
+        Duration::from_millis(config.ledger.tick_interval_ms.max(1)),
+    );
+    tracing::info!(storage = %config.storage.path.display(), "ledger running");
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    ticker.abort();
+    task.await.context("ledger task")??;
+    events.flush().await?;
+    tracing::info!("ledger stopped");
     Ok(())
 }

@@ -22,6 +22,8 @@ pub struct Config {
     pub storage: StorageConfig,
     pub secrets: SecretsConfig,
     pub admin: AdminConfig,
+    pub billing: tollgate_proxy::config::BillingConfig,
+    pub ledger: LedgerConfig,
     pub bootstrap: BootstrapConfig,
     pub log: LogConfig,
 }
@@ -106,6 +108,9 @@ pub struct BootstrapConfig {
     /// and print the key once. Default true.
     pub enabled: bool,
     pub account_name: String,
+    /// Credit granted to the bootstrap account (USD, decimal string; a
+    /// goodwill credit that expires like any lot). Default "5.00"; "0" for none.
+    pub starting_credit_usd: String,
 }
 
 impl Default for BootstrapConfig {
@@ -113,6 +118,23 @@ impl Default for BootstrapConfig {
         BootstrapConfig {
             enabled: true,
             account_name: "default".into(),
+            starting_credit_usd: "5.00".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerConfig {
+    /// Interval of the tick events that move ledger time (and so expiry)
+    /// forward for accounts without traffic. Default 60000 ms.
+    pub tick_interval_ms: u64,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            tick_interval_ms: 60_000,
         }
     }
 }
@@ -203,6 +225,7 @@ impl Config {
             routing: self.routing.clone(),
             providers: self.providers.clone(),
             custom_providers: self.custom_providers.clone(),
+            billing: self.billing.clone(),
         }
     }
 

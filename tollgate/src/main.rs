@@ -37,11 +37,17 @@ variables (e.g. TOLLGATE__SERVER__LISTEN=0.0.0.0:8080); validate them with `toll
 SIGTERM or Ctrl-C stops accepting requests, finishes in-flight ones and makes every usage event durable."
     )]
     Serve,
+    /// Run only the ledger role (credits) against the configured store.
+    Ledger,
     /// Validate the configuration (file + environment) and print it with secrets redacted.
     CheckConfig,
-    /// Manage accounts, access keys, configurations, provider keys and custom
-    /// providers through the admin API.
+    /// Manage accounts, access keys, configurations, provider keys, custom
+    /// providers and credits through the admin API.
     Admin(admin_cli::AdminArgs),
+    /// Re-derive every account's balance and entries from the raw event log
+    /// with an independent computation and compare with the ledger; exits
+    /// non-zero on any difference.
+    Audit,
 }
 
 fn init_logging(config: &Config) {
@@ -106,6 +112,13 @@ fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 .context("starting the async runtime")?;
             runtime.block_on(app::serve(config, shutdown_signal()))
         }
+        Command::Ledger => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(app::run_ledger(config, shutdown_signal()))
+        }
         Command::CheckConfig => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -126,6 +139,30 @@ fn run(command: Command, config: Config) -> anyhow::Result<()> {
             print!("{}", config.redacted_toml());
             eprintln!("configuration OK");
             Ok(())
+        }
+        Command::Audit => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let problems = runtime.block_on(async {
+                let db = tollgate_store::Database::open(
+                    &config.storage.path,
+                    config.storage.durability,
+                )?;
+                let log = tollgate_store::SqliteEventLog::open(&db, Default::default())?;
+                let mut conn = db.connect()?;
+                tollgate_ledger::store::migrate(&mut conn)?;
+                anyhow::Ok(tollgate_ledger::audit::audit(&log, &conn).await?)
+            })?;
+            if problems.is_empty() {
+                println!("audit OK: every balance and entry matches the event log");
+                Ok(())
+            } else {
+                for problem in &problems {
+                    println!("{problem}");
+                }
+                anyhow::bail!("audit found {} difference(s)", problems.len())
+            }
         }
         Command::Admin(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread()

@@ -233,7 +233,58 @@ async fn admin_cli_manages_keys_on_a_running_gateway() {
             None,
         )
         .unwrap();
-        assert_eq!(chat_status(port, &token), 200);
+        assert_eq!(
+            chat_status(port, &token),
+            402,
+            "a new account has no credits"
+        );
+        let too_small = admin(
+            &config,
+            &[
+                "credits",
+                "purchase",
+                "--account",
+                &account_id,
+                "--amount",
+                "4.99",
+                "--idempotency-key",
+                "buy-0",
+            ],
+            None,
+        )
+        .unwrap_err();
+        assert!(too_small.contains("minimum purchase"), "{too_small}");
+        for _ in 0..2 {
+            // A retried purchase is applied once.
+            admin(
+                &config,
+                &[
+                    "credits",
+                    "purchase",
+                    "--account",
+                    &account_id,
+                    "--amount",
+                    "5.00",
+                    "--idempotency-key",
+                    "buy-1",
+                ],
+                None,
+            )
+            .unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while chat_status(port, &token) != 200 {
+            assert!(Instant::now() < deadline, "credits never became available");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let lots = admin(
+            &config,
+            &["credits", "lots", "--account", &account_id],
+            None,
+        )
+        .unwrap();
+        assert_eq!(lots["data"].as_array().unwrap().len(), 1, "{lots}");
+        assert_eq!(lots["data"][0]["amount"], "5");
 
         let pk = admin(
             &config,
