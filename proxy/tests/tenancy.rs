@@ -117,25 +117,24 @@ fn anthropic_type_for(status: u16) -> &'static str {
     }
 }
 
-/// Poll `request` until `done` accepts its (status, body), or the deadline.
-/// Returns how long it took and the accepted response's status and body.
-async fn poll_until<F, Fut>(
+/// POST `body` (OpenAI shape) to `base` with `token` until `done` accepts the
+/// answer's (status, body), or fail at the deadline. Returns how long it took
+/// and the accepted answer.
+async fn poll_until(
     what: &str,
-    mut request: F,
+    base: &str,
+    token: &str,
+    body: &Value,
     mut done: impl FnMut(u16, &Value) -> bool,
-) -> (Duration, u16, reqwest::header::HeaderMap, Value)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = reqwest::Response>,
-{
+) -> (Duration, reqwest::header::HeaderMap, Value) {
     let started = Instant::now();
     let mut last = (0, Value::Null);
     while started.elapsed() < PROPAGATION_DEADLINE {
-        let (status, headers, body) = json_of(request().await).await;
-        if done(status, &body) {
-            return (started.elapsed(), status, headers, body);
+        let (status, headers, answer) = json_of(post_openai_to(base, token, body).await).await;
+        if done(status, &answer) {
+            return (started.elapsed(), headers, answer);
         }
-        last = (status, body);
+        last = (status, answer);
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!(
@@ -185,9 +184,11 @@ async fn a_revoked_key_is_refused_at_once_where_revoked_and_soon_by_every_other_
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["choices"][0]["message"]["content"], DEFAULT_REPLY);
     // ... and on B once its tail has read the change.
-    let (appeared, _, _, _) = poll_until(
+    let (appeared, _, _) = poll_until(
         "the new key on the other instance",
-        || post_openai_to(&other_base, &token, &chat("gpt-4o-mini", PROMPT)),
+        &other_base,
+        &token,
+        &chat("gpt-4o-mini", PROMPT),
         |status, _| status == 200,
     )
     .await;
@@ -211,9 +212,11 @@ async fn a_revoked_key_is_refused_at_once_where_revoked_and_soon_by_every_other_
     assert_eq!(body["error"]["type"], "authentication_error", "{body}");
 
     // The other instance refuses it once the revocation reaches it.
-    let (delay, _, _, body) = poll_until(
+    let (delay, _, body) = poll_until(
         "the revocation on the other instance",
-        || post_openai_to(&other_base, &token, &chat("gpt-4o-mini", PROMPT)),
+        &other_base,
+        &token,
+        &chat("gpt-4o-mini", PROMPT),
         |status, _| status == 401,
     )
     .await;
@@ -248,7 +251,9 @@ async fn rotating_an_access_key_by_create_then_revoke_switches_every_instance_to
         .unwrap();
     poll_until(
         "the old key on the other instance",
-        || post_openai_to(&other_base, &old_token, &chat("gpt-4o-mini", PROMPT)),
+        &other_base,
+        &old_token,
+        &chat("gpt-4o-mini", PROMPT),
         |status, _| status == 200,
     )
     .await;
@@ -266,9 +271,11 @@ async fn rotating_an_access_key_by_create_then_revoke_switches_every_instance_to
     assert_eq!(gw_post(&gw, &old_token).await.status(), 401);
 
     // Elsewhere: once the old key is refused, the new one works.
-    let (delay, _, _, _) = poll_until(
+    let (delay, _, _) = poll_until(
         "the old key's revocation on the other instance",
-        || post_openai_to(&other_base, &old_token, &chat("gpt-4o-mini", PROMPT)),
+        &other_base,
+        &old_token,
+        &chat("gpt-4o-mini", PROMPT),
         |status, _| status == 401,
     )
     .await;
@@ -280,6 +287,49 @@ async fn rotating_an_access_key_by_create_then_revoke_switches_every_instance_to
     let event = gw.event(&id).await;
     assert_eq!(event.access_key_id, new.id);
     assert_eq!(event.account_id, gw.account_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_survives_a_later_change_written_from_a_stale_view() {
+    let gw = start().await;
+    let config = gw
+        .control
+        .create_configuration(&gw.account_id, spec("late-assignment"))
+        .await
+        .unwrap();
+    // Another instance whose view has the key and the configuration but
+    // will not have read the revocation when it writes.
+    let (stale, _stale_log) = gw.stale_control().await;
+    assert!(stale.snapshot().access_keys.contains_key(&gw.key_id));
+
+    gw.control.revoke_access_key(&gw.key_id).await.unwrap();
+    assert_eq!(gw_post(&gw, &gw.token).await.status(), 401);
+    // An admin assigns the (revoked) key a configuration through that instance.
+    stale
+        .assign_configuration(&gw.key_id, Some(config.id.clone()))
+        .await
+        .unwrap();
+
+    // Give the revoking instance time to read that change: the key stays revoked.
+    let started = Instant::now();
+    let mut seen = false;
+    while started.elapsed() < PROPAGATION_DEADLINE {
+        let key = gw.control.snapshot().access_keys[&gw.key_id].clone();
+        if key.configuration_id.as_ref() == Some(&config.id) {
+            assert!(
+                key.revoked_at.is_some(),
+                "the revocation was undone: {key:?}"
+            );
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(seen, "the assignment never reached the revoking instance");
+    assert_eq!(gw_post(&gw, &gw.token).await.status(), 401);
+    // The stale instance's own view, now current, agrees.
+    let key = stale.snapshot().access_keys[&gw.key_id].clone();
+    assert!(key.revoked_at.is_some(), "{key:?}");
 }
 
 // ---------------------------------------------------------------------------
@@ -637,8 +687,16 @@ async fn rotating_a_provider_key_keeps_its_id_and_the_new_secret_reaches_the_ups
     assert_eq!(keys_seen(&gw), [BYOK_B]);
     assert_eq!(event.provider_key_id.as_ref(), Some(&b.id));
 
-    // Rotate through the other instance's control plane: it reaches this
-    // instance through the control topic.
+    // Rotate through the other instance's control plane (once its view has
+    // the key): the rotation reaches this instance through the control topic.
+    let started = Instant::now();
+    while !other.control.snapshot().provider_keys.contains_key(&b.id) {
+        assert!(
+            started.elapsed() < PROPAGATION_DEADLINE,
+            "the other instance never saw the provider key"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     let rotated = other
         .control
         .rotate_provider_key(&b.id, BYOK_B_ROTATED)
@@ -985,9 +1043,11 @@ async fn a_custom_provider_created_at_runtime_becomes_callable_with_its_provider
         .unwrap();
 
     gw.mock.clear_requests();
-    let (delay, _, headers, body) = poll_until(
+    let (delay, headers, body) = poll_until(
         "the runtime custom provider with its key",
-        || post_openai_to(&base(&gw), &token, &chat("runtime-box:box-model", PROMPT)),
+        &base(&gw),
+        &token,
+        &chat("runtime-box:box-model", PROMPT),
         |status, _| {
             status == 200
                 && gw

@@ -41,6 +41,8 @@ pub struct TestGateway {
 /// Config with openai and anthropic pointed at the mock, one operator key each.
 pub fn mock_config(mock: &MockUpstream) -> ProxyConfig {
     let mut config = ProxyConfig::default();
+    // Credit enforcement has its own tests; elsewhere requests are metered only.
+    config.billing.enforce = false;
     config.routing.attempt_timeout_ms = 2_000;
     config.routing.total_timeout_ms = 10_000;
     config.providers.insert(
@@ -519,6 +521,19 @@ impl TestGateway {
             gateway,
             shutdown: Some(tx),
         }
+    }
+}
+
+impl TestGateway {
+    /// A control plane on the same store that does not tail: its view stays
+    /// as of now until it writes itself (an instance whose tail has not run
+    /// yet). Keep the event log alive as long as the plane.
+    pub async fn stale_control(&self) -> (Arc<ControlPlane>, Arc<SqliteEventLog>) {
+        let db = Database::open(&self.db_path, Durability::Normal).unwrap();
+        let events = Arc::new(SqliteEventLog::open(&db, SqliteEventLogOptions::default()).unwrap());
+        let catalog = Catalog::builtin().unwrap();
+        let control = open_control(&events, &catalog, &self.gateway.config).await;
+        (control, events)
     }
 }
 
