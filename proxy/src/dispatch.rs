@@ -283,27 +283,19 @@ fn upstream_body(
     let value = match (api, candidate.provider.spec.api) {
         (ApiSurface::Openai, ApiSurface::Openai)
         | (ApiSurface::Anthropic, ApiSurface::Anthropic) => {
-            let mut value = (*request.body).clone();
-            if let Some(object) = value.as_object_mut() {
-                object.insert(
-                    "model".into(),
-                    Value::String(candidate.upstream_model.clone()),
-                );
-                object.remove("models");
+            let Some(object) = request.body.as_object() else {
+                return Err(ProxyError::invalid("request body must be a JSON object"));
+            };
+            let patched = Patched {
+                body: object,
+                model: &candidate.upstream_model,
                 // Ask an OpenAI upstream for usage in the stream's last chunk;
                 // the relay hides that chunk from clients that did not ask.
-                if api == ApiSurface::Openai && request.stream {
-                    let options = object
-                        .entry("stream_options")
-                        .or_insert_with(|| Value::Object(Default::default()));
-                    if let Some(options) = options.as_object_mut() {
-                        options.insert("include_usage".into(), Value::Bool(true));
-                    } else {
-                        *options = serde_json::json!({"include_usage": true});
-                    }
-                }
-            }
-            value
+                stream_usage: api == ApiSurface::Openai && request.stream,
+            };
+            return serde_json::to_vec(&patched).map(Bytes::from).map_err(|e| {
+                ProxyError::Internal(format!("upstream body did not serialize: {e}"))
+            });
         }
         (ApiSurface::Openai, ApiSurface::Anthropic) => tr_request::openai_to_anthropic_request(
             &request.body,
@@ -323,6 +315,45 @@ fn upstream_body(
         .map_err(|e| ProxyError::Internal(format!("upstream body did not serialize: {e}")))
 }
 
+/// The client's body with `model` replaced, `models` dropped and, for
+/// OpenAI streams, usage requested — serialized without copying the body.
+struct Patched<'a> {
+    body: &'a serde_json::Map<String, Value>,
+    model: &'a str,
+    stream_usage: bool,
+}
+
+impl serde::Serialize for Patched<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        let mut options_written = false;
+        for (key, value) in self.body {
+            match key.as_str() {
+                "model" => map.serialize_entry(key, self.model)?,
+                "models" => {}
+                "stream_options" if self.stream_usage => {
+                    options_written = true;
+                    let mut options = match value {
+                        Value::Object(o) => o.clone(),
+                        _ => serde_json::Map::new(),
+                    };
+                    options.insert("include_usage".into(), Value::Bool(true));
+                    map.serialize_entry(key, &options)?;
+                }
+                _ => map.serialize_entry(key, value)?,
+            }
+        }
+        if self.stream_usage && !options_written {
+            map.serialize_entry(
+                "stream_options",
+                &serde_json::json!({"include_usage": true}),
+            )?;
+        }
+        map.end()
+    }
+}
+
 fn upstream_request(
     gateway: &Gateway,
     api: ApiSurface,
@@ -333,7 +364,7 @@ fn upstream_request(
 ) -> reqwest::RequestBuilder {
     let mut builder = gateway
         .client
-        .post(candidate.provider.endpoint_url())
+        .post(candidate.provider.endpoint.clone())
         .header(header::CONTENT_TYPE, "application/json")
         .body(body);
     if let Some((name, value)) = &credential.auth_header {
@@ -684,12 +715,30 @@ fn complete_response(
     bytes: Bytes,
     meter: &mut RequestMeter,
 ) -> Result<Response, String> {
+    let provider_api = candidate.provider.spec.api;
+    if api == provider_api {
+        // Usual case: read only `usage` (the rest is skipped, not built) and
+        // pass the body through untouched.
+        #[derive(serde::Deserialize)]
+        struct UsageProbe {
+            usage: Option<Value>,
+        }
+        let probe: UsageProbe = serde_json::from_slice(&bytes)
+            .map_err(|_| "upstream returned a body that is not a JSON object".to_owned())?;
+        let reported = probe.usage.as_ref().and_then(|u| match provider_api {
+            ApiSurface::Openai => tr_usage::openai_usage(u),
+            ApiSurface::Anthropic => tr_usage::anthropic_usage(u),
+        });
+        if let Some(reported) = reported.filter(|r| !r.is_zero()) {
+            meter.reported = Some(reported);
+            return Ok(json_response(bytes));
+        }
+    }
     let value: Value = serde_json::from_slice(&bytes)
         .map_err(|_| "upstream returned a body that is not JSON".to_owned())?;
     if !value.is_object() {
         return Err("upstream returned a JSON body that is not an object".into());
     }
-    let provider_api = candidate.provider.spec.api;
     let reported = match provider_api {
         ApiSurface::Openai => value.get("usage").and_then(tr_usage::openai_usage),
         ApiSurface::Anthropic => value.get("usage").and_then(tr_usage::anthropic_usage),
@@ -713,12 +762,16 @@ fn complete_response(
         };
         Bytes::from(serde_json::to_vec(&translated).map_err(|e| e.to_string())?)
     };
+    Ok(json_response(body))
+}
+
+fn json_response(body: Bytes) -> Response {
     let mut response = Response::new(Body::from(body));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    Ok(response)
+    response
 }
 
 /// An upstream's non-retryable error, in the client's API shape.

@@ -71,16 +71,32 @@ pub struct ProviderRuntime {
     pub spec: ProviderSpec,
     /// Base URL with overrides applied, without a trailing slash.
     pub base_url: String,
+    /// The API endpoint (chat completions or messages) under it.
+    pub endpoint: reqwest::Url,
     /// The operator's credentials for this provider, in order.
     pub credentials: Vec<Arc<Credential>>,
 }
 
 impl ProviderRuntime {
-    pub fn endpoint_url(&self) -> String {
-        match self.spec.api {
-            ApiSurface::Openai => format!("{}/chat/completions", self.base_url),
-            ApiSurface::Anthropic => format!("{}/messages", self.base_url),
-        }
+    fn new(
+        spec: ProviderSpec,
+        base_url: &str,
+        credentials: Vec<Arc<Credential>>,
+    ) -> Result<Self, String> {
+        let base_url = base_url.trim_end_matches('/').to_owned();
+        let endpoint = match spec.api {
+            ApiSurface::Openai => format!("{base_url}/chat/completions"),
+            ApiSurface::Anthropic => format!("{base_url}/messages"),
+        };
+        // Parsed once: parsing a URL on every request shows up in profiles.
+        let endpoint = reqwest::Url::parse(&endpoint)
+            .map_err(|e| format!("`{endpoint}` is not a valid URL: {e}"))?;
+        Ok(ProviderRuntime {
+            spec,
+            base_url,
+            endpoint,
+            credentials,
+        })
     }
 }
 
@@ -220,14 +236,12 @@ impl Gateway {
                     }
                 }
             }
-            providers.insert(
-                spec.id.clone(),
-                Arc::new(ProviderRuntime {
-                    spec: spec.clone(),
-                    base_url: base_url.trim_end_matches('/').to_owned(),
-                    credentials,
-                }),
-            );
+            match ProviderRuntime::new(spec.clone(), &base_url, credentials) {
+                Ok(runtime) => {
+                    providers.insert(spec.id.clone(), Arc::new(runtime));
+                }
+                Err(why) => problems.push(format!("providers.{}.base_url: {why}", spec.id)),
+            }
         }
         if !problems.is_empty() {
             return Err(InitError::Config(problems));
@@ -485,16 +499,15 @@ fn custom_model(provider: &str, model: &str) -> ModelSpec {
 /// A custom provider defined through the admin API, as a runtime provider.
 fn runtime_provider(snapshot: &ControlState, id: &str) -> Option<Arc<ProviderRuntime>> {
     let custom = snapshot.custom_providers.get(id)?;
-    Some(Arc::new(ProviderRuntime {
-        spec: ProviderSpec {
-            id: custom.id.clone(),
-            name: custom.id.clone(),
-            base_url: custom.base_url.clone(),
-            api: custom.api,
-            operator_credentials: false,
-            custom: true,
-        },
-        base_url: custom.base_url.trim_end_matches('/').to_owned(),
-        credentials: vec![],
-    }))
+    let spec = ProviderSpec {
+        id: custom.id.clone(),
+        name: custom.id.clone(),
+        base_url: custom.base_url.clone(),
+        api: custom.api,
+        operator_credentials: false,
+        custom: true,
+    };
+    ProviderRuntime::new(spec, &custom.base_url, vec![])
+        .map(Arc::new)
+        .ok()
 }

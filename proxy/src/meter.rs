@@ -179,8 +179,68 @@ impl RequestMeter {
         (counts, true)
     }
 
+    /// Whether ending now would need a local token estimate.
+    fn needs_estimate(&self, status: u16) -> bool {
+        let reported_ok = self
+            .reported
+            .is_some_and(|r| !r.is_zero() || self.output_text.is_empty());
+        !reported_ok && ((200..300).contains(&status) || !self.output_text.is_empty())
+    }
+
+    /// Move everything needed to finish into a new meter; this one is done.
+    fn detach(&mut self) -> RequestMeter {
+        self.finished = true;
+        RequestMeter {
+            gateway: self.gateway.clone(),
+            event_id: self.event_id,
+            instance_seq: self.instance_seq,
+            started: self.started,
+            started_at: self.started_at,
+            account_id: self.account_id.clone(),
+            access_key_id: self.access_key_id.clone(),
+            client_api: self.client_api,
+            streamed: self.streamed,
+            model_requested: std::mem::take(&mut self.model_requested),
+            provider: self.provider.take(),
+            model_served: self.model_served.take(),
+            credential_source: self.credential_source,
+            provider_key_id: self.provider_key_id.take(),
+            prices: self.prices,
+            upstream_request_id: self.upstream_request_id.take(),
+            upstream_latency: self.upstream_latency,
+            ttft: self.ttft,
+            attempts: self.attempts,
+            reported: self.reported,
+            partial_input: self.partial_input,
+            request: self.request.take(),
+            output_text: std::mem::take(&mut self.output_text),
+            rate_limits: self.rate_limits,
+            cost: None,
+            finished: false,
+        }
+    }
+
     /// Emit the request's one usage event. Idempotent: later calls do nothing.
     pub fn finish(&mut self, status: u16, error_kind: Option<&str>, client_disconnected: bool) {
+        if self.finished {
+            return;
+        }
+        if client_disconnected && self.needs_estimate(status) {
+            // Counting tokens may load an encoding (~100 ms the first time):
+            // keep it off the runtime's workers. Nobody waits on this path.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let mut detached = self.detach();
+                let error_kind = error_kind.map(str::to_owned);
+                runtime.spawn_blocking(move || {
+                    detached.finish_now(status, error_kind.as_deref(), client_disconnected)
+                });
+                return;
+            }
+        }
+        self.finish_now(status, error_kind, client_disconnected);
+    }
+
+    fn finish_now(&mut self, status: u16, error_kind: Option<&str>, client_disconnected: bool) {
         if self.finished {
             return;
         }

@@ -1,11 +1,11 @@
 //! The embedded event log: an append-only SQLite table written by one
 //! background thread with group commit.
 //!
-//! `append` only enqueues; the writer thread takes everything queued at that
-//! moment (up to `max_batch`) and commits it in one transaction. So the window
-//! a SIGKILL can lose is the records still queued or in the commit under way
-//! (typically well under a few milliseconds), and a slow disk makes batches
-//! larger rather than requests slower.
+//! `append` only enqueues; the writer thread gathers what arrives within the
+//! group-commit interval (2 ms by default, up to `max_batch`) and commits it
+//! in one transaction. So the window a SIGKILL can lose is the records still
+//! queued or in the commit under way (a few milliseconds), and a slow disk
+//! makes batches larger rather than requests slower.
 
 use crate::db::Database;
 use crate::error::StoreError;
@@ -26,6 +26,10 @@ pub struct SqliteEventLogOptions {
     pub queue_capacity: usize,
     /// Most records committed in one transaction.
     pub max_batch: usize,
+    /// How long the writer gathers records after the first one before
+    /// committing them together. This is the window a SIGKILL can lose
+    /// (plus the commit itself). Default 2 ms.
+    pub group_commit: Duration,
 }
 
 impl Default for SqliteEventLogOptions {
@@ -33,6 +37,7 @@ impl Default for SqliteEventLogOptions {
         SqliteEventLogOptions {
             queue_capacity: 65_536,
             max_batch: 8_192,
+            group_commit: Duration::from_millis(2),
         }
     }
 }
@@ -60,7 +65,15 @@ impl SqliteEventLog {
         let writer_flag = writable.clone();
         std::thread::Builder::new()
             .name("tollgate-eventlog-writer".into())
-            .spawn(move || writer_loop(writer_conn, rx, options.max_batch.max(1), writer_flag))
+            .spawn(move || {
+                writer_loop(
+                    writer_conn,
+                    rx,
+                    options.max_batch.max(1),
+                    options.group_commit,
+                    writer_flag,
+                )
+            })
             .map_err(|e| StoreError::Join(e.to_string()))?;
         Ok(SqliteEventLog {
             tx,
@@ -85,24 +98,42 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// How often the writer looks for more records while gathering a group.
+const GROUP_COMMIT_POLL: Duration = Duration::from_micros(250);
+
 fn writer_loop(
     mut conn: Connection,
     mut rx: mpsc::Receiver<WriterMsg>,
     max_batch: usize,
+    group_commit: Duration,
     writable: Arc<AtomicBool>,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
     let mut waiters = Vec::new();
     while let Some(first) = rx.blocking_recv() {
+        // Group commit: gather what arrives within `group_commit` of the
+        // first record (or until a flush is waiting, or the batch is full),
+        // so one transaction carries many records under load.
+        let deadline = std::time::Instant::now() + group_commit;
         let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                WriterMsg::Append(record, ts) => batch.push((record, ts)),
-                WriterMsg::Flush(done) => waiters.push(done),
+        loop {
+            while let Some(msg) = next.take() {
+                match msg {
+                    WriterMsg::Append(record, ts) => batch.push((record, ts)),
+                    WriterMsg::Flush(done) => waiters.push(done),
+                }
+                if batch.len() < max_batch {
+                    next = rx.try_recv().ok();
+                }
             }
-            if batch.len() < max_batch {
-                next = rx.try_recv().ok();
+            if batch.len() >= max_batch
+                || !waiters.is_empty()
+                || std::time::Instant::now() >= deadline
+            {
+                break;
             }
+            std::thread::sleep(GROUP_COMMIT_POLL);
+            next = rx.try_recv().ok();
         }
         // A failed commit (disk full, I/O error) is retried, never dropped:
         // the bounded queue then pushes back on producers.

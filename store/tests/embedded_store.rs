@@ -51,6 +51,7 @@ async fn small_queue_applies_backpressure_without_losing_records() {
         SqliteEventLogOptions {
             queue_capacity: 4,
             max_batch: 3,
+            ..SqliteEventLogOptions::default()
         },
     )
     .unwrap();

@@ -227,6 +227,20 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("binding {}", config.server.listen))?;
+    serve_on(config, listener, shutdown, |_, _| {}).await
+}
+
+/// `serve` on an already-bound listener; `on_ready` gets the address and
+/// (on a fresh install) the bootstrap token once requests can be served.
+pub async fn serve_on(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(std::net::SocketAddr, Option<&str>),
+) -> anyhow::Result<()> {
     let embedded = build(&config).await?;
     let admin_token = if config.admin.enabled {
         admin_token(&config, embedded.fresh)?
@@ -313,17 +327,16 @@ pub async fn serve(
         _ => {}
     }
 
-    let listener = TcpListener::bind(config.server.listen)
-        .await
-        .with_context(|| format!("binding {}", config.server.listen))?;
+    let addr = listener.local_addr()?;
     tracing::info!(
-        listen = %config.server.listen,
+        listen = %addr,
         storage = %config.storage.path.display(),
         providers_with_credentials = ?configured,
         "tollgate serving (embedded mode)"
     );
     let app = tollgate_proxy::router(embedded.gateway.clone())
         .merge(tollgate_ledger::api::public_router(credits));
+    on_ready(addr, bootstrapped.as_ref().map(|b| b.token.as_str()));
     tollgate_proxy::serve(listener, app, shutdown).await?;
     let _ = stop_tx.send(true);
     if let Some(task) = admin_task {

@@ -1,0 +1,377 @@
+//! The load generator: closed-loop workers, one persistent HTTP/1.1
+//! connection each (as SDK connection pools do), TCP_NODELAY on every socket,
+//! hyper's low-level client so the generator itself stays cheap.
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use http::{HeaderValue, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+/// Where requests go and how they authenticate.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub path: &'static str,
+    pub authorization: HeaderValue,
+    pub body: Bytes,
+}
+
+impl Target {
+    fn request(&self, host: &HeaderValue) -> anyhow::Result<Request<Full<Bytes>>> {
+        Ok(Request::post(self.path)
+            .header(HOST, host.clone())
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header(AUTHORIZATION, self.authorization.clone())
+            .body(Full::new(self.body.clone()))?)
+    }
+
+    fn host(&self) -> anyhow::Result<HeaderValue> {
+        Ok(HeaderValue::from_str(&self.addr.to_string())?)
+    }
+}
+
+type Sender = SendRequest<Full<Bytes>>;
+
+/// A persistent connection; its driver task ends when the sender is dropped.
+pub async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    tcp.set_nodelay(true)?;
+    let (sender, conn) = http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+/// One request/response exchange, body read to the end.
+pub struct Exchange {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    /// Send → last body byte.
+    pub total: Duration,
+    /// Send → first non-empty body frame (response headers included).
+    pub ttfb: Duration,
+    pub body: Bytes,
+}
+
+/// Send one request on `sender` and read the whole body. When `keep_body`
+/// is false the body is read and counted but not kept.
+pub async fn exchange(
+    sender: &mut Sender,
+    request: Request<Full<Bytes>>,
+    keep_body: bool,
+) -> anyhow::Result<Exchange> {
+    sender.ready().await?;
+    let t0 = Instant::now();
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let (parts, mut body) = response.into_parts();
+    let mut ttfb = None;
+    let mut kept = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        if let Some(data) = frame.data_ref() {
+            if !data.is_empty() {
+                if ttfb.is_none() {
+                    ttfb = Some(t0.elapsed());
+                }
+                if keep_body {
+                    kept.extend_from_slice(data);
+                }
+            }
+        }
+    }
+    let total = t0.elapsed();
+    Ok(Exchange {
+        status,
+        headers: parts.headers,
+        total,
+        ttfb: ttfb.unwrap_or(total),
+        body: Bytes::from(kept),
+    })
+}
+
+/// One request on a fresh connection, body kept (sanity checks).
+pub async fn probe(target: &Target) -> anyhow::Result<Exchange> {
+    let mut sender = connect(target.addr).await?;
+    exchange(&mut sender, target.request(&target.host()?)?, true).await
+}
+
+#[derive(Debug, Default)]
+pub struct LoadResult {
+    /// Full-response latency of each measured request, nanoseconds.
+    pub latencies: Vec<u64>,
+    /// Time to first body byte of each measured request, nanoseconds.
+    pub ttfbs: Vec<u64>,
+    /// Requests that got a non-2xx answer or failed on the wire (measured window).
+    pub errors: u64,
+    pub first_error: Option<String>,
+    /// Every request sent, warm-up included (to check against usage events).
+    pub sent: u64,
+    /// From the end of warm-up to the last measured response.
+    pub elapsed: Duration,
+}
+
+impl LoadResult {
+    /// Pool another run's samples and counts into this one.
+    pub fn merge(&mut self, other: LoadResult) {
+        self.latencies.extend(other.latencies);
+        self.ttfbs.extend(other.ttfbs);
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.sent += other.sent;
+        self.elapsed += other.elapsed;
+    }
+
+    pub fn throughput(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            self.latencies.len() as f64 / secs
+        } else {
+            0.0
+        }
+    }
+}
+
+struct WorkerResult {
+    latencies: Vec<u64>,
+    ttfbs: Vec<u64>,
+    errors: u64,
+    first_error: Option<String>,
+    sent: u64,
+    last_done: Instant,
+}
+
+/// `concurrency` closed-loop workers, each on its own persistent connection
+/// (all connected before the clock starts). Requests started during
+/// `warmup` are not measured; no request starts after `warmup + duration`.
+pub async fn closed_loop(
+    target: &Target,
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> anyhow::Result<LoadResult> {
+    let host = target.host()?;
+    let mut senders = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        senders.push(connect(target.addr).await?);
+    }
+    let start = Instant::now();
+    let warm_end = start + warmup;
+    let end = warm_end + duration;
+    let mut tasks = Vec::with_capacity(concurrency);
+    for sender in senders {
+        let target = target.clone();
+        let host = host.clone();
+        let expected = (duration.as_secs_f64() * 50_000.0 / concurrency as f64) as usize;
+        tasks.push(tokio::spawn(async move {
+            worker(sender, target, host, warm_end, end, expected.min(1 << 22)).await
+        }));
+    }
+    let mut result = LoadResult::default();
+    let mut last_done = warm_end;
+    for task in tasks {
+        let w = task.await?;
+        result.latencies.extend(w.latencies);
+        result.ttfbs.extend(w.ttfbs);
+        result.errors += w.errors;
+        result.sent += w.sent;
+        if result.first_error.is_none() {
+            result.first_error = w.first_error;
+        }
+        last_done = last_done.max(w.last_done);
+    }
+    result.elapsed = last_done.saturating_duration_since(warm_end);
+    Ok(result)
+}
+
+async fn worker(
+    mut sender: Sender,
+    target: Target,
+    host: HeaderValue,
+    warm_end: Instant,
+    end: Instant,
+    capacity: usize,
+) -> WorkerResult {
+    let mut out = WorkerResult {
+        latencies: Vec::with_capacity(capacity),
+        ttfbs: Vec::with_capacity(capacity),
+        errors: 0,
+        first_error: None,
+        sent: 0,
+        last_done: warm_end,
+    };
+    let mut reconnects = 0;
+    loop {
+        let issued = Instant::now();
+        if issued >= end {
+            break;
+        }
+        let measured = issued >= warm_end;
+        let outcome = match target.request(&host) {
+            Ok(request) => {
+                out.sent += 1;
+                exchange(&mut sender, request, false).await
+            }
+            Err(err) => Err(err),
+        };
+        let failure = match outcome {
+            Ok(ex) if ex.status.is_success() => {
+                if measured {
+                    out.latencies.push(ex.total.as_nanos() as u64);
+                    out.ttfbs.push(ex.ttfb.as_nanos() as u64);
+                    out.last_done = Instant::now();
+                }
+                None
+            }
+            Ok(ex) => Some((format!("HTTP {}", ex.status), false)),
+            Err(err) => Some((format!("{err:#}"), true)),
+        };
+        if let Some((why, broken)) = failure {
+            if measured {
+                out.errors += 1;
+            }
+            out.first_error.get_or_insert(why);
+            if broken {
+                // The connection is unusable: reconnect, a bounded number of times.
+                reconnects += 1;
+                match connect(target.addr).await {
+                    Ok(s) if reconnects <= 100 => sender = s,
+                    _ => break,
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Streams held open at once, for the memory measurement.
+pub struct OpenStreams {
+    stop: watch::Sender<bool>,
+    opened: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<Option<String>>>,
+}
+
+impl OpenStreams {
+    /// Opens `n` streaming requests, each on its own connection, and keeps
+    /// reading them (so nothing backs up) until `close`.
+    pub async fn open(target: &Target, n: usize) -> anyhow::Result<OpenStreams> {
+        let host = target.host()?;
+        let (stop, stop_rx) = watch::channel(false);
+        let opened = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::with_capacity(n);
+        for i in 0..n {
+            let request = target.request(&host)?;
+            let addr = target.addr;
+            let opened = opened.clone();
+            let failed = failed.clone();
+            let mut stop_rx = stop_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let result = hold_stream(addr, request, &opened, &mut stop_rx).await;
+                match result {
+                    Ok(()) => None,
+                    Err(err) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        Some(format!("{err:#}"))
+                    }
+                }
+            }));
+            // Let the accept queue drain: connect in small batches.
+            if i % 64 == 63 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        Ok(OpenStreams {
+            stop,
+            opened,
+            failed,
+            tasks,
+        })
+    }
+
+    /// Wait (bounded) until every stream has delivered its first byte.
+    pub async fn wait_all_open(&self, n: usize, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let opened = self.opened.load(Ordering::Relaxed);
+            let failed = self.failed.load(Ordering::Relaxed);
+            if opened >= n {
+                return Ok(());
+            }
+            if failed > 0 {
+                bail!("{failed} of {n} streams failed while opening ({opened} open)");
+            }
+            if Instant::now() > deadline {
+                bail!("only {opened} of {n} streams open after {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Streams still open (first byte seen, not ended).
+    pub fn open_now(&self) -> usize {
+        self.opened.load(Ordering::Relaxed)
+    }
+
+    /// Drop every stream (client disconnect) and wait for the tasks.
+    pub async fn close(self) -> (usize, Option<String>) {
+        let _ = self.stop.send(true);
+        let mut failures = 0;
+        let mut first = None;
+        for task in self.tasks {
+            if let Ok(Some(why)) = task.await {
+                failures += 1;
+                first.get_or_insert(why);
+            }
+        }
+        (failures, first)
+    }
+}
+
+async fn hold_stream(
+    addr: SocketAddr,
+    request: Request<Full<Bytes>>,
+    opened: &AtomicUsize,
+    stop: &mut watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut sender = connect(addr).await?;
+    sender.ready().await?;
+    let response = sender.send_request(request).await?;
+    if !response.status().is_success() {
+        bail!("HTTP {}", response.status());
+    }
+    let mut body = response.into_body();
+    let mut counted = false;
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            frame = body.frame() => match frame {
+                Some(Ok(f)) => {
+                    if !counted && f.data_ref().is_some_and(|d| !d.is_empty()) {
+                        counted = true;
+                        opened.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Some(Err(err)) => return Err(err.into()),
+                None => bail!("stream ended before the measurement was over"),
+            },
+        }
+    }
+    // Dropping body and sender closes the connection: a client disconnect.
+    Ok(())
+}

@@ -1,0 +1,828 @@
+//! `tollgate-bench`: what the gateway costs on top of an upstream.
+//!
+//! Requests/s and p50/p99 latency straight to the mock upstream and through
+//! the gateway (auth, metering and usage events on, embedded SQLite event
+//! log), at two concurrencies, plain and streaming; then the gateway's RSS
+//! with many streams open. Prints figures next to targets; asserts nothing.
+//!
+//! Layout on the machine: the mock upstream runs in this process on its own
+//! runtime thread, the load generator on another (the main thread); the
+//! gateway runs in a child process (`tollgate-bench gateway-child`), built
+//! as `tollgate serve` builds it, so its memory is measured alone.
+
+mod child;
+mod cpu;
+mod load;
+mod stats;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use child::{ChildArgs, GatewayChild};
+use clap::{Parser, Subcommand};
+use cpu::Cpu;
+use http::HeaderValue;
+use load::{LoadResult, OpenStreams, Target};
+use stats::{diff_ms, ms, Summary};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use tollgate_mock_upstream::{MockOptions, MockUpstream};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tollgate-bench",
+    about = "Latency, throughput and memory of the Tollgate gateway against a mock upstream",
+    long_about = "Measures requests/s and p50/p99 latency (full response and time to first byte) \
+straight to an in-process mock upstream and through a Tollgate gateway child process (auth, \
+metering and usage events on), at each concurrency, plain and streaming; then the gateway's RSS \
+with many streams open. Prints figures next to targets; never fails on timing.\n\n\
+Scenario names (for --scenario): direct/chat/c1, gateway/stream/c16, ..., and memory."
+)]
+struct Cli {
+    /// Measured seconds per scenario (after the warm-up), split over --rounds.
+    #[arg(long, default_value_t = 3.0)]
+    duration_secs: f64,
+    /// Rounds per scenario: direct and gateway alternate round by round and
+    /// their samples are pooled (first round after --warmup-ms, later ones
+    /// after at most 100 ms).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Warm-up per scenario, milliseconds (requests started then are not measured).
+    #[arg(long, default_value_t = 500)]
+    warmup_ms: u64,
+    /// Run only the scenarios matching one of these (comma-separated); a
+    /// filter matches when each of its `/`-parts is a part of the name, e.g.
+    /// `c1`, `stream`, `gateway/chat`, `chat/c16`, `memory`. Default: all.
+    #[arg(long, value_delimiter = ',')]
+    scenario: Vec<String>,
+    /// Concurrency levels (one persistent connection per concurrent worker).
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 16])]
+    concurrency: Vec<usize>,
+    /// Streams held open at once for the memory measurement.
+    #[arg(long, default_value_t = 1000)]
+    streams: usize,
+    /// Seconds the streams are held open while RSS is sampled.
+    #[arg(long, default_value_t = 3.0)]
+    hold_secs: f64,
+    /// Worker threads of the gateway's runtime (default: one per core, as `tollgate serve`).
+    #[arg(long)]
+    gateway_threads: Option<usize>,
+    /// Pin the load generator's thread to these CPUs (a `taskset` list such
+    /// as `0`). Default: the OS places it. On small VMs a cross-CPU wake-up
+    /// can cost milliseconds, so where the OS puts each thread swings c=1
+    /// latency by 3x from run to run; `--pin-load 0 --pin-mock 0` gives
+    /// steady latency figures (everything then tends to share CPU 0).
+    #[arg(long)]
+    pin_load: Option<String>,
+    /// Pin the mock upstream's thread to these CPUs. Default: the OS places it.
+    #[arg(long)]
+    pin_mock: Option<String>,
+    /// Pin every thread of the gateway child to these CPUs. Default: not pinned.
+    #[arg(long)]
+    pin_gateway: Option<String>,
+    /// Pause before opening the streams of the memory measurement, printing
+    /// the gateway's pid (time to attach a profiler such as `heaptrack -p`).
+    #[arg(long, default_value_t = 0.0)]
+    memory_pause_secs: f64,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Internal: run the gateway under test (used by the benchmark itself).
+    #[command(hide = true)]
+    GatewayChild(ChildArgs),
+}
+
+// Targets printed next to the figures (never asserted).
+const TARGET_ADDED_P50_MS: f64 = 0.1;
+const TARGET_ADDED_P99_MS: f64 = 0.5;
+const TARGET_ADDED_TTFB_MS: f64 = 0.2;
+const TARGET_GATEWAY_RPS_C16: f64 = 20_000.0;
+const TARGET_RSS_MIB: f64 = 50.0;
+
+const CHAT_BODY: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in one sentence."}]}"#;
+const STREAM_BODY: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in one sentence."}],"stream":true}"#;
+const MOCK_KEY: &str = "sk-bench-direct";
+/// Requests `sanity_check` sends through the gateway.
+const SANITY_GATEWAY_PROBES: u64 = 2;
+
+fn main() -> ExitCode {
+    let mut cli = Cli::parse();
+    let result = match cli.command.take() {
+        Some(Cmd::GatewayChild(args)) => child::run_child(args),
+        None => run(&cli),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("tollgate-bench: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    Direct,
+    Gateway,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Chat,
+    Stream,
+}
+
+struct Row {
+    route: Route,
+    kind: Kind,
+    concurrency: usize,
+    result: LoadResult,
+    total: Option<Summary>,
+    ttfb: Option<Summary>,
+    /// On-CPU time of each party over the scenario's runs (warm-ups included).
+    cpu: Cpu,
+    /// Wall time of the scenario's runs (warm-ups included).
+    wall: Duration,
+}
+
+fn name(route: Route, kind: Kind, concurrency: usize) -> String {
+    let r = match route {
+        Route::Direct => "direct",
+        Route::Gateway => "gateway",
+    };
+    let k = match kind {
+        Kind::Chat => "chat",
+        Kind::Stream => "stream",
+    };
+    format!("{r}/{k}/c{concurrency}")
+}
+
+/// A filter selects a scenario when each of its `/`-separated parts is one of
+/// the name's parts: `c1` selects `direct/chat/c1` but not `direct/chat/c16`.
+fn selected(cli: &Cli, name: &str) -> bool {
+    let parts: Vec<&str> = name.split('/').collect();
+    cli.scenario.is_empty()
+        || cli.scenario.iter().any(|filter| {
+            filter
+                .split('/')
+                .filter(|p| !p.is_empty())
+                .all(|p| parts.contains(&p))
+        })
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    if !(cli.duration_secs > 0.0 && cli.duration_secs <= 600.0) {
+        bail!("--duration-secs must be in (0, 600]");
+    }
+    if cli.concurrency.iter().any(|&c| c == 0 || c > 4096) {
+        bail!("--concurrency values must be in 1..=4096");
+    }
+    if !(1..=100).contains(&cli.rounds) {
+        bail!("--rounds must be in 1..=100");
+    }
+    if !(1..=20_000).contains(&cli.streams) {
+        bail!("--streams must be in 1..=20000");
+    }
+    let duration = Duration::from_secs_f64(cli.duration_secs);
+    let warmup = Duration::from_millis(cli.warmup_ms);
+    print_context(cli, duration, warmup);
+
+    // The mock upstream: its own runtime with one worker thread.
+    let mock_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("mock-upstream")
+        .enable_all()
+        .build()?;
+    // The load generator: its own runtime with one worker thread (connection
+    // tasks keep running, and closing, between measurements).
+    let load_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("load-generator")
+        .enable_all()
+        .build()?;
+    for (cpus, thread) in [
+        (&cli.pin_load, "load-generator"),
+        (&cli.pin_mock, "mock-upstream"),
+    ] {
+        if let Some(cpus) = cpus {
+            if cpu::pin_own_threads(thread, cpus)? == 0 {
+                bail!("no {thread} thread found to pin");
+            }
+        }
+    }
+
+    let scenarios: Vec<(Kind, usize)> = [Kind::Chat, Kind::Stream]
+        .into_iter()
+        .flat_map(|k| cli.concurrency.iter().map(move |&c| (k, c)))
+        .collect();
+    let wanted: Vec<(Kind, usize, Route)> = scenarios
+        .iter()
+        .flat_map(|&(k, c)| [Route::Direct, Route::Gateway].map(|r| (k, c, r)))
+        .filter(|&(k, c, r)| selected(cli, &name(r, k, c)))
+        .collect();
+
+    let mut rows: Vec<Row> = Vec::new();
+    if !wanted.is_empty() {
+        let mock = mock_rt.block_on(MockUpstream::start_with(MockOptions {
+            record: false,
+            ..MockOptions::default()
+        }))?;
+        let gateway = spawn_gateway(cli, &mock.base_url())?;
+        let targets = Targets::new(mock.addr(), &gateway)?;
+        load_rt.block_on(sanity_check(&targets))?;
+        let (rss_start, _) = gateway.memory_kib()?;
+        let rounds = cli.rounds.max(1);
+        let per_round = duration.div_f64(rounds as f64);
+        let mut gateway_sent = 0;
+        for &(kind, concurrency) in &scenarios {
+            let routes: Vec<Route> = wanted
+                .iter()
+                .filter(|&&(k, c, _)| k == kind && c == concurrency)
+                .map(|&(_, _, r)| r)
+                .collect();
+            if routes.is_empty() {
+                continue;
+            }
+            let first = rows.len();
+            for &route in &routes {
+                rows.push(Row {
+                    route,
+                    kind,
+                    concurrency,
+                    result: LoadResult::default(),
+                    total: None,
+                    ttfb: None,
+                    cpu: Cpu::default(),
+                    wall: Duration::ZERO,
+                });
+            }
+            // Direct and gateway alternate round by round, so both see the
+            // same machine (thread placement on the cores drifts over seconds).
+            for round in 0..rounds {
+                let round_warmup = if round == 0 {
+                    warmup
+                } else {
+                    warmup.min(Duration::from_millis(100))
+                };
+                for (i, &route) in routes.iter().enumerate() {
+                    let scenario = name(route, kind, concurrency);
+                    eprint!("running {scenario:<20} round {}/{rounds} ...", round + 1);
+                    let target = targets.get(route, kind);
+                    let before = Cpu::snapshot(Some(gateway.pid()));
+                    let wall = Instant::now();
+                    let result = load_rt.block_on(load::closed_loop(
+                        target,
+                        concurrency,
+                        round_warmup,
+                        per_round,
+                    ))?;
+                    let wall = wall.elapsed();
+                    let cpu = Cpu::snapshot(Some(gateway.pid())).since(&before);
+                    eprintln!(" {:>9.0} req/s", result.throughput());
+                    if route == Route::Gateway {
+                        gateway_sent += result.sent;
+                    }
+                    let row = &mut rows[first + i];
+                    row.result.merge(result);
+                    row.cpu.add(&cpu);
+                    row.wall += wall;
+                }
+            }
+            for row in &mut rows[first..] {
+                row.total = Summary::of(&mut row.result.latencies);
+                row.ttfb = Summary::of(&mut row.result.ttfbs);
+            }
+        }
+        let (rss_after, hwm_after) = gateway.memory_kib()?;
+        let threads = gateway.threads();
+        let events = gateway.stop()?;
+        print_latency_table(&rows, duration, warmup, rounds);
+        print_cpu_table(&rows);
+        print_added_table(&rows);
+        println!();
+        println!(
+            "Gateway child: RSS {:.1} MiB at start, {:.1} MiB after the load (peak {:.1} MiB), {} threads.",
+            mib(rss_start),
+            mib(rss_after),
+            mib(hwm_after),
+            threads.map_or("?".into(), |t| t.to_string()),
+        );
+        println!(
+            "Usage events stored by the gateway: {events} for {gateway_sent} requests sent to it \
+             + {SANITY_GATEWAY_PROBES} probes (metering {}).",
+            if events == gateway_sent + SANITY_GATEWAY_PROBES {
+                "complete: one event per request"
+            } else if events >= gateway_sent {
+                "on"
+            } else {
+                "INCOMPLETE"
+            }
+        );
+        drop(mock);
+    }
+
+    if selected(cli, "memory") {
+        memory(cli, &mock_rt, &load_rt)?;
+    }
+    // Give the mock's tasks a moment to see its shutdown before the runtime goes.
+    mock_rt.shutdown_timeout(Duration::from_secs(2));
+    Ok(())
+}
+
+fn spawn_gateway(cli: &Cli, upstream: &str) -> anyhow::Result<GatewayChild> {
+    let gateway = GatewayChild::spawn(upstream, cli.gateway_threads)?;
+    if let Some(cpus) = &cli.pin_gateway {
+        cpu::pin(gateway.pid(), cpus, true)?;
+    }
+    Ok(gateway)
+}
+
+struct Targets {
+    direct_chat: Target,
+    direct_stream: Target,
+    gateway_chat: Target,
+    gateway_stream: Target,
+}
+
+impl Targets {
+    fn new(mock: SocketAddr, gateway: &GatewayChild) -> anyhow::Result<Targets> {
+        let direct_auth = HeaderValue::from_str(&format!("Bearer {MOCK_KEY}"))?;
+        let gateway_auth = HeaderValue::from_str(&format!("Bearer {}", gateway.token))?;
+        let t = |addr, auth: &HeaderValue, body: &'static str| Target {
+            addr,
+            path: "/v1/chat/completions",
+            authorization: auth.clone(),
+            body: Bytes::from_static(body.as_bytes()),
+        };
+        Ok(Targets {
+            direct_chat: t(mock, &direct_auth, CHAT_BODY),
+            direct_stream: t(mock, &direct_auth, STREAM_BODY),
+            gateway_chat: t(gateway.addr, &gateway_auth, CHAT_BODY),
+            gateway_stream: t(gateway.addr, &gateway_auth, STREAM_BODY),
+        })
+    }
+
+    fn get(&self, route: Route, kind: Kind) -> &Target {
+        match (route, kind) {
+            (Route::Direct, Kind::Chat) => &self.direct_chat,
+            (Route::Direct, Kind::Stream) => &self.direct_stream,
+            (Route::Gateway, Kind::Chat) => &self.gateway_chat,
+            (Route::Gateway, Kind::Stream) => &self.gateway_stream,
+        }
+    }
+}
+
+/// One exchange each way before measuring: both answer 200 with the
+/// expected shape, and the gateway metered the request.
+async fn sanity_check(targets: &Targets) -> anyhow::Result<()> {
+    for (label, target) in [
+        ("direct chat", &targets.direct_chat),
+        ("gateway chat", &targets.gateway_chat),
+    ] {
+        let ex = load::probe(target).await?;
+        if !ex.status.is_success() {
+            bail!(
+                "{label}: HTTP {}: {}",
+                ex.status,
+                String::from_utf8_lossy(&ex.body)
+            );
+        }
+        let body: serde_json::Value =
+            serde_json::from_slice(&ex.body).context("response is not JSON")?;
+        if body.pointer("/choices/0/message/content").is_none() {
+            bail!("{label}: unexpected body {body}");
+        }
+    }
+    let ex = load::probe(&targets.gateway_stream).await?;
+    let text = String::from_utf8_lossy(&ex.body);
+    if !ex.status.is_success() || !text.contains("data: [DONE]") {
+        bail!("gateway stream: HTTP {}: {text}", ex.status);
+    }
+    if !ex.headers.contains_key("x-tollgate-event-id") {
+        bail!("gateway stream: no x-tollgate-event-id header");
+    }
+    Ok(())
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn print_context(cli: &Cli, duration: Duration, warmup: Duration) {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map_or("unknown".into(), |kib| {
+            format!("{:.1} GiB", kib as f64 / 1048576.0)
+        });
+    let profile = if cfg!(debug_assertions) {
+        "DEBUG build: figures are meaningless, use `cargo run --release -p tollgate-bench`"
+    } else {
+        "release"
+    };
+    println!("Tollgate gateway benchmark");
+    println!("==========================");
+    println!("machine      : {cores} cores ({cpu}), {mem} RAM, Linux {kernel}");
+    println!("build        : {profile}");
+    println!(
+        "layout       : mock upstream = 1 runtime thread in the bench process; load generator = \
+         1 runtime thread; gateway = child process, {} runtime workers + event-log \
+         writer thread; all share the {cores} cores",
+        cli.gateway_threads
+            .map_or(format!("{cores} (default)"), |n| n.to_string())
+    );
+    let pin = |p: Option<&str>| p.map_or("any CPU".to_owned(), |c| format!("CPU {c}"));
+    println!(
+        "pinning      : load generator {}, mock {}, gateway {} (see --pin-* in --help)",
+        pin(cli.pin_load.as_deref()),
+        pin(cli.pin_mock.as_deref()),
+        pin(cli.pin_gateway.as_deref())
+    );
+    println!(
+        "gateway      : built as `tollgate serve` does (tollgate::app::build): access-key auth \
+         (bootstrap key), metering, usage events into embedded SQLite (WAL, durability=normal) in \
+         a temp dir, control plane tailed every {} ms, ledger and credit admission on",
+        tollgate::app::CONTROL_TAIL_INTERVAL.as_millis()
+    );
+    println!(
+        "client       : hyper http1, one persistent keep-alive connection per worker, TCP_NODELAY, \
+         closed loop; latency = send → last body byte, TTFB = send → first body byte"
+    );
+    println!(
+        "per scenario : {:.1} s measured in {} rounds (direct and gateway alternating), first after \
+         {} ms warm-up; concurrency {:?}; percentiles from every sample (nearest rank)",
+        duration.as_secs_f64(),
+        cli.rounds,
+        warmup.as_millis(),
+        cli.concurrency
+    );
+    println!(
+        "requests     : POST /v1/chat/completions {CHAT_BODY} (streaming adds \"stream\":true)"
+    );
+    println!(
+        "mock reply   : {:?} ({} words; a stream is role chunk + one chunk per word + finish + usage + [DONE])",
+        tollgate_mock_upstream::DEFAULT_REPLY,
+        tollgate_mock_upstream::DEFAULT_REPLY.split_whitespace().count()
+    );
+    println!();
+}
+
+fn print_latency_table(rows: &[Row], duration: Duration, warmup: Duration, rounds: usize) {
+    println!();
+    println!(
+        "Latency and throughput ({:.1} s per scenario in {rounds} rounds, after {} ms warm-up; ms)",
+        duration.as_secs_f64(),
+        warmup.as_millis()
+    );
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<20} {:>10} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>7}",
+        "scenario",
+        "req/s",
+        "p50",
+        "p90",
+        "p99",
+        "max",
+        "ttfb p50",
+        "ttfb p99",
+        "samples",
+        "errors"
+    );
+    let _ = writeln!(out, "{}", "-".repeat(20 + 11 + 10 * 4 + 11 * 2 + 10 + 8));
+    for row in rows {
+        let (p50, p90, p99, max) = row.total.map_or_else(
+            || ("-".into(), "-".into(), "-".into(), "-".into()),
+            |s| (ms(s.p50), ms(s.p90), ms(s.p99), ms(s.max)),
+        );
+        let (t50, t99) = match (row.kind, row.ttfb) {
+            (Kind::Stream, Some(t)) => (ms(t.p50), ms(t.p99)),
+            _ => ("".into(), "".into()),
+        };
+        let _ = writeln!(
+            out,
+            "{:<20} {:>10.0} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>7}",
+            name(row.route, row.kind, row.concurrency),
+            row.result.throughput(),
+            p50,
+            p90,
+            p99,
+            max,
+            t50,
+            t99,
+            row.result.latencies.len(),
+            row.result.errors
+        );
+    }
+    print!("{out}");
+    for row in rows {
+        if let Some(why) = &row.result.first_error {
+            println!(
+                "  {}: first error: {why}",
+                name(row.route, row.kind, row.concurrency)
+            );
+        }
+    }
+}
+
+fn print_cpu_table(rows: &[Row]) {
+    println!();
+    println!(
+        "CPU time per request (µs on CPU, warm-ups included) and cores busy (of {})",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "{:<20} {:>9} {:>9} {:>9} {:>11} {:>11} {:>9} {:>11}",
+        "scenario",
+        "load gen",
+        "mock",
+        "gateway",
+        "gw workers",
+        "gw eventlog",
+        "total",
+        "cores busy"
+    );
+    println!("{}", "-".repeat(20 + 10 * 3 + 12 * 2 + 10 + 12));
+    for row in rows {
+        let sent = row.result.sent.max(1) as f64;
+        let us = |ns: u64| ns as f64 / 1e3 / sent;
+        let gw = |ns: u64| {
+            if row.route == Route::Gateway {
+                format!("{:.1}", us(ns))
+            } else {
+                "-".into()
+            }
+        };
+        println!(
+            "{:<20} {:>9.1} {:>9.1} {:>9} {:>11} {:>11} {:>9.1} {:>11.2}",
+            name(row.route, row.kind, row.concurrency),
+            us(row.cpu.load_generator),
+            us(row.cpu.mock),
+            gw(row.cpu.gateway()),
+            gw(row.cpu.gateway_workers),
+            gw(row.cpu.gateway_event_log),
+            us(row.cpu.total()),
+            row.cpu.total() as f64 / row.wall.as_nanos().max(1) as f64,
+        );
+    }
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
+fn print_added_table(rows: &[Row]) {
+    let find = |route, kind, c| {
+        rows.iter()
+            .find(|r| r.route == route && r.kind == kind && r.concurrency == c)
+    };
+    let mut lines = Vec::new();
+    let mut concurrencies: Vec<usize> = rows.iter().map(|r| r.concurrency).collect();
+    concurrencies.sort_unstable();
+    concurrencies.dedup();
+    for kind in [Kind::Chat, Kind::Stream] {
+        for &c in &concurrencies {
+            let (Some(d), Some(g)) = (find(Route::Direct, kind, c), find(Route::Gateway, kind, c))
+            else {
+                continue;
+            };
+            let (Some(dt), Some(gt)) = (d.total, g.total) else {
+                continue;
+            };
+            let label = name(Route::Gateway, kind, c).replacen("gateway/", "", 1);
+            let c1 = c == 1;
+            let p50 = diff_ms(gt.p50, dt.p50);
+            let p99 = diff_ms(gt.p99, dt.p99);
+            lines.push((
+                format!("{label}: added p50"),
+                format!("{p50:+.3} ms"),
+                if c1 {
+                    format!("< {TARGET_ADDED_P50_MS} ms")
+                } else {
+                    String::new()
+                },
+                if c1 {
+                    verdict(p50 < TARGET_ADDED_P50_MS)
+                } else {
+                    ""
+                },
+            ));
+            lines.push((
+                format!("{label}: added p99"),
+                format!("{p99:+.3} ms"),
+                if c1 {
+                    format!("< {TARGET_ADDED_P99_MS} ms")
+                } else {
+                    String::new()
+                },
+                if c1 {
+                    verdict(p99 < TARGET_ADDED_P99_MS)
+                } else {
+                    ""
+                },
+            ));
+            if kind == Kind::Stream {
+                if let (Some(dt), Some(gt)) = (d.ttfb, g.ttfb) {
+                    let t50 = diff_ms(gt.p50, dt.p50);
+                    let t99 = diff_ms(gt.p99, dt.p99);
+                    lines.push((
+                        format!("{label}: added TTFB p50"),
+                        format!("{t50:+.3} ms"),
+                        if c1 {
+                            format!("< {TARGET_ADDED_TTFB_MS} ms")
+                        } else {
+                            String::new()
+                        },
+                        if c1 {
+                            verdict(t50 < TARGET_ADDED_TTFB_MS)
+                        } else {
+                            ""
+                        },
+                    ));
+                    lines.push((
+                        format!("{label}: added TTFB p99"),
+                        format!("{t99:+.3} ms"),
+                        String::new(),
+                        "",
+                    ));
+                }
+            }
+            let ratio = g.result.throughput() / d.result.throughput().max(1e-9);
+            let rps_target = kind == Kind::Chat && c == 16;
+            lines.push((
+                format!("{label}: gateway req/s"),
+                format!(
+                    "{:.0} ({:.0}% of direct)",
+                    g.result.throughput(),
+                    ratio * 100.0
+                ),
+                if rps_target {
+                    format!(">= {TARGET_GATEWAY_RPS_C16:.0}")
+                } else {
+                    String::new()
+                },
+                if rps_target {
+                    verdict(g.result.throughput() >= TARGET_GATEWAY_RPS_C16)
+                } else {
+                    ""
+                },
+            ));
+        }
+    }
+    if lines.is_empty() {
+        return;
+    }
+    println!();
+    println!("Added by the gateway (gateway − direct; targets are printed, not asserted)");
+    println!(
+        "{:<32} {:>28}  {:>10}  verdict",
+        "metric", "value", "target"
+    );
+    println!("{}", "-".repeat(32 + 1 + 28 + 2 + 10 + 2 + 7));
+    for (metric, value, target, verdict) in lines {
+        println!("{metric:<32} {value:>28}  {target:>10}  {verdict}");
+    }
+}
+
+/// RSS of a fresh gateway child, idle and with `--streams` streams open
+/// (mock: one chunk per 100 ms, a reply long enough to outlast the hold).
+fn memory(
+    cli: &Cli,
+    mock_rt: &tokio::runtime::Runtime,
+    load_rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<()> {
+    let n = cli.streams;
+    let hold = Duration::from_secs_f64(cli.hold_secs.clamp(0.5, 120.0));
+    let chunk_delay = Duration::from_millis(100);
+    // Long enough to outlast ramp-up + hold with margin.
+    let words = ((hold.as_secs_f64() + 60.0) / chunk_delay.as_secs_f64()) as usize;
+    let reply = vec!["token"; words].join(" ");
+    let mock = mock_rt.block_on(MockUpstream::start_with(MockOptions {
+        record: false,
+        reply,
+        chunk_delay,
+        ..MockOptions::default()
+    }))?;
+    let gateway = spawn_gateway(cli, &mock.base_url())?;
+    let targets = Targets::new(mock.addr(), &gateway)?;
+    eprint!("running memory/{n}-streams ...");
+    let (rss_fresh, _) = gateway.memory_kib()?;
+    // Warm the gateway's pools and allocator a little with short requests.
+    let warm = load_rt.block_on(load::closed_loop(
+        &targets.gateway_chat,
+        16,
+        Duration::ZERO,
+        Duration::from_millis(500),
+    ))?;
+    std::thread::sleep(Duration::from_millis(200));
+    if cli.memory_pause_secs > 0.0 {
+        eprintln!(
+            " gateway pid {}: pausing {:.1} s ...",
+            gateway.pid(),
+            cli.memory_pause_secs
+        );
+        std::thread::sleep(Duration::from_secs_f64(cli.memory_pause_secs.min(600.0)));
+    }
+    let (rss_idle, _) = gateway.memory_kib()?;
+
+    let started = Instant::now();
+    let (open_took, samples, open_during, close) = load_rt.block_on(async {
+        let streams = OpenStreams::open(&targets.gateway_stream, n).await?;
+        let opened = streams.wait_all_open(n, Duration::from_secs(60)).await;
+        let open_took = started.elapsed();
+        let mut samples = Vec::new();
+        if opened.is_ok() {
+            let until = Instant::now() + hold;
+            while Instant::now() < until {
+                samples.push(gateway.memory_kib()?.0);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let open_during = streams.open_now();
+        let close = streams.close().await;
+        opened?;
+        anyhow::Ok((open_took, samples, open_during, close))
+    })?;
+    std::thread::sleep(Duration::from_millis(500));
+    let (rss_after, hwm) = gateway.memory_kib()?;
+    let threads = gateway.threads();
+    eprintln!(" done");
+    let events = gateway.stop()?;
+    drop(mock);
+
+    let during_max = samples.iter().copied().max().unwrap_or(0);
+    let during_avg = if samples.is_empty() {
+        0
+    } else {
+        samples.iter().sum::<u64>() / samples.len() as u64
+    };
+    println!();
+    println!(
+        "Memory: gateway child RSS with {n} concurrent open streams (mock: 1 chunk / {} ms, \
+         {words}-word reply; {n} client connections + {n} upstream connections)",
+        chunk_delay.as_millis()
+    );
+    println!("{:<44} {:>10}  {:>10}  verdict", "measure", "MiB", "target");
+    println!("{}", "-".repeat(44 + 1 + 10 + 2 + 10 + 2 + 7));
+    println!("{:<44} {:>10.1}", "RSS fresh (after start)", mib(rss_fresh));
+    println!(
+        "{:<44} {:>10.1}",
+        format!("RSS idle (after {} warm-up requests)", warm.sent),
+        mib(rss_idle)
+    );
+    println!(
+        "{:<44} {:>10.1}  {:>10}  {}",
+        format!("RSS during, max of {} samples", samples.len()),
+        mib(during_max),
+        format!("< {TARGET_RSS_MIB:.0}"),
+        verdict(mib(during_max) < TARGET_RSS_MIB)
+    );
+    println!("{:<44} {:>10.1}", "RSS during, mean", mib(during_avg));
+    println!(
+        "{:<44} {:>10.1}",
+        "RSS after the streams closed",
+        mib(rss_after)
+    );
+    println!("{:<44} {:>10.1}", "peak RSS (VmHWM)", mib(hwm));
+    println!(
+        "per open stream: {:.1} KiB ((during max − idle) / {n}); all {n} open after {:.2} s; {} \
+         still open at the end of the hold; gateway threads {}; usage events stored {events}",
+        during_max.saturating_sub(rss_idle) as f64 / n as f64,
+        open_took.as_secs_f64(),
+        open_during,
+        threads.map_or("?".into(), |t| t.to_string()),
+    );
+    if close.0 > 0 {
+        println!(
+            "  {} streams failed; first: {}",
+            close.0,
+            close.1.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
