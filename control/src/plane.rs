@@ -131,6 +131,12 @@ impl ControlPlane {
         Ok(applied)
     }
 
+    /// Validate a change against the latest view, so a change made on
+    /// another instance moments ago is not overwritten from a stale one.
+    async fn refresh(&self) -> Result<(), ControlError> {
+        self.catch_up().await.map(|_| ())
+    }
+
     /// Keep this instance's view current; changes from any instance apply
     /// within `every` (plus a read).
     pub fn spawn_tail(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
@@ -202,6 +208,7 @@ impl ControlPlane {
     // ---- accounts -------------------------------------------------------
 
     pub async fn create_account(&self, name: &str) -> Result<Account, ControlError> {
+        self.refresh().await?;
         let name = non_empty("name", name)?;
         let account = Account {
             id: AccountId::generate(),
@@ -221,6 +228,7 @@ impl ControlPlane {
         name: &str,
         configuration_id: Option<ConfigurationId>,
     ) -> Result<(AccessKey, String), ControlError> {
+        self.refresh().await?;
         self.account(account_id)?;
         if let Some(cfg) = &configuration_id {
             self.owned_configuration(account_id, cfg)?;
@@ -249,6 +257,7 @@ impl ControlPlane {
     }
 
     pub async fn revoke_access_key(&self, id: &AccessKeyId) -> Result<AccessKey, ControlError> {
+        self.refresh().await?;
         let mut key = self.key(id)?;
         if key.revoked_at.is_some() {
             return Err(ControlError::Conflict(format!(
@@ -265,6 +274,7 @@ impl ControlPlane {
         id: &AccessKeyId,
         configuration_id: Option<ConfigurationId>,
     ) -> Result<AccessKey, ControlError> {
+        self.refresh().await?;
         let mut key = self.key(id)?;
         if let Some(cfg) = &configuration_id {
             self.owned_configuration(&key.account_id, cfg)?;
@@ -317,6 +327,7 @@ impl ControlPlane {
         account_id: &AccountId,
         spec: ConfigurationSpec,
     ) -> Result<Configuration, ControlError> {
+        self.refresh().await?;
         self.account(account_id)?;
         self.check_spec(&spec)?;
         let config = Configuration {
@@ -340,6 +351,7 @@ impl ControlPlane {
         id: &ConfigurationId,
         spec: ConfigurationSpec,
     ) -> Result<Configuration, ControlError> {
+        self.refresh().await?;
         let mut config = self.configuration(id)?;
         self.check_spec(&spec)?;
         config.name = spec.name;
@@ -353,6 +365,7 @@ impl ControlPlane {
     }
 
     pub async fn delete_configuration(&self, id: &ConfigurationId) -> Result<(), ControlError> {
+        self.refresh().await?;
         self.configuration(id)?;
         let in_use = self
             .snapshot()
@@ -376,6 +389,7 @@ impl ControlPlane {
         id: &ConfigurationId,
         provider_key_id: &ProviderKeyId,
     ) -> Result<Configuration, ControlError> {
+        self.refresh().await?;
         let mut config = self.configuration(id)?;
         let key = self.provider_key(provider_key_id)?;
         if key.account_id != config.account_id {
@@ -401,6 +415,7 @@ impl ControlPlane {
         id: &ConfigurationId,
         provider_key_id: &ProviderKeyId,
     ) -> Result<Configuration, ControlError> {
+        self.refresh().await?;
         let mut config = self.configuration(id)?;
         let before = config.provider_keys.len();
         config
@@ -433,6 +448,7 @@ impl ControlPlane {
         name: &str,
         secret: &str,
     ) -> Result<ProviderKey, ControlError> {
+        self.refresh().await?;
         self.account(account_id)?;
         if !self.known_provider(provider) {
             return Err(ControlError::Invalid(format!(
@@ -459,6 +475,7 @@ impl ControlPlane {
         id: &ProviderKeyId,
         secret: &str,
     ) -> Result<ProviderKey, ControlError> {
+        self.refresh().await?;
         let mut key = self.provider_key(id)?;
         key.secret_ciphertext = self.master.encrypt(&non_empty("secret", secret)?);
         key.rotated_at = Some(Utc::now());
@@ -467,6 +484,7 @@ impl ControlPlane {
     }
 
     pub async fn delete_provider_key(&self, id: &ProviderKeyId) -> Result<(), ControlError> {
+        self.refresh().await?;
         self.provider_key(id)?;
         // Detach everywhere first so no configuration points at nothing.
         let attached: Vec<ConfigurationId> = self
@@ -495,6 +513,7 @@ impl ControlPlane {
         api: ApiSurface,
         models: Vec<String>,
     ) -> Result<CustomProvider, ControlError> {
+        self.refresh().await?;
         if id.is_empty()
             || !id
                 .chars()
@@ -532,6 +551,7 @@ impl ControlPlane {
     }
 
     pub async fn delete_custom_provider(&self, id: &str) -> Result<(), ControlError> {
+        self.refresh().await?;
         if !self.snapshot().custom_providers.contains_key(id) {
             return Err(ControlError::NotFound(format!("custom provider {id}")));
         }
