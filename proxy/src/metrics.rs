@@ -18,6 +18,8 @@ pub struct Metrics {
     pub events_emitted: IntCounter,
     pub events_dropped: IntCounter,
     pub in_flight: IntGauge,
+    /// Other components' registries (ledger, event log) served on /metrics too.
+    extra: parking_lot::Mutex<Vec<Registry>>,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -107,17 +109,23 @@ impl Metrics {
             events_emitted,
             events_dropped,
             in_flight,
+            extra: parking_lot::Mutex::new(Vec::new()),
         })
     }
 
     /// The text exposition format.
+    pub fn add_registry(&self, registry: Registry) {
+        self.extra.lock().push(registry);
+    }
+
+    /// The text exposition format, this registry's and the added ones'.
     pub fn render(&self) -> String {
+        let mut families = self.registry.gather();
+        for registry in self.extra.lock().iter() {
+            families.extend(registry.gather());
+        }
         let mut buffer = Vec::new();
-        let encoder = TextEncoder::new();
-        if encoder
-            .encode(&self.registry.gather(), &mut buffer)
-            .is_err()
-        {
+        if TextEncoder::new().encode(&families, &mut buffer).is_err() {
             return String::new();
         }
         String::from_utf8(buffer).unwrap_or_default()

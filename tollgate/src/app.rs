@@ -1,18 +1,24 @@
-//! Composition of the embedded (single-process) deployment.
+//! Composition of Tollgate's roles — proxy (gateway + admin API), ledger,
+//! and (with `serve`) all of them in one process — over either event-log
+//! backend: embedded SQLite (default) or Kafka.
 
-use crate::config::Config;
+use crate::config::{Config, EventLogBackend};
 use anyhow::{bail, Context};
+use axum::routing::get;
+use axum::Router;
 use std::future::Future;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tollgate_control::admin::AdminState;
 use tollgate_control::{ControlPlane, MasterKey};
 use tollgate_core::billing::{Adjustment, AdjustmentKind};
 use tollgate_core::eventlog::topics;
 use tollgate_core::{Catalog, Envelope, EventBody, EventLog, LogRecord, Usd};
+use tollgate_kafka::KafkaEventLog;
 use tollgate_ledger::api::CreditsApi;
 use tollgate_ledger::LedgerService;
 use tollgate_proxy::Gateway;
@@ -25,17 +31,89 @@ pub const CONTROL_TAIL_INTERVAL: Duration = Duration::from_millis(100);
 /// How often gateways read new balance updates from the ledger.
 pub const BALANCE_TAIL_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How long shutdown waits for Kafka to take what is spooled (the rest is
+/// delivered on the next start).
+const KAFKA_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub const MASTER_KEY_ENV: &str = "TOLLGATE_MASTER_KEY";
 pub const ADMIN_TOKEN_ENV: &str = "TOLLGATE_ADMIN_TOKEN";
 
-pub struct Embedded {
+/// The event log this process uses, with what its backend needs at shutdown.
+#[derive(Clone)]
+pub enum LogBackend {
+    Embedded(Arc<SqliteEventLog>),
+    Kafka(Arc<KafkaEventLog>),
+}
+
+impl LogBackend {
+    pub fn log(&self) -> Arc<dyn EventLog> {
+        match self {
+            LogBackend::Embedded(log) => log.clone(),
+            LogBackend::Kafka(log) => log.clone(),
+        }
+    }
+
+    /// Ticks into every partition of the account-events topic.
+    fn spawn_ticker(&self, every: Duration) -> JoinHandle<()> {
+        match self {
+            LogBackend::Embedded(log) => LedgerService::spawn_ticker(log.clone(), every),
+            LogBackend::Kafka(log) => {
+                tollgate_kafka::spawn_ticker(log.clone(), topics::ACCOUNT_EVENTS, every)
+            }
+        }
+    }
+
+    /// Make everything appended durable (embedded) or delivered/spooled (Kafka).
+    pub async fn shutdown(&self) -> anyhow::Result<()> {
+        match self {
+            LogBackend::Embedded(log) => log.flush().await.context("flushing the event log")?,
+            LogBackend::Kafka(log) => {
+                let report = log.close(KAFKA_CLOSE_TIMEOUT).await?;
+                if report.remaining > 0 {
+                    tracing::warn!(
+                        remaining = report.remaining,
+                        "events left in the local spool; they are delivered on the next start"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A process's storage: the local SQLite file (ledger state; in embedded
+/// mode also the log) and the event log.
+pub struct Node {
     pub db: Database,
-    pub events: Arc<SqliteEventLog>,
-    pub control: Arc<ControlPlane>,
-    pub gateway: Arc<Gateway>,
-    pub ledger: Arc<LedgerService>,
-    /// True when the store held no control-plane state before this start.
+    pub backend: LogBackend,
+    pub log: Arc<dyn EventLog>,
+    /// True when the log held no control-plane state before this start.
     pub fresh: bool,
+}
+
+pub async fn open_node(config: &Config) -> anyhow::Result<Node> {
+    let db = Database::open(&config.storage.path, config.storage.durability)
+        .with_context(|| format!("opening storage at {}", config.storage.path.display()))?;
+    let backend = match config.eventlog.backend {
+        EventLogBackend::Embedded => LogBackend::Embedded(Arc::new(SqliteEventLog::open(
+            &db,
+            SqliteEventLogOptions::default(),
+        )?)),
+        EventLogBackend::Kafka => {
+            let log = KafkaEventLog::connect(config.kafka.clone())
+                .await
+                .context("connecting to Kafka")?;
+            LogBackend::Kafka(Arc::new(log))
+        }
+    };
+    let log = backend.log();
+    let fresh = log.read(topics::CONTROL, 0, 0, 1).await?.is_empty();
+    Ok(Node {
+        db,
+        backend,
+        log,
+        fresh,
+    })
 }
 
 /// Write a secret file readable by its owner only.
@@ -107,34 +185,333 @@ pub fn admin_token(config: &Config, fresh: bool) -> anyhow::Result<Option<String
     Ok(None)
 }
 
-/// Open storage, the control plane and the gateway; reports every config
-/// problem at once.
-pub async fn build(config: &Config) -> anyhow::Result<Embedded> {
-    let db = Database::open(&config.storage.path, config.storage.durability)
-        .with_context(|| format!("opening storage at {}", config.storage.path.display()))?;
-    let events = Arc::new(SqliteEventLog::open(&db, SqliteEventLogOptions::default())?);
-    let log = events.clone() as Arc<dyn EventLog>;
-    let fresh = log.read(topics::CONTROL, 0, 0, 1).await?.is_empty();
-    let catalog = Catalog::builtin().context("loading the built-in model catalog")?;
-    let proxy_config = config.proxy();
-    let master = Arc::new(master_key(config, fresh)?);
-    let control = ControlPlane::open(
-        log.clone(),
+/// The control plane on `node`'s log.
+async fn open_control(
+    config: &Config,
+    node: &Node,
+    catalog: &Catalog,
+) -> anyhow::Result<Arc<ControlPlane>> {
+    let master = Arc::new(master_key(config, node.fresh)?);
+    ControlPlane::open(
+        node.log.clone(),
         master,
-        Gateway::provider_ids(&catalog, &proxy_config),
+        Gateway::provider_ids(catalog, &config.proxy()),
     )
     .await
-    .context("reading the control plane from the log")?;
-    let gateway = Gateway::new(proxy_config, catalog, control.clone(), log.clone())?;
-    let ledger = LedgerService::open(&db, log).context("opening the ledger")?;
-    Ok(Embedded {
-        db,
-        events,
+    .context("reading the control plane from the log")
+}
+
+/// Everything a process can run; roles pick what they use.
+pub struct Built {
+    pub node: Node,
+    pub control: Arc<ControlPlane>,
+    pub gateway: Arc<Gateway>,
+}
+
+/// Open storage, the control plane and the gateway; reports every config
+/// problem at once.
+pub async fn build(config: &Config) -> anyhow::Result<Built> {
+    let node = open_node(config).await?;
+    let catalog = Catalog::builtin().context("loading the built-in model catalog")?;
+    let control = open_control(config, &node, &catalog).await?;
+    let gateway = Gateway::new(config.proxy(), catalog, control.clone(), node.log.clone())?;
+    if let LogBackend::Kafka(log) = &node.backend {
+        log.register_metrics(&gateway.metrics.registry)?;
+    }
+    Ok(Built {
+        node,
         control,
         gateway,
-        ledger,
-        fresh,
     })
+}
+
+/// Which roles a process runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Roles {
+    pub proxy: bool,
+    pub ledger: bool,
+}
+
+impl Roles {
+    pub const ALL: Roles = Roles {
+        proxy: true,
+        ledger: true,
+    };
+}
+
+/// Run every role in one process (`tollgate serve`).
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("binding {}", config.server.listen))?;
+    serve_on(config, listener, shutdown, |_, _| {}).await
+}
+
+/// `serve` on an already-bound listener; `on_ready` gets the address and
+/// (on a fresh install) the bootstrap token once requests can be served.
+pub async fn serve_on(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(std::net::SocketAddr, Option<&str>),
+) -> anyhow::Result<()> {
+    run_roles(config, Roles::ALL, Some(listener), shutdown, on_ready).await
+}
+
+/// Run `roles` until `shutdown`, then stop cleanly: in-flight requests
+/// finish, the ledger commits what it applied, the log is flushed.
+pub async fn run_roles(
+    config: Config,
+    roles: Roles,
+    listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(std::net::SocketAddr, Option<&str>),
+) -> anyhow::Result<()> {
+    let built = build(&config).await?;
+    let log = built.node.log.clone();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks: Vec<JoinHandle<()>> = vec![built.control.spawn_tail(CONTROL_TAIL_INTERVAL)];
+    let admin_token = if config.admin.enabled && roles.proxy {
+        admin_token(&config, built.node.fresh)?
+    } else if config.admin.enabled {
+        env_value(ADMIN_TOKEN_ENV).or(std::fs::read_to_string(config.admin_token_file())
+            .ok()
+            .map(|t| t.trim().to_owned()))
+    } else {
+        None
+    };
+    let bootstrapped = if roles.proxy {
+        bootstrap(&built.node, &built.control, &config).await?
+    } else {
+        None
+    };
+
+    let mut ledger_task = None;
+    let credits = if roles.ledger {
+        let ledger =
+            LedgerService::open(&built.node.db, log.clone()).context("opening the ledger")?;
+        ledger.publish_all().await;
+        ledger_task = Some(tokio::spawn(ledger.clone().run(stop_rx.clone())));
+        tasks.push(
+            built
+                .node
+                .backend
+                .spawn_ticker(Duration::from_millis(config.ledger.tick_interval_ms.max(1))),
+        );
+        built
+            .gateway
+            .metrics
+            .add_registry(ledger.metrics.registry.clone());
+        Some(Arc::new(CreditsApi {
+            ledger,
+            control: built.control.clone(),
+            log: log.clone(),
+        }))
+    } else {
+        None
+    };
+
+    if roles.proxy {
+        built.gateway.admission.catch_up(log.as_ref()).await?;
+        tasks.push(
+            built
+                .gateway
+                .admission
+                .spawn_tail(log.clone(), BALANCE_TAIL_INTERVAL),
+        );
+        if let (Some(boot), true) = (&bootstrapped, roles.ledger) {
+            // Serve the first request with the starting grant already known.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while boot.granted
+                && built.gateway.admission.credit(&boot.account_id).is_none()
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                built.gateway.admission.catch_up(log.as_ref()).await?;
+            }
+        }
+        if let Some(boot) = &bootstrapped {
+            print_bootstrap(
+                boot,
+                &config,
+                admin_token.is_some() && env_value(ADMIN_TOKEN_ENV).is_none(),
+            );
+        }
+        warn_without_credentials(&built.gateway);
+    }
+
+    // The admin API: control-plane routes where the proxy runs, credits
+    // routes where the ledger runs (one listener when both do).
+    let mut admin_task = None;
+    if let (Some(token), true) = (&admin_token, config.admin.enabled && roles.proxy) {
+        let state = AdminState::new(built.control.clone(), token);
+        let mut app = tollgate_control::admin::router(state.clone());
+        if let Some(credits) = &credits {
+            app = app.merge(tollgate_ledger::api::admin_router(
+                credits.clone(),
+                state.auth.clone(),
+            ));
+        }
+        admin_task =
+            Some(spawn_server(config.admin.listen, app, stop_rx.clone(), "admin API").await?);
+    } else if config.admin.enabled && roles.proxy {
+        tracing::warn!(
+            "admin API disabled: no admin token (set {ADMIN_TOKEN_ENV} or create {})",
+            config.admin_token_file().display()
+        );
+    }
+
+    let mut result = Ok(());
+    if roles.proxy {
+        let listener = match listener {
+            Some(l) => l,
+            None => TcpListener::bind(config.server.listen)
+                .await
+                .with_context(|| format!("binding {}", config.server.listen))?,
+        };
+        let addr = listener.local_addr()?;
+        tracing::info!(listen = %addr, storage = %config.storage.path.display(), backend = ?config.eventlog.backend, roles = ?roles, "tollgate serving");
+        let mut app = tollgate_proxy::router(built.gateway.clone());
+        if let Some(credits) = &credits {
+            app = app.merge(tollgate_ledger::api::public_router(credits.clone()));
+        }
+        on_ready(addr, bootstrapped.as_ref().map(|b| b.token.as_str()));
+        result = tollgate_proxy::serve(listener, app, shutdown)
+            .await
+            .map_err(anyhow::Error::from);
+    } else if let Some(credits) = &credits {
+        // The ledger alone serves the credits API and its health and metrics.
+        let mut app = tollgate_ledger::api::public_router(credits.clone())
+            .merge(health_router(built.gateway.clone()));
+        if let Some(token) = &admin_token {
+            let auth = tollgate_control::admin::AdminAuth::new(token);
+            app = app.merge(tollgate_ledger::api::admin_router(credits.clone(), auth));
+        }
+        let listener = match listener {
+            Some(l) => l,
+            None => TcpListener::bind(config.ledger.listen)
+                .await
+                .with_context(|| format!("binding {}", config.ledger.listen))?,
+        };
+        let addr = listener.local_addr()?;
+        tracing::info!(listen = %addr, backend = ?config.eventlog.backend, "tollgate ledger running");
+        on_ready(addr, None);
+        result = tollgate_proxy::serve(listener, app, shutdown)
+            .await
+            .map_err(anyhow::Error::from);
+    }
+
+    let _ = stop_tx.send(true);
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
+    if let Some(task) = ledger_task {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::error!(error = %err, "the ledger stopped with an error"),
+            Err(err) => tracing::error!(error = %err, "the ledger task failed"),
+        }
+    }
+    for task in tasks {
+        task.abort();
+    }
+    built.node.backend.shutdown().await?;
+    tracing::info!("stopped; all events are durable");
+    result
+}
+
+/// `/healthz`, `/readyz` and `/metrics` for a process without the proxy.
+fn health_router(gateway: Arc<Gateway>) -> Router {
+    let ready = gateway.clone();
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.clone();
+                async move {
+                    if ready.events.is_writable() {
+                        (axum::http::StatusCode::OK, "ready")
+                    } else {
+                        (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            "event log is not writable",
+                        )
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let gateway = gateway.clone();
+                async move { gateway.metrics.render() }
+            }),
+        )
+}
+
+async fn spawn_server(
+    addr: std::net::SocketAddr,
+    app: Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    what: &'static str,
+) -> anyhow::Result<JoinHandle<()>> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} on {addr}"))?;
+    tracing::info!(listen = %addr, "{what} listening");
+    Ok(tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.changed().await;
+            })
+            .await;
+    }))
+}
+
+fn warn_without_credentials(gateway: &Gateway) {
+    if gateway.providers.values().all(|p| p.credentials.is_empty()) {
+        tracing::warn!("no provider has operator credentials: set OPENAI_API_KEY or ANTHROPIC_API_KEY, providers.<id>.api_keys in the config, or attach provider keys through the admin API");
+    }
+}
+
+/// The ledger role alone (`tollgate ledger`).
+pub async fn run_ledger(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    run_roles(
+        config,
+        Roles {
+            proxy: false,
+            ledger: true,
+        },
+        None,
+        shutdown,
+        |_, _| {},
+    )
+    .await
+}
+
+/// The proxy role alone (`tollgate proxy`): gateway and admin API.
+pub async fn run_proxy(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    run_roles(
+        config,
+        Roles {
+            proxy: true,
+            ledger: false,
+        },
+        None,
+        shutdown,
+        |_, _| {},
+    )
+    .await
 }
 
 /// What bootstrap created, to print once.
@@ -146,18 +523,17 @@ pub struct Bootstrapped {
 
 /// On a fresh install, create the first account and access key.
 pub async fn bootstrap(
-    embedded: &Embedded,
+    embedded: &Node,
+    control: &ControlPlane,
     config: &Config,
 ) -> anyhow::Result<Option<Bootstrapped>> {
-    if !config.bootstrap.enabled || !embedded.control.snapshot().accounts.is_empty() {
+    if !config.bootstrap.enabled || !control.snapshot().accounts.is_empty() {
         return Ok(None);
     }
-    let account = embedded
-        .control
+    let account = control
         .create_account(&config.bootstrap.account_name)
         .await?;
-    let (_, token) = embedded
-        .control
+    let (_, token) = control
         .create_access_key(&account.id, "bootstrap", None)
         .await?;
     let grant = Usd::from_str(config.bootstrap.starting_credit_usd.trim()).with_context(|| {
@@ -178,14 +554,14 @@ pub async fn bootstrap(
         };
         let payload = serde_json::to_vec(&Envelope::new(EventBody::Adjustment(grant)))?;
         embedded
-            .events
+            .log
             .append(LogRecord {
                 topic: topics::ACCOUNT_EVENTS.to_owned(),
                 key: account.id.to_string(),
                 payload,
             })
             .await?;
-        embedded.events.flush().await?;
+        embedded.log.flush().await?;
     }
     Ok(Some(Bootstrapped {
         token,
@@ -219,170 +595,4 @@ pub fn print_bootstrap(boot: &Bootstrapped, config: &Config, admin_token_shown: 
          {admin_line}\
          ==========================================================================\n"
     );
-}
-
-/// Run the embedded gateway (and admin API) until `shutdown`, then make
-/// every event durable.
-pub async fn serve(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(config.server.listen)
-        .await
-        .with_context(|| format!("binding {}", config.server.listen))?;
-    serve_on(config, listener, shutdown, |_, _| {}).await
-}
-
-/// `serve` on an already-bound listener; `on_ready` gets the address and
-/// (on a fresh install) the bootstrap token once requests can be served.
-pub async fn serve_on(
-    config: Config,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    on_ready: impl FnOnce(std::net::SocketAddr, Option<&str>),
-) -> anyhow::Result<()> {
-    let embedded = build(&config).await?;
-    let admin_token = if config.admin.enabled {
-        admin_token(&config, embedded.fresh)?
-    } else {
-        None
-    };
-    let bootstrapped = bootstrap(&embedded, &config).await?;
-    let configured: Vec<&str> = embedded
-        .gateway
-        .providers
-        .values()
-        .filter(|p| !p.credentials.is_empty())
-        .map(|p| p.spec.id.as_str())
-        .collect();
-    if configured.is_empty() {
-        tracing::warn!("no provider has operator credentials: set OPENAI_API_KEY or ANTHROPIC_API_KEY, providers.<id>.api_keys in the config, or attach provider keys through the admin API");
-    }
-    let tail = embedded.control.spawn_tail(CONTROL_TAIL_INTERVAL);
-    let log = embedded.events.clone() as Arc<dyn EventLog>;
-
-    // The ledger role, in-process: consume, tick, publish balances.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    embedded.ledger.publish_all().await;
-    let ledger_task = tokio::spawn(embedded.ledger.clone().run(stop_rx.clone()));
-    let ticker = LedgerService::spawn_ticker(
-        log.clone(),
-        Duration::from_millis(config.ledger.tick_interval_ms.max(1)),
-    );
-    embedded.gateway.admission.catch_up(log.as_ref()).await?;
-    let balances = embedded
-        .gateway
-        .admission
-        .spawn_tail(log.clone(), BALANCE_TAIL_INTERVAL);
-    if let Some(boot) = &bootstrapped {
-        // Serve the first request with the starting grant already known.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while boot.granted
-            && embedded
-                .gateway
-                .admission
-                .credit(&boot.account_id)
-                .is_none()
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            embedded.gateway.admission.catch_up(log.as_ref()).await?;
-        }
-        print_bootstrap(
-            boot,
-            &config,
-            admin_token.is_some() && env_value(ADMIN_TOKEN_ENV).is_none(),
-        );
-    }
-    let credits = Arc::new(CreditsApi {
-        ledger: embedded.ledger.clone(),
-        control: embedded.control.clone(),
-        log: log.clone(),
-    });
-
-    let mut admin_task = None;
-    match (&admin_token, config.admin.enabled) {
-        (Some(token), true) => {
-            let listener = TcpListener::bind(config.admin.listen)
-                .await
-                .with_context(|| format!("binding the admin API on {}", config.admin.listen))?;
-            let state = AdminState::new(embedded.control.clone(), token);
-            let app = tollgate_control::admin::router(state.clone()).merge(
-                tollgate_ledger::api::admin_router(credits.clone(), state.auth.clone()),
-            );
-            let mut stop = stop_rx.clone();
-            admin_task = Some(tokio::spawn(async move {
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = stop.changed().await;
-                    })
-                    .await;
-            }));
-            tracing::info!(listen = %config.admin.listen, "admin API listening");
-        }
-        (None, true) => tracing::warn!(
-            "admin API disabled: no admin token (set {ADMIN_TOKEN_ENV} or create {})",
-            config.admin_token_file().display()
-        ),
-        _ => {}
-    }
-
-    let addr = listener.local_addr()?;
-    tracing::info!(
-        listen = %addr,
-        storage = %config.storage.path.display(),
-        providers_with_credentials = ?configured,
-        "tollgate serving (embedded mode)"
-    );
-    let app = tollgate_proxy::router(embedded.gateway.clone())
-        .merge(tollgate_ledger::api::public_router(credits));
-    on_ready(addr, bootstrapped.as_ref().map(|b| b.token.as_str()));
-    tollgate_proxy::serve(listener, app, shutdown).await?;
-    let _ = stop_tx.send(true);
-    if let Some(task) = admin_task {
-        let _ = task.await;
-    }
-    ticker.abort();
-    balances.abort();
-    tail.abort();
-    match ledger_task.await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => tracing::error!(error = %err, "the ledger stopped with an error"),
-        Err(err) => tracing::error!(error = %err, "the ledger task failed"),
-    }
-    embedded
-        .events
-        .flush()
-        .await
-        .context("flushing the event log at shutdown")?;
-    tracing::info!("stopped; all usage events are durable");
-    Ok(())
-}
-
-/// The ledger role alone (embedded store): consume, tick, publish balances,
-/// until `shutdown`. Used by `tollgate ledger`; `serve` runs it in-process.
-pub async fn run_ledger(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let db = Database::open(&config.storage.path, config.storage.durability)
-        .with_context(|| format!("opening storage at {}", config.storage.path.display()))?;
-    let events = Arc::new(SqliteEventLog::open(&db, SqliteEventLogOptions::default())?);
-    let log = events.clone() as Arc<dyn EventLog>;
-    let ledger = LedgerService::open(&db, log.clone()).context("opening the ledger")?;
-    ledger.publish_all().await;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(ledger.clone().run(stop_rx));
-    let ticker = LedgerService::spawn_ticker(
-        log,
-        Duration::from_millis(config.ledger.tick_interval_ms.max(1)),
-    );
-    tracing::info!(storage = %config.storage.path.display(), "ledger running");
-    shutdown.await;
-    let _ = stop_tx.send(true);
-    ticker.abort();
-    task.await.context("ledger task")??;
-    events.flush().await?;
-    tracing::info!("ledger stopped");
-    Ok(())
 }

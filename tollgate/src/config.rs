@@ -24,6 +24,9 @@ pub struct Config {
     pub admin: AdminConfig,
     pub billing: tollgate_proxy::config::BillingConfig,
     pub ledger: LedgerConfig,
+    pub eventlog: EventLogConfig,
+    /// Used when `eventlog.backend = "kafka"`.
+    pub kafka: tollgate_kafka::KafkaConfig,
     pub bootstrap: BootstrapConfig,
     pub log: LogConfig,
 }
@@ -129,14 +132,35 @@ pub struct LedgerConfig {
     /// Interval of the tick events that move ledger time (and so expiry)
     /// forward for accounts without traffic. Default 60000 ms.
     pub tick_interval_ms: u64,
+    /// Where `tollgate ledger` (the ledger alone) serves the credits API,
+    /// /healthz, /readyz and /metrics. Default 127.0.0.1:8082.
+    pub listen: std::net::SocketAddr,
 }
 
 impl Default for LedgerConfig {
     fn default() -> Self {
         LedgerConfig {
             tick_interval_ms: 60_000,
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8082)),
         }
     }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventLogBackend {
+    /// The SQLite file at `storage.path` (one process, no servers).
+    #[default]
+    Embedded,
+    /// Kafka (`[kafka]`), for separate proxy/ledger processes at scale.
+    Kafka,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventLogConfig {
+    /// `embedded` (default) or `kafka`.
+    pub backend: EventLogBackend,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -37,7 +37,11 @@ variables (e.g. TOLLGATE__SERVER__LISTEN=0.0.0.0:8080); validate them with `toll
 SIGTERM or Ctrl-C stops accepting requests, finishes in-flight ones and makes every usage event durable."
     )]
     Serve,
-    /// Run only the ledger role (credits) against the configured store.
+    /// Run only the gateway role (proxy + admin API) — the split-process
+    /// deployment on Kafka runs one or more of these.
+    Proxy,
+    /// Run only the ledger role (credits): consumes usage, purchases and
+    /// ticks, publishes balances, serves the credits API on `ledger.listen`.
     Ledger,
     /// Validate the configuration (file + environment) and print it with secrets redacted.
     CheckConfig,
@@ -112,6 +116,13 @@ fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 .context("starting the async runtime")?;
             runtime.block_on(app::serve(config, shutdown_signal()))
         }
+        Command::Proxy => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(app::run_proxy(config, shutdown_signal()))
+        }
         Command::Ledger => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -131,6 +142,11 @@ fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 let mut probe = config.clone();
                 probe.storage.path = dir.join("check.db");
                 probe.secrets.master_key_file = Some(dir.join("master.key"));
+                // Check the Kafka settings without needing a reachable broker.
+                if probe.eventlog.backend == tollgate::config::EventLogBackend::Kafka {
+                    probe.kafka.validate()?;
+                    probe.eventlog.backend = tollgate::config::EventLogBackend::Embedded;
+                }
                 let result = app::build(&probe).await.map(|_| ());
                 let _ = std::fs::remove_dir_all(&dir);
                 result
