@@ -178,7 +178,11 @@ impl GatewayChild {
             token: String::new(),
             _dir: dir,
         };
-        let ready = handle.next_line(Duration::from_secs(30))?;
+        // The child also prints the bootstrap banner; wait for READY.
+        let mut ready = handle.next_line(Duration::from_secs(30))?;
+        while !ready.starts_with("READY ") {
+            ready = handle.next_line(Duration::from_secs(30))?;
+        }
         let mut words = ready.split_whitespace();
         match (words.next(), words.next(), words.next()) {
             (Some("READY"), Some(addr), Some(token)) => {
