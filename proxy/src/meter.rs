@@ -228,13 +228,22 @@ impl RequestMeter {
         if client_disconnected && self.needs_estimate(status) {
             // Counting tokens may load an encoding (~100 ms the first time):
             // keep it off the runtime's workers. Nobody waits on this path.
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                let mut detached = self.detach();
-                let error_kind = error_kind.map(str::to_owned);
-                runtime.spawn_blocking(move || {
-                    detached.finish_now(status, error_kind.as_deref(), client_disconnected)
-                });
-                return;
+            if tokio::runtime::Handle::try_current().is_ok() {
+                let detached = self.detach();
+                let job = DeferredFinish {
+                    meter: detached,
+                    status,
+                    error_kind: error_kind.map(str::to_owned),
+                };
+                match deferred_finisher().send(job) {
+                    Ok(()) => return,
+                    // The finisher thread is gone: finish here after all.
+                    Err(std::sync::mpsc::SendError(mut job)) => {
+                        job.meter
+                            .finish_now(status, job.error_kind.as_deref(), true);
+                        return;
+                    }
+                }
             }
         }
         self.finish_now(status, error_kind, client_disconnected);
@@ -317,6 +326,35 @@ impl RequestMeter {
     }
 }
 
+/// A disconnect whose token estimate runs off the request path.
+struct DeferredFinish {
+    meter: RequestMeter,
+    status: u16,
+    error_kind: Option<String>,
+}
+
+/// One thread does every deferred estimate: a burst of disconnects costs one
+/// thread (and one tokenizer load), not one blocking thread each.
+fn deferred_finisher() -> &'static std::sync::mpsc::Sender<DeferredFinish> {
+    static SENDER: std::sync::OnceLock<std::sync::mpsc::Sender<DeferredFinish>> =
+        std::sync::OnceLock::new();
+    SENDER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<DeferredFinish>();
+        let spawned = std::thread::Builder::new()
+            .name("tollgate-usage-estimates".into())
+            .spawn(move || {
+                for mut job in rx {
+                    job.meter
+                        .finish_now(job.status, job.error_kind.as_deref(), true);
+                }
+            });
+        if let Err(err) = spawned {
+            tracing::error!(error = %err, "cannot start the usage-estimate thread");
+        }
+        tx
+    })
+}
+
 impl Drop for RequestMeter {
     fn drop(&mut self) {
         // A handler future dropped mid-flight means the client went away.
@@ -347,8 +385,14 @@ fn emit(gateway: &Arc<Gateway>, event: UsageEvent) {
         Ok(()) => gateway.metrics.events_emitted.inc(),
         Err(record) => {
             let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                gateway.metrics.events_dropped.inc();
-                tracing::error!("usage event lost: queue full and no runtime to wait on");
+                // Off the runtime (the estimate thread): waiting here is fine.
+                match futures::executor::block_on(gateway.events.append(record)) {
+                    Ok(()) => gateway.metrics.events_emitted.inc(),
+                    Err(err) => {
+                        gateway.metrics.events_dropped.inc();
+                        tracing::error!(error = %err, "usage event lost: event log refused it");
+                    }
+                }
                 return;
             };
             let gateway = gateway.clone();
