@@ -1,0 +1,627 @@
+//! Every SQL statement the ClickHouse store sends, as plain functions so the
+//! same text can be run through chdb (a current ClickHouse) in tests.
+//!
+//! Compatibility floor: ClickHouse 18.16 (Debian's package). So: no TTL, no
+//! server-side `{param:Type}` parameters (values are escaped literals), no
+//! DateTime64, no toStartOfInterval, no LowCardinality; money is
+//! `Decimal(38, 18)`. Timestamps are `DateTime('UTC')` so bucketing never
+//! depends on the server's time zone.
+
+use crate::model::{Bucket, GroupBy, UsageQuery, UsageRecord};
+use std::fmt::Write as _;
+
+/// The raw table: one row per usage event.
+pub const RAW_TABLE: &str = "usage_events";
+/// Positions kept across retention (a floor under the raw table's max).
+pub const POSITION_FLOOR_TABLE: &str = "usage_position_floor";
+pub const MIGRATIONS_TABLE: &str = "analytics_migrations";
+
+/// A rollup: a granularity, per account (keyed by account and access key,
+/// for customers' queries) or across all accounts (for the operator's
+/// dashboards: far fewer rows, so month-long admin queries stay fast).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rollup {
+    pub granularity: Bucket,
+    pub per_account: bool,
+}
+
+/// Every rollup. Per-account minutes are left to the raw table: its sort
+/// key (account, time) already serves them, and a minute rollup of that
+/// key would hold nearly one row per event at twice the ingest cost.
+pub const ROLLUPS: [Rollup; 5] = [
+    Rollup {
+        granularity: Bucket::Hour,
+        per_account: true,
+    },
+    Rollup {
+        granularity: Bucket::Day,
+        per_account: true,
+    },
+    Rollup {
+        granularity: Bucket::Minute,
+        per_account: false,
+    },
+    Rollup {
+        granularity: Bucket::Hour,
+        per_account: false,
+    },
+    Rollup {
+        granularity: Bucket::Day,
+        per_account: false,
+    },
+];
+
+impl Rollup {
+    pub fn table(self) -> String {
+        if self.per_account {
+            format!("usage_rollup_{}", self.granularity.as_str())
+        } else {
+            format!("usage_rollup_all_{}", self.granularity.as_str())
+        }
+    }
+
+    fn view(self) -> String {
+        format!("{}_mv", self.table())
+    }
+
+    /// The key: every dimension the API filters or groups on in this scope,
+    /// plus the log partition (a function of the account, the log's
+    /// partition key, so it adds no rows) to track rollup positions.
+    fn key(self) -> &'static str {
+        if self.per_account {
+            "account_id, bucket, access_key_id, provider, model, credential_source, status, log_partition"
+        } else {
+            "bucket, provider, model, credential_source, status, log_partition"
+        }
+    }
+
+    /// Whether this rollup can answer `query` at all (scope and dimensions).
+    fn serves(self, query: &UsageQuery) -> bool {
+        self.per_account
+            || (query.account_id.is_none()
+                && query.access_key_id.is_none()
+                && !query.groups(GroupBy::AccessKey))
+    }
+}
+
+fn start_of(g: Bucket, column: &str) -> String {
+    match g {
+        Bucket::Minute => format!("toStartOfMinute({column})"),
+        Bucket::Hour => format!("toStartOfHour({column})"),
+        Bucket::Day => format!("toStartOfDay({column})"),
+    }
+}
+
+/// Raw columns in insert order (the `Row` struct follows this order).
+pub const RAW_COLUMNS: &[(&str, &str)] = &[
+    ("event_id", "String"),
+    ("log_partition", "UInt32"),
+    ("log_offset", "UInt64"),
+    ("account_id", "String"),
+    ("access_key_id", "String"),
+    ("started_at", "DateTime('UTC')"),
+    ("started_ms", "UInt64"),
+    ("provider", "String"),
+    ("model", "String"),
+    ("model_requested", "String"),
+    ("credential_source", "String"),
+    ("client_api", "String"),
+    ("status", "UInt16"),
+    ("streamed", "UInt8"),
+    ("error_kind", "String"),
+    ("tokens_input", "UInt64"),
+    ("tokens_cached_input", "UInt64"),
+    ("tokens_cache_write_5m", "UInt64"),
+    ("tokens_cache_write_1h", "UInt64"),
+    ("tokens_output", "UInt64"),
+    ("fee", "Decimal(38, 18)"),
+    ("upstream_cost", "Decimal(38, 18)"),
+    ("latency_us", "UInt64"),
+    ("ttft_us", "UInt64"),
+    ("has_ttft", "UInt8"),
+];
+
+const TOKEN_COLUMNS: [&str; 5] = [
+    "tokens_input",
+    "tokens_cached_input",
+    "tokens_cache_write_5m",
+    "tokens_cache_write_1h",
+    "tokens_output",
+];
+
+fn create_raw() -> String {
+    let mut sql = format!("CREATE TABLE IF NOT EXISTS {RAW_TABLE} (");
+    for (i, (name, ty)) in RAW_COLUMNS.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let _ = write!(sql, "{name} {ty}");
+    }
+    // Month partitions make retention a metadata-only DROP PARTITION; the
+    // sort key serves per-account time-range scans.
+    sql.push_str(
+        ") ENGINE = MergeTree() PARTITION BY toYYYYMM(started_at) \
+         ORDER BY (account_id, started_at, event_id)",
+    );
+    sql
+}
+
+fn create_rollup(r: Rollup) -> String {
+    let dims = if r.per_account {
+        "account_id String, bucket DateTime('UTC'), access_key_id String, "
+    } else {
+        "bucket DateTime('UTC'), "
+    };
+    let mut sql = format!(
+        "CREATE TABLE IF NOT EXISTS {} ({dims}provider String, model String, \
+         credential_source String, status UInt16, log_partition UInt32, \
+         requests AggregateFunction(sum, UInt64), errors AggregateFunction(sum, UInt64)",
+        r.table()
+    );
+    for col in TOKEN_COLUMNS {
+        let _ = write!(sql, ", {col} AggregateFunction(sum, UInt64)");
+    }
+    sql.push_str(
+        ", fee AggregateFunction(sum, Decimal(38, 18)), \
+         upstream_cost AggregateFunction(sum, Decimal(38, 18)), \
+         latency_q AggregateFunction(quantilesTDigest(0.5, 0.95, 0.99), UInt64), \
+         ttft_n AggregateFunction(sum, UInt64), \
+         ttft_q AggregateFunction(quantilesTDigestIf(0.5, 0.95), UInt64, UInt8), \
+         max_log_offset AggregateFunction(max, UInt64)",
+    );
+    let _ = write!(
+        sql,
+        ") ENGINE = AggregatingMergeTree() PARTITION BY toYYYYMM(bucket) ORDER BY ({})",
+        r.key()
+    );
+    sql
+}
+
+/// The aggregation a rollup applies to raw rows: used by its materialized
+/// view and, verbatim, by the repair that re-derives a rollup from raw rows.
+fn rollup_select(r: Rollup, filter: &str) -> String {
+    let dims = if r.per_account {
+        format!(
+            "account_id, {} AS bucket, access_key_id",
+            start_of(r.granularity, "started_at")
+        )
+    } else {
+        format!("{} AS bucket", start_of(r.granularity, "started_at"))
+    };
+    let mut sql = format!(
+        "SELECT {dims}, provider, model, credential_source, status, log_partition, \
+         sumState(toUInt64(1)) AS requests, sumState(toUInt64(status >= 400)) AS errors"
+    );
+    for col in TOKEN_COLUMNS {
+        let _ = write!(sql, ", sumState({col}) AS {col}");
+    }
+    let _ = write!(
+        sql,
+        ", sumState(fee) AS fee, sumState(upstream_cost) AS upstream_cost, \
+         quantilesTDigestState(0.5, 0.95, 0.99)(latency_us) AS latency_q, \
+         sumState(toUInt64(has_ttft)) AS ttft_n, \
+         quantilesTDigestIfState(0.5, 0.95)(ttft_us, has_ttft) AS ttft_q, \
+         maxState(log_offset) AS max_log_offset \
+         FROM {RAW_TABLE}{filter} GROUP BY {}",
+        r.key()
+    );
+    sql
+}
+
+fn create_rollup_view(r: Rollup) -> String {
+    format!(
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS {} TO {} AS {}",
+        r.view(),
+        r.table(),
+        rollup_select(r, "")
+    )
+}
+
+pub fn create_database(database: &str) -> String {
+    format!("CREATE DATABASE IF NOT EXISTS {}", ident(database))
+}
+
+pub fn create_migrations_table() -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (version UInt32, applied_at DateTime('UTC')) \
+         ENGINE = MergeTree() ORDER BY version"
+    )
+}
+
+pub fn applied_migrations() -> String {
+    format!("SELECT DISTINCT version FROM {MIGRATIONS_TABLE} ORDER BY version")
+}
+
+pub fn record_migration(version: u32) -> String {
+    format!("INSERT INTO {MIGRATIONS_TABLE} (version, applied_at) VALUES ({version}, now())")
+}
+
+/// Numbered migrations: (version, statements). Each statement is
+/// idempotent (IF NOT EXISTS), so a run interrupted between a statement and
+/// the version record is simply completed by the next run. Never edit a
+/// released migration: add a new one.
+pub fn migrations() -> Vec<(u32, Vec<String>)> {
+    let mut rollups = Vec::new();
+    for r in ROLLUPS {
+        rollups.push(create_rollup(r));
+    }
+    for r in ROLLUPS {
+        rollups.push(create_rollup_view(r));
+    }
+    vec![
+        (1, vec![create_raw()]),
+        (2, rollups),
+        (
+            3,
+            vec![format!(
+                "CREATE TABLE IF NOT EXISTS {POSITION_FLOOR_TABLE} (log_partition UInt32, \
+                 next_offset UInt64, recorded_at DateTime('UTC')) ENGINE = MergeTree() \
+                 ORDER BY (log_partition, next_offset)"
+            )],
+        ),
+    ]
+}
+
+/// Next offset per partition from raw rows: max offset + 1.
+pub fn raw_positions() -> String {
+    format!(
+        "SELECT log_partition, max(log_offset) + 1 AS next_offset \
+         FROM {RAW_TABLE} GROUP BY log_partition ORDER BY log_partition"
+    )
+}
+
+pub fn floor_positions() -> String {
+    format!(
+        "SELECT log_partition, max(next_offset) AS next_offset \
+         FROM {POSITION_FLOOR_TABLE} GROUP BY log_partition ORDER BY log_partition"
+    )
+}
+
+/// Events and highest offset of one partition in the raw table (the count
+/// tells "empty" from "offset 0").
+pub fn raw_position(partition: u32) -> String {
+    format!(
+        "SELECT count() AS n, max(log_offset) AS max_offset FROM {RAW_TABLE} \
+         WHERE log_partition = {partition}"
+    )
+}
+
+/// The position floor of one partition (0 rows when none was recorded).
+pub fn floor_position(partition: u32) -> String {
+    format!(
+        "SELECT count() AS n, max(next_offset) AS max_offset FROM {POSITION_FLOOR_TABLE} \
+         WHERE log_partition = {partition}"
+    )
+}
+
+pub fn record_floor(positions: &[(u32, u64)]) -> Option<String> {
+    if positions.is_empty() {
+        return None;
+    }
+    let mut sql = format!(
+        "INSERT INTO {POSITION_FLOOR_TABLE} (log_partition, next_offset, recorded_at) VALUES "
+    );
+    for (i, (partition, next)) in positions.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let _ = write!(sql, "({partition}, {next}, now())");
+    }
+    Some(sql)
+}
+
+/// Events a rollup holds for one partition and the highest offset it
+/// aggregated.
+pub fn rollup_position(r: Rollup, partition: u32) -> String {
+    format!(
+        "SELECT toUInt64(sumMerge(requests)) AS n, toUInt64(maxMerge(max_log_offset)) AS max_offset \
+         FROM {} WHERE log_partition = {partition}",
+        r.table()
+    )
+}
+
+/// Re-derive a rollup's rows for raw events after `after_offset` (None:
+/// all events) of `partition`: the repair for a crash between the raw
+/// insert and its views.
+pub fn repair_rollup(r: Rollup, partition: u32, after_offset: Option<u64>) -> String {
+    let filter = match after_offset {
+        Some(offset) => format!(" WHERE log_partition = {partition} AND log_offset > {offset}"),
+        None => format!(" WHERE log_partition = {partition}"),
+    };
+    format!("INSERT INTO {} {}", r.table(), rollup_select(r, &filter))
+}
+
+/// Active partitions (months) of every analytics table.
+pub fn list_partitions() -> String {
+    let mut tables = vec![format!("'{RAW_TABLE}'")];
+    for r in ROLLUPS {
+        tables.push(format!("'{}'", r.table()));
+    }
+    format!(
+        "SELECT DISTINCT table, partition FROM system.parts \
+         WHERE database = currentDatabase() AND active AND table IN ({}) \
+         ORDER BY table, partition",
+        tables.join(", ")
+    )
+}
+
+pub fn drop_partition(table: &str, month: u32) -> String {
+    format!("ALTER TABLE {} DROP PARTITION {month}", ident(table))
+}
+
+/// Consistency counts used by operators and tests: raw rows, distinct
+/// event ids, and each rollup's event count.
+pub fn consistency_counts() -> String {
+    let mut sql = format!(
+        "SELECT (SELECT count() FROM {RAW_TABLE}) AS raw_rows, \
+         (SELECT uniqExact(event_id) FROM {RAW_TABLE}) AS raw_events"
+    );
+    for r in ROLLUPS {
+        let _ = write!(
+            sql,
+            ", (SELECT toUInt64(sumMerge(requests)) FROM {0}) AS {0}",
+            r.table()
+        );
+    }
+    sql
+}
+
+/// Where a usage query reads from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Raw,
+    Rollup(Rollup),
+}
+
+/// The rollup with the fewest rows that answers `query` exactly — in scope,
+/// range and bucket aligned to its granularity; all-accounts before
+/// per-account, coarser before finer — else the raw table.
+pub fn plan(query: &UsageQuery, use_rollups: bool) -> Source {
+    if !use_rollups {
+        return Source::Raw;
+    }
+    let mut candidates: Vec<Rollup> = ROLLUPS
+        .iter()
+        .copied()
+        .filter(|r| r.serves(query))
+        .collect();
+    candidates.sort_by_key(|r| (r.per_account, std::cmp::Reverse(r.granularity.millis())));
+    for r in candidates {
+        let step = r.granularity.millis();
+        let aligned = query.start_ms() % step == 0 && query.end_ms() % step == 0;
+        let bucket_ok = query.bucket.is_none_or(|b| b.millis() % step == 0);
+        if aligned && bucket_ok {
+            return Source::Rollup(r);
+        }
+    }
+    Source::Raw
+}
+
+/// Output columns of a usage query, in `AggRow` order. Aliases never
+/// shadow a stored column name: ClickHouse substitutes aliases into WHERE.
+pub fn usage_query(query: &UsageQuery, source: Source) -> String {
+    let time = match source {
+        Source::Raw => "started_at",
+        Source::Rollup(_) => "bucket",
+    };
+    let bucket = match query.bucket {
+        Some(b) => format!("toUInt32({})", start_of(b, time)),
+        None => "toUInt32(0)".to_owned(),
+    };
+    let dim = |d: GroupBy, absent: &str| -> String {
+        if query.groups(d) {
+            d.column().to_owned()
+        } else {
+            absent.to_owned()
+        }
+    };
+    let mut sql = format!(
+        "SELECT {bucket} AS g_bucket, {} AS g_provider, {} AS g_model, {} AS g_access_key_id, \
+         {} AS g_status, ",
+        dim(GroupBy::Provider, "''"),
+        dim(GroupBy::Model, "''"),
+        dim(GroupBy::AccessKey, "''"),
+        dim(GroupBy::Status, "toUInt16(0)"),
+    );
+    match source {
+        Source::Raw => {
+            sql.push_str("count() AS m_requests, countIf(status >= 400) AS m_errors");
+            for col in TOKEN_COLUMNS {
+                let _ = write!(sql, ", sum({col}) AS m_{col}");
+            }
+            sql.push_str(
+                ", toString(sum(fee)) AS m_fee, toString(sum(upstream_cost)) AS m_upstream_cost, \
+                 arrayMap(x -> toFloat64(x), quantilesExact(0.5, 0.95, 0.99)(latency_us)) AS m_latency, \
+                 sum(toUInt64(has_ttft)) AS m_ttft_n, \
+                 arrayMap(x -> toFloat64(x), quantilesExactIf(0.5, 0.95)(ttft_us, has_ttft = 1)) AS m_ttft",
+            );
+        }
+        Source::Rollup(_) => {
+            sql.push_str(
+                "toUInt64(sumMerge(requests)) AS m_requests, toUInt64(sumMerge(errors)) AS m_errors",
+            );
+            for col in TOKEN_COLUMNS {
+                let _ = write!(sql, ", toUInt64(sumMerge({col})) AS m_{col}");
+            }
+            // An empty t-digest yields NaN; the counts say when it is empty.
+            sql.push_str(
+                ", toString(sumMerge(fee)) AS m_fee, \
+                 toString(sumMerge(upstream_cost)) AS m_upstream_cost, \
+                 arrayMap(x -> if(isNaN(x), 0., toFloat64(x)), \
+                 quantilesTDigestMerge(0.5, 0.95, 0.99)(latency_q)) AS m_latency, \
+                 toUInt64(sumMerge(ttft_n)) AS m_ttft_n, \
+                 arrayMap(x -> if(isNaN(x), 0., toFloat64(x)), \
+                 quantilesTDigestIfMerge(0.5, 0.95)(ttft_q)) AS m_ttft",
+            );
+        }
+    }
+    let table = match source {
+        Source::Raw => RAW_TABLE.to_owned(),
+        Source::Rollup(r) => r.table(),
+    };
+    let _ = write!(sql, " FROM {table} WHERE ");
+    let mut conditions = Vec::new();
+    if let Some(account) = &query.account_id {
+        conditions.push(format!("account_id = {}", quote(account.as_str())));
+    }
+    let (start_ms, end_ms) = (query.start_ms(), query.end_ms());
+    match source {
+        Source::Raw => {
+            // Whole-second bounds on the sort key for index pruning, then
+            // the exact millisecond range.
+            conditions.push(format!(
+                "started_at >= toDateTime({}) AND started_at <= toDateTime({})",
+                start_ms.div_euclid(1000).max(0),
+                (end_ms - 1).div_euclid(1000).max(0)
+            ));
+            conditions.push(format!(
+                "started_ms >= {} AND started_ms < {}",
+                start_ms.max(0),
+                end_ms.max(0)
+            ));
+        }
+        Source::Rollup(_) => {
+            conditions.push(format!(
+                "bucket >= toDateTime({}) AND bucket < toDateTime({})",
+                start_ms.div_euclid(1000).max(0),
+                end_ms.div_euclid(1000).max(0)
+            ));
+        }
+    }
+    if let Some(key) = &query.access_key_id {
+        conditions.push(format!("access_key_id = {}", quote(key)));
+    }
+    if let Some(provider) = &query.provider {
+        conditions.push(format!("provider = {}", quote(provider)));
+    }
+    if let Some(model) = &query.model {
+        conditions.push(format!("model = {}", quote(model)));
+    }
+    if let Some(class) = query.status_class {
+        let (low, high) = class.range();
+        conditions.push(format!("status >= {low} AND status < {high}"));
+    }
+    if let Some(source) = query.credential_source {
+        conditions.push(format!("credential_source = {}", quote(source.as_str())));
+    }
+    sql.push_str(&conditions.join(" AND "));
+    sql.push_str(" GROUP BY g_bucket, g_provider, g_model, g_access_key_id, g_status");
+    sql.push_str(" ORDER BY g_bucket, g_provider, g_model, g_access_key_id, g_status");
+    sql
+}
+
+/// `INSERT … VALUES` for rows: how the chdb test loads the same rows the
+/// server gets through RowBinary (chdb has no HTTP interface).
+pub fn insert_values(rows: &[UsageRecord]) -> String {
+    let names: Vec<&str> = RAW_COLUMNS.iter().map(|(name, _)| *name).collect();
+    let mut sql = format!("INSERT INTO {RAW_TABLE} ({}) VALUES ", names.join(", "));
+    for (i, r) in rows.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let _ = write!(
+            sql,
+            "({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
+            quote(&r.event_id),
+            r.log_partition,
+            r.log_offset,
+            quote(&r.account_id),
+            quote(&r.access_key_id),
+            r.started_ms.div_euclid(1000),
+            r.started_ms,
+            quote(&r.provider),
+            quote(&r.model),
+            quote(&r.model_requested),
+            quote(&r.credential_source),
+            quote(&r.client_api),
+            r.status,
+            u8::from(r.streamed),
+            quote(&r.error_kind),
+            r.tokens.input,
+            r.tokens.cached_input,
+            r.tokens.cache_write_5m,
+            r.tokens.cache_write_1h,
+            r.tokens.output,
+            quote(&r.fee.to_string()),
+            quote(&r.upstream_cost.to_string()),
+            r.latency_us,
+            r.ttft_us.unwrap_or(0),
+            u8::from(r.ttft_us.is_some()),
+        );
+    }
+    sql
+}
+
+/// A ClickHouse string literal: backslash and quote escaped.
+pub fn quote(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('\'');
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            '\0' => out.push_str("\\0"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// A backquoted identifier.
+pub fn ident(name: &str) -> String {
+    format!("`{}`", name.replace('\\', "\\\\").replace('`', "\\`"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+
+    fn at(h: u32, m: u32) -> chrono::DateTime<Utc> {
+        Utc.with_ymd_and_hms(2025, 3, 1, h, m, 0)
+            .single()
+            .unwrap_or_default()
+    }
+
+    const fn r(granularity: Bucket, per_account: bool) -> Source {
+        Source::Rollup(Rollup {
+            granularity,
+            per_account,
+        })
+    }
+
+    #[test]
+    fn planner_picks_the_smallest_rollup_that_answers() {
+        let mut q = UsageQuery::new(at(0, 0), at(0, 0) + chrono::Duration::days(2));
+        assert_eq!(plan(&q, true), r(Bucket::Day, false));
+        q.bucket = Some(Bucket::Hour);
+        assert_eq!(plan(&q, true), r(Bucket::Hour, false));
+        q.end = at(5, 30);
+        assert_eq!(plan(&q, true), r(Bucket::Minute, false));
+        q.start = at(0, 0) + chrono::Duration::milliseconds(1500);
+        assert_eq!(plan(&q, true), Source::Raw);
+        // An account (or a key) needs the per-account rollups, which have
+        // no minutes.
+        let mut q = UsageQuery::new(at(0, 0), at(0, 0) + chrono::Duration::days(2));
+        q.account_id = Some("acct_x".into());
+        assert_eq!(plan(&q, true), r(Bucket::Day, true));
+        q.bucket = Some(Bucket::Hour);
+        assert_eq!(plan(&q, true), r(Bucket::Hour, true));
+        q.end = at(5, 30);
+        assert_eq!(plan(&q, true), Source::Raw);
+        let mut q = UsageQuery::new(at(0, 0), at(1, 0));
+        q.group_by = vec![GroupBy::AccessKey];
+        assert_eq!(plan(&q, true), r(Bucket::Hour, true));
+        assert_eq!(plan(&q, false), Source::Raw);
+    }
+
+    #[test]
+    fn literals_are_escaped() {
+        assert_eq!(quote("a'b\\c"), "'a\\'b\\\\c'");
+        assert_eq!(ident("db`x"), "`db\\`x`");
+    }
+}

@@ -1,0 +1,199 @@
+//! Parameter validation: every bad parameter is a 400 naming it; missing or
+//! unknown tokens are 401; the OpenAPI document is served and matches the
+//! file and the parameters the API accepts; the JSON shape of a report.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use tollgate_analytics::api::{OPENAPI_JSON, PARAMETERS};
+
+const S: &str = "2025-02-28T00:00:00Z";
+const E: &str = "2025-03-02T00:00:00Z";
+
+#[tokio::test]
+async fn bad_parameters_are_400s_naming_the_parameter() {
+    let (_dir, _db, store) = sqlite_store();
+    let base = serve(store).await;
+    let long = "m".repeat(300);
+    let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+        (vec![("end", E)], "start"),
+        (vec![("start", S)], "end"),
+        (vec![("start", "yesterday"), ("end", E)], "start"),
+        (vec![("start", S), ("end", "2025-03-02")], "end"),
+        (vec![("start", E), ("end", S)], "end"),
+        (vec![("start", S), ("end", S)], "end"),
+        (vec![("start", "1960-01-01T00:00:00Z"), ("end", E)], "start"),
+        (vec![("start", S), ("end", E), ("bucket", "week")], "bucket"),
+        (
+            vec![
+                ("start", "2024-01-01T00:00:00Z"),
+                ("end", E),
+                ("bucket", "minute"),
+            ],
+            "bucket",
+        ),
+        (
+            vec![("start", S), ("end", E), ("group_by", "provider,region")],
+            "group_by",
+        ),
+        (
+            vec![("start", S), ("end", E), ("group_by", "model,model")],
+            "group_by",
+        ),
+        (vec![("start", S), ("end", E), ("group_by", "")], "group_by"),
+        (
+            vec![("start", S), ("end", E), ("status_class", "3xx")],
+            "status_class",
+        ),
+        (
+            vec![("start", S), ("end", E), ("credential_source", "mine")],
+            "credential_source",
+        ),
+        (vec![("start", S), ("end", E), ("provider", "")], "provider"),
+        (
+            vec![("start", S), ("end", E), ("model", long.as_str())],
+            "model",
+        ),
+        (
+            vec![("start", S), ("end", E), ("access_key_id", "")],
+            "access_key_id",
+        ),
+        (vec![("start", S), ("start", S), ("end", E)], "start"),
+    ];
+    for (params, param) in cases {
+        let (status, body) = get_usage(&base, Some(TOKEN_A), &params).await;
+        assert_eq!(status, 400, "{params:?}: {body}");
+        assert_eq!(body["error"]["type"], "invalid_request", "{params:?}");
+        assert_eq!(body["error"]["param"], param, "{params:?}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(param));
+    }
+    let (status, body) = get_usage(
+        &base,
+        Some(TOKEN_A),
+        &[("start", S), ("end", E), ("colour", "red")],
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("colour"));
+    // A good request with everything set is fine.
+    let (status, body) = get_usage(
+        &base,
+        Some(TOKEN_A),
+        &[
+            ("start", "2025-02-28T00:00:00.5+01:00"),
+            ("end", E),
+            ("group_by", "provider, model,access_key,status"),
+            ("bucket", "hour"),
+            ("status_class", "2xx"),
+            ("credential_source", "operator"),
+            ("provider", "openai"),
+            ("model", "gpt-4o-mini"),
+            ("access_key_id", "ak_a1"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["group_by"],
+        serde_json::json!(["provider", "model", "access_key", "status"])
+    );
+}
+
+#[tokio::test]
+async fn tokens_are_required_and_checked() {
+    let (_dir, _db, store) = sqlite_store();
+    let base = serve(store).await;
+    let params = [("start", S), ("end", E)];
+    let (status, body) = get_usage(&base, None, &params).await;
+    assert_eq!(
+        (status, body["error"]["type"].as_str()),
+        (401, Some("authentication_error"))
+    );
+    let (status, _) = get_usage(&base, Some("tgk_unknown"), &params).await;
+    assert_eq!(status, 401);
+    let (status, _) = get_usage(&base, Some(ADMIN), &params).await;
+    assert_eq!(status, 200);
+    // Validation happens after authentication: no parameter leaks to strangers.
+    let (status, _) = get_usage(&base, None, &[("bucket", "week")]).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn report_json_has_exact_money_strings_and_percentiles() {
+    let (_dir, _db, store) = sqlite_store();
+    load(&*store, &rows(&dataset()), 100).await;
+    let base = serve(store).await;
+    let (status, body) = get_usage(
+        &base,
+        Some(TOKEN_B),
+        &[
+            ("start", S),
+            ("end", E),
+            ("bucket", "day"),
+            ("group_by", "model"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "usage_report");
+    assert_eq!(body["account_id"], ACCT_B);
+    assert_eq!(body["bucket"], "day");
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    let claude = &data[0];
+    assert_eq!(claude["bucket_start"], "2025-03-01T00:00:00Z");
+    assert_eq!(claude["model"], "claude-sonnet-4-5");
+    assert!(claude.get("provider").is_none(), "not grouped, not shown");
+    assert_eq!(claude["requests"], 2);
+    assert_eq!(claude["errors"], 0);
+    assert_eq!(claude["tokens"]["cache_write_1h"], 20);
+    assert_eq!(claude["cost"]["fee"], "0.000361");
+    assert_eq!(claude["cost"]["upstream"], "0.011535");
+    // p50 of [1000, 2000] ms is the value at index ⌊0.5·2⌋ = 1.
+    assert_eq!(claude["latency_ms"]["p50"], 2000.0);
+    assert_eq!(claude["ttft_ms"]["p50"], 300.0);
+    let gpt = &data[1];
+    assert_eq!(
+        (gpt["requests"].as_u64(), gpt["errors"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(gpt["cost"]["fee"], "0");
+    assert!(gpt["ttft_ms"]["p50"].is_null());
+}
+
+#[tokio::test]
+async fn openapi_document_is_served_and_complete() {
+    let (_dir, _db, store) = sqlite_store();
+    let base = serve(store).await;
+    let served: serde_json::Value = reqwest::get(format!("{base}/v1/usage/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let file: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/usage.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(served, file);
+    assert_eq!(
+        served,
+        serde_json::from_str::<serde_json::Value>(OPENAPI_JSON).unwrap()
+    );
+    let documented: Vec<&str> = served["paths"]["/v1/usage"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    let mut accepted = PARAMETERS.to_vec();
+    accepted.sort_unstable();
+    let mut documented_sorted = documented.clone();
+    documented_sorted.sort_unstable();
+    assert_eq!(documented_sorted, accepted);
+}

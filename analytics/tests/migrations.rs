@@ -1,0 +1,131 @@
+//! Migrations: numbered, recorded, idempotent (run twice, and on a second
+//! handle), on both stores; SQLite tables live beside the store crate's in
+//! the same file with their own migration table.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use tollgate_analytics::{AnalyticsConfig, Backend, ClickHouseStore, SqliteUsageStore, UsageStore};
+
+#[tokio::test]
+async fn sqlite_migrations_are_recorded_and_idempotent() {
+    let (_dir, db, store) = sqlite_store();
+    store.migrate().await.unwrap();
+    tollgate_analytics::migrate(&*store).await.unwrap();
+    let again = SqliteUsageStore::open(&db).unwrap();
+    again.migrate().await.unwrap();
+    let conn = db.connect().unwrap();
+    let versions: Vec<i64> = conn
+        .prepare("SELECT version FROM analytics_migrations ORDER BY version")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(versions, vec![1]);
+    // The store crate's own migrations are untouched and separate.
+    let store_versions: i64 = conn
+        .query_row("SELECT COUNT(*) FROM schema_migrations", [], |r| r.get(0))
+        .unwrap();
+    assert!(store_versions >= 1);
+    // The configured store opens on the same file.
+    let opened = tollgate_analytics::open_store(&AnalyticsConfig::default(), &db).unwrap();
+    assert_eq!(opened.backend(), "sqlite");
+}
+
+#[tokio::test]
+async fn clickhouse_migrations_are_recorded_and_idempotent() {
+    let store = shared_clickhouse("migrations").await;
+    store.migrate().await.unwrap();
+    let second = ClickHouseStore::new(store.config().clone());
+    tollgate_analytics::migrate(&second).await.unwrap();
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct Name {
+        name: String,
+    }
+    let client = clickhouse::Client::default()
+        .with_url(clickhouse_url())
+        .with_database(store.config().database.clone())
+        .with_validation(false)
+        .with_compression(clickhouse::Compression::None);
+    let versions: Vec<u32> = client
+        .query("SELECT DISTINCT version FROM analytics_migrations ORDER BY version")
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(versions, vec![1, 2, 3]);
+    let tables: Vec<Name> = client
+        .query("SELECT name FROM system.tables WHERE database = currentDatabase() ORDER BY name")
+        .fetch_all()
+        .await
+        .unwrap();
+    let tables: Vec<String> = tables.into_iter().map(|t| t.name).collect();
+    for expected in [
+        "analytics_migrations",
+        "usage_events",
+        "usage_position_floor",
+        "usage_rollup_day",
+        "usage_rollup_day_mv",
+        "usage_rollup_hour",
+        "usage_rollup_hour_mv",
+        "usage_rollup_all_minute",
+        "usage_rollup_all_minute_mv",
+        "usage_rollup_all_hour",
+        "usage_rollup_all_hour_mv",
+        "usage_rollup_all_day",
+        "usage_rollup_all_day_mv",
+    ] {
+        assert!(
+            tables.iter().any(|t| t == expected),
+            "{expected} missing from {tables:?}"
+        );
+    }
+    let config = AnalyticsConfig {
+        backend: Backend::ClickHouse,
+        clickhouse: store.config().clone(),
+        ..AnalyticsConfig::default()
+    };
+    let (_dir, db, _) = sqlite_store();
+    let opened = tollgate_analytics::open_store(&config, &db).unwrap();
+    assert_eq!(opened.backend(), "clickhouse");
+    opened.migrate().await.unwrap();
+    drop_database(&store).await;
+}
+
+#[test]
+fn config_parses_from_toml_with_defaults() {
+    let config: AnalyticsConfig = toml::from_str(
+        r#"
+        backend = "clickhouse"
+        [clickhouse]
+        url = "http://ch:8123"
+        compression = "lz4"
+        validation = true
+        [sink]
+        batch_max_rows = 500
+        batch_max_wait_ms = 250
+        [retention]
+        months = 13
+        "#,
+    )
+    .unwrap();
+    assert_eq!(config.backend, Backend::ClickHouse);
+    assert_eq!(
+        config.clickhouse.compression,
+        tollgate_analytics::ClickHouseCompression::Lz4
+    );
+    assert!(config.clickhouse.validation);
+    assert_eq!(config.clickhouse.database, "tollgate");
+    assert_eq!(config.sink.batch_max_rows, 500);
+    assert_eq!(config.sink.retry_max_ms, 5_000);
+    assert_eq!(config.retention.months, Some(13));
+    assert!(toml::from_str::<AnalyticsConfig>("[sink]\nbatch_size = 1").is_err());
+    let default = AnalyticsConfig::default();
+    assert_eq!(default.backend, Backend::Sqlite);
+    assert!(!default.clickhouse.validation);
+    assert_eq!(
+        default.clickhouse.compression,
+        tollgate_analytics::ClickHouseCompression::None
+    );
+}
