@@ -61,7 +61,7 @@ impl Default for RetentionConfig {
 }
 
 /// The `[analytics]` configuration section.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AnalyticsConfig {
     pub backend: Backend,

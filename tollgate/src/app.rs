@@ -230,12 +230,14 @@ pub async fn build(config: &Config) -> anyhow::Result<Built> {
 pub struct Roles {
     pub proxy: bool,
     pub ledger: bool,
+    pub analytics: bool,
 }
 
 impl Roles {
     pub const ALL: Roles = Roles {
         proxy: true,
         ledger: true,
+        analytics: true,
     };
 }
 
@@ -314,6 +316,42 @@ pub async fn run_roles(
         None
     };
 
+    // The analytics role: the usage sink and the usage API.
+    let mut sink = None;
+    let usage_api = if roles.analytics {
+        let store = tollgate_analytics::open_store(&config.analytics, &built.node.db)
+            .context("opening the usage store")?;
+        let metrics = tollgate_analytics::AnalyticsMetrics::register(
+            &built.gateway.metrics.registry,
+            store.backend(),
+        )?;
+        sink = Some(
+            tollgate_analytics::Sink::new(
+                log.clone(),
+                store.clone(),
+                config.analytics.sink.clone(),
+                metrics,
+            )
+            .spawn(),
+        );
+        if let Some(task) =
+            tollgate_analytics::spawn_retention(store.clone(), config.analytics.retention.clone())
+        {
+            tasks.push(task);
+        }
+        let plane = built.control.clone();
+        let authorizer =
+            tollgate_analytics::TokenAuthorizer::new(admin_token.as_deref(), move |hash: &str| {
+                plane
+                    .snapshot()
+                    .key_by_hash(hash)
+                    .map(|k| k.account_id.clone())
+            });
+        Some(tollgate_analytics::router(store, Arc::new(authorizer)))
+    } else {
+        None
+    };
+
     if roles.proxy {
         built.gateway.admission.catch_up(log.as_ref()).await?;
         tasks.push(
@@ -378,7 +416,25 @@ pub async fn run_roles(
         if let Some(credits) = &credits {
             app = app.merge(tollgate_ledger::api::public_router(credits.clone()));
         }
+        if let Some(usage) = usage_api.clone() {
+            app = app.merge(usage);
+        }
         on_ready(addr, bootstrapped.as_ref().map(|b| b.token.as_str()));
+        result = tollgate_proxy::serve(listener, app, shutdown)
+            .await
+            .map_err(anyhow::Error::from);
+    } else if let (Some(usage), false) = (usage_api.clone(), roles.ledger) {
+        // Analytics alone serves the usage API and its health and metrics.
+        let app = usage.merge(health_router(built.gateway.clone()));
+        let listener = match listener {
+            Some(l) => l,
+            None => TcpListener::bind(config.analytics_api.listen)
+                .await
+                .with_context(|| format!("binding {}", config.analytics_api.listen))?,
+        };
+        let addr = listener.local_addr()?;
+        tracing::info!(listen = %addr, backend = ?config.analytics.backend, "tollgate analytics running");
+        on_ready(addr, None);
         result = tollgate_proxy::serve(listener, app, shutdown)
             .await
             .map_err(anyhow::Error::from);
@@ -413,6 +469,11 @@ pub async fn run_roles(
             Ok(Ok(())) => {}
             Ok(Err(err)) => tracing::error!(error = %err, "the ledger stopped with an error"),
             Err(err) => tracing::error!(error = %err, "the ledger task failed"),
+        }
+    }
+    if let Some(sink) = sink {
+        if let Err(err) = sink.shutdown().await {
+            tracing::error!(error = %err, "the analytics sink stopped with an error");
         }
     }
     for task in tasks {
@@ -488,6 +549,7 @@ pub async fn run_ledger(
         Roles {
             proxy: false,
             ledger: true,
+            analytics: false,
         },
         None,
         shutdown,
@@ -506,6 +568,7 @@ pub async fn run_proxy(
         Roles {
             proxy: true,
             ledger: false,
+            analytics: false,
         },
         None,
         shutdown,
@@ -595,4 +658,32 @@ pub fn print_bootstrap(boot: &Bootstrapped, config: &Config, admin_token_shown: 
          {admin_line}\
          ==========================================================================\n"
     );
+}
+
+/// The analytics role alone (`tollgate analytics`): sink and usage API.
+pub async fn run_analytics(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    run_roles(
+        config,
+        Roles {
+            proxy: false,
+            ledger: false,
+            analytics: true,
+        },
+        None,
+        shutdown,
+        |_, _| {},
+    )
+    .await
+}
+
+/// Apply the usage store's migrations (`tollgate migrate`).
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let db = Database::open(&config.storage.path, config.storage.durability)
+        .with_context(|| format!("opening storage at {}", config.storage.path.display()))?;
+    let store = tollgate_analytics::open_store(&config.analytics, &db)?;
+    tollgate_analytics::migrate(&*store).await?;
+    Ok(())
 }

@@ -25,6 +25,9 @@ pub struct Config {
     pub billing: tollgate_proxy::config::BillingConfig,
     pub ledger: LedgerConfig,
     pub eventlog: EventLogConfig,
+    /// The usage store and sink (`[analytics]`: backend sqlite|clickhouse, …).
+    pub analytics: tollgate_analytics::AnalyticsConfig,
+    pub analytics_api: AnalyticsApiConfig,
     /// Used when `eventlog.backend = "kafka"`.
     pub kafka: tollgate_kafka::KafkaConfig,
     pub bootstrap: BootstrapConfig,
@@ -142,6 +145,22 @@ impl Default for LedgerConfig {
         LedgerConfig {
             tick_interval_ms: 60_000,
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8082)),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnalyticsApiConfig {
+    /// Where `tollgate analytics` (the analytics role alone) serves the usage
+    /// API, /healthz, /readyz and /metrics. Default 127.0.0.1:8083.
+    pub listen: std::net::SocketAddr,
+}
+
+impl Default for AnalyticsApiConfig {
+    fn default() -> Self {
+        AnalyticsApiConfig {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8083)),
         }
     }
 }

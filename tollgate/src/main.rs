@@ -43,6 +43,11 @@ SIGTERM or Ctrl-C stops accepting requests, finishes in-flight ones and makes ev
     /// Run only the ledger role (credits): consumes usage, purchases and
     /// ticks, publishes balances, serves the credits API on `ledger.listen`.
     Ledger,
+    /// Run only the analytics role: the usage sink (SQLite or ClickHouse)
+    /// and the usage API on `analytics_api.listen`.
+    Analytics,
+    /// Apply the usage store's schema migrations (idempotent) and exit.
+    Migrate,
     /// Validate the configuration (file + environment) and print it with secrets redacted.
     CheckConfig,
     /// Manage accounts, access keys, configurations, provider keys, custom
@@ -122,6 +127,21 @@ fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 .build()
                 .context("starting the async runtime")?;
             runtime.block_on(app::run_proxy(config, shutdown_signal()))
+        }
+        Command::Analytics => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(app::run_analytics(config, shutdown_signal()))
+        }
+        Command::Migrate => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(app::migrate(&config))?;
+            eprintln!("migrations applied");
+            Ok(())
         }
         Command::Ledger => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
