@@ -22,31 +22,40 @@ struct AccountCredit {
     balance: Usd,
     known: bool,
     reserved: Usd,
-    /// seq → (max cost, when reserved)
-    reservations: BTreeMap<u64, (Usd, Instant)>,
+    /// Requests still running: reservation id → (max cost, when reserved).
+    running: HashMap<u64, (Usd, Instant)>,
+    /// Requests whose usage event was emitted: event sequence → (max cost,
+    /// when reserved). Released once the ledger has applied that sequence.
+    emitted: BTreeMap<u64, (Usd, Instant)>,
 }
 
 impl AccountCredit {
     fn release_through(&mut self, seq: u64) {
-        let kept = self.reservations.split_off(&(seq + 1));
-        for (cost, _) in self.reservations.values() {
+        let kept = self.emitted.split_off(&(seq + 1));
+        for (cost, _) in self.emitted.values() {
             self.reserved -= *cost;
         }
-        self.reservations = kept;
+        self.emitted = kept;
     }
 
     fn release_stale(&mut self, now: Instant) {
-        let stale: Vec<u64> = self
-            .reservations
-            .iter()
-            .filter(|(_, (_, at))| now.duration_since(*at) > RESERVATION_TTL)
-            .map(|(seq, _)| *seq)
-            .collect();
-        for seq in stale {
-            if let Some((cost, _)) = self.reservations.remove(&seq) {
-                self.reserved -= cost;
+        let stale = |at: &Instant| now.duration_since(*at) > RESERVATION_TTL;
+        let mut freed = Usd::ZERO;
+        self.running.retain(|_, (cost, at)| {
+            let keep = !stale(at);
+            if !keep {
+                freed += *cost;
             }
-        }
+            keep
+        });
+        self.emitted.retain(|_, (cost, at)| {
+            let keep = !stale(at);
+            if !keep {
+                freed += *cost;
+            }
+            keep
+        });
+        self.reserved -= freed;
     }
 }
 
@@ -75,8 +84,14 @@ impl Admission {
         }
     }
 
-    /// Admit and reserve `max_cost` under `seq`, or refuse.
-    pub fn admit(&self, account: &AccountId, seq: u64, max_cost: Usd) -> Result<(), Insufficient> {
+    /// Admit and reserve `max_cost` for a request (`reservation` is unique
+    /// per request in this instance), or refuse.
+    pub fn admit(
+        &self,
+        account: &AccountId,
+        reservation: u64,
+        max_cost: Usd,
+    ) -> Result<(), Insufficient> {
         if !self.enforce {
             return Ok(());
         }
@@ -88,8 +103,26 @@ impl Admission {
             return Err(Insufficient { available });
         }
         credit.reserved += max_cost;
-        credit.reservations.insert(seq, (max_cost, Instant::now()));
+        credit
+            .running
+            .insert(reservation, (max_cost, Instant::now()));
         Ok(())
+    }
+
+    /// The request's usage event was emitted with sequence `seq`: from now on
+    /// a balance update covering `seq` releases its reservation. (Sequences
+    /// are assigned in the order events enter the log, so a later request
+    /// finishing first cannot release an earlier one still running.)
+    pub fn emitted(&self, account: &AccountId, reservation: u64, seq: u64) {
+        if !self.enforce {
+            return;
+        }
+        let mut accounts = self.accounts.lock();
+        if let Some(credit) = accounts.get_mut(account) {
+            if let Some(held) = credit.running.remove(&reservation) {
+                credit.emitted.insert(seq, held);
+            }
+        }
     }
 
     /// Last known balance and this instance's outstanding reservations.
@@ -201,10 +234,20 @@ mod tests {
         );
         let refused = admission.admit(&account, 3, usd("0.60")).unwrap_err();
         assert_eq!(refused.available, usd("-0.20"));
-        // The ledger applied request 1 (actual cost 0.10): its reservation goes.
+        // Request 2 ends first (event seq 1); request 1 is still running.
+        admission.emitted(&account, 2, 1);
         admission.apply(&update("0.90", &[("gw_1", 1), ("gw_other", 99)]));
-        assert_eq!(admission.credit(&account), Some((usd("0.90"), usd("0.60"))));
+        assert_eq!(
+            admission.credit(&account),
+            Some((usd("0.90"), usd("0.60"))),
+            "the running request keeps its reservation"
+        );
         assert!(admission.admit(&account, 4, usd("0.60")).is_ok());
+        assert!(admission.admit(&account, 5, usd("0.60")).is_err());
+        // Request 1 ends (seq 2) and the ledger applies it.
+        admission.emitted(&account, 1, 2);
+        admission.apply(&update("0.80", &[("gw_1", 2)]));
+        assert_eq!(admission.credit(&account), Some((usd("0.80"), usd("0.60"))));
     }
 
     #[test]

@@ -439,10 +439,11 @@ async fn run(
     let max_cost = max_cost(&candidates, &request);
     gateway
         .admission
-        .admit(&caller.account_id, meter.instance_seq, max_cost)
+        .admit(&caller.account_id, meter.request_seq, max_cost)
         .map_err(|refused| ProxyError::InsufficientCredits {
             available: refused.available.to_string(),
         })?;
+    meter.reserved = gateway.admission.enforce;
 
     let deadline = started + Duration::from_millis(routing.total_timeout_ms);
     let attempt_timeout = Duration::from_millis(routing.attempt_timeout_ms);

@@ -150,7 +150,12 @@ pub struct Gateway {
     /// Identifies this gateway process in usage events (with a sequence
     /// number per event) so balance updates can say what they include.
     pub instance_id: String,
+    /// Next usage-event sequence number (assigned at emission).
     pub next_seq: std::sync::atomic::AtomicU64,
+    /// Next request number (credit reservation ids).
+    pub next_request: std::sync::atomic::AtomicU64,
+    /// Held while numbering an event and queueing it, so numbers follow log order.
+    pub emit_order: Mutex<()>,
     /// When this instance last recorded each key's use on the control log.
     last_used_recorded: Mutex<HashMap<AccessKeyId, Instant>>,
 }
@@ -269,6 +274,8 @@ impl Gateway {
             limiter: RateLimiter::default(),
             instance_id,
             next_seq: std::sync::atomic::AtomicU64::new(1),
+            next_request: std::sync::atomic::AtomicU64::new(1),
+            emit_order: Mutex::new(()),
             last_used_recorded: Mutex::new(HashMap::new()),
         }))
     }

@@ -19,8 +19,11 @@ use tollgate_core::{
 pub struct RequestMeter {
     gateway: Arc<Gateway>,
     pub event_id: EventId,
-    /// This request's sequence number within the gateway instance.
-    pub instance_seq: u64,
+    /// This request's number within the gateway instance (its credit
+    /// reservation's id); the event's sequence is assigned at emission.
+    pub request_seq: u64,
+    /// Whether admission reserved credit for this request.
+    pub reserved: bool,
     started: Instant,
     started_at: DateTime<Utc>,
     account_id: AccountId,
@@ -63,13 +66,14 @@ impl RequestMeter {
         client_api: ApiSurface,
     ) -> Self {
         gateway.metrics.in_flight.inc();
-        let instance_seq = gateway
-            .next_seq
+        let request_seq = gateway
+            .next_request
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         RequestMeter {
             gateway,
             event_id: EventId::generate(),
-            instance_seq,
+            request_seq,
+            reserved: false,
             started,
             started_at: Utc::now(),
             account_id,
@@ -193,7 +197,8 @@ impl RequestMeter {
         RequestMeter {
             gateway: self.gateway.clone(),
             event_id: self.event_id,
-            instance_seq: self.instance_seq,
+            request_seq: self.request_seq,
+            reserved: self.reserved,
             started: self.started,
             started_at: self.started_at,
             account_id: self.account_id.clone(),
@@ -318,11 +323,12 @@ impl RequestMeter {
             attempts: self.attempts,
             client_disconnected,
             instance_id: Some(self.gateway.instance_id.clone()),
-            instance_seq: Some(self.instance_seq),
+            instance_seq: None,
         };
         self.output_text = String::new();
         self.request = None;
-        emit(&self.gateway, event);
+        let reservation = self.reserved.then_some(self.request_seq);
+        emit(&self.gateway, event, reservation);
     }
 }
 
@@ -366,7 +372,19 @@ impl Drop for RequestMeter {
 
 /// Hand the event to the log without blocking the response; if the queue is
 /// full, wait for room on a background task rather than drop it.
-fn emit(gateway: &Arc<Gateway>, event: UsageEvent) {
+fn emit(gateway: &Arc<Gateway>, mut event: UsageEvent, reservation: Option<u64>) {
+    // Sequence numbers follow the order events enter the log, so a balance
+    // update that covers sequence N covers every event emitted before it.
+    let _order = gateway.emit_order.lock();
+    let seq = gateway
+        .next_seq
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    event.instance_seq = Some(seq);
+    if let Some(reservation) = reservation {
+        gateway
+            .admission
+            .emitted(&event.account_id, reservation, seq);
+    }
     let key = event.account_id.to_string();
     let payload = match serde_json::to_vec(&Envelope::usage(event)) {
         Ok(p) => p,
