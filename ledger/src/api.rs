@@ -479,8 +479,39 @@ async fn record_purchase(
         ));
     }
     let key = idempotency_key(&body)?;
+    let purchase_id = derived_id("pur", &account, &key);
+    // A retry must not change what was bought: same key, same amount.
+    if let Some(lot) = api
+        .ledger
+        .account_state(&account)
+        .and_then(|state| state.lots.into_iter().find(|l| l.lot_id == purchase_id))
+    {
+        if lot.amount != amount {
+            return Err(ApiError {
+                status: StatusCode::CONFLICT,
+                kind: "conflict",
+                param: Some("idempotency_key"),
+                message: format!(
+                    "idempotency key `{key}` was already used for a purchase of {}",
+                    lot.amount
+                ),
+            });
+        }
+        // Same answer as the first time (202), marked as already applied.
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "purchase_id": purchase_id,
+                "account_id": account,
+                "amount": lot.amount,
+                "idempotency_key": key,
+                "purchased_at": lot.purchased_at,
+                "status": "already_applied",
+            })),
+        ));
+    }
     let purchase = Purchase {
-        purchase_id: derived_id("pur", &account, &key),
+        purchase_id,
         account_id: account.clone(),
         amount,
         idempotency_key: key,

@@ -671,6 +671,26 @@ async fn purchases_are_validated_applied_once_and_expire_after_365_days() {
     assert_eq!(purchases.len(), 2, "{purchases:?}");
     assert_eq!(purchases[0]["source_id"], first["purchase_id"]);
     assert_eq!(usd_of(&purchases[0]["amount"]), usd("25"));
+    // Once applied, a retry with the same key but another amount is a conflict.
+    let (status, body) = tg
+        .admin_post(
+            &path,
+            json!({"amount": "30.00", "idempotency_key": "order-1"}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["param"], "idempotency_key");
+    let (status, body) = tg
+        .admin_post(
+            &path,
+            json!({"amount": "25.00", "idempotency_key": "order-1"}),
+        )
+        .await;
+    assert_eq!(
+        status, 202,
+        "an exact retry is answered as already applied: {body}"
+    );
+    assert_eq!(body["status"], "already_applied");
     let lots = tg.lots(&account).await;
     assert_eq!(lots.len(), 2, "{lots:?}");
     let lot = lots
