@@ -34,10 +34,19 @@ pub struct ChildArgs {
     /// Worker threads of the gateway's runtime (default: one per core, as `tollgate serve`).
     #[arg(long)]
     worker_threads: Option<usize>,
+    /// Use the Kafka event log at these brokers (comma-separated) instead of
+    /// the embedded one.
+    #[arg(long)]
+    kafka_brokers: Option<String>,
 }
 
-fn child_config(upstream: &str, data_dir: &Path) -> Config {
+fn child_config(upstream: &str, data_dir: &Path, kafka_brokers: Option<&str>) -> Config {
     let mut config = Config::default();
+    if let Some(brokers) = kafka_brokers {
+        config.eventlog.backend = tollgate::config::EventLogBackend::Kafka;
+        config.kafka.brokers = brokers.split(',').map(str::to_owned).collect();
+        config.kafka.spool_path = data_dir.join("kafka-spool.db");
+    }
     config.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.storage.path = data_dir.join("tollgate.db");
     config.log.level = "warn".into();
@@ -58,7 +67,11 @@ fn child_config(upstream: &str, data_dir: &Path) -> Config {
 
 /// Entry point of `tollgate-bench gateway-child`.
 pub fn run_child(args: ChildArgs) -> anyhow::Result<()> {
-    let config = child_config(&args.upstream, &args.data_dir);
+    let config = child_config(
+        &args.upstream,
+        &args.data_dir,
+        args.kafka_brokers.as_deref(),
+    );
     // As `tollgate serve` (text logs on stderr), at warn so the table stays readable;
     // the request path logs nothing below warn anyway.
     tracing_subscriber::fmt()
@@ -85,6 +98,8 @@ async fn serve_child(config: Config) -> anyhow::Result<()> {
     });
     let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
     let storage = config.storage.clone();
+    let eventlog = config.eventlog.clone();
+    let kafka = config.kafka.clone();
     app::serve_on(
         config,
         listener,
@@ -98,9 +113,22 @@ async fn serve_child(config: Config) -> anyhow::Result<()> {
         },
     )
     .await?;
-    let db = tollgate_store::Database::open(&storage.path, storage.durability)?;
-    let events = tollgate_store::SqliteEventLog::open(&db, Default::default())?;
-    let stored = usage_events(&events).await?;
+    let stored = match eventlog.backend {
+        tollgate::config::EventLogBackend::Embedded => {
+            let db = tollgate_store::Database::open(&storage.path, storage.durability)?;
+            let events = tollgate_store::SqliteEventLog::open(&db, Default::default())?;
+            usage_events(&events).await?
+        }
+        tollgate::config::EventLogBackend::Kafka => {
+            // Count what reached Kafka, through a reader with its own spool.
+            let mut reader_config = kafka.clone();
+            reader_config.spool_path = storage.path.with_file_name("count-spool.db");
+            let log = tollgate_kafka::KafkaEventLog::connect(reader_config).await?;
+            let count = usage_events(&log).await?;
+            log.close(Duration::from_secs(5)).await?;
+            count
+        }
+    };
     let mut out = std::io::stdout().lock();
     writeln!(out, "EVENTS {stored}")?;
     out.flush()?;
@@ -108,14 +136,25 @@ async fn serve_child(config: Config) -> anyhow::Result<()> {
 }
 
 /// Usage events in the log (the log also holds control changes, ticks, …).
-async fn usage_events(log: &tollgate_store::SqliteEventLog) -> anyhow::Result<u64> {
+async fn usage_events(log: &dyn EventLog) -> anyhow::Result<u64> {
     let mut count = 0;
-    let mut from = 0;
-    loop {
-        let batch = log.read(topics::ACCOUNT_EVENTS, 0, from, 50_000).await?;
-        let Some(last) = batch.last() else { break };
-        from = last.offset + 1;
-        count += batch
+    for partition in 0..log.partitions(topics::ACCOUNT_EVENTS).await? {
+        let mut from = 0;
+        loop {
+            let batch = log
+                .read(topics::ACCOUNT_EVENTS, partition, from, 50_000)
+                .await?;
+            let Some(last) = batch.last() else { break };
+            from = last.offset + 1;
+            count += count_usage(&batch);
+        }
+    }
+    Ok(count)
+}
+
+fn count_usage(batch: &[tollgate_core::StoredRecord]) -> u64 {
+    {
+        batch
             .iter()
             .filter(|r| {
                 matches!(
@@ -123,9 +162,8 @@ async fn usage_events(log: &tollgate_store::SqliteEventLog) -> anyhow::Result<u6
                     Ok(tollgate_core::EventBody::Usage(_))
                 )
             })
-            .count() as u64;
+            .count() as u64
     }
-    Ok(count)
 }
 
 /// The parent's handle on a running gateway child.
@@ -139,7 +177,11 @@ pub struct GatewayChild {
 }
 
 impl GatewayChild {
-    pub fn spawn(upstream: &str, worker_threads: Option<usize>) -> anyhow::Result<GatewayChild> {
+    pub fn spawn(
+        upstream: &str,
+        worker_threads: Option<usize>,
+        kafka_brokers: Option<&str>,
+    ) -> anyhow::Result<GatewayChild> {
         let dir = tempfile::tempdir()?;
         let exe = std::env::current_exe()?;
         let mut command = Command::new(exe);
@@ -154,6 +196,9 @@ impl GatewayChild {
             .stderr(Stdio::inherit());
         if let Some(n) = worker_threads {
             command.arg("--worker-threads").arg(n.to_string());
+        }
+        if let Some(brokers) = kafka_brokers {
+            command.arg("--kafka-brokers").arg(brokers);
         }
         let mut child = command.spawn().context("starting the gateway child")?;
         let stdin = child.stdin.take();

@@ -68,6 +68,10 @@ struct Cli {
     /// Worker threads of the gateway's runtime (default: one per core, as `tollgate serve`).
     #[arg(long)]
     gateway_threads: Option<usize>,
+    /// The gateway's event log: `embedded` (SQLite) or `kafka` (librdkafka's
+    /// mock cluster in this process). Compare two runs for Kafka on vs off.
+    #[arg(long, default_value = "embedded")]
+    eventlog: String,
     /// Pin the load generator's thread to these CPUs (a `taskset` list such
     /// as `0`). Default: the OS places it. On small VMs a cross-CPU wake-up
     /// can cost milliseconds, so where the OS puts each thread swings c=1
@@ -113,7 +117,13 @@ fn main() -> ExitCode {
     let mut cli = Cli::parse();
     let result = match cli.command.take() {
         Some(Cmd::GatewayChild(args)) => child::run_child(args),
-        None => run(&cli),
+        None => match cli.eventlog.as_str() {
+            "embedded" => run(&cli),
+            "kafka" => start_kafka_mock().and_then(|_mock| run(&cli)),
+            other => Err(anyhow::anyhow!(
+                "--eventlog must be embedded or kafka, not `{other}`"
+            )),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -334,7 +344,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
 }
 
 fn spawn_gateway(cli: &Cli, upstream: &str) -> anyhow::Result<GatewayChild> {
-    let gateway = GatewayChild::spawn(upstream, cli.gateway_threads)?;
+    let gateway = GatewayChild::spawn(upstream, cli.gateway_threads, kafka_brokers())?;
     if let Some(cpus) = &cli.pin_gateway {
         cpu::pin(gateway.pid(), cpus, true)?;
     }
@@ -461,8 +471,12 @@ fn print_context(cli: &Cli, duration: Duration, warmup: Duration) {
     );
     println!(
         "gateway      : built as `tollgate serve` does (tollgate::app::build): access-key auth \
-         (bootstrap key), metering, usage events into embedded SQLite (WAL, durability=normal) in \
-         a temp dir, control plane tailed every {} ms, ledger and credit admission on",
+         (bootstrap key), metering, usage events into the {} event log, control plane tailed \
+         every {} ms, ledger and credit admission on",
+        match kafka_brokers() {
+            Some(_) => "Kafka (librdkafka mock cluster; local spool first)",
+            None => "embedded SQLite (WAL, durability=normal, temp dir)",
+        },
         tollgate::app::CONTROL_TAIL_INTERVAL.as_millis()
     );
     println!(
@@ -825,4 +839,25 @@ fn memory(
         );
     }
     Ok(())
+}
+
+/// With `--eventlog kafka`: the bootstrap servers of librdkafka's mock
+/// cluster, which lives in this process (in `main`) for the whole run.
+static KAFKA_BROKERS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn kafka_brokers() -> Option<&'static str> {
+    KAFKA_BROKERS.get().map(String::as_str)
+}
+
+type MockKafka = rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>;
+
+/// A mock cluster holding Tollgate's topics; the gateway child produces to
+/// it over TCP.
+fn start_kafka_mock() -> anyhow::Result<MockKafka> {
+    let mock = rdkafka::mocking::MockCluster::new(1)?;
+    mock.create_topic("tollgate.account-events", 12, 1)?;
+    mock.create_topic("tollgate.control", 1, 1)?;
+    mock.create_topic("tollgate.balances", 12, 1)?;
+    let _ = KAFKA_BROKERS.set(mock.bootstrap_servers());
+    Ok(mock)
 }
