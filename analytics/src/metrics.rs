@@ -68,6 +68,14 @@ impl AnalyticsMetrics {
             "tollgate_analytics_consumer_lag_seconds",
             "Age of the newest event the analytics sink has stored; 0 when caught up",
         )))?;
+        // Known label values start at 0, so every series exists (and
+        // rate() works) before the first failure.
+        for kind in ["transient", "bad_data"] {
+            insert_failures.with_label_values(&[kind]);
+        }
+        for reason in ["undecodable", "rejected"] {
+            events_skipped.with_label_values(&[reason]);
+        }
         registry.register(Box::new(rows_inserted.clone()))?;
         registry.register(Box::new(batch_rows.clone()))?;
         registry.register(Box::new(insert_duration.clone()))?;

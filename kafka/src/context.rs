@@ -24,6 +24,14 @@ pub(crate) fn log(level: RDKafkaLogLevel, facility: &str, message: &str) {
 }
 
 pub(crate) fn error(error: &KafkaError, reason: &str) {
+    // Readers ask for end-of-partition events (`enable.partition.eof`) and
+    // handle them; librdkafka also hands each one to this callback.
+    if matches!(error, KafkaError::PartitionEOF(_))
+        || error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+    {
+        tracing::trace!(target: "librdkafka", "{reason}");
+        return;
+    }
     let fatal = matches!(
         error.rdkafka_error_code(),
         Some(rdkafka::types::RDKafkaErrorCode::Fatal)

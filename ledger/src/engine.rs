@@ -85,6 +85,17 @@ pub enum EntryKind {
 }
 
 impl EntryKind {
+    /// Every kind (metrics start each at zero).
+    pub const ALL: [EntryKind; 7] = [
+        EntryKind::Purchase,
+        EntryKind::Usage,
+        EntryKind::Expiry,
+        EntryKind::Refund,
+        EntryKind::GoodwillCredit,
+        EntryKind::ManualDebit,
+        EntryKind::AdjustmentRejected,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             EntryKind::Purchase => "purchase",
@@ -98,17 +109,7 @@ impl EntryKind {
     }
 
     pub fn parse(text: &str) -> Option<EntryKind> {
-        [
-            EntryKind::Purchase,
-            EntryKind::Usage,
-            EntryKind::Expiry,
-            EntryKind::Refund,
-            EntryKind::GoodwillCredit,
-            EntryKind::ManualDebit,
-            EntryKind::AdjustmentRejected,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == text)
+        EntryKind::ALL.into_iter().find(|k| k.as_str() == text)
     }
 }
 

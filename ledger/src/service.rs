@@ -7,11 +7,12 @@ use crate::store;
 use crate::LedgerError;
 use chrono::Utc;
 use parking_lot::Mutex;
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Gauge, GaugeVec, IntCounter, IntCounterVec, Opts, Registry};
 use rusqlite::Connection;
+use rust_decimal::prelude::ToPrimitive;
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tollgate_core::billing::{BalanceUpdate, Tick};
 use tollgate_core::eventlog::topics;
 use tollgate_core::{AccountId, Batch, Envelope, EventBody, EventLog, LogRecord, PositionSource};
@@ -20,6 +21,11 @@ use tollgate_store::Database;
 pub const CONSUMER_GROUP: &str = "tollgate-ledger";
 const BATCH_MAX: usize = 5_000;
 const BATCH_WAIT: Duration = Duration::from_millis(200);
+/// How often every account's display gauges are recomputed (credit moves
+/// into the 30-day expiry window with time alone, without any event).
+const GAUGE_REFRESH: Duration = Duration::from_secs(60);
+/// The horizon of `tollgate_ledger_credits_expiring_30d_usd`.
+const EXPIRING_DAYS: i64 = 30;
 /// WAL pages after which the ledger's own commits checkpoint (SQLite's default is 1,000).
 const WAL_AUTOCHECKPOINT_PAGES: i64 = 10_000;
 
@@ -28,7 +34,14 @@ pub struct LedgerMetrics {
     pub entries: IntCounterVec,
     pub duplicates: IntCounter,
     pub unreadable: IntCounter,
-    pub lag: IntGauge,
+    /// Age of the newest record applied (log append time to now).
+    pub lag: Gauge,
+    /// `tollgate_ledger_balance_usd{account_id}`: for dashboards only (f64);
+    /// billing never reads it (the ledger's decimals are the truth).
+    pub balance: GaugeVec,
+    /// `tollgate_ledger_credits_expiring_30d_usd{account_id}`: unexpired
+    /// credit in lots expiring within 30 days; display only, like `balance`.
+    pub expiring_30d: GaugeVec,
 }
 
 impl LedgerMetrics {
@@ -49,20 +62,42 @@ impl LedgerMetrics {
             "tollgate_ledger_unreadable_records_total",
             "Log records the ledger could not decode (skipped, logged).",
         )?;
-        let lag = IntGauge::new(
-            "tollgate_ledger_consumer_lag_records",
-            "Records on the account-events topic not yet applied.",
+        let lag = Gauge::new(
+            "tollgate_ledger_consumer_lag_seconds",
+            "Age of the newest account-events record the ledger has applied (0 when idle and caught up).",
         )?;
+        let balance = GaugeVec::new(
+            Opts::new(
+                "tollgate_ledger_balance_usd",
+                "Account balance in USD (unexpired credit minus debt), for display: billing uses exact decimals, never this gauge.",
+            ),
+            &["account_id"],
+        )?;
+        let expiring_30d = GaugeVec::new(
+            Opts::new(
+                "tollgate_ledger_credits_expiring_30d_usd",
+                "Unexpired credit in USD in lots that expire within the next 30 days, for display only.",
+            ),
+            &["account_id"],
+        )?;
+        // Every entry kind starts at 0, so rates work from the first entry.
+        for kind in crate::engine::EntryKind::ALL {
+            entries.with_label_values(&[kind.as_str()]);
+        }
         registry.register(Box::new(entries.clone()))?;
         registry.register(Box::new(duplicates.clone()))?;
         registry.register(Box::new(unreadable.clone()))?;
         registry.register(Box::new(lag.clone()))?;
+        registry.register(Box::new(balance.clone()))?;
+        registry.register(Box::new(expiring_30d.clone()))?;
         Ok(LedgerMetrics {
             registry,
             entries,
             duplicates,
             unreadable,
             lag,
+            balance,
+            expiring_30d,
         })
     }
 }
@@ -156,25 +191,42 @@ impl LedgerService {
         let topic = topics::ACCOUNT_EVENTS;
         let positions = Arc::new(StoredPositions(self.db.clone()));
         let mut subscription = self.log.subscribe(topic, CONSUMER_GROUP, positions).await?;
+        let mut gauges_refreshed = Instant::now();
         loop {
             if *shutdown.borrow() {
                 break;
+            }
+            if gauges_refreshed.elapsed() >= GAUGE_REFRESH {
+                self.refresh_all_gauges();
+                gauges_refreshed = Instant::now();
             }
             let batch = tokio::select! {
                 batch = subscription.next_batch(BATCH_MAX, BATCH_WAIT) => batch?,
                 _ = shutdown.changed() => continue,
             };
-            let Some(batch) = batch else { continue };
+            let Some(batch) = batch else {
+                self.metrics.lag.set(0.0);
+                continue;
+            };
             let partition = batch.partition;
             let next = batch.records.last().map_or(0, |r| r.offset + 1);
+            let newest_ms = batch
+                .records
+                .iter()
+                .map(|r| r.timestamp_ms)
+                .max()
+                .unwrap_or(0);
             let service = self.clone();
             let updates = tokio::task::spawn_blocking(move || service.apply_batch(topic, &batch))
                 .await
                 .map_err(|e| LedgerError::Join(e.to_string()))??;
+            let age_ms = (Utc::now().timestamp_millis() - newest_ms).max(0);
+            self.metrics.lag.set(age_ms as f64 / 1000.0);
             // The effect is durable; the group commit is for lag monitoring.
             if let Err(err) = subscription.commit(partition, next).await {
                 tracing::warn!(error = %err, "ledger offset commit failed (position is kept in the ledger's own state)");
             }
+            self.update_gauges(updates.iter().map(|u| &u.account_id));
             self.publish(updates).await;
         }
         Ok(())
@@ -219,7 +271,55 @@ impl LedgerService {
 
     pub async fn publish_all(&self) {
         let all = self.all_balances();
+        self.refresh_all_gauges();
         self.publish(all).await;
+    }
+
+    /// Set the display gauges (balance, credit expiring within 30 days) of
+    /// `accounts` from the in-memory state. f64 for dashboards only.
+    pub fn update_gauges<'a>(&self, accounts: impl IntoIterator<Item = &'a AccountId>) {
+        let state = self.state.lock();
+        let horizon = Utc::now() + chrono::Duration::days(EXPIRING_DAYS);
+        for id in accounts {
+            if let Some(account) = state.accounts.get(id) {
+                self.set_gauges(id, account, horizon);
+            }
+        }
+    }
+
+    /// Recompute every account's display gauges.
+    pub fn refresh_all_gauges(&self) {
+        let state = self.state.lock();
+        let horizon = Utc::now() + chrono::Duration::days(EXPIRING_DAYS);
+        for (id, account) in &state.accounts {
+            self.set_gauges(id, account, horizon);
+        }
+    }
+
+    fn set_gauges(
+        &self,
+        id: &AccountId,
+        account: &crate::engine::AccountState,
+        horizon: chrono::DateTime<Utc>,
+    ) {
+        let expiring: tollgate_core::Usd = account
+            .lots
+            .iter()
+            .filter(|l| {
+                !l.expired && l.remaining > tollgate_core::Usd::ZERO && l.expires_at <= horizon
+            })
+            .map(|l| l.remaining)
+            .sum();
+        let f = |usd: tollgate_core::Usd| usd.amount().to_f64().unwrap_or(f64::NAN);
+        let label = [id.as_str()];
+        self.metrics
+            .balance
+            .with_label_values(&label)
+            .set(f(account.balance()));
+        self.metrics
+            .expiring_30d
+            .with_label_values(&label)
+            .set(f(expiring));
     }
 
     /// Write a tick into the log every `every` (embedded: one partition).

@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """Run Tollgate analytics SQL through chdb (an in-process, current ClickHouse).
 
-Driven by analytics/tests/chdb.rs: reads {"steps": [...]} as JSON on stdin, where
+Driven by analytics/tests/chdb.rs and dashboards.rs: reads {"steps": [...]} as JSON on stdin, where
 a step is {"use": database} (create it if needed and switch to it) or {"sql": ...,
-"fetch": bool}; runs them in order in one chdb session and prints {"results":
-[rows-or-null, ...]} (one entry per step) as JSON on stdout. Any
+"fetch": bool, "format": optional output format}; runs them in order in one chdb
+session and prints {"results": [rows-or-text-or-null, ...]} (one entry per step)
+as JSON on stdout: fetched rows as objects (JSONEachRow), or, for a step naming a
+"format" (analytics/tests/dashboards.rs asks for TabSeparatedWithNamesAndTypes),
+the output text as it is. Any
 failure -- chdb missing included -- exits non-zero with the reason on stderr,
 so the Rust test fails rather than skips.
 """
@@ -31,6 +34,8 @@ def main() -> int:
                 session.query(f"CREATE DATABASE IF NOT EXISTS `{step['use']}`")
                 session.query(f"USE `{step['use']}`")
                 results.append(None)
+            elif step.get("format"):
+                results.append(str(session.query(sql, step["format"])))
             elif step.get("fetch"):
                 text = str(session.query(sql, "JSONEachRow"))
                 results.append([json.loads(line) for line in text.splitlines() if line.strip()])

@@ -285,6 +285,9 @@ impl Config {
                 *key = "<redacted>".into();
             }
         }
+        if let Some(password) = &mut copy.analytics.clickhouse.password {
+            *password = "<redacted>".into();
+        }
         toml::to_string_pretty(&copy).unwrap_or_default()
     }
 }
@@ -388,6 +391,16 @@ mod tests {
         assert_eq!(config.providers["anthropic"].api_keys, vec!["a1", "a2"]);
         assert_eq!(config.providers["groq"].api_keys, vec!["gk"]);
         assert!(!config.redacted_toml().contains("sk-env"));
+        let config = Config::load_from(
+            None,
+            env(&[("TOLLGATE__ANALYTICS__CLICKHOUSE__PASSWORD", "ch-secret")]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.analytics.clickhouse.password.as_deref(),
+            Some("ch-secret")
+        );
+        assert!(!config.redacted_toml().contains("ch-secret"));
     }
 
     #[test]

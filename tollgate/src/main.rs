@@ -112,29 +112,28 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// How long the exit waits for blocking calls still running once a role has
+/// stopped: by then everything durable is done, and what is left are reads
+/// whose answers nobody waits for (a Kafka metadata request on a dead
+/// connection is bounded only by its own timeout, a minute by default).
+const EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Run a long-lived role on a multi-threaded runtime until it stops.
+fn run_role(role: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(role);
+    runtime.shutdown_timeout(EXIT_GRACE);
+    result
+}
+
 fn run(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
-        Command::Serve => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?;
-            runtime.block_on(app::serve(config, shutdown_signal()))
-        }
-        Command::Proxy => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?;
-            runtime.block_on(app::run_proxy(config, shutdown_signal()))
-        }
-        Command::Analytics => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?;
-            runtime.block_on(app::run_analytics(config, shutdown_signal()))
-        }
+        Command::Serve => run_role(app::serve(config, shutdown_signal())),
+        Command::Proxy => run_role(app::run_proxy(config, shutdown_signal())),
+        Command::Analytics => run_role(app::run_analytics(config, shutdown_signal())),
         Command::Migrate => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -143,13 +142,7 @@ fn run(command: Command, config: Config) -> anyhow::Result<()> {
             eprintln!("migrations applied");
             Ok(())
         }
-        Command::Ledger => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?;
-            runtime.block_on(app::run_ledger(config, shutdown_signal()))
-        }
+        Command::Ledger => run_role(app::run_ledger(config, shutdown_signal())),
         Command::CheckConfig => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -100,7 +100,11 @@ pub fn event(
         ttft_us,
         upstream_latency_us: None,
         status,
-        error_kind: (status >= 400).then(|| "upstream_failed".to_owned()),
+        error_kind: match status {
+            402 => Some("insufficient_credits".to_owned()),
+            400.. => Some("upstream_failed".to_owned()),
+            _ => None,
+        },
         attempts: 1,
         client_disconnected: status == 499,
         instance_id: None,
@@ -112,7 +116,8 @@ pub const ACCT_A: &str = "acct_a";
 pub const ACCT_B: &str = "acct_b";
 
 /// The one fixed contract dataset: 240 generated requests of account A
-/// (two keys, three providers, successes and 4xx/5xx, operator and BYOK,
+/// (two keys, three providers, successes and 4xx/5xx — ten of them 402
+/// `insufficient_credits` refusals — operator and BYOK,
 /// spanning a day and a month boundary) and 3 hand-written ones of
 /// account B whose sums are checked as literals.
 pub fn dataset() -> Vec<UsageEvent> {
@@ -154,6 +159,11 @@ pub fn dataset() -> Vec<UsageEvent> {
             status = 502;
         } else if i % 19 == 0 {
             status = 499;
+        } else if i % 23 == 0 {
+            // Refused for want of credit before any upstream was tried.
+            provider = None;
+            credential = None;
+            status = 402;
         }
         let anthropic = provider == Some("anthropic");
         let tokens = if status == 200 || status == 499 {
