@@ -47,6 +47,10 @@ pub struct KafkaEventLog {
     engine: Arc<Engine>,
 }
 
+/// How long a topic's partition count is reused before asking again
+/// (partitions are only ever added, and rarely).
+const PARTITION_COUNT_TTL: Duration = Duration::from_secs(30);
+
 struct Engine {
     config: Arc<KafkaConfig>,
     spool_path: PathBuf,
@@ -59,6 +63,9 @@ struct Engine {
     produced_ends: ProducedEnds,
     meta: Arc<BaseConsumer<LogContext>>,
     readers: Mutex<HashMap<(String, u32), ReaderSlot>>,
+    /// Partition counts by logical topic, with when they were fetched:
+    /// tailers ask every 100 ms, and a metadata request each time is waste.
+    partition_counts: Mutex<HashMap<String, (u32, std::time::Instant)>>,
     direct: OnceCell<FutureProducer<LogContext>>,
     max_record: usize,
     done: Vec<watch::Receiver<bool>>,
@@ -230,6 +237,7 @@ impl KafkaEventLog {
             produced_ends,
             meta,
             readers: Mutex::new(HashMap::new()),
+            partition_counts: Mutex::new(HashMap::new()),
             direct: OnceCell::new(),
             done: vec![writer_done, fwd_done],
         })
@@ -508,7 +516,17 @@ impl EventLog for KafkaEventLog {
     }
 
     async fn partitions(&self, topic: &str) -> Result<u32, EventLogError> {
-        Ok(self.partition_count(topic).await?)
+        if let Some((count, at)) = self.engine.partition_counts.lock().get(topic) {
+            if at.elapsed() < PARTITION_COUNT_TTL {
+                return Ok(*count);
+            }
+        }
+        let count = self.partition_count(topic).await?;
+        self.engine
+            .partition_counts
+            .lock()
+            .insert(topic.to_owned(), (count, std::time::Instant::now()));
+        Ok(count)
     }
 
     async fn subscribe(
