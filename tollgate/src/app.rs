@@ -239,6 +239,33 @@ impl Roles {
         ledger: true,
         analytics: true,
     };
+    /// `tollgate proxy`: gateway and admin API.
+    pub const PROXY: Roles = Roles {
+        proxy: true,
+        ledger: false,
+        analytics: false,
+    };
+    /// `tollgate ledger`: the ledger, credits API, health and metrics.
+    pub const LEDGER: Roles = Roles {
+        proxy: false,
+        ledger: true,
+        analytics: false,
+    };
+    /// `tollgate analytics`: the usage sink and usage API.
+    pub const ANALYTICS: Roles = Roles {
+        proxy: false,
+        ledger: false,
+        analytics: true,
+    };
+}
+
+/// Run `roles` alone on their configured listener until `shutdown`.
+pub async fn run_only(
+    config: Config,
+    roles: Roles,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    run_roles(config, roles, None, shutdown, |_, _| {}).await
 }
 
 /// Run every role in one process (`tollgate serve`).
@@ -539,44 +566,6 @@ fn warn_without_credentials(gateway: &Gateway) {
     }
 }
 
-/// The ledger role alone (`tollgate ledger`).
-pub async fn run_ledger(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    run_roles(
-        config,
-        Roles {
-            proxy: false,
-            ledger: true,
-            analytics: false,
-        },
-        None,
-        shutdown,
-        |_, _| {},
-    )
-    .await
-}
-
-/// The proxy role alone (`tollgate proxy`): gateway and admin API.
-pub async fn run_proxy(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    run_roles(
-        config,
-        Roles {
-            proxy: true,
-            ledger: false,
-            analytics: false,
-        },
-        None,
-        shutdown,
-        |_, _| {},
-    )
-    .await
-}
-
 /// What bootstrap created, to print once.
 pub struct Bootstrapped {
     pub token: String,
@@ -658,25 +647,6 @@ pub fn print_bootstrap(boot: &Bootstrapped, config: &Config, admin_token_shown: 
          {admin_line}\
          ==========================================================================\n"
     );
-}
-
-/// The analytics role alone (`tollgate analytics`): sink and usage API.
-pub async fn run_analytics(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    run_roles(
-        config,
-        Roles {
-            proxy: false,
-            ledger: false,
-            analytics: true,
-        },
-        None,
-        shutdown,
-        |_, _| {},
-    )
-    .await
 }
 
 /// Apply the usage store's migrations (`tollgate migrate`).

@@ -132,8 +132,12 @@ fn run_role(role: impl std::future::Future<Output = anyhow::Result<()>>) -> anyh
 fn run(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::Serve => run_role(app::serve(config, shutdown_signal())),
-        Command::Proxy => run_role(app::run_proxy(config, shutdown_signal())),
-        Command::Analytics => run_role(app::run_analytics(config, shutdown_signal())),
+        Command::Proxy => run_role(app::run_only(config, app::Roles::PROXY, shutdown_signal())),
+        Command::Analytics => run_role(app::run_only(
+            config,
+            app::Roles::ANALYTICS,
+            shutdown_signal(),
+        )),
         Command::Migrate => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -142,7 +146,7 @@ fn run(command: Command, config: Config) -> anyhow::Result<()> {
             eprintln!("migrations applied");
             Ok(())
         }
-        Command::Ledger => run_role(app::run_ledger(config, shutdown_signal())),
+        Command::Ledger => run_role(app::run_only(config, app::Roles::LEDGER, shutdown_signal())),
         Command::CheckConfig => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
