@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use tollgate_core::ApiSurface;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -171,45 +171,9 @@ impl ProxyConfig {
     }
 }
 
-/// External upstreams must use https; plain http is allowed only for
-/// loopback and private addresses, where traffic stays on a trusted network.
-pub fn check_upstream_url(raw: &str) -> Result<(), String> {
-    let url = url::Url::parse(raw).map_err(|e| format!("`{raw}` is not a valid URL: {e}"))?;
-    match url.scheme() {
-        "https" => Ok(()),
-        "http" => {
-            let local = match url.host() {
-                Some(url::Host::Ipv4(ip)) => is_private(IpAddr::V4(ip)),
-                Some(url::Host::Ipv6(ip)) => is_private(IpAddr::V6(ip)),
-                Some(url::Host::Domain(name)) => {
-                    name == "localhost" || name.ends_with(".localhost")
-                }
-                None => false,
-            };
-            if local {
-                Ok(())
-            } else {
-                Err(format!(
-                    "`{raw}` uses plain http to a non-private host; use https (http is allowed only for loopback or private addresses)"
-                ))
-            }
-        }
-        other => Err(format!(
-            "`{raw}`: scheme `{other}` is not supported; use https"
-        )),
-    }
-}
-
-fn is_private(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local(),
-        IpAddr::V6(v6) => {
-            v6.is_loopback()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
-        }
-    }
-}
+/// External upstreams must use https (http only for loopback/private hosts);
+/// one definition, shared with the control plane's runtime custom providers.
+pub use tollgate_core::catalog::check_upstream_url;
 
 #[cfg(test)]
 mod tests {
