@@ -135,6 +135,9 @@ pub struct RecordedRequest {
     pub headers: Vec<(String, String)>,
     /// The parsed JSON body; a non-JSON body is kept as a JSON string of its text.
     pub body: serde_json::Value,
+    /// The body's bytes exactly as received (not part of the JSON form).
+    #[serde(skip)]
+    pub raw_body: Vec<u8>,
 }
 
 impl RecordedRequest {

@@ -165,6 +165,7 @@ async fn handle(inner: Arc<Inner>, api: Api, req: Request) -> Response {
                 })
                 .collect(),
             body: json,
+            raw_body: bytes.to_vec(),
         };
         inner.requests.lock().push(recorded);
     }

@@ -16,6 +16,9 @@ use tollgate_core::{AccountId, Envelope, EventBody, EventLog, Usd};
 /// A reservation whose event never showed up (lost, or a ledger outage
 /// longer than this) stops holding credit after this long.
 const RESERVATION_TTL: Duration = Duration::from_secs(600);
+/// Stale reservations are looked for at most this often per account: the
+/// sweep walks every outstanding reservation, too much work for each request.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct AccountCredit {
@@ -27,6 +30,8 @@ struct AccountCredit {
     /// Requests whose usage event was emitted: event sequence → (max cost,
     /// when reserved). Released once the ledger has applied that sequence.
     emitted: BTreeMap<u64, (Usd, Instant)>,
+    /// When stale reservations were last looked for.
+    swept_at: Option<Instant>,
 }
 
 impl AccountCredit {
@@ -39,6 +44,13 @@ impl AccountCredit {
     }
 
     fn release_stale(&mut self, now: Instant) {
+        if self
+            .swept_at
+            .is_some_and(|at| now.duration_since(at) < SWEEP_INTERVAL)
+        {
+            return;
+        }
+        self.swept_at = Some(now);
         let stale = |at: &Instant| now.duration_since(*at) > RESERVATION_TTL;
         let mut freed = Usd::ZERO;
         self.running.retain(|_, (cost, at)| {
@@ -97,15 +109,14 @@ impl Admission {
         }
         let mut accounts = self.accounts.lock();
         let credit = accounts.entry(account.clone()).or_default();
-        credit.release_stale(Instant::now());
+        let now = Instant::now();
+        credit.release_stale(now);
         let available = credit.balance - credit.reserved;
         if available <= Usd::ZERO {
             return Err(Insufficient { available });
         }
         credit.reserved += max_cost;
-        credit
-            .running
-            .insert(reservation, (max_cost, Instant::now()));
+        credit.running.insert(reservation, (max_cost, now));
         Ok(())
     }
 

@@ -11,7 +11,9 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
+use serde_json::value::RawValue;
 use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -173,15 +175,49 @@ struct StreamStart {
 
 /// What the gateway needs from the client's request body.
 struct ClientRequest {
-    body: Arc<Value>,
-    /// Body size: an upper bound on input tokens (a token is at least a byte).
-    body_len: usize,
+    /// The body as received: passed upstream untouched when nothing in it
+    /// changes, and parsed further only for translation or a token estimate.
+    raw: Bytes,
+    /// Whether the body has a `models` key (which never goes upstream).
+    has_fallbacks: bool,
     /// The output cap the client asked for, if any.
     max_tokens: Option<u64>,
     model: String,
     fallbacks: Vec<String>,
     stream: bool,
     include_usage: bool,
+}
+
+/// The request fields the gateway reads, borrowed from the body (a JSON
+/// `null` included, as the text `null`); the rest is skipped by the parser,
+/// not built, so a large prompt costs one scan.
+#[derive(serde::Deserialize)]
+struct RequestFields<'a> {
+    #[serde(borrow, default, deserialize_with = "present")]
+    model: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    models: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    messages: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    max_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    max_completion_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    stream: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    stream_options: Option<&'a RawValue>,
+}
+
+/// A member that is present, whatever its value (`null` too).
+fn present<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<&'a RawValue>, D::Error> {
+    <&'a RawValue as serde::Deserialize>::deserialize(deserializer).map(Some)
+}
+
+fn raw_u64(raw: Option<&RawValue>) -> Option<u64> {
+    raw.and_then(|r| serde_json::from_str::<u64>(r.get()).ok())
 }
 
 fn parse_request(
@@ -199,13 +235,23 @@ fn parse_request(
             ))
         }
     })?;
-    let body: Value = serde_json::from_slice(&bytes)
+    // Only an object may go on to the typed parse (which would also accept
+    // an array as a struct).
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+                Ok(_) => ProxyError::invalid("request body must be a JSON object"),
+                Err(e) => ProxyError::invalid(format!("request body is not valid JSON: {e}")),
+            },
+        );
+    }
+    let fields: RequestFields = serde_json::from_slice(&bytes)
         .map_err(|e| ProxyError::invalid(format!("request body is not valid JSON: {e}")))?;
-    let object = body
-        .as_object()
-        .ok_or_else(|| ProxyError::invalid("request body must be a JSON object"))?;
-    let model = match object.get("model") {
-        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+    let model = match fields
+        .model
+        .map(|r| serde_json::from_str::<String>(r.get()))
+    {
+        Some(Ok(m)) if !m.is_empty() => m,
         _ => {
             return Err(ProxyError::invalid_param(
                 "model",
@@ -213,40 +259,32 @@ fn parse_request(
             ))
         }
     };
-    let fallbacks = match object.get("models") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|m| match m {
-                Value::String(s) if !s.is_empty() => Ok(s.clone()),
-                _ => Err(ProxyError::invalid_param(
-                    "models",
-                    "`models` must be an array of model names",
-                )),
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => {
-            return Err(ProxyError::invalid_param(
-                "models",
-                "`models` must be an array of model names",
-            ))
-        }
+    let bad_fallbacks =
+        || ProxyError::invalid_param("models", "`models` must be an array of model names");
+    let fallbacks = match fields.models.map(RawValue::get) {
+        None | Some("null") => Vec::new(),
+        Some(raw) => serde_json::from_str::<Vec<String>>(raw)
+            .ok()
+            .filter(|names| names.iter().all(|n| !n.is_empty()))
+            .ok_or_else(bad_fallbacks)?,
     };
-    if !matches!(object.get("messages"), Some(Value::Array(_))) {
+    if !fields.messages.is_some_and(|r| r.get().starts_with('[')) {
         return Err(ProxyError::invalid_param(
             "messages",
             "`messages` is required and must be an array",
         ));
     }
-    if api == ApiSurface::Anthropic && !object.get("max_tokens").is_some_and(Value::is_u64) {
+    let max_tokens_field = raw_u64(fields.max_tokens);
+    if api == ApiSurface::Anthropic && max_tokens_field.is_none() {
         return Err(ProxyError::invalid_param(
             "max_tokens",
             "`max_tokens` is required and must be a positive integer",
         ));
     }
-    let stream = match object.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
+    let stream = match fields.stream.map(|r| r.get()) {
+        None | Some("null") => false,
+        Some("true") => true,
+        Some("false") => false,
         Some(_) => {
             return Err(ProxyError::invalid_param(
                 "stream",
@@ -254,23 +292,31 @@ fn parse_request(
             ))
         }
     };
-    let include_usage = object
-        .get("stream_options")
-        .and_then(|o| o.get("include_usage"))
-        .and_then(Value::as_bool)
+    #[derive(serde::Deserialize)]
+    struct StreamOptions {
+        include_usage: Option<bool>,
+    }
+    let include_usage = fields
+        .stream_options
+        .and_then(|r| serde_json::from_str::<StreamOptions>(r.get()).ok())
+        .and_then(|o| o.include_usage)
         .unwrap_or(false);
-    let max_tokens = ["max_completion_tokens", "max_tokens"]
-        .iter()
-        .find_map(|field| object.get(*field).and_then(Value::as_u64));
+    let max_tokens = raw_u64(fields.max_completion_tokens).or(max_tokens_field);
     Ok(ClientRequest {
-        body_len: bytes.len(),
+        has_fallbacks: fields.models.is_some(),
         max_tokens,
-        body: Arc::new(body),
         model,
         fallbacks,
         stream,
         include_usage,
+        raw: bytes,
     })
+}
+
+/// The client's body as a JSON value (for translation).
+fn request_value(request: &ClientRequest) -> Result<Value, ProxyError> {
+    serde_json::from_slice(&request.raw)
+        .map_err(|e| ProxyError::invalid(format!("request body is not valid JSON: {e}")))
 }
 
 /// The body to send upstream for one candidate, translated if the provider
@@ -283,42 +329,74 @@ fn upstream_body(
     let value = match (api, candidate.provider.spec.api) {
         (ApiSurface::Openai, ApiSurface::Openai)
         | (ApiSurface::Anthropic, ApiSurface::Anthropic) => {
-            let Some(object) = request.body.as_object() else {
-                return Err(ProxyError::invalid("request body must be a JSON object"));
-            };
+            // Ask an OpenAI upstream for usage in the stream's last chunk;
+            // the relay hides that chunk from clients that did not ask.
+            let stream_usage = api == ApiSurface::Openai && request.stream;
+            if candidate.upstream_model == request.model && !request.has_fallbacks && !stream_usage
+            {
+                // Usual case: nothing changes, the bytes go as they came.
+                return Ok(request.raw.clone());
+            }
+            let body: Members = serde_json::from_slice(&request.raw)
+                .map_err(|e| ProxyError::invalid(format!("request body is not valid JSON: {e}")))?;
             let patched = Patched {
-                body: object,
+                body: &body.0,
                 model: &candidate.upstream_model,
-                // Ask an OpenAI upstream for usage in the stream's last chunk;
-                // the relay hides that chunk from clients that did not ask.
-                stream_usage: api == ApiSurface::Openai && request.stream,
+                stream_usage,
             };
             return serde_json::to_vec(&patched).map(Bytes::from).map_err(|e| {
                 ProxyError::Internal(format!("upstream body did not serialize: {e}"))
             });
         }
         (ApiSurface::Openai, ApiSurface::Anthropic) => tr_request::openai_to_anthropic_request(
-            &request.body,
+            &request_value(request)?,
             &candidate.upstream_model,
             candidate
                 .max_output_tokens
                 .unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS),
         )
         .map_err(|e| ProxyError::invalid(e.to_string()))?,
-        (ApiSurface::Anthropic, ApiSurface::Openai) => {
-            tr_request::anthropic_to_openai_request(&request.body, &candidate.upstream_model)
-                .map_err(|e| ProxyError::invalid(e.to_string()))?
-        }
+        (ApiSurface::Anthropic, ApiSurface::Openai) => tr_request::anthropic_to_openai_request(
+            &request_value(request)?,
+            &candidate.upstream_model,
+        )
+        .map_err(|e| ProxyError::invalid(e.to_string()))?,
     };
     serde_json::to_vec(&value)
         .map(Bytes::from)
         .map_err(|e| ProxyError::Internal(format!("upstream body did not serialize: {e}")))
 }
 
+/// A JSON object's members in their order, values left as raw text.
+struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> serde::Deserialize<'de> for Members<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Members<'de>, M::Error> {
+                let mut members = Vec::new();
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    members.push((key, map.next_value::<&'de RawValue>()?));
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(Visit)
+    }
+}
+
 /// The client's body with `model` replaced, `models` dropped and, for
-/// OpenAI streams, usage requested — serialized without copying the body.
+/// OpenAI streams, usage requested — every other member copied as it came.
 struct Patched<'a> {
-    body: &'a serde_json::Map<String, Value>,
+    body: &'a [(Cow<'a, str>, &'a RawValue)],
     model: &'a str,
     stream_usage: bool,
 }
@@ -329,15 +407,14 @@ impl serde::Serialize for Patched<'_> {
         let mut map = serializer.serialize_map(None)?;
         let mut options_written = false;
         for (key, value) in self.body {
-            match key.as_str() {
+            match key.as_ref() {
                 "model" => map.serialize_entry(key, self.model)?,
                 "models" => {}
                 "stream_options" if self.stream_usage => {
                     options_written = true;
-                    let mut options = match value {
-                        Value::Object(o) => o.clone(),
-                        _ => serde_json::Map::new(),
-                    };
+                    let mut options =
+                        serde_json::from_str::<serde_json::Map<String, Value>>(value.get())
+                            .unwrap_or_default();
                     options.insert("include_usage".into(), Value::Bool(true));
                     map.serialize_entry(key, &options)?;
                 }
@@ -409,7 +486,7 @@ async fn run(
     let request = parse_request(api, body, gateway.config.server.max_body_bytes)?;
     meter.model_requested = request.model.clone();
     meter.streamed = request.stream;
-    meter.set_request(request.body.clone());
+    meter.set_request(request.raw.clone());
 
     let mut candidates = Vec::with_capacity(1 + request.fallbacks.len());
     let mut seen = HashSet::new();
@@ -675,7 +752,7 @@ fn max_cost(candidates: &[Candidate], request: &ClientRequest) -> Usd {
                 .or(candidate.max_output_tokens.map(u64::from))
                 .unwrap_or(u64::from(DEFAULT_MAX_OUTPUT_TOKENS));
             let tokens = TokenCounts {
-                input: request.body_len as u64,
+                input: request.raw.len() as u64,
                 output,
                 ..TokenCounts::default()
             };

@@ -4,6 +4,7 @@
 
 use crate::gateway::{Candidate, Credential, Gateway};
 use crate::tokenize::estimate_tokens;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use std::sync::Arc;
@@ -47,7 +48,7 @@ pub struct RequestMeter {
     pub partial_input: Option<TokenCounts>,
     /// The parsed client request, kept (in memory only) for a token estimate
     /// if the upstream never reports usage.
-    request: Option<Arc<Value>>,
+    request: Option<Bytes>,
     /// Generated text seen so far, for the same fallback. Never stored.
     pub output_text: String,
     /// The key's limits, charged with the tokens used when the request ends.
@@ -100,7 +101,7 @@ impl RequestMeter {
         }
     }
 
-    pub fn set_request(&mut self, request: Arc<Value>) {
+    pub fn set_request(&mut self, request: Bytes) {
         self.request = Some(request);
     }
 
@@ -168,7 +169,11 @@ impl RequestMeter {
             };
             return (counts, true);
         }
-        let input_text = match (&self.request, self.client_api) {
+        let request = self
+            .request
+            .as_ref()
+            .and_then(|raw| serde_json::from_slice::<Value>(raw).ok());
+        let input_text = match (&request, self.client_api) {
             (Some(req), ApiSurface::Openai) => tollgate_translate::usage::openai_request_text(req),
             (Some(req), ApiSurface::Anthropic) => {
                 tollgate_translate::usage::anthropic_request_text(req)

@@ -210,6 +210,44 @@ async fn models_field_is_not_forwarded_upstream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_null_models_field_is_not_forwarded_and_stream_options_keep_their_other_members() {
+    let gw = start().await;
+    let mut request = chat("gpt-4o-mini", PROMPT);
+    request["models"] = json!(null);
+    request["stream"] = json!(true);
+    request["stream_options"] = json!({"include_obfuscation": false});
+    request["metadata"] = json!({"note": "caf\u{e9} \"quoted\""});
+    let response = gw.post_openai(request).await;
+    assert_eq!(response.status(), 200);
+    let _ = response.text().await.unwrap();
+    let upstream = &gw.mock.requests()[0].body;
+    assert!(upstream.get("models").is_none(), "{upstream}");
+    assert_eq!(
+        upstream["stream_options"],
+        json!({"include_obfuscation": false, "include_usage": true})
+    );
+    assert_eq!(upstream["metadata"]["note"], "caf\u{e9} \"quoted\"");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_body_reaches_the_upstream_as_sent() {
+    let gw = start().await;
+    // Member order, spacing and escapes survive: nothing in it had to change.
+    let raw = "{ \"temperature\": 0.5,\"model\":\"gpt-4o-mini\", \"messages\":[{\"role\":\"user\",\"content\":\"\\u00e9t\\u00e9\"}] }";
+    let response = TestGateway::client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(&gw.token)
+        .header("content-type", "application/json")
+        .body(raw)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let upstream = &gw.mock.requests()[0];
+    assert_eq!(String::from_utf8_lossy(&upstream.raw_body), raw);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alias_is_served_by_its_catalog_model() {
     let gw = start().await;
     let response = gw.post_openai(chat("gpt-4o-mini-2024-07-18", PROMPT)).await;

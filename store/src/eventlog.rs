@@ -98,9 +98,6 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// How often the writer looks for more records while gathering a group.
-const GROUP_COMMIT_POLL: Duration = Duration::from_micros(250);
-
 fn writer_loop(
     mut conn: Connection,
     mut rx: mpsc::Receiver<WriterMsg>,
@@ -111,29 +108,23 @@ fn writer_loop(
     let mut batch = Vec::with_capacity(max_batch);
     let mut waiters = Vec::new();
     while let Some(first) = rx.blocking_recv() {
-        // Group commit: gather what arrives within `group_commit` of the
-        // first record (or until a flush is waiting, or the batch is full),
-        // so one transaction carries many records under load.
-        let deadline = std::time::Instant::now() + group_commit;
+        // Group commit: after the first record, sleep through the interval
+        // once and then take everything that arrived (up to `max_batch`).
+        // One sleep rather than polling, and while this thread sleeps
+        // producers enqueue without having to wake it.
+        let flush_waiting = matches!(first, WriterMsg::Flush(_));
         let mut next = Some(first);
-        loop {
-            while let Some(msg) = next.take() {
-                match msg {
-                    WriterMsg::Append(record, ts) => batch.push((record, ts)),
-                    WriterMsg::Flush(done) => waiters.push(done),
-                }
-                if batch.len() < max_batch {
-                    next = rx.try_recv().ok();
-                }
+        if !flush_waiting && !group_commit.is_zero() {
+            std::thread::sleep(group_commit);
+        }
+        while let Some(msg) = next.take() {
+            match msg {
+                WriterMsg::Append(record, ts) => batch.push((record, ts)),
+                WriterMsg::Flush(done) => waiters.push(done),
             }
-            if batch.len() >= max_batch
-                || !waiters.is_empty()
-                || std::time::Instant::now() >= deadline
-            {
-                break;
+            if batch.len() < max_batch {
+                next = rx.try_recv().ok();
             }
-            std::thread::sleep(GROUP_COMMIT_POLL);
-            next = rx.try_recv().ok();
         }
         // A failed commit (disk full, I/O error) is retried, never dropped:
         // the bounded queue then pushes back on producers.
