@@ -5,12 +5,14 @@ use crate::error::ProxyError;
 use crate::gateway::{Caller, Candidate, Credential, Gateway};
 use crate::meter::RequestMeter;
 use crate::relay::Relay;
+use crate::upstream::{self, UpstreamStream};
 use axum::body::Body;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
+use http_body_util::Full;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use std::borrow::Cow;
@@ -169,7 +171,7 @@ enum Outcome {
 struct StreamStart {
     candidate: Candidate,
     first: Bytes,
-    rest: futures::stream::BoxStream<'static, reqwest::Result<Bytes>>,
+    rest: UpstreamStream,
     include_usage: bool,
 }
 
@@ -432,20 +434,22 @@ impl serde::Serialize for Patched<'_> {
 }
 
 fn upstream_request(
-    gateway: &Gateway,
     api: ApiSurface,
     headers: &HeaderMap,
     candidate: &Candidate,
     credential: &Credential,
     body: Bytes,
-) -> reqwest::RequestBuilder {
-    let mut builder = gateway
-        .client
-        .post(candidate.provider.endpoint.clone())
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(body);
+) -> http::Request<Full<Bytes>> {
+    let mut request = http::Request::new(Full::new(body));
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = candidate.provider.endpoint.clone();
+    let upstream_headers = request.headers_mut();
+    upstream_headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if let Some((name, value)) = &credential.auth_header {
-        builder = builder.header(*name, value.clone());
+        upstream_headers.insert(*name, value.clone());
     }
     if candidate.provider.spec.api == ApiSurface::Anthropic {
         let version = match api {
@@ -455,17 +459,17 @@ fn upstream_request(
                 .unwrap_or(HeaderValue::from_static(ANTHROPIC_VERSION_DEFAULT)),
             ApiSurface::Openai => HeaderValue::from_static(ANTHROPIC_VERSION_DEFAULT),
         };
-        builder = builder.header("anthropic-version", version);
+        upstream_headers.insert("anthropic-version", version);
         if api == ApiSurface::Anthropic {
             if let Some(beta) = headers.get("anthropic-beta") {
-                builder = builder.header("anthropic-beta", beta.clone());
+                upstream_headers.insert("anthropic-beta", beta.clone());
             }
         }
     }
-    builder
+    request
 }
 
-fn upstream_request_id(headers: &reqwest::header::HeaderMap) -> Option<String> {
+fn upstream_request_id(headers: &HeaderMap) -> Option<String> {
     ["x-request-id", "request-id"]
         .iter()
         .find_map(|name| headers.get(*name))
@@ -561,9 +565,13 @@ async fn run(
             meter.attempt(&candidate, credential);
             let budget = attempt_timeout.min(deadline - now);
             let label = format!("{provider_id}/{}", candidate.upstream_model);
-            let send =
-                upstream_request(gateway, api, headers, &candidate, credential, body.clone())
-                    .send();
+            let send = gateway.client.request(upstream_request(
+                api,
+                headers,
+                &candidate,
+                credential,
+                body.clone(),
+            ));
             let response = match tokio::time::timeout(budget, send).await {
                 Err(_) => {
                     metrics
@@ -584,8 +592,8 @@ async fn run(
                         .upstream_attempts
                         .with_label_values(&[provider_id, outcome])
                         .inc();
-                    timed_out = err.is_timeout();
-                    last_error = format!("{label}: {outcome}: {}", without_url(&err));
+                    timed_out = upstream::is_timeout(&err);
+                    last_error = format!("{label}: {outcome}: {}", upstream::describe(&err));
                     continue;
                 }
                 Ok(Ok(response)) => response,
@@ -623,7 +631,7 @@ async fn run(
                     .upstream_attempts
                     .with_label_values(&[provider_id, "client_error"])
                     .inc();
-                let bytes = tokio::time::timeout(read_timeout, response.bytes())
+                let bytes = tokio::time::timeout(read_timeout, upstream::body_bytes(response))
                     .await
                     .ok()
                     .and_then(Result::ok)
@@ -637,7 +645,7 @@ async fn run(
                 )));
             }
             if request.stream {
-                let mut stream = response.bytes_stream().boxed();
+                let mut stream = upstream::body_stream(response);
                 let remaining = deadline
                     .saturating_duration_since(Instant::now())
                     .max(Duration::from_millis(1));
@@ -657,7 +665,7 @@ async fn run(
                     Ok(Some(Err(err))) => {
                         last_error = format!(
                             "{label}: stream failed before its first byte: {}",
-                            without_url(&err)
+                            upstream::describe(&err)
                         );
                         timed_out = false;
                     }
@@ -676,27 +684,28 @@ async fn run(
                     .inc();
                 continue;
             }
-            let bytes = match tokio::time::timeout(read_timeout, response.bytes()).await {
-                Ok(Ok(bytes)) => bytes,
-                Ok(Err(err)) => {
-                    metrics
-                        .upstream_attempts
-                        .with_label_values(&[provider_id, "error"])
-                        .inc();
-                    timed_out = false;
-                    last_error = format!("{label}: body failed: {}", without_url(&err));
-                    continue;
-                }
-                Err(_) => {
-                    metrics
-                        .upstream_attempts
-                        .with_label_values(&[provider_id, "timeout"])
-                        .inc();
-                    timed_out = true;
-                    last_error = format!("{label}: body not received in time");
-                    continue;
-                }
-            };
+            let bytes =
+                match tokio::time::timeout(read_timeout, upstream::body_bytes(response)).await {
+                    Ok(Ok(bytes)) => bytes,
+                    Ok(Err(err)) => {
+                        metrics
+                            .upstream_attempts
+                            .with_label_values(&[provider_id, "error"])
+                            .inc();
+                        timed_out = false;
+                        last_error = format!("{label}: body failed: {}", upstream::describe(&err));
+                        continue;
+                    }
+                    Err(_) => {
+                        metrics
+                            .upstream_attempts
+                            .with_label_values(&[provider_id, "timeout"])
+                            .inc();
+                        timed_out = true;
+                        last_error = format!("{label}: body not received in time");
+                        continue;
+                    }
+                };
             match complete_response(api, &candidate, bytes, meter) {
                 Ok(response) => {
                     metrics
@@ -768,21 +777,6 @@ fn status_outcome(status: StatusCode) -> &'static str {
     } else {
         "server_error"
     }
-}
-
-/// reqwest errors name the URL; keep messages short and free of query strings.
-fn without_url(err: &reqwest::Error) -> String {
-    let mut text = err.to_string();
-    if let Some(url) = err.url() {
-        text = text.replace(url.as_str(), "upstream");
-    }
-    let mut source = std::error::Error::source(err);
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }
 
 /// A successful non-streamed upstream body → the client's response. Errors

@@ -72,7 +72,7 @@ pub struct ProviderRuntime {
     /// Base URL with overrides applied, without a trailing slash.
     pub base_url: String,
     /// The API endpoint (chat completions or messages) under it.
-    pub endpoint: reqwest::Url,
+    pub endpoint: http::Uri,
     /// The operator's credentials for this provider, in order.
     pub credentials: Vec<Arc<Credential>>,
 }
@@ -89,7 +89,8 @@ impl ProviderRuntime {
             ApiSurface::Anthropic => format!("{base_url}/messages"),
         };
         // Parsed once: parsing a URL on every request shows up in profiles.
-        let endpoint = reqwest::Url::parse(&endpoint)
+        let endpoint = endpoint
+            .parse::<http::Uri>()
             .map_err(|e| format!("`{endpoint}` is not a valid URL: {e}"))?;
         Ok(ProviderRuntime {
             spec,
@@ -142,7 +143,7 @@ pub struct Gateway {
     /// Built-in and config-file providers with their operator credentials.
     pub providers: HashMap<String, Arc<ProviderRuntime>>,
     pub control: Arc<ControlPlane>,
-    pub client: reqwest::Client,
+    pub client: crate::upstream::UpstreamClient,
     pub events: Arc<dyn EventLog>,
     pub metrics: Metrics,
     pub limiter: RateLimiter,
@@ -252,13 +253,9 @@ impl Gateway {
             return Err(InitError::Config(problems));
         }
 
-        let client = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_millis(config.routing.connect_timeout_ms))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .build()
-            .map_err(|e| InitError::HttpClient(e.to_string()))?;
+        let client =
+            crate::upstream::client(Duration::from_millis(config.routing.connect_timeout_ms))
+                .map_err(InitError::HttpClient)?;
 
         let instance_id = format!("gw_{}", uuid::Uuid::now_v7().simple());
         let admission = Arc::new(Admission::new(config.billing.enforce, instance_id.clone()));

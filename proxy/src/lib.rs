@@ -12,6 +12,7 @@ pub mod ratelimit;
 mod relay;
 mod routes;
 pub mod tokenize;
+mod upstream;
 
 pub use config::ProxyConfig;
 pub use error::ProxyError;

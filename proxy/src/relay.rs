@@ -4,8 +4,8 @@
 //! connection, which cancels the upstream call, and still emits the event.
 
 use crate::meter::{cost_json, RequestMeter};
+use crate::upstream::{describe, UpstreamStream};
 use bytes::{Bytes, BytesMut};
-use futures::stream::BoxStream;
 use futures::Stream;
 use serde_json::{json, Value};
 use std::pin::Pin;
@@ -30,7 +30,7 @@ pub struct Relay {
     client_api: ApiSurface,
     upstream_api: ApiSurface,
     first: Option<Bytes>,
-    upstream: BoxStream<'static, reqwest::Result<Bytes>>,
+    upstream: UpstreamStream,
     decoder: SseDecoder,
     mode: Mode,
     anthropic_usage: AnthropicStreamUsage,
@@ -50,7 +50,7 @@ impl Relay {
         upstream_api: ApiSurface,
         include_usage: bool,
         first: Bytes,
-        upstream: BoxStream<'static, reqwest::Result<Bytes>>,
+        upstream: UpstreamStream,
         meter: RequestMeter,
     ) -> Relay {
         let client_model = meter.model_requested.clone();
@@ -308,12 +308,12 @@ impl Stream for Relay {
                 this.process_chunk(&first);
                 continue;
             }
-            match this.upstream.as_mut().poll_next(cx) {
+            match Pin::new(&mut this.upstream).poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(chunk))) => this.process_chunk(&chunk),
                 Poll::Ready(Some(Err(err))) => {
                     this.done = true;
-                    this.fail(&err.to_string());
+                    this.fail(&describe(&err));
                 }
                 Poll::Ready(None) => {
                     this.done = true;
