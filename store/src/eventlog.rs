@@ -6,12 +6,18 @@
 //! in one transaction. So the window a SIGKILL can lose is the records still
 //! queued or in the commit under way (a few milliseconds), and a slow disk
 //! makes batches larger rather than requests slower.
+//!
+//! Consumers in the same process (ledger, analytics, balance and control
+//! tails) mostly read what was just written: the writer keeps its recently
+//! committed records in memory (`Recent`), and a read that falls inside them
+//! is answered from there instead of SQLite.
 
 use crate::db::Database;
 use crate::error::StoreError;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use rusqlite::Connection;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +36,9 @@ pub struct SqliteEventLogOptions {
     /// committing them together. This is the window a SIGKILL can lose
     /// (plus the commit itself). Default 2 ms.
     pub group_commit: Duration,
+    /// Payload bytes of recently committed records kept in memory for
+    /// readers in this process. 0 turns the cache off.
+    pub recent_bytes: usize,
 }
 
 impl Default for SqliteEventLogOptions {
@@ -38,6 +47,7 @@ impl Default for SqliteEventLogOptions {
             queue_capacity: 65_536,
             max_batch: 8_192,
             group_commit: Duration::from_millis(2),
+            recent_bytes: 4 << 20,
         }
     }
 }
@@ -50,7 +60,72 @@ enum WriterMsg {
 pub struct SqliteEventLog {
     tx: mpsc::Sender<WriterMsg>,
     reader: Arc<Mutex<Connection>>,
+    recent: Arc<Mutex<Recent>>,
     writable: Arc<AtomicBool>,
+}
+
+/// Records this instance committed last, in offset order, with no gap:
+/// offsets `first..first + records.len()` of the whole log (all topics).
+/// Another process writing the same file breaks the run at our next commit,
+/// which then starts a new one, so a range served from here is never
+/// missing a record; a read past its end goes to SQLite.
+struct Recent {
+    records: VecDeque<StoredRecord>,
+    bytes: usize,
+    limit: usize,
+}
+
+impl Recent {
+    fn new(limit: usize) -> Recent {
+        Recent {
+            records: VecDeque::new(),
+            bytes: 0,
+            limit,
+        }
+    }
+
+    fn next_offset(&self) -> Option<u64> {
+        self.records.back().map(|r| r.offset + 1)
+    }
+
+    fn push(&mut self, committed: Vec<StoredRecord>) {
+        if self.limit == 0 {
+            return;
+        }
+        let Some(first) = committed.first() else {
+            return;
+        };
+        if self.next_offset() != Some(first.offset) {
+            self.records.clear();
+            self.bytes = 0;
+        }
+        for record in committed {
+            self.bytes += record.payload.len();
+            self.records.push_back(record);
+        }
+        while self.bytes > self.limit {
+            match self.records.pop_front() {
+                Some(old) => self.bytes -= old.payload.len(),
+                None => break,
+            }
+        }
+    }
+
+    /// Up to `max` records of `topic` from `from` on, if the run covers `from`.
+    fn read(&self, topic: &str, from: u64, max: usize) -> Option<Vec<StoredRecord>> {
+        let first = self.records.front()?.offset;
+        if from < first || from >= first + self.records.len() as u64 {
+            return None;
+        }
+        Some(
+            self.records
+                .range((from - first) as usize..)
+                .filter(|r| r.topic == topic)
+                .take(max)
+                .cloned()
+                .collect(),
+        )
+    }
 }
 
 impl SqliteEventLog {
@@ -63,6 +138,8 @@ impl SqliteEventLog {
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
         let writable = Arc::new(AtomicBool::new(true));
         let writer_flag = writable.clone();
+        let recent = Arc::new(Mutex::new(Recent::new(options.recent_bytes)));
+        let writer_recent = recent.clone();
         std::thread::Builder::new()
             .name("tollgate-eventlog-writer".into())
             .spawn(move || {
@@ -72,12 +149,14 @@ impl SqliteEventLog {
                     options.max_batch.max(1),
                     options.group_commit,
                     writer_flag,
+                    writer_recent,
                 )
             })
             .map_err(|e| StoreError::Join(e.to_string()))?;
         Ok(SqliteEventLog {
             tx,
             reader,
+            recent,
             writable,
         })
     }
@@ -104,6 +183,7 @@ fn writer_loop(
     max_batch: usize,
     group_commit: Duration,
     writable: Arc<AtomicBool>,
+    recent: Arc<Mutex<Recent>>,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
     let mut waiters = Vec::new();
@@ -131,8 +211,21 @@ fn writer_loop(
         let mut backoff = Duration::from_millis(10);
         loop {
             match commit(&mut conn, &batch) {
-                Ok(()) => {
+                Ok(offsets) => {
                     writable.store(true, Ordering::Relaxed);
+                    let committed = batch
+                        .drain(..)
+                        .zip(offsets)
+                        .map(|((record, ts), offset)| StoredRecord {
+                            topic: record.topic,
+                            partition: 0,
+                            offset,
+                            key: record.key,
+                            payload: record.payload,
+                            timestamp_ms: ts,
+                        })
+                        .collect();
+                    recent.lock().push(committed);
                     break;
                 }
                 Err(err) => {
@@ -150,11 +243,13 @@ fn writer_loop(
     }
 }
 
-fn commit(conn: &mut Connection, batch: &[(LogRecord, i64)]) -> Result<(), rusqlite::Error> {
+/// Commit `batch` in one transaction; returns the records' offsets.
+fn commit(conn: &mut Connection, batch: &[(LogRecord, i64)]) -> Result<Vec<u64>, rusqlite::Error> {
     if batch.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let tx = conn.transaction()?;
+    let mut offsets = Vec::with_capacity(batch.len());
     {
         let mut stmt = tx.prepare_cached(
             "INSERT INTO log_records (topic, record_key, timestamp_ms, payload) VALUES (?1, ?2, ?3, ?4)",
@@ -166,9 +261,11 @@ fn commit(conn: &mut Connection, batch: &[(LogRecord, i64)]) -> Result<(), rusql
                 ts,
                 record.payload
             ])?;
+            offsets.push(tx.last_insert_rowid() as u64);
         }
     }
-    tx.commit()
+    tx.commit()?;
+    Ok(offsets)
 }
 
 #[async_trait]
@@ -205,7 +302,7 @@ impl EventLog for SqliteEventLog {
         from_offset: u64,
         max: usize,
     ) -> Result<Vec<StoredRecord>, EventLogError> {
-        read_records(&self.reader, topic, from_offset, max).await
+        read_records(&self.reader, &self.recent, topic, from_offset, max).await
     }
 
     fn is_writable(&self) -> bool {
@@ -226,6 +323,7 @@ impl EventLog for SqliteEventLog {
         let next = positions.next_offset(topic, 0).unwrap_or(0);
         Ok(Box::new(EmbeddedSubscription {
             reader: self.reader.clone(),
+            recent: self.recent.clone(),
             topic: topic.to_owned(),
             next,
         }))
@@ -235,6 +333,7 @@ impl EventLog for SqliteEventLog {
 /// Polls the log table from the consumer's position.
 struct EmbeddedSubscription {
     reader: Arc<Mutex<Connection>>,
+    recent: Arc<Mutex<Recent>>,
     topic: String,
     next: u64,
 }
@@ -251,7 +350,8 @@ impl Subscription for EmbeddedSubscription {
     ) -> Result<Option<Batch>, EventLogError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let records = read_records(&self.reader, &self.topic, self.next, max).await?;
+            let records =
+                read_records(&self.reader, &self.recent, &self.topic, self.next, max).await?;
             if let Some(last) = records.last() {
                 self.next = last.offset + 1;
                 return Ok(Some(Batch {
@@ -279,10 +379,17 @@ impl Subscription for EmbeddedSubscription {
 
 async fn read_records(
     reader: &Arc<Mutex<Connection>>,
+    recent: &Mutex<Recent>,
     topic: &str,
     from_offset: u64,
     max: usize,
 ) -> Result<Vec<StoredRecord>, EventLogError> {
+    if let Some(records) = recent.lock().read(topic, from_offset, max) {
+        // Everything from `from_offset` to the newest record we wrote.
+        if !records.is_empty() {
+            return Ok(records);
+        }
+    }
     let reader = reader.clone();
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
