@@ -10,10 +10,6 @@
 //! gateway runs in a child process (`tollgate-bench gateway-child`), built
 //! as `tollgate serve` builds it, so its memory is measured alone.
 
-// The same allocator as the `tollgate` binary, so the gateway child is measured as shipped.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 mod child;
 mod cpu;
 mod load;

@@ -6,11 +6,6 @@ use std::path::PathBuf;
 use tollgate::config::{Config, LogFormat};
 use tollgate::{admin_cli, app};
 
-// mimalloc: the request path allocates many small, short-lived buffers, and
-// glibc's malloc showed up at several percent of the gateway's CPU.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "tollgate",
