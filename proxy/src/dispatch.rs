@@ -490,7 +490,13 @@ async fn run(
     let request = parse_request(api, body, gateway.config.server.max_body_bytes)?;
     meter.model_requested = request.model.clone();
     meter.streamed = request.stream;
-    meter.set_request(request.raw.clone());
+    // A small body is usually a slice of the connection's read buffer: a
+    // copy lets that buffer go while a long stream runs.
+    meter.set_request(if request.raw.len() < 64 * 1024 {
+        Bytes::copy_from_slice(&request.raw)
+    } else {
+        request.raw.clone()
+    });
 
     let mut candidates = Vec::with_capacity(1 + request.fallbacks.len());
     let mut seen = HashSet::new();

@@ -47,10 +47,13 @@ impl Default for SqliteEventLogOptions {
             queue_capacity: 65_536,
             max_batch: 8_192,
             group_commit: Duration::from_millis(2),
-            recent_bytes: 4 << 20,
+            recent_bytes: 2 << 20,
         }
     }
 }
+
+/// SQLite's `cache_size` for the log's connections (negative: KiB).
+const LOG_PAGE_CACHE_KIB: i64 = -256;
 
 enum WriterMsg {
     Append(LogRecord, i64),
@@ -134,7 +137,13 @@ impl SqliteEventLog {
         options: SqliteEventLogOptions,
     ) -> Result<SqliteEventLog, StoreError> {
         let writer_conn = db.connect()?;
-        let reader = Arc::new(Mutex::new(db.connect()?));
+        let reader_conn = db.connect()?;
+        // Appends touch only the newest pages, and most reads are served
+        // from `Recent`: a small page cache each keeps the process lean.
+        for conn in [&writer_conn, &reader_conn] {
+            conn.pragma_update(None, "cache_size", LOG_PAGE_CACHE_KIB)?;
+        }
+        let reader = Arc::new(Mutex::new(reader_conn));
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
         let writable = Arc::new(AtomicBool::new(true));
         let writer_flag = writable.clone();
