@@ -465,7 +465,7 @@ impl ClickHouseStore {
         self.known.lock().clear();
     }
 
-    async fn insert_run(&self, rows: &[UsageRecord]) -> Result<(), AnalyticsError> {
+    async fn insert_run(&self, rows: &[&UsageRecord]) -> Result<(), AnalyticsError> {
         let timeout = self.timeout();
         let mut insert = self
             .bounded(self.client.insert::<RawRow<'_>>(sql::RAW_TABLE))
@@ -540,8 +540,8 @@ impl UsageStore for ClickHouseStore {
             {
                 end += 1;
             }
-            let run: Vec<UsageRecord> = fresh[start..end].iter().map(|r| (*r).clone()).collect();
-            if let Err(err) = self.insert_run(&run).await {
+            let run = &fresh[start..end];
+            if let Err(err) = self.insert_run(run).await {
                 // It may have landed (timeout after commit) or landed in the
                 // raw table only: re-read positions and repair before any retry.
                 self.forget_positions();
