@@ -14,6 +14,9 @@ use std::process::{Command, Stdio};
 use tollgate_analytics::clickhouse::sql::{self, plan, Source, ROLLUPS};
 use tollgate_analytics::clickhouse::{groups_from_rows, AggRow};
 
+/// The rollup migration 4 adds and fills from the raw rows already there.
+const BACKFILLED: &str = "usage_rollup_all_model_hour";
+
 #[derive(Default)]
 struct Script {
     steps: Vec<Value>,
@@ -143,21 +146,23 @@ fn migrations_and_every_query_run_on_current_clickhouse_with_the_same_numbers() 
     let partitions_after = s.fetch(sql::list_partitions());
     let consistency_after_drop = s.fetch(sql::consistency_counts());
 
-    // Second database: rollups created after raw rows exist, then repaired
-    // (the re-derivation the store runs when a rollup is behind).
+    // Second database: rollups created after raw rows exist — migration 2's
+    // stay empty until repaired (the re-derivation the store runs when a
+    // rollup is behind), migration 4 backfills the one it adds.
     s.use_db("tg_chdb_repair");
     s.migrate(Some(&[1]));
     for chunk in rows.chunks(100) {
         s.exec(sql::insert_values(chunk));
     }
-    s.migrate(Some(&[2, 3]));
+    s.migrate(Some(&[2, 3, 4]));
     let before_repair = s.fetch(sql::consistency_counts());
-    for r in ROLLUPS {
-        s.exec(sql::repair_rollup(r, 0, None));
+    for r in ROLLUPS.iter().filter(|r| r.table() != BACKFILLED) {
+        s.exec(sql::repair_rollup(*r, 0, None));
     }
     let after_repair = s.fetch(sql::consistency_counts());
     let empty_rollup = s.fetch(sql::rollup_position(ROLLUPS[0], 7));
-    let repaired_positions = s.fetch(sql::rollup_position(ROLLUPS[4], 0));
+    let repaired_positions = s.fetch(sql::rollup_position(ROLLUPS[2], 0));
+    let backfilled_positions = s.fetch(sql::rollup_position(ROLLUPS[3], 0));
 
     let (engine, results) = s.run();
     assert!(
@@ -169,7 +174,7 @@ fn migrations_and_every_query_run_on_current_clickhouse_with_the_same_numbers() 
         .iter()
         .map(|r| num(r, "version"))
         .collect();
-    assert_eq!(versions, vec![1, 2, 3]);
+    assert_eq!(versions, vec![1, 2, 3, 4]);
     let n = rows.len() as u64;
     let p = rows_of(&results, raw_positions);
     assert_eq!(
@@ -236,10 +241,10 @@ fn migrations_and_every_query_run_on_current_clickhouse_with_the_same_numbers() 
     let before = months(partitions);
     assert!(before.contains(&("usage_events".into(), "202502".into())));
     assert!(before.contains(&("usage_rollup_all_day".into(), "202503".into())));
-    assert_eq!(before.len(), 12, "{before:?}");
+    assert_eq!(before.len(), 10, "{before:?}");
     let after = months(partitions_after);
     assert!(after.iter().all(|(_, p)| p == "202503"), "{after:?}");
-    assert_eq!(after.len(), 6);
+    assert_eq!(after.len(), 5);
     let f = &rows_of(&results, floor_after)[0];
     assert_eq!(num(f, "next_offset"), n + 1);
     let fp = &rows_of(&results, floor_position_after)[0];
@@ -253,14 +258,20 @@ fn migrations_and_every_query_run_on_current_clickhouse_with_the_same_numbers() 
     }
 
     for (field, value) in counted(before_repair) {
-        let expected = if field.starts_with("raw") { n } else { 0 };
+        let expected = if field.starts_with("raw") || field == BACKFILLED {
+            n
+        } else {
+            0
+        };
         assert_eq!(value, expected, "{field} before repair");
     }
     for (field, value) in counted(after_repair) {
         assert_eq!(value, n, "{field} after repair");
     }
-    let r = &rows_of(&results, repaired_positions)[0];
-    assert_eq!((num(r, "n"), num(r, "max_offset")), (n, n));
+    for step in [repaired_positions, backfilled_positions] {
+        let r = &rows_of(&results, step)[0];
+        assert_eq!((num(r, "n"), num(r, "max_offset")), (n, n));
+    }
     let e = &rows_of(&results, empty_rollup)[0];
     assert_eq!(num(e, "n"), 0);
 }

@@ -6,7 +6,9 @@
 mod common;
 
 use common::*;
-use tollgate_analytics::{AnalyticsConfig, Backend, ClickHouseStore, SqliteUsageStore, UsageStore};
+use tollgate_analytics::{
+    AnalyticsConfig, Backend, ClickHouseConfig, ClickHouseStore, SqliteUsageStore, UsageStore,
+};
 
 #[tokio::test]
 async fn sqlite_migrations_are_recorded_and_idempotent() {
@@ -54,7 +56,7 @@ async fn clickhouse_migrations_are_recorded_and_idempotent() {
         .fetch_all()
         .await
         .unwrap();
-    assert_eq!(versions, vec![1, 2, 3]);
+    assert_eq!(versions, vec![1, 2, 3, 4]);
     let tables: Vec<Name> = client
         .query("SELECT name FROM system.tables WHERE database = currentDatabase() ORDER BY name")
         .fetch_all()
@@ -67,18 +69,28 @@ async fn clickhouse_migrations_are_recorded_and_idempotent() {
         "usage_position_floor",
         "usage_rollup_day",
         "usage_rollup_day_mv",
-        "usage_rollup_hour",
-        "usage_rollup_hour_mv",
-        "usage_rollup_all_minute",
-        "usage_rollup_all_minute_mv",
         "usage_rollup_all_hour",
         "usage_rollup_all_hour_mv",
         "usage_rollup_all_day",
         "usage_rollup_all_day_mv",
+        "usage_rollup_all_model_hour",
+        "usage_rollup_all_model_hour_mv",
     ] {
         assert!(
             tables.iter().any(|t| t == expected),
             "{expected} missing from {tables:?}"
+        );
+    }
+    // Migration 4 dropped the rollups that cost the most ingest.
+    for dropped in [
+        "usage_rollup_hour",
+        "usage_rollup_hour_mv",
+        "usage_rollup_all_minute",
+        "usage_rollup_all_minute_mv",
+    ] {
+        assert!(
+            !tables.iter().any(|t| t == dropped),
+            "{dropped} still in {tables:?}"
         );
     }
     let config = AnalyticsConfig {
@@ -90,6 +102,57 @@ async fn clickhouse_migrations_are_recorded_and_idempotent() {
     let opened = tollgate_analytics::open_store(&config, &db).unwrap();
     assert_eq!(opened.backend(), "clickhouse");
     opened.migrate().await.unwrap();
+    drop_database(&store).await;
+}
+
+/// An install at migration 3 that already holds events upgrades in place:
+/// migration 4 drops two rollups and fills the one it adds from the raw
+/// rows, so every count and every contract answer is exact afterwards.
+#[tokio::test]
+async fn clickhouse_migration_4_upgrades_an_install_with_data() {
+    use tollgate_analytics::clickhouse::sql::{self, plan, Source};
+    let store = shared_clickhouse("migrations_upgrade").await;
+    drop_database(&store).await;
+    let server = ClickHouseStore::new(ClickHouseConfig {
+        database: "default".into(),
+        ..store.config().clone()
+    });
+    server
+        .execute(&sql::create_database(&store.config().database))
+        .await
+        .unwrap();
+    store
+        .execute(&sql::create_migrations_table())
+        .await
+        .unwrap();
+    for (version, statements) in sql::migrations() {
+        if version > 3 {
+            continue;
+        }
+        for statement in statements {
+            store.execute(&statement).await.unwrap();
+        }
+        store
+            .execute(&sql::record_migration(version))
+            .await
+            .unwrap();
+    }
+    let events = dataset();
+    let rows = rows(&events);
+    for chunk in rows.chunks(40) {
+        store.execute(&sql::insert_values(chunk)).await.unwrap();
+    }
+    store.migrate().await.unwrap();
+    let c = store.consistency().await.unwrap();
+    assert!(c.exactly(rows.len() as u64), "{c:?}");
+    for (case, query) in contract_queries() {
+        let mode = match plan(&query, true) {
+            Source::Raw => Percentiles::Exact,
+            Source::Rollup(_) => Percentiles::RankTolerance,
+        };
+        let got = store.query(&query).await.unwrap();
+        assert_matches(case, &got, &reference(&events, &query), mode);
+    }
     drop_database(&store).await;
 }
 

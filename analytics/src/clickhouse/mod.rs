@@ -54,7 +54,7 @@ pub struct ClickHouseConfig {
     pub compression: ClickHouseCompression,
     /// Bound on any one request (insert or query).
     pub request_timeout_ms: u64,
-    /// Answer aligned queries from the minute/hour/day rollups. Off: every
+    /// Answer aligned queries from the hour/day rollups. Off: every
     /// query scans raw rows (exact percentiles, slower on large ranges).
     pub use_rollups: bool,
 }
@@ -262,24 +262,22 @@ pub struct Consistency {
     /// Distinct event ids in the raw table (== raw_rows unless duplicated).
     pub raw_events: u64,
     /// Events counted by each rollup (== raw_rows unless one is off).
-    pub usage_rollup_hour: u64,
     pub usage_rollup_day: u64,
-    pub usage_rollup_all_minute: u64,
     pub usage_rollup_all_hour: u64,
     pub usage_rollup_all_day: u64,
+    pub usage_rollup_all_model_hour: u64,
 }
 
 impl Consistency {
     /// Every count: raw rows, distinct events, then each rollup's events.
-    pub fn counts(&self) -> [u64; 7] {
+    pub fn counts(&self) -> [u64; 6] {
         [
             self.raw_rows,
             self.raw_events,
-            self.usage_rollup_hour,
             self.usage_rollup_day,
-            self.usage_rollup_all_minute,
             self.usage_rollup_all_hour,
             self.usage_rollup_all_day,
+            self.usage_rollup_all_model_hour,
         ]
     }
 
@@ -467,7 +465,7 @@ impl ClickHouseStore {
         self.known.lock().clear();
     }
 
-    async fn insert_run(&self, rows: &[UsageRecord]) -> Result<(), AnalyticsError> {
+    async fn insert_run(&self, rows: &[&UsageRecord]) -> Result<(), AnalyticsError> {
         let timeout = self.timeout();
         let mut insert = self
             .bounded(self.client.insert::<RawRow<'_>>(sql::RAW_TABLE))
@@ -542,8 +540,8 @@ impl UsageStore for ClickHouseStore {
             {
                 end += 1;
             }
-            let run: Vec<UsageRecord> = fresh[start..end].iter().map(|r| (*r).clone()).collect();
-            if let Err(err) = self.insert_run(&run).await {
+            let run = &fresh[start..end];
+            if let Err(err) = self.insert_run(run).await {
                 // It may have landed (timeout after commit) or landed in the
                 // raw table only: re-read positions and repair before any retry.
                 self.forget_positions();

@@ -16,47 +16,67 @@ pub const RAW_TABLE: &str = "usage_events";
 pub const POSITION_FLOOR_TABLE: &str = "usage_position_floor";
 pub const MIGRATIONS_TABLE: &str = "analytics_migrations";
 
-/// A rollup: a granularity, per account (keyed by account and access key,
-/// for customers' queries) or across all accounts (for the operator's
-/// dashboards: far fewer rows, so month-long admin queries stay fast).
+/// Which accounts a rollup aggregates, and so which dimensions it keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scope {
+    /// Every dimension across all accounts, one state set per model and
+    /// hour (no credential source, no status): the operator's overview,
+    /// one t-digest per output group of an unfiltered by-model query.
+    AllByModel,
+    /// All accounts, every dimension but account and access key.
+    All,
+    /// Per account and access key: customers' queries.
+    Account,
+}
+
+/// A rollup: a granularity and a scope.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rollup {
     pub granularity: Bucket,
-    pub per_account: bool,
+    pub scope: Scope,
 }
 
-/// Every rollup. Per-account minutes are left to the raw table: its sort
-/// key (account, time) already serves them, and a minute rollup of that
-/// key would hold nearly one row per event at twice the ingest cost.
-pub const ROLLUPS: [Rollup; 5] = [
-    Rollup {
-        granularity: Bucket::Hour,
-        per_account: true,
-    },
-    Rollup {
-        granularity: Bucket::Day,
-        per_account: true,
-    },
-    Rollup {
-        granularity: Bucket::Minute,
-        per_account: false,
-    },
-    Rollup {
-        granularity: Bucket::Hour,
-        per_account: false,
-    },
-    Rollup {
-        granularity: Bucket::Day,
-        per_account: false,
-    },
+const fn rollup(granularity: Bucket, scope: Scope) -> Rollup {
+    Rollup { granularity, scope }
+}
+
+/// The rollups migration 2 created (kept as released: migrations are never
+/// edited; migration 4 drops two of them).
+const MIGRATION_2_ROLLUPS: [Rollup; 5] = [
+    rollup(Bucket::Hour, Scope::Account),
+    rollup(Bucket::Day, Scope::Account),
+    rollup(Bucket::Minute, Scope::All),
+    rollup(Bucket::Hour, Scope::All),
+    rollup(Bucket::Day, Scope::All),
+];
+
+/// Rollups migration 4 drops: each held nearly one row per event on sparse
+/// data (the per-account hour key, the all-accounts minute key) and cost
+/// two thirds of the insert; the raw table's sort key serves per-account
+/// minute and hour queries, and raw rows serve all-accounts minutes.
+const MIGRATION_4_DROPPED: [Rollup; 2] = [
+    rollup(Bucket::Hour, Scope::Account),
+    rollup(Bucket::Minute, Scope::All),
+];
+
+/// The rollup migration 4 adds (and backfills from raw rows).
+const MIGRATION_4_ADDED: Rollup = rollup(Bucket::Hour, Scope::AllByModel);
+
+/// Every current rollup (views feeding them run at each insert).
+pub const ROLLUPS: [Rollup; 4] = [
+    rollup(Bucket::Day, Scope::Account),
+    rollup(Bucket::Hour, Scope::All),
+    rollup(Bucket::Day, Scope::All),
+    MIGRATION_4_ADDED,
 ];
 
 impl Rollup {
     pub fn table(self) -> String {
-        if self.per_account {
-            format!("usage_rollup_{}", self.granularity.as_str())
-        } else {
-            format!("usage_rollup_all_{}", self.granularity.as_str())
+        let g = self.granularity.as_str();
+        match self.scope {
+            Scope::Account => format!("usage_rollup_{g}"),
+            Scope::All => format!("usage_rollup_all_{g}"),
+            Scope::AllByModel => format!("usage_rollup_all_model_{g}"),
         }
     }
 
@@ -66,21 +86,30 @@ impl Rollup {
 
     /// The key: every dimension the API filters or groups on in this scope,
     /// plus the log partition (a function of the account, the log's
-    /// partition key, so it adds no rows) to track rollup positions.
+    /// partition key) to track rollup positions.
     fn key(self) -> &'static str {
-        if self.per_account {
-            "account_id, bucket, access_key_id, provider, model, credential_source, status, log_partition"
-        } else {
-            "bucket, provider, model, credential_source, status, log_partition"
+        match self.scope {
+            Scope::Account => "account_id, bucket, access_key_id, provider, model, credential_source, status, log_partition",
+            Scope::All => "bucket, provider, model, credential_source, status, log_partition",
+            Scope::AllByModel => "bucket, provider, model, log_partition",
         }
     }
 
     /// Whether this rollup can answer `query` at all (scope and dimensions).
     fn serves(self, query: &UsageQuery) -> bool {
-        self.per_account
-            || (query.account_id.is_none()
-                && query.access_key_id.is_none()
-                && !query.groups(GroupBy::AccessKey))
+        let all_accounts = query.account_id.is_none()
+            && query.access_key_id.is_none()
+            && !query.groups(GroupBy::AccessKey);
+        match self.scope {
+            Scope::Account => true,
+            Scope::All => all_accounts,
+            Scope::AllByModel => {
+                all_accounts
+                    && query.status_class.is_none()
+                    && query.credential_source.is_none()
+                    && !query.groups(GroupBy::Status)
+            }
+        }
     }
 }
 
@@ -147,14 +176,19 @@ fn create_raw() -> String {
 }
 
 fn create_rollup(r: Rollup) -> String {
-    let dims = if r.per_account {
-        "account_id String, bucket DateTime('UTC'), access_key_id String, "
-    } else {
-        "bucket DateTime('UTC'), "
+    let dims = match r.scope {
+        Scope::Account => {
+            "account_id String, bucket DateTime('UTC'), access_key_id String, provider String, \
+             model String, credential_source String, status UInt16, "
+        }
+        Scope::All => {
+            "bucket DateTime('UTC'), provider String, model String, credential_source String, \
+             status UInt16, "
+        }
+        Scope::AllByModel => "bucket DateTime('UTC'), provider String, model String, ",
     };
     let mut sql = format!(
-        "CREATE TABLE IF NOT EXISTS {} ({dims}provider String, model String, \
-         credential_source String, status UInt16, log_partition UInt32, \
+        "CREATE TABLE IF NOT EXISTS {} ({dims}log_partition UInt32, \
          requests AggregateFunction(sum, UInt64), errors AggregateFunction(sum, UInt64)",
         r.table()
     );
@@ -180,16 +214,16 @@ fn create_rollup(r: Rollup) -> String {
 /// The aggregation a rollup applies to raw rows: used by its materialized
 /// view and, verbatim, by the repair that re-derives a rollup from raw rows.
 fn rollup_select(r: Rollup, filter: &str) -> String {
-    let dims = if r.per_account {
-        format!(
-            "account_id, {} AS bucket, access_key_id",
-            start_of(r.granularity, "started_at")
-        )
-    } else {
-        format!("{} AS bucket", start_of(r.granularity, "started_at"))
+    let bucket = start_of(r.granularity, "started_at");
+    let dims = match r.scope {
+        Scope::Account => format!(
+            "account_id, {bucket} AS bucket, access_key_id, provider, model, credential_source, status"
+        ),
+        Scope::All => format!("{bucket} AS bucket, provider, model, credential_source, status"),
+        Scope::AllByModel => format!("{bucket} AS bucket, provider, model"),
     };
     let mut sql = format!(
-        "SELECT {dims}, provider, model, credential_source, status, log_partition, \
+        "SELECT {dims}, log_partition, \
          sumState(toUInt64(1)) AS requests, sumState(toUInt64(status >= 400)) AS errors"
     );
     for col in TOKEN_COLUMNS {
@@ -242,12 +276,32 @@ pub fn record_migration(version: u32) -> String {
 /// released migration: add a new one.
 pub fn migrations() -> Vec<(u32, Vec<String>)> {
     let mut rollups = Vec::new();
-    for r in ROLLUPS {
+    for r in MIGRATION_2_ROLLUPS {
         rollups.push(create_rollup(r));
     }
-    for r in ROLLUPS {
+    for r in MIGRATION_2_ROLLUPS {
         rollups.push(create_rollup_view(r));
     }
+    let mut fewer_rollups = Vec::new();
+    for r in MIGRATION_4_DROPPED {
+        // View first: nothing may insert into a table being dropped.
+        fewer_rollups.push(format!("DROP TABLE IF EXISTS {}", r.view()));
+        fewer_rollups.push(format!("DROP TABLE IF EXISTS {}", r.table()));
+    }
+    // The new rollup is rebuilt from scratch on every run of this migration
+    // (drop, create, backfill from raw rows, then the view), so a run
+    // interrupted anywhere is redone whole, never counted twice. Inserts
+    // between the backfill and the view are found by the position check.
+    let added = MIGRATION_4_ADDED;
+    fewer_rollups.push(format!("DROP TABLE IF EXISTS {}", added.view()));
+    fewer_rollups.push(format!("DROP TABLE IF EXISTS {}", added.table()));
+    fewer_rollups.push(create_rollup(added));
+    fewer_rollups.push(format!(
+        "INSERT INTO {} {}",
+        added.table(),
+        rollup_select(added, "")
+    ));
+    fewer_rollups.push(create_rollup_view(added));
     vec![
         (1, vec![create_raw()]),
         (2, rollups),
@@ -259,6 +313,7 @@ pub fn migrations() -> Vec<(u32, Vec<String>)> {
                  ORDER BY (log_partition, next_offset)"
             )],
         ),
+        (4, fewer_rollups),
     ]
 }
 
@@ -374,8 +429,9 @@ pub enum Source {
 }
 
 /// The rollup with the fewest rows that answers `query` exactly — in scope,
-/// range and bucket aligned to its granularity; all-accounts before
-/// per-account, coarser before finer — else the raw table.
+/// range and bucket aligned to its granularity; coarser before finer, then
+/// fewer dimensions before more (by model, all accounts, per account) —
+/// else the raw table.
 pub fn plan(query: &UsageQuery, use_rollups: bool) -> Source {
     if !use_rollups {
         return Source::Raw;
@@ -385,7 +441,7 @@ pub fn plan(query: &UsageQuery, use_rollups: bool) -> Source {
         .copied()
         .filter(|r| r.serves(query))
         .collect();
-    candidates.sort_by_key(|r| (r.per_account, std::cmp::Reverse(r.granularity.millis())));
+    candidates.sort_by_key(|r| (std::cmp::Reverse(r.granularity.millis()), r.scope));
     for r in candidates {
         let step = r.granularity.millis();
         let aligned = query.start_ms() % step == 0 && query.end_ms() % step == 0;
@@ -587,35 +643,38 @@ mod tests {
             .unwrap_or_default()
     }
 
-    const fn r(granularity: Bucket, per_account: bool) -> Source {
-        Source::Rollup(Rollup {
-            granularity,
-            per_account,
-        })
+    const fn r(granularity: Bucket, scope: Scope) -> Source {
+        Source::Rollup(Rollup { granularity, scope })
     }
 
     #[test]
     fn planner_picks_the_smallest_rollup_that_answers() {
         let mut q = UsageQuery::new(at(0, 0), at(0, 0) + chrono::Duration::days(2));
-        assert_eq!(plan(&q, true), r(Bucket::Day, false));
+        assert_eq!(plan(&q, true), r(Bucket::Day, Scope::All));
         q.bucket = Some(Bucket::Hour);
-        assert_eq!(plan(&q, true), r(Bucket::Hour, false));
+        assert_eq!(plan(&q, true), r(Bucket::Hour, Scope::AllByModel));
+        // Status or credential filters need the all-accounts rollups that
+        // keep those dimensions.
+        q.status_class = Some(crate::model::StatusClass::ServerError);
+        assert_eq!(plan(&q, true), r(Bucket::Hour, Scope::All));
+        q.status_class = None;
+        q.group_by = vec![GroupBy::Status];
+        assert_eq!(plan(&q, true), r(Bucket::Hour, Scope::All));
+        q.group_by = vec![GroupBy::Model];
+        assert_eq!(plan(&q, true), r(Bucket::Hour, Scope::AllByModel));
+        // No minute rollups: minutes come from raw rows.
         q.end = at(5, 30);
-        assert_eq!(plan(&q, true), r(Bucket::Minute, false));
-        q.start = at(0, 0) + chrono::Duration::milliseconds(1500);
         assert_eq!(plan(&q, true), Source::Raw);
-        // An account (or a key) needs the per-account rollups, which have
-        // no minutes.
+        // An account (or a key) needs the per-account rollup, which has
+        // only days; the raw sort key serves an account's hours.
         let mut q = UsageQuery::new(at(0, 0), at(0, 0) + chrono::Duration::days(2));
         q.account_id = Some("acct_x".into());
-        assert_eq!(plan(&q, true), r(Bucket::Day, true));
+        assert_eq!(plan(&q, true), r(Bucket::Day, Scope::Account));
         q.bucket = Some(Bucket::Hour);
-        assert_eq!(plan(&q, true), r(Bucket::Hour, true));
-        q.end = at(5, 30);
         assert_eq!(plan(&q, true), Source::Raw);
-        let mut q = UsageQuery::new(at(0, 0), at(1, 0));
+        let mut q = UsageQuery::new(at(0, 0), at(0, 0) + chrono::Duration::days(1));
         q.group_by = vec![GroupBy::AccessKey];
-        assert_eq!(plan(&q, true), r(Bucket::Hour, true));
+        assert_eq!(plan(&q, true), r(Bucket::Day, Scope::Account));
         assert_eq!(plan(&q, false), Source::Raw);
     }
 

@@ -350,6 +350,13 @@ pub fn contract_queries() -> Vec<(&'static str, UsageQuery)> {
     c.group_by = vec![GroupBy::Model];
     c.bucket = Some(Bucket::Hour);
     cases.push(("admin_by_model_hourly", c));
+    // A status filter needs the all-accounts rollup that keeps status.
+    let mut c = full();
+    c.account_id = None;
+    c.status_class = Some(StatusClass::ServerError);
+    c.group_by = vec![GroupBy::Provider, GroupBy::Model];
+    c.bucket = Some(Bucket::Hour);
+    cases.push(("admin_hourly_5xx", c));
     let mut c = q("2025-02-28T23:58:00Z", "2025-03-01T00:07:00Z");
     c.account_id = None;
     c.group_by = vec![GroupBy::Provider, GroupBy::Status];
