@@ -41,20 +41,53 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .with_state(gateway)
 }
 
-/// Serve until `shutdown` resolves. TCP_NODELAY avoids the 40 ms
-/// Nagle/delayed-ACK stall on keep-alive connections.
+/// Largest request head (request line and headers) accepted, and the cap
+/// on each connection's read buffer: hyper's default lets that buffer grow
+/// to 16 KiB and more, which 1,000 open streams pay for 1,000 times.
+const MAX_READ_BUFFER: usize = 8 * 1024;
+
+/// Serve HTTP/1.1 until `shutdown` resolves, then let in-flight requests
+/// finish. TCP_NODELAY avoids the 40 ms Nagle/delayed-ACK stall on
+/// keep-alive connections. A plain hyper HTTP/1 connection per socket (no
+/// protocol sniffing) keeps each idle or streaming connection small.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    let connections = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .max_buf_size(MAX_READ_BUFFER)
+        .header_read_timeout(std::time::Duration::from_secs(30));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors or similar: back off, don't spin.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
         let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+        let service = TowerToHyperService::new(app.clone());
+        let connection = connections.watch(http.serve_connection(TokioIo::new(tcp), service));
+        tokio::spawn(async move {
+            // Errors here are the client's (reset, malformed request): hyper
+            // has already answered what it could.
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    connections.shutdown().await;
+    Ok(())
 }
 
 async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
