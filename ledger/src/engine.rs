@@ -6,11 +6,12 @@
 //! posting equals the entry's balance change; an account's balance equals
 //! its lots' remaining credit minus its debt.
 
+use crate::input::UsageCharge;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use tollgate_core::billing::{Adjustment, AdjustmentKind, Purchase, CREDIT_LIFETIME_DAYS};
-use tollgate_core::pricing::cost_of;
+use tollgate_core::pricing::cost_for;
 use tollgate_core::{AccountId, UsageEvent, Usd};
 
 /// Ledger accounts of the chart, besides one `customer:<account id>` each.
@@ -303,6 +304,11 @@ impl Ledger {
     }
 
     pub fn apply_usage(&mut self, partition: u32, event: &UsageEvent, out: &mut Vec<Entry>) {
+        self.apply_charge(partition, &UsageCharge::from(event), out);
+    }
+
+    /// Debit a usage event (read as just its billing fields).
+    pub fn apply_charge(&mut self, partition: u32, event: &UsageCharge, out: &mut Vec<Entry>) {
         let now = self.advance(partition, event.finished_at);
         self.account(&event.account_id, partition);
         self.expire_account(&event.account_id, now, out);
@@ -313,7 +319,7 @@ impl Ledger {
                 *mark = seq;
             }
         }
-        let cost = cost_of(event);
+        let cost = cost_for(&event.tokens, &event.prices, event.credential_source);
         let total = cost.total();
         if total == Usd::ZERO {
             return; // a request with no tokens costs nothing

@@ -3,6 +3,7 @@
 //! the log position and publishes balance updates.
 
 use crate::engine::Ledger;
+use crate::input::LedgerInput;
 use crate::store;
 use crate::LedgerError;
 use chrono::Utc;
@@ -360,24 +361,24 @@ fn apply_in_transaction(
     let mut changed: HashSet<AccountId> = HashSet::new();
     let partition = batch.partition;
     for record in &batch.records {
-        let envelope: Envelope = match serde_json::from_slice(&record.payload) {
-            Ok(envelope) => envelope,
+        let input = match LedgerInput::decode(&record.payload) {
+            Ok(input) => input,
             Err(err) => {
                 metrics.unreadable.inc();
                 tracing::error!(offset = record.offset, error = %err, "skipping an unreadable record");
                 continue;
             }
         };
-        match envelope.body {
-            EventBody::Usage(event) => {
+        match input {
+            LedgerInput::Usage(event) => {
                 if store::claim(&tx, &format!("usage:{}", event.event_id))? {
-                    state.apply_usage(partition, &event, &mut entries);
+                    state.apply_charge(partition, &event, &mut entries);
                     changed.insert(event.account_id.clone());
                 } else {
                     metrics.duplicates.inc();
                 }
             }
-            EventBody::Purchase(purchase) => {
+            LedgerInput::Purchase(purchase) => {
                 let key = format!(
                     "purchase:{}:{}",
                     purchase.account_id, purchase.idempotency_key
@@ -389,7 +390,7 @@ fn apply_in_transaction(
                     metrics.duplicates.inc();
                 }
             }
-            EventBody::Adjustment(adjustment) => {
+            LedgerInput::Adjustment(adjustment) => {
                 let key = format!(
                     "adjustment:{}:{}",
                     adjustment.account_id, adjustment.idempotency_key
@@ -401,8 +402,8 @@ fn apply_in_transaction(
                     metrics.duplicates.inc();
                 }
             }
-            EventBody::Tick(tick) => state.tick(partition, tick.at, &mut entries),
-            _ => {}
+            LedgerInput::Tick(tick) => state.tick(partition, tick.at, &mut entries),
+            LedgerInput::Other => {}
         }
     }
     for entry in &entries {

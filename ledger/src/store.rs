@@ -3,14 +3,16 @@
 //! batch, so a crash at any point neither loses nor duplicates a debit.
 
 use crate::engine::{AccountState, Allocation, Entry, EntryKind, Ledger, Lot, LotSource, Posting};
+use crate::text;
 use crate::LedgerError;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use tollgate_core::{AccountId, Usd};
 
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE ledger_accounts (
         account_id TEXT PRIMARY KEY,
         partition INTEGER NOT NULL,
@@ -56,7 +58,41 @@ const MIGRATIONS: &[&str] = &["
         seq INTEGER NOT NULL,
         PRIMARY KEY (account_id, instance_id)
     );
-"];
+",
+    "
+    -- Cheaper inserts, the same rows. Applied ids: one B-tree keyed by the
+    -- id instead of a rowid table plus an index on it.
+    CREATE TABLE ledger_applied_v2 (dedup_key TEXT PRIMARY KEY) WITHOUT ROWID;
+    INSERT INTO ledger_applied_v2 (dedup_key) SELECT dedup_key FROM ledger_applied;
+    DROP TABLE ledger_applied;
+    ALTER TABLE ledger_applied_v2 RENAME TO ledger_applied;
+    -- Entries: seq without AUTOINCREMENT (no sqlite_sequence update per
+    -- insert). Entries are never deleted, so the next seq is still one past
+    -- the largest ever used.
+    CREATE TABLE ledger_entries_v2 (
+        seq INTEGER PRIMARY KEY,
+        account_id TEXT NOT NULL,
+        at TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        source_id TEXT NOT NULL,
+        amount TEXT NOT NULL,
+        fee TEXT NOT NULL,
+        upstream TEXT NOT NULL,
+        balance_after TEXT NOT NULL,
+        postings TEXT NOT NULL,
+        allocations TEXT NOT NULL,
+        memo TEXT
+    );
+    INSERT INTO ledger_entries_v2 (seq, account_id, at, kind, source_id, amount, fee, upstream,
+            balance_after, postings, allocations, memo)
+        SELECT seq, account_id, at, kind, source_id, amount, fee, upstream,
+            balance_after, postings, allocations, memo
+        FROM ledger_entries ORDER BY seq;
+    DROP TABLE ledger_entries;
+    ALTER TABLE ledger_entries_v2 RENAME TO ledger_entries;
+    CREATE INDEX ledger_entries_account ON ledger_entries (account_id, seq);
+",
+];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), LedgerError> {
     conn.execute_batch(
@@ -84,7 +120,7 @@ pub fn migrate(conn: &mut Connection) -> Result<(), LedgerError> {
 
 /// Timestamps sort as text: fixed precision, UTC.
 pub fn time_text(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Nanos, true)
+    text::time(at)
 }
 
 pub fn parse_time(text: &str) -> Result<DateTime<Utc>, LedgerError> {
@@ -213,12 +249,12 @@ pub fn insert_entries(tx: &Transaction<'_>, entries: &[Entry]) -> Result<(), Led
             time_text(e.at),
             e.kind.as_str(),
             e.source_id,
-            e.amount.to_string(),
-            e.fee.to_string(),
-            e.upstream.to_string(),
-            e.balance_after.to_string(),
-            serde_json::to_string(&e.postings).unwrap_or_default(),
-            serde_json::to_string(&e.allocations).unwrap_or_default(),
+            text::decimal(e.amount.0),
+            text::decimal(e.fee.0),
+            text::decimal(e.upstream.0),
+            text::decimal(e.balance_after.0),
+            text::postings_json(&e.postings),
+            text::allocations_json(&e.allocations),
             e.memo,
         ])?;
     }
@@ -251,7 +287,7 @@ pub fn save_accounts(
         account_stmt.execute(params![
             account_id.as_str(),
             state.partition,
-            state.debt.to_string()
+            text::decimal(state.debt.0)
         ])?;
         for lot in &state.lots {
             lot_stmt.execute(params![
@@ -260,8 +296,8 @@ pub fn save_accounts(
                 source_text(lot.source),
                 time_text(lot.purchased_at),
                 time_text(lot.expires_at),
-                lot.amount.to_string(),
-                lot.remaining.to_string(),
+                text::decimal(lot.amount.0),
+                text::decimal(lot.remaining.0),
                 lot.expired,
             ])?;
         }
@@ -374,4 +410,90 @@ pub fn decode_entry(raw: (u64, [String; 10], Option<String>)) -> Result<StoredEn
             memo,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A store written by the first schema keeps its applied ids and entries
+    /// (seq included) through the later migrations, and new entries continue
+    /// after the old ones.
+    #[test]
+    fn migrating_the_first_schema_keeps_every_row() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE ledger_migrations (version INTEGER PRIMARY KEY);
+             INSERT INTO ledger_migrations (version) VALUES (1);",
+        )
+        .unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.execute_batch(
+            "INSERT INTO ledger_applied (dedup_key) VALUES ('usage:a'), ('purchase:acct:k');
+             INSERT INTO ledger_entries (seq, account_id, at, kind, source_id, amount, fee, upstream,
+                 balance_after, postings, allocations, memo)
+             VALUES (7, 'acct', '2026-01-01T00:00:00.000000000Z', 'purchase', 'pur_1', '5.00', '0', '0',
+                 '5.00', '[]', '[]', NULL);",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let version: i64 = conn
+            .query_row("SELECT MAX(version) FROM ledger_migrations", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+
+        let tx = conn.transaction().unwrap();
+        assert!(
+            !claim(&tx, "usage:a").unwrap(),
+            "an applied id stays applied"
+        );
+        assert!(claim(&tx, "usage:b").unwrap());
+        insert_entries(
+            &tx,
+            &[Entry {
+                account_id: AccountId::from("acct"),
+                at: parse_time("2026-01-02T00:00:00Z").unwrap(),
+                kind: EntryKind::ManualDebit,
+                source_id: "adj_1".into(),
+                amount: parse_usd("-1").unwrap(),
+                fee: Usd::ZERO,
+                upstream: Usd::ZERO,
+                balance_after: parse_usd("4.00").unwrap(),
+                postings: vec![],
+                allocations: vec![],
+                memo: Some("test".into()),
+            }],
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM ledger_entries ORDER BY seq"
+            ))
+            .unwrap();
+        let entries: Vec<StoredEntry> = stmt
+            .query_map([], entry_from_row)
+            .unwrap()
+            .map(|row| decode_entry(row.unwrap()).unwrap())
+            .collect();
+        assert_eq!(
+            entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![7, 8],
+            "old entries keep their seq; new ones follow"
+        );
+        assert_eq!(entries[0].entry.kind, EntryKind::Purchase);
+        assert_eq!(entries[0].entry.amount, parse_usd("5.00").unwrap());
+        assert_eq!(entries[1].entry.memo.as_deref(), Some("test"));
+        let without_rowid: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_schema WHERE name = 'ledger_applied' AND sql LIKE '%WITHOUT ROWID%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(without_rowid, 1);
+    }
 }
