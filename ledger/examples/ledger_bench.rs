@@ -29,8 +29,8 @@ use tollgate_core::{
 use tollgate_ledger::LedgerService;
 use tollgate_store::{Database, Durability, SqliteEventLog, SqliteEventLogOptions};
 
-/// The service's batch size (`service::BATCH_MAX`).
-const BATCH: usize = 5_000;
+/// The service's batch size.
+const BATCH: usize = tollgate_ledger::service::BATCH_MAX;
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
@@ -111,15 +111,19 @@ fn payloads(accounts: usize, events: usize) -> Vec<Vec<u8>> {
     out
 }
 
-/// CPU time (user + system) of the calling thread, where Linux tells it:
+/// CPU time (user, system) of the calling thread, where Linux tells it:
 /// on a shared machine it shows what the work costs, waits aside.
-fn thread_cpu() -> Option<Duration> {
+fn thread_cpu() -> Option<(Duration, Duration)> {
     let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
     // Fields after the parenthesised command name; utime and stime are 14 and 15.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10)) // USER_HZ = 100
+    let ticks = |i: usize| -> Option<Duration> {
+        Some(Duration::from_millis(
+            fields.get(i)?.parse::<u64>().ok()? * 10,
+        )) // USER_HZ = 100
+    };
+    Some((ticks(11)?, ticks(12)?))
 }
 
 fn rate(events: usize, elapsed: Duration) -> String {
@@ -191,18 +195,21 @@ async fn main() {
     }
     let cpu = thread_cpu()
         .zip(cpu_before)
-        .map(|(after, before)| after - before);
+        .map(|(after, before)| (after.0 - before.0, after.1 - before.1));
     let with_reads = overall.elapsed();
     assert_eq!(applied, total);
     let entries = ledger.metrics.entries.with_label_values(&["usage"]).get();
     println!("apply_batch, batches of {BATCH}:");
     println!("  applying only:      {}", rate(total, applying));
     println!("  with log reads:     {}", rate(total, with_reads));
-    if let Some(cpu) = cpu {
+    if let Some((user, system)) = cpu {
+        let cpu = user + system;
         println!(
-            "  per CPU-second:     {:>9.0} events/s (CPU time of the applying thread, log reads excluded: {:.2} s)",
+            "  per CPU-second:     {:>9.0} events/s (CPU time of the applying thread, log reads excluded: {:.2} s = {:.2} s user + {:.2} s system)",
             total as f64 / cpu.as_secs_f64(),
-            cpu.as_secs_f64()
+            cpu.as_secs_f64(),
+            user.as_secs_f64(),
+            system.as_secs_f64()
         );
     }
     println!("  ({entries} usage entries booked)");

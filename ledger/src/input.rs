@@ -61,7 +61,11 @@ impl From<&UsageEvent> for UsageCharge {
 impl LedgerInput {
     /// Decode one record's payload (`{"v":1,"type":…,"data":{…}}`).
     pub fn decode(payload: &[u8]) -> Result<LedgerInput, LedgerError> {
-        let mut de = serde_json::Deserializer::from_slice(payload);
+        // UTF-8 checked once for the whole payload: reading from a `str`,
+        // serde_json does not check each string again.
+        let text = std::str::from_utf8(payload)
+            .map_err(|e| LedgerError::Corrupt(format!("unreadable record: {e}")))?;
+        let mut de = serde_json::Deserializer::from_str(text);
         let input = de
             .deserialize_map(EnvelopeVisitor)
             .and_then(|input| de.end().map(|()| input))

@@ -2,7 +2,10 @@
 //! per-partition clocks and log positions — written in ONE transaction per
 //! batch, so a crash at any point neither loses nor duplicates a debit.
 
-use crate::engine::{AccountState, Allocation, Entry, EntryKind, Ledger, Lot, LotSource, Posting};
+use crate::engine::{
+    has_standard_postings, standard_postings, AccountState, Allocation, Entry, EntryKind, Ledger,
+    Lot, LotSource, Posting,
+};
 use crate::text;
 use crate::LedgerError;
 use chrono::{DateTime, Utc};
@@ -67,8 +70,9 @@ const MIGRATIONS: &[&str] = &[
     DROP TABLE ledger_applied;
     ALTER TABLE ledger_applied_v2 RENAME TO ledger_applied;
     -- Entries: seq without AUTOINCREMENT (no sqlite_sequence update per
-    -- insert). Entries are never deleted, so the next seq is still one past
-    -- the largest ever used.
+    -- insert); entries are never deleted, so the next seq is still one past
+    -- the largest ever used. postings NULL: the entry's kind's standard
+    -- postings (engine::standard_postings), derived from its own columns.
     CREATE TABLE ledger_entries_v2 (
         seq INTEGER PRIMARY KEY,
         account_id TEXT NOT NULL,
@@ -79,7 +83,7 @@ const MIGRATIONS: &[&str] = &[
         fee TEXT NOT NULL,
         upstream TEXT NOT NULL,
         balance_after TEXT NOT NULL,
-        postings TEXT NOT NULL,
+        postings TEXT,
         allocations TEXT NOT NULL,
         memo TEXT
     );
@@ -237,6 +241,12 @@ pub fn claim(tx: &Transaction<'_>, dedup_key: &str) -> Result<bool, LedgerError>
     Ok(changed == 1)
 }
 
+/// NULL when the entry's postings are its kind's standard ones (almost
+/// always), else their JSON.
+fn stored_postings(e: &Entry) -> Option<String> {
+    (!has_standard_postings(e)).then(|| text::postings_json(&e.postings))
+}
+
 pub fn insert_entries(tx: &Transaction<'_>, entries: &[Entry]) -> Result<(), LedgerError> {
     let mut stmt = tx.prepare_cached(
         "INSERT INTO ledger_entries (account_id, at, kind, source_id, amount, fee, upstream,
@@ -253,7 +263,7 @@ pub fn insert_entries(tx: &Transaction<'_>, entries: &[Entry]) -> Result<(), Led
             text::decimal(e.fee.0),
             text::decimal(e.upstream.0),
             text::decimal(e.balance_after.0),
-            text::postings_json(&e.postings),
+            stored_postings(e),
             text::allocations_json(&e.allocations),
             e.memo,
         ])?;
@@ -261,11 +271,16 @@ pub fn insert_entries(tx: &Transaction<'_>, entries: &[Entry]) -> Result<(), Led
     Ok(())
 }
 
-/// Write the current state of the accounts that changed.
+/// Write the current state of the accounts that changed: for an account
+/// whose state before the batch is in `before`, only the rows that differ
+/// from it (lots are only ever appended, so they pair up by position);
+/// for the others, every row. `before` must hold an account's state from
+/// before the batch's first change to it, or nothing.
 pub fn save_accounts(
     tx: &Transaction<'_>,
     ledger: &Ledger,
     changed: &HashSet<AccountId>,
+    before: &HashMap<AccountId, Option<AccountState>>,
 ) -> Result<(), LedgerError> {
     let mut account_stmt = tx.prepare_cached(
         "INSERT INTO ledger_accounts (account_id, partition, debt) VALUES (?1, ?2, ?3)
@@ -284,12 +299,21 @@ pub fn save_accounts(
         let Some(state) = ledger.accounts.get(account_id) else {
             continue;
         };
-        account_stmt.execute(params![
-            account_id.as_str(),
-            state.partition,
-            text::decimal(state.debt.0)
-        ])?;
-        for lot in &state.lots {
+        let old = before.get(account_id).and_then(Option::as_ref);
+        if old.is_none_or(|old| old.partition != state.partition || old.debt != state.debt) {
+            account_stmt.execute(params![
+                account_id.as_str(),
+                state.partition,
+                text::decimal(state.debt.0)
+            ])?;
+        }
+        for (i, lot) in state.lots.iter().enumerate() {
+            let old_lot = old.and_then(|old| old.lots.get(i));
+            if old_lot.is_some_and(|o| {
+                o.lot_id == lot.lot_id && o.remaining == lot.remaining && o.expired == lot.expired
+            }) {
+                continue;
+            }
             lot_stmt.execute(params![
                 lot.lot_id,
                 lot.account_id.as_str(),
@@ -302,6 +326,9 @@ pub fn save_accounts(
             ])?;
         }
         for (instance, seq) in &state.applied {
+            if old.is_some_and(|old| old.applied.get(instance) == Some(seq)) {
+                continue;
+            }
             mark_stmt.execute(params![account_id.as_str(), instance, *seq as i64])?;
         }
     }
@@ -359,12 +386,19 @@ pub struct StoredEntry {
     pub entry: Entry,
 }
 
-pub fn entry_from_row(
-    row: &rusqlite::Row<'_>,
-) -> rusqlite::Result<(u64, [String; 10], Option<String>)> {
-    Ok((
-        row.get::<_, i64>(0)? as u64,
-        [
+/// A stored entry's columns, as read (decoded by `decode_entry`).
+pub struct RawEntry {
+    seq: u64,
+    text: [String; 8],
+    postings: Option<String>,
+    allocations: String,
+    memo: Option<String>,
+}
+
+pub fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawEntry> {
+    Ok(RawEntry {
+        seq: row.get::<_, i64>(0)? as u64,
+        text: [
             row.get(1)?,
             row.get(2)?,
             row.get(3)?,
@@ -373,37 +407,46 @@ pub fn entry_from_row(
             row.get(6)?,
             row.get(7)?,
             row.get(8)?,
-            row.get(9)?,
-            row.get(10)?,
         ],
-        row.get(11)?,
-    ))
+        postings: row.get(9)?,
+        allocations: row.get(10)?,
+        memo: row.get(11)?,
+    })
 }
 
 pub const ENTRY_COLUMNS: &str =
     "seq, account_id, at, kind, source_id, amount, fee, upstream, balance_after, postings, allocations, memo";
 
-pub fn decode_entry(raw: (u64, [String; 10], Option<String>)) -> Result<StoredEntry, LedgerError> {
-    let (
+pub fn decode_entry(raw: RawEntry) -> Result<StoredEntry, LedgerError> {
+    let RawEntry {
         seq,
-        [account, at, kind, source_id, amount, fee, upstream, balance_after, postings, allocations],
+        text: [account, at, kind, source_id, amount, fee, upstream, balance_after],
+        postings,
+        allocations,
         memo,
-    ) = raw;
-    let postings: Vec<Posting> =
-        serde_json::from_str(&postings).map_err(|e| LedgerError::Corrupt(e.to_string()))?;
+    } = raw;
+    let account_id = AccountId(account);
+    let kind = EntryKind::parse(&kind)
+        .ok_or_else(|| LedgerError::Corrupt(format!("entry kind {kind}")))?;
+    let (amount, fee, upstream) = (parse_usd(&amount)?, parse_usd(&fee)?, parse_usd(&upstream)?);
+    let postings: Vec<Posting> = match postings {
+        Some(json) => {
+            serde_json::from_str(&json).map_err(|e| LedgerError::Corrupt(e.to_string()))?
+        }
+        None => standard_postings(kind, &account_id, amount, fee, upstream),
+    };
     let allocations: Vec<Allocation> =
         serde_json::from_str(&allocations).map_err(|e| LedgerError::Corrupt(e.to_string()))?;
     Ok(StoredEntry {
         seq,
         entry: Entry {
-            account_id: AccountId(account),
+            account_id,
             at: parse_time(&at)?,
-            kind: EntryKind::parse(&kind)
-                .ok_or_else(|| LedgerError::Corrupt(format!("entry kind {kind}")))?,
+            kind,
             source_id,
-            amount: parse_usd(&amount)?,
-            fee: parse_usd(&fee)?,
-            upstream: parse_usd(&upstream)?,
+            amount,
+            fee,
+            upstream,
             balance_after: parse_usd(&balance_after)?,
             postings,
             allocations,
