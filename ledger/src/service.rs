@@ -2,7 +2,7 @@
 //! one SQLite transaction each (state + position together), then commits
 //! the log position and publishes balance updates.
 
-use crate::engine::{AccountState, Ledger};
+use crate::engine::{AccountState, EntryKind, Ledger};
 use crate::input::LedgerInput;
 use crate::store;
 use crate::LedgerError;
@@ -375,6 +375,7 @@ fn apply_in_transaction(
         }
     };
     let partition = batch.partition;
+    let mut claims = store::Claims::new(&tx)?;
     for record in &batch.records {
         let input = match LedgerInput::decode(&record.payload) {
             Ok(input) => input,
@@ -386,7 +387,7 @@ fn apply_in_transaction(
         };
         match input {
             LedgerInput::Usage(event) => {
-                if store::claim(&tx, &format!("usage:{}", event.event_id))? {
+                if claims.claim(&format!("usage:{}", event.event_id))? {
                     remember(state, &event.account_id);
                     state.apply_charge(partition, &event, &mut entries);
                     changed.insert(event.account_id.clone());
@@ -399,7 +400,7 @@ fn apply_in_transaction(
                     "purchase:{}:{}",
                     purchase.account_id, purchase.idempotency_key
                 );
-                if store::claim(&tx, &key)? {
+                if claims.claim(&key)? {
                     remember(state, &purchase.account_id);
                     state.apply_purchase(partition, &purchase, &mut entries);
                     changed.insert(purchase.account_id.clone());
@@ -412,7 +413,7 @@ fn apply_in_transaction(
                     "adjustment:{}:{}",
                     adjustment.account_id, adjustment.idempotency_key
                 );
-                if store::claim(&tx, &key)? {
+                if claims.claim(&key)? {
                     remember(state, &adjustment.account_id);
                     state.apply_adjustment(partition, &adjustment, &mut entries);
                     changed.insert(adjustment.account_id.clone());
@@ -429,18 +430,30 @@ fn apply_in_transaction(
             LedgerInput::Other => {}
         }
     }
+    drop(claims);
+    // Entries by kind, counted once per batch and only once committed.
+    let mut booked = [0u64; EntryKind::ALL.len()];
     for entry in &entries {
-        changed.insert(entry.account_id.clone());
-        metrics
-            .entries
-            .with_label_values(&[entry.kind.as_str()])
-            .inc();
+        if !changed.contains(&entry.account_id) {
+            changed.insert(entry.account_id.clone());
+        }
+        if let Some(i) = EntryKind::ALL.iter().position(|k| *k == entry.kind) {
+            booked[i] += 1;
+        }
     }
     store::insert_entries(&tx, &entries)?;
     store::save_accounts(&tx, state, &changed, &before)?;
     store::save_clocks(&tx, &state.clocks)?;
     store::save_position(&tx, topic, partition, next_offset)?;
     tx.commit()?;
+    for (kind, count) in EntryKind::ALL.iter().zip(booked) {
+        if count > 0 {
+            metrics
+                .entries
+                .with_label_values(&[kind.as_str()])
+                .inc_by(count);
+        }
+    }
     let as_of = state
         .clocks
         .get(&partition)

@@ -235,10 +235,24 @@ pub fn load(conn: &Connection) -> Result<Ledger, LedgerError> {
 
 /// Mark `dedup_key` applied; false when it already was (a redelivery).
 pub fn claim(tx: &Transaction<'_>, dedup_key: &str) -> Result<bool, LedgerError> {
-    let changed = tx
-        .prepare_cached("INSERT OR IGNORE INTO ledger_applied (dedup_key) VALUES (?1)")?
-        .execute([dedup_key])?;
-    Ok(changed == 1)
+    Claims::new(tx)?.claim(dedup_key)
+}
+
+/// Claims within one transaction through one prepared statement (looking
+/// it up in the statement cache per event showed in the profile).
+pub struct Claims<'t>(rusqlite::CachedStatement<'t>);
+
+impl<'t> Claims<'t> {
+    pub fn new(tx: &'t Transaction<'_>) -> Result<Claims<'t>, LedgerError> {
+        Ok(Claims(tx.prepare_cached(
+            "INSERT OR IGNORE INTO ledger_applied (dedup_key) VALUES (?1)",
+        )?))
+    }
+
+    /// Mark `dedup_key` applied; false when it already was (a redelivery).
+    pub fn claim(&mut self, dedup_key: &str) -> Result<bool, LedgerError> {
+        Ok(self.0.execute([dedup_key])? == 1)
+    }
 }
 
 /// NULL when the entry's postings are its kind's standard ones (almost
