@@ -6,11 +6,12 @@
 //! posting equals the entry's balance change; an account's balance equals
 //! its lots' remaining credit minus its debt.
 
+use crate::input::UsageCharge;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use tollgate_core::billing::{Adjustment, AdjustmentKind, Purchase, CREDIT_LIFETIME_DAYS};
-use tollgate_core::pricing::cost_of;
+use tollgate_core::pricing::cost_for;
 use tollgate_core::{AccountId, UsageEvent, Usd};
 
 /// Ledger accounts of the chart, besides one `customer:<account id>` each.
@@ -229,6 +230,22 @@ impl Ledger {
     /// A tick on `partition`: expire due lots of every account there.
     pub fn tick(&mut self, partition: u32, at: DateTime<Utc>, out: &mut Vec<Entry>) {
         let now = self.advance(partition, at);
+        for account_id in self.due_at(partition, now) {
+            self.expire_account(&account_id, now, out);
+        }
+    }
+
+    /// The accounts a tick at `at` on `partition` would change (those with
+    /// lots due by then), in the order it changes them.
+    pub fn due_at_tick(&self, partition: u32, at: DateTime<Utc>) -> Vec<AccountId> {
+        let now = self
+            .clocks
+            .get(&partition)
+            .map_or(at, |clock| at.max(*clock));
+        self.due_at(partition, now)
+    }
+
+    fn due_at(&self, partition: u32, now: DateTime<Utc>) -> Vec<AccountId> {
         let mut due: Vec<AccountId> = self
             .accounts
             .iter()
@@ -238,9 +255,7 @@ impl Ledger {
             .map(|(id, _)| id.clone())
             .collect();
         due.sort();
-        for account_id in due {
-            self.expire_account(&account_id, now, out);
-        }
+        due
     }
 
     /// Consume `amount` from lots (earliest expiry, then oldest first); the
@@ -303,6 +318,11 @@ impl Ledger {
     }
 
     pub fn apply_usage(&mut self, partition: u32, event: &UsageEvent, out: &mut Vec<Entry>) {
+        self.apply_charge(partition, &UsageCharge::from(event), out);
+    }
+
+    /// Debit a usage event (read as just its billing fields).
+    pub fn apply_charge(&mut self, partition: u32, event: &UsageCharge, out: &mut Vec<Entry>) {
         let now = self.advance(partition, event.finished_at);
         self.account(&event.account_id, partition);
         self.expire_account(&event.account_id, now, out);
@@ -313,7 +333,7 @@ impl Ledger {
                 *mark = seq;
             }
         }
-        let cost = cost_of(event);
+        let cost = cost_for(&event.tokens, &event.prices, event.credential_source);
         let total = cost.total();
         if total == Usd::ZERO {
             return; // a request with no tokens costs nothing
@@ -486,6 +506,97 @@ impl Ledger {
                 ));
             }
         }
+    }
+}
+
+/// The postings the ledger books for an entry of `kind` (debits positive),
+/// a function of the entry's own fields: storage keeps them implicit when
+/// an entry's postings are exactly these (see `store::insert_entries`).
+pub fn standard_postings(
+    kind: EntryKind,
+    account_id: &AccountId,
+    amount: Usd,
+    fee: Usd,
+    upstream: Usd,
+) -> Vec<Posting> {
+    let customer = chart::customer(account_id.as_str());
+    match kind {
+        // amount = purchase; goodwill: the credit given.
+        EntryKind::Purchase => vec![posting(chart::CASH, amount), posting(&customer, -amount)],
+        EntryKind::GoodwillCredit => vec![
+            posting(chart::GOODWILL, amount),
+            posting(&customer, -amount),
+        ],
+        // amount = -(fee + upstream).
+        EntryKind::Usage => {
+            let mut postings = vec![
+                posting(&customer, -amount),
+                posting(chart::FEE_REVENUE, -fee),
+            ];
+            if upstream != Usd::ZERO {
+                postings.push(posting(chart::UPSTREAM_COST, -upstream));
+            }
+            postings
+        }
+        // amount = -remainder / -debit / -refund.
+        EntryKind::Expiry => vec![
+            posting(&customer, -amount),
+            posting(chart::EXPIRED_CREDIT, amount),
+        ],
+        EntryKind::ManualDebit => vec![
+            posting(&customer, -amount),
+            posting(chart::MANUAL_DEBIT, amount),
+        ],
+        EntryKind::Refund => vec![posting(&customer, -amount), posting(chart::CASH, amount)],
+        EntryKind::AdjustmentRejected => vec![],
+    }
+}
+
+/// Whether `e.postings` equal `standard_postings` of `e`'s fields, checked
+/// in place (building them costs more than the comparison, once per entry).
+pub fn has_standard_postings(e: &Entry) -> bool {
+    let customer =
+        |p: &Posting| p.ledger_account.strip_prefix("customer:") == Some(e.account_id.as_str());
+    let named = |p: &Posting, name: &str| p.ledger_account == name;
+    let (amount, fee, upstream) = (e.amount, e.fee, e.upstream);
+    match (e.kind, e.postings.as_slice()) {
+        (EntryKind::Purchase, [a, b]) => {
+            named(a, chart::CASH) && a.amount == amount && customer(b) && b.amount == -amount
+        }
+        (EntryKind::GoodwillCredit, [a, b]) => {
+            named(a, chart::GOODWILL) && a.amount == amount && customer(b) && b.amount == -amount
+        }
+        (EntryKind::Usage, [a, b, rest @ ..]) => {
+            let upstream_matches = match rest {
+                [] => upstream == Usd::ZERO,
+                [c] => {
+                    upstream != Usd::ZERO && named(c, chart::UPSTREAM_COST) && c.amount == -upstream
+                }
+                _ => false,
+            };
+            customer(a)
+                && a.amount == -amount
+                && named(b, chart::FEE_REVENUE)
+                && b.amount == -fee
+                && upstream_matches
+        }
+        (EntryKind::Expiry, [a, b]) => {
+            customer(a)
+                && a.amount == -amount
+                && named(b, chart::EXPIRED_CREDIT)
+                && b.amount == amount
+        }
+        (EntryKind::ManualDebit, [a, b]) => {
+            customer(a)
+                && a.amount == -amount
+                && named(b, chart::MANUAL_DEBIT)
+                && b.amount == amount
+        }
+        (EntryKind::Refund, [a, b]) => {
+            customer(a) && a.amount == -amount && named(b, chart::CASH) && b.amount == amount
+        }
+        (EntryKind::AdjustmentRejected, []) => true,
+        _ => false,
     }
 }
 

@@ -6,8 +6,10 @@
 pub mod api;
 pub mod audit;
 pub mod engine;
+pub mod input;
 pub mod service;
 pub mod store;
+pub mod text;
 
 pub use engine::{Entry, EntryKind, Ledger, Lot};
 pub use service::{LedgerMetrics, LedgerService};

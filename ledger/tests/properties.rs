@@ -2,6 +2,12 @@
 //! ticks. For every seed: purchases − debits − expired = balance to the last
 //! digit; a replay in different batch sizes equals the live run; duplicates
 //! change nothing; the independent audit agrees.
+//!
+//! Each property runs on the embedded log and on the Kafka backend (a
+//! librdkafka mock cluster with four account-events partitions, so the
+//! ledger's per-partition clocks and positions are exercised too). Records
+//! are keyed by account, as the gateway keys them; ticks by a random
+//! account, so they reach the partitions that hold accounts.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -9,19 +15,26 @@ mod common;
 use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 use tollgate_core::billing::AdjustmentKind;
 use tollgate_core::eventlog::topics;
 use tollgate_core::{Batch, CredentialSource, EventBody, EventLog, LogRecord, StoredRecord, Usd};
+use tollgate_kafka::{KafkaConfig, KafkaEventLog};
 use tollgate_ledger::{audit, LedgerService};
 use tollgate_store::{Database, Durability, SqliteEventLog, SqliteEventLogOptions};
 
 const ACCOUNTS: [&str; 3] = ["acct_p1", "acct_p2", "acct_p3"];
 
-/// A random history, as log payloads in order; some payloads repeat.
-fn history(rng: &mut StdRng, length: usize) -> (Vec<Vec<u8>>, usize) {
-    let mut payloads: Vec<Vec<u8>> = Vec::new();
+/// A log record's key and payload.
+type Keyed = (String, Vec<u8>);
+
+/// A random history, as keyed log payloads in order; some records repeat.
+fn history(rng: &mut StdRng, length: usize) -> (Vec<Keyed>, usize) {
+    let mut payloads: Vec<Keyed> = Vec::new();
     let mut duplicates = 0;
     let mut t = at("2026-01-01T00:00:00Z");
     for n in 0..length {
@@ -57,7 +70,7 @@ fn history(rng: &mut StdRng, length: usize) -> (Vec<Vec<u8>>, usize) {
                 EventBody::Usage(Box::new(usage(account, input, output, source, &when)))
             }
         };
-        payloads.push(payload(body));
+        payloads.push((account.to_owned(), payload(body)));
         if n > 0 && rng.gen_bool(0.08) {
             let again = payloads[rng.gen_range(0..payloads.len())].clone();
             payloads.push(again);
@@ -67,47 +80,140 @@ fn history(rng: &mut StdRng, length: usize) -> (Vec<Vec<u8>>, usize) {
     (payloads, duplicates)
 }
 
-struct Run {
-    _dir: tempfile::TempDir,
-    log: Arc<SqliteEventLog>,
-    ledger: Arc<LedgerService>,
-    db: Database,
+/// Which event log a run appends to and the ledger reads from.
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Embedded,
+    Kafka,
 }
 
-async fn run(payloads: &[Vec<u8>], rng: &mut StdRng, max_batch: usize) -> Run {
+const KAFKA_PARTITIONS: i32 = 4;
+
+type Mock = MockCluster<'static, DefaultProducerContext>;
+
+/// The event log of one run, and what must live as long as it.
+enum Log {
+    Embedded(Arc<SqliteEventLog>),
+    /// The mock cluster is declared last so it outlives the client.
+    Kafka {
+        log: KafkaEventLog,
+        _cluster: Mock,
+    },
+}
+
+impl Log {
+    async fn open(backend: Backend, dir: &std::path::Path, db: &Database) -> Log {
+        match backend {
+            Backend::Embedded => Log::Embedded(Arc::new(
+                SqliteEventLog::open(db, SqliteEventLogOptions::default()).unwrap(),
+            )),
+            Backend::Kafka => {
+                // The mock cluster does not answer CreateTopics.
+                let cluster = MockCluster::new(1).unwrap();
+                cluster
+                    .create_topic(topics::ACCOUNT_EVENTS, KAFKA_PARTITIONS, 1)
+                    .unwrap();
+                cluster.create_topic(topics::CONTROL, 1, 1).unwrap();
+                cluster
+                    .create_topic(tollgate_kafka::BALANCES_TOPIC, KAFKA_PARTITIONS, 1)
+                    .unwrap();
+                let config = KafkaConfig {
+                    brokers: vec![cluster.bootstrap_servers()],
+                    spool_path: dir.join("spool.db"),
+                    replication_factor: 1,
+                    startup_timeout_ms: 30_000,
+                    delivery_timeout_ms: 60_000,
+                    ..KafkaConfig::default()
+                };
+                let log = KafkaEventLog::connect(config).await.unwrap();
+                Log::Kafka {
+                    log,
+                    _cluster: cluster,
+                }
+            }
+        }
+    }
+
+    fn shared(&self) -> Arc<dyn EventLog> {
+        match self {
+            Log::Embedded(log) => log.clone(),
+            Log::Kafka { log, .. } => Arc::new(log.clone()),
+        }
+    }
+
+    async fn close(&self) {
+        if let Log::Kafka { log, .. } = self {
+            log.close(Duration::from_secs(10)).await.unwrap();
+        }
+    }
+}
+
+struct Run {
+    ledger: Arc<LedgerService>,
+    db: Database,
+    log: Log,
+    _dir: tempfile::TempDir,
+}
+
+/// Append `payloads` to a fresh log of `backend`, then apply every
+/// partition in batches of 1..=`max_batch` records, partitions interleaved
+/// at random.
+async fn run(backend: Backend, payloads: &[Keyed], rng: &mut StdRng, max_batch: usize) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let db = Database::open(dir.path().join("l.db"), Durability::Normal).unwrap();
-    let log = Arc::new(SqliteEventLog::open(&db, SqliteEventLogOptions::default()).unwrap());
-    for p in payloads {
-        log.append(LogRecord {
-            topic: topics::ACCOUNT_EVENTS.into(),
-            key: "k".into(),
-            payload: p.clone(),
-        })
-        .await
-        .unwrap();
+    let log = Log::open(backend, dir.path(), &db).await;
+    let shared = log.shared();
+    for (key, p) in payloads {
+        shared
+            .append(LogRecord {
+                topic: topics::ACCOUNT_EVENTS.into(),
+                key: key.clone(),
+                payload: p.clone(),
+            })
+            .await
+            .unwrap();
     }
-    log.flush().await.unwrap();
-    let ledger = LedgerService::open(&db, log.clone() as Arc<dyn EventLog>).unwrap();
-    let records: Vec<StoredRecord> = log
-        .read(topics::ACCOUNT_EVENTS, 0, 0, 1_000_000)
-        .await
-        .unwrap();
-    let mut i = 0;
-    while i < records.len() {
-        let n = rng.gen_range(1..=max_batch).min(records.len() - i);
-        let batch = Batch {
-            partition: 0,
-            records: records[i..i + n].to_vec(),
+    shared.flush().await.unwrap();
+    let ledger = LedgerService::open(&db, shared.clone()).unwrap();
+    let records: Vec<StoredRecord> = audit::read_log(shared.as_ref()).await.unwrap();
+    // At least every payload (Kafka may add redelivered copies).
+    assert!(records.len() >= payloads.len(), "{backend:?}: records lost");
+    let mut pending: BTreeMap<u32, std::collections::VecDeque<StoredRecord>> = BTreeMap::new();
+    for record in records {
+        pending
+            .entry(record.partition)
+            .or_default()
+            .push_back(record);
+    }
+    if let Backend::Kafka = backend {
+        assert!(
+            pending.len() > 1,
+            "the accounts' records should spread over several partitions"
+        );
+    }
+    while !pending.is_empty() {
+        let partitions: Vec<u32> = pending.keys().copied().collect();
+        // One partition (embedded) draws nothing, as before partitions.
+        let partition = match partitions.as_slice() {
+            [only] => *only,
+            several => several[rng.gen_range(0..several.len())],
         };
+        let queue = pending.get_mut(&partition).unwrap();
+        let n = rng.gen_range(1..=max_batch).min(queue.len());
+        let batch = Batch {
+            partition,
+            records: queue.drain(..n).collect(),
+        };
+        if queue.is_empty() {
+            pending.remove(&partition);
+        }
         ledger.apply_batch(topics::ACCOUNT_EVENTS, &batch).unwrap();
-        i += n;
     }
     Run {
-        _dir: dir,
-        log,
         ledger,
         db,
+        log,
+        _dir: dir,
     }
 }
 
@@ -144,15 +250,23 @@ fn book(r: &Run) -> Book {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn random_histories_balance_replay_and_ignore_duplicates() {
-    for seed in 0..12u64 {
+/// The properties over `seeds` random histories of `length` records.
+async fn random_histories_balance_replay_and_ignore_duplicates(
+    backend: Backend,
+    seeds: u64,
+    length: usize,
+) {
+    for seed in 0..seeds {
         let mut rng = StdRng::seed_from_u64(seed);
-        let (payloads, duplicates) = history(&mut rng, 400);
+        let (payloads, duplicates) = history(&mut rng, length);
         assert!(duplicates > 0);
 
-        let live = run(&payloads, &mut rng, 7).await;
+        let live = run(backend, &payloads, &mut rng, 7).await;
         let live_book = book(&live);
+        assert!(
+            live_book.values().any(|(entries, _)| !entries.is_empty()),
+            "{backend:?} seed {seed}: the ledger booked nothing"
+        );
 
         // purchases − debits − expired (and adjustments) = balance, exactly.
         for (account, (entries, balance)) in &live_book {
@@ -160,57 +274,95 @@ async fn random_histories_balance_replay_and_ignore_duplicates() {
             assert_eq!(
                 sum,
                 usd(balance),
-                "seed {seed}: {account} entries sum to its balance"
+                "{backend:?} seed {seed}: {account} entries sum to its balance"
             );
             if let Some((_, _, _, after)) = entries.last() {
                 assert_eq!(
                     usd(after),
                     usd(balance),
-                    "seed {seed}: last balance_after is the balance"
+                    "{backend:?} seed {seed}: last balance_after is the balance"
                 );
             }
         }
 
         // Replay in other batch sizes gives the same ledger.
-        let replay = run(&payloads, &mut rng, 500).await;
-        assert_eq!(book(&replay), live_book, "seed {seed}: replay equals live");
+        let replay = run(backend, &payloads, &mut rng, 500).await;
+        assert_eq!(
+            book(&replay),
+            live_book,
+            "{backend:?} seed {seed}: replay equals live"
+        );
+        replay.log.close().await;
 
         // Without the duplicates, nothing changes.
         let mut seen = std::collections::HashSet::new();
-        let unique: Vec<Vec<u8>> = payloads
+        let unique: Vec<Keyed> = payloads
             .iter()
             .filter(|p| seen.insert((*p).clone()))
             .cloned()
             .collect();
         assert_eq!(unique.len(), payloads.len() - duplicates);
-        let deduped = run(&unique, &mut rng, 50).await;
+        let deduped = run(backend, &unique, &mut rng, 50).await;
         assert_eq!(
             book(&deduped),
             live_book,
-            "seed {seed}: duplicates change nothing"
+            "{backend:?} seed {seed}: duplicates change nothing"
         );
+        deduped.log.close().await;
 
         // The independent audit agrees.
         let conn = live.db.connect().unwrap();
-        let problems = audit::audit(live.log.as_ref(), &conn).await.unwrap();
+        let problems = audit::audit(live.log.shared().as_ref(), &conn)
+            .await
+            .unwrap();
         assert!(
             problems.is_empty(),
-            "seed {seed}: audit found {problems:#?}"
+            "{backend:?} seed {seed}: audit found {problems:#?}"
         );
+        live.log.close().await;
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn audit_detects_a_tampered_ledger() {
+async fn audit_detects_a_tampered_ledger(backend: Backend) {
     let mut rng = StdRng::seed_from_u64(99);
     let (payloads, _) = history(&mut rng, 100);
-    let live = run(&payloads, &mut rng, 10).await;
+    let live = run(backend, &payloads, &mut rng, 10).await;
     let conn = live.db.connect().unwrap();
+    let log = live.log.shared();
+    assert!(
+        audit::audit(log.as_ref(), &conn).await.unwrap().is_empty(),
+        "{backend:?}: the untouched ledger passes"
+    );
     conn.execute(
         "UPDATE ledger_entries SET amount = '-0.01' WHERE seq = (SELECT MAX(seq) FROM ledger_entries WHERE kind = 'usage')",
         [],
     )
     .unwrap();
-    let problems = audit::audit(live.log.as_ref(), &conn).await.unwrap();
-    assert!(!problems.is_empty(), "a changed entry must be reported");
+    let problems = audit::audit(log.as_ref(), &conn).await.unwrap();
+    assert!(
+        !problems.is_empty(),
+        "{backend:?}: a changed entry must be reported"
+    );
+    live.log.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_random_histories_balance_replay_and_ignore_duplicates() {
+    random_histories_balance_replay_and_ignore_duplicates(Backend::Embedded, 12, 400).await;
+}
+
+/// Fewer seeds than embedded: each run starts a mock cluster and a client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_random_histories_balance_replay_and_ignore_duplicates() {
+    random_histories_balance_replay_and_ignore_duplicates(Backend::Kafka, 4, 400).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_audit_detects_a_tampered_ledger() {
+    audit_detects_a_tampered_ledger(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_audit_detects_a_tampered_ledger() {
+    audit_detects_a_tampered_ledger(Backend::Kafka).await;
 }

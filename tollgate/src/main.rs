@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
-use tollgate::config::{Config, LogFormat};
+use tollgate::config::{Config, EventLogBackend, LogFormat};
 use tollgate::{admin_cli, app};
 
 #[derive(Parser)]
@@ -129,6 +129,38 @@ fn run_role(role: impl std::future::Future<Output = anyhow::Result<()>>) -> anyh
     result
 }
 
+/// `tollgate audit`: the ledger's tables against the configured event log.
+async fn audit(config: &Config) -> anyhow::Result<Vec<String>> {
+    let db = tollgate_store::Database::open(&config.storage.path, config.storage.durability)?;
+    let mut conn = db.connect()?;
+    tollgate_ledger::store::migrate(&mut conn)?;
+    match config.eventlog.backend {
+        EventLogBackend::Embedded => {
+            let log = tollgate_store::SqliteEventLog::open(&db, Default::default())?;
+            Ok(tollgate_ledger::audit::audit(&log, &conn).await?)
+        }
+        EventLogBackend::Kafka => {
+            // The audit only reads. A scratch spool of its own keeps it clear
+            // of the configured spool, which a running process holds locked.
+            let scratch =
+                std::env::temp_dir().join(format!("tollgate-audit-{}", std::process::id()));
+            let mut kafka = config.kafka.clone();
+            kafka.spool_path = scratch.join("spool.db");
+            let result = async {
+                let log = tollgate_kafka::KafkaEventLog::connect(kafka)
+                    .await
+                    .context("connecting to Kafka")?;
+                let problems = tollgate_ledger::audit::audit(&log, &conn).await;
+                log.close(std::time::Duration::from_secs(5)).await?;
+                anyhow::Ok(problems?)
+            }
+            .await;
+            let _ = std::fs::remove_dir_all(&scratch);
+            result
+        }
+    }
+}
+
 fn run(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::Serve => run_role(app::serve(config, shutdown_signal())),
@@ -177,16 +209,7 @@ fn run(command: Command, config: Config) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let problems = runtime.block_on(async {
-                let db = tollgate_store::Database::open(
-                    &config.storage.path,
-                    config.storage.durability,
-                )?;
-                let log = tollgate_store::SqliteEventLog::open(&db, Default::default())?;
-                let mut conn = db.connect()?;
-                tollgate_ledger::store::migrate(&mut conn)?;
-                anyhow::Ok(tollgate_ledger::audit::audit(&log, &conn).await?)
-            })?;
+            let problems = runtime.block_on(audit(&config))?;
             if problems.is_empty() {
                 println!("audit OK: every balance and entry matches the event log");
                 Ok(())
