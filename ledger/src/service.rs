@@ -28,6 +28,8 @@ const BATCH_WAIT: Duration = Duration::from_millis(200);
 /// hundreds of tiny ones (each a transaction and balance updates), and it
 /// adds at most this much to a balance's delay.
 const BATCH_LINGER: Duration = Duration::from_millis(20);
+/// "Caught up": the newest record of the batch is younger than this.
+const LINGER_WHEN_LAG_BELOW_MS: i64 = 100;
 /// How often every account's display gauges are recomputed (credit moves
 /// into the 30-day expiry window with time alone, without any event).
 const GAUGE_REFRESH: Duration = Duration::from_secs(60);
@@ -228,10 +230,8 @@ impl LedgerService {
                 self.metrics.lag.set(0.0);
                 continue;
             };
-            if batch.records.len() < BATCH_MAX {
-                linger_until = Some(tokio::time::Instant::now() + BATCH_LINGER);
-            }
             let partition = batch.partition;
+            let batch_len = batch.records.len();
             let next = batch.records.last().map_or(0, |r| r.offset + 1);
             let newest_ms = batch
                 .records
@@ -245,6 +245,12 @@ impl LedgerService {
                 .map_err(|e| LedgerError::Join(e.to_string()))??;
             let age_ms = (Utc::now().timestamp_millis() - newest_ms).max(0);
             self.metrics.lag.set(age_ms as f64 / 1000.0);
+            // Linger only when caught up: with a backlog (or a partitioned
+            // log handing out one partition's records at a time) the next
+            // batch is read at once.
+            if batch_len < BATCH_MAX && age_ms < LINGER_WHEN_LAG_BELOW_MS {
+                linger_until = Some(tokio::time::Instant::now() + BATCH_LINGER);
+            }
             // The effect is durable; the group commit is for lag monitoring.
             if let Err(err) = subscription.commit(partition, next).await {
                 tracing::warn!(error = %err, "ledger offset commit failed (position is kept in the ledger's own state)");
