@@ -45,6 +45,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
 /// on each connection's read buffer: hyper's default lets that buffer grow
 /// to 16 KiB and more, which 1,000 open streams pay for 1,000 times.
 const MAX_READ_BUFFER: usize = 8 * 1024;
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Serve HTTP/1.1 until `shutdown` resolves, then let in-flight requests
 /// finish. TCP_NODELAY avoids the 40 ms Nagle/delayed-ACK stall on
@@ -61,7 +62,10 @@ pub async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .max_buf_size(MAX_READ_BUFFER)
-        .header_read_timeout(std::time::Duration::from_secs(30));
+        // A request head must arrive within this time, so a keep-alive
+        // connection idle this long is closed (SDK pools drop theirs after a
+        // few seconds) and a slow-header client cannot hold a socket.
+        .header_read_timeout(HEADER_READ_TIMEOUT);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (tcp, _peer) = tokio::select! {
