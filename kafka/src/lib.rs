@@ -53,5 +53,5 @@ pub use config::{KafkaConfig, SpoolDurability, TopicNames, TopicPartitions, BALA
 pub use error::{ConfigProblem, KafkaLogError};
 pub use log::{CloseReport, KafkaEventLog};
 pub use metrics::EventLogMetrics;
-pub use startup::{topic_specs, TopicSpec};
+pub use startup::{create_mock_topics, topic_specs, TopicSpec};
 pub use ticker::{spawn_ticker, tick_payload, TICK_KEY};

@@ -164,3 +164,17 @@ async fn create(config: &KafkaConfig, specs: &[&TopicSpec]) -> Result<(), KafkaL
     }
     Ok(())
 }
+
+/// Create Tollgate's topics, under their default names, on a librdkafka
+/// mock cluster (which does not answer CreateTopics): account events and
+/// balances with `partitions` partitions each, control with one. For tests
+/// and benchmarks.
+pub fn create_mock_topics<C: rdkafka::ClientContext>(
+    cluster: &rdkafka::mocking::MockCluster<'_, C>,
+    partitions: i32,
+) -> rdkafka::error::KafkaResult<()> {
+    let defaults = crate::config::TopicNames::default();
+    cluster.create_topic(&defaults.account_events, partitions, 1)?;
+    cluster.create_topic(&defaults.control, 1, 1)?;
+    cluster.create_topic(&defaults.balances, partitions, 1)
+}

@@ -268,13 +268,7 @@ const KAFKA_PARTITIONS: i32 = 4;
 /// The run loop on the Kafka backend (mock cluster).
 async fn through_kafka(accounts: usize, events: usize, dir: &std::path::Path) {
     let cluster = MockCluster::new(1).unwrap();
-    cluster
-        .create_topic(topics::ACCOUNT_EVENTS, KAFKA_PARTITIONS, 1)
-        .unwrap();
-    cluster.create_topic(topics::CONTROL, 1, 1).unwrap();
-    cluster
-        .create_topic(tollgate_kafka::BALANCES_TOPIC, KAFKA_PARTITIONS, 1)
-        .unwrap();
+    tollgate_kafka::create_mock_topics(&cluster, KAFKA_PARTITIONS).unwrap();
     let config = KafkaConfig {
         brokers: vec![cluster.bootstrap_servers()],
         spool_path: dir.join("kafka-spool.db"),

@@ -110,13 +110,7 @@ impl Log {
             Backend::Kafka => {
                 // The mock cluster does not answer CreateTopics.
                 let cluster = MockCluster::new(1).unwrap();
-                cluster
-                    .create_topic(topics::ACCOUNT_EVENTS, KAFKA_PARTITIONS, 1)
-                    .unwrap();
-                cluster.create_topic(topics::CONTROL, 1, 1).unwrap();
-                cluster
-                    .create_topic(tollgate_kafka::BALANCES_TOPIC, KAFKA_PARTITIONS, 1)
-                    .unwrap();
+                tollgate_kafka::create_mock_topics(&cluster, KAFKA_PARTITIONS).unwrap();
                 let config = KafkaConfig {
                     brokers: vec![cluster.bootstrap_servers()],
                     spool_path: dir.join("spool.db"),

@@ -66,11 +66,7 @@ static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn cluster() -> Mock {
     let mock = MockCluster::new(BROKERS).unwrap();
-    mock.create_topic(topics::ACCOUNT_EVENTS, PARTITIONS, 1)
-        .unwrap();
-    mock.create_topic(topics::CONTROL, 1, 1).unwrap();
-    mock.create_topic(tollgate_kafka::BALANCES_TOPIC, PARTITIONS, 1)
-        .unwrap();
+    tollgate_kafka::create_mock_topics(&mock, PARTITIONS).unwrap();
     mock
 }
 

@@ -368,13 +368,7 @@ fn write_config(path: &Path, store: &Path, eventlog: &str) {
 /// the `[eventlog]`/`[kafka]` settings that point the child at it.
 async fn kafka(dir: &Path) -> (Backend, String) {
     let cluster = MockCluster::new(1).unwrap();
-    cluster
-        .create_topic(topics::ACCOUNT_EVENTS, KAFKA_PARTITIONS, 1)
-        .unwrap();
-    cluster.create_topic(topics::CONTROL, 1, 1).unwrap();
-    cluster
-        .create_topic(tollgate_kafka::BALANCES_TOPIC, KAFKA_PARTITIONS, 1)
-        .unwrap();
+    tollgate_kafka::create_mock_topics(&cluster, KAFKA_PARTITIONS).unwrap();
     let brokers = cluster.bootstrap_servers();
     let config = KafkaConfig {
         brokers: vec![brokers.clone()],

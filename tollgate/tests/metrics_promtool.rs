@@ -23,7 +23,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tollgate_core::eventlog::topics;
 use tollgate_mock_upstream::{MockUpstream, Rule};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
@@ -391,11 +390,7 @@ async fn serve_metrics_pass_promtool() {
 async fn proxy_ledger_and_analytics_metrics_pass_promtool() {
     let mock = MockUpstream::start().await.unwrap();
     let cluster: MockCluster<'static, DefaultProducerContext> = MockCluster::new(1).unwrap();
-    cluster.create_topic(topics::ACCOUNT_EVENTS, 2, 1).unwrap();
-    cluster.create_topic(topics::CONTROL, 1, 1).unwrap();
-    cluster
-        .create_topic(tollgate_kafka::BALANCES_TOPIC, 2, 1)
-        .unwrap();
+    tollgate_kafka::create_mock_topics(&cluster, 2).unwrap();
     let brokers = cluster.bootstrap_servers();
 
     let mut processes = Vec::new();
