@@ -46,8 +46,8 @@ pub struct RequestMeter {
     /// Input-side counts reported before a stream broke off (Anthropic
     /// reports input at the start); output is then estimated.
     pub partial_input: Option<TokenCounts>,
-    /// The parsed client request, kept (in memory only) for a token estimate
-    /// if the upstream never reports usage.
+    /// The client's request body, kept (in memory only) for a token
+    /// estimate if the upstream never reports usage; parsed only then.
     request: Option<Bytes>,
     /// Generated text seen so far, for the same fallback. Never stored.
     pub output_text: String,
