@@ -350,7 +350,11 @@ impl UsageStore for SqliteUsageStore {
     async fn write(&self, batch: &WriteBatch) -> Result<u64, AnalyticsError> {
         let writer = self.writer.clone();
         let batch = batch.clone();
-        blocking(move || write_batch(&mut writer.lock(), &batch)).await
+        blocking(move || {
+            tollgate_store::background_priority();
+            write_batch(&mut writer.lock(), &batch)
+        })
+        .await
     }
 
     async fn query(&self, query: &UsageQuery) -> Result<Vec<UsageGroup>, AnalyticsError> {

@@ -240,9 +240,12 @@ impl LedgerService {
                 .max()
                 .unwrap_or(0);
             let service = self.clone();
-            let updates = tokio::task::spawn_blocking(move || service.apply_batch(topic, &batch))
-                .await
-                .map_err(|e| LedgerError::Join(e.to_string()))??;
+            let updates = tokio::task::spawn_blocking(move || {
+                tollgate_store::background_priority();
+                service.apply_batch(topic, &batch)
+            })
+            .await
+            .map_err(|e| LedgerError::Join(e.to_string()))??;
             let age_ms = (Utc::now().timestamp_millis() - newest_ms).max(0);
             self.metrics.lag.set(age_ms as f64 / 1000.0);
             // Linger only when caught up: with a backlog (or a partitioned

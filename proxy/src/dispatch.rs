@@ -212,7 +212,7 @@ struct RequestFields<'a> {
 }
 
 /// A member that is present, whatever its value (`null` too).
-fn present<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+pub(crate) fn present<'de: 'a, 'a, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<&'a RawValue>, D::Error> {
     <&'a RawValue as serde::Deserialize>::deserialize(deserializer).map(Some)

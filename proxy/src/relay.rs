@@ -7,13 +7,61 @@ use crate::meter::{cost_json, RequestMeter};
 use crate::upstream::{describe, UpstreamStream};
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tollgate_core::ApiSurface;
 use tollgate_translate::sse::{encode_event, SseDecoder, SseEvent};
 use tollgate_translate::stream::{AnthropicToOpenAiStream, OpenAiToAnthropicStream};
 use tollgate_translate::usage::{self as tr_usage, AnthropicStreamUsage};
+
+/// What the relay reads from an OpenAI stream chunk, borrowed from it.
+#[derive(serde::Deserialize)]
+struct ChunkProbe<'a> {
+    #[serde(borrow, default)]
+    choices: Option<Vec<ChoiceProbe<'a>>>,
+    #[serde(borrow, default)]
+    usage: Option<&'a RawValue>,
+    /// Present at all (even `null`) marks an error chunk.
+    #[serde(borrow, default, deserialize_with = "crate::dispatch::present")]
+    error: Option<&'a RawValue>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChoiceProbe<'a> {
+    #[serde(borrow, default)]
+    finish_reason: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    delta: Option<DeltaProbe<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct DeltaProbe<'a> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    refusal: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    tool_calls: Option<Vec<ToolCallProbe<'a>>>,
+}
+
+#[derive(serde::Deserialize)]
+struct ToolCallProbe<'a> {
+    #[serde(borrow, default)]
+    function: Option<FunctionProbe<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct FunctionProbe<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    arguments: Option<Cow<'a, str>>,
+}
 
 enum Mode {
     /// OpenAI → OpenAI: forward events unchanged, except the usage-only
@@ -108,6 +156,11 @@ impl Relay {
             }
             return;
         }
+        if let Mode::OpenAiPassthrough { client_wants_usage } = self.mode {
+            if self.openai_passthrough_fast(&event, client_wants_usage) {
+                return;
+            }
+        }
         let Ok(chunk) = serde_json::from_str::<Value>(data) else {
             // Garbage is never forwarded: it would break the client's parser.
             tracing::warn!("skipping an upstream stream event that is not JSON");
@@ -149,6 +202,60 @@ impl Relay {
             }
             _ => {}
         }
+    }
+
+    /// OpenAI → OpenAI, the usual stream: read the chunk's few fields the
+    /// relay needs without building it as a JSON value. False when the chunk
+    /// has an unexpected shape (the general path then handles it).
+    fn openai_passthrough_fast(&mut self, event: &SseEvent, client_wants_usage: bool) -> bool {
+        let Ok(chunk) = serde_json::from_str::<ChunkProbe>(event.data.trim()) else {
+            return false;
+        };
+        if chunk.error.is_some() {
+            self.upstream_error = true;
+        }
+        let choices = chunk.choices.as_deref().unwrap_or_default();
+        if choices.iter().any(|c| c.finish_reason.is_some()) {
+            self.completed = true;
+        }
+        let usage = chunk
+            .usage
+            .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok());
+        if let Some(counts) = usage.as_ref().and_then(tr_usage::openai_usage) {
+            self.meter.reported = Some(counts);
+        }
+        for delta in choices.iter().filter_map(|c| c.delta.as_ref()) {
+            let text = &mut self.meter.output_text;
+            for part in [&delta.content, &delta.refusal, &delta.reasoning_content]
+                .into_iter()
+                .flatten()
+            {
+                text.push_str(part);
+            }
+            for function in delta
+                .tool_calls
+                .iter()
+                .flatten()
+                .filter_map(|call| call.function.as_ref())
+            {
+                for part in [&function.name, &function.arguments].into_iter().flatten() {
+                    text.push_str(part);
+                }
+            }
+        }
+        let has_usage = usage.as_ref().is_some_and(Value::is_object);
+        if client_wants_usage && has_usage {
+            // Once per stream: the usage chunk gets the request's cost.
+            let Ok(mut full) = serde_json::from_str::<Value>(event.data.trim()) else {
+                return false;
+            };
+            self.add_cost(&mut full);
+            self.out
+                .extend_from_slice(&encode_event(None, &full.to_string()));
+        } else if client_wants_usage || !(has_usage && choices.is_empty()) {
+            self.out.extend_from_slice(&event.raw);
+        }
+        true
     }
 
     fn process_anthropic_event(&mut self, event: SseEvent) {

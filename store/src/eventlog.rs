@@ -194,6 +194,7 @@ fn writer_loop(
     writable: Arc<AtomicBool>,
     recent: Arc<Mutex<Recent>>,
 ) {
+    crate::background_priority();
     let mut batch = Vec::with_capacity(max_batch);
     let mut waiters = Vec::new();
     while let Some(first) = rx.blocking_recv() {
@@ -402,6 +403,7 @@ async fn read_records(
     let reader = reader.clone();
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
+        crate::background_priority();
         let conn = reader.lock();
         let mut stmt = conn.prepare_cached(
             "SELECT log_offset, record_key, payload, timestamp_ms FROM log_records
