@@ -43,8 +43,10 @@ mod tests {
         })
         .join()
         .unwrap_or((0, 0));
-        assert_eq!(first, BACKGROUND_NICE);
-        assert_eq!(second, BACKGROUND_NICE, "a second call changes nothing");
+        // Nice values stop at 19 (a test run already niced lowers less).
+        let expected = (before_elsewhere + BACKGROUND_NICE).min(19) - before_elsewhere;
+        assert_eq!(first, expected);
+        assert_eq!(second, expected, "a second call changes nothing");
         assert_eq!(nice_now(), before_elsewhere, "other threads keep theirs");
     }
 }
