@@ -137,6 +137,20 @@ fn thread_cpu() -> Option<(Duration, Duration)> {
     Some((ticks(11)?, ticks(12)?))
 }
 
+/// Append `(key, payload)` records to the account-events topic, durably.
+async fn append_all(log: &dyn EventLog, records: Vec<(String, Vec<u8>)>) {
+    for (key, payload) in records {
+        log.append(LogRecord {
+            topic: topics::ACCOUNT_EVENTS.to_owned(),
+            key,
+            payload,
+        })
+        .await
+        .unwrap();
+    }
+    log.flush().await.unwrap();
+}
+
 fn rate(events: usize, elapsed: Duration) -> String {
     format!(
         "{:>9.0} events/s ({events} events in {:.2} s)",
@@ -158,16 +172,7 @@ async fn main() {
     let all = payloads(accounts, events);
     let total = all.len();
     let bytes: usize = all.iter().map(|(_, p)| p.len()).sum();
-    for (key, payload) in all {
-        log.append(LogRecord {
-            topic: topics::ACCOUNT_EVENTS.to_owned(),
-            key,
-            payload,
-        })
-        .await
-        .unwrap();
-    }
-    log.flush().await.unwrap();
+    append_all(log.as_ref(), all).await;
     println!(
         "wrote {total} records ({} purchases + {events} usage events, {:.0} bytes each on average) in {:.1} s",
         accounts,
@@ -287,16 +292,7 @@ async fn through_kafka(accounts: usize, events: usize, dir: &std::path::Path) {
     let started = Instant::now();
     let all = payloads(accounts, events);
     let total = all.len();
-    for (key, payload) in all {
-        log.append(LogRecord {
-            topic: topics::ACCOUNT_EVENTS.to_owned(),
-            key,
-            payload,
-        })
-        .await
-        .unwrap();
-    }
-    log.flush().await.unwrap();
+    append_all(&log, all).await;
     let mut ends = Vec::new();
     for partition in 0..KAFKA_PARTITIONS as u32 {
         let mut from = 0;
