@@ -300,6 +300,7 @@ pub async fn run_roles(
     on_ready: impl FnOnce(std::net::SocketAddr, Option<&str>),
 ) -> anyhow::Result<()> {
     let built = build(&config).await?;
+    crate::memory::start_trimming();
     let log = built.node.log.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks: Vec<JoinHandle<()>> = vec![built.control.spawn_tail(CONTROL_TAIL_INTERVAL)];

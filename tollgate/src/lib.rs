@@ -4,3 +4,4 @@
 pub mod admin_cli;
 pub mod app;
 pub mod config;
+pub mod memory;
