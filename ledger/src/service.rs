@@ -35,8 +35,6 @@ const LINGER_WHEN_LAG_BELOW_MS: i64 = 100;
 const GAUGE_REFRESH: Duration = Duration::from_secs(60);
 /// The horizon of `tollgate_ledger_credits_expiring_30d_usd`.
 const EXPIRING_DAYS: i64 = 30;
-/// WAL pages after which the ledger's own commits checkpoint (SQLite's default is 1,000).
-const WAL_AUTOCHECKPOINT_PAGES: i64 = 10_000;
 /// Page cache of the ledger's writing connection, in KiB (SQLite's default is 2,000).
 const WRITER_CACHE_KIB: i64 = 16 * 1024;
 
@@ -135,11 +133,6 @@ impl LedgerService {
     /// Open (migrating) the ledger tables in `db` and load the state.
     pub fn open(db: &Database, log: Arc<dyn EventLog>) -> Result<Arc<LedgerService>, LedgerError> {
         let mut writer = db.connect()?;
-        // A batch writes a few MB; at SQLite's default of 1,000 pages almost
-        // every batch's commit would also run a checkpoint (copy the WAL back
-        // and fsync). Checkpointing every ~40 MB instead costs far less per
-        // event; the WAL stays bounded, and any connection may checkpoint.
-        writer.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
         // A batch dirties a page of the entries index per account it
         // touches; with SQLite's default 2 MB cache those pages are evicted
         // and read back from the file batch after batch. 16 MB applies as

@@ -13,8 +13,8 @@ use tollgate_core::control::RateLimits;
 use tollgate_core::eventlog::topics;
 use tollgate_core::pricing::{cost_for, Cost};
 use tollgate_core::{
-    AccessKeyId, AccountId, ApiSurface, CredentialSource, Envelope, EventId, LogRecord, Prices,
-    ProviderKeyId, TokenCounts, UsageEvent,
+    AccessKeyId, AccountId, ApiSurface, CredentialSource, Envelope, EventBody, EventId, LogRecord,
+    Prices, ProviderKeyId, TokenCounts, UsageEvent,
 };
 
 pub struct RequestMeter {
@@ -375,28 +375,91 @@ impl Drop for RequestMeter {
     }
 }
 
+/// The serialized event ends with its `instance_seq`, written as `null`
+/// by [`serialize_unsequenced`] and filled in by [`sequenced_payload`].
+const UNSEQUENCED_TAIL: &[u8] = b"\"instance_seq\":null}}";
+
+/// The event (with no sequence number yet) as JSON, serialized into a
+/// per-thread buffer that keeps its size, so the ~1 KB payload is not grown
+/// by repeated reallocation on every request.
+fn serialize_unsequenced<R>(
+    envelope: &Envelope,
+    then: impl FnOnce(&[u8]) -> R,
+) -> Result<R, serde_json::Error> {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        scratch.clear();
+        serde_json::to_writer(&mut *scratch, envelope)?;
+        let result = then(&scratch);
+        // A rare huge event must not pin its buffer to the thread.
+        if scratch.capacity() > 16 * 1024 {
+            *scratch = Vec::new();
+        }
+        Ok(result)
+    })
+}
+
+/// `unsequenced` with `seq` as its `instance_seq`, exactly as serde would
+/// have written it; `None` if the payload does not end as expected.
+fn sequenced_payload(unsequenced: &[u8], seq: u64) -> Option<Vec<u8>> {
+    let head = unsequenced.strip_suffix(UNSEQUENCED_TAIL)?;
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(seq);
+    let mut payload = Vec::with_capacity(unsequenced.len() + digits.len());
+    payload.extend_from_slice(head);
+    payload.extend_from_slice(b"\"instance_seq\":");
+    payload.extend_from_slice(digits.as_bytes());
+    payload.extend_from_slice(b"}}");
+    Some(payload)
+}
+
 /// Hand the event to the log without blocking the response; if the queue is
 /// full, wait for room on a background task rather than drop it.
-fn emit(gateway: &Arc<Gateway>, mut event: UsageEvent, reservation: Option<u64>) {
-    // Sequence numbers follow the order events enter the log, so a balance
-    // update that covers sequence N covers every event emitted before it.
-    let _order = gateway.emit_order.lock();
-    let seq = gateway
-        .next_seq
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    event.instance_seq = Some(seq);
+fn emit(gateway: &Arc<Gateway>, event: UsageEvent, reservation: Option<u64>) {
+    let key = event.account_id.to_string();
+    let mut envelope = Envelope::usage(event);
+    // Serialized before taking the order lock, which then only covers the
+    // sequence number, the splice and the hand-off. Sequence numbers follow
+    // the order events enter the log, so a balance update that covers
+    // sequence N covers every event emitted before it.
+    let spliced = serialize_unsequenced(&envelope, |unsequenced| {
+        let order = gateway.emit_order.lock();
+        let seq = gateway
+            .next_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (order, seq, sequenced_payload(unsequenced, seq))
+    });
+    let (_order, seq, payload) = match spliced {
+        Ok(spliced) => spliced,
+        Err(err) => {
+            gateway.metrics.events_dropped.inc();
+            tracing::error!(error = %err, "usage event did not serialize");
+            return;
+        }
+    };
+    let EventBody::Usage(event) = &mut envelope.body else {
+        return;
+    };
     if let Some(reservation) = reservation {
         gateway
             .admission
             .emitted(&event.account_id, reservation, seq);
     }
-    let key = event.account_id.to_string();
-    let payload = match serde_json::to_vec(&Envelope::usage(event)) {
-        Ok(p) => p,
-        Err(err) => {
-            gateway.metrics.events_dropped.inc();
-            tracing::error!(error = %err, "usage event did not serialize");
-            return;
+    let payload = match payload {
+        Some(payload) => payload,
+        None => {
+            event.instance_seq = Some(seq);
+            match serde_json::to_vec(&envelope) {
+                Ok(payload) => payload,
+                Err(err) => {
+                    gateway.metrics.events_dropped.inc();
+                    tracing::error!(error = %err, "usage event did not serialize");
+                    return;
+                }
+            }
         }
     };
     let record = LogRecord {
@@ -439,4 +502,64 @@ pub fn cost_json(cost: &Cost) -> Value {
         "upstream": cost.upstream.to_string(),
         "total": cost.total().to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn event() -> UsageEvent {
+        let now = Utc::now();
+        UsageEvent {
+            event_id: EventId::generate(),
+            started_at: now,
+            finished_at: now,
+            account_id: AccountId::from("acct_a"),
+            access_key_id: AccessKeyId::from("ak_a"),
+            client_api: ApiSurface::Openai,
+            provider: Some("openai".into()),
+            model_requested: "gpt-4o-mini".into(),
+            model_served: Some("gpt-4o-mini".into()),
+            credential_source: Some(CredentialSource::Operator),
+            provider_key_id: None,
+            streamed: true,
+            tokens: TokenCounts::default(),
+            tokens_estimated: false,
+            prices: Prices::default(),
+            upstream_request_id: Some("req_\"quoted\"".into()),
+            latency_us: 250,
+            ttft_us: Some(100),
+            upstream_latency_us: Some(200),
+            status: 200,
+            error_kind: None,
+            attempts: 1,
+            client_disconnected: false,
+            instance_id: Some("gw_x".into()),
+            instance_seq: None,
+        }
+    }
+
+    #[test]
+    fn the_spliced_sequence_number_matches_a_full_serialization() {
+        for seq in [0, 7, 1_234_567, u64::MAX] {
+            let envelope = Envelope::usage(event());
+            let spliced = serialize_unsequenced(&envelope, |bytes| sequenced_payload(bytes, seq))
+                .unwrap()
+                .expect("the payload ends with a null instance_seq");
+            let mut sequenced = envelope.clone();
+            if let EventBody::Usage(event) = &mut sequenced.body {
+                event.instance_seq = Some(seq);
+            }
+            assert_eq!(
+                String::from_utf8(spliced).unwrap(),
+                serde_json::to_string(&sequenced).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn a_payload_with_another_ending_is_not_spliced() {
+        assert_eq!(sequenced_payload(br#"{"v":1,"type":"usage"}"#, 1), None);
+    }
 }
