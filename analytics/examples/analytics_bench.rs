@@ -82,22 +82,18 @@ fn synthetic(i: u64, total: u64) -> UsageRecord {
 }
 
 async fn ingest(store: &dyn UsageStore, rows: u64, batch: u64) -> Result<f64, Error> {
-    let mut records = Vec::with_capacity(batch as usize);
     let mut elapsed = Duration::ZERO;
     let mut i = 0;
     while i < rows {
-        records.clear();
         let end = (i + batch).min(rows);
-        records.extend((i..end).map(|j| synthetic(j, rows)));
         let write = WriteBatch {
             partition: 0,
-            rows: std::mem::take(&mut records),
+            rows: (i..end).map(|j| synthetic(j, rows)).collect(),
             next_offset: end + 1,
         };
         let started = Instant::now();
         store.write(&write).await?;
         elapsed += started.elapsed();
-        records = write.rows;
         i = end;
     }
     Ok(rows as f64 / elapsed.as_secs_f64())

@@ -309,7 +309,7 @@ impl Run {
             if let Some(next_offset) = positions.next_offset(ACCOUNT_EVENTS, *partition) {
                 let batch = WriteBatch {
                     partition: *partition,
-                    rows: Vec::new(),
+                    rows: Arc::from([]),
                     next_offset,
                 };
                 self.write(batch, false).await?;
@@ -378,7 +378,7 @@ impl Run {
             let rows = pending.rows.len();
             let batch = WriteBatch {
                 partition,
-                rows: pending.rows,
+                rows: pending.rows.into(),
                 next_offset: pending.next_offset,
             };
             match self.write(batch.clone(), once).await {
@@ -394,7 +394,7 @@ impl Run {
                     self.pending.insert(
                         partition,
                         Pending {
-                            rows: batch.rows,
+                            rows: batch.rows.to_vec(),
                             next_offset: batch.next_offset,
                         },
                     );
@@ -437,14 +437,17 @@ impl Run {
                         .with_label_values(&["bad_data"])
                         .inc();
                     if batch.rows.len() > 1 {
-                        let mut first = batch.clone();
-                        let second_rows = first.rows.split_off(first.rows.len() / 2);
-                        first.next_offset = second_rows
-                            .first()
-                            .map_or(batch.next_offset, |r| r.log_offset);
+                        let (first_rows, second_rows) = batch.rows.split_at(batch.rows.len() / 2);
+                        let first = WriteBatch {
+                            partition: batch.partition,
+                            rows: first_rows.into(),
+                            next_offset: second_rows
+                                .first()
+                                .map_or(batch.next_offset, |r| r.log_offset),
+                        };
                         let second = WriteBatch {
                             partition: batch.partition,
-                            rows: second_rows,
+                            rows: second_rows.into(),
                             next_offset: batch.next_offset,
                         };
                         work.push_front(second);
@@ -459,7 +462,7 @@ impl Run {
                         }
                         work.push_front(WriteBatch {
                             partition: batch.partition,
-                            rows: Vec::new(),
+                            rows: Arc::from([]),
                             next_offset: batch.next_offset,
                         });
                     }

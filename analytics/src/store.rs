@@ -5,13 +5,15 @@ use crate::model::{UsageGroup, UsageQuery, UsageRecord};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Records of one log partition to apply, in log order.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct WriteBatch {
     pub partition: u32,
-    /// Usage rows, ascending by `log_offset`.
-    pub rows: Vec<UsageRecord>,
+    /// Usage rows, ascending by `log_offset`. Shared: a store moves the
+    /// batch to a blocking thread and the sink keeps it for a retry.
+    pub rows: Arc<[UsageRecord]>,
     /// The log position after this batch (it may cover skipped records
     /// after the last row).
     pub next_offset: u64,

@@ -115,7 +115,7 @@ async fn scenario(
         .collect();
     let batch = |from: usize, to: usize| WriteBatch {
         partition: 0,
-        rows: extra[from..to].to_vec(),
+        rows: extra[from..to].into(),
         next_offset: extra[to - 1].log_offset + 1,
     };
     assert_eq!(store.write(&batch(0, 100)).await.unwrap(), 100);

@@ -53,7 +53,7 @@ async fn retention(store: Arc<dyn UsageStore>) {
     );
     let replay = tollgate_analytics::WriteBatch {
         partition: 0,
-        rows: all.clone(),
+        rows: all.clone().into(),
         next_offset: n + 1,
     };
     assert_eq!(store.write(&replay).await.unwrap(), 0);

@@ -262,7 +262,7 @@ pub async fn load(store: &dyn UsageStore, rows: &[UsageRecord], batch: usize) {
         store
             .write(&WriteBatch {
                 partition: 0,
-                rows: chunk.to_vec(),
+                rows: chunk.into(),
                 next_offset: next,
             })
             .await
