@@ -161,6 +161,13 @@ pub enum Decoded {
 
 /// Decode a log record's envelope; only usage events become rows.
 pub fn decode(record: &StoredRecord) -> Decoded {
+    if let Some(event) = &record.usage {
+        // Written by this process: the event itself, not its JSON.
+        return match UsageRecord::from_event(record.partition, record.offset, event) {
+            Ok(row) => Decoded::Usage(Box::new(row)),
+            Err(err) => Decoded::Bad(err.to_string()),
+        };
+    }
     match serde_json::from_slice::<Envelope>(&record.payload) {
         Ok(Envelope {
             body: EventBody::Usage(event),

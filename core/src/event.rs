@@ -106,7 +106,7 @@ impl CredentialSource {
 }
 
 /// One request through the gateway, success or failure. Metadata only.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageEvent {
     pub event_id: EventId,
     pub started_at: DateTime<Utc>,

@@ -1,5 +1,6 @@
 //! The event-log interface every backend implements (embedded SQLite, Kafka).
 
+use crate::UsageEvent;
 use async_trait::async_trait;
 use std::sync::Arc;
 
@@ -20,6 +21,10 @@ pub struct StoredRecord {
     pub key: String,
     pub payload: Vec<u8>,
     pub timestamp_ms: i64,
+    /// The usage event `payload` encodes, when this process wrote the
+    /// record and still holds it: in-process readers use it instead of
+    /// decoding the payload. `None` when read back from storage or Kafka.
+    pub usage: Option<Arc<UsageEvent>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +44,14 @@ pub trait EventLog: Send + Sync + 'static {
     /// Queue without waiting; gives the record back when the queue is full
     /// (the caller then falls back to `append`).
     fn try_append(&self, record: LogRecord) -> Result<(), LogRecord>;
+
+    /// As `try_append`, for a record whose payload encodes `usage`: a
+    /// backend that serves in-process readers from memory hands them the
+    /// event itself. Others append the record alone.
+    fn try_append_usage(&self, record: LogRecord, usage: Arc<UsageEvent>) -> Result<(), LogRecord> {
+        let _ = usage;
+        self.try_append(record)
+    }
 
     /// Wait until every record queued before this call is durable.
     async fn flush(&self) -> Result<(), EventLogError>;

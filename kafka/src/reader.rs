@@ -35,6 +35,7 @@ pub(crate) fn to_record(topic: &str, m: &impl Message) -> StoredRecord {
             .unwrap_or_default(),
         payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
         timestamp_ms: m.timestamp().to_millis().unwrap_or_default(),
+        usage: None,
     }
 }
 

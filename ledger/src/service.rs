@@ -3,7 +3,7 @@
 //! the log position and publishes balance updates.
 
 use crate::engine::{AccountState, EntryKind, Ledger};
-use crate::input::LedgerInput;
+use crate::input::{LedgerInput, UsageCharge};
 use crate::store;
 use crate::LedgerError;
 use chrono::Utc;
@@ -396,7 +396,12 @@ fn apply_in_transaction(
     let partition = batch.partition;
     let mut claims = store::Claims::new(&tx)?;
     for record in &batch.records {
-        let input = match LedgerInput::decode(&record.payload) {
+        let decoded = match &record.usage {
+            // Written by this process: the event itself, not its JSON.
+            Some(usage) => Ok(LedgerInput::Usage(UsageCharge::from(&**usage))),
+            None => LedgerInput::decode(&record.payload),
+        };
+        let input = match decoded {
             Ok(input) => input,
             Err(err) => {
                 metrics.unreadable.inc();

@@ -24,6 +24,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tollgate_core::{
     Batch, EventLog, EventLogError, LogRecord, PositionSource, StoredRecord, Subscription,
+    UsageEvent,
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -56,7 +57,7 @@ impl Default for SqliteEventLogOptions {
 const LOG_PAGE_CACHE_KIB: i64 = -256;
 
 enum WriterMsg {
-    Append(LogRecord, i64),
+    Append(LogRecord, i64, Option<Arc<UsageEvent>>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -76,6 +77,17 @@ struct Recent {
     records: VecDeque<StoredRecord>,
     bytes: usize,
     limit: usize,
+}
+
+/// What a kept record counts against `recent_bytes`: its payload, and
+/// about as much again for a decoded usage event riding along.
+fn footprint(record: &StoredRecord) -> usize {
+    let decoded = if record.usage.is_some() {
+        record.payload.len()
+    } else {
+        0
+    };
+    record.payload.len() + decoded
 }
 
 impl Recent {
@@ -103,12 +115,12 @@ impl Recent {
             self.bytes = 0;
         }
         for record in committed {
-            self.bytes += record.payload.len();
+            self.bytes += footprint(&record);
             self.records.push_back(record);
         }
         while self.bytes > self.limit {
             match self.records.pop_front() {
-                Some(old) => self.bytes -= old.payload.len(),
+                Some(old) => self.bytes -= footprint(&old),
                 None => break,
             }
         }
@@ -132,6 +144,16 @@ impl Recent {
 }
 
 impl SqliteEventLog {
+    /// Queue without waiting; the record comes back when the queue is full.
+    fn queue(&self, record: LogRecord, usage: Option<Arc<UsageEvent>>) -> Result<(), LogRecord> {
+        match self.tx.try_send(WriterMsg::Append(record, now_ms(), usage)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(WriterMsg::Append(r, _, _)))
+            | Err(mpsc::error::TrySendError::Closed(WriterMsg::Append(r, _, _))) => Err(r),
+            Err(_) => Ok(()),
+        }
+    }
+
     pub fn open(
         db: &Database,
         options: SqliteEventLogOptions,
@@ -209,7 +231,7 @@ fn writer_loop(
         }
         while let Some(msg) = next.take() {
             match msg {
-                WriterMsg::Append(record, ts) => batch.push((record, ts)),
+                WriterMsg::Append(record, ts, usage) => batch.push((record, ts, usage)),
                 WriterMsg::Flush(done) => waiters.push(done),
             }
             if batch.len() < max_batch {
@@ -226,13 +248,14 @@ fn writer_loop(
                     let committed = batch
                         .drain(..)
                         .zip(offsets)
-                        .map(|((record, ts), offset)| StoredRecord {
+                        .map(|((record, ts, usage), offset)| StoredRecord {
                             topic: record.topic,
                             partition: 0,
                             offset,
                             key: record.key,
                             payload: record.payload,
                             timestamp_ms: ts,
+                            usage,
                         })
                         .collect();
                     recent.lock().push(committed);
@@ -254,7 +277,9 @@ fn writer_loop(
 }
 
 /// Commit `batch` in one transaction; returns the records' offsets.
-fn commit(conn: &mut Connection, batch: &[(LogRecord, i64)]) -> Result<Vec<u64>, rusqlite::Error> {
+type Pending = (LogRecord, i64, Option<Arc<UsageEvent>>);
+
+fn commit(conn: &mut Connection, batch: &[Pending]) -> Result<Vec<u64>, rusqlite::Error> {
     if batch.is_empty() {
         return Ok(Vec::new());
     }
@@ -264,7 +289,7 @@ fn commit(conn: &mut Connection, batch: &[(LogRecord, i64)]) -> Result<Vec<u64>,
         let mut stmt = tx.prepare_cached(
             "INSERT INTO log_records (topic, record_key, timestamp_ms, payload) VALUES (?1, ?2, ?3, ?4)",
         )?;
-        for (record, ts) in batch {
+        for (record, ts, _) in batch {
             stmt.execute(rusqlite::params![
                 record.topic,
                 record.key,
@@ -282,18 +307,17 @@ fn commit(conn: &mut Connection, batch: &[(LogRecord, i64)]) -> Result<Vec<u64>,
 impl EventLog for SqliteEventLog {
     async fn append(&self, record: LogRecord) -> Result<(), EventLogError> {
         self.tx
-            .send(WriterMsg::Append(record, now_ms()))
+            .send(WriterMsg::Append(record, now_ms(), None))
             .await
             .map_err(|_| EventLogError::Closed)
     }
 
     fn try_append(&self, record: LogRecord) -> Result<(), LogRecord> {
-        match self.tx.try_send(WriterMsg::Append(record, now_ms())) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(WriterMsg::Append(r, _)))
-            | Err(mpsc::error::TrySendError::Closed(WriterMsg::Append(r, _))) => Err(r),
-            Err(_) => Ok(()),
-        }
+        self.queue(record, None)
+    }
+
+    fn try_append_usage(&self, record: LogRecord, usage: Arc<UsageEvent>) -> Result<(), LogRecord> {
+        self.queue(record, Some(usage))
     }
 
     async fn flush(&self) -> Result<(), EventLogError> {
@@ -419,6 +443,7 @@ async fn read_records(
                     key: row.get(1)?,
                     payload: row.get(2)?,
                     timestamp_ms: row.get(3)?,
+                    usage: None,
                 })
             },
         )?;

@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use tollgate_core::{EventLog, LogRecord};
+use tollgate_core::{Envelope, EventBody, EventLog, LogRecord, UsageEvent};
 use tollgate_store::{Database, Durability, SqliteEventLog, SqliteEventLogOptions};
 
 fn record(key: &str, n: u32) -> LogRecord {
@@ -151,6 +151,99 @@ async fn reads_behind_the_recent_records_come_from_the_file() {
             fresh.read("t", 0, from, 50).await.unwrap(),
             "from offset {from}"
         );
+    }
+}
+
+fn usage_event(n: u64) -> tollgate_core::UsageEvent {
+    use tollgate_core::{
+        AccessKeyId, AccountId, ApiSurface, CredentialSource, EventId, Prices, TokenCounts, Usd,
+    };
+    let started = chrono::Utc::now();
+    UsageEvent {
+        event_id: EventId::generate(),
+        started_at: started,
+        // Nanoseconds and decimals with trailing digits must survive JSON.
+        finished_at: started + chrono::Duration::nanoseconds(123_456_789),
+        account_id: AccountId::from("acct_ride"),
+        access_key_id: AccessKeyId::from("ak_ride"),
+        client_api: ApiSurface::Anthropic,
+        provider: Some("openai".into()),
+        model_requested: "claude-via-translation".into(),
+        model_served: Some("gpt-4o-mini".into()),
+        credential_source: Some(CredentialSource::Operator),
+        provider_key_id: None,
+        streamed: true,
+        tokens: TokenCounts {
+            input: n,
+            cached_input: 3,
+            cache_write_5m: 2,
+            cache_write_1h: 1,
+            output: 40,
+        },
+        tokens_estimated: true,
+        prices: Prices {
+            input: "0.150".parse::<Usd>().unwrap(),
+            output: "0.6000001".parse::<Usd>().unwrap(),
+            ..Prices::default()
+        },
+        upstream_request_id: Some("req_\"x\"".into()),
+        latency_us: 250,
+        ttft_us: Some(90),
+        upstream_latency_us: None,
+        status: 200,
+        error_kind: None,
+        attempts: 2,
+        client_disconnected: false,
+        instance_id: Some("gw_ride".into()),
+        instance_seq: Some(n),
+    }
+}
+
+async fn fresh_offset(db: &Database) -> u64 {
+    let reader = SqliteEventLog::open(db, SqliteEventLogOptions::default()).unwrap();
+    reader.read("t", 0, 0, 1).await.unwrap()[0].offset
+}
+
+/// A usage event appended with its record reaches readers in this process
+/// as the event itself, and readers of the file as the same event's JSON:
+/// the two must be the same event, or the ledger and analytics would see
+/// different things depending on where they read.
+#[tokio::test]
+async fn a_usage_event_rides_with_its_record_only_inside_the_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path().join("ride.db"), Durability::Normal).unwrap();
+    let log = SqliteEventLog::open(&db, SqliteEventLogOptions::default()).unwrap();
+    let events: Vec<UsageEvent> = (0..5).map(usage_event).collect();
+    for event in &events {
+        let record = LogRecord {
+            topic: "t".into(),
+            key: event.account_id.to_string(),
+            payload: serde_json::to_vec(&Envelope::usage(event.clone())).unwrap(),
+        };
+        log.try_append_usage(record, std::sync::Arc::new(event.clone()))
+            .unwrap();
+    }
+    log.append(record("plain", 0)).await.unwrap();
+    log.flush().await.unwrap();
+
+    // From the first record's offset, as a consumer that has caught up reads
+    // (a read from before this instance's first write goes to the file).
+    let first = fresh_offset(&db).await;
+    let inside = log.read("t", 0, first, 100).await.unwrap();
+    assert_eq!(inside.len(), 6);
+    let riding: Vec<UsageEvent> = inside[..5]
+        .iter()
+        .map(|r| (**r.usage.as_ref().expect("in-process read carries the event")).clone())
+        .collect();
+    assert_eq!(riding, events);
+    assert!(inside[5].usage.is_none(), "a plain append carries nothing");
+
+    let fresh = SqliteEventLog::open(&db, SqliteEventLogOptions::default()).unwrap();
+    let from_file = fresh.read("t", 0, 0, 100).await.unwrap();
+    assert!(from_file.iter().all(|r| r.usage.is_none()));
+    for (stored, event) in from_file.iter().zip(&events) {
+        let decoded: Envelope = serde_json::from_slice(&stored.payload).unwrap();
+        assert_eq!(decoded.body, EventBody::Usage(Box::new(event.clone())));
     }
 }
 
