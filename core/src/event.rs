@@ -14,11 +14,48 @@ pub const ENVELOPE_VERSION: u16 = 1;
 
 /// What travels on the event log: `{"v":1,"type":"usage","data":{…}}`.
 /// Readers skip kinds they do not know (`EventBody::Unknown`).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Envelope {
     pub v: u16,
-    #[serde(flatten)]
+    /// Written as the envelope's `type` and `data` members.
     pub body: EventBody,
+}
+
+/// By hand rather than `#[serde(flatten)]`, which routes every member
+/// through serde's generic map path: a usage event is serialized on the
+/// request path, so that cost is paid per request. Same bytes either way.
+impl Serialize for Envelope {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        fn with_data<S: SerializeStruct, T: Serialize + ?Sized>(
+            mut envelope: S,
+            kind: &'static str,
+            data: &T,
+        ) -> Result<S::Ok, S::Error> {
+            envelope.serialize_field("type", kind)?;
+            envelope.serialize_field("data", data)?;
+            envelope.end()
+        }
+        let members = if matches!(self.body, EventBody::Unknown) {
+            2
+        } else {
+            3
+        };
+        let mut envelope = serializer.serialize_struct("Envelope", members)?;
+        envelope.serialize_field("v", &self.v)?;
+        match &self.body {
+            EventBody::Usage(data) => with_data(envelope, "usage", data),
+            EventBody::Control(data) => with_data(envelope, "control", data),
+            EventBody::Purchase(data) => with_data(envelope, "purchase", data),
+            EventBody::Adjustment(data) => with_data(envelope, "adjustment", data),
+            EventBody::Tick(data) => with_data(envelope, "tick", data),
+            EventBody::Balance(data) => with_data(envelope, "balance", data),
+            EventBody::Unknown => {
+                envelope.serialize_field("type", "unknown")?;
+                envelope.end()
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -154,6 +191,35 @@ pub struct UsageEvent {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// The hand-written `Serialize` writes exactly what the derived,
+    /// flattened one wrote (records already on logs keep their meaning).
+    #[test]
+    fn envelopes_serialize_as_the_flattened_derive_did() {
+        #[derive(Serialize)]
+        struct Flattened<'a> {
+            v: u16,
+            #[serde(flatten)]
+            body: &'a EventBody,
+        }
+        let bodies: Vec<EventBody> = vec![
+            serde_json::from_str::<Envelope>(r#"{"v":1,"type":"tick","data":{"at":"2026-01-01T00:00:00Z"}}"#)
+                .unwrap()
+                .body,
+            serde_json::from_str::<Envelope>(
+                r#"{"v":1,"type":"usage","data":{"event_id":"01a21644-97c7-7350-b67a-809c3674713c","started_at":"2026-11-26T05:12:03.783829496Z","finished_at":"2026-11-26T05:12:03.784072216Z","account_id":"acct_a","access_key_id":"ak_a","client_api":"openai","provider":"openai","model_requested":"gpt-4o-mini","model_served":"gpt-4o-mini","credential_source":"operator","provider_key_id":null,"streamed":false,"tokens":{"input":5,"cached_input":0,"cache_write_5m":0,"cache_write_1h":0,"output":610},"tokens_estimated":false,"prices":{"input":"0.15","cached_input":"0.075","cache_write_5m":"0","cache_write_1h":"0","output":"0.6"},"upstream_request_id":"req_\\\"q\\\"","latency_us":248,"ttft_us":null,"upstream_latency_us":245,"status":200,"error_kind":null,"attempts":1,"client_disconnected":false,"instance_id":"gw_1","instance_seq":8245}}"#,
+            )
+            .unwrap()
+            .body,
+            EventBody::Unknown,
+        ];
+        assert!(matches!(bodies[1], EventBody::Usage(_)));
+        for body in bodies {
+            let flattened = serde_json::to_string(&Flattened { v: 1, body: &body }).unwrap();
+            let envelope = serde_json::to_string(&Envelope { v: 1, body }).unwrap();
+            assert_eq!(envelope, flattened);
+        }
+    }
 
     #[test]
     fn unknown_event_kinds_are_skipped_not_errors() {
