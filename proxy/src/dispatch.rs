@@ -8,7 +8,7 @@ use crate::relay::Relay;
 use crate::upstream::{self, UpstreamStream};
 use axum::body::Body;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -132,29 +132,42 @@ pub async fn handle(
 }
 
 fn add_trace_headers(response: &mut Response, meter: &RequestMeter) {
+    // Names made at compile time: a `&str` name is parsed on every insert.
+    const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+    const EVENT_ID: HeaderName = HeaderName::from_static(HEADER_EVENT_ID);
+    const PROVIDER: HeaderName = HeaderName::from_static(HEADER_PROVIDER);
+    const MODEL: HeaderName = HeaderName::from_static(HEADER_MODEL);
+    const ATTEMPTS: HeaderName = HeaderName::from_static(HEADER_ATTEMPTS);
+    const COST_FEE: HeaderName = HeaderName::from_static(HEADER_COST_FEE);
+    const COST_UPSTREAM: HeaderName = HeaderName::from_static(HEADER_COST_UPSTREAM);
+    const COST_TOTAL: HeaderName = HeaderName::from_static(HEADER_COST_TOTAL);
     let headers = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&meter.event_id.to_string()) {
+    // Room for all of them at once rather than growing the map twice.
+    headers.reserve(8);
+    let mut id = uuid::Uuid::encode_buffer();
+    let id = meter.event_id.0.hyphenated().encode_lower(&mut id);
+    if let Ok(v) = HeaderValue::from_str(id) {
         // SDKs surface `x-request-id` as the request id (e.g. openai's `_request_id`).
-        headers.insert("x-request-id", v.clone());
-        headers.insert(HEADER_EVENT_ID, v);
+        headers.insert(REQUEST_ID, v.clone());
+        headers.insert(EVENT_ID, v);
     }
     if let Some(v) = meter.provider().and_then(|p| HeaderValue::from_str(p).ok()) {
-        headers.insert(HEADER_PROVIDER, v);
+        headers.insert(PROVIDER, v);
     }
     if let Some(v) = meter
         .model_served()
         .and_then(|m| HeaderValue::from_str(m).ok())
     {
-        headers.insert(HEADER_MODEL, v);
+        headers.insert(MODEL, v);
     }
     if meter.attempts > 0 {
-        headers.insert(HEADER_ATTEMPTS, HeaderValue::from(meter.attempts));
+        headers.insert(ATTEMPTS, HeaderValue::from(meter.attempts));
     }
     if let Some(cost) = &meter.cost {
         for (name, amount) in [
-            (HEADER_COST_FEE, cost.fee),
-            (HEADER_COST_UPSTREAM, cost.upstream),
-            (HEADER_COST_TOTAL, cost.total()),
+            (COST_FEE, cost.fee),
+            (COST_UPSTREAM, cost.upstream),
+            (COST_TOTAL, cost.total()),
         ] {
             if let Ok(v) = HeaderValue::from_str(&amount.to_string()) {
                 headers.insert(name, v);

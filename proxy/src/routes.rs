@@ -6,7 +6,8 @@
 use crate::dispatch::{extract_token, handle};
 use crate::error::ProxyError;
 use crate::gateway::Gateway;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,14 +23,14 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
         .route(
             "/v1/chat/completions",
-            post(|State(gw): State<Arc<Gateway>>, headers: HeaderMap, body| {
-                handle(gw, ApiSurface::Openai, headers, body)
+            post(|State(gw): State<Arc<Gateway>>, request: Request| {
+                handle_request(gw, ApiSurface::Openai, request)
             }),
         )
         .route(
             "/v1/messages",
-            post(|State(gw): State<Arc<Gateway>>, headers: HeaderMap, body| {
-                handle(gw, ApiSurface::Anthropic, headers, body)
+            post(|State(gw): State<Arc<Gateway>>, request: Request| {
+                handle_request(gw, ApiSurface::Anthropic, request)
             }),
         )
         .route("/v1/models", get(list_models))
@@ -39,6 +40,16 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(gateway)
+}
+
+/// The headers are moved out of the request, not copied (axum's
+/// `HeaderMap` extractor clones them); the body is read under the same
+/// size limit as the `Bytes` extractor applies.
+async fn handle_request(gateway: Arc<Gateway>, api: ApiSurface, request: Request) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let headers = std::mem::take(&mut parts.headers);
+    let body = Bytes::from_request(Request::from_parts(parts, body), &()).await;
+    handle(gateway, api, headers, body).await
 }
 
 /// Largest request head (request line and headers) accepted, and the cap
