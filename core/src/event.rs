@@ -58,6 +58,21 @@ impl Serialize for Envelope {
     }
 }
 
+/// A usage event's envelope, borrowed: written exactly as
+/// `Envelope::usage(event)` would be, without moving the event into one.
+pub struct UsageEnvelope<'a>(pub &'a UsageEvent);
+
+impl Serialize for UsageEnvelope<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut envelope = serializer.serialize_struct("Envelope", 3)?;
+        envelope.serialize_field("v", &ENVELOPE_VERSION)?;
+        envelope.serialize_field("type", "usage")?;
+        envelope.serialize_field("data", self.0)?;
+        envelope.end()
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "type", content = "data", rename_all = "snake_case")]
 pub enum EventBody {

@@ -13,7 +13,9 @@ pub mod secrets;
 pub mod tokens;
 
 pub use catalog::{ApiSurface, Catalog, CatalogError, ModelSpec, Prices, ProviderSpec};
-pub use event::{CredentialSource, Envelope, EventBody, UsageEvent, ENVELOPE_VERSION};
+pub use event::{
+    CredentialSource, Envelope, EventBody, UsageEnvelope, UsageEvent, ENVELOPE_VERSION,
+};
 pub use eventlog::{
     Batch, EventLog, EventLogError, LogRecord, PositionSource, StoredRecord, Subscription,
 };

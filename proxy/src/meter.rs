@@ -13,8 +13,8 @@ use tollgate_core::control::RateLimits;
 use tollgate_core::eventlog::topics;
 use tollgate_core::pricing::{cost_for, Cost};
 use tollgate_core::{
-    AccessKeyId, AccountId, ApiSurface, CredentialSource, Envelope, EventBody, EventId, LogRecord,
-    Prices, ProviderKeyId, TokenCounts, UsageEvent,
+    AccessKeyId, AccountId, ApiSurface, CredentialSource, EventId, LogRecord, Prices,
+    ProviderKeyId, TokenCounts, UsageEnvelope, UsageEvent,
 };
 
 pub struct RequestMeter {
@@ -383,7 +383,7 @@ const UNSEQUENCED_TAIL: &[u8] = b"\"instance_seq\":null}}";
 /// per-thread buffer that keeps its size, so the ~1 KB payload is not grown
 /// by repeated reallocation on every request.
 fn serialize_unsequenced<R>(
-    envelope: &Envelope,
+    event: &UsageEvent,
     then: impl FnOnce(&[u8]) -> R,
 ) -> Result<R, serde_json::Error> {
     thread_local! {
@@ -392,7 +392,7 @@ fn serialize_unsequenced<R>(
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
         scratch.clear();
-        serde_json::to_writer(&mut *scratch, envelope)?;
+        serde_json::to_writer(&mut *scratch, &UsageEnvelope(event))?;
         let result = then(&scratch);
         // A rare huge event must not pin its buffer to the thread.
         if scratch.capacity() > 16 * 1024 {
@@ -420,12 +420,13 @@ fn sequenced_payload(unsequenced: &[u8], seq: u64) -> Option<Vec<u8>> {
 /// full, wait for room on a background task rather than drop it.
 fn emit(gateway: &Arc<Gateway>, event: UsageEvent, reservation: Option<u64>) {
     let key = event.account_id.to_string();
-    let envelope = Envelope::usage(event);
+    // Shared from the start: the log keeps it for in-process readers.
+    let mut event = Arc::new(event);
     // Serialized before taking the order lock, which then only covers the
     // sequence number, the splice and the hand-off. Sequence numbers follow
     // the order events enter the log, so a balance update that covers
     // sequence N covers every event emitted before it.
-    let spliced = serialize_unsequenced(&envelope, |unsequenced| {
+    let spliced = serialize_unsequenced(&event, |unsequenced| {
         let order = gateway.emit_order.lock();
         let seq = gateway
             .next_seq
@@ -440,19 +441,17 @@ fn emit(gateway: &Arc<Gateway>, event: UsageEvent, reservation: Option<u64>) {
             return;
         }
     };
-    let EventBody::Usage(mut event) = envelope.body else {
-        return;
-    };
     if let Some(reservation) = reservation {
         gateway
             .admission
             .emitted(&event.account_id, reservation, seq);
     }
-    event.instance_seq = Some(seq);
+    // Not shared yet, so this sets the field in place.
+    Arc::make_mut(&mut event).instance_seq = Some(seq);
     let payload = match payload {
         Some(payload) => payload,
         // Not expected (see `sequenced_payload`); the slow way is correct too.
-        None => match serde_json::to_vec(&Envelope::usage((*event).clone())) {
+        None => match serde_json::to_vec(&UsageEnvelope(&event)) {
             Ok(payload) => payload,
             Err(err) => {
                 gateway.metrics.events_dropped.inc();
@@ -467,7 +466,7 @@ fn emit(gateway: &Arc<Gateway>, event: UsageEvent, reservation: Option<u64>) {
         payload,
     };
     // The event rides along so in-process readers need not decode it.
-    match gateway.events.try_append_usage(record, Arc::from(event)) {
+    match gateway.events.try_append_usage(record, event) {
         Ok(()) => gateway.metrics.events_emitted.inc(),
         Err(record) => {
             let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -508,6 +507,7 @@ pub fn cost_json(cost: &Cost) -> Value {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use tollgate_core::Envelope;
 
     fn event() -> UsageEvent {
         let now = Utc::now();
@@ -543,14 +543,15 @@ mod tests {
     #[test]
     fn the_spliced_sequence_number_matches_a_full_serialization() {
         for seq in [0, 7, 1_234_567, u64::MAX] {
-            let envelope = Envelope::usage(event());
-            let spliced = serialize_unsequenced(&envelope, |bytes| sequenced_payload(bytes, seq))
-                .unwrap()
-                .expect("the payload ends with a null instance_seq");
-            let mut sequenced = envelope.clone();
-            if let EventBody::Usage(event) = &mut sequenced.body {
-                event.instance_seq = Some(seq);
-            }
+            let unsequenced = event();
+            let spliced =
+                serialize_unsequenced(&unsequenced, |bytes| sequenced_payload(bytes, seq))
+                    .unwrap()
+                    .expect("the payload ends with a null instance_seq");
+            let sequenced = Envelope::usage(UsageEvent {
+                instance_seq: Some(seq),
+                ..unsequenced
+            });
             assert_eq!(
                 String::from_utf8(spliced).unwrap(),
                 serde_json::to_string(&sequenced).unwrap()
