@@ -1,21 +1,87 @@
-//! The HTTP client for upstream providers: hyper's pooled client over
-//! rustls (webpki roots) or plain TCP, with TCP_NODELAY and a connect
-//! timeout. Requests carry ready-made bodies and pre-parsed URIs, so a call
-//! does no URL parsing or header merging on the request path.
+//! The HTTP client for upstream providers: HTTP/1.1 over rustls (webpki
+//! roots) or plain TCP, with TCP_NODELAY and a connect timeout, and a pool of
+//! keep-alive connections per origin.
+//!
+//! The pool is ours rather than hyper-util's: a connection goes back to it
+//! from the request's own task when the response body ends, so a request
+//! spawns no extra task and wakes no other worker, and the origin-form path
+//! and `Host` header are derived without re-parsing the URL.
 
 use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{header, HeaderValue, Uri};
 use http_body_util::{BodyDataStream, BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use std::time::Duration;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tower_service::Service;
 
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
-pub type UpstreamResponse = http::Response<Incoming>;
+type Connector = HttpsConnector<HttpConnector>;
+type Sender = SendRequest<Full<Bytes>>;
+pub type UpstreamResponse = http::Response<UpstreamBody>;
 /// A response body as a stream of data chunks.
-pub type UpstreamStream = BodyDataStream<Incoming>;
+pub type UpstreamStream = BodyDataStream<UpstreamBody>;
+
+/// How long an idle connection is kept for reuse.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Most idle connections kept per origin.
+const MAX_IDLE_PER_ORIGIN: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be made (refused, unreachable, TLS, timeout).
+    #[error("connect error")]
+    Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The request was sent, or the connection failed while sending it.
+    #[error("request error")]
+    Request(#[source] hyper::Error),
+    /// The URL has no host, or a scheme other than http or https (the
+    /// URL itself stays out of the text, which may reach a client).
+    #[error("the upstream URL is not an absolute http(s) URL")]
+    BadUrl,
+}
+
+impl UpstreamError {
+    pub fn is_connect(&self) -> bool {
+        matches!(self, UpstreamError::Connect(_))
+    }
+}
+
+/// Pooled HTTP/1.1 client for upstream providers; cheap to clone.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    connector: Connector,
+    origins: Mutex<HashMap<OriginKey, OriginPool>>,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct OriginKey {
+    https: bool,
+    authority: Authority,
+}
+
+struct OriginPool {
+    /// `Host` for requests to this origin, built once.
+    host: HeaderValue,
+    /// Idle connections, most recently used last.
+    idle: Vec<Idle>,
+}
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
 
 pub fn client(connect_timeout: Duration) -> Result<UpstreamClient, String> {
     let mut http = HttpConnector::new();
@@ -23,16 +89,224 @@ pub fn client(connect_timeout: Duration) -> Result<UpstreamClient, String> {
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     http.enforce_http(false);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
         .map_err(|e| format!("TLS setup failed: {e}"))?
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
-        .build(https))
+    Ok(UpstreamClient {
+        shared: Arc::new(Shared {
+            connector,
+            origins: Mutex::new(HashMap::new()),
+        }),
+    })
+}
+
+impl UpstreamClient {
+    /// Send `request` (absolute URL) on an idle pooled connection, or a new
+    /// one. A pooled connection that turns out to be closed before the
+    /// request was written is skipped; the request is never sent twice.
+    pub async fn request(
+        &self,
+        request: http::Request<Full<Bytes>>,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let (mut parts, body) = request.into_parts();
+        let key = origin_key(&parts.uri)?;
+        let connect_uri = parts.uri.clone();
+        // HTTP/1.1 to an origin server: origin-form target plus `Host`.
+        parts.uri = Uri::from(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        let host = self.host_for(&key);
+        parts.headers.entry(header::HOST).or_insert(host);
+        let mut request = http::Request::from_parts(parts, body);
+        loop {
+            let Some(mut sender) = self.checkout(&key) else {
+                break;
+            };
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(self.wrap(response, key, sender)),
+                Err(mut failed) => match failed.take_message() {
+                    // Never written: the connection was closing. Try another.
+                    Some(unsent) => request = unsent,
+                    None => return Err(UpstreamError::Request(failed.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect(connect_uri).await?;
+        match sender.try_send_request(request).await {
+            Ok(response) => Ok(self.wrap(response, key, sender)),
+            Err(failed) => Err(UpstreamError::Request(failed.into_error())),
+        }
+    }
+
+    fn host_for(&self, key: &OriginKey) -> HeaderValue {
+        let mut origins = self.shared.origins.lock();
+        origins
+            .entry(key.clone())
+            .or_insert_with(|| OriginPool {
+                host: HeaderValue::from_str(key.authority.as_str())
+                    .unwrap_or_else(|_| HeaderValue::from_static("")),
+                idle: Vec::new(),
+            })
+            .host
+            .clone()
+    }
+
+    /// The most recently used live idle connection, dropping stale ones.
+    fn checkout(&self, key: &OriginKey) -> Option<Sender> {
+        let mut origins = self.shared.origins.lock();
+        let pool = origins.get_mut(key)?;
+        while let Some(idle) = pool.idle.pop() {
+            if !idle.sender.is_closed() && idle.since.elapsed() < IDLE_TIMEOUT {
+                return Some(idle.sender);
+            }
+        }
+        None
+    }
+
+    async fn connect(&self, uri: Uri) -> Result<Sender, UpstreamError> {
+        let mut connector = self.shared.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(UpstreamError::Connect)?;
+        let io = connector.call(uri).await.map_err(UpstreamError::Connect)?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(UpstreamError::Request)?;
+        tokio::spawn(async move {
+            // Its errors reach the request that was in flight, if any.
+            let _ = connection.await;
+        });
+        Ok(sender)
+    }
+
+    fn wrap(
+        &self,
+        response: http::Response<Incoming>,
+        key: OriginKey,
+        sender: Sender,
+    ) -> UpstreamResponse {
+        response.map(|inner| {
+            let mut body = UpstreamBody {
+                inner,
+                reuse: Some(Reuse {
+                    client: self.clone(),
+                    key,
+                    sender,
+                }),
+            };
+            if body.inner.is_end_stream() {
+                body.release();
+            }
+            body
+        })
+    }
+
+    fn put_back(&self, key: OriginKey, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        let mut origins = self.shared.origins.lock();
+        let Some(pool) = origins.get_mut(&key) else {
+            return;
+        };
+        // The oldest are first: drop the ones idle too long or over the cap.
+        let expired = pool
+            .idle
+            .iter()
+            .take_while(|idle| now.duration_since(idle.since) >= IDLE_TIMEOUT)
+            .count();
+        let over = (pool.idle.len() - expired + 1).saturating_sub(MAX_IDLE_PER_ORIGIN);
+        pool.idle.drain(..expired + over);
+        pool.idle.push(Idle { sender, since: now });
+    }
+
+    /// Idle connections currently pooled for `url`'s origin (tests).
+    pub fn idle_connections(&self, url: &Uri) -> usize {
+        let Ok(key) = origin_key(url) else { return 0 };
+        self.shared.origins.lock().get(&key).map_or(0, |pool| {
+            pool.idle.iter().filter(|i| !i.sender.is_closed()).count()
+        })
+    }
+}
+
+fn origin_key(uri: &Uri) -> Result<OriginKey, UpstreamError> {
+    let https = match uri.scheme() {
+        Some(s) if *s == Scheme::HTTPS => true,
+        Some(s) if *s == Scheme::HTTP => false,
+        _ => return Err(UpstreamError::BadUrl),
+    };
+    let authority = uri.authority().cloned().ok_or(UpstreamError::BadUrl)?;
+    Ok(OriginKey { https, authority })
+}
+
+/// What returns a connection to the pool once its response has been read.
+struct Reuse {
+    client: UpstreamClient,
+    key: OriginKey,
+    sender: Sender,
+}
+
+/// An upstream response body. When it has been read to its end, its
+/// connection goes back to the pool; dropped before that, the connection is
+/// closed (it cannot carry another request with a body still unread).
+pub struct UpstreamBody {
+    inner: Incoming,
+    reuse: Option<Reuse>,
+}
+
+impl UpstreamBody {
+    fn release(&mut self) {
+        if let Some(reuse) = self.reuse.take() {
+            reuse.client.put_back(reuse.key, reuse.sender);
+        }
+    }
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody")
+            .field("pooled", &self.reuse.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
+            Poll::Ready(Some(Err(_))) => this.reuse = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// The whole body of a response.
@@ -76,7 +350,172 @@ pub fn describe(err: &(dyn std::error::Error + 'static)) -> String {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// How a test upstream treats each connection after answering.
+    #[derive(Clone, Copy)]
+    enum AfterAnswer {
+        KeepOpen,
+        CloseAfter(Duration),
+    }
+
+    /// A raw HTTP/1.1 upstream: answers every request with `body`, records
+    /// each request head, and counts the connections it accepted.
+    struct RawUpstream {
+        url: Uri,
+        accepted: Arc<AtomicUsize>,
+        heads: Arc<Mutex<Vec<String>>>,
+    }
+
+    async fn raw_upstream(body: &'static str, after: AfterAnswer) -> RawUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let (count, seen) = (accepted.clone(), heads.clone());
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(answer(socket, body, after, seen.clone()));
+            }
+        });
+        RawUpstream {
+            url: format!("http://{addr}/v1/chat/completions")
+                .parse()
+                .unwrap(),
+            accepted,
+            heads,
+        }
+    }
+
+    async fn answer(
+        mut socket: TcpStream,
+        body: &'static str,
+        after: AfterAnswer,
+        heads: Arc<Mutex<Vec<String>>>,
+    ) {
+        let mut buf = Vec::new();
+        loop {
+            // Read one request: its head, then a Content-Length body.
+            let head_end = loop {
+                if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break at + 4;
+                }
+                let mut chunk = [0u8; 4096];
+                match socket.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            while buf.len() < head_end + length {
+                let mut chunk = [0u8; 4096];
+                match socket.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            buf.drain(..head_end + length);
+            heads.lock().push(head);
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            if socket.write_all(response.as_bytes()).await.is_err() {
+                return;
+            }
+            if let AfterAnswer::CloseAfter(delay) = after {
+                tokio::time::sleep(delay).await;
+                return;
+            }
+        }
+    }
+
+    fn post(url: &Uri) -> http::Request<Full<Bytes>> {
+        let mut request = http::Request::new(Full::new(Bytes::from_static(b"{}")));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = url.clone();
+        request
+    }
+
+    #[tokio::test]
+    async fn sequential_requests_share_one_keep_alive_connection() {
+        let upstream = raw_upstream(r#"{"ok":true}"#, AfterAnswer::KeepOpen).await;
+        let client = client(Duration::from_secs(2)).unwrap();
+        for _ in 0..3 {
+            let response = client.request(post(&upstream.url)).await.unwrap();
+            assert_eq!(body_bytes(response).await.unwrap(), r#"{"ok":true}"#);
+        }
+        assert_eq!(upstream.accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(client.idle_connections(&upstream.url), 1);
+        // Origin-form request line and a Host header, as an origin server expects.
+        let heads = upstream.heads.lock().clone();
+        assert_eq!(heads.len(), 3);
+        let authority = upstream.url.authority().unwrap().as_str();
+        for head in heads {
+            assert!(
+                head.starts_with("post /v1/chat/completions http/1.1\r\n"),
+                "{head}"
+            );
+            assert!(head.contains(&format!("host: {authority}\r\n")), "{head}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_is_not_reused() {
+        let upstream = raw_upstream(
+            r#"{"n":1}"#,
+            AfterAnswer::CloseAfter(Duration::from_millis(20)),
+        )
+        .await;
+        let client = client(Duration::from_secs(2)).unwrap();
+        for _ in 0..2 {
+            let response = client.request(post(&upstream.url)).await.unwrap();
+            assert_eq!(body_bytes(response).await.unwrap(), r#"{"n":1}"#);
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        assert_eq!(upstream.accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(client.idle_connections(&upstream.url), 0);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_unread_closes_its_connection() {
+        let upstream = raw_upstream(
+            r#"{"long":"enough to leave unread"}"#,
+            AfterAnswer::KeepOpen,
+        )
+        .await;
+        let client = client(Duration::from_secs(2)).unwrap();
+        let response = client.request(post(&upstream.url)).await.unwrap();
+        assert_eq!(response.status(), 200);
+        drop(response);
+        assert_eq!(client.idle_connections(&upstream.url), 0);
+        let response = client.request(post(&upstream.url)).await.unwrap();
+        assert!(body_bytes(response).await.is_ok());
+        assert_eq!(upstream.accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(client.idle_connections(&upstream.url), 1);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url: Uri = format!("http://{}/v1/x", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        drop(listener);
+        let client = client(Duration::from_secs(2)).unwrap();
+        let err = client.request(post(&url)).await.unwrap_err();
+        assert!(err.is_connect(), "{err:?}");
+        assert!(!describe(&err).contains("127.0.0.1"), "{}", describe(&err));
+    }
 
     #[test]
     fn timeouts_are_found_among_the_causes() {
