@@ -122,24 +122,21 @@ impl UpstreamClient {
                 .cloned()
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
         );
-        let host = self.host_for(&key);
+        let (host, mut pooled) = self.checkout(&key);
         parts.headers.entry(header::HOST).or_insert(host);
         let mut request = http::Request::from_parts(parts, body);
-        loop {
-            let Some(mut sender) = self.checkout(&key) else {
-                break;
-            };
-            if sender.ready().await.is_err() {
-                continue;
+        while let Some(mut sender) = pooled.take() {
+            if sender.ready().await.is_ok() {
+                match sender.try_send_request(request).await {
+                    Ok(response) => return Ok(self.wrap(response, key, sender)),
+                    Err(mut failed) => match failed.take_message() {
+                        // Never written: the connection was closing. Try another.
+                        Some(unsent) => request = unsent,
+                        None => return Err(UpstreamError::Request(failed.into_error())),
+                    },
+                }
             }
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok(self.wrap(response, key, sender)),
-                Err(mut failed) => match failed.take_message() {
-                    // Never written: the connection was closing. Try another.
-                    Some(unsent) => request = unsent,
-                    None => return Err(UpstreamError::Request(failed.into_error())),
-                },
-            }
+            pooled = self.checkout(&key).1;
         }
         let mut sender = self.connect(connect_uri).await?;
         match sender.try_send_request(request).await {
@@ -148,29 +145,20 @@ impl UpstreamClient {
         }
     }
 
-    fn host_for(&self, key: &OriginKey) -> HeaderValue {
+    /// The origin's `Host` value and its most recently used live idle
+    /// connection, if any (stale ones are dropped on the way).
+    fn checkout(&self, key: &OriginKey) -> (HeaderValue, Option<Sender>) {
         let mut origins = self.shared.origins.lock();
-        origins
-            .entry(key.clone())
-            .or_insert_with(|| OriginPool {
-                host: HeaderValue::from_str(key.authority.as_str())
-                    .unwrap_or_else(|_| HeaderValue::from_static("")),
-                idle: Vec::new(),
-            })
-            .host
-            .clone()
-    }
-
-    /// The most recently used live idle connection, dropping stale ones.
-    fn checkout(&self, key: &OriginKey) -> Option<Sender> {
-        let mut origins = self.shared.origins.lock();
-        let pool = origins.get_mut(key)?;
+        let pool = origins.entry(key.clone()).or_insert_with(|| OriginPool {
+            host: host_header(&key.authority),
+            idle: Vec::new(),
+        });
         while let Some(idle) = pool.idle.pop() {
             if !idle.sender.is_closed() && idle.since.elapsed() < IDLE_TIMEOUT {
-                return Some(idle.sender);
+                return (pool.host.clone(), Some(idle.sender));
             }
         }
-        None
+        (pool.host.clone(), None)
     }
 
     async fn connect(&self, uri: Uri) -> Result<Sender, UpstreamError> {
@@ -238,6 +226,15 @@ impl UpstreamClient {
             pool.idle.iter().filter(|i| !i.sender.is_closed()).count()
         })
     }
+}
+
+/// `host[:port]` (never any user info the URL may carry).
+fn host_header(authority: &Authority) -> HeaderValue {
+    let host = match authority.port_u16() {
+        Some(port) => format!("{}:{port}", authority.host()),
+        None => authority.host().to_owned(),
+    };
+    HeaderValue::from_str(&host).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 fn origin_key(uri: &Uri) -> Result<OriginKey, UpstreamError> {
@@ -502,6 +499,18 @@ mod tests {
         assert!(body_bytes(response).await.is_ok());
         assert_eq!(upstream.accepted.load(Ordering::SeqCst), 2);
         assert_eq!(client.idle_connections(&upstream.url), 1);
+    }
+
+    #[test]
+    fn host_header_is_host_and_port_without_user_info() {
+        let with_user = Authority::from_static("user:secret@example.com:8443");
+        assert_eq!(host_header(&with_user), "example.com:8443");
+        assert_eq!(
+            host_header(&Authority::from_static("api.example.com")),
+            "api.example.com"
+        );
+        assert!(origin_key(&Uri::from_static("ftp://example.com/x")).is_err());
+        assert!(origin_key(&Uri::from_static("/relative")).is_err());
     }
 
     #[tokio::test]
