@@ -2,29 +2,38 @@
 //! roots) or plain TCP, with TCP_NODELAY and a connect timeout, and a pool of
 //! keep-alive connections per origin.
 //!
-//! The pool is ours rather than hyper-util's: a connection goes back to it
-//! from the request's own task when the response body ends, so a request
-//! spawns no extra task and wakes no other worker, and the origin-form path
-//! and `Host` header are derived without re-parsing the URL.
+//! The pool is ours rather than hyper-util's, for two reasons. A connection
+//! is driven by the task of the request using it (while it waits for the
+//! response head and while it reads the body), not by a task of its own, so
+//! a proxied request runs in one task from the client's socket to the
+//! upstream's and back: no hand-off between tasks per request or per
+//! streamed chunk, and chunks that arrive together are read together. And
+//! the connection returns to the pool from that same task when the body
+//! ends. An idle pooled connection is polled again when it is next taken,
+//! which is when a close by the upstream is noticed.
 
 use bytes::Bytes;
+use futures::task::AtomicWaker;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, HeaderValue, Uri};
 use http_body_util::{BodyDataStream, BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::http1::{Connection, SendRequest};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 use tower_service::Service;
 
 type Connector = HttpsConnector<HttpConnector>;
-type Sender = SendRequest<Full<Bytes>>;
+type Io = <Connector as Service<Uri>>::Response;
+type UpstreamRequest = http::Request<Full<Bytes>>;
 pub type UpstreamResponse = http::Response<UpstreamBody>;
 /// A response body as a stream of data chunks.
 pub type UpstreamStream = BodyDataStream<UpstreamBody>;
@@ -42,6 +51,9 @@ pub enum UpstreamError {
     /// The request was sent, or the connection failed while sending it.
     #[error("request error")]
     Request(#[source] hyper::Error),
+    /// The connection ended without answering the request.
+    #[error("the upstream closed the connection without answering")]
+    Closed,
     /// The URL has no host, or a scheme other than http or https (the
     /// URL itself stays out of the text, which may reach a client).
     #[error("the upstream URL is not an absolute http(s) URL")]
@@ -79,8 +91,161 @@ struct OriginPool {
 }
 
 struct Idle {
-    sender: Sender,
+    conn: Conn,
     since: Instant,
+}
+
+/// One HTTP/1.1 connection: hyper's request handle and the connection
+/// state machine, which whoever uses the connection polls.
+struct Conn {
+    sender: SendRequest<Full<Bytes>>,
+    connection: Connection<Io, Full<Bytes>>,
+    /// The connection future has completed: it must not be polled again.
+    ended: bool,
+    wakes: Arc<InPlaceWakes>,
+    waker: Waker,
+}
+
+/// Most times one poll of a connection is repeated in place before the
+/// task is rescheduled instead (a bound, in case something keeps waking).
+const MAX_IN_PLACE_POLLS: usize = 32;
+
+/// The waker a connection, its request handle and its body are polled
+/// with. Hyper signals between those three while we poll them; a wake
+/// during our own poll would make tokio reschedule the task and wake
+/// another worker to run it, on every request. Such wakes are only noted,
+/// and the poll is repeated in place; wakes from elsewhere (the socket
+/// became readable) go to the task.
+struct InPlaceWakes {
+    task: AtomicWaker,
+    polling: AtomicBool,
+    woken: AtomicBool,
+}
+
+impl Wake for InPlaceWakes {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.polling.load(Ordering::SeqCst) {
+            self.woken.store(true, Ordering::SeqCst);
+            // Still polling: the poller sees `woken` when it stops.
+            if self.polling.load(Ordering::SeqCst) {
+                return;
+            }
+        }
+        self.task.wake();
+    }
+}
+
+/// What became of a request given to a connection.
+enum Sent {
+    Response(http::Response<Incoming>),
+    /// Not written: the connection was closing. Safe to send elsewhere.
+    Unsent(UpstreamRequest),
+    Failed(UpstreamError),
+}
+
+impl Conn {
+    fn new(sender: SendRequest<Full<Bytes>>, connection: Connection<Io, Full<Bytes>>) -> Conn {
+        let wakes = Arc::new(InPlaceWakes {
+            task: AtomicWaker::new(),
+            polling: AtomicBool::new(false),
+            woken: AtomicBool::new(false),
+        });
+        Conn {
+            sender,
+            connection,
+            ended: false,
+            waker: Waker::from(wakes.clone()),
+            wakes,
+        }
+    }
+
+    /// Run `step` with the in-place waker, again while what it polled woke
+    /// it, until it is ready or nothing woke it.
+    fn poll_in_place<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut step: impl FnMut(&mut Conn, &mut Context<'_>) -> Poll<T>,
+    ) -> Poll<T> {
+        let wakes = self.wakes.clone();
+        let waker = self.waker.clone();
+        wakes.task.register(cx.waker());
+        let mut in_place = Context::from_waker(&waker);
+        for _ in 0..MAX_IN_PLACE_POLLS {
+            wakes.woken.store(false, Ordering::SeqCst);
+            wakes.polling.store(true, Ordering::SeqCst);
+            let polled = step(self, &mut in_place);
+            wakes.polling.store(false, Ordering::SeqCst);
+            if polled.is_ready() {
+                return polled;
+            }
+            if !wakes.woken.swap(false, Ordering::SeqCst) {
+                return Poll::Pending;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Poll the connection; false once it has ended.
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.ended && Pin::new(&mut self.connection).poll(cx).is_ready() {
+            self.ended = true;
+        }
+        !self.ended
+    }
+
+    /// Drive the connection until it can take a request; false if it
+    /// closed (e.g. the upstream closed it while it sat in the pool).
+    async fn ready(&mut self) -> bool {
+        poll_fn(|cx| {
+            self.poll_in_place(cx, |conn, cx| {
+                if !conn.drive(cx) {
+                    return Poll::Ready(false);
+                }
+                conn.sender.poll_ready(cx).map(|ready| ready.is_ok())
+            })
+        })
+        .await
+    }
+
+    /// Send `request` and drive the connection until the response head.
+    async fn send(&mut self, request: UpstreamRequest) -> Sent {
+        let mut response = std::pin::pin!(self.sender.try_send_request(request));
+        poll_fn(|cx| {
+            self.poll_in_place(cx, |conn, cx| {
+                if let Poll::Ready(result) = response.as_mut().poll(cx) {
+                    return Poll::Ready(sent(result));
+                }
+                let open = conn.drive(cx);
+                // Driving may have produced the head (or the error).
+                if let Poll::Ready(result) = response.as_mut().poll(cx) {
+                    return Poll::Ready(sent(result));
+                }
+                if open {
+                    Poll::Pending
+                } else {
+                    Poll::Ready(Sent::Failed(UpstreamError::Closed))
+                }
+            })
+        })
+        .await
+    }
+}
+
+fn sent(
+    result: Result<http::Response<Incoming>, hyper::client::conn::TrySendError<UpstreamRequest>>,
+) -> Sent {
+    match result {
+        Ok(response) => Sent::Response(response),
+        Err(mut failed) => match failed.take_message() {
+            Some(unsent) => Sent::Unsent(unsent),
+            None => Sent::Failed(UpstreamError::Request(failed.into_error())),
+        },
+    }
 }
 
 pub fn client(connect_timeout: Duration) -> Result<UpstreamClient, String> {
@@ -109,7 +274,7 @@ impl UpstreamClient {
     /// request was written is skipped; the request is never sent twice.
     pub async fn request(
         &self,
-        request: http::Request<Full<Bytes>>,
+        request: UpstreamRequest,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let (mut parts, body) = request.into_parts();
         let key = origin_key(&parts.uri)?;
@@ -125,72 +290,63 @@ impl UpstreamClient {
         let (host, mut pooled) = self.checkout(&key);
         parts.headers.entry(header::HOST).or_insert(host);
         let mut request = http::Request::from_parts(parts, body);
-        while let Some(mut sender) = pooled.take() {
-            if sender.ready().await.is_ok() {
-                match sender.try_send_request(request).await {
-                    Ok(response) => return Ok(self.wrap(response, key, sender)),
-                    Err(mut failed) => match failed.take_message() {
-                        // Never written: the connection was closing. Try another.
-                        Some(unsent) => request = unsent,
-                        None => return Err(UpstreamError::Request(failed.into_error())),
-                    },
+        while let Some(mut conn) = pooled.take() {
+            if conn.ready().await {
+                match conn.send(request).await {
+                    Sent::Response(response) => return Ok(self.wrap(response, key, conn)),
+                    Sent::Unsent(unsent) => request = unsent,
+                    Sent::Failed(err) => return Err(err),
                 }
             }
             pooled = self.checkout(&key).1;
         }
-        let mut sender = self.connect(connect_uri).await?;
-        match sender.try_send_request(request).await {
-            Ok(response) => Ok(self.wrap(response, key, sender)),
-            Err(failed) => Err(UpstreamError::Request(failed.into_error())),
+        let mut conn = self.connect(connect_uri).await?;
+        match conn.send(request).await {
+            Sent::Response(response) => Ok(self.wrap(response, key, conn)),
+            Sent::Unsent(_) => Err(UpstreamError::Closed),
+            Sent::Failed(err) => Err(err),
         }
     }
 
-    /// The origin's `Host` value and its most recently used live idle
-    /// connection, if any (stale ones are dropped on the way).
-    fn checkout(&self, key: &OriginKey) -> (HeaderValue, Option<Sender>) {
+    /// The origin's `Host` value and its most recently used idle
+    /// connection, if any (ones idle too long are dropped on the way).
+    fn checkout(&self, key: &OriginKey) -> (HeaderValue, Option<Conn>) {
         let mut origins = self.shared.origins.lock();
         let pool = origins.entry(key.clone()).or_insert_with(|| OriginPool {
             host: host_header(&key.authority),
             idle: Vec::new(),
         });
         while let Some(idle) = pool.idle.pop() {
-            if !idle.sender.is_closed() && idle.since.elapsed() < IDLE_TIMEOUT {
-                return (pool.host.clone(), Some(idle.sender));
+            if !idle.conn.sender.is_closed() && idle.since.elapsed() < IDLE_TIMEOUT {
+                return (pool.host.clone(), Some(idle.conn));
             }
         }
         (pool.host.clone(), None)
     }
 
-    async fn connect(&self, uri: Uri) -> Result<Sender, UpstreamError> {
+    async fn connect(&self, uri: Uri) -> Result<Conn, UpstreamError> {
         let mut connector = self.shared.connector.clone();
-        std::future::poll_fn(|cx| connector.poll_ready(cx))
+        poll_fn(|cx| connector.poll_ready(cx))
             .await
             .map_err(UpstreamError::Connect)?;
         let io = connector.call(uri).await.map_err(UpstreamError::Connect)?;
         let (sender, connection) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(UpstreamError::Request)?;
-        tokio::spawn(async move {
-            // Its errors reach the request that was in flight, if any.
-            let _ = connection.await;
-        });
-        Ok(sender)
+        Ok(Conn::new(sender, connection))
     }
 
     fn wrap(
         &self,
         response: http::Response<Incoming>,
         key: OriginKey,
-        sender: Sender,
+        conn: Conn,
     ) -> UpstreamResponse {
         response.map(|inner| {
             let mut body = UpstreamBody {
                 inner,
-                reuse: Some(Reuse {
-                    client: self.clone(),
-                    key,
-                    sender,
-                }),
+                conn: Some(conn),
+                pool: Some((self.clone(), key)),
             };
             if body.inner.is_end_stream() {
                 body.release();
@@ -199,8 +355,8 @@ impl UpstreamClient {
         })
     }
 
-    fn put_back(&self, key: OriginKey, sender: Sender) {
-        if sender.is_closed() {
+    fn put_back(&self, key: OriginKey, conn: Conn) {
+        if conn.ended || conn.sender.is_closed() {
             return;
         }
         let now = Instant::now();
@@ -216,15 +372,17 @@ impl UpstreamClient {
             .count();
         let over = (pool.idle.len() - expired + 1).saturating_sub(MAX_IDLE_PER_ORIGIN);
         pool.idle.drain(..expired + over);
-        pool.idle.push(Idle { sender, since: now });
+        pool.idle.push(Idle { conn, since: now });
     }
 
     /// Idle connections currently pooled for `url`'s origin (tests).
     pub fn idle_connections(&self, url: &Uri) -> usize {
         let Ok(key) = origin_key(url) else { return 0 };
-        self.shared.origins.lock().get(&key).map_or(0, |pool| {
-            pool.idle.iter().filter(|i| !i.sender.is_closed()).count()
-        })
+        self.shared
+            .origins
+            .lock()
+            .get(&key)
+            .map_or(0, |pool| pool.idle.len())
     }
 }
 
@@ -247,33 +405,42 @@ fn origin_key(uri: &Uri) -> Result<OriginKey, UpstreamError> {
     Ok(OriginKey { https, authority })
 }
 
-/// What returns a connection to the pool once its response has been read.
-struct Reuse {
-    client: UpstreamClient,
-    key: OriginKey,
-    sender: Sender,
-}
-
-/// An upstream response body. When it has been read to its end, its
-/// connection goes back to the pool; dropped before that, the connection is
-/// closed (it cannot carry another request with a body still unread).
+/// An upstream response body. Reading it drives its connection; read to
+/// its end, the connection goes back to the pool. Dropped before that, the
+/// connection is closed (it cannot carry another request with a body still
+/// unread), which also cancels the upstream's work.
 pub struct UpstreamBody {
     inner: Incoming,
-    reuse: Option<Reuse>,
+    conn: Option<Conn>,
+    pool: Option<(UpstreamClient, OriginKey)>,
 }
 
 impl UpstreamBody {
     fn release(&mut self) {
-        if let Some(reuse) = self.reuse.take() {
-            reuse.client.put_back(reuse.key, reuse.sender);
+        if let (Some(conn), Some((client, key))) = (self.conn.take(), self.pool.take()) {
+            client.put_back(key, conn);
         }
+    }
+
+    /// Bookkeeping for a frame (or the end) about to be handed out.
+    fn deliver(
+        &mut self,
+        frame: Option<Result<Frame<Bytes>, hyper::Error>>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match &frame {
+            None => self.release(),
+            Some(Ok(_)) if self.inner.is_end_stream() => self.release(),
+            Some(Err(_)) => self.conn = None,
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(frame)
     }
 }
 
 impl std::fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamBody")
-            .field("pooled", &self.reuse.is_some())
+            .field("connection", &self.conn.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -287,14 +454,36 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
-            Poll::Ready(Some(Err(_))) => this.reuse = None,
-            _ => {}
+        let Some(conn) = this.conn.as_mut() else {
+            return match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(frame) => this.deliver(frame),
+                Poll::Pending => Poll::Pending,
+            };
+        };
+        let inner = &mut this.inner;
+        let step = conn.poll_in_place(cx, |conn, cx| {
+            if let Poll::Ready(frame) = Pin::new(&mut *inner).poll_frame(cx) {
+                return Poll::Ready(Some(frame));
+            }
+            // Nothing buffered: let the connection read what has arrived.
+            if !conn.drive(cx) {
+                return Poll::Ready(None);
+            }
+            Pin::new(&mut *inner).poll_frame(cx).map(Some)
+        });
+        match step {
+            Poll::Ready(Some(frame)) => this.deliver(frame),
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                // The connection is over; without it the body ends (or
+                // fails) at once instead of waiting for data that cannot come.
+                this.conn = None;
+                match Pin::new(&mut this.inner).poll_frame(cx) {
+                    Poll::Ready(frame) => this.deliver(frame),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -480,7 +669,6 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(150)).await;
         }
         assert_eq!(upstream.accepted.load(Ordering::SeqCst), 2);
-        assert_eq!(client.idle_connections(&upstream.url), 0);
     }
 
     #[tokio::test]
@@ -499,6 +687,35 @@ mod tests {
         assert!(body_bytes(response).await.is_ok());
         assert_eq!(upstream.accepted.load(Ordering::SeqCst), 2);
         assert_eq!(client.idle_connections(&upstream.url), 1);
+    }
+
+    struct CountingWaker(AtomicUsize);
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn wakes_during_an_in_place_poll_repeat_it_instead_of_waking_the_task() {
+        let task = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let task_waker = Waker::from(task.clone());
+        let wakes = Arc::new(InPlaceWakes {
+            task: AtomicWaker::new(),
+            polling: AtomicBool::new(false),
+            woken: AtomicBool::new(false),
+        });
+        let in_place = Waker::from(wakes.clone());
+        wakes.task.register(&task_waker);
+        // While polling: noted, the task is not woken.
+        wakes.polling.store(true, Ordering::SeqCst);
+        in_place.wake_by_ref();
+        wakes.polling.store(false, Ordering::SeqCst);
+        assert!(wakes.woken.load(Ordering::SeqCst));
+        assert_eq!(task.0.load(Ordering::SeqCst), 0);
+        // From elsewhere (socket readiness): the task is woken.
+        in_place.wake_by_ref();
+        assert_eq!(task.0.load(Ordering::SeqCst), 1);
     }
 
     #[test]
