@@ -13,7 +13,6 @@
 //! which is when a close by the upstream is noticed.
 
 use bytes::Bytes;
-use futures::task::AtomicWaker;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, HeaderValue, Uri};
 use http_body_util::{BodyDataStream, BodyExt, Full};
@@ -25,11 +24,12 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tower_service::Service;
+
+use crate::inplace::InPlace;
 
 type Connector = HttpsConnector<HttpConnector>;
 type Io = <Connector as Service<Uri>>::Response;
@@ -102,41 +102,9 @@ struct Conn {
     connection: Connection<Io, Full<Bytes>>,
     /// The connection future has completed: it must not be polled again.
     ended: bool,
-    wakes: Arc<InPlaceWakes>,
-    waker: Waker,
-}
-
-/// Most times one poll of a connection is repeated in place before the
-/// task is rescheduled instead (a bound, in case something keeps waking).
-const MAX_IN_PLACE_POLLS: usize = 32;
-
-/// The waker a connection, its request handle and its body are polled
-/// with. Hyper signals between those three while we poll them; a wake
-/// during our own poll would make tokio reschedule the task and wake
-/// another worker to run it, on every request. Such wakes are only noted,
-/// and the poll is repeated in place; wakes from elsewhere (the socket
-/// became readable) go to the task.
-struct InPlaceWakes {
-    task: AtomicWaker,
-    polling: AtomicBool,
-    woken: AtomicBool,
-}
-
-impl Wake for InPlaceWakes {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        if self.polling.load(Ordering::SeqCst) {
-            self.woken.store(true, Ordering::SeqCst);
-            // Still polling: the poller sees `woken` when it stops.
-            if self.polling.load(Ordering::SeqCst) {
-                return;
-            }
-        }
-        self.task.wake();
-    }
+    /// Hyper's wakes between the connection, its request handle and its
+    /// body, absorbed while the request's task polls them.
+    in_place: InPlace,
 }
 
 /// What became of a request given to a connection.
@@ -149,45 +117,22 @@ enum Sent {
 
 impl Conn {
     fn new(sender: SendRequest<Full<Bytes>>, connection: Connection<Io, Full<Bytes>>) -> Conn {
-        let wakes = Arc::new(InPlaceWakes {
-            task: AtomicWaker::new(),
-            polling: AtomicBool::new(false),
-            woken: AtomicBool::new(false),
-        });
         Conn {
             sender,
             connection,
             ended: false,
-            waker: Waker::from(wakes.clone()),
-            wakes,
+            in_place: InPlace::default(),
         }
     }
 
-    /// Run `step` with the in-place waker, again while what it polled woke
-    /// it, until it is ready or nothing woke it.
+    /// Run `step` on this connection, polled in place (see `crate::inplace`).
     fn poll_in_place<T>(
         &mut self,
         cx: &mut Context<'_>,
         mut step: impl FnMut(&mut Conn, &mut Context<'_>) -> Poll<T>,
     ) -> Poll<T> {
-        let wakes = self.wakes.clone();
-        let waker = self.waker.clone();
-        wakes.task.register(cx.waker());
-        let mut in_place = Context::from_waker(&waker);
-        for _ in 0..MAX_IN_PLACE_POLLS {
-            wakes.woken.store(false, Ordering::SeqCst);
-            wakes.polling.store(true, Ordering::SeqCst);
-            let polled = step(self, &mut in_place);
-            wakes.polling.store(false, Ordering::SeqCst);
-            if polled.is_ready() {
-                return polled;
-            }
-            if !wakes.woken.swap(false, Ordering::SeqCst) {
-                return Poll::Pending;
-            }
-        }
-        cx.waker().wake_by_ref();
-        Poll::Pending
+        let in_place = self.in_place.clone();
+        in_place.poll(cx, |cx| step(self, cx))
     }
 
     /// Poll the connection; false once it has ended.
@@ -687,35 +632,6 @@ mod tests {
         assert!(body_bytes(response).await.is_ok());
         assert_eq!(upstream.accepted.load(Ordering::SeqCst), 2);
         assert_eq!(client.idle_connections(&upstream.url), 1);
-    }
-
-    struct CountingWaker(AtomicUsize);
-    impl Wake for CountingWaker {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    #[test]
-    fn wakes_during_an_in_place_poll_repeat_it_instead_of_waking_the_task() {
-        let task = Arc::new(CountingWaker(AtomicUsize::new(0)));
-        let task_waker = Waker::from(task.clone());
-        let wakes = Arc::new(InPlaceWakes {
-            task: AtomicWaker::new(),
-            polling: AtomicBool::new(false),
-            woken: AtomicBool::new(false),
-        });
-        let in_place = Waker::from(wakes.clone());
-        wakes.task.register(&task_waker);
-        // While polling: noted, the task is not woken.
-        wakes.polling.store(true, Ordering::SeqCst);
-        in_place.wake_by_ref();
-        wakes.polling.store(false, Ordering::SeqCst);
-        assert!(wakes.woken.load(Ordering::SeqCst));
-        assert_eq!(task.0.load(Ordering::SeqCst), 0);
-        // From elsewhere (socket readiness): the task is woken.
-        in_place.wake_by_ref();
-        assert_eq!(task.0.load(Ordering::SeqCst), 1);
     }
 
     #[test]
