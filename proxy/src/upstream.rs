@@ -647,6 +647,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_body_that_ends_when_the_upstream_closes_is_read_whole() {
+        // No Content-Length, not chunked: the body is everything up to EOF.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url: Uri = format!("http://{}/v1/x", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = socket.read(&mut buf).await;
+            let head = "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n";
+            socket.write_all(head.as_bytes()).await.unwrap();
+            for part in ["first ", "second ", "third"] {
+                socket.write_all(part.as_bytes()).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        let client = client(Duration::from_secs(2)).unwrap();
+        let response = client.request(post(&url)).await.unwrap();
+        assert_eq!(body_bytes(response).await.unwrap(), "first second third");
+        assert_eq!(client.idle_connections(&url), 0);
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_by_the_upstream_is_an_error_not_an_end() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url: Uri = format!("http://{}/v1/x", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = socket.read(&mut buf).await;
+            let reply = "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten b";
+            socket.write_all(reply.as_bytes()).await.unwrap();
+        });
+        let client = client(Duration::from_secs(2)).unwrap();
+        let response = client.request(post(&url)).await.unwrap();
+        assert!(body_bytes(response).await.is_err());
+        assert_eq!(client.idle_connections(&url), 0);
+    }
+
+    #[tokio::test]
     async fn a_refused_connection_is_a_connect_error() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url: Uri = format!("http://{}/v1/x", listener.local_addr().unwrap())
