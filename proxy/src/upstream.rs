@@ -223,15 +223,16 @@ impl UpstreamClient {
     ) -> Result<UpstreamResponse, UpstreamError> {
         let (mut parts, body) = request.into_parts();
         let key = origin_key(&parts.uri)?;
-        let connect_uri = parts.uri.clone();
-        // HTTP/1.1 to an origin server: origin-form target plus `Host`.
-        parts.uri = Uri::from(
+        // HTTP/1.1 to an origin server: origin-form target plus `Host`;
+        // the absolute URL is kept only to connect.
+        let origin_form = Uri::from(
             parts
                 .uri
                 .path_and_query()
                 .cloned()
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
         );
+        let connect_uri = std::mem::replace(&mut parts.uri, origin_form);
         let (host, mut pooled) = self.checkout(&key);
         parts.headers.entry(header::HOST).or_insert(host);
         let mut request = http::Request::from_parts(parts, body);
@@ -646,24 +647,41 @@ mod tests {
         assert!(origin_key(&Uri::from_static("/relative")).is_err());
     }
 
-    #[tokio::test]
-    async fn a_body_that_ends_when_the_upstream_closes_is_read_whole() {
-        // No Content-Length, not chunked: the body is everything up to EOF.
+    /// A URL on a fresh local port, and the listener holding it.
+    async fn local_listener() -> (TcpListener, Uri) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url: Uri = format!("http://{}/v1/x", listener.local_addr().unwrap())
+        let url = format!("http://{}/v1/x", listener.local_addr().unwrap())
             .parse()
             .unwrap();
+        (listener, url)
+    }
+
+    /// An upstream that answers one request with `parts` (10 ms apart),
+    /// then closes the connection.
+    async fn one_reply_upstream(parts: &'static [&'static str]) -> Uri {
+        let (listener, url) = local_listener().await;
         tokio::spawn(async move {
             let (mut socket, _) = listener.accept().await.unwrap();
             let mut buf = [0u8; 4096];
             let _ = socket.read(&mut buf).await;
-            let head = "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n";
-            socket.write_all(head.as_bytes()).await.unwrap();
-            for part in ["first ", "second ", "third"] {
+            for part in parts {
                 socket.write_all(part.as_bytes()).await.unwrap();
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_body_that_ends_when_the_upstream_closes_is_read_whole() {
+        // No Content-Length, not chunked: the body is everything up to EOF.
+        let url = one_reply_upstream(&[
+            "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n",
+            "first ",
+            "second ",
+            "third",
+        ])
+        .await;
         let client = client(Duration::from_secs(2)).unwrap();
         let response = client.request(post(&url)).await.unwrap();
         assert_eq!(body_bytes(response).await.unwrap(), "first second third");
@@ -672,17 +690,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_cut_short_by_the_upstream_is_an_error_not_an_end() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url: Uri = format!("http://{}/v1/x", listener.local_addr().unwrap())
-            .parse()
-            .unwrap();
-        tokio::spawn(async move {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            let mut buf = [0u8; 4096];
-            let _ = socket.read(&mut buf).await;
-            let reply = "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten b";
-            socket.write_all(reply.as_bytes()).await.unwrap();
-        });
+        let url =
+            one_reply_upstream(&["HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten b"]).await;
         let client = client(Duration::from_secs(2)).unwrap();
         let response = client.request(post(&url)).await.unwrap();
         assert!(body_bytes(response).await.is_err());
@@ -691,10 +700,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_connection_is_a_connect_error() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url: Uri = format!("http://{}/v1/x", listener.local_addr().unwrap())
-            .parse()
-            .unwrap();
+        let (listener, url) = local_listener().await;
         drop(listener);
         let client = client(Duration::from_secs(2)).unwrap();
         let err = client.request(post(&url)).await.unwrap_err();
