@@ -5,14 +5,13 @@ use crate::error::ProxyError;
 use crate::gateway::{Caller, Candidate, Credential, Gateway};
 use crate::meter::RequestMeter;
 use crate::relay::Relay;
-use crate::upstream::{self, UpstreamStream};
+use crate::upstream::{self, UpstreamRequest, UpstreamStream};
 use axum::body::Body;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
-use http_body_util::Full;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use std::borrow::Cow;
@@ -455,8 +454,8 @@ fn upstream_request(
     candidate: &Candidate,
     credential: &Credential,
     body: Bytes,
-) -> http::Request<Full<Bytes>> {
-    let mut request = http::Request::new(Full::new(body));
+) -> UpstreamRequest {
+    let mut request = http::Request::new(body);
     *request.method_mut() = http::Method::POST;
     *request.uri_mut() = candidate.provider.endpoint.clone();
     let upstream_headers = request.headers_mut();

@@ -6,6 +6,7 @@ pub mod config;
 pub mod dispatch;
 pub mod error;
 pub mod gateway;
+mod http1;
 mod inplace;
 pub mod meter;
 pub mod metrics;

@@ -2,38 +2,43 @@
 //! roots) or plain TCP, with TCP_NODELAY and a connect timeout, and a pool of
 //! keep-alive connections per origin.
 //!
-//! The pool is ours rather than hyper-util's, for two reasons. A connection
-//! is driven by the task of the request using it (while it waits for the
-//! response head and while it reads the body), not by a task of its own, so
-//! a proxied request runs in one task from the client's socket to the
-//! upstream's and back: no hand-off between tasks per request or per
-//! streamed chunk, and chunks that arrive together are read together. And
-//! the connection returns to the pool from that same task when the body
-//! ends. An idle pooled connection is polled again when it is next taken,
-//! which is when a close by the upstream is noticed.
+//! The client is ours (the wire format is in `crate::http1`) rather than
+//! hyper's, for memory and for one task per request. Hyper's client
+//! connection keeps two 8 KiB buffers and a 9 KiB request channel for its
+//! whole life, and signals between its halves by waking tasks; 1,000 open
+//! streams paid ~25 KiB each for that. Here a connection is a socket and
+//! one read buffer that starts at 4 KiB, and it is read by the task of the
+//! request using it: a proxied request runs in one task from the client's
+//! socket to the upstream's and back, and chunks that arrive together are
+//! read together. The connection returns to the pool from that same task
+//! when the body ends. An idle pooled connection is checked when it is
+//! next taken, which is when a close by the upstream is noticed.
 
-use bytes::Bytes;
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{header, HeaderValue, Uri};
-use http_body_util::{BodyDataStream, BodyExt, Full};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::{Connection, SendRequest};
+use bytes::{Buf, Bytes, BytesMut};
+use http::uri::{Authority, Scheme};
+use http::{header, HeaderValue, Method, Uri};
+use http_body_util::{BodyDataStream, BodyExt};
+use hyper::body::{Body, Frame, SizeHint};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
+use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::io::AsyncWrite;
 use tower_service::Service;
 
-use crate::inplace::InPlace;
+use crate::http1::{self, BodyFraming, Decoded, ResponseHead};
 
 type Connector = HttpsConnector<HttpConnector>;
-type Io = <Connector as Service<Uri>>::Response;
-type UpstreamRequest = http::Request<Full<Bytes>>;
+type Io = TokioIo<<Connector as Service<Uri>>::Response>;
+/// A request to an upstream: absolute URL, headers, whole body.
+pub type UpstreamRequest = http::Request<Bytes>;
 pub type UpstreamResponse = http::Response<UpstreamBody>;
 /// A response body as a stream of data chunks.
 pub type UpstreamStream = BodyDataStream<UpstreamBody>;
@@ -42,18 +47,32 @@ pub type UpstreamStream = BodyDataStream<UpstreamBody>;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Most idle connections kept per origin.
 const MAX_IDLE_PER_ORIGIN: usize = 1024;
+/// A connection's first read buffer: room for a provider's response head
+/// and a burst of stream events, and what an open stream keeps.
+const INITIAL_READ_BYTES: usize = 4 * 1024;
+/// The read size doubles (up to this) each time a read fills the buffer,
+/// so a large body is read in few calls.
+const MAX_READ_BYTES: usize = 64 * 1024;
+/// Below this much free space the buffer is reclaimed or grown before a read.
+const MIN_READ_SPACE: usize = 512;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     /// No connection could be made (refused, unreachable, TLS, timeout).
     #[error("connect error")]
     Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// The request was sent, or the connection failed while sending it.
-    #[error("request error")]
-    Request(#[source] hyper::Error),
+    /// Writing the request or reading the response failed.
+    #[error("the upstream connection failed")]
+    Io(#[source] std::io::Error),
     /// The connection ended without answering the request.
     #[error("the upstream closed the connection without answering")]
     Closed,
+    /// What came back is not a valid HTTP/1.1 response.
+    #[error("the upstream sent invalid HTTP: {0}")]
+    Malformed(&'static str),
+    /// The connection ended before the body did.
+    #[error("the upstream closed the connection before the body ended")]
+    Truncated,
     /// The URL has no host, or a scheme other than http or https (the
     /// URL itself stays out of the text, which may reach a client).
     #[error("the upstream URL is not an absolute http(s) URL")]
@@ -95,101 +114,106 @@ struct Idle {
     since: Instant,
 }
 
-/// One HTTP/1.1 connection: hyper's request handle and the connection
-/// state machine, which whoever uses the connection polls.
+/// One HTTP/1.1 connection: the socket and what has been read from it but
+/// not yet taken.
 struct Conn {
-    sender: SendRequest<Full<Bytes>>,
-    connection: Connection<Io, Full<Bytes>>,
-    /// The connection future has completed: it must not be polled again.
-    ended: bool,
-    /// Hyper's wakes between the connection, its request handle and its
-    /// body, absorbed while the request's task polls them.
-    in_place: InPlace,
-}
-
-/// What became of a request given to a connection.
-enum Sent {
-    Response(http::Response<Incoming>),
-    /// Not written: the connection was closing. Safe to send elsewhere.
-    Unsent(UpstreamRequest),
-    Failed(UpstreamError),
+    io: Io,
+    read_buf: BytesMut,
+    /// Bytes to make room for before the next read.
+    read_size: usize,
 }
 
 impl Conn {
-    fn new(sender: SendRequest<Full<Bytes>>, connection: Connection<Io, Full<Bytes>>) -> Conn {
+    fn new(io: Io) -> Conn {
         Conn {
-            sender,
-            connection,
-            ended: false,
-            in_place: InPlace::default(),
+            io,
+            read_buf: BytesMut::new(),
+            read_size: INITIAL_READ_BYTES,
         }
     }
 
-    /// Run `step` on this connection, polled in place (see `crate::inplace`).
-    fn poll_in_place<T>(
+    /// Read what the socket has into the buffer; `Ok(0)` when the upstream
+    /// closed the connection.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if self.read_buf.capacity() - self.read_buf.len() < MIN_READ_SPACE {
+            // Reuses the buffer's memory once the chunks handed out are gone.
+            self.read_buf.reserve(self.read_size);
+        }
+        let space = self.read_buf.capacity() - self.read_buf.len();
+        let read = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.read_buf
+        ))?;
+        if read == space && self.read_size < MAX_READ_BYTES {
+            self.read_size *= 2;
+        }
+        Poll::Ready(Ok(read))
+    }
+
+    /// Whether an idle connection can take a request: the upstream has
+    /// neither closed it nor sent anything unasked.
+    fn poll_still_idle(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        Poll::Ready(self.poll_fill(cx).is_pending())
+    }
+
+    /// Write the request head and body. On failure, whether nothing at all
+    /// was written (so the request can go to another connection).
+    async fn write_request(
         &mut self,
-        cx: &mut Context<'_>,
-        mut step: impl FnMut(&mut Conn, &mut Context<'_>) -> Poll<T>,
-    ) -> Poll<T> {
-        let in_place = self.in_place.clone();
-        in_place.poll(cx, |cx| step(self, cx))
-    }
-
-    /// Poll the connection; false once it has ended.
-    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.ended && Pin::new(&mut self.connection).poll(cx).is_ready() {
-            self.ended = true;
-        }
-        !self.ended
-    }
-
-    /// Drive the connection until it can take a request; false if it
-    /// closed (e.g. the upstream closed it while it sat in the pool).
-    async fn ready(&mut self) -> bool {
+        head: &[u8],
+        body: &[u8],
+    ) -> Result<(), (std::io::Error, bool)> {
+        let total = head.len() + body.len();
+        let mut written = 0;
         poll_fn(|cx| {
-            self.poll_in_place(cx, |conn, cx| {
-                if !conn.drive(cx) {
-                    return Poll::Ready(false);
-                }
-                conn.sender.poll_ready(cx).map(|ready| ready.is_ok())
-            })
-        })
-        .await
-    }
-
-    /// Send `request` and drive the connection until the response head.
-    async fn send(&mut self, request: UpstreamRequest) -> Sent {
-        let mut response = std::pin::pin!(self.sender.try_send_request(request));
-        poll_fn(|cx| {
-            self.poll_in_place(cx, |conn, cx| {
-                if let Poll::Ready(result) = response.as_mut().poll(cx) {
-                    return Poll::Ready(sent(result));
-                }
-                let open = conn.drive(cx);
-                // Driving may have produced the head (or the error).
-                if let Poll::Ready(result) = response.as_mut().poll(cx) {
-                    return Poll::Ready(sent(result));
-                }
-                if open {
-                    Poll::Pending
+            while written < total {
+                let slices = if written < head.len() {
+                    [IoSlice::new(&head[written..]), IoSlice::new(body)]
                 } else {
-                    Poll::Ready(Sent::Failed(UpstreamError::Closed))
+                    [
+                        IoSlice::new(&body[written - head.len()..]),
+                        IoSlice::new(&[]),
+                    ]
+                };
+                match ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices)) {
+                    Ok(0) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                    Ok(n) => written += n,
+                    Err(err) => return Poll::Ready(Err(err)),
                 }
-            })
+            }
+            Pin::new(&mut self.io).poll_flush(cx)
         })
         .await
+        .map_err(|err| (err, written == 0))
     }
-}
 
-fn sent(
-    result: Result<http::Response<Incoming>, hyper::client::conn::TrySendError<UpstreamRequest>>,
-) -> Sent {
-    match result {
-        Ok(response) => Sent::Response(response),
-        Err(mut failed) => match failed.take_message() {
-            Some(unsent) => Sent::Unsent(unsent),
-            None => Sent::Failed(UpstreamError::Request(failed.into_error())),
-        },
+    /// Read until a final (non-1xx) response head has arrived.
+    async fn read_head(&mut self, method: &Method) -> Result<ResponseHead, UpstreamError> {
+        poll_fn(|cx| loop {
+            if !self.read_buf.is_empty() {
+                if let Some(head) = http1::parse_response_head(&self.read_buf, method)? {
+                    self.read_buf.advance(head.len);
+                    if head.is_interim() {
+                        continue;
+                    }
+                    return Poll::Ready(Ok(head));
+                }
+            }
+            match ready!(self.poll_fill(cx)) {
+                Ok(0) if self.read_buf.is_empty() => {
+                    return Poll::Ready(Err(UpstreamError::Closed))
+                }
+                Ok(0) => {
+                    return Poll::Ready(Err(UpstreamError::Malformed(
+                        "the connection closed inside the response head",
+                    )))
+                }
+                Ok(_) => {}
+                Err(err) => return Poll::Ready(Err(UpstreamError::Io(err))),
+            }
+        })
+        .await
     }
 }
 
@@ -215,59 +239,60 @@ pub fn client(connect_timeout: Duration) -> Result<UpstreamClient, String> {
 
 impl UpstreamClient {
     /// Send `request` (absolute URL) on an idle pooled connection, or a new
-    /// one. A pooled connection that turns out to be closed before the
-    /// request was written is skipped; the request is never sent twice.
+    /// one. A pooled connection found closed, or one that fails before any
+    /// byte of the request was written, is skipped; a request is never
+    /// sent twice.
     pub async fn request(
         &self,
         request: UpstreamRequest,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let (mut parts, body) = request.into_parts();
         let key = origin_key(&parts.uri)?;
-        // HTTP/1.1 to an origin server: origin-form target plus `Host`;
-        // the absolute URL is kept only to connect.
-        let origin_form = Uri::from(
-            parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        );
-        let connect_uri = std::mem::replace(&mut parts.uri, origin_form);
-        let (host, mut pooled) = self.checkout(&key);
+        let host = self.host(&key);
         parts.headers.entry(header::HOST).or_insert(host);
-        let mut request = http::Request::from_parts(parts, body);
-        while let Some(mut conn) = pooled.take() {
-            if conn.ready().await {
-                match conn.send(request).await {
-                    Sent::Response(response) => return Ok(self.wrap(response, key, conn)),
-                    Sent::Unsent(unsent) => request = unsent,
-                    Sent::Failed(err) => return Err(err),
-                }
+        let mut head = Vec::with_capacity(512);
+        http1::write_request_head(&parts, body.len(), &mut head);
+        loop {
+            let (mut conn, reused) = match self.checkout(&key).await {
+                Some(conn) => (conn, true),
+                None => (self.connect(parts.uri.clone()).await?, false),
+            };
+            match conn.write_request(&head, &body).await {
+                Ok(()) => {}
+                Err((_, nothing_written)) if reused && nothing_written => continue,
+                Err((err, _)) => return Err(UpstreamError::Io(err)),
             }
-            pooled = self.checkout(&key).1;
-        }
-        let mut conn = self.connect(connect_uri).await?;
-        match conn.send(request).await {
-            Sent::Response(response) => Ok(self.wrap(response, key, conn)),
-            Sent::Unsent(_) => Err(UpstreamError::Closed),
-            Sent::Failed(err) => Err(err),
+            let response = conn.read_head(&parts.method).await?;
+            return Ok(self.wrap(response, key, conn));
         }
     }
 
-    /// The origin's `Host` value and its most recently used idle
-    /// connection, if any (ones idle too long are dropped on the way).
-    fn checkout(&self, key: &OriginKey) -> (HeaderValue, Option<Conn>) {
+    /// The `Host` value for an origin, built once.
+    fn host(&self, key: &OriginKey) -> HeaderValue {
         let mut origins = self.shared.origins.lock();
         let pool = origins.entry(key.clone()).or_insert_with(|| OriginPool {
             host: host_header(&key.authority),
             idle: Vec::new(),
         });
-        while let Some(idle) = pool.idle.pop() {
-            if !idle.conn.sender.is_closed() && idle.since.elapsed() < IDLE_TIMEOUT {
-                return (pool.host.clone(), Some(idle.conn));
+        pool.host.clone()
+    }
+
+    /// The most recently used idle connection that is still open, if any
+    /// (ones idle too long or closed are dropped on the way).
+    async fn checkout(&self, key: &OriginKey) -> Option<Conn> {
+        loop {
+            let mut conn = {
+                let mut origins = self.shared.origins.lock();
+                let idle = origins.get_mut(key)?.idle.pop()?;
+                if idle.since.elapsed() >= IDLE_TIMEOUT {
+                    continue;
+                }
+                idle.conn
+            };
+            if poll_fn(|cx| conn.poll_still_idle(cx)).await {
+                return Some(conn);
             }
         }
-        (pool.host.clone(), None)
     }
 
     async fn connect(&self, uri: Uri) -> Result<Conn, UpstreamError> {
@@ -276,35 +301,27 @@ impl UpstreamClient {
             .await
             .map_err(UpstreamError::Connect)?;
         let io = connector.call(uri).await.map_err(UpstreamError::Connect)?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(io)
-            .await
-            .map_err(UpstreamError::Request)?;
-        Ok(Conn::new(sender, connection))
+        Ok(Conn::new(TokioIo::new(io)))
     }
 
-    fn wrap(
-        &self,
-        response: http::Response<Incoming>,
-        key: OriginKey,
-        conn: Conn,
-    ) -> UpstreamResponse {
-        response.map(|inner| {
-            let mut body = UpstreamBody {
-                inner,
-                conn: Some(conn),
-                pool: Some((self.clone(), key)),
-            };
-            if body.inner.is_end_stream() {
-                body.release();
-            }
-            body
-        })
+    fn wrap(&self, head: ResponseHead, key: OriginKey, conn: Conn) -> UpstreamResponse {
+        let mut body = UpstreamBody {
+            conn: Some(conn),
+            framing: head.body,
+            keep_alive: head.keep_alive,
+            pool: Some((self.clone(), key)),
+        };
+        if body.framing.is_complete() {
+            body.release();
+        }
+        let mut response = http::Response::new(body);
+        *response.status_mut() = head.status;
+        *response.version_mut() = head.version;
+        *response.headers_mut() = head.headers;
+        response
     }
 
     fn put_back(&self, key: OriginKey, conn: Conn) {
-        if conn.ended || conn.sender.is_closed() {
-            return;
-        }
         let now = Instant::now();
         let mut origins = self.shared.origins.lock();
         let Some(pool) = origins.get_mut(&key) else {
@@ -351,41 +368,36 @@ fn origin_key(uri: &Uri) -> Result<OriginKey, UpstreamError> {
     Ok(OriginKey { https, authority })
 }
 
-/// An upstream response body. Reading it drives its connection; read to
+/// An upstream response body. Reading it reads its connection; read to
 /// its end, the connection goes back to the pool. Dropped before that, the
 /// connection is closed (it cannot carry another request with a body still
 /// unread), which also cancels the upstream's work.
 pub struct UpstreamBody {
-    inner: Incoming,
+    /// `None` once the body has ended or failed.
     conn: Option<Conn>,
+    framing: BodyFraming,
+    keep_alive: bool,
     pool: Option<(UpstreamClient, OriginKey)>,
 }
 
 impl UpstreamBody {
+    /// The body is complete: pool the connection if it can carry another
+    /// request (nothing unasked-for left in its buffer).
     fn release(&mut self) {
-        if let (Some(conn), Some((client, key))) = (self.conn.take(), self.pool.take()) {
-            client.put_back(key, conn);
+        if let Some(conn) = self.conn.take() {
+            if self.keep_alive && conn.read_buf.is_empty() {
+                if let Some((client, key)) = self.pool.take() {
+                    client.put_back(key, conn);
+                }
+            }
         }
-    }
-
-    /// Bookkeeping for a frame (or the end) about to be handed out.
-    fn deliver(
-        &mut self,
-        frame: Option<Result<Frame<Bytes>, hyper::Error>>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match &frame {
-            None => self.release(),
-            Some(Ok(_)) if self.inner.is_end_stream() => self.release(),
-            Some(Err(_)) => self.conn = None,
-            Some(Ok(_)) => {}
-        }
-        Poll::Ready(frame)
     }
 }
 
 impl std::fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamBody")
+            .field("framing", &self.framing)
             .field("connection", &self.conn.is_some())
             .finish_non_exhaustive()
     }
@@ -393,56 +405,63 @@ impl std::fmt::Debug for UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         let this = self.get_mut();
-        let Some(conn) = this.conn.as_mut() else {
-            return match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Ready(frame) => this.deliver(frame),
-                Poll::Pending => Poll::Pending,
-            };
-        };
-        let inner = &mut this.inner;
-        let step = conn.poll_in_place(cx, |conn, cx| {
-            if let Poll::Ready(frame) = Pin::new(&mut *inner).poll_frame(cx) {
-                return Poll::Ready(Some(frame));
-            }
-            // Nothing buffered: let the connection read what has arrived.
-            if !conn.drive(cx) {
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
+            };
+            match this.framing.decode(&mut conn.read_buf) {
+                Ok(Decoded::Data(data)) => {
+                    if this.framing.is_complete() {
+                        this.release();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Decoded::End) => {
+                    this.release();
+                    return Poll::Ready(None);
+                }
+                Ok(Decoded::NeedMore) => {}
+                Err(err) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(err)));
+                }
             }
-            Pin::new(&mut *inner).poll_frame(cx).map(Some)
-        });
-        match step {
-            Poll::Ready(Some(frame)) => this.deliver(frame),
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(None) => {
-                // The connection is over; without it the body ends (or
-                // fails) at once instead of waiting for data that cannot come.
-                this.conn = None;
-                match Pin::new(&mut this.inner).poll_frame(cx) {
-                    Poll::Ready(frame) => this.deliver(frame),
-                    Poll::Pending => Poll::Pending,
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) => {
+                    // Closed by the upstream: never pooled again.
+                    this.conn = None;
+                    return Poll::Ready(this.framing.at_eof().err().map(Err));
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(UpstreamError::Io(err))));
                 }
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.framing.is_complete()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self.framing {
+            BodyFraming::Length(remaining) => SizeHint::with_exact(remaining),
+            _ => SizeHint::default(),
+        }
     }
 }
 
 /// The whole body of a response.
-pub async fn body_bytes(response: UpstreamResponse) -> Result<Bytes, hyper::Error> {
+pub async fn body_bytes(response: UpstreamResponse) -> Result<Bytes, UpstreamError> {
     Ok(response.into_body().collect().await?.to_bytes())
 }
 
@@ -484,6 +503,7 @@ pub fn describe(err: &(dyn std::error::Error + 'static)) -> String {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use futures::StreamExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
@@ -571,8 +591,8 @@ mod tests {
         }
     }
 
-    fn post(url: &Uri) -> http::Request<Full<Bytes>> {
-        let mut request = http::Request::new(Full::new(Bytes::from_static(b"{}")));
+    fn post(url: &Uri) -> UpstreamRequest {
+        let mut request = http::Request::new(Bytes::from_static(b"{}"));
         *request.method_mut() = http::Method::POST;
         *request.uri_mut() = url.clone();
         request
@@ -659,17 +679,141 @@ mod tests {
     /// An upstream that answers one request with `parts` (10 ms apart),
     /// then closes the connection.
     async fn one_reply_upstream(parts: &'static [&'static str]) -> Uri {
+        scripted_upstream(parts, true).await.0
+    }
+
+    /// An upstream that answers every request with `parts` (10 ms apart),
+    /// closing the connection after the first if `close`; and the count of
+    /// connections it accepted.
+    async fn scripted_upstream(
+        parts: &'static [&'static str],
+        close: bool,
+    ) -> (Uri, Arc<AtomicUsize>) {
         let (listener, url) = local_listener().await;
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    // The client writes head and body at once; one read each.
+                    while matches!(socket.read(&mut buf).await, Ok(n) if n > 0) {
+                        for part in parts {
+                            if socket.write_all(part.as_bytes()).await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        if close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, accepted)
+    }
+
+    #[tokio::test]
+    async fn a_chunked_body_is_read_whole_and_its_connection_reused() {
+        let (url, accepted) = scripted_upstream(
+            &[
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+                "6\r\ndata: \r\n",
+                "3\r\none\r\n4;ext=1\r\n two\r\n",
+                "0\r\n\r\n",
+            ],
+            false,
+        )
+        .await;
+        let client = client(Duration::from_secs(2)).unwrap();
+        for _ in 0..2 {
+            let response = client.request(post(&url)).await.unwrap();
+            assert_eq!(body_bytes(response).await.unwrap(), "data: one two");
+            assert_eq!(client.idle_connections(&url), 1);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_streamed_body_reaches_the_reader_chunk_by_chunk() {
+        let (listener, url) = local_listener().await;
+        let release = Arc::new(tokio::sync::Notify::new());
+        let go_on = release.clone();
         tokio::spawn(async move {
             let (mut socket, _) = listener.accept().await.unwrap();
             let mut buf = [0u8; 4096];
             let _ = socket.read(&mut buf).await;
-            for part in parts {
-                socket.write_all(part.as_bytes()).await.unwrap();
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            let first = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n7\r\nfirst\n\n\r\n";
+            socket.write_all(first.as_bytes()).await.unwrap();
+            // The rest only once the client has seen the first chunk.
+            go_on.notified().await;
+            socket
+                .write_all(b"6\r\nlast\n\n\r\n0\r\n\r\n")
+                .await
+                .unwrap();
         });
-        url
+        let client = client(Duration::from_secs(2)).unwrap();
+        let response = client.request(post(&url)).await.unwrap();
+        let mut stream = body_stream(response);
+        let first = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .expect("the first chunk arrives before the body ends");
+        assert_eq!(first.unwrap().unwrap(), "first\n\n");
+        release.notify_one();
+        assert_eq!(stream.next().await.unwrap().unwrap(), "last\n\n");
+        assert!(stream.next().await.is_none());
+        assert_eq!(client.idle_connections(&url), 1);
+    }
+
+    #[tokio::test]
+    async fn interim_responses_are_skipped() {
+        let url = one_reply_upstream(&[
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok",
+        ])
+        .await;
+        let client = client(Duration::from_secs(2)).unwrap();
+        let response = client.request(post(&url)).await.unwrap();
+        assert_eq!(response.status(), 201);
+        assert_eq!(body_bytes(response).await.unwrap(), "ok");
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_asks_to_close_is_not_pooled() {
+        let (url, _) = scripted_upstream(
+            &["HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"],
+            false,
+        )
+        .await;
+        let client = client(Duration::from_secs(2)).unwrap();
+        let response = client.request(post(&url)).await.unwrap();
+        assert_eq!(body_bytes(response).await.unwrap(), "ok");
+        assert_eq!(client.idle_connections(&url), 0);
+    }
+
+    #[tokio::test]
+    async fn bytes_beyond_the_body_keep_a_connection_out_of_the_pool() {
+        let (url, _) = scripted_upstream(
+            &["HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA"],
+            false,
+        )
+        .await;
+        let client = client(Duration::from_secs(2)).unwrap();
+        let response = client.request(post(&url)).await.unwrap();
+        assert_eq!(body_bytes(response).await.unwrap(), "ok");
+        assert_eq!(client.idle_connections(&url), 0);
+    }
+
+    #[tokio::test]
+    async fn a_reply_that_is_not_http_is_an_error() {
+        let url = one_reply_upstream(&["SSH-2.0-OpenSSH_9.6\r\n\r\n"]).await;
+        let client = client(Duration::from_secs(2)).unwrap();
+        let err = client.request(post(&url)).await.unwrap_err();
+        assert!(matches!(err, UpstreamError::Malformed(_)), "{err:?}");
+        let silent = one_reply_upstream(&[]).await;
+        let err = client.request(post(&silent)).await.unwrap_err();
+        assert!(matches!(err, UpstreamError::Closed), "{err:?}");
     }
 
     #[tokio::test]
