@@ -19,7 +19,8 @@ pub struct StoredRecord {
     pub partition: u32,
     pub offset: u64,
     pub key: String,
-    pub payload: Vec<u8>,
+    /// Shared, not copied, when in-process readers take the same record.
+    pub payload: bytes::Bytes,
     pub timestamp_ms: i64,
     /// The usage event `payload` encodes, when this process wrote the
     /// record and still holds it: in-process readers use it instead of

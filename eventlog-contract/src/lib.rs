@@ -64,7 +64,7 @@ fn payloads_by_key(records: &[StoredRecord]) -> BTreeMap<String, Vec<String>> {
             by_key
                 .entry(r.key.clone())
                 .or_default()
-                .push(String::from_utf8(r.payload.clone()).unwrap());
+                .push(String::from_utf8(r.payload.to_vec()).unwrap());
         }
     }
     by_key
@@ -143,7 +143,7 @@ pub async fn consume_from_position_resume_and_dedup(factory: &impl Factory, topi
                 .unwrap()
                 .expect("records arrive");
             for r in &batch.records {
-                let id = String::from_utf8(r.payload.clone()).unwrap();
+                let id = String::from_utf8(r.payload.to_vec()).unwrap();
                 if seen.insert(id.clone()) {
                     applied.push(id);
                 }
@@ -170,7 +170,7 @@ pub async fn consume_from_position_resume_and_dedup(factory: &impl Factory, topi
             .unwrap()
             .expect("records arrive after restart");
         for r in &batch.records {
-            let id = String::from_utf8(r.payload.clone()).unwrap();
+            let id = String::from_utf8(r.payload.to_vec()).unwrap();
             if seen.insert(id.clone()) {
                 applied.push(id);
             } else {

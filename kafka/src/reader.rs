@@ -33,7 +33,10 @@ pub(crate) fn to_record(topic: &str, m: &impl Message) -> StoredRecord {
             .key()
             .map(|k| String::from_utf8_lossy(k).into_owned())
             .unwrap_or_default(),
-        payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        payload: m
+            .payload()
+            .map(bytes::Bytes::copy_from_slice)
+            .unwrap_or_default(),
         timestamp_ms: m.timestamp().to_millis().unwrap_or_default(),
         usage: None,
     }

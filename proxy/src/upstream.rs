@@ -110,12 +110,13 @@ struct OriginPool {
 }
 
 struct Idle {
-    conn: Conn,
+    conn: Box<Conn>,
     since: Instant,
 }
 
 /// One HTTP/1.1 connection: the socket and what has been read from it but
-/// not yet taken.
+/// not yet taken. Boxed where it is held, so that handing it between the
+/// pool, a request and its body moves a pointer, not the TLS state.
 struct Conn {
     io: Io,
     read_buf: BytesMut,
@@ -124,12 +125,12 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(io: Io) -> Conn {
-        Conn {
+    fn new(io: Io) -> Box<Conn> {
+        Box::new(Conn {
             io,
             read_buf: BytesMut::new(),
             read_size: INITIAL_READ_BYTES,
-        }
+        })
     }
 
     /// Read what the socket has into the buffer; `Ok(0)` when the upstream
@@ -279,7 +280,7 @@ impl UpstreamClient {
 
     /// The most recently used idle connection that is still open, if any
     /// (ones idle too long or closed are dropped on the way).
-    async fn checkout(&self, key: &OriginKey) -> Option<Conn> {
+    async fn checkout(&self, key: &OriginKey) -> Option<Box<Conn>> {
         loop {
             let mut conn = {
                 let mut origins = self.shared.origins.lock();
@@ -295,7 +296,7 @@ impl UpstreamClient {
         }
     }
 
-    async fn connect(&self, uri: Uri) -> Result<Conn, UpstreamError> {
+    async fn connect(&self, uri: Uri) -> Result<Box<Conn>, UpstreamError> {
         let mut connector = self.shared.connector.clone();
         poll_fn(|cx| connector.poll_ready(cx))
             .await
@@ -304,7 +305,7 @@ impl UpstreamClient {
         Ok(Conn::new(TokioIo::new(io)))
     }
 
-    fn wrap(&self, head: ResponseHead, key: OriginKey, conn: Conn) -> UpstreamResponse {
+    fn wrap(&self, head: ResponseHead, key: OriginKey, conn: Box<Conn>) -> UpstreamResponse {
         let mut body = UpstreamBody {
             conn: Some(conn),
             framing: head.body,
@@ -321,7 +322,7 @@ impl UpstreamClient {
         response
     }
 
-    fn put_back(&self, key: OriginKey, conn: Conn) {
+    fn put_back(&self, key: OriginKey, conn: Box<Conn>) {
         let now = Instant::now();
         let mut origins = self.shared.origins.lock();
         let Some(pool) = origins.get_mut(&key) else {
@@ -374,7 +375,7 @@ fn origin_key(uri: &Uri) -> Result<OriginKey, UpstreamError> {
 /// unread), which also cancels the upstream's work.
 pub struct UpstreamBody {
     /// `None` once the body has ended or failed.
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     framing: BodyFraming,
     keep_alive: bool,
     pool: Option<(UpstreamClient, OriginKey)>,

@@ -253,7 +253,7 @@ fn writer_loop(
                             partition: 0,
                             offset,
                             key: record.key,
-                            payload: record.payload,
+                            payload: record.payload.into(),
                             timestamp_ms: ts,
                             usage,
                         })
@@ -441,7 +441,7 @@ async fn read_records(
                     partition: 0,
                     offset: row.get::<_, i64>(0)? as u64,
                     key: row.get(1)?,
-                    payload: row.get(2)?,
+                    payload: row.get::<_, Vec<u8>>(2)?.into(),
                     timestamp_ms: row.get(3)?,
                     usage: None,
                 })

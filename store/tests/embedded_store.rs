@@ -31,7 +31,7 @@ async fn appended_records_survive_reopen_in_order() {
     assert_eq!(all.len(), 1000);
     let payloads: Vec<String> = all
         .iter()
-        .map(|r| String::from_utf8(r.payload.clone()).unwrap())
+        .map(|r| String::from_utf8(r.payload.to_vec()).unwrap())
         .collect();
     let expected: Vec<String> = (0..1000).map(|n| format!("payload-{n}")).collect();
     assert_eq!(payloads, expected);
@@ -78,7 +78,7 @@ fn topic_record(topic: &str, n: u32) -> LogRecord {
 fn payloads(records: &[tollgate_core::StoredRecord]) -> Vec<String> {
     records
         .iter()
-        .map(|r| String::from_utf8(r.payload.clone()).unwrap())
+        .map(|r| String::from_utf8(r.payload.to_vec()).unwrap())
         .collect()
 }
 
@@ -101,7 +101,7 @@ async fn readers_see_records_another_instance_wrote_between_their_own() {
             let mut record = topic_record(topic, round * 10 + n);
             record.payload = format!("{name}-{topic}-{}", round * 10 + n).into_bytes();
             if topic == "t" {
-                expected.push(String::from_utf8(record.payload.clone()).unwrap());
+                expected.push(String::from_utf8(record.payload.to_vec()).unwrap());
             }
             writer.append(record).await.unwrap();
         }

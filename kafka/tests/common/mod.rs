@@ -72,7 +72,7 @@ pub fn record(topic: &str, key: &str, id: usize) -> LogRecord {
 }
 
 pub fn id_of(record: &StoredRecord) -> usize {
-    let text = String::from_utf8(record.payload.clone()).unwrap();
+    let text = String::from_utf8(record.payload.to_vec()).unwrap();
     text.rsplit_once(':').unwrap().1.parse().unwrap()
 }
 
