@@ -96,13 +96,18 @@ pub async fn serve(
         let connection = connections.watch(http.serve_connection(TokioIo::new(tcp), service));
         tokio::spawn(async move {
             // Polled in place: reading the request body wakes the
-            // connection's own task (see `crate::inplace`).
+            // connection's own task (see `crate::inplace`). Usage events are
+            // emitted after each poll, once the responses are written.
             let mut connection = std::pin::pin!(connection);
             let in_place = crate::inplace::InPlace::default();
             // Errors here are the client's (reset, malformed request): hyper
             // has already answered what it could.
-            let _ = std::future::poll_fn(|cx| in_place.poll(cx, |cx| connection.as_mut().poll(cx)))
-                .await;
+            let _ = std::future::poll_fn(|cx| {
+                crate::meter::poll_then_emit(|| {
+                    in_place.poll(cx, |cx| connection.as_mut().poll(cx))
+                })
+            })
+            .await;
         });
     }
     drop(listener);
