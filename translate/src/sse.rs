@@ -51,7 +51,11 @@ impl Pending {
                 if self.has_data {
                     self.data.push('\n');
                 }
-                self.data.push_str(&String::from_utf8_lossy(value));
+                // Valid UTF-8 (the usual case) is checked in one pass.
+                match std::str::from_utf8(value) {
+                    Ok(text) => self.data.push_str(text),
+                    Err(_) => self.data.push_str(&String::from_utf8_lossy(value)),
+                }
                 self.has_data = true;
             }
             b"event" => {
@@ -109,7 +113,7 @@ impl SseDecoder {
         self.buf.extend_from_slice(chunk);
         let mut events = Vec::new();
         while let Some(rest) = self.buf.get(self.scan_pos..) {
-            let Some(off) = rest.iter().position(|&b| b == b'\n' || b == b'\r') else {
+            let Some(off) = memchr::memchr2(b'\n', b'\r', rest) else {
                 self.scan_pos = self.buf.len();
                 break;
             };
