@@ -17,6 +17,10 @@ use tollgate_translate::sse::{encode_event, SseDecoder, SseEvent};
 use tollgate_translate::stream::{AnthropicToOpenAiStream, OpenAiToAnthropicStream};
 use tollgate_translate::usage::{self as tr_usage, AnthropicStreamUsage};
 
+/// Largest single upstream stream event held while it arrives: an upstream
+/// that never ends an event ends its stream instead of growing the buffer.
+const MAX_STREAM_EVENT: usize = 8 << 20;
+
 /// What the relay reads from an OpenAI stream chunk, borrowed from it.
 #[derive(serde::Deserialize)]
 struct ChunkProbe<'a> {
@@ -133,6 +137,10 @@ impl Relay {
     fn process_chunk(&mut self, chunk: &[u8]) {
         for event in self.decoder.push(chunk) {
             self.process_event(event);
+        }
+        if self.decoder.buffered() > MAX_STREAM_EVENT && !self.done {
+            self.done = true;
+            self.fail("an upstream stream event grew past the size limit");
         }
     }
 

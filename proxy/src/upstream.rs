@@ -55,6 +55,9 @@ const INITIAL_READ_BYTES: usize = 4 * 1024;
 const MAX_READ_BYTES: usize = 64 * 1024;
 /// Below this much free space the buffer is reclaimed or grown before a read.
 const MIN_READ_SPACE: usize = 512;
+/// Largest non-streamed response body read into memory: a misbehaving
+/// upstream cannot make the gateway hold more (chat answers are far smaller).
+pub const MAX_RESPONSE_BODY: usize = 32 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -73,6 +76,9 @@ pub enum UpstreamError {
     /// The connection ended before the body did.
     #[error("the upstream closed the connection before the body ended")]
     Truncated,
+    /// A response body (not streamed) over `MAX_RESPONSE_BODY`.
+    #[error("the upstream response body is larger than {} MiB", MAX_RESPONSE_BODY >> 20)]
+    TooLarge,
     /// The URL has no host, or a scheme other than http or https (the
     /// URL itself stays out of the text, which may reach a client).
     #[error("the upstream URL is not an absolute http(s) URL")]
@@ -461,9 +467,35 @@ impl Body for UpstreamBody {
     }
 }
 
-/// The whole body of a response.
+/// The whole body of a response, up to `MAX_RESPONSE_BODY`.
 pub async fn body_bytes(response: UpstreamResponse) -> Result<Bytes, UpstreamError> {
-    Ok(response.into_body().collect().await?.to_bytes())
+    body_bytes_within(response, MAX_RESPONSE_BODY).await
+}
+
+async fn body_bytes_within(
+    response: UpstreamResponse,
+    limit: usize,
+) -> Result<Bytes, UpstreamError> {
+    let mut body = response.into_body();
+    if body.size_hint().lower() > limit as u64 {
+        return Err(UpstreamError::TooLarge);
+    }
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total = 0;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            total += data.len();
+            if total > limit {
+                return Err(UpstreamError::TooLarge);
+            }
+            chunks.push(data);
+        }
+    }
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.swap_remove(0),
+        _ => chunks.concat().into(),
+    })
 }
 
 pub fn body_stream(response: UpstreamResponse) -> UpstreamStream {
@@ -841,6 +873,36 @@ mod tests {
         let response = client.request(post(&url)).await.unwrap();
         assert!(body_bytes(response).await.is_err());
         assert_eq!(client.idle_connections(&url), 0);
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_refused_not_buffered() {
+        let declared = one_reply_upstream(&["HTTP/1.1 200 OK\r\ncontent-length: 64\r\n\r\n"]).await;
+        let client = client(Duration::from_secs(2)).unwrap();
+        let response = client.request(post(&declared)).await.unwrap();
+        let err = body_bytes_within(response, 16).await.unwrap_err();
+        assert!(matches!(err, UpstreamError::TooLarge), "{err:?}");
+        let undeclared = one_reply_upstream(&[
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+            "a\r\n0123456789\r\n",
+            "a\r\n0123456789\r\n0\r\n\r\n",
+        ])
+        .await;
+        let response = client.request(post(&undeclared)).await.unwrap();
+        let err = body_bytes_within(response, 16).await.unwrap_err();
+        assert!(matches!(err, UpstreamError::TooLarge), "{err:?}");
+        // Under the limit the same body comes back whole.
+        let fits = one_reply_upstream(&[
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+            "a\r\n0123456789\r\n",
+            "a\r\n0123456789\r\n0\r\n\r\n",
+        ])
+        .await;
+        let response = client.request(post(&fits)).await.unwrap();
+        assert_eq!(
+            body_bytes_within(response, 20).await.unwrap(),
+            "01234567890123456789"
+        );
     }
 
     #[tokio::test]

@@ -575,3 +575,65 @@ async fn a_stream_that_closes_before_its_final_event_ends_with_an_error_in_every
         assert_eq!(event.error_kind.as_deref(), Some("upstream_stream_error"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_event_that_never_ends_is_cut_off_not_buffered() {
+    // A raw upstream: a valid stream head and first event, then one `data:`
+    // line that goes on until the gateway hangs up (up to 1 GiB).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base_url = format!("http://{}/v1", listener.local_addr().unwrap());
+    // How much of the line the upstream got to write before the gateway hung up.
+    let upstream = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = [0u8; 16 * 1024];
+        let _ = socket.read(&mut request).await;
+        let first = r#"{"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":"assistant","content":"Hi"},"finish_reason":null}]}"#;
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\ndata: {first}\n\ndata: "
+        );
+        socket.write_all(head.as_bytes()).await.unwrap();
+        let filler = vec![b'x'; 64 * 1024];
+        let mut written = 0usize;
+        for _ in 0..16_384 {
+            if socket.write_all(&filler).await.is_err() {
+                break;
+            }
+            written += filler.len();
+        }
+        written
+    });
+    let gw = start_with(|c| {
+        c.providers.get_mut("openai").unwrap().base_url = Some(base_url);
+    })
+    .await;
+    let response = gw.post_openai(chat_stream("gpt-4o-mini", PROMPT)).await;
+    assert_eq!(response.status(), 200);
+    let event_id = header(&response, "x-tollgate-event-id");
+    let body = tokio::time::timeout(Duration::from_secs(30), response.text())
+        .await
+        .expect("the stream ends")
+        .unwrap();
+    let events = sse_events(&body);
+    let (_, last) = events.last().unwrap();
+    let error: serde_json::Value = serde_json::from_str(last).unwrap();
+    assert_eq!(
+        error["error"]["code"], "upstream_stream_error",
+        "{body:.300}"
+    );
+    assert!(
+        body.len() < 64 * 1024,
+        "the oversized event was not relayed"
+    );
+    let written = tokio::time::timeout(Duration::from_secs(60), upstream)
+        .await
+        .expect("the upstream stops writing")
+        .unwrap();
+    assert!(
+        written < 64 << 20,
+        "the gateway read {written} bytes of one event before giving up"
+    );
+    let event = gw.event(&event_id).await;
+    assert_eq!(event.status, 502);
+    assert_eq!(event.error_kind.as_deref(), Some("upstream_stream_error"));
+}

@@ -108,6 +108,12 @@ impl SseDecoder {
         Self::default()
     }
 
+    /// Bytes held for the event not yet complete (a relay caps this, so an
+    /// upstream that never ends an event cannot grow it without bound).
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Appends `chunk` and returns every event completed by it, in order.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
         self.buf.extend_from_slice(chunk);
