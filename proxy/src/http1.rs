@@ -456,6 +456,8 @@ mod tests {
                 .keep_alive
         );
         assert!(!head("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n").keep_alive);
+        let no_reason = head("HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(no_reason.status, StatusCode::OK);
         let same_twice = head("HTTP/1.1 200 OK\r\nContent-Length: 4, 4\r\n\r\n");
         assert!(matches!(same_twice.body, BodyFraming::Length(4)));
     }
