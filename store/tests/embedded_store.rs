@@ -101,7 +101,7 @@ async fn readers_see_records_another_instance_wrote_between_their_own() {
             let mut record = topic_record(topic, round * 10 + n);
             record.payload = format!("{name}-{topic}-{}", round * 10 + n).into_bytes();
             if topic == "t" {
-                expected.push(String::from_utf8(record.payload.to_vec()).unwrap());
+                expected.push(String::from_utf8(record.payload.clone()).unwrap());
             }
             writer.append(record).await.unwrap();
         }
