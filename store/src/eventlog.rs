@@ -17,7 +17,7 @@ use crate::error::StoreError;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use rusqlite::Connection;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +40,11 @@ pub struct SqliteEventLogOptions {
     /// Payload bytes of recently committed records kept in memory for
     /// readers in this process. 0 turns the cache off.
     pub recent_bytes: usize,
+    /// Past `recent_bytes`, records a subscription in this process has not
+    /// read yet are still kept, up to this many bytes: a consumer busy
+    /// writing a batch (analytics, the ledger) then reads what arrived
+    /// meanwhile from memory, not back from SQLite. Once read, they go.
+    pub recent_hold_bytes: usize,
 }
 
 impl Default for SqliteEventLogOptions {
@@ -49,6 +54,7 @@ impl Default for SqliteEventLogOptions {
             max_batch: 8_192,
             group_commit: Duration::from_millis(2),
             recent_bytes: 2 << 20,
+            recent_hold_bytes: 16 << 20,
         }
     }
 }
@@ -77,6 +83,11 @@ struct Recent {
     records: VecDeque<StoredRecord>,
     bytes: usize,
     limit: usize,
+    hold_limit: usize,
+    /// Per subscription in this process: the offset up to which it has
+    /// looked at the log (records before it are not held for it).
+    cursors: HashMap<u64, u64>,
+    next_reader: u64,
 }
 
 /// What a kept record counts against `recent_bytes`: its payload, and
@@ -91,11 +102,45 @@ fn footprint(record: &StoredRecord) -> usize {
 }
 
 impl Recent {
-    fn new(limit: usize) -> Recent {
+    fn new(limit: usize, hold_limit: usize) -> Recent {
         Recent {
             records: VecDeque::new(),
             bytes: 0,
             limit,
+            hold_limit: hold_limit.max(limit),
+            cursors: HashMap::new(),
+            next_reader: 0,
+        }
+    }
+
+    /// A subscription that will read from offset `at` on; its id.
+    fn register(&mut self, at: u64) -> u64 {
+        let id = self.next_reader;
+        self.next_reader += 1;
+        self.cursors.insert(id, at);
+        id
+    }
+
+    fn unregister(&mut self, id: u64) {
+        self.cursors.remove(&id);
+        self.evict();
+    }
+
+    /// Drop the oldest records past `limit`, except ones a subscription
+    /// has yet to read, which stay until `hold_limit`.
+    fn evict(&mut self) {
+        let unread_from = self.cursors.values().copied().min();
+        while self.bytes > self.limit {
+            let Some(oldest) = self.records.front() else {
+                break;
+            };
+            let unread = unread_from.is_some_and(|from| oldest.offset >= from);
+            if unread && self.bytes <= self.hold_limit {
+                break;
+            }
+            if let Some(old) = self.records.pop_front() {
+                self.bytes -= footprint(&old);
+            }
         }
     }
 
@@ -118,12 +163,7 @@ impl Recent {
             self.bytes += footprint(&record);
             self.records.push_back(record);
         }
-        while self.bytes > self.limit {
-            match self.records.pop_front() {
-                Some(old) => self.bytes -= footprint(&old),
-                None => break,
-            }
-        }
+        self.evict();
     }
 
     /// Up to `max` records of `topic` from `from` on, if the run covers `from`.
@@ -140,6 +180,15 @@ impl Recent {
                 .cloned()
                 .collect(),
         )
+    }
+
+    /// Subscription `id` has looked at the log up to (not including)
+    /// offset `to`: nothing before it is held for it any more.
+    fn looked(&mut self, id: u64, to: u64) {
+        if let Some(cursor) = self.cursors.get_mut(&id) {
+            *cursor = to;
+            self.evict();
+        }
     }
 }
 
@@ -169,7 +218,10 @@ impl SqliteEventLog {
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
         let writable = Arc::new(AtomicBool::new(true));
         let writer_flag = writable.clone();
-        let recent = Arc::new(Mutex::new(Recent::new(options.recent_bytes)));
+        let recent = Arc::new(Mutex::new(Recent::new(
+            options.recent_bytes,
+            options.recent_hold_bytes,
+        )));
         let writer_recent = recent.clone();
         std::thread::Builder::new()
             .name("tollgate-eventlog-writer".into())
@@ -336,7 +388,7 @@ impl EventLog for SqliteEventLog {
         from_offset: u64,
         max: usize,
     ) -> Result<Vec<StoredRecord>, EventLogError> {
-        read_records(&self.reader, &self.recent, topic, from_offset, max).await
+        read_records(&self.reader, &self.recent, None, topic, from_offset, max).await
     }
 
     fn is_writable(&self) -> bool {
@@ -355,9 +407,11 @@ impl EventLog for SqliteEventLog {
     ) -> Result<Box<dyn Subscription>, EventLogError> {
         // One partition, one member: the group is trivially this consumer.
         let next = positions.next_offset(topic, 0).unwrap_or(0);
+        let reader_id = self.recent.lock().register(next);
         Ok(Box::new(EmbeddedSubscription {
             reader: self.reader.clone(),
             recent: self.recent.clone(),
+            reader_id,
             topic: topic.to_owned(),
             next,
         }))
@@ -368,8 +422,16 @@ impl EventLog for SqliteEventLog {
 struct EmbeddedSubscription {
     reader: Arc<Mutex<Connection>>,
     recent: Arc<Mutex<Recent>>,
+    /// This subscription's id in `recent` (which holds what it has not read).
+    reader_id: u64,
     topic: String,
     next: u64,
+}
+
+impl Drop for EmbeddedSubscription {
+    fn drop(&mut self) {
+        self.recent.lock().unregister(self.reader_id);
+    }
 }
 
 /// How often an idle embedded subscription looks for new records.
@@ -384,8 +446,15 @@ impl Subscription for EmbeddedSubscription {
     ) -> Result<Option<Batch>, EventLogError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let records =
-                read_records(&self.reader, &self.recent, &self.topic, self.next, max).await?;
+            let records = read_records(
+                &self.reader,
+                &self.recent,
+                Some(self.reader_id),
+                &self.topic,
+                self.next,
+                max,
+            )
+            .await?;
             if let Some(last) = records.last() {
                 self.next = last.offset + 1;
                 return Ok(Some(Batch {
@@ -414,16 +483,50 @@ impl Subscription for EmbeddedSubscription {
 async fn read_records(
     reader: &Arc<Mutex<Connection>>,
     recent: &Mutex<Recent>,
+    subscription: Option<u64>,
     topic: &str,
     from_offset: u64,
     max: usize,
 ) -> Result<Vec<StoredRecord>, EventLogError> {
-    if let Some(records) = recent.lock().read(topic, from_offset, max) {
-        // Everything from `from_offset` to the newest record we wrote.
-        if !records.is_empty() {
-            return Ok(records);
+    let run_end = {
+        let mut recent = recent.lock();
+        let run_end = recent.next_offset();
+        if let Some(records) = recent.read(topic, from_offset, max) {
+            // Everything from `from_offset` to the newest record we wrote.
+            if !records.is_empty() {
+                if let (Some(id), Some(run_end)) = (subscription, run_end) {
+                    recent.looked(id, looked_to(&records, max, run_end));
+                }
+                return Ok(records);
+            }
         }
+        run_end
+    };
+    let records = read_file(reader, topic, from_offset, max).await?;
+    if let (Some(id), Some(run_end)) = (subscription, run_end) {
+        // The file held at least everything the run did when it was read.
+        recent
+            .lock()
+            .looked(id, looked_to(&records, max, run_end).max(from_offset));
     }
+    Ok(records)
+}
+
+/// How far a read of up to `max` records has looked: a full batch up to
+/// its last record, a short one through everything there was.
+fn looked_to(records: &[StoredRecord], max: usize, end: u64) -> u64 {
+    match records.last() {
+        Some(last) if records.len() >= max => last.offset + 1,
+        _ => end,
+    }
+}
+
+async fn read_file(
+    reader: &Arc<Mutex<Connection>>,
+    topic: &str,
+    from_offset: u64,
+    max: usize,
+) -> Result<Vec<StoredRecord>, EventLogError> {
     let reader = reader.clone();
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {

@@ -1,5 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::time::Duration;
 use tollgate_core::{Envelope, EventBody, EventLog, LogRecord, UsageEvent};
 use tollgate_store::{Database, Durability, SqliteEventLog, SqliteEventLogOptions};
 
@@ -245,6 +246,123 @@ async fn a_usage_event_rides_with_its_record_only_inside_the_process() {
         let decoded: Envelope = serde_json::from_slice(&stored.payload).unwrap();
         assert_eq!(decoded.body, EventBody::Usage(Box::new(event.clone())));
     }
+}
+
+/// Append `n` usage records to topic "t", each with its event riding along.
+async fn append_usage(log: &SqliteEventLog, n: u64) {
+    for i in 0..n {
+        let event = usage_event(i);
+        let record = LogRecord {
+            topic: "t".into(),
+            key: event.account_id.to_string(),
+            payload: serde_json::to_vec(&Envelope::usage(event.clone())).unwrap(),
+        };
+        log.try_append_usage(record, std::sync::Arc::new(event))
+            .unwrap();
+    }
+    log.flush().await.unwrap();
+}
+
+/// Read one record first, so the subscription is at the head of the log
+/// (its very first read, from offset 0, goes to the file either way).
+async fn caught_up(sub: &mut Box<dyn tollgate_core::Subscription>, log: &SqliteEventLog) {
+    append_usage(log, 1).await;
+    let batch = sub
+        .next_batch(1_000, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(batch.records.len(), 1);
+}
+
+fn small_recent() -> SqliteEventLogOptions {
+    // Room for about two usage records, and for ~60 unread ones.
+    SqliteEventLogOptions {
+        recent_bytes: 4 * 1024,
+        recent_hold_bytes: 128 * 1024,
+        ..SqliteEventLogOptions::default()
+    }
+}
+
+/// A subscription that has not read yet (a consumer busy writing a batch)
+/// still gets what arrived meanwhile from memory, up to the hold limit;
+/// once it has read them they go, and so does a dropped subscription's hold.
+#[tokio::test]
+async fn records_a_subscription_has_not_read_are_held_in_memory_until_read() {
+    use std::sync::Arc;
+    use tollgate_eventlog_contract::MemoryPositions;
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path().join("hold.db"), Durability::Normal).unwrap();
+    let log = SqliteEventLog::open(&db, small_recent()).unwrap();
+    let positions = Arc::new(MemoryPositions::default());
+    let mut sub = log.subscribe("t", "g", positions.clone()).await.unwrap();
+    caught_up(&mut sub, &log).await;
+    append_usage(&log, 40).await;
+    let batch = sub
+        .next_batch(1_000, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(batch.records.len(), 40);
+    assert!(
+        batch.records.iter().all(|r| r.usage.is_some()),
+        "every record came from memory, none read back from the file"
+    );
+    // Read: no longer held. A reader from the start now goes to the file.
+    let first = batch.records[0].offset;
+    assert!(log.read("t", 0, first, 1).await.unwrap()[0].usage.is_none());
+
+    // A subscription that has not read yet holds what follows its start...
+    let idle = log.subscribe("t", "g2", positions.clone()).await.unwrap();
+    append_usage(&log, 10).await;
+    let tail = sub
+        .next_batch(1_000, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(tail.records.len(), 10);
+    let held_for_idle = tail.records[0].offset;
+    assert!(log.read("t", 0, held_for_idle, 1).await.unwrap()[0]
+        .usage
+        .is_some());
+    // ...until it is dropped.
+    drop(idle);
+    assert!(log.read("t", 0, held_for_idle, 1).await.unwrap()[0]
+        .usage
+        .is_none());
+}
+
+/// Past the hold limit, the oldest unread records go anyway: the lagging
+/// subscription reads those from the file, the rest from memory.
+#[tokio::test]
+async fn the_hold_is_bounded() {
+    use std::sync::Arc;
+    use tollgate_eventlog_contract::MemoryPositions;
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path().join("bound.db"), Durability::Normal).unwrap();
+    let log = SqliteEventLog::open(&db, small_recent()).unwrap();
+    let mut sub = log
+        .subscribe("t", "g", Arc::new(MemoryPositions::default()))
+        .await
+        .unwrap();
+    caught_up(&mut sub, &log).await;
+    append_usage(&log, 300).await;
+    let mut records = Vec::new();
+    while records.len() < 300 {
+        let batch = sub
+            .next_batch(50, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap();
+        records.extend(batch.records);
+    }
+    let from_memory = records.iter().filter(|r| r.usage.is_some()).count();
+    assert!(records[0].usage.is_none(), "the oldest came from the file");
+    assert!(records[299].usage.is_some(), "the newest came from memory");
+    assert!(
+        (20..=100).contains(&from_memory),
+        "{from_memory} of 300 held in 128 KiB"
+    );
 }
 
 /// The shared event-log contract, on the embedded backend.
