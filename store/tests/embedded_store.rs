@@ -263,16 +263,23 @@ async fn append_usage(log: &SqliteEventLog, n: u64) {
     log.flush().await.unwrap();
 }
 
+/// The subscription's next batch of up to `max` records (there must be one).
+async fn next(
+    sub: &mut Box<dyn tollgate_core::Subscription>,
+    max: usize,
+) -> Vec<tollgate_core::StoredRecord> {
+    sub.next_batch(max, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("a batch within 5 s")
+        .records
+}
+
 /// Read one record first, so the subscription is at the head of the log
 /// (its very first read, from offset 0, goes to the file either way).
 async fn caught_up(sub: &mut Box<dyn tollgate_core::Subscription>, log: &SqliteEventLog) {
     append_usage(log, 1).await;
-    let batch = sub
-        .next_batch(1_000, Duration::from_secs(5))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(batch.records.len(), 1);
+    assert_eq!(next(sub, 1_000).await.len(), 1);
 }
 
 fn small_recent() -> SqliteEventLogOptions {
@@ -298,30 +305,22 @@ async fn records_a_subscription_has_not_read_are_held_in_memory_until_read() {
     let mut sub = log.subscribe("t", "g", positions.clone()).await.unwrap();
     caught_up(&mut sub, &log).await;
     append_usage(&log, 40).await;
-    let batch = sub
-        .next_batch(1_000, Duration::from_secs(5))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(batch.records.len(), 40);
+    let batch = next(&mut sub, 1_000).await;
+    assert_eq!(batch.len(), 40);
     assert!(
-        batch.records.iter().all(|r| r.usage.is_some()),
+        batch.iter().all(|r| r.usage.is_some()),
         "every record came from memory, none read back from the file"
     );
     // Read: no longer held. A reader from the start now goes to the file.
-    let first = batch.records[0].offset;
+    let first = batch[0].offset;
     assert!(log.read("t", 0, first, 1).await.unwrap()[0].usage.is_none());
 
     // A subscription that has not read yet holds what follows its start...
     let idle = log.subscribe("t", "g2", positions.clone()).await.unwrap();
     append_usage(&log, 10).await;
-    let tail = sub
-        .next_batch(1_000, Duration::from_secs(5))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(tail.records.len(), 10);
-    let held_for_idle = tail.records[0].offset;
+    let tail = next(&mut sub, 1_000).await;
+    assert_eq!(tail.len(), 10);
+    let held_for_idle = tail[0].offset;
     assert!(log.read("t", 0, held_for_idle, 1).await.unwrap()[0]
         .usage
         .is_some());
@@ -349,12 +348,7 @@ async fn the_hold_is_bounded() {
     append_usage(&log, 300).await;
     let mut records = Vec::new();
     while records.len() < 300 {
-        let batch = sub
-            .next_batch(50, Duration::from_secs(5))
-            .await
-            .unwrap()
-            .unwrap();
-        records.extend(batch.records);
+        records.extend(next(&mut sub, 50).await);
     }
     let from_memory = records.iter().filter(|r| r.usage.is_some()).count();
     assert!(records[0].usage.is_none(), "the oldest came from the file");
