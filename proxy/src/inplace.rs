@@ -1,5 +1,5 @@
-//! Polling in place. Hyper signals between the halves of a connection (the
-//! connection state machine, a request handle, a body channel) by waking
+//! Polling in place. Hyper signals between the halves of a client connection
+//! (the connection state machine and its request-body channel) by waking
 //! whoever waits on the other half, and in the gateway that is usually the
 //! task doing the polling. Tokio treats a wake that arrives while the task
 //! is running as a yield: the task goes to the back of the run queue and

@@ -870,6 +870,13 @@ mod tests {
         assert_eq!(client.idle_connections(&url), 0);
     }
 
+    /// A 20-byte body in two chunks, with no length declared up front.
+    const TWENTY_CHUNKED_BYTES: &[&str] = &[
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+        "a\r\n0123456789\r\n",
+        "a\r\n0123456789\r\n0\r\n\r\n",
+    ];
+
     #[tokio::test]
     async fn a_body_over_the_limit_is_refused_not_buffered() {
         let declared = one_reply_upstream(&["HTTP/1.1 200 OK\r\ncontent-length: 64\r\n\r\n"]).await;
@@ -877,22 +884,12 @@ mod tests {
         let response = client.request(post(&declared)).await.unwrap();
         let err = body_bytes_within(response, 16).await.unwrap_err();
         assert!(matches!(err, UpstreamError::TooLarge), "{err:?}");
-        let undeclared = one_reply_upstream(&[
-            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
-            "a\r\n0123456789\r\n",
-            "a\r\n0123456789\r\n0\r\n\r\n",
-        ])
-        .await;
+        let undeclared = one_reply_upstream(TWENTY_CHUNKED_BYTES).await;
         let response = client.request(post(&undeclared)).await.unwrap();
         let err = body_bytes_within(response, 16).await.unwrap_err();
         assert!(matches!(err, UpstreamError::TooLarge), "{err:?}");
         // Under the limit the same body comes back whole.
-        let fits = one_reply_upstream(&[
-            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
-            "a\r\n0123456789\r\n",
-            "a\r\n0123456789\r\n0\r\n\r\n",
-        ])
-        .await;
+        let fits = one_reply_upstream(TWENTY_CHUNKED_BYTES).await;
         let response = client.request(post(&fits)).await.unwrap();
         assert_eq!(
             body_bytes_within(response, 20).await.unwrap(),
