@@ -1,12 +1,13 @@
-//! The HTTP/1.1 wire format for requests to upstreams: writing a request
-//! head, parsing a response head (with `httparse`), and framing the
-//! response body (Content-Length, chunked, or until the connection closes,
-//! per RFC 9112 §6.3). Pure functions over buffers; `crate::upstream` does
-//! the I/O.
+//! The HTTP/1.1 wire format, both sides, as pure functions over buffers.
+//! Upstream calls: writing a request head, parsing a response head (with
+//! `httparse`) and framing its body (Content-Length, chunked, or until the
+//! connection closes, per RFC 9112 §6.3); `crate::upstream` does the I/O.
+//! Clients: parsing a request head and its body's framing, writing a
+//! response head and chunk framing; `crate::server` does the I/O.
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, StatusCode, Version};
+use http::{Method, StatusCode, Uri, Version};
 
 use crate::upstream::UpstreamError;
 
@@ -141,35 +142,207 @@ fn body_framing(
     if headers.contains_key(header::TRANSFER_ENCODING) {
         // Chunked must be the final coding; otherwise the body runs to the
         // close. Either way any Content-Length is ignored.
-        let last_coding = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .rfind(|c| !c.is_empty());
-        return Ok(match last_coding {
-            Some(coding) if coding.eq_ignore_ascii_case("chunked") => {
-                BodyFraming::Chunked(Chunked::Size)
-            }
-            _ => BodyFraming::UntilClose,
+        return Ok(if ends_in_chunked(headers) {
+            BodyFraming::Chunked(Chunked::Size)
+        } else {
+            BodyFraming::UntilClose
         });
     }
+    let length = content_length(headers).map_err(UpstreamError::Malformed)?;
+    Ok(length.map_or(BodyFraming::UntilClose, BodyFraming::Length))
+}
+
+/// Whether the last Transfer-Encoding coding is `chunked`.
+fn ends_in_chunked(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .rfind(|c| !c.is_empty())
+        .is_some_and(|coding| coding.eq_ignore_ascii_case("chunked"))
+}
+
+/// The Content-Length, if any; repeated values must agree.
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, &'static str> {
     let mut length: Option<u64> = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
         for part in value.as_bytes().split(|b| *b == b',') {
-            let parsed = parse_decimal(trim(part))
-                .ok_or(UpstreamError::Malformed("invalid Content-Length"))?;
+            let parsed = parse_decimal(trim(part)).ok_or("invalid Content-Length")?;
             if length.is_some_and(|seen| seen != parsed) {
-                return Err(UpstreamError::Malformed("conflicting Content-Length"));
+                return Err("conflicting Content-Length");
             }
             length = Some(parsed);
         }
     }
-    Ok(length.map_or(BodyFraming::UntilClose, BodyFraming::Length))
+    Ok(length)
 }
 
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+/// A parsed request head.
+#[derive(Debug)]
+pub struct RequestHead {
+    /// Bytes of the buffer the head took up.
+    pub len: usize,
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub headers: HeaderMap,
+    /// The body's framing: Content-Length, chunked, or none (a request is
+    /// never delimited by the close).
+    pub body: BodyFraming,
+    /// The client lets the connection carry another request.
+    pub keep_alive: bool,
+    /// The client waits for `100 Continue` before sending the body.
+    pub expect_continue: bool,
+}
+
+/// Why a request head was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RequestHeadError {
+    /// Not a valid HTTP/1.x request head (answered 400).
+    Malformed(&'static str),
+    /// More than `max_len` bytes or too many fields (answered 431).
+    TooLarge,
+}
+
+/// Parse a request head at the start of `buf`: `None` until all of it has
+/// arrived.
+pub fn parse_request_head(
+    buf: &[u8],
+    max_len: usize,
+) -> Result<Option<RequestHead>, RequestHeadError> {
+    use RequestHeadError::{Malformed, TooLarge};
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut fields);
+    let len = match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len > max_len => return Err(TooLarge),
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() >= max_len => return Err(TooLarge),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(TooLarge),
+        Err(_) => return Err(Malformed("request head is not HTTP/1.x")),
+    };
+    let method = Method::from_bytes(request.method.unwrap_or_default().as_bytes())
+        .map_err(|_| Malformed("invalid method"))?;
+    let uri = Uri::try_from(request.path.unwrap_or_default())
+        .map_err(|_| Malformed("invalid request target"))?;
+    let version = if request.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let mut headers = HeaderMap::with_capacity(request.headers.len());
+    for field in request.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes())
+            .map_err(|_| Malformed("invalid header name"))?;
+        let value =
+            HeaderValue::from_bytes(field.value).map_err(|_| Malformed("invalid header value"))?;
+        headers.append(name, value);
+    }
+    let (body, close_after_body) = if headers.contains_key(header::TRANSFER_ENCODING) {
+        if !ends_in_chunked(&headers) {
+            return Err(Malformed("request Transfer-Encoding must end in chunked"));
+        }
+        // With a Content-Length as well, chunked wins and the connection
+        // must not be reused (RFC 9112 §6.3: a request-smuggling shape).
+        (
+            BodyFraming::Chunked(Chunked::Size),
+            headers.contains_key(header::CONTENT_LENGTH),
+        )
+    } else {
+        let length = content_length(&headers).map_err(Malformed)?;
+        (BodyFraming::Length(length.unwrap_or(0)), false)
+    };
+    let keep_alive = !close_after_body
+        && !has_token(&headers, header::CONNECTION, "close")
+        && (version == Version::HTTP_11 || has_token(&headers, header::CONNECTION, "keep-alive"));
+    let expect_continue = version == Version::HTTP_11
+        && headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    Ok(Some(RequestHead {
+        len,
+        method,
+        uri,
+        version,
+        headers,
+        body,
+        keep_alive,
+        expect_continue,
+    }))
+}
+
+/// How a response body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseFraming {
+    /// No body (HEAD, 1xx, 204, 304): the handler's headers are sent as set.
+    Bodiless,
+    Length(u64),
+    Chunked,
+    /// An HTTP/1.0 client gets a body of unknown length up to the close.
+    UntilClose,
+}
+
+/// Append a response head to `out`: the status line, the handler's
+/// headers (less framing and connection headers, which are ours), `Date`
+/// unless set, and our framing and connection headers.
+pub fn write_response_head(
+    status: StatusCode,
+    headers: &HeaderMap,
+    framing: ResponseFraming,
+    keep_alive: bool,
+    http10_client: bool,
+    date: &[u8],
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        let ours = name == header::TRANSFER_ENCODING
+            || name == header::CONNECTION
+            || (name == header::CONTENT_LENGTH && framing != ResponseFraming::Bodiless);
+        if ours {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !headers.contains_key(header::DATE) {
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(date);
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        ResponseFraming::Length(len) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        ResponseFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        ResponseFraming::Bodiless | ResponseFraming::UntilClose => {}
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if http10_client {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Append the size line that starts a chunk of `len` bytes.
+pub fn write_chunk_size(len: usize, out: &mut Vec<u8>) {
+    use std::io::Write;
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{len:x}\r\n");
+}
+
+pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     headers
         .get_all(name)
         .iter()

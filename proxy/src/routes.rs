@@ -13,9 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde_json::json;
-use std::future::Future;
 use std::sync::Arc;
-use tokio::net::TcpListener;
 use tollgate_core::ApiSurface;
 
 pub fn router(gateway: Arc<Gateway>) -> Router {
@@ -50,69 +48,6 @@ async fn handle_request(gateway: Arc<Gateway>, api: ApiSurface, request: Request
     let headers = std::mem::take(&mut parts.headers);
     let body = Bytes::from_request(Request::from_parts(parts, body), &()).await;
     handle(gateway, api, headers, body).await
-}
-
-/// Largest request head (request line and headers) accepted, and the cap
-/// on each connection's read buffer: hyper's default lets that buffer grow
-/// to 16 KiB and more, which 1,000 open streams pay for 1,000 times.
-const MAX_READ_BUFFER: usize = 8 * 1024;
-const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Serve HTTP/1.1 until `shutdown` resolves, then let in-flight requests
-/// finish. TCP_NODELAY avoids the 40 ms Nagle/delayed-ACK stall on
-/// keep-alive connections. A plain hyper HTTP/1 connection per socket (no
-/// protocol sniffing) keeps each idle or streaming connection small.
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    use hyper_util::service::TowerToHyperService;
-    let connections = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .max_buf_size(MAX_READ_BUFFER)
-        // A request head must arrive within this time, so a keep-alive
-        // connection idle this long is closed (SDK pools drop theirs after a
-        // few seconds) and a slow-header client cannot hold a socket.
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (tcp, _peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // Out of file descriptors or similar: back off, don't spin.
-                    tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = tcp.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
-        let connection = connections.watch(http.serve_connection(TokioIo::new(tcp), service));
-        tokio::spawn(async move {
-            // Polled in place: reading the request body wakes the
-            // connection's own task (see `crate::inplace`). Usage events are
-            // emitted after each poll, once the responses are written.
-            let mut connection = std::pin::pin!(connection);
-            let in_place = crate::inplace::InPlace::default();
-            // Errors here are the client's (reset, malformed request): hyper
-            // has already answered what it could.
-            let _ = std::future::poll_fn(|cx| {
-                crate::meter::poll_then_emit(|| {
-                    in_place.poll(cx, |cx| connection.as_mut().poll(cx))
-                })
-            })
-            .await;
-        });
-    }
-    drop(listener);
-    connections.shutdown().await;
-    Ok(())
 }
 
 async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {

@@ -1,11 +1,17 @@
-//! The HTTP/1 serve loop: graceful shutdown finishes in-flight requests,
-//! closes idle keep-alive connections, and stops accepting new ones.
+//! The HTTP/1.1 server, over raw sockets where the wire matters: keep-alive
+//! and pipelining, body framing and limits, refused heads, streaming,
+//! clients that leave, idle timeouts, and graceful shutdown.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use axum::routing::get;
+use axum::body::{Body, Bytes};
+use axum::routing::{get, post};
 use axum::Router;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
+use tollgate_proxy::ServeOptions;
 
 async fn slow() -> &'static str {
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -63,4 +69,403 @@ async fn shutdown_lets_in_flight_requests_finish_and_closes_idle_connections() {
         .send()
         .await;
     assert!(refused.is_err(), "no new connections after shutdown");
+}
+
+/// A server on a free port with `options`; dropping the sender stops it.
+async fn start(app: Router, options: ServeOptions) -> (SocketAddr, oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(tollgate_proxy::serve_with(
+        listener,
+        app,
+        async {
+            let _ = stopped.await;
+        },
+        options,
+    ));
+    (addr, stop)
+}
+
+/// Echoes the body's length, so tests see what the handler received.
+fn echo_app() -> Router {
+    Router::new()
+        .route(
+            "/echo",
+            post(|body: Bytes| async move { format!("got {} bytes", body.len()) }),
+        )
+        .route("/fast", get(|| async { "fast" }))
+}
+
+/// One response read off `stream`: its head and its body (Content-Length
+/// or chunked framing), or `None` if the connection closed first.
+async fn read_response(stream: &mut TcpStream, pending: &mut Vec<u8>) -> Option<(String, Vec<u8>)> {
+    let head_end = loop {
+        if let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        fill(stream, pending).await?;
+    };
+    let head = String::from_utf8(pending.drain(..head_end).collect()).unwrap();
+    let lower = head.to_ascii_lowercase();
+    let mut body = Vec::new();
+    if lower.contains("transfer-encoding: chunked") {
+        loop {
+            let line_end = loop {
+                if let Some(i) = pending.windows(2).position(|w| w == b"\r\n") {
+                    break i;
+                }
+                fill(stream, pending).await?;
+            };
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&pending[..line_end]).unwrap(), 16)
+                    .unwrap();
+            while pending.len() < line_end + 2 + size + 2 {
+                fill(stream, pending).await?;
+            }
+            body.extend_from_slice(&pending[line_end + 2..line_end + 2 + size]);
+            pending.drain(..line_end + 2 + size + 2);
+            if size == 0 {
+                return Some((head, body));
+            }
+        }
+    }
+    let length = lower
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+    while pending.len() < length {
+        fill(stream, pending).await?;
+    }
+    body.extend(pending.drain(..length));
+    Some((head, body))
+}
+
+/// Read more bytes into `pending`; `None` at EOF, a reset or after 5 s.
+async fn fill(stream: &mut TcpStream, pending: &mut Vec<u8>) -> Option<()> {
+    let mut buf = [0u8; 4096];
+    match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => {
+            pending.extend_from_slice(&buf[..n]);
+            Some(())
+        }
+        _ => None,
+    }
+}
+
+/// Whether the server closed the connection (EOF or reset) within 5 s.
+async fn closed(stream: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test]
+async fn pipelined_keep_alive_requests_are_answered_in_order_on_one_connection() {
+    let (addr, _stop) = start(echo_app(), ServeOptions::default()).await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    // Two requests in one write, then a third after the answers.
+    stream
+        .write_all(
+            b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhelloGET /fast HTTP/1.1\r\nhost: x\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut pending = Vec::new();
+    let (head, body) = read_response(&mut stream, &mut pending).await.unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("\r\ndate: "), "{head}");
+    assert_eq!(body, b"got 5 bytes");
+    let (_, body) = read_response(&mut stream, &mut pending).await.unwrap();
+    assert_eq!(body, b"fast");
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi")
+        .await
+        .unwrap();
+    let (_, body) = read_response(&mut stream, &mut pending).await.unwrap();
+    assert_eq!(body, b"got 2 bytes");
+}
+
+#[tokio::test]
+async fn a_chunked_request_body_reaches_the_handler_whole() {
+    let (addr, _stop) = start(echo_app(), ServeOptions::default()).await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stream.write_all(b"6\r\n world\r\n0\r\n\r\n").await.unwrap();
+    let mut pending = Vec::new();
+    let (_, body) = read_response(&mut stream, &mut pending).await.unwrap();
+    assert_eq!(body, b"got 11 bytes");
+    // Bad chunk framing is a 400, and the connection closes.
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut stream, &mut pending).await.unwrap();
+    assert!(head.starts_with("HTTP/1.1 400 "), "{head}");
+    assert!(closed(&mut stream).await);
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_get_413_from_the_handler_and_the_connection_closes() {
+    let options = ServeOptions {
+        max_body_bytes: 1000,
+        ..ServeOptions::default()
+    };
+    let (addr, _stop) = start(echo_app(), options).await;
+    // Declared too large: refused before any of it is read.
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 5000\r\n\r\n")
+        .await
+        .unwrap();
+    stream.write_all(&[b'a'; 5000]).await.unwrap();
+    let mut pending = Vec::new();
+    let (head, _) = read_response(&mut stream, &mut pending).await.unwrap();
+    assert!(head.starts_with("HTTP/1.1 413 "), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    assert!(closed(&mut stream).await);
+
+    // Chunked, and too large only once read.
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let chunk = [b'b'; 600];
+    let mut request =
+        b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..2 {
+        request.extend_from_slice(b"258\r\n");
+        request.extend_from_slice(&chunk);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    stream.write_all(&request).await.unwrap();
+    let mut pending = Vec::new();
+    let (head, _) = read_response(&mut stream, &mut pending).await.unwrap();
+    assert!(head.starts_with("HTTP/1.1 413 "), "{head}");
+
+    // At the limit: read and passed on.
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut request = b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n".to_vec();
+    request.extend_from_slice(&[b'c'; 1000]);
+    stream.write_all(&request).await.unwrap();
+    let (_, body) = read_response(&mut stream, &mut Vec::new()).await.unwrap();
+    assert_eq!(body, b"got 1000 bytes");
+}
+
+#[tokio::test]
+async fn expect_continue_gets_an_interim_response_unless_the_body_is_too_large() {
+    let options = ServeOptions {
+        max_body_bytes: 1000,
+        ..ServeOptions::default()
+    };
+    let (addr, _stop) = start(echo_app(), options).await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /echo HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 3\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut pending = Vec::new();
+    let (head, _) = read_response(&mut stream, &mut pending).await.unwrap();
+    assert_eq!(head, "HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(b"abc").await.unwrap();
+    let (_, body) = read_response(&mut stream, &mut pending).await.unwrap();
+    assert_eq!(body, b"got 3 bytes");
+
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 2000\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut stream, &mut Vec::new()).await.unwrap();
+    assert!(
+        head.starts_with("HTTP/1.1 413 "),
+        "no 100 Continue first: {head}"
+    );
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_heads_are_refused_and_closed() {
+    let (addr, _stop) = start(echo_app(), ServeOptions::default()).await;
+    for (request, status) in [
+        (b"NOT HTTP AT ALL\r\n\r\n".to_vec(), "400"),
+        (
+            b"POST /echo HTTP/1.1\r\ncontent-length: 1, 2\r\n\r\n".to_vec(),
+            "400",
+        ),
+        (
+            b"POST /echo HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n".to_vec(),
+            "400",
+        ),
+        (
+            [
+                b"GET /fast HTTP/1.1\r\nx-big: ".as_slice(),
+                &[b'a'; 9000],
+                b"\r\n\r\n",
+            ]
+            .concat(),
+            "431",
+        ),
+    ] {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(&request).await.unwrap();
+        let (head, _) = read_response(&mut stream, &mut Vec::new()).await.unwrap();
+        assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{head}");
+        assert!(closed(&mut stream).await, "closed after {status}");
+    }
+}
+
+#[tokio::test]
+async fn http10_and_connection_close_clients_get_their_connection_closed_and_head_gets_no_body() {
+    let (addr, _stop) = start(echo_app(), ServeOptions::default()).await;
+    for request in [
+        b"GET /fast HTTP/1.0\r\n\r\n".as_slice(),
+        b"GET /fast HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    ] {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let (head, body) = read_response(&mut stream, &mut Vec::new()).await.unwrap();
+        assert!(
+            head.to_ascii_lowercase().contains("connection: close"),
+            "{head}"
+        );
+        assert_eq!(body, b"fast");
+        assert!(closed(&mut stream).await);
+    }
+    // HTTP/1.0 asking for keep-alive gets it.
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /fast HTTP/1.0\r\nconnection: keep-alive\r\n\r\nHEAD /fast HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut pending = Vec::new();
+    let (head, _) = read_response(&mut stream, &mut pending).await.unwrap();
+    assert!(
+        head.to_ascii_lowercase().contains("connection: keep-alive"),
+        "{head}"
+    );
+    // HEAD: the length the body would have, and no body.
+    let mut rest = std::mem::take(&mut pending);
+    let _ = tokio::time::timeout(Duration::from_millis(300), stream.read_to_end(&mut rest)).await;
+    let text = String::from_utf8(rest).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text:?}");
+    assert!(
+        text.to_ascii_lowercase().contains("content-length: 4\r\n"),
+        "{text:?}"
+    );
+    assert!(
+        text.ends_with("\r\n\r\n"),
+        "a HEAD response has no body: {text:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_streamed_response_goes_out_chunk_by_chunk() {
+    let (send, receive) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let receive = std::sync::Arc::new(std::sync::Mutex::new(Some(receive)));
+    let app = Router::new().route(
+        "/stream",
+        get(move || {
+            let receive = receive.lock().unwrap().take().unwrap();
+            async move {
+                Body::from_stream(futures::stream::unfold(receive, |mut receive| async move {
+                    receive.recv().await.map(|item| (item, receive))
+                }))
+            }
+        }),
+    );
+    let (addr, _stop) = start(app, ServeOptions::default()).await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /stream HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    send.send(Ok(Bytes::from_static(b"data: one\n\n")))
+        .await
+        .unwrap();
+    // The first event arrives while the handler still holds the second.
+    let mut pending = Vec::new();
+    while !String::from_utf8_lossy(&pending).contains("data: one") {
+        fill(&mut stream, &mut pending)
+            .await
+            .expect("the first chunk, alone");
+    }
+    let text = String::from_utf8_lossy(&pending).to_ascii_lowercase();
+    assert!(text.contains("transfer-encoding: chunked"), "{text}");
+    send.send(Ok(Bytes::from_static(b"data: two\n\n")))
+        .await
+        .unwrap();
+    drop(send);
+    while !pending.ends_with(b"0\r\n\r\n") {
+        fill(&mut stream, &mut pending)
+            .await
+            .expect("the rest and the last chunk");
+    }
+    assert!(String::from_utf8_lossy(&pending).contains("data: two"));
+}
+
+/// Signals when dropped (the handler's future was dropped).
+struct DropSignal(Option<oneshot::Sender<()>>);
+impl Drop for DropSignal {
+    fn drop(&mut self) {
+        if let Some(signal) = self.0.take() {
+            let _ = signal.send(());
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_cancels_its_handler() {
+    let (dropped_tx, dropped) = oneshot::channel::<()>();
+    let guard = std::sync::Arc::new(std::sync::Mutex::new(Some(dropped_tx)));
+    let app = Router::new().route(
+        "/forever",
+        get(move || {
+            let signal = DropSignal(guard.lock().unwrap().take());
+            async move {
+                let _signal = signal;
+                std::future::pending::<()>().await;
+                "never"
+            }
+        }),
+    );
+    let (addr, _stop) = start(app, ServeOptions::default()).await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /forever HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(stream);
+    tokio::time::timeout(Duration::from_secs(5), dropped)
+        .await
+        .expect("the handler is dropped once its client leaves")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_read_timeout() {
+    let options = ServeOptions {
+        read_timeout: Duration::from_millis(300),
+        ..ServeOptions::default()
+    };
+    let (addr, _stop) = start(echo_app(), options).await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /fast HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (_, body) = read_response(&mut stream, &mut Vec::new()).await.unwrap();
+    assert_eq!(body, b"fast");
+    let idle_since = Instant::now();
+    assert!(closed(&mut stream).await);
+    assert!(idle_since.elapsed() >= Duration::from_millis(250));
 }

@@ -448,7 +448,11 @@ pub async fn run_roles(
             app = app.merge(usage);
         }
         on_ready(addr, bootstrapped.as_ref().map(|b| b.token.as_str()));
-        result = tollgate_proxy::serve(listener, app, shutdown)
+        let options = tollgate_proxy::ServeOptions {
+            max_body_bytes: built.gateway.config.server.max_body_bytes,
+            ..Default::default()
+        };
+        result = tollgate_proxy::serve_with(listener, app, shutdown, options)
             .await
             .map_err(anyhow::Error::from);
     } else if let (Some(usage), false) = (usage_api.clone(), roles.ledger) {
