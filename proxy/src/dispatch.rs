@@ -7,7 +7,6 @@ use crate::meter::RequestMeter;
 use crate::relay::Relay;
 use crate::upstream::{self, UpstreamRequest, UpstreamStream};
 use axum::body::Body;
-use axum::extract::rejection::BytesRejection;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -64,7 +63,7 @@ pub async fn handle(
     gateway: Arc<Gateway>,
     api: ApiSurface,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<Bytes, ProxyError>,
 ) -> Response {
     let started = Instant::now();
     let caller = match extract_token(&headers)
@@ -239,19 +238,9 @@ fn raw_u64(raw: Option<&RawValue>) -> Option<u64> {
 
 fn parse_request(
     api: ApiSurface,
-    body: Result<Bytes, BytesRejection>,
-    limit: usize,
+    body: Result<Bytes, ProxyError>,
 ) -> Result<ClientRequest, ProxyError> {
-    let bytes = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ProxyError::BodyTooLarge { limit_bytes: limit }
-        } else {
-            ProxyError::invalid(format!(
-                "cannot read request body: {}",
-                rejection.body_text()
-            ))
-        }
-    })?;
+    let bytes = body?;
     // Only an object may go on to the typed parse (which would also accept
     // an array as a struct).
     if bytes.trim_ascii_start().first() != Some(&b'{') {
@@ -497,12 +486,12 @@ async fn run(
     caller: &Caller,
     api: ApiSurface,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<Bytes, ProxyError>,
     meter: &mut RequestMeter,
     started: Instant,
 ) -> Result<Outcome, ProxyError> {
     let routing = &gateway.config.routing;
-    let request = parse_request(api, body, gateway.config.server.max_body_bytes)?;
+    let request = parse_request(api, body)?;
     meter.model_requested = request.model.clone();
     meter.streamed = request.stream;
     // A small body is usually a slice of the connection's read buffer: a

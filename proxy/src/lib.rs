@@ -20,4 +20,4 @@ pub use config::ProxyConfig;
 pub use error::ProxyError;
 pub use gateway::{Caller, Gateway, InitError};
 pub use routes::router;
-pub use server::{serve, serve_with, ServeOptions};
+pub use server::{serve, serve_gateway, serve_with, ServeOptions};

@@ -40,13 +40,40 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .with_state(gateway)
 }
 
+/// The API a proxied route speaks: `POST /v1/chat/completions` (OpenAI)
+/// and `POST /v1/messages` (Anthropic). The server answers these through
+/// `dispatch::handle` directly when it is given the gateway (no router, no
+/// middleware on them), and the router does the same for other callers.
+pub(crate) fn proxied_api(method: &http::Method, path: &str) -> Option<ApiSurface> {
+    if method != http::Method::POST {
+        return None;
+    }
+    match path {
+        "/v1/chat/completions" => Some(ApiSurface::Openai),
+        "/v1/messages" => Some(ApiSurface::Anthropic),
+        _ => None,
+    }
+}
+
 /// The headers are moved out of the request, not copied (axum's
 /// `HeaderMap` extractor clones them); the body is read under the same
 /// size limit as the `Bytes` extractor applies.
 async fn handle_request(gateway: Arc<Gateway>, api: ApiSurface, request: Request) -> Response {
     let (mut parts, body) = request.into_parts();
     let headers = std::mem::take(&mut parts.headers);
-    let body = Bytes::from_request(Request::from_parts(parts, body), &()).await;
+    let limit = gateway.config.server.max_body_bytes;
+    let body = Bytes::from_request(Request::from_parts(parts, body), &())
+        .await
+        .map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ProxyError::BodyTooLarge { limit_bytes: limit }
+            } else {
+                ProxyError::invalid(format!(
+                    "cannot read request body: {}",
+                    rejection.body_text()
+                ))
+            }
+        });
     handle(gateway, api, headers, body).await
 }
 

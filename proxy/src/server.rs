@@ -13,15 +13,20 @@
 //! client that goes away (EOF or reset) drops the handler's future, which
 //! cancels the upstream call.
 
+use crate::error::ProxyError;
+use crate::gateway::Gateway;
 use crate::http1::{self, BodyFraming, Decoded, RequestHead, RequestHeadError, ResponseFraming};
+use crate::{dispatch, routes};
 use axum::body::Body;
 use axum::Router;
 use bytes::{BufMut, Bytes, BytesMut};
+use futures::future::Either;
 use http::{Method, Request, StatusCode, Version};
 use hyper::body::Body as _;
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
 use std::pin::{pin, Pin};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -92,6 +97,33 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
     options: ServeOptions,
 ) -> io::Result<()> {
+    serve_inner(listener, app, None, shutdown, options).await
+}
+
+/// `serve_with` for an app holding the gateway's router: its proxied
+/// routes (`routes::proxied_api`) go straight to the gateway's handler,
+/// without the router's per-request work, under the gateway's body limit.
+pub async fn serve_gateway(
+    listener: TcpListener,
+    app: Router,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    options: ServeOptions,
+) -> io::Result<()> {
+    let options = ServeOptions {
+        max_body_bytes: gateway.config.server.max_body_bytes,
+        ..options
+    };
+    serve_inner(listener, app, Some(gateway), shutdown, options).await
+}
+
+async fn serve_inner(
+    listener: TcpListener,
+    app: Router,
+    gateway: Option<Arc<Gateway>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    options: ServeOptions,
+) -> io::Result<()> {
     // Each connection holds a receiver: `closed` below resolves once all
     // of them are gone.
     let (stop, stopping) = watch::channel(false);
@@ -113,6 +145,7 @@ pub async fn serve_with(
         let connection = Connection {
             tcp,
             app: app.clone(),
+            gateway: gateway.clone(),
             options,
             stopping: stopping.clone(),
             read_buf: BytesMut::new(),
@@ -159,6 +192,8 @@ enum Sent {
 struct Connection {
     tcp: TcpStream,
     app: Router,
+    /// Given, the proxied routes skip the router.
+    gateway: Option<Arc<Gateway>>,
     options: ServeOptions,
     stopping: watch::Receiver<bool>,
     read_buf: BytesMut,
@@ -241,29 +276,48 @@ impl Connection {
                 return Ok(Sent::Close);
             }
         };
+        // A body left unread ends the connection after the answer.
         let refused_body = matches!(body, ReadBody::TooLarge);
-        let body = match body {
-            ReadBody::Whole(bytes) if bytes.is_empty() => Body::empty(),
-            ReadBody::Whole(bytes) => Body::from(bytes),
-            ReadBody::TooLarge => {
-                keep_alive = false;
-                length_limit_exceeded()
-            }
-        };
-        let mut request = Request::new(body);
-        *request.method_mut() = method.clone();
-        *request.uri_mut() = uri;
-        *request.version_mut() = version;
-        *request.headers_mut() = headers;
-
-        // A router is always ready; asked anyway, as the Service contract wants.
-        if let Err(never) =
-            poll_fn(|cx| Service::<Request<Body>>::poll_ready(&mut self.app, cx)).await
-        {
-            match never {}
+        if refused_body {
+            keep_alive = false;
         }
-        let handling = self.app.call(request);
-        let Some(Ok(response)) = self.unless_client_leaves(handling).await else {
+        let direct = self.gateway.as_ref().and_then(|gateway| {
+            routes::proxied_api(&method, uri.path()).map(|api| (gateway.clone(), api))
+        });
+        let handling = if let Some((gateway, api)) = direct {
+            let body = match body {
+                ReadBody::Whole(bytes) => Ok(bytes),
+                ReadBody::TooLarge => Err(ProxyError::BodyTooLarge {
+                    limit_bytes: self.options.max_body_bytes,
+                }),
+            };
+            Either::Left(dispatch::handle(gateway, api, headers, body))
+        } else {
+            let body = match body {
+                ReadBody::Whole(bytes) if bytes.is_empty() => Body::empty(),
+                ReadBody::Whole(bytes) => Body::from(bytes),
+                ReadBody::TooLarge => length_limit_exceeded(),
+            };
+            let mut request = Request::new(body);
+            *request.method_mut() = method.clone();
+            *request.uri_mut() = uri;
+            *request.version_mut() = version;
+            *request.headers_mut() = headers;
+            // A router is always ready; asked anyway, as the Service contract wants.
+            if let Err(never) =
+                poll_fn(|cx| Service::<Request<Body>>::poll_ready(&mut self.app, cx)).await
+            {
+                match never {}
+            }
+            let routed = self.app.call(request);
+            Either::Right(async move {
+                match routed.await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            })
+        };
+        let Some(response) = self.unless_client_leaves(handling).await else {
             // The client left: dropping the handler cancels its work.
             return Ok(Sent::Close);
         };

@@ -265,6 +265,25 @@ async fn oversized_body_is_413_in_both_shapes() {
     // A body under the limit still works.
     let response = gw.post_openai(chat("gpt-4o-mini", "small")).await;
     assert_eq!(response.status(), 200);
+
+    // The same through the router (an instance served without the gateway
+    // shortcut): the router's body limit gives the same answers.
+    let routed = gw.start_instance().await;
+    let base = format!("http://{}", routed.addr);
+    let response = post_openai_to(&base, &gw.token, &chat("gpt-4o-mini", &big)).await;
+    let error = openai_error(response, 413).await;
+    assert_eq!(error["code"], "request_too_large");
+    assert!(error["message"].as_str().unwrap().contains("2048"));
+    let response = post_anthropic_to(&base, &gw.token, &messages("claude-haiku-4-5", &big)).await;
+    assert_eq!(
+        anthropic_error(response, 413).await["type"],
+        "request_too_large"
+    );
+    assert_eq!(
+        gw.mock.requests().len(),
+        1,
+        "only the small request went upstream"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -448,13 +448,15 @@ pub async fn run_roles(
             app = app.merge(usage);
         }
         on_ready(addr, bootstrapped.as_ref().map(|b| b.token.as_str()));
-        let options = tollgate_proxy::ServeOptions {
-            max_body_bytes: built.gateway.config.server.max_body_bytes,
-            ..Default::default()
-        };
-        result = tollgate_proxy::serve_with(listener, app, shutdown, options)
-            .await
-            .map_err(anyhow::Error::from);
+        result = tollgate_proxy::serve_gateway(
+            listener,
+            app,
+            built.gateway.clone(),
+            shutdown,
+            tollgate_proxy::ServeOptions::default(),
+        )
+        .await
+        .map_err(anyhow::Error::from);
     } else if let (Some(usage), false) = (usage_api.clone(), roles.ledger) {
         // Analytics alone serves the usage API and its health and metrics.
         let app = usage.merge(health_router(built.gateway.clone()));

@@ -98,12 +98,16 @@ pub async fn start_on(mock: MockUpstream, config: ProxyConfig) -> TestGateway {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
+    // Served as `tollgate serve` does (the proxied routes skip the router);
+    // `Instance` below serves through the router alone.
     let app = tollgate_proxy::router(gateway.clone());
+    let served = gateway.clone();
     tokio::spawn(async move {
-        let _ = tollgate_proxy::serve(listener, app, async {
+        let stopped = async {
             let _ = rx.await;
-        })
-        .await;
+        };
+        let options = tollgate_proxy::ServeOptions::default();
+        let _ = tollgate_proxy::serve_gateway(listener, app, served, stopped, options).await;
     });
     TestGateway {
         addr,
