@@ -5,6 +5,7 @@ pub mod billing;
 pub mod catalog;
 pub mod control;
 pub mod event;
+mod event_json;
 pub mod eventlog;
 pub mod ids;
 pub mod money;

@@ -423,26 +423,23 @@ impl Drop for RequestMeter {
 /// by [`serialize_unsequenced`] and filled in by [`sequenced_payload`].
 const UNSEQUENCED_TAIL: &[u8] = b"\"instance_seq\":null}}";
 
-/// The event (with no sequence number yet) as JSON, serialized into a
+/// The event (with no sequence number yet) as JSON, written into a
 /// per-thread buffer that keeps its size, so the ~1 KB payload is not grown
 /// by repeated reallocation on every request.
-fn serialize_unsequenced<R>(
-    event: &UsageEvent,
-    then: impl FnOnce(&[u8]) -> R,
-) -> Result<R, serde_json::Error> {
+fn serialize_unsequenced<R>(event: &UsageEvent, then: impl FnOnce(&[u8]) -> R) -> R {
     thread_local! {
         static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
         scratch.clear();
-        serde_json::to_writer(&mut *scratch, &UsageEnvelope(event))?;
+        UsageEnvelope(event).write_json(&mut scratch);
         let result = then(&scratch);
         // A rare huge event must not pin its buffer to the thread.
         if scratch.capacity() > 16 * 1024 {
             *scratch = Vec::new();
         }
-        Ok(result)
+        result
     })
 }
 
@@ -470,21 +467,13 @@ fn emit(gateway: &Arc<Gateway>, event: UsageEvent, reservation: Option<u64>) {
     // sequence number, the splice and the hand-off. Sequence numbers follow
     // the order events enter the log, so a balance update that covers
     // sequence N covers every event emitted before it.
-    let spliced = serialize_unsequenced(&event, |unsequenced| {
+    let (_order, seq, payload) = serialize_unsequenced(&event, |unsequenced| {
         let order = gateway.emit_order.lock();
         let seq = gateway
             .next_seq
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         (order, seq, sequenced_payload(unsequenced, seq))
     });
-    let (_order, seq, payload) = match spliced {
-        Ok(spliced) => spliced,
-        Err(err) => {
-            gateway.metrics.events_dropped.inc();
-            tracing::error!(error = %err, "usage event did not serialize");
-            return;
-        }
-    };
     if let Some(reservation) = reservation {
         gateway
             .admission
@@ -492,18 +481,13 @@ fn emit(gateway: &Arc<Gateway>, event: UsageEvent, reservation: Option<u64>) {
     }
     // Not shared yet, so this sets the field in place.
     Arc::make_mut(&mut event).instance_seq = Some(seq);
-    let payload = match payload {
-        Some(payload) => payload,
-        // Not expected (see `sequenced_payload`); the slow way is correct too.
-        None => match serde_json::to_vec(&UsageEnvelope(&event)) {
-            Ok(payload) => payload,
-            Err(err) => {
-                gateway.metrics.events_dropped.inc();
-                tracing::error!(error = %err, "usage event did not serialize");
-                return;
-            }
-        },
-    };
+    // Not expected to be None (see `sequenced_payload`); writing the event
+    // again with its sequence number is correct too.
+    let payload = payload.unwrap_or_else(|| {
+        let mut payload = Vec::new();
+        UsageEnvelope(&event).write_json(&mut payload);
+        payload
+    });
     let record = LogRecord {
         topic: topics::ACCOUNT_EVENTS.to_owned(),
         key,
@@ -590,7 +574,6 @@ mod tests {
             let unsequenced = event();
             let spliced =
                 serialize_unsequenced(&unsequenced, |bytes| sequenced_payload(bytes, seq))
-                    .unwrap()
                     .expect("the payload ends with a null instance_seq");
             let sequenced = Envelope::usage(UsageEvent {
                 instance_seq: Some(seq),
