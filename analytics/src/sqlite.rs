@@ -59,6 +59,50 @@ const MIGRATIONS: &[&str] = &[
         log_partition INTEGER PRIMARY KEY,
         next_offset INTEGER NOT NULL
      );",
+    // 2: rows keyed by (started_ms, event_id), without a rowid: time-range
+    // scans read the table itself, and each insert updates two B-trees
+    // (the table and the account index) instead of four. An event always
+    // has the same start, so the key still drops a redelivered event.
+    "CREATE TABLE analytics_usage_v2 (
+        event_id TEXT NOT NULL,
+        log_partition INTEGER NOT NULL,
+        log_offset INTEGER NOT NULL,
+        account_id TEXT NOT NULL,
+        access_key_id TEXT NOT NULL,
+        started_ms INTEGER NOT NULL,
+        provider TEXT NOT NULL,
+        model TEXT NOT NULL,
+        model_requested TEXT NOT NULL,
+        credential_source TEXT NOT NULL,
+        client_api TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        streamed INTEGER NOT NULL,
+        error_kind TEXT NOT NULL,
+        tokens_input INTEGER NOT NULL,
+        tokens_cached_input INTEGER NOT NULL,
+        tokens_cache_write_5m INTEGER NOT NULL,
+        tokens_cache_write_1h INTEGER NOT NULL,
+        tokens_output INTEGER NOT NULL,
+        fee TEXT NOT NULL,
+        upstream_cost TEXT NOT NULL,
+        latency_us INTEGER NOT NULL,
+        ttft_us INTEGER,
+        PRIMARY KEY (started_ms, event_id)
+     ) WITHOUT ROWID;
+     INSERT OR IGNORE INTO analytics_usage_v2 (event_id, log_partition, log_offset, account_id,
+        access_key_id, started_ms, provider, model, model_requested, credential_source,
+        client_api, status, streamed, error_kind, tokens_input, tokens_cached_input,
+        tokens_cache_write_5m, tokens_cache_write_1h, tokens_output, fee, upstream_cost,
+        latency_us, ttft_us)
+     SELECT event_id, log_partition, log_offset, account_id,
+        access_key_id, started_ms, provider, model, model_requested, credential_source,
+        client_api, status, streamed, error_kind, tokens_input, tokens_cached_input,
+        tokens_cache_write_5m, tokens_cache_write_1h, tokens_output, fee, upstream_cost,
+        latency_us, ttft_us
+     FROM analytics_usage;
+     DROP TABLE analytics_usage;
+     ALTER TABLE analytics_usage_v2 RENAME TO analytics_usage;
+     CREATE INDEX analytics_usage_account_time ON analytics_usage (account_id, started_ms);",
 ];
 
 pub struct SqliteUsageStore {

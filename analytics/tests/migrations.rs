@@ -25,7 +25,7 @@ async fn sqlite_migrations_are_recorded_and_idempotent() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(versions, vec![1]);
+    assert_eq!(versions, vec![1, 2]);
     // The store crate's own migrations are untouched and separate.
     let store_versions: i64 = conn
         .query_row("SELECT COUNT(*) FROM schema_migrations", [], |r| r.get(0))
@@ -34,6 +34,85 @@ async fn sqlite_migrations_are_recorded_and_idempotent() {
     // The configured store opens on the same file.
     let opened = tollgate_analytics::open_store(&AnalyticsConfig::default(), &db).unwrap();
     assert_eq!(opened.backend(), "sqlite");
+}
+
+/// The usage table as migration 1 created it (a released install's).
+const SQLITE_V1_USAGE_TABLE: &str = "CREATE TABLE analytics_usage (
+        event_id TEXT PRIMARY KEY, log_partition INTEGER NOT NULL, log_offset INTEGER NOT NULL,
+        account_id TEXT NOT NULL, access_key_id TEXT NOT NULL, started_ms INTEGER NOT NULL,
+        provider TEXT NOT NULL, model TEXT NOT NULL, model_requested TEXT NOT NULL,
+        credential_source TEXT NOT NULL, client_api TEXT NOT NULL, status INTEGER NOT NULL,
+        streamed INTEGER NOT NULL, error_kind TEXT NOT NULL, tokens_input INTEGER NOT NULL,
+        tokens_cached_input INTEGER NOT NULL, tokens_cache_write_5m INTEGER NOT NULL,
+        tokens_cache_write_1h INTEGER NOT NULL, tokens_output INTEGER NOT NULL, fee TEXT NOT NULL,
+        upstream_cost TEXT NOT NULL, latency_us INTEGER NOT NULL, ttft_us INTEGER
+     );
+     CREATE INDEX analytics_usage_account_time ON analytics_usage (account_id, started_ms);
+     CREATE INDEX analytics_usage_time ON analytics_usage (started_ms);
+     CREATE TABLE analytics_positions (log_partition INTEGER PRIMARY KEY, next_offset INTEGER NOT NULL);
+     CREATE TABLE analytics_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL);
+     INSERT INTO analytics_migrations VALUES (1, '2026-01-01T00:00:00Z');";
+
+/// An install at migration 1 that holds usage rows upgrades in place: every
+/// query answers as before, and a redelivered row is still dropped.
+#[tokio::test]
+async fn sqlite_migration_2_keeps_an_installs_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = tollgate_store::Database::open(
+        dir.path().join("tollgate.db"),
+        tollgate_store::Durability::Normal,
+    )
+    .unwrap();
+    let events = dataset();
+    let old_rows = rows(&events);
+    {
+        let mut conn = db.connect().unwrap();
+        conn.execute_batch(SQLITE_V1_USAGE_TABLE).unwrap();
+        let tx = conn.transaction().unwrap();
+        for r in &old_rows {
+            tx.execute(
+                "INSERT INTO analytics_usage VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11,
+                    ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
+                rusqlite::params![
+                    r.event_id,
+                    r.log_partition,
+                    r.log_offset as i64,
+                    r.account_id,
+                    r.access_key_id,
+                    r.started_ms,
+                    r.provider,
+                    r.model,
+                    r.model_requested,
+                    r.credential_source,
+                    r.client_api,
+                    r.status,
+                    r.streamed,
+                    r.error_kind,
+                    r.tokens.input as i64,
+                    r.tokens.cached_input as i64,
+                    r.tokens.cache_write_5m as i64,
+                    r.tokens.cache_write_1h as i64,
+                    r.tokens.output as i64,
+                    r.fee.to_string(),
+                    r.upstream_cost.to_string(),
+                    r.latency_us as i64,
+                    r.ttft_us.map(|t| t as i64),
+                ],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+
+    let store = SqliteUsageStore::open(&db).unwrap();
+    assert_eq!(store.row_count().await.unwrap(), old_rows.len() as u64);
+    for (case, query) in contract_queries() {
+        let got = store.query(&query).await.unwrap();
+        assert_matches(case, &got, &reference(&events, &query), Percentiles::Exact);
+    }
+    // The same rows again (no position stored to filter them): none added.
+    load(&store, &old_rows, 100).await;
+    assert_eq!(store.row_count().await.unwrap(), old_rows.len() as u64);
 }
 
 #[tokio::test]
