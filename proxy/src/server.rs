@@ -1,7 +1,9 @@
 //! The HTTP/1.1 server: one task per client connection reads a request
-//! head and its whole body, hands the request to the axum router, and
-//! writes the response — with a Content-Length when the body's size is
-//! known, otherwise chunked, each chunk as soon as the handler produces it.
+//! head and its whole body, hands the request to the axum router (or, for
+//! the proxied routes under `serve_gateway`, straight to the gateway's
+//! handler), and writes the response — with a Content-Length when the
+//! body's size is known, otherwise chunked, each chunk as soon as the
+//! handler produces it.
 //!
 //! Why our own and not hyper's: requests to the gateway are JSON bodies that
 //! are read whole before anything else happens, so hyper's per-request body
