@@ -834,8 +834,8 @@ fn memory(
     // Said plainly, so the "after" figure is not misread as a leak.
     println!(
         "note: closing the streams mid-way makes the gateway estimate their tokens, which loads \
-         the model's tiktoken encoding on first use (o200k ≈ 46 MiB, cl100k ≈ 24 MiB); it stays \
-         loaded, and is in the figures after the close but not in those during"
+         the model's token encoding on first use; it stays loaded, and is in the figures after \
+         the close but not in those during"
     );
     if close.0 > 0 {
         println!(
