@@ -336,7 +336,10 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     }
 
     if selected(cli, "memory") {
-        memory(cli, &mock_rt, &load_rt)?;
+        // Before any token estimate, then with the estimator loaded (as in
+        // a gateway that has run a while): its encoding stays resident.
+        memory(cli, &mock_rt, &load_rt, false)?;
+        memory(cli, &mock_rt, &load_rt, true)?;
     }
     // Give the mock's tasks a moment to see its shutdown before the runtime goes.
     mock_rt.shutdown_timeout(Duration::from_secs(2));
@@ -729,6 +732,7 @@ fn memory(
     cli: &Cli,
     mock_rt: &tokio::runtime::Runtime,
     load_rt: &tokio::runtime::Runtime,
+    estimator_loaded: bool,
 ) -> anyhow::Result<()> {
     let n = cli.streams;
     let hold = Duration::from_secs_f64(cli.hold_secs.clamp(0.5, 120.0));
@@ -744,7 +748,12 @@ fn memory(
     }))?;
     let gateway = spawn_gateway(cli, &mock.base_url())?;
     let targets = Targets::new(mock.addr(), &gateway)?;
-    eprint!("running memory/{n}-streams ...");
+    let label = if estimator_loaded {
+        "estimator-loaded"
+    } else {
+        "no-estimate-yet"
+    };
+    eprint!("running memory/{n}-streams/{label} ...");
     let (rss_fresh, _) = gateway.memory_kib()?;
     // Warm the gateway's pools and allocator a little with short requests.
     let warm = load_rt.block_on(load::closed_loop(
@@ -753,7 +762,19 @@ fn memory(
         Duration::ZERO,
         Duration::from_millis(500),
     ))?;
-    std::thread::sleep(Duration::from_millis(200));
+    if estimator_loaded {
+        // One stream the client leaves mid-way: the gateway estimates its
+        // tokens, which loads the model's token encoding for good.
+        load_rt.block_on(async {
+            let stream = OpenStreams::open(&targets.gateway_stream, 1).await?;
+            stream.wait_all_open(1, Duration::from_secs(10)).await?;
+            let _ = stream.close().await;
+            anyhow::Ok(())
+        })?;
+        std::thread::sleep(Duration::from_millis(1_500));
+    } else {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     if cli.memory_pause_secs > 0.0 {
         eprintln!(
             " gateway pid {}: pausing {:.1} s ...",
@@ -797,8 +818,13 @@ fn memory(
     };
     println!();
     println!(
-        "Memory: gateway child RSS with {n} concurrent open streams (mock: 1 chunk / {} ms, \
+        "Memory: gateway child RSS with {n} concurrent open streams, {} (mock: 1 chunk / {} ms, \
          {words}-word reply; {n} client connections + {n} upstream connections)",
+        if estimator_loaded {
+            "token estimator loaded"
+        } else {
+            "before any token estimate"
+        },
         chunk_delay.as_millis()
     );
     println!("{:<44} {:>10}  {:>10}  verdict", "measure", "MiB", "target");
@@ -831,12 +857,18 @@ fn memory(
         open_during,
         threads.map_or("?".into(), |t| t.to_string()),
     );
-    // Said plainly, so the "after" figure is not misread as a leak.
-    println!(
-        "note: closing the streams mid-way makes the gateway estimate their tokens, which loads \
-         the model's token encoding on first use; it stays loaded, and is in the figures after \
-         the close but not in those during"
-    );
+    if estimator_loaded {
+        println!(
+            "note: before the idle figure, one stream was left mid-way, so the gateway loaded the \
+             token encoding it estimates with (as a gateway that has run a while has); every \
+             figure from the idle one on includes it"
+        );
+    } else {
+        println!(
+            "note: no token estimate has run yet, so the token encoding is not loaded; closing the \
+             streams mid-way loads it, so the figures after the close include it"
+        );
+    }
     if close.0 > 0 {
         println!(
             "  {} streams failed; first: {}",

@@ -178,7 +178,8 @@ mod tests {
             "Hello world, this is a test.".into(),
             "The quick brown fox jumps over the lazy dog. It's 12:45 and we've 3,141,592 items!"
                 .into(),
-            "fn main() {\n    let x: Vec<u8> = vec![1, 2, 3];\n    println!(\"{x:?}\");\n}\n".into(),
+            "fn main() {\n    let x: Vec<u8> = vec![1, 2, 3];\n    println!(\"{x:?}\");\n}\n"
+                .into(),
             "Ünïcödé — naïve café, 東京タワー, مرحبا بالعالم, Привет мир 🚀🔥👍🏽".into(),
             "    indented\n\n\n\ttabs\r\nwindows line\r\n   trailing spaces   ".into(),
             "<|endoftext|> is ordinary text here, as are <|fim_prefix|> and <|endofprompt|>".into(),
