@@ -278,6 +278,11 @@ impl Connection {
                 return Ok(Sent::Close);
             }
         };
+        // Nothing pipelined behind this request: the read buffer goes until
+        // the next one, so a long stream does not hold it.
+        if self.read_buf.is_empty() {
+            self.read_buf = BytesMut::new();
+        }
         // A body left unread ends the connection after the answer.
         let refused_body = matches!(body, ReadBody::TooLarge);
         if refused_body {
