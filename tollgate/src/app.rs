@@ -299,6 +299,7 @@ pub async fn run_roles(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(std::net::SocketAddr, Option<&str>),
 ) -> anyhow::Result<()> {
+    crate::memory::fix_mmap_threshold();
     let built = build(&config).await?;
     crate::memory::start_trimming();
     let log = built.node.log.clone();
