@@ -5,13 +5,13 @@
 //! tokens three times over in separate heap blocks (~46 MB resident for
 //! o200k, ~24 MB for cl100k), while counting needs only "bytes → rank". On
 //! first use each encoding's ordinary tokens are read out of a `CoreBPE`
-//! into one byte arena and one map (a few MB), and the `CoreBPE` is
-//! dropped. Counting splits text with the encoding's own pattern and runs
+//! into one byte arena and a small open-addressing table (~5 MB for
+//! o200k), and the `CoreBPE` is dropped. Counting splits text with the encoding's own pattern and runs
 //! the same byte-pair merge as tiktoken; a test checks the counts against
 //! tiktoken-rs's on varied text.
 
 use fancy_regex::Regex;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::OnceLock;
 use tiktoken_rs::{CoreBPE, Rank};
 
@@ -27,14 +27,31 @@ const MAX_PIECE_BYTES: usize = 2_048;
 const MAX_RANK: Rank = 300_000;
 
 struct Encoding {
-    /// Ordinary tokens (special ones excluded), keyed by their bytes, which
-    /// live in one leaked arena: the encoding is loaded once per process.
-    ranks: HashMap<&'static [u8], Rank>,
+    /// The ordinary tokens' bytes (special ones excluded), back to back.
+    arena: Box<[u8]>,
+    /// Per token, in arena order: where its bytes start and its rank; a
+    /// token ends where the next starts (a last entry marks the end).
+    tokens: Box<[(u32, Rank)]>,
+    /// Linear-probing table of indexes into `tokens` (`EMPTY`: none), a
+    /// power of two in size and at most half full.
+    slots: Box<[u32]>,
     split: Regex,
 }
 
+const EMPTY: u32 = u32::MAX;
+
 static O200K: OnceLock<Option<Encoding>> = OnceLock::new();
 static CL100K: OnceLock<Option<Encoding>> = OnceLock::new();
+
+/// FNV-1a over the bytes, then a Fibonacci multiply so the top bits (the
+/// slot) depend on all of them.
+fn slot_hash(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    hash.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
 
 impl Encoding {
     fn load(bpe: CoreBPE, pattern: &str) -> Option<Encoding> {
@@ -43,27 +60,61 @@ impl Encoding {
             .into_iter()
             .map(|s| s.as_bytes().to_vec())
             .collect();
-        // Two large blocks filled while the `CoreBPE` lives, and the map
-        // built after it is gone, so none of the memory it frees is pinned
-        // by a small allocation of ours in between.
+        // Large blocks only, filled while the `CoreBPE` lives, so none of
+        // the memory it frees is pinned by a small allocation of ours.
         let mut arena = Vec::new();
-        let mut spans: Vec<(usize, usize, Rank)> = Vec::new();
+        let mut tokens: Vec<(u32, Rank)> = Vec::new();
         for rank in 0..MAX_RANK {
             if let Ok(bytes) = bpe.decode_bytes(&[rank]) {
                 if !special.contains(&bytes) {
-                    spans.push((arena.len(), bytes.len(), rank));
+                    tokens.push((u32::try_from(arena.len()).ok()?, rank));
                     arena.extend_from_slice(&bytes);
                 }
             }
         }
         drop(bpe);
-        let arena: &'static [u8] = Box::leak(arena.into_boxed_slice());
-        let ranks = spans
-            .iter()
-            .map(|&(at, len, rank)| (&arena[at..at + len], rank))
-            .collect();
-        let split = Regex::new(pattern).ok()?;
-        Some(Encoding { ranks, split })
+        let count = tokens.len();
+        tokens.push((u32::try_from(arena.len()).ok()?, Rank::MAX));
+        let mut encoding = Encoding {
+            arena: arena.into_boxed_slice(),
+            tokens: tokens.into_boxed_slice(),
+            slots: vec![EMPTY; (count * 2).next_power_of_two().max(2)].into_boxed_slice(),
+            split: Regex::new(pattern).ok()?,
+        };
+        for index in 0..count {
+            let mut slot = encoding.first_slot(encoding.token_bytes(index));
+            while encoding.slots[slot] != EMPTY {
+                slot = (slot + 1) & (encoding.slots.len() - 1);
+            }
+            encoding.slots[slot] = u32::try_from(index).ok()?;
+        }
+        Some(encoding)
+    }
+
+    fn token_bytes(&self, index: usize) -> &[u8] {
+        let start = self.tokens[index].0 as usize;
+        let end = self.tokens[index + 1].0 as usize;
+        &self.arena[start..end]
+    }
+
+    fn first_slot(&self, bytes: &[u8]) -> usize {
+        let bits = self.slots.len().trailing_zeros();
+        (slot_hash(bytes) >> (64 - bits)) as usize
+    }
+
+    /// The rank of the token with exactly these bytes, if there is one.
+    fn rank(&self, bytes: &[u8]) -> Option<Rank> {
+        let mut slot = self.first_slot(bytes);
+        loop {
+            let index = self.slots[slot];
+            if index == EMPTY {
+                return None;
+            }
+            if self.token_bytes(index as usize) == bytes {
+                return Some(self.tokens[index as usize].1);
+            }
+            slot = (slot + 1) & (self.slots.len() - 1);
+        }
     }
 
     fn count(&self, text: &str) -> u64 {
@@ -84,7 +135,7 @@ impl Encoding {
     /// joined bytes have the lowest rank merges first (the leftmost on a
     /// tie), until no adjacent pair is a token.
     fn count_piece(&self, piece: &[u8]) -> u64 {
-        if piece.len() <= 1 || self.ranks.contains_key(piece) {
+        if piece.len() <= 1 || self.rank(piece).is_some() {
             return 1;
         }
         // Part k is piece[starts[k]..starts[k + 1]]; joined[k] is the rank
@@ -92,11 +143,7 @@ impl Encoding {
         let mut starts: Vec<usize> = (0..=piece.len()).collect();
         let rank_joined = |starts: &[usize], k: usize| -> Rank {
             match starts.get(k + 2) {
-                Some(&end) => self
-                    .ranks
-                    .get(&piece[starts[k]..end])
-                    .copied()
-                    .unwrap_or(Rank::MAX),
+                Some(&end) => self.rank(&piece[starts[k]..end]).unwrap_or(Rank::MAX),
                 None => Rank::MAX,
             }
         };

@@ -90,8 +90,9 @@ mod tests {
             // up to this size in the heap.
             drop(std::hint::black_box(vec![1u8; 16 << 20]));
             let before = rss_anon_kib();
-            let mut blocks: Vec<Vec<u8>> =
-                (0..64).map(|_| std::hint::black_box(vec![1u8; 512 << 10])).collect();
+            let mut blocks: Vec<Vec<u8>> = (0..64)
+                .map(|_| std::hint::black_box(vec![1u8; 512 << 10]))
+                .collect();
             // Free all but the last: in the heap, the freed ones would sit
             // below it, resident until a trim.
             let last = blocks.pop();
