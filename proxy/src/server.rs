@@ -183,6 +183,16 @@ enum ReadBody {
     TooLarge,
 }
 
+/// What a response body has for the writer next.
+enum BodyStep {
+    Frame(hyper::body::Frame<Bytes>),
+    /// Nothing ready yet: what is gathered goes out before waiting.
+    NothingYet,
+    End,
+    /// The body failed, or the client left.
+    Broken(String),
+}
+
 /// What became of a response.
 enum Sent {
     /// Written whole; the connection may carry another request.
@@ -513,19 +523,20 @@ impl Connection {
         let mut sent_len: u64 = 0;
         loop {
             let gathered = !self.write_buf.is_empty();
-            let next = poll_fn(|cx| match Pin::new(&mut *body).poll_frame(cx) {
-                Poll::Ready(frame) => Poll::Ready(Some(frame)),
-                Poll::Pending if gathered => Poll::Ready(None),
+            let step = poll_fn(|cx| match Pin::new(&mut *body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => Poll::Ready(BodyStep::Frame(frame)),
+                Poll::Ready(Some(Err(err))) => Poll::Ready(BodyStep::Broken(err.to_string())),
+                Poll::Ready(None) => Poll::Ready(BodyStep::End),
+                Poll::Pending if gathered => Poll::Ready(BodyStep::NothingYet),
                 Poll::Pending if self.client_left(cx) => {
-                    Poll::Ready(Some(Some(Err(axum::Error::new("client left")))))
+                    Poll::Ready(BodyStep::Broken("the client left".into()))
                 }
                 Poll::Pending => Poll::Pending,
             })
             .await;
-            match next {
-                // Nothing more ready yet: send what is gathered.
-                None => self.flush(&[]).await?,
-                Some(Some(Ok(frame))) => {
+            match step {
+                BodyStep::NothingYet => self.flush(&[]).await?,
+                BodyStep::Frame(frame) => {
                     let Ok(mut data) = frame.into_data() else {
                         continue; // trailers: not sent over HTTP/1.1 here
                     };
@@ -555,15 +566,14 @@ impl Connection {
                         self.flush(&[]).await?;
                     }
                 }
-                Some(Some(Err(err))) => {
-                    // The handler's body failed (or the client left): what
-                    // was sent stands, and the cut is visible as a close
-                    // before the body's end.
-                    tracing::debug!(error = %err, "response body ended early");
+                BodyStep::Broken(why) => {
+                    // What was sent stands, and the cut is visible as a
+                    // close before the body's end.
+                    tracing::debug!(why, "response body ended early");
                     let _ = self.flush(&[]).await;
                     return Ok(Sent::Close);
                 }
-                Some(None) => {
+                BodyStep::End => {
                     if framing == ResponseFraming::Chunked {
                         self.write_buf.extend_from_slice(b"0\r\n\r\n");
                     }
