@@ -121,32 +121,45 @@ fn push_usd(out: &mut Vec<u8>, amount: Usd) {
     let _ = write!(out, "\"{}\"", amount.0.normalize());
 }
 
-fn push_tokens(out: &mut Vec<u8>, tokens: &TokenCounts) {
-    out.extend_from_slice(b"{\"input\":");
-    push_u64(out, tokens.input);
-    out.extend_from_slice(b",\"cached_input\":");
-    push_u64(out, tokens.cached_input);
-    out.extend_from_slice(b",\"cache_write_5m\":");
-    push_u64(out, tokens.cache_write_5m);
-    out.extend_from_slice(b",\"cache_write_1h\":");
-    push_u64(out, tokens.cache_write_1h);
-    out.extend_from_slice(b",\"output\":");
-    push_u64(out, tokens.output);
+/// The five token classes, as both `TokenCounts` and `Prices` name their
+/// members, each with what precedes its value.
+const CLASS_KEYS: [&[u8]; 5] = [
+    b"{\"input\":",
+    b",\"cached_input\":",
+    b",\"cache_write_5m\":",
+    b",\"cache_write_1h\":",
+    b",\"output\":",
+];
+
+/// An object with one member per token class.
+fn push_classes<T>(out: &mut Vec<u8>, values: [T; 5], push_value: fn(&mut Vec<u8>, T)) {
+    for (key, value) in CLASS_KEYS.into_iter().zip(values) {
+        out.extend_from_slice(key);
+        push_value(out, value);
+    }
     out.push(b'}');
 }
 
-fn push_prices(out: &mut Vec<u8>, prices: &Prices) {
-    out.extend_from_slice(b"{\"input\":");
-    push_usd(out, prices.input);
-    out.extend_from_slice(b",\"cached_input\":");
-    push_usd(out, prices.cached_input);
-    out.extend_from_slice(b",\"cache_write_5m\":");
-    push_usd(out, prices.cache_write_5m);
-    out.extend_from_slice(b",\"cache_write_1h\":");
-    push_usd(out, prices.cache_write_1h);
-    out.extend_from_slice(b",\"output\":");
-    push_usd(out, prices.output);
-    out.push(b'}');
+fn push_tokens(out: &mut Vec<u8>, t: &TokenCounts) {
+    let counts = [
+        t.input,
+        t.cached_input,
+        t.cache_write_5m,
+        t.cache_write_1h,
+        t.output,
+    ];
+    push_classes(out, counts, push_u64);
+}
+
+fn push_prices(out: &mut Vec<u8>, p: &Prices) {
+    let prices = [
+        p.input,
+        p.cached_input,
+        p.cache_write_5m,
+        p.cache_write_1h,
+        p.output,
+    ];
+    push_classes(out, prices, push_usd);
 }
 
 #[cfg(test)]

@@ -96,19 +96,13 @@ pub fn parse_response_head(
         .code
         .and_then(|code| StatusCode::from_u16(code).ok())
         .ok_or(UpstreamError::Malformed("invalid response status"))?;
-    let version = if response.version == Some(0) {
-        Version::HTTP_10
-    } else {
-        Version::HTTP_11
-    };
-    let mut headers = HeaderMap::with_capacity(response.headers.len());
-    for field in response.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| UpstreamError::Malformed("invalid response header name"))?;
-        let value = HeaderValue::from_bytes(field.value)
-            .map_err(|_| UpstreamError::Malformed("invalid response header value"))?;
-        headers.append(name, value);
-    }
+    let version = version_of(response.version);
+    let headers = header_map(response.headers).map_err(|bad| {
+        UpstreamError::Malformed(match bad {
+            BadField::Name => "invalid response header name",
+            BadField::Value => "invalid response header value",
+        })
+    })?;
     if status == StatusCode::SWITCHING_PROTOCOLS {
         return Err(UpstreamError::Malformed("unexpected protocol switch"));
     }
@@ -124,6 +118,32 @@ pub fn parse_response_head(
         body,
         keep_alive,
     }))
+}
+
+/// `HTTP/1.0` for minor version 0, `HTTP/1.1` otherwise (httparse reads 1.x only).
+fn version_of(minor: Option<u8>) -> Version {
+    if minor == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    }
+}
+
+/// Which part of a header field was invalid.
+enum BadField {
+    Name,
+    Value,
+}
+
+/// Parsed header fields as a `HeaderMap` (values copied).
+fn header_map(fields: &[httparse::Header<'_>]) -> Result<HeaderMap, BadField> {
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for field in fields {
+        let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| BadField::Name)?;
+        let value = HeaderValue::from_bytes(field.value).map_err(|_| BadField::Value)?;
+        headers.append(name, value);
+    }
+    Ok(headers)
 }
 
 /// How the body of a response is delimited (RFC 9112 §6.3).
@@ -227,19 +247,13 @@ pub fn parse_request_head(
         .map_err(|_| Malformed("invalid method"))?;
     let uri = Uri::try_from(request.path.unwrap_or_default())
         .map_err(|_| Malformed("invalid request target"))?;
-    let version = if request.version == Some(0) {
-        Version::HTTP_10
-    } else {
-        Version::HTTP_11
-    };
-    let mut headers = HeaderMap::with_capacity(request.headers.len());
-    for field in request.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| Malformed("invalid header name"))?;
-        let value =
-            HeaderValue::from_bytes(field.value).map_err(|_| Malformed("invalid header value"))?;
-        headers.append(name, value);
-    }
+    let version = version_of(request.version);
+    let headers = header_map(request.headers).map_err(|bad| {
+        Malformed(match bad {
+            BadField::Name => "invalid header name",
+            BadField::Value => "invalid header value",
+        })
+    })?;
     let (body, close_after_body) = if headers.contains_key(header::TRANSFER_ENCODING) {
         if !ends_in_chunked(&headers) {
             return Err(Malformed("request Transfer-Encoding must end in chunked"));

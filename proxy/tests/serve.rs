@@ -87,6 +87,13 @@ async fn start(app: Router, options: ServeOptions) -> (SocketAddr, oneshot::Send
     (addr, stop)
 }
 
+/// A connection to `addr` that has sent `request`.
+async fn connect_and_send(addr: SocketAddr, request: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    stream
+}
+
 /// Echoes the body's length, so tests see what the handler received.
 fn echo_app() -> Router {
     Router::new()
@@ -191,11 +198,11 @@ async fn pipelined_keep_alive_requests_are_answered_in_order_on_one_connection()
 #[tokio::test]
 async fn a_chunked_request_body_reaches_the_handler_whole() {
     let (addr, _stop) = start(echo_app(), ServeOptions::default()).await;
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n")
-        .await
-        .unwrap();
+    let mut stream = connect_and_send(
+        addr,
+        b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n",
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     stream.write_all(b"6\r\n world\r\n0\r\n\r\n").await.unwrap();
     let mut pending = Vec::new();
@@ -219,11 +226,11 @@ async fn bodies_over_the_limit_get_413_from_the_handler_and_the_connection_close
     };
     let (addr, _stop) = start(echo_app(), options).await;
     // Declared too large: refused before any of it is read.
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 5000\r\n\r\n")
-        .await
-        .unwrap();
+    let mut stream = connect_and_send(
+        addr,
+        b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 5000\r\n\r\n",
+    )
+    .await;
     stream.write_all(&[b'a'; 5000]).await.unwrap();
     let mut pending = Vec::new();
     let (head, _) = read_response(&mut stream, &mut pending).await.unwrap();
@@ -266,13 +273,11 @@ async fn expect_continue_gets_an_interim_response_unless_the_body_is_too_large()
         ..ServeOptions::default()
     };
     let (addr, _stop) = start(echo_app(), options).await;
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(
-            b"POST /echo HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 3\r\n\r\n",
-        )
-        .await
-        .unwrap();
+    let mut stream = connect_and_send(
+        addr,
+        b"POST /echo HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 3\r\n\r\n",
+    )
+    .await;
     let mut pending = Vec::new();
     let (head, _) = read_response(&mut stream, &mut pending).await.unwrap();
     assert_eq!(head, "HTTP/1.1 100 Continue\r\n\r\n");
@@ -280,11 +285,11 @@ async fn expect_continue_gets_an_interim_response_unless_the_body_is_too_large()
     let (_, body) = read_response(&mut stream, &mut pending).await.unwrap();
     assert_eq!(body, b"got 3 bytes");
 
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 2000\r\n\r\n")
-        .await
-        .unwrap();
+    let mut stream = connect_and_send(
+        addr,
+        b"POST /echo HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 2000\r\n\r\n",
+    )
+    .await;
     let (head, _) = read_response(&mut stream, &mut Vec::new()).await.unwrap();
     assert!(
         head.starts_with("HTTP/1.1 413 "),
@@ -315,8 +320,7 @@ async fn malformed_and_oversized_heads_are_refused_and_closed() {
             "431",
         ),
     ] {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream.write_all(&request).await.unwrap();
+        let mut stream = connect_and_send(addr, &request).await;
         let (head, _) = read_response(&mut stream, &mut Vec::new()).await.unwrap();
         assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{head}");
         assert!(closed(&mut stream).await, "closed after {status}");
@@ -330,8 +334,7 @@ async fn http10_and_connection_close_clients_get_their_connection_closed_and_hea
         b"GET /fast HTTP/1.0\r\n\r\n".as_slice(),
         b"GET /fast HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
     ] {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream.write_all(request).await.unwrap();
+        let mut stream = connect_and_send(addr, request).await;
         let (head, body) = read_response(&mut stream, &mut Vec::new()).await.unwrap();
         assert!(
             head.to_ascii_lowercase().contains("connection: close"),
@@ -341,11 +344,7 @@ async fn http10_and_connection_close_clients_get_their_connection_closed_and_hea
         assert!(closed(&mut stream).await);
     }
     // HTTP/1.0 asking for keep-alive gets it.
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /fast HTTP/1.0\r\nconnection: keep-alive\r\n\r\nHEAD /fast HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let mut stream = connect_and_send(addr, b"GET /fast HTTP/1.0\r\nconnection: keep-alive\r\n\r\nHEAD /fast HTTP/1.1\r\nhost: x\r\n\r\n").await;
     let mut pending = Vec::new();
     let (head, _) = read_response(&mut stream, &mut pending).await.unwrap();
     assert!(
@@ -383,11 +382,7 @@ async fn a_streamed_response_goes_out_chunk_by_chunk() {
         }),
     );
     let (addr, _stop) = start(app, ServeOptions::default()).await;
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /stream HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let mut stream = connect_and_send(addr, b"GET /stream HTTP/1.1\r\nhost: x\r\n\r\n").await;
     send.send(Ok(Bytes::from_static(b"data: one\n\n")))
         .await
         .unwrap();
@@ -438,11 +433,7 @@ async fn a_client_that_leaves_cancels_its_handler() {
         }),
     );
     let (addr, _stop) = start(app, ServeOptions::default()).await;
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /forever HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let mut stream = connect_and_send(addr, b"GET /forever HTTP/1.1\r\nhost: x\r\n\r\n").await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     drop(stream);
     tokio::time::timeout(Duration::from_secs(5), dropped)
@@ -458,11 +449,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_read_timeout() {
         ..ServeOptions::default()
     };
     let (addr, _stop) = start(echo_app(), options).await;
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /fast HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let mut stream = connect_and_send(addr, b"GET /fast HTTP/1.1\r\nhost: x\r\n\r\n").await;
     let (_, body) = read_response(&mut stream, &mut Vec::new()).await.unwrap();
     assert_eq!(body, b"fast");
     let idle_since = Instant::now();
