@@ -433,7 +433,7 @@ async fn a_client_that_leaves_cancels_its_handler() {
         }),
     );
     let (addr, _stop) = start(app, ServeOptions::default()).await;
-    let mut stream = connect_and_send(addr, b"GET /forever HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    let stream = connect_and_send(addr, b"GET /forever HTTP/1.1\r\nhost: x\r\n\r\n").await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     drop(stream);
     tokio::time::timeout(Duration::from_secs(5), dropped)
