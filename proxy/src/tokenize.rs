@@ -153,9 +153,20 @@ impl Encoding {
     /// Tokens in `text`, or `None` if the pre-tokenizer is unavailable.
     fn count(&self, text: &str) -> Option<u64> {
         let mut total = 0;
+        // A long run of one pattern (one letter repeated) gives the same
+        // window again and again: its count is reused.
+        let mut last_window: (&[u8], u64) = (&[], 0);
         for piece in Pieces::new(self.pattern, text)? {
             for window in piece.as_bytes().chunks(MAX_PIECE_BYTES) {
-                total += self.count_piece(window);
+                if window.len() == MAX_PIECE_BYTES && window == last_window.0 {
+                    total += last_window.1;
+                    continue;
+                }
+                let count = self.count_piece(window);
+                if window.len() == MAX_PIECE_BYTES {
+                    last_window = (window, count);
+                }
+                total += count;
             }
         }
         Some(total)
@@ -214,20 +225,25 @@ impl Encoding {
     /// changed pair never has its old rank again).
     fn merge_by_heap(&self, piece: &[u8]) -> u64 {
         let n = piece.len();
+        // A heap entry: rank in the high half, position in the low half, so
+        // one integer compare orders by (rank, position).
+        let key = |rank: Rank, at: usize| Reverse((u64::from(rank) << 32) | at as u64);
         // For the part starting at i: where it ends, where the part before
         // it starts, and the rank of it joined with the next part.
         let mut end: Vec<usize> = (1..=n).collect();
         let mut prev: Vec<usize> = (0..n).map(|i| i.saturating_sub(1)).collect();
         let mut pair: Vec<Rank> = vec![Rank::MAX; n];
-        let mut heap = BinaryHeap::with_capacity(n);
+        let mut initial = Vec::with_capacity(n);
         for i in 0..n - 1 {
             if let Some(rank) = self.rank(&piece[i..i + 2]) {
                 pair[i] = rank;
-                heap.push(Reverse((rank, i)));
+                initial.push(key(rank, i));
             }
         }
+        let mut heap = BinaryHeap::from(initial);
         let mut parts = n as u64;
-        while let Some(Reverse((rank, left))) = heap.pop() {
+        while let Some(Reverse(top)) = heap.pop() {
+            let (rank, left) = ((top >> 32) as Rank, (top & u64::from(u32::MAX)) as usize);
             if pair[left] != rank {
                 continue;
             }
@@ -241,7 +257,7 @@ impl Encoding {
                 prev[right_end] = left;
                 if let Some(rank) = self.rank(&piece[left..end[right_end]]) {
                     pair[left] = rank;
-                    heap.push(Reverse((rank, left)));
+                    heap.push(key(rank, left));
                 }
             }
             if left > 0 {
@@ -249,7 +265,7 @@ impl Encoding {
                 pair[before] = Rank::MAX;
                 if let Some(rank) = self.rank(&piece[before..right_end]) {
                     pair[before] = rank;
-                    heap.push(Reverse((rank, before)));
+                    heap.push(key(rank, before));
                 }
             }
         }
@@ -543,6 +559,11 @@ mod tests {
         for (name, text) in [
             ("one letter", "a".repeat(9 << 20)),
             ("base64", pseudo_random(&BASE64_FULL, 9 << 20, 5)),
+            ("random letters", pseudo_random(&LOWER_CASE, 9 << 20, 9)),
+            (
+                "prose",
+                "The quick brown fox jumps over the lazy dog. It's 12:45!\n".repeat(9 << 14),
+            ),
             ("spaces", " ".repeat(9 << 20)),
         ] {
             for model in ["gpt-4o", "claude-sonnet-4-5"] {
