@@ -722,6 +722,8 @@ async fn run(
                         .upstream_attempts
                         .with_label_values(&[provider_id, "ok"])
                         .inc();
+                    // The cost headers need the count: made off the workers.
+                    meter.estimate_off_runtime(200).await;
                     meter.finish(200, None, false);
                     return Ok(Outcome::Complete(response));
                 }
@@ -826,10 +828,12 @@ fn complete_response(
         ApiSurface::Anthropic => value.get("usage").and_then(tr_usage::anthropic_usage),
     };
     if reported.is_none_or(|r| r.is_zero()) {
-        meter.output_text = match provider_api {
+        let mut text = crate::tokenize::TextWindow::output();
+        text.push_str(&match provider_api {
             ApiSurface::Openai => tr_usage::openai_response_text(&value),
             ApiSurface::Anthropic => tr_usage::anthropic_response_text(&value),
-        };
+        });
+        meter.output_text = text;
     }
     meter.reported = reported;
     let body = if api == provider_api {

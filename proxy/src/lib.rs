@@ -5,6 +5,7 @@ pub mod admission;
 pub mod config;
 pub mod dispatch;
 pub mod error;
+pub mod estimate;
 pub mod gateway;
 mod http1;
 pub mod meter;

@@ -341,11 +341,17 @@ fn floor_char_boundary(text: &str, at: usize) -> usize {
 /// counts the kept text exactly and the bytes after it at the kept text's
 /// tokens per byte, so it costs bounded memory and time whatever the text's
 /// length.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct TextWindow {
     kept: String,
     beyond: u64,
     limit: usize,
+}
+
+impl Default for TextWindow {
+    fn default() -> TextWindow {
+        TextWindow::output()
+    }
 }
 
 impl TextWindow {

@@ -24,6 +24,9 @@ use tollgate_ledger::LedgerService;
 use tollgate_proxy::Gateway;
 use tollgate_store::{Database, SqliteEventLog, SqliteEventLogOptions};
 
+/// How long shutdown waits for usage events that wait on a token estimate.
+const ESTIMATE_SETTLE: Duration = Duration::from_secs(10);
+
 /// How often each instance reads new control-plane changes (so a revoked key
 /// is refused everywhere well within a second).
 pub const CONTROL_TAIL_INTERVAL: Duration = Duration::from_millis(100);
@@ -495,6 +498,15 @@ pub async fn run_roles(
             .map_err(anyhow::Error::from);
     }
 
+    // Requests that ended while their token estimate ran emit their usage
+    // events from the estimate threads: let them, before the log closes
+    // (each estimate is bounded, see `tollgate_proxy::tokenize`).
+    if !tollgate_proxy::estimate::settle(ESTIMATE_SETTLE).await {
+        tracing::warn!(
+            left = tollgate_proxy::estimate::in_flight(),
+            "stopping with usage events still waiting on token estimates"
+        );
+    }
     let _ = stop_tx.send(true);
     if let Some(task) = admin_task {
         let _ = task.await;
