@@ -39,6 +39,9 @@ struct Pool {
 /// Estimates whose job emits the usage event, not finished yet.
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
+/// Jobs running on an estimate thread right now.
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+
 fn pool() -> Option<&'static Pool> {
     static POOL: OnceLock<Option<Pool>> = OnceLock::new();
     POOL.get_or_init(start_pool).as_ref()
@@ -94,6 +97,7 @@ pub(crate) async fn run<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'sta
     let (tx, rx) = oneshot::channel();
     let job: Job = Box::new(move || {
         let _permit = permit;
+        let _running = Count::enter(&RUNNING);
         let _ = tx.send(job());
     });
     pool.jobs.lock().send(job).ok()?;
@@ -114,27 +118,32 @@ pub(crate) fn spawn_finish(work: impl Finish) {
         work.finish();
         return;
     };
-    let guard = InFlight::enter();
+    let guard = Count::enter(&IN_FLIGHT);
     runtime.spawn(async move {
         let _guard = guard;
         let _ = run(move || work.finish()).await;
     });
 }
 
-/// Counts a background estimate in flight for its life.
-struct InFlight;
+/// Counts something (a job running, an estimate in flight) for its life.
+struct Count(&'static AtomicUsize);
 
-impl InFlight {
-    fn enter() -> InFlight {
-        IN_FLIGHT.fetch_add(1, Ordering::AcqRel);
-        InFlight
+impl Count {
+    fn enter(counter: &'static AtomicUsize) -> Count {
+        counter.fetch_add(1, Ordering::AcqRel);
+        Count(counter)
     }
 }
 
-impl Drop for InFlight {
+impl Drop for Count {
     fn drop(&mut self) {
-        IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Estimates running on an estimate thread right now.
+pub fn running() -> usize {
+    RUNNING.load(Ordering::Acquire)
 }
 
 /// Background estimates not finished yet (their usage events not emitted).

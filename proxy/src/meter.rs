@@ -407,7 +407,9 @@ fn estimate_counts(
     let request = request.and_then(|raw| serde_json::from_slice::<Value>(raw).ok());
     let input_text = match (&request, api) {
         (Some(req), ApiSurface::Openai) => tollgate_translate::usage::openai_request_text(req),
-        (Some(req), ApiSurface::Anthropic) => tollgate_translate::usage::anthropic_request_text(req),
+        (Some(req), ApiSurface::Anthropic) => {
+            tollgate_translate::usage::anthropic_request_text(req)
+        }
         (None, _) => String::new(),
     };
     TokenCounts {
