@@ -324,7 +324,8 @@ async fn usage(
         }
     };
     let data = state.store.query(&query).await.map_err(|err| {
-        tracing::warn!(error = %err, "usage query failed");
+        // A store's error can quote the query's filters (client text): escaped.
+        tracing::warn!(error = %tollgate_core::Escaped(&err.to_string()), "usage query failed");
         store_error(&err)
     })?;
     Ok(Json(UsageResponse {

@@ -67,7 +67,7 @@ impl ApiError {
     }
 
     fn internal(message: String) -> ApiError {
-        tracing::error!(detail = %message, "credits API failure");
+        tracing::error!(detail = %tollgate_core::Escaped(&message), "credits API failure");
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             kind: "internal",

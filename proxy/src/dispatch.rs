@@ -18,7 +18,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_core::pricing::cost_for;
-use tollgate_core::{ApiSurface, CredentialSource, TokenCounts, Usd};
+use tollgate_core::{ApiSurface, CredentialSource, Escaped, TokenCounts, Usd};
 use tollgate_translate::{request as tr_request, response as tr_response, usage as tr_usage};
 
 const ANTHROPIC_VERSION_DEFAULT: &str = "2023-06-01";
@@ -747,7 +747,8 @@ async fn run(
             return Err(ProxyError::NoCredentials { provider });
         }
     }
-    tracing::warn!(attempts = meter.attempts, last_error = %last_error, "all upstream attempts failed");
+    // Model names and upstream error texts are others' text: escaped.
+    tracing::warn!(attempts = meter.attempts, last_error = %Escaped(&last_error), "all upstream attempts failed");
     let attempts = meter.attempts;
     Err(if timed_out {
         ProxyError::UpstreamTimeout {

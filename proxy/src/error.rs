@@ -4,7 +4,7 @@
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use tollgate_core::ApiSurface;
+use tollgate_core::{ApiSurface, Escaped};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -174,7 +174,7 @@ impl ProxyError {
     pub fn into_response_for(self, api: ApiSurface) -> Response {
         if let ProxyError::Internal(detail) = &self {
             // Detail stays in the log; the client gets a generic message.
-            tracing::error!(detail = %detail, "internal error");
+            tracing::error!(detail = %Escaped(detail), "internal error");
         }
         let status = self.status();
         let retry_after = match &self {

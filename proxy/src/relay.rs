@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use std::borrow::Cow;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tollgate_core::ApiSurface;
+use tollgate_core::{ApiSurface, Escaped};
 use tollgate_translate::sse::{encode_event, SseDecoder, SseEvent};
 use tollgate_translate::stream::{AnthropicToOpenAiStream, OpenAiToAnthropicStream};
 use tollgate_translate::usage::{self as tr_usage, AnthropicStreamUsage};
@@ -384,7 +384,8 @@ impl Relay {
 
     /// The upstream broke mid-stream: tell the client in its API's error shape.
     fn fail(&mut self, why: &str) {
-        tracing::warn!(error = why, "upstream stream failed mid-way");
+        // The reason may quote what the upstream sent: escaped.
+        tracing::warn!(error = %Escaped(why), "upstream stream failed mid-way");
         let message = "the upstream stream ended with an error";
         let bytes = match self.client_api {
             ApiSurface::Openai => encode_event(

@@ -2,6 +2,8 @@
 //! the gateway keeps answering while they run, and what a request keeps for
 //! one is bounded whatever the length of its stream.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::*;
