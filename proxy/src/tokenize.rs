@@ -372,6 +372,7 @@ impl TextWindow {
     pub fn push_str(&mut self, text: &str) {
         let room = self.limit.saturating_sub(self.kept.len());
         if self.beyond == 0 && text.len() <= room {
+            self.reserve_within_limit(text.len());
             self.kept.push_str(text);
             return;
         }
@@ -382,8 +383,19 @@ impl TextWindow {
         } else {
             0
         };
+        self.reserve_within_limit(cut);
         self.kept.push_str(&text[..cut]);
         self.beyond = self.beyond.saturating_add((text.len() - cut) as u64);
+    }
+
+    /// Room for `more` bytes, without the string's doubling taking its
+    /// capacity past the limit (it could reach twice the limit).
+    fn reserve_within_limit(&mut self, more: usize) {
+        let needed = self.kept.len() + more;
+        if needed > self.kept.capacity() && self.kept.capacity().saturating_mul(2) > self.limit {
+            self.kept
+                .reserve_exact(self.limit.max(needed) - self.kept.len());
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -533,6 +545,22 @@ mod tests {
         assert_eq!(bounded.estimate("gpt-4o"), expected);
         let exact = count_tokens("gpt-4o", &text) as f64;
         assert!((bounded.estimate("gpt-4o") as f64 - exact).abs() / exact < 0.01);
+    }
+
+    #[test]
+    fn a_window_never_holds_more_than_its_limit() {
+        let mut window = TextWindow::new(1_000_000);
+        let chunk = "x".repeat(3_001);
+        for _ in 0..1_000 {
+            window.push_str(&chunk);
+        }
+        assert_eq!(window.kept().len(), 1_000_000);
+        assert!(
+            window.kept.capacity() <= 1_000_000,
+            "{}",
+            window.kept.capacity()
+        );
+        assert_eq!(window.len(), 3_001_000);
     }
 
     #[test]
