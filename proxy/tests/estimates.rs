@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 use tollgate_mock_upstream::{MockUpstream, Rule};
 use tollgate_proxy::{estimate, tokenize};
 
+/// The estimate threads are the process's, and these tests watch them (and
+/// its RSS): one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The mock on a runtime of its own: its work on huge bodies (debug
 /// builds parse and count them slowly) must not be what delays the
 /// gateway's answers in these tests.
@@ -60,6 +64,7 @@ fn rss_bytes() -> Option<u64> {
 /// while the estimates run, and both requests are billed on an estimate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_answers_while_huge_prompts_are_estimated() {
+    let _serial = SERIAL.lock().await;
     let mock = mock_on_its_own_runtime();
     mock.add_rule(Rule::any().omit_usage());
     let mut config = mock_config(&mock);
@@ -151,6 +156,7 @@ async fn healthz_answers_while_huge_prompts_are_estimated() {
 /// growth printed); the estimate extrapolates the rest at the same rate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_stream_without_usage_is_estimated_in_bounded_memory() {
+    let _serial = SERIAL.lock().await;
     const WORDS: usize = 24_000;
     let word = "x".repeat(999) + " ";
     let text = word.repeat(WORDS);
@@ -205,4 +211,56 @@ async fn a_long_stream_without_usage_is_estimated_in_bounded_memory() {
         growth(before, peak),
         growth(before_reported, peak_reported),
     );
+}
+
+/// A client that leaves while its request's estimate runs: the request is
+/// still billed on an estimate (as a disconnect), and the estimate work it
+/// left behind settles in bounded time (shutdown waits for exactly that).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_dropped_mid_estimate_is_billed_and_settles() {
+    let _serial = SERIAL.lock().await;
+    let mock = mock_on_its_own_runtime();
+    mock.add_rule(Rule::any().omit_usage());
+    let mut config = mock_config(&mock);
+    config.server.max_body_bytes = 24 << 20;
+    let gw = start_on(mock, config).await;
+
+    let body = chat("gpt-4o-mini", &"a".repeat(9 << 20));
+    let (url, token) = (gw.url("/v1/chat/completions"), gw.token.clone());
+    let request = tokio::spawn(async move {
+        TestGateway::client()
+            .post(url)
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+    });
+    let started = Instant::now();
+    while estimate::running() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no estimate started"
+        );
+        assert!(
+            !request.is_finished(),
+            "answered before an estimate was seen"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // The client leaves: its connection closes mid-estimate.
+    request.abort();
+    let _ = request.await;
+
+    let settled = Instant::now();
+    assert!(estimate::settle(Duration::from_secs(30)).await);
+    let events = gw.wait_for_events(1).await;
+    eprintln!(
+        "request dropped mid-estimate: estimates settled {:?} after the client left",
+        settled.elapsed()
+    );
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let event = &events[0];
+    assert!(event.tokens_estimated, "{event:#?}");
+    assert!(event.client_disconnected, "{event:#?}");
+    assert!(event.tokens.input > 1_000_000, "{:?}", event.tokens);
 }
