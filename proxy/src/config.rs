@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use tollgate_core::ApiSurface;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -34,7 +35,9 @@ pub struct RoutingConfig {
     pub attempt_timeout_ms: u64,
     /// TCP connect timeout per attempt. Default 5 s.
     pub connect_timeout_ms: u64,
-    /// Per-attempt wait for a non-streamed upstream body. Default 300 s.
+    /// Per-attempt wait for a non-streamed upstream body, and the longest
+    /// wait for the next piece of a body once it has started (a stream that
+    /// stalls this long ends with an error event). Default 300 s.
     pub read_timeout_ms: u64,
 }
 
@@ -46,6 +49,63 @@ impl Default for RoutingConfig {
             connect_timeout_ms: 5_000,
             read_timeout_ms: 300_000,
         }
+    }
+}
+
+/// The upstream HTTP client (`[upstream]`): egress proxy, extra trust
+/// roots, connection pool.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Egress proxy for every upstream, e.g. `http://user:pass@proxy:3128`
+    /// (http only; HTTPS upstreams through a CONNECT tunnel, plain-http ones
+    /// in absolute form). Wins over `HTTPS_PROXY`/`HTTP_PROXY` (and their
+    /// lowercase forms), which apply when unset. Default unset.
+    pub proxy_url: Option<String>,
+    /// Hosts reached directly, not through the proxy: names (matching
+    /// subdomains too), IPs, CIDR ranges, or `*`. Replaces `NO_PROXY` /
+    /// `no_proxy`, which applies when unset. Default unset.
+    pub no_proxy: Option<Vec<String>>,
+    /// PEM files of extra CA certificates trusted for upstream TLS, added to
+    /// the built-in webpki roots (private upstreams, TLS test mocks). Default none.
+    pub ca_files: Vec<PathBuf>,
+    /// Most idle keep-alive connections kept per upstream origin. Default 1024.
+    pub pool_max_idle_per_host: usize,
+    /// How long an idle upstream connection is kept for reuse. Default 90 s.
+    pub pool_idle_timeout_ms: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            proxy_url: None,
+            no_proxy: None,
+            ca_files: Vec::new(),
+            pool_max_idle_per_host: 1024,
+            pool_idle_timeout_ms: 90_000,
+        }
+    }
+}
+
+impl UpstreamConfig {
+    /// Every problem with the section, each naming its field (the CA files
+    /// are read and parsed here, so a bad path is reported at startup).
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(url) = &self.proxy_url {
+            if let Err(why) = crate::upstream::parse_proxy_url(url) {
+                problems.push(format!("upstream.proxy_url: {why}"));
+            }
+        }
+        for (i, path) in self.ca_files.iter().enumerate() {
+            if let Err(why) = crate::upstream::load_ca_file(path) {
+                problems.push(format!("upstream.ca_files[{i}]: {why}"));
+            }
+        }
+        if self.pool_idle_timeout_ms == 0 {
+            problems.push("upstream.pool_idle_timeout_ms: must be greater than 0".into());
+        }
+        problems
     }
 }
 
@@ -103,6 +163,7 @@ pub struct ProxyConfig {
     pub providers: BTreeMap<String, ProviderSettings>,
     pub custom_providers: Vec<CustomProviderConfig>,
     pub billing: BillingConfig,
+    pub upstream: UpstreamConfig,
 }
 
 impl ProxyConfig {
@@ -128,6 +189,7 @@ impl ProxyConfig {
                 problems.push(format!("{field}: must be greater than 0"));
             }
         }
+        problems.extend(self.upstream.problems());
         for (id, settings) in &self.providers {
             if !known_providers.contains(&id.as_str()) {
                 problems.push(format!(
