@@ -1,6 +1,7 @@
 //! A scriptable fake upstream that speaks both the OpenAI chat-completions API and
 //! the Anthropic messages API on one HTTP/1.1 server, for gateway tests and
-//! benchmarks.
+//! benchmarks. With the `tls` feature, [`MockUpstream::start_tls`] serves the
+//! same API over HTTPS with HTTP/2 or HTTP/1.1 by ALPN.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
