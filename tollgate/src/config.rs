@@ -422,7 +422,7 @@ mod tests {
         let file = dir.path().join("t.toml");
         std::fs::write(
             &file,
-            "[upstream]\nproxy_url = \"http://user:secret@proxy.internal:3128\"\n\
+            "[upstream]\nproxy_url = \"http://user:pw-Zq9@proxy.internal:3128\"\n\
              no_proxy = [\"internal.example\", \"10.0.0.0/8\"]\nca_files = [\"/etc/ca/a.pem\"]\n",
         )
         .unwrap();
@@ -437,7 +437,7 @@ mod tests {
         let upstream = &config.upstream;
         assert_eq!(
             upstream.proxy_url.as_deref(),
-            Some("http://user:secret@proxy.internal:3128")
+            Some("http://user:pw-Zq9@proxy.internal:3128")
         );
         assert_eq!(
             upstream.no_proxy,
@@ -450,7 +450,7 @@ mod tests {
         let back: Config = toml::from_str(&toml::to_string(&config).unwrap()).unwrap();
         assert_eq!(back, config);
         let redacted = config.redacted_toml();
-        assert!(!redacted.contains("secret"), "{redacted}");
+        assert!(!redacted.contains("pw-Zq9"), "{redacted}");
         assert!(
             redacted.contains("http://<redacted>@proxy.internal:3128"),
             "{redacted}"
