@@ -1,12 +1,14 @@
 //! Request handling shared by both client APIs: authenticate, parse,
 //! resolve candidates, try them in order with failover, and answer.
 
+use crate::edge;
 use crate::error::ProxyError;
 use crate::gateway::{Caller, Candidate, Credential, Gateway};
 use crate::meter::RequestMeter;
 use crate::relay::Relay;
 use crate::upstream::{self, UpstreamRequest, UpstreamStream};
 use axum::body::Body;
+use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -58,14 +60,13 @@ pub fn extract_token(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Entry point for `/v1/chat/completions` (OpenAI) and `/v1/messages` (Anthropic).
-pub async fn handle(
-    gateway: Arc<Gateway>,
-    api: ApiSurface,
-    headers: HeaderMap,
-    body: Result<Bytes, ProxyError>,
-) -> Response {
+/// Entry point for `/v1/chat/completions` (OpenAI) and `/v1/messages`
+/// (Anthropic). The key is checked from the headers before any body byte is
+/// read: a refused request's body is never buffered (the edge drains it).
+pub async fn handle(gateway: Arc<Gateway>, api: ApiSurface, request: Request) -> Response {
     let started = Instant::now();
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
     let caller = match extract_token(&headers)
         .ok_or(ProxyError::MissingKey)
         .and_then(|token| gateway.authenticate(token))
@@ -89,6 +90,7 @@ pub async fn handle(
         caller.key_id.clone(),
         api,
     );
+    let body = edge::read_body(body, gateway.config.server.max_body_bytes).await;
     match run(&gateway, &caller, api, &headers, body, &mut meter, started).await {
         Ok(Outcome::Complete(mut response)) => {
             add_trace_headers(&mut response, &meter);
