@@ -37,27 +37,9 @@ pub const HEADER_COST_FEE: &str = "x-tollgate-cost-fee";
 pub const HEADER_COST_UPSTREAM: &str = "x-tollgate-cost-upstream";
 pub const HEADER_COST_TOTAL: &str = "x-tollgate-cost-total";
 
-/// The access key from `Authorization: Bearer` (OpenAI SDKs) or `x-api-key` (Anthropic SDKs).
+/// The access key, from the headers (`tollgate_core::secrets::request_token`).
 pub fn extract_token(headers: &HeaderMap) -> Option<&str> {
-    if let Some(value) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        let value = value.trim();
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .unwrap_or(value)
-            .trim();
-        if !token.is_empty() {
-            return Some(token);
-        }
-    }
-    headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+    tollgate_core::secrets::request_token(headers)
 }
 
 /// Entry point for `/v1/chat/completions` (OpenAI) and `/v1/messages`
