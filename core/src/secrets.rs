@@ -38,6 +38,7 @@ pub fn request_token(headers: &http::HeaderMap) -> Option<&str> {
         let value = value.trim();
         let token = match value.split_once(' ') {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+            None if value.eq_ignore_ascii_case("bearer") => "",
             _ => value,
         };
         if !token.is_empty() {
