@@ -580,12 +580,16 @@ async fn http2_with_prior_knowledge_carries_both_apis() {
 }
 
 fn self_signed(dir: &std::path::Path) -> (tollgate_proxy::config::TlsConfig, Vec<u8>) {
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let cert_pem = certified.cert.pem();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.subject_alt_names.push(rcgen::SanType::IpAddress(
+        std::net::Ipv4Addr::LOCALHOST.into(),
+    ));
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert_pem = params.self_signed(&key).unwrap().pem();
     let cert_file = dir.join("cert.pem");
     let key_file = dir.join("key.pem");
     std::fs::write(&cert_file, &cert_pem).unwrap();
-    std::fs::write(&key_file, certified.key_pair.serialize_pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
     (
         tollgate_proxy::config::TlsConfig {
             cert_file,
@@ -627,6 +631,46 @@ async fn tls_offers_http2_and_http1_by_alpn() {
     let mut plain = connect_and_send(gw.addr, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await;
     assert!(closed_within(&mut plain, Duration::from_secs(10)).await);
     assert!(limit_hits(&gw, "tls_handshake").await >= 1.0);
+}
+
+/// The official OpenAI SDK over httpx with `http2=True` speaks HTTP/2 only
+/// over TLS: with the gateway's own TLS it needs no front proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdk_over_httpx_http2_uses_the_gateways_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tls, _) = self_signed(dir.path());
+    let ca = tls.cert_file.clone();
+    let gw = gateway(|c| c.server.tls = Some(tls)).await;
+    let script = r#"
+import sys, httpx, openai
+http = httpx.Client(http2=True, verify=sys.argv[2])
+client = openai.OpenAI(base_url=sys.argv[1], api_key=sys.argv[3], http_client=http, max_retries=0)
+raw = client.chat.completions.with_raw_response.create(
+    model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+print(raw.http_response.http_version, bool(raw.parse().choices[0].message.content))
+"#;
+    let base = format!("https://127.0.0.1:{}/v1", gw.addr.port());
+    let token = gw.token.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(base)
+            .arg(ca)
+            .arg(token)
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        printed.trim(),
+        "HTTP/2 True",
+        "{printed} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(gw.wait_for_events(1).await.len(), 1);
 }
 
 /// Just enough HTTP/2 framing to misbehave on purpose.
