@@ -408,9 +408,10 @@ impl Listener {
     /// A connection over the cap: one 503 over HTTP/1.1, then closed.
     async fn refuse(self: Arc<Self>, tcp: TcpStream) {
         // Over TLS there is no cheap way to say it: close.
-        if self.tls.is_some()
-            || self.refusing.fetch_add(1, Ordering::Relaxed) >= MAX_REFUSING_CONNECTIONS
-        {
+        if self.tls.is_some() {
+            return;
+        }
+        if self.refusing.fetch_add(1, Ordering::Relaxed) >= MAX_REFUSING_CONNECTIONS {
             self.refusing.fetch_sub(1, Ordering::Relaxed);
             return;
         }
