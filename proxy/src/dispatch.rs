@@ -1,12 +1,14 @@
 //! Request handling shared by both client APIs: authenticate, parse,
 //! resolve candidates, try them in order with failover, and answer.
 
+use crate::edge;
 use crate::error::ProxyError;
 use crate::gateway::{Caller, Candidate, Credential, Gateway};
 use crate::meter::RequestMeter;
 use crate::relay::Relay;
 use crate::upstream::{self, UpstreamRequest, UpstreamStream};
 use axum::body::Body;
+use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -35,37 +37,18 @@ pub const HEADER_COST_FEE: &str = "x-tollgate-cost-fee";
 pub const HEADER_COST_UPSTREAM: &str = "x-tollgate-cost-upstream";
 pub const HEADER_COST_TOTAL: &str = "x-tollgate-cost-total";
 
-/// The access key from `Authorization: Bearer` (OpenAI SDKs) or `x-api-key` (Anthropic SDKs).
+/// The access key, from the headers (`tollgate_core::secrets::request_token`).
 pub fn extract_token(headers: &HeaderMap) -> Option<&str> {
-    if let Some(value) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        let value = value.trim();
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .unwrap_or(value)
-            .trim();
-        if !token.is_empty() {
-            return Some(token);
-        }
-    }
-    headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+    tollgate_core::secrets::request_token(headers)
 }
 
-/// Entry point for `/v1/chat/completions` (OpenAI) and `/v1/messages` (Anthropic).
-pub async fn handle(
-    gateway: Arc<Gateway>,
-    api: ApiSurface,
-    headers: HeaderMap,
-    body: Result<Bytes, ProxyError>,
-) -> Response {
+/// Entry point for `/v1/chat/completions` (OpenAI) and `/v1/messages`
+/// (Anthropic). The key is checked from the headers before any body byte is
+/// read: a refused request's body is never buffered (the edge drains it).
+pub async fn handle(gateway: Arc<Gateway>, api: ApiSurface, request: Request) -> Response {
     let started = Instant::now();
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
     let caller = match extract_token(&headers)
         .ok_or(ProxyError::MissingKey)
         .and_then(|token| gateway.authenticate(token))
@@ -89,6 +72,7 @@ pub async fn handle(
         caller.key_id.clone(),
         api,
     );
+    let body = edge::read_body(body, gateway.config.server.max_body_bytes).await;
     match run(&gateway, &caller, api, &headers, body, &mut meter, started).await {
         Ok(Outcome::Complete(mut response)) => {
             add_trace_headers(&mut response, &meter);
