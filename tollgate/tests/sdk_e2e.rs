@@ -551,7 +551,15 @@ async fn sigterm_under_load_cuts_streams_after_the_grace_and_keeps_every_event()
         .iter()
         .filter(|e| e.model_requested == "openai:slow-stream")
         .collect();
-    assert_eq!(cut.len(), 8, "every cut stream is billed: {:?}", events.iter().map(|e| (&e.model_requested, e.status, e.client_disconnected)).collect::<Vec<_>>());
+    assert_eq!(
+        cut.len(),
+        8,
+        "every cut stream is billed: {:?}",
+        events
+            .iter()
+            .map(|e| (&e.model_requested, e.status, e.client_disconnected))
+            .collect::<Vec<_>>()
+    );
     assert!(cut
         .iter()
         .all(|e| e.client_disconnected && e.tokens.output > 0));
