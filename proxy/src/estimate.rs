@@ -34,7 +34,8 @@ struct Pool {
     /// ever queues behind a busy thread and waiting stays asynchronous.
     permits: Arc<Semaphore>,
     jobs: Mutex<mpsc::Sender<Job>>,
-    /// Threads started.
+    /// Threads started (tests size their load by it).
+    #[cfg(test)]
     threads: usize,
 }
 
@@ -83,6 +84,7 @@ fn start_pool() -> Option<Pool> {
     (started > 0).then(|| Pool {
         permits: Arc::new(Semaphore::new(started)),
         jobs: Mutex::new(tx),
+        #[cfg(test)]
         threads: started,
     })
 }
