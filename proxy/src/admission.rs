@@ -80,10 +80,15 @@ pub struct Admission {
     positions: Mutex<HashMap<u32, u64>>,
 }
 
-/// Refused: the account's available credit is at or below zero.
+/// Refused: the account's available credit is at or below zero. Carries
+/// what the refusal message tells the client: available = balance − reserved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Insufficient {
     pub available: Usd,
+    /// The last balance the ledger published (zero before the first).
+    pub balance: Usd,
+    /// This instance's reservations for requests not yet covered by it.
+    pub reserved: Usd,
 }
 
 impl Admission {
@@ -113,7 +118,11 @@ impl Admission {
         credit.release_stale(now);
         let available = credit.balance - credit.reserved;
         if available <= Usd::ZERO {
-            return Err(Insufficient { available });
+            return Err(Insufficient {
+                available,
+                balance: credit.balance,
+                reserved: credit.reserved,
+            });
         }
         credit.reserved += max_cost;
         credit.running.insert(reservation, (max_cost, now));
@@ -245,6 +254,8 @@ mod tests {
         );
         let refused = admission.admit(&account, 3, usd("0.60")).unwrap_err();
         assert_eq!(refused.available, usd("-0.20"));
+        assert_eq!(refused.balance, usd("1.00"));
+        assert_eq!(refused.reserved, usd("1.20"));
         // Request 2 ends first (event seq 1); request 1 is still running.
         admission.emitted(&account, 2, 1);
         admission.apply(&update("0.90", &[("gw_1", 1), ("gw_other", 99)]));

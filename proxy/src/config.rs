@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use tollgate_core::ApiSurface;
+use tollgate_core::{ApiSurface, Prices, Usd};
 
 /// The listener's limits. Every one is applied before the bytes it guards
 /// are buffered; where the issue that set them gave no number, nginx's
@@ -239,9 +239,76 @@ pub struct CustomProviderConfig {
     /// Model ids this provider serves; callable as `<id>:<model>` or bare.
     #[serde(default)]
     pub models: Vec<String>,
+    /// Unit prices per model id (each must be in `models`). A request the
+    /// operator pays for (its `api_keys`, or no key at all) needs one: an
+    /// unpriced model is refused unless the caller attached its own
+    /// provider key. `"0"` is a price (a local model). Default: none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub prices: BTreeMap<String, DeclaredPrices>,
     /// Credentials for the upstream, if it needs any; tried in order.
     #[serde(default)]
     pub api_keys: Vec<String>,
+}
+
+/// One custom model's unit prices: USD per million tokens, exact decimals
+/// written as strings (`"0.15"`; a TOML number is refused, since floats are
+/// not exact). The field names are the catalog's. `input` and `output` are
+/// required; a cache class left out costs what `input` costs, so no token
+/// class is free unless declared so.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeclaredPrices {
+    pub input: ExactUsd,
+    pub output: ExactUsd,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input: Option<ExactUsd>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_5m: Option<ExactUsd>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_1h: Option<ExactUsd>,
+}
+
+impl DeclaredPrices {
+    /// The catalog form, every class filled in.
+    pub fn prices(&self) -> Prices {
+        let input = self.input.0;
+        Prices {
+            input,
+            cached_input: self.cached_input.map_or(input, |p| p.0),
+            cache_write_5m: self.cache_write_5m.map_or(input, |p| p.0),
+            cache_write_1h: self.cache_write_1h.map_or(input, |p| p.0),
+            output: self.output.0,
+        }
+    }
+
+    fn negative(&self) -> bool {
+        let p = self.prices();
+        [
+            p.input,
+            p.cached_input,
+            p.cache_write_5m,
+            p.cache_write_1h,
+            p.output,
+        ]
+        .iter()
+        .any(|&amount| amount < Usd::ZERO)
+    }
+}
+
+/// An amount of USD read only from a string (`"0.15"`), never from a TOML
+/// number, which would pass through a float.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct ExactUsd(pub Usd);
+
+impl<'de> Deserialize<'de> for ExactUsd {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.trim()
+            .parse::<Usd>()
+            .map(ExactUsd)
+            .map_err(|_| serde::de::Error::custom(format!("`{text}` is not a decimal amount")))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -331,8 +398,40 @@ impl ProxyConfig {
             if let Err(why) = check_upstream_url(&custom.base_url) {
                 problems.push(format!("{field}.base_url: {why}"));
             }
+            for (model, prices) in &custom.prices {
+                if !custom.models.contains(model) {
+                    problems.push(format!(
+                        "{field}.prices.\"{model}\": `{model}` is not in this provider's `models`"
+                    ));
+                }
+                if prices.negative() {
+                    problems.push(format!(
+                        "{field}.prices.\"{model}\": prices must not be negative"
+                    ));
+                }
+            }
         }
         problems
+    }
+
+    /// One line per config custom-provider model without declared prices:
+    /// not an error (installs from before prices existed still start), but
+    /// requests for it on the operator's credentials are refused.
+    pub fn unpriced_models(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for (i, custom) in self.custom_providers.iter().enumerate() {
+            for model in &custom.models {
+                if !custom.prices.contains_key(model) {
+                    lines.push(format!(
+                        "custom_providers[{i}] `{id}`: model `{model}` has no price, so requests for \
+                         {id}:{model} on the operator's credentials (its api_keys, or none) are refused; \
+                         declare one under [custom_providers.prices], e.g. \"{model}\" = {{ input = \"0\", output = \"0\" }}",
+                        id = custom.id
+                    ));
+                }
+            }
+        }
+        lines
     }
 }
 
@@ -342,6 +441,7 @@ pub use tollgate_core::catalog::check_upstream_url;
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::panic)]
     use super::*;
 
     #[test]
@@ -367,6 +467,7 @@ mod tests {
                     base_url: "http://example.com/v1".into(),
                     api: ApiSurface::Openai,
                     models: vec![],
+                    prices: BTreeMap::new(),
                     api_keys: vec![],
                 },
                 CustomProviderConfig {
@@ -374,6 +475,7 @@ mod tests {
                     base_url: "https://ok/v1".into(),
                     api: ApiSurface::Openai,
                     models: vec![],
+                    prices: BTreeMap::new(),
                     api_keys: vec![],
                 },
             ],
@@ -390,5 +492,90 @@ mod tests {
             .iter()
             .any(|p| p.starts_with("custom_providers[1].id")));
         assert_eq!(problems.len(), 3);
+    }
+
+    fn parse_custom(text: &str) -> Result<CustomProviderConfig, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    #[test]
+    fn declared_prices_are_exact_strings_with_cache_classes_at_the_input_price() {
+        let custom = parse_custom(
+            "id = \"local\"\nbase_url = \"http://127.0.0.1:11434/v1\"\napi = \"openai\"\n\
+             models = [\"llama3.2\", \"qwen\", \"free\"]\n\
+             [prices]\n\
+             \"llama3.2\" = { input = \"0.1\", output = \"0.40\", cached_input = \"0.01875\" }\n\
+             \"free\" = { input = \"0\", output = \"0\" }\n",
+        )
+        .map_err(|e| e.to_string());
+        let Ok(custom) = custom else {
+            panic!("{custom:?}");
+        };
+        let usd = |s: &str| s.parse::<Usd>().unwrap_or_default();
+        let llama = custom.prices.get("llama3.2").map(DeclaredPrices::prices);
+        assert_eq!(
+            llama,
+            Some(Prices {
+                input: usd("0.1"),
+                cached_input: usd("0.01875"),
+                cache_write_5m: usd("0.1"),
+                cache_write_1h: usd("0.1"),
+                output: usd("0.4"),
+            })
+        );
+        assert_eq!(
+            custom.prices.get("free").map(DeclaredPrices::prices),
+            Some(Prices::default())
+        );
+        let config = ProxyConfig {
+            custom_providers: vec![custom.clone()],
+            ..ProxyConfig::default()
+        };
+        assert!(config.problems(&[]).is_empty());
+        let unpriced = config.unpriced_models();
+        assert_eq!(unpriced.len(), 1, "{unpriced:?}");
+        assert!(unpriced[0].contains("`qwen`") && unpriced[0].contains("local:qwen"));
+        // Round trip, as check-config prints it.
+        let text = toml::to_string(&custom).unwrap_or_default();
+        assert_eq!(parse_custom(&text).ok(), Some(custom));
+    }
+
+    #[test]
+    fn floats_unknown_fields_stray_and_negative_prices_are_refused() {
+        let base = "id = \"local\"\nbase_url = \"http://127.0.0.1:1/v1\"\napi = \"openai\"\n\
+                    models = [\"m\"]\n";
+        for bad in [
+            "[prices]\nm = { input = 0.1, output = \"1\" }\n",
+            "[prices]\nm = { input = \"0.1\", output = \"1\", input_per_mtok = \"1\" }\n",
+            "[prices]\nm = { input = \"0.1\" }\n",
+            "[prices]\nm = { input = \"lots\", output = \"1\" }\n",
+        ] {
+            assert!(parse_custom(&format!("{base}{bad}")).is_err(), "{bad}");
+        }
+        let custom = parse_custom(&format!(
+            "{base}[prices]\nm = {{ input = \"-1\", output = \"1\" }}\n\
+             other = {{ input = \"1\", output = \"1\" }}\n"
+        ))
+        .map_err(|e| e.to_string());
+        let Ok(custom) = custom else {
+            panic!("{custom:?}");
+        };
+        let config = ProxyConfig {
+            custom_providers: vec![custom],
+            ..ProxyConfig::default()
+        };
+        let problems = config.problems(&[]);
+        assert!(
+            problems.iter().any(
+                |p| p.starts_with("custom_providers[0].prices.\"m\"") && p.contains("negative")
+            ),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("custom_providers[0].prices.\"other\"")),
+            "{problems:?}"
+        );
     }
 }

@@ -499,6 +499,17 @@ async fn run(
         }
     }
 
+    // A model without credentials (none configured, or an unpriced model
+    // whose operator credentials were withheld) is skipped like a failed
+    // attempt, so a fallback in `models` can still answer; when no candidate
+    // has any, the first one's reason is the answer, before the request uses
+    // any rate-limit budget or credit.
+    if candidates.iter().all(|c| c.credentials.is_empty()) {
+        if let Some(first) = candidates.first() {
+            return Err(first.unusable());
+        }
+    }
+
     // Only a request that would go upstream uses the key's budget: one
     // refused above (bad body, unknown or not-allowed model) does not.
     let limits = caller.rate_limits();
@@ -517,6 +528,8 @@ async fn run(
         .admit(&caller.account_id, meter.request_seq, max_cost)
         .map_err(|refused| ProxyError::InsufficientCredits {
             available: refused.available.to_string(),
+            balance: refused.balance.to_string(),
+            reserved: refused.reserved.to_string(),
         })?;
     meter.reserved = gateway.admission.enforce;
 
@@ -526,14 +539,15 @@ async fn run(
     let metrics = &gateway.metrics;
     let mut last_error = String::from("no upstream was tried");
     let mut timed_out = false;
-    let mut missing_credentials: Option<String> = None;
+    let mut unusable: Option<ProxyError> = None;
     let mut untranslatable: Option<ProxyError> = None;
 
     'candidates: for candidate in candidates {
         let provider_id = candidate.provider.spec.id.as_str();
         if candidate.credentials.is_empty() {
-            missing_credentials.get_or_insert_with(|| provider_id.to_owned());
-            last_error = format!("provider `{provider_id}` has no credentials configured");
+            let why = candidate.unusable();
+            last_error = format!("{provider_id}/{}: {why}", candidate.upstream_model);
+            unusable.get_or_insert(why);
             continue;
         }
         let body = match upstream_body(api, &candidate, &request) {
@@ -727,8 +741,8 @@ async fn run(
         if let Some(err) = untranslatable {
             return Err(err);
         }
-        if let Some(provider) = missing_credentials {
-            return Err(ProxyError::NoCredentials { provider });
+        if let Some(err) = unusable {
+            return Err(err);
         }
     }
     // Model names and upstream error texts are others' text: escaped.

@@ -31,8 +31,16 @@ pub enum ProxyError {
     ModelNotAllowed { model: String },
     #[error("model `{model}` is not in the catalog and this access key's configuration does not allow pass-through models")]
     PassthroughNotAllowed { model: String },
-    #[error("insufficient credits: the account's available balance is {available}; buy credits to continue")]
-    InsufficientCredits { available: String },
+    /// Every request the operator pays for is priced before it is sent; a
+    /// model without a price may only use the caller's own provider keys.
+    #[error("no price for {model} on the operator's credentials: attach your own `{provider}` provider key to this access key's configuration (billed the processing fee only), or ask the operator to declare a price for the model")]
+    UnpricedModel { model: String, provider: String },
+    #[error("insufficient credits: the account's available balance is {available}; its balance is {balance}, minus {reserved} held for requests in flight on this gateway; buy credits to continue")]
+    InsufficientCredits {
+        available: String,
+        balance: String,
+        reserved: String,
+    },
     #[error("rate limit exceeded for this access key ({limit}); retry after {retry_after_secs} s")]
     RateLimited {
         limit: &'static str,
@@ -79,7 +87,8 @@ impl ProxyError {
             ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ProviderNotAllowed { .. }
             | ProxyError::ModelNotAllowed { .. }
-            | ProxyError::PassthroughNotAllowed { .. } => StatusCode::FORBIDDEN,
+            | ProxyError::PassthroughNotAllowed { .. }
+            | ProxyError::UnpricedModel { .. } => StatusCode::FORBIDDEN,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
             ProxyError::ModelUnknown { .. } => StatusCode::NOT_FOUND,
@@ -104,6 +113,7 @@ impl ProxyError {
             ProxyError::ProviderNotAllowed { .. } => "provider_not_allowed",
             ProxyError::ModelNotAllowed { .. } => "model_not_allowed",
             ProxyError::PassthroughNotAllowed { .. } => "passthrough_not_allowed",
+            ProxyError::UnpricedModel { .. } => "unpriced_model",
             ProxyError::RateLimited { .. } => "rate_limited",
             ProxyError::InsufficientCredits { .. } => "insufficient_credits",
             ProxyError::UpstreamFailed { .. } => "upstream_failed",
@@ -130,6 +140,7 @@ impl ProxyError {
             ProxyError::PassthroughNotAllowed { .. } => {
                 ("permission_error", Some("passthrough_not_allowed"))
             }
+            ProxyError::UnpricedModel { .. } => ("permission_error", Some("unpriced_model")),
             ProxyError::RateLimited { .. } => ("rate_limit_error", Some("rate_limit_exceeded")),
             ProxyError::InsufficientCredits { .. } => {
                 ("insufficient_credits", Some("insufficient_credits"))
@@ -152,7 +163,8 @@ impl ProxyError {
             ProxyError::Overloaded { .. } => "overloaded_error",
             ProxyError::ProviderNotAllowed { .. }
             | ProxyError::ModelNotAllowed { .. }
-            | ProxyError::PassthroughNotAllowed { .. } => "permission_error",
+            | ProxyError::PassthroughNotAllowed { .. }
+            | ProxyError::UnpricedModel { .. } => "permission_error",
             ProxyError::RateLimited { .. } => "rate_limit_error",
             ProxyError::InsufficientCredits { .. } => "billing_error",
             ProxyError::InvalidRequest { .. }
@@ -175,6 +187,7 @@ impl ProxyError {
                     | ProxyError::ProviderUnknown { .. }
                     | ProxyError::ModelNotAllowed { .. }
                     | ProxyError::PassthroughNotAllowed { .. }
+                    | ProxyError::UnpricedModel { .. }
                     | ProxyError::ProviderNotAllowed { .. } => Some("model"),
                     _ => None,
                 };
@@ -235,5 +248,42 @@ mod tests {
         assert_eq!(anthropic["type"], "error");
         assert_eq!(anthropic["error"]["type"], "not_found_error");
         assert_eq!(err.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn an_unpriced_model_is_refused_naming_the_model_and_the_rule() {
+        let err = ProxyError::UnpricedModel {
+            model: "openai:gpt-x".into(),
+            provider: "openai".into(),
+        };
+        assert_eq!(err.status(), StatusCode::FORBIDDEN);
+        assert_eq!(err.kind(), "unpriced_model");
+        let openai = err.body(ApiSurface::Openai);
+        assert_eq!(openai["error"]["type"], "permission_error");
+        assert_eq!(openai["error"]["code"], "unpriced_model");
+        assert_eq!(openai["error"]["param"], "model");
+        let message = openai["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("no price for openai:gpt-x on the operator's credentials"),
+            "{message}"
+        );
+        let anthropic = err.body(ApiSurface::Anthropic);
+        assert_eq!(anthropic["error"]["type"], "permission_error");
+    }
+
+    #[test]
+    fn the_credit_refusal_says_what_is_left() {
+        let err = ProxyError::InsufficientCredits {
+            available: "-0.2".into(),
+            balance: "1".into(),
+            reserved: "1.2".into(),
+        };
+        assert_eq!(err.status(), StatusCode::PAYMENT_REQUIRED);
+        let message = err.to_string();
+        assert!(
+            message.contains("available balance is -0.2;")
+                && message.contains("its balance is 1, minus 1.2 held"),
+            "{message}"
+        );
     }
 }

@@ -8,7 +8,7 @@ use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use axum::http::HeaderValue;
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -132,9 +132,39 @@ impl Caller {
 pub struct Candidate {
     pub provider: Arc<ProviderRuntime>,
     pub upstream_model: String,
+    /// Zero for an unpriced model, which then keeps only the caller's own
+    /// provider keys (billed the fee only).
     pub prices: Prices,
     pub max_output_tokens: Option<u32>,
     pub credentials: Vec<Arc<Credential>>,
+    /// The model has no price, so the operator's credentials (or calling a
+    /// keyless custom upstream) were withheld: with no credentials left the
+    /// candidate is refused as `UnpricedModel`, not `NoCredentials`.
+    pub operator_withheld: bool,
+}
+
+impl Candidate {
+    /// Why this candidate cannot be tried (it has no credentials).
+    pub fn unusable(&self) -> ProxyError {
+        let provider = self.provider.spec.id.clone();
+        if self.operator_withheld {
+            ProxyError::UnpricedModel {
+                model: format!("{provider}:{}", self.upstream_model),
+                provider,
+            }
+        } else {
+            ProxyError::NoCredentials { provider }
+        }
+    }
+}
+
+/// Where a model name led: the provider, the upstream id, the catalog (or
+/// custom-provider) entry if any, and its prices if it has any.
+struct Located {
+    provider: Arc<ProviderRuntime>,
+    upstream: String,
+    spec: Option<ModelSpec>,
+    prices: Option<Prices>,
 }
 
 pub struct Gateway {
@@ -159,6 +189,9 @@ pub struct Gateway {
     pub emit_order: Mutex<()>,
     /// When this instance last recorded each key's use on the control log.
     last_used_recorded: Mutex<HashMap<AccessKeyId, Instant>>,
+    /// Config custom-provider models declared without prices, per provider:
+    /// in the catalog (so they resolve and are listed) but not priced.
+    unpriced: HashMap<String, HashSet<String>>,
 }
 
 /// Keys' last use is recorded at most this often per key and instance.
@@ -196,6 +229,7 @@ impl Gateway {
         let builtin_ids: Vec<String> = catalog.providers().iter().map(|p| p.id.clone()).collect();
         let builtin_refs: Vec<&str> = builtin_ids.iter().map(String::as_str).collect();
         let mut problems = config.problems(&builtin_refs);
+        let mut unpriced: HashMap<String, HashSet<String>> = HashMap::new();
 
         for custom in &config.custom_providers {
             let spec = ProviderSpec {
@@ -210,7 +244,14 @@ impl Gateway {
                 continue; // already reported by `problems`
             }
             for model in &custom.models {
-                let _ = catalog.add_model(custom_model(&custom.id, model));
+                let prices = custom.prices.get(model).map(|p| p.prices());
+                if prices.is_none() {
+                    unpriced
+                        .entry(custom.id.clone())
+                        .or_insert_with(HashSet::new)
+                        .insert(model.clone());
+                }
+                let _ = catalog.add_model(custom_model(&custom.id, model, prices));
             }
         }
 
@@ -273,6 +314,7 @@ impl Gateway {
             next_request: std::sync::atomic::AtomicU64::new(1),
             emit_order: Mutex::new(()),
             last_used_recorded: Mutex::new(HashMap::new()),
+            unpriced,
         }))
     }
 
@@ -326,28 +368,42 @@ impl Gateway {
                 "`model` must not be empty",
             ));
         }
-        let (provider, upstream, spec) = self.locate(name, &caller.snapshot)?;
+        let Located {
+            provider,
+            upstream,
+            spec,
+            prices,
+        } = self.locate(name, &caller.snapshot)?;
         self.check_policy(name, &provider, &upstream, spec.is_some(), caller)?;
-        let credentials = self.credentials_for(&provider, caller);
+        let (credentials, operator_withheld) =
+            self.credentials_for(&provider, caller, prices.is_some());
         Ok(Candidate {
             upstream_model: spec.as_ref().map_or(upstream, |s| s.id.clone()),
-            prices: spec.as_ref().map(|s| s.prices).unwrap_or_default(),
+            prices: prices.unwrap_or_default(),
             max_output_tokens: spec
                 .as_ref()
                 .map(|s| s.max_output_tokens)
                 .filter(|&m| m > 0),
             provider,
             credentials,
+            operator_withheld,
         })
     }
 
-    /// Which provider serves `name`, under which upstream id, and its catalog
-    /// entry if it has one.
-    fn locate(
-        &self,
-        name: &str,
-        snapshot: &ControlState,
-    ) -> Result<(Arc<ProviderRuntime>, String, Option<ModelSpec>), ProxyError> {
+    /// A catalog entry's prices: none for a config custom-provider model
+    /// declared without them.
+    fn catalog_prices(&self, spec: &ModelSpec) -> Option<Prices> {
+        let unpriced = self
+            .unpriced
+            .get(&spec.provider)
+            .is_some_and(|models| models.contains(&spec.id));
+        (!unpriced).then_some(spec.prices)
+    }
+
+    /// Which provider serves `name`, under which upstream id, its catalog
+    /// entry if it has one, and its prices if it has any (a model the
+    /// catalog does not list, or a runtime custom provider's, has none).
+    fn locate(&self, name: &str, snapshot: &ControlState) -> Result<Located, ProxyError> {
         if let Some((prefix, rest)) = name.split_once(':') {
             let provider = self
                 .providers
@@ -361,18 +417,21 @@ impl Gateway {
                         format!("model `{name}` names a provider but no model"),
                     ));
                 }
-                let spec = self
-                    .catalog
-                    .provider_model(prefix, rest)
-                    .cloned()
-                    .or_else(|| {
-                        snapshot
-                            .custom_providers
-                            .get(prefix)
-                            .filter(|c| c.models.iter().any(|m| m == rest))
-                            .map(|_| custom_model(prefix, rest))
-                    });
-                return Ok((provider, rest.to_owned(), spec));
+                let listed = self.catalog.provider_model(prefix, rest);
+                let prices = listed.and_then(|spec| self.catalog_prices(spec));
+                let spec = listed.cloned().or_else(|| {
+                    snapshot
+                        .custom_providers
+                        .get(prefix)
+                        .filter(|c| c.models.iter().any(|m| m == rest))
+                        .map(|_| custom_model(prefix, rest, None))
+                });
+                return Ok(Located {
+                    provider,
+                    upstream: rest.to_owned(),
+                    spec,
+                    prices,
+                });
             }
             if self.catalog.model(name).is_none() {
                 return Err(ProxyError::ProviderUnknown {
@@ -385,16 +444,23 @@ impl Gateway {
             let provider = self.providers.get(&spec.provider).cloned().ok_or_else(|| {
                 ProxyError::Internal(format!("provider {} missing", spec.provider))
             })?;
-            return Ok((provider, name.to_owned(), Some(spec.clone())));
+            return Ok(Located {
+                provider,
+                upstream: name.to_owned(),
+                spec: Some(spec.clone()),
+                prices: self.catalog_prices(spec),
+            });
         }
         for custom in snapshot.custom_providers.values() {
             if custom.models.iter().any(|m| m == name) {
                 if let Some(provider) = runtime_provider(snapshot, &custom.id) {
-                    return Ok((
+                    // Runtime custom providers cannot declare prices yet.
+                    return Ok(Located {
                         provider,
-                        name.to_owned(),
-                        Some(custom_model(&custom.id, name)),
-                    ));
+                        upstream: name.to_owned(),
+                        spec: Some(custom_model(&custom.id, name, None)),
+                        prices: None,
+                    });
                 }
             }
         }
@@ -462,8 +528,15 @@ impl Gateway {
 
     /// Attached provider keys (most recently attached first), then the
     /// operator's credentials; a custom upstream with neither is called
-    /// without authentication.
-    fn credentials_for(&self, provider: &ProviderRuntime, caller: &Caller) -> Vec<Arc<Credential>> {
+    /// without authentication. The operator pays for the last two, so they
+    /// need a price: when `priced` is false they are withheld, and the
+    /// second value says whether there were any to withhold.
+    fn credentials_for(
+        &self,
+        provider: &ProviderRuntime,
+        caller: &Caller,
+        priced: bool,
+    ) -> (Vec<Arc<Credential>>, bool) {
         let mut credentials = Vec::new();
         if let Some(config) = caller.configuration() {
             for (key_id, secret) in caller.snapshot.attached_keys(config, &provider.spec.id) {
@@ -478,24 +551,30 @@ impl Gateway {
                 }
             }
         }
+        if !priced {
+            let withheld = !provider.credentials.is_empty() || provider.spec.custom;
+            return (credentials, withheld);
+        }
         credentials.extend(provider.credentials.iter().cloned());
         if credentials.is_empty() && provider.spec.custom {
             if let Ok(c) = Credential::new(provider.spec.api, CredentialSource::Operator, None) {
                 credentials.push(Arc::new(c));
             }
         }
-        credentials
+        (credentials, false)
     }
 }
 
-fn custom_model(provider: &str, model: &str) -> ModelSpec {
+/// A custom provider's model; `prices` as declared (zero when undeclared,
+/// which `Gateway::unpriced` records).
+fn custom_model(provider: &str, model: &str, prices: Option<Prices>) -> ModelSpec {
     ModelSpec {
         provider: provider.to_owned(),
         id: model.to_owned(),
         aliases: vec![],
         context_window: 0,
         max_output_tokens: 0,
-        prices: Prices::default(),
+        prices: prices.unwrap_or_default(),
     }
 }
 

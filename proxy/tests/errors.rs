@@ -210,15 +210,21 @@ async fn a_non_catalog_model_needs_a_provider_prefix() {
     .await;
     assert!(gw.mock.requests().is_empty());
 
-    // With the prefix it reaches the upstream under its own name.
-    let response = gw.post_openai(chat("openai:my-finetune-v7", "hi")).await;
+    // With the prefix it reaches the upstream under its own name (on the
+    // caller's own provider key: it has no price for the operator's).
+    let token = byok_token(&gw, "openai", "sk-own-openai-finetune").await;
+    let response = post_openai_to(&gw.url(""), &token, &chat("openai:my-finetune-v7", "hi")).await;
     assert_eq!(header(&response, "x-tollgate-model"), "my-finetune-v7");
     let (status, _, body) = json_of(response).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["choices"][0]["message"]["content"], DEFAULT_REPLY);
     let (status, _, body) = json_of(
-        gw.post_anthropic(messages("openai:my-finetune-v7", "hi"))
-            .await,
+        post_anthropic_to(
+            &gw.url(""),
+            &token,
+            &messages("openai:my-finetune-v7", "hi"),
+        )
+        .await,
     )
     .await;
     assert_eq!(status, 200, "{body}");
@@ -229,6 +235,193 @@ async fn a_non_catalog_model_needs_a_provider_prefix() {
         assert_eq!(request.path, "/v1/chat/completions");
         assert_eq!(request.body["model"], "my-finetune-v7");
     }
+}
+
+/// Streamed or not, in the shape `api` spoke: the request for `model`.
+fn unlisted_request(model: &str, anthropic: bool, stream: bool) -> Value {
+    match (anthropic, stream) {
+        (false, false) => chat(model, "hi"),
+        (false, true) => chat_stream(model, "hi"),
+        (true, false) => messages(model, "hi"),
+        (true, true) => messages_stream(model, "hi"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlisted_model_on_operator_credentials_is_403_unpriced_in_both_shapes_streamed_or_not()
+{
+    let gw = start().await;
+    for stream in [false, true] {
+        let model = "openai:some-unlisted-model";
+        let response = gw.post_openai(unlisted_request(model, false, stream)).await;
+        let error = openai_error(response, 403).await;
+        assert_eq!(error["type"], "permission_error", "{error}");
+        assert_eq!(error["code"], "unpriced_model", "{error}");
+        assert_eq!(error["param"], "model", "{error}");
+        let message = error["message"].as_str().unwrap();
+        assert!(
+            message
+                .contains("no price for openai:some-unlisted-model on the operator's credentials"),
+            "{message}"
+        );
+        assert!(
+            message.contains("provider key"),
+            "says what to do: {message}"
+        );
+
+        let model = "anthropic:claude-unlisted-model";
+        let response = gw
+            .post_anthropic(unlisted_request(model, true, stream))
+            .await;
+        let error = anthropic_error(response, 403).await;
+        assert_eq!(error["type"], "permission_error", "{error}");
+        let message = error["message"].as_str().unwrap();
+        assert!(
+            message.contains(
+                "no price for anthropic:claude-unlisted-model on the operator's credentials"
+            ),
+            "{message}"
+        );
+    }
+    assert!(
+        gw.mock.requests().is_empty(),
+        "an unpriced model never reaches the upstream on the operator's key"
+    );
+    let events = gw.wait_for_events(4).await;
+    assert_eq!(events.len(), 4);
+    for event in events {
+        assert_eq!(event.status, 403);
+        assert_eq!(event.error_kind.as_deref(), Some("unpriced_model"));
+        assert_eq!(event.attempts, 0);
+        assert_eq!(event.credential_source, None);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlisted_model_on_a_provider_key_is_answered_and_billed_the_fee_only() {
+    let gw = start().await;
+    let openai_token = byok_token(&gw, "openai", "sk-own-openai-1f3").await;
+    let anthropic_token = byok_token(&gw, "anthropic", "sk-ant-own-9c2").await;
+    let cases = [
+        (&openai_token, "openai:some-unlisted-model", false),
+        (&anthropic_token, "anthropic:claude-unlisted-model", true),
+    ];
+    for (token, model, anthropic) in cases {
+        for stream in [false, true] {
+            let body = unlisted_request(model, anthropic, stream);
+            let response = if anthropic {
+                post_anthropic_to(&gw.url(""), token, &body).await
+            } else {
+                post_openai_to(&gw.url(""), token, &body).await
+            };
+            assert_eq!(response.status(), 200, "{model} stream={stream}");
+            if !stream {
+                assert_eq!(header(&response, "x-tollgate-cost-upstream"), "0");
+                assert_eq!(
+                    header(&response, "x-tollgate-cost-total"),
+                    header(&response, "x-tollgate-cost-fee")
+                );
+            }
+            let event_id = header(&response, "x-tollgate-event-id");
+            response.text().await.unwrap();
+            let event = gw.event(&event_id).await;
+            assert_eq!(event.status, 200, "{model}");
+            assert_eq!(
+                event.credential_source,
+                Some(tollgate_core::CredentialSource::Byok),
+                "{model}"
+            );
+            assert!(event.provider_key_id.is_some());
+            let cost = tollgate_core::pricing::cost_of(&event);
+            assert_eq!(cost.upstream, tollgate_core::Usd::ZERO);
+            assert!(cost.fee > tollgate_core::Usd::ZERO);
+        }
+    }
+    let keys: Vec<_> = gw
+        .mock
+        .requests()
+        .iter()
+        .map(|r| r.api_key.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "sk-own-openai-1f3",
+            "sk-own-openai-1f3",
+            "sk-ant-own-9c2",
+            "sk-ant-own-9c2"
+        ],
+        "only the caller's own keys were used"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unpriced_candidate_is_skipped_for_a_priced_fallback() {
+    let gw = start().await;
+    let mut request = chat("openai:some-unlisted-model", "hi");
+    request["models"] = json!(["gpt-4o-mini"]);
+    let response = gw.post_openai(request).await;
+    assert_eq!(header(&response, "x-tollgate-model"), "gpt-4o-mini");
+    let (status, _, body) = json_of(response).await;
+    assert_eq!(status, 200, "{body}");
+    let requests = gw.mock.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].body["model"], "gpt-4o-mini");
+
+    // A priced first choice is answered as usual; the unpriced fallback is not needed.
+    let mut request = messages("claude-haiku-4-5", "hi");
+    request["models"] = json!(["anthropic:claude-unlisted-model"]);
+    let (status, _, body) = json_of(gw.post_anthropic(request).await).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insufficient_credits_say_the_available_amount_and_the_balance() {
+    let gw = start_with(|c| c.billing.enforce = true).await;
+    let balance = |amount: &str| tollgate_core::billing::BalanceUpdate {
+        account_id: gw.account_id.clone(),
+        balance: amount.parse().unwrap(),
+        as_of: chrono::Utc::now(),
+        applied: Default::default(),
+    };
+    gw.gateway.admission.apply(&balance("0.01"));
+    // Admitted: its maximum cost (4,096 output tokens of gpt-4o) is held…
+    let response = gw.post_openai(chat("gpt-4o", "hi")).await;
+    assert_eq!(response.status(), 200);
+    // …and, with no ledger to release it, leaves less than nothing.
+    let error = openai_error(gw.post_openai(chat("gpt-4o", "hi")).await, 402).await;
+    assert_eq!(error["code"], "insufficient_credits");
+    let message = error["message"].as_str().unwrap().to_owned();
+    let number_after = |label: &str| -> tollgate_core::Usd {
+        let rest = message
+            .split(label)
+            .nth(1)
+            .unwrap_or_else(|| panic!("{message}"));
+        rest.split([';', ',', ' '])
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}: {message}"))
+    };
+    let available = number_after("available balance is ");
+    let shown_balance = number_after("its balance is ");
+    let reserved = number_after("minus ");
+    assert_eq!(shown_balance, "0.01".parse().unwrap(), "{message}");
+    assert!(available < tollgate_core::Usd::ZERO, "{message}");
+    assert_eq!(available, shown_balance - reserved, "{message}");
+
+    let error = anthropic_error(
+        gw.post_anthropic(messages("claude-haiku-4-5", "hi")).await,
+        402,
+    )
+    .await;
+    assert_eq!(error["type"], "billing_error");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("available balance is {available};"))
+            && message.contains("its balance is 0.01,"),
+        "{message}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

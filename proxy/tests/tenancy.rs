@@ -1082,6 +1082,21 @@ async fn a_custom_provider_created_at_runtime_becomes_callable_with_its_provider
     let (status, _, body) = json_of(response).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(keys_seen(&gw), [secret]);
+
+    // Without a provider key the operator would pay, and a runtime custom
+    // provider declares no prices: refused as unpriced, nothing sent.
+    gw.mock.clear_requests();
+    for api in [ApiSurface::Openai, ApiSurface::Anthropic] {
+        let response = send(&base(&gw), &gw.token, api, "runtime-box:box-model").await;
+        let (status, _, body) = json_of(response).await;
+        assert_eq!(status, 403, "{body}");
+        let message = error_message(api, &body, "permission_error", "unpriced_model");
+        assert!(
+            message.contains("no price for runtime-box:box-model on the operator's credentials"),
+            "{message}"
+        );
+    }
+    assert!(gw.mock.requests().is_empty());
 }
 
 // ---------------------------------------------------------------------------

@@ -396,6 +396,36 @@ pub fn requests_with_key(mock: &MockUpstream, key: &str) -> usize {
         .count()
 }
 
+/// A fresh access key on the test account whose configuration (pass-through
+/// allowed) has a new provider key for `provider` attached; returns its token.
+pub async fn byok_token(gw: &TestGateway, provider: &str, secret: &str) -> String {
+    let spec = tollgate_control::ConfigurationSpec {
+        name: format!("byok-{provider}"),
+        allow_passthrough_models: true,
+        ..tollgate_control::ConfigurationSpec::default()
+    };
+    let config = gw
+        .control
+        .create_configuration(&gw.account_id, spec)
+        .await
+        .unwrap();
+    let key = gw
+        .control
+        .add_provider_key(&gw.account_id, provider, "own", secret)
+        .await
+        .unwrap();
+    gw.control
+        .attach_provider_key(&config.id, &key.id)
+        .await
+        .unwrap();
+    let (_, token) = gw
+        .control
+        .create_access_key(&gw.account_id, "byok", Some(config.id))
+        .await
+        .unwrap();
+    token
+}
+
 /// Poll `check` until it holds or `timeout` passes; returns whether it held.
 pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
