@@ -1,8 +1,11 @@
 """Shared helpers for the SDK end-to-end scripts (sdk_openai.py, sdk_anthropic.py).
 
 The scripts talk to a running Tollgate whose `openai` and `anthropic` providers
-point at the bundled mock upstream (tollgate-mock-upstream), which must have
-these rules (tollgate/tests/sdk_e2e.rs installs them):
+point at the bundled mock upstream (tollgate-mock-upstream), and so do two
+custom providers with declared prices, `openai-mock` and `anthropic-mock` (one
+per upstream API): the special models below are not in the catalog, and a
+model without a price is refused on the operator's credentials. The mock must
+have these rules (tollgate/tests/sdk_e2e.rs installs them):
 
 * model `tool-model`   -> a tool call `get_weather` with arguments {"city": "Paris"}
 * model `reply-canary` -> the reply text REPLY_CANARY_TEXT below

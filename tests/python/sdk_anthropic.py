@@ -226,22 +226,22 @@ def tool_use_streamed(model, provider):
 
 @run.check
 def tool_use_claude_non_streamed():
-    tool_use_non_streamed("anthropic:tool-model", "anthropic")
+    tool_use_non_streamed("anthropic-mock:tool-model", "anthropic-mock")
 
 
 @run.check
 def tool_use_claude_streamed():
-    tool_use_streamed("anthropic:tool-model", "anthropic")
+    tool_use_streamed("anthropic-mock:tool-model", "anthropic-mock")
 
 
 @run.check
 def tool_use_gpt_non_streamed():
-    tool_use_non_streamed("openai:tool-model", "openai")
+    tool_use_non_streamed("openai-mock:tool-model", "openai-mock")
 
 
 @run.check
 def tool_use_gpt_streamed():
-    tool_use_streamed("openai:tool-model", "openai")
+    tool_use_streamed("openai-mock:tool-model", "openai-mock")
 
 
 def tool_result_round_trip(model, provider):
@@ -286,14 +286,14 @@ def tool_result_gpt():
 
 @run.check
 def reply_canary_streamed():
-    streamed_text("openai:reply-canary", f"Tell me the secret word. {CANARY}", "openai", reply=REPLY_CANARY_TEXT)
+    streamed_text("openai-mock:reply-canary", f"Tell me the secret word. {CANARY}", "openai-mock", reply=REPLY_CANARY_TEXT)
 
 
 def stream_cut(model, provider):
     """The upstream breaks mid-stream: the SDK must raise, after the text so far."""
     prompt = f"This stream will break. {CANARY}"
     # Anthropic reports input tokens up front; an OpenAI upstream only at the end.
-    n = words(prompt) if provider == "anthropic" else None
+    n = words(prompt) if provider.startswith("anthropic") else None
     run.expect_event("anthropic", model, provider, True, 502, n, None)
     text = []
     try:
@@ -314,12 +314,12 @@ def stream_cut(model, provider):
 
 @run.check
 def stream_cut_claude():
-    stream_cut("anthropic:cut-model", "anthropic")
+    stream_cut("anthropic-mock:cut-model", "anthropic-mock")
 
 
 @run.check
 def stream_cut_gpt():
-    stream_cut("openai:cut-model", "openai")
+    stream_cut("openai-mock:cut-model", "openai-mock")
 
 
 # --- models, errors ------------------------------------------------------------------

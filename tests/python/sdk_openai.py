@@ -284,22 +284,22 @@ def tool_call_streamed(model, provider):
 
 @run.check
 def tool_call_openai_non_streamed():
-    tool_call_non_streamed("openai:tool-model", "openai")
+    tool_call_non_streamed("openai-mock:tool-model", "openai-mock")
 
 
 @run.check
 def tool_call_openai_streamed():
-    tool_call_streamed("openai:tool-model", "openai")
+    tool_call_streamed("openai-mock:tool-model", "openai-mock")
 
 
 @run.check
 def tool_call_claude_non_streamed():
-    tool_call_non_streamed("anthropic:tool-model", "anthropic")
+    tool_call_non_streamed("anthropic-mock:tool-model", "anthropic-mock")
 
 
 @run.check
 def tool_call_claude_streamed():
-    tool_call_streamed("anthropic:tool-model", "anthropic")
+    tool_call_streamed("anthropic-mock:tool-model", "anthropic-mock")
 
 
 def tool_result_round_trip(model, provider):
@@ -350,9 +350,9 @@ def reply_canary_streamed():
     prompt = f"Tell me the secret word. {CANARY}"
     n = words(prompt)
     out = completion_words(REPLY_CANARY_TEXT)
-    run.expect_event("openai", "anthropic:reply-canary", "anthropic", True, 200, n, out)
+    run.expect_event("openai", "anthropic-mock:reply-canary", "anthropic-mock", True, 200, n, out)
     stream = c.chat.completions.create(
-        model="anthropic:reply-canary",
+        model="anthropic-mock:reply-canary",
         messages=user(prompt),
         stream=True,
         stream_options={"include_usage": True},
@@ -366,7 +366,7 @@ def stream_cut(model, provider):
     """The upstream breaks mid-stream: the SDK must raise, after the text so far."""
     prompt = f"This stream will break. {CANARY}"
     # Anthropic reports input tokens up front; an OpenAI upstream only at the end.
-    n = words(prompt) if provider == "anthropic" else None
+    n = words(prompt) if provider.startswith("anthropic") else None
     run.expect_event("openai", model, provider, True, 502, n, None)
     chunks = []
     try:
@@ -386,12 +386,12 @@ def stream_cut(model, provider):
 
 @run.check
 def stream_cut_openai():
-    stream_cut("openai:cut-model", "openai")
+    stream_cut("openai-mock:cut-model", "openai-mock")
 
 
 @run.check
 def stream_cut_claude():
-    stream_cut("anthropic:cut-model", "anthropic")
+    stream_cut("anthropic-mock:cut-model", "anthropic-mock")
 
 
 # --- models, errors, headers ---------------------------------------------------

@@ -387,6 +387,11 @@ pub async fn run_roles(
     };
 
     if roles.proxy {
+        // Not fatal (installs from before prices existed keep starting), but
+        // said at every start: these models are refused on operator keys.
+        for line in built.gateway.config.unpriced_models() {
+            tracing::warn!("{line}");
+        }
         built.gateway.admission.catch_up(log.as_ref()).await?;
         tasks.push(
             built

@@ -202,7 +202,18 @@ fn run(command: Command, config: Config) -> anyhow::Result<()> {
             });
             gateway_check?;
             print!("{}", config.redacted_toml());
-            eprintln!("configuration OK");
+            let unpriced = config.proxy().unpriced_models();
+            for line in &unpriced {
+                eprintln!("warning: {line}");
+            }
+            if unpriced.is_empty() {
+                eprintln!("configuration OK");
+            } else {
+                eprintln!(
+                    "configuration OK, with {} unpriced custom-provider model(s)",
+                    unpriced.len()
+                );
+            }
             Ok(())
         }
         Command::Audit => {

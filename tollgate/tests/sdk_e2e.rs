@@ -38,6 +38,9 @@ const REPLY_CANARY: &str = "CANARY-REPLY-2b8e1c";
 const REPLY_CANARY_TEXT: &str = "The secret reply word is CANARY-REPLY-2b8e1c for this test.";
 /// Content chunks the mock streams for model `cut-model` before cutting (CUT_AFTER).
 const CUT_AFTER_CHUNKS: usize = 2;
+/// The mock's special models, served by the priced custom providers
+/// `openai-mock` and `anthropic-mock` (config_toml).
+const MOCK_MODELS: &[&str] = &["tool-model", "reply-canary", "cut-model", "slow-stream"];
 
 const OPENAI_OPERATOR_KEY: &str = "sk-e2e-operator-openai-51c0";
 const ANTHROPIC_OPERATOR_KEY: &str = "sk-ant-e2e-operator-9d2e";
@@ -425,6 +428,24 @@ api_keys = [{openai_key}]
 base_url = {mock}
 # api_keys come from TOLLGATE__PROVIDERS__ANTHROPIC__API_KEYS
 
+# The mock's special models (not in the catalog), priced so the operator's
+# keys may answer them: one custom provider per upstream API.
+[[custom_providers]]
+id = "openai-mock"
+base_url = {mock}
+api = "openai"
+models = {special}
+api_keys = [{openai_key}]
+[custom_providers.prices]
+{prices}
+[[custom_providers]]
+id = "anthropic-mock"
+base_url = {mock}
+api = "anthropic"
+models = {special}
+api_keys = [{anthropic_key}]
+[custom_providers.prices]
+{prices}
 [storage]
 path = {db}
 
@@ -440,6 +461,22 @@ format = "text"
 "#,
         mock = toml_str(mock_base),
         openai_key = toml_str(OPENAI_OPERATOR_KEY),
+        anthropic_key = toml_str(ANTHROPIC_OPERATOR_KEY),
+        special = format!(
+            "[{}]",
+            MOCK_MODELS
+                .iter()
+                .map(|m| toml_str(m))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        prices = MOCK_MODELS
+            .iter()
+            .map(|m| format!(
+                "{} = {{ input = \"0.15\", output = \"0.6\" }}\n",
+                toml_str(m)
+            ))
+            .collect::<String>(),
         db = toml_str(&db_path.display().to_string()),
         account = toml_str(ACCOUNT_NAME),
     )
@@ -490,7 +527,7 @@ async fn sigterm_under_load_cuts_streams_after_the_grace_and_keeps_every_event()
         let response = client
             .post(&url)
             .bearer_auth(&gateway.token)
-            .json(&json!({"model": "openai:slow-stream", "stream": true,
+            .json(&json!({"model": "openai-mock:slow-stream", "stream": true,
                           "messages": [{"role": "user", "content": "hi"}]}))
             .send()
             .await
@@ -549,7 +586,7 @@ async fn sigterm_under_load_cuts_streams_after_the_grace_and_keeps_every_event()
     let events = stored_usage_events(&db_path).await;
     let cut: Vec<_> = events
         .iter()
-        .filter(|e| e.model_requested == "openai:slow-stream")
+        .filter(|e| e.model_requested == "openai-mock:slow-stream")
         .collect();
     assert_eq!(
         cut.len(),
@@ -925,8 +962,9 @@ async fn official_sdks_against_the_binary() {
             .collect();
         assert_eq!(
             providers,
-            BTreeSet::from(["anthropic", "openai"]),
-            "successful {client}-SDK requests should have reached both providers"
+            BTreeSet::from(["anthropic", "anthropic-mock", "openai", "openai-mock"]),
+            "successful {client}-SDK requests should have reached both providers (and both \
+             priced custom providers for the mock's special models)"
         );
     }
     for event in &events {
@@ -1119,6 +1157,64 @@ fn check_config_accepts_a_valid_config_and_redacts_secrets() {
 }
 
 #[test]
+fn check_config_names_every_unpriced_custom_provider_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("prices.toml");
+    std::fs::write(
+        &path,
+        "[[custom_providers]]\nid = \"local\"\nbase_url = \"http://127.0.0.1:11434/v1\"\n\
+         api = \"openai\"\nmodels = [\"llama3.2\", \"qwen-unpriced\"]\n\
+         [custom_providers.prices]\n\"llama3.2\" = { input = \"0\", output = \"0\" }\n\
+         [[custom_providers]]\nid = \"box\"\nbase_url = \"http://10.0.0.7/v1\"\n\
+         api = \"anthropic\"\nmodels = [\"box-unpriced\"]\n",
+    )
+    .unwrap();
+    let out = tollgate(
+        &["check-config", "--config", path.to_str().unwrap()],
+        dir.path(),
+    );
+    // A warning, not a refusal: installs from before prices existed still start.
+    assert!(out.status.success(), "{out}");
+    let warnings: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("warning:"))
+        .collect();
+    assert_eq!(warnings.len(), 2, "one line per unpriced model\n{out}");
+    assert!(
+        warnings[0].contains("`qwen-unpriced`") && warnings[0].contains("local:qwen-unpriced"),
+        "{out}"
+    );
+    assert!(warnings[1].contains("box:box-unpriced"), "{out}");
+    assert!(
+        !out.stderr.contains("`llama3.2`"),
+        "a priced model is not named\n{out}"
+    );
+    assert!(
+        out.stderr.contains("2 unpriced custom-provider model(s)"),
+        "{out}"
+    );
+    // The declared prices are part of the printed config.
+    assert!(out.stdout.contains("llama3.2"), "{out}");
+
+    // A price must be an exact decimal string: a TOML number is refused, naming the field.
+    let path = dir.path().join("float.toml");
+    std::fs::write(
+        &path,
+        "[[custom_providers]]\nid = \"local\"\nbase_url = \"http://127.0.0.1:11434/v1\"\n\
+         api = \"openai\"\nmodels = [\"m\"]\n\
+         [custom_providers.prices]\nm = { input = 0.1, output = \"0\" }\n",
+    )
+    .unwrap();
+    let out = tollgate(
+        &["check-config", "--config", path.to_str().unwrap()],
+        dir.path(),
+    );
+    assert!(!out.status.success(), "a float price was accepted\n{out}");
+    assert!(out.stderr.contains("input"), "{out}");
+}
+
+#[test]
 fn check_config_rejects_invalid_configs_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let cases: &[(&str, &str, &str)] = &[
@@ -1142,6 +1238,13 @@ fn check_config_rejects_invalid_configs_naming_the_field() {
             "an unknown provider",
             "[providers.opnai]\napi_keys = [\"k\"]\n",
             "providers.opnai",
+        ),
+        (
+            "a price for a model the provider does not serve",
+            "[[custom_providers]]\nid = \"local\"\nbase_url = \"http://127.0.0.1:1/v1\"\n\
+             api = \"openai\"\nmodels = [\"m\"]\n[custom_providers.prices]\n\
+             typo = { input = \"1\", output = \"1\" }\n",
+            "custom_providers[0].prices",
         ),
     ];
     for (i, (what, text, field)) in cases.iter().enumerate() {
