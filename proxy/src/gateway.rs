@@ -248,7 +248,7 @@ impl Gateway {
                 if prices.is_none() {
                     unpriced
                         .entry(custom.id.clone())
-                        .or_insert_with(HashSet::new)
+                        .or_default()
                         .insert(model.clone());
                 }
                 let _ = catalog.add_model(custom_model(&custom.id, model, prices));
