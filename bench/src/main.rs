@@ -114,6 +114,10 @@ struct Cli {
         value_name = "auto|PATH|COMMAND"
     )]
     peer_portkey: Option<String>,
+    /// Load on the peer before its first measurement, seconds: Node's JIT
+    /// needs a few thousand requests before it reaches its steady speed.
+    #[arg(long, default_value_t = 3.0)]
+    peer_warmup_secs: f64,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -355,6 +359,9 @@ fn load_phase(
         s.routes
             .retain(|r| !skipped.iter().any(|(skip, _)| skip == r));
     }
+    if scenarios.iter().any(|s| s.routes.contains(&Route::Portkey)) {
+        warm_peer(cli, load_rt, &targets)?;
+    }
     // A gateway that speaks HTTP/2 metered its probe too.
     let probes = SANITY_GATEWAY_PROBES
         + u64::from(
@@ -407,6 +414,25 @@ fn load_phase(
         }
     );
     drop(mock);
+    Ok(())
+}
+
+fn warm_peer(
+    cli: &Cli,
+    load_rt: &tokio::runtime::Runtime,
+    targets: &Targets,
+) -> anyhow::Result<()> {
+    let secs = cli.peer_warmup_secs.clamp(0.0, 600.0);
+    if secs > 0.0 {
+        eprint!("warming portkey (JIT) for {secs:.1} s, not measured ...");
+        let warm = load_rt.block_on(load::closed_loop(
+            targets.get(Route::Portkey, Kind::Chat)?,
+            16,
+            Duration::ZERO,
+            Duration::from_secs_f64(secs),
+        ))?;
+        eprintln!(" {:>9.0} req/s", warm.throughput());
+    }
     Ok(())
 }
 
@@ -768,7 +794,9 @@ fn print_client_context(cli: &Cli) {
         Some(spec) => println!(
             "peer         : Portkey's gateway (npm @portkey-ai/gateway, `{spec}`), Node.js child \
              process, default settings, on the same mock as a custom OpenAI host \
-             (x-portkey-provider: openai, x-portkey-custom-host); chat only, http1 as above"
+             (x-portkey-provider: openai, x-portkey-custom-host); chat only, http1 as above; \
+             {:.1} s of unmeasured load first (JIT warm-up)",
+            cli.peer_warmup_secs
         ),
         None => println!("peer         : not measured (--peer-portkey)"),
     }
@@ -1142,6 +1170,61 @@ fn memory(
     let events = gateway.stop()?;
     drop(mock);
 
+    print_memory(&MemoryFigures {
+        n,
+        estimator_loaded,
+        words,
+        chunk_delay,
+        warm_sent: warm.sent,
+        rss_fresh,
+        rss_idle,
+        samples,
+        rss_after,
+        hwm,
+        open_took,
+        open_during,
+        threads,
+        events,
+        close,
+    });
+    Ok(())
+}
+
+/// What `memory` measured, for `print_memory`.
+struct MemoryFigures {
+    n: usize,
+    estimator_loaded: bool,
+    words: usize,
+    chunk_delay: Duration,
+    warm_sent: u64,
+    rss_fresh: u64,
+    rss_idle: u64,
+    /// RSS every 100 ms while the streams were held open, KiB.
+    samples: Vec<u64>,
+    rss_after: u64,
+    hwm: u64,
+    open_took: Duration,
+    open_during: usize,
+    threads: Option<u64>,
+    events: u64,
+    /// Streams that failed, and the first failure.
+    close: (usize, Option<String>),
+}
+
+fn print_memory(m: &MemoryFigures) {
+    let MemoryFigures {
+        n,
+        estimator_loaded,
+        words,
+        chunk_delay,
+        rss_fresh,
+        rss_idle,
+        rss_after,
+        hwm,
+        events,
+        ..
+    } = *m;
+    let samples = &m.samples;
     let during_max = samples.iter().copied().max().unwrap_or(0);
     let during_avg = if samples.is_empty() {
         0
@@ -1164,7 +1247,7 @@ fn memory(
     println!("{:<44} {:>10.1}", "RSS fresh (after start)", mib(rss_fresh));
     println!(
         "{:<44} {:>10.1}",
-        format!("RSS idle (after {} warm-up requests)", warm.sent),
+        format!("RSS idle (after {} warm-up requests)", m.warm_sent),
         mib(rss_idle)
     );
     println!(
@@ -1185,9 +1268,9 @@ fn memory(
         "per open stream: {:.1} KiB ((during max − idle) / {n}); all {n} open after {:.2} s; {} \
          still open at the end of the hold; gateway threads {}; usage events stored {events}",
         during_max.saturating_sub(rss_idle) as f64 / n as f64,
-        open_took.as_secs_f64(),
-        open_during,
-        threads.map_or("?".into(), |t| t.to_string()),
+        m.open_took.as_secs_f64(),
+        m.open_during,
+        m.threads.map_or("?".into(), |t| t.to_string()),
     );
     if estimator_loaded {
         println!(
@@ -1201,14 +1284,13 @@ fn memory(
              streams mid-way loads it, so the figures after the close include it"
         );
     }
-    if close.0 > 0 {
+    if m.close.0 > 0 {
         println!(
             "  {} streams failed; first: {}",
-            close.0,
-            close.1.unwrap_or_default()
+            m.close.0,
+            m.close.1.as_deref().unwrap_or_default()
         );
     }
-    Ok(())
 }
 
 /// With `--eventlog kafka`: the bootstrap servers of librdkafka's mock

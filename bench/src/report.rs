@@ -42,7 +42,7 @@ struct Run {
     notes: BTreeSet<String>,
 }
 
-const RSS_NO_ESTIMATE: &str = "before any estimate";
+const RSS_NO_ESTIMATE: &str = "no estimate yet";
 const RSS_ESTIMATOR: &str = "estimator loaded";
 
 fn parse(text: &str) -> Run {
@@ -103,14 +103,20 @@ fn parse_row(run: &mut Run, line: &str) {
 }
 
 type Figure = Box<dyn Fn(&Run) -> Option<f64>>;
+/// A target's text and its test on a value.
+type Target = (String, fn(f64) -> bool);
 
 /// A row of the table: how to read its figure from a run, and its target.
 struct Metric {
     name: String,
     unit: &'static str,
     figure: Figure,
-    /// (target text, test on a value)
-    target: Option<(String, fn(f64) -> bool)>,
+    /// Divide this side's median by the peer's median over every run of
+    /// both builds: the peer is the same program in all of them, so its
+    /// figure belongs to the machine, and a bench that predates the peer
+    /// still gets a ratio.
+    over_peer: Option<Figure>,
+    target: Option<Target>,
     /// Signed figures (added latency) change by a difference, others by %.
     signed: bool,
 }
@@ -135,6 +141,7 @@ fn plain(name: String, unit: &'static str, figure: Figure) -> Metric {
         name,
         unit,
         figure,
+        over_peer: None,
         target: None,
         signed: false,
     }
@@ -168,6 +175,7 @@ fn scenario_metrics(s: &str) -> Vec<Metric> {
                 name: format!("{s} {gateway} added p50"),
                 unit: "ms",
                 figure: added_p50(direct, gateway, s),
+                over_peer: None,
                 // The issue's latency target is for HTTP/1.1 clients.
                 target: if direct == "direct" {
                     added_target.clone()
@@ -183,11 +191,11 @@ fn scenario_metrics(s: &str) -> Vec<Metric> {
             rps("portkey", s),
         ));
         out.push(plain(format!("{s} portkey p50"), "ms", p50("portkey", s)));
-        let (g, p) = (rps("gateway", s), rps("portkey", s));
         out.push(Metric {
             name: format!("{s} tollgate ÷ portkey req/s"),
             unit: "×",
-            figure: Box::new(move |r: &Run| Some(g(r)? / p(r)?.max(1e-9))),
+            figure: rps("gateway", s),
+            over_peer: Some(rps("portkey", s)),
             target: s.ends_with("/c16").then(|| {
                 (
                     format!(">= {TARGET_PEER_RATIO_C16:.0}×"),
@@ -204,9 +212,10 @@ fn memory_metrics() -> Vec<Metric> {
     let mut out = Vec::new();
     for which in [RSS_NO_ESTIMATE, RSS_ESTIMATOR] {
         out.push(Metric {
-            name: format!("memory: max RSS, streams open, {which}"),
+            name: format!("RSS max, streams open, {which}"),
             unit: "MiB",
             figure: Box::new(move |r: &Run| r.rss.get(which).copied()),
+            over_peer: None,
             target: Some((format!("<= {TARGET_RSS_MIB:.1} (80 MB)"), |v| {
                 v <= TARGET_RSS_MIB
             })),
@@ -283,6 +292,10 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
         print_metric(&metric, &base, &cur);
     }
     println!(
+        "tollgate ÷ portkey: each build's median gateway req/s over Portkey's median req/s in \
+         all runs (Portkey is the same program in both)"
+    );
+    println!(
         "memory rows: gateway RSS with {streams} concurrent open streams (HTTP/1.1), max over the hold"
     );
     println!(
@@ -295,8 +308,13 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
 }
 
 fn print_metric(metric: &Metric, base: &[Run], cur: &[Run]) {
-    let b = median(base.iter().filter_map(&metric.figure).collect());
-    let c = median(cur.iter().filter_map(&metric.figure).collect());
+    let mut b = median(base.iter().filter_map(&metric.figure).collect());
+    let mut c = median(cur.iter().filter_map(&metric.figure).collect());
+    if let Some(peer) = &metric.over_peer {
+        let p = median(base.iter().chain(cur).filter_map(peer).collect());
+        let ratio = |v: Option<f64>| Some(v? / p?.max(1e-9));
+        (b, c) = (ratio(b), ratio(c));
+    }
     if b.is_none() && c.is_none() {
         return;
     }
