@@ -126,7 +126,7 @@ impl PeerChild {
             .process_group(0)
             .spawn()
             .with_context(|| format!("starting `{}`", command.describe()))?;
-        let peer = PeerChild {
+        let mut peer = PeerChild {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             log,
@@ -136,14 +136,14 @@ impl PeerChild {
         Ok(peer)
     }
 
-    fn wait_listening(&self, limit: Duration) -> anyhow::Result<()> {
+    fn wait_listening(&mut self, limit: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
                 return Ok(());
             }
-            if !Path::new(&format!("/proc/{}", self.pid())).exists() {
-                bail!("the peer exited at start: {}", self.log_tail());
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!("the peer exited at start ({status}): {}", self.log_tail());
             }
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -280,10 +280,10 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
         args.current_name
     );
     println!(
-        "{:<44} {:>6} {:>11} {:>11} {:>9}  {:>18}  verdict (base / cur)",
-        "metric", "unit", "baseline", "current", "change", "target"
+        "{:<44} {:>6} {:>11} {:>11} {:>9} {:>19}  {:>18}  verdict (base / cur)",
+        "metric", "unit", "baseline", "current", "change", "± (base / cur)", "target"
     );
-    println!("{}", "-".repeat(44 + 7 + 12 * 2 + 10 + 20 + 22));
+    println!("{}", "-".repeat(44 + 7 + 12 * 2 + 10 + 20 + 20 + 22));
     let metrics = scenarios
         .iter()
         .flat_map(|s| scenario_metrics(s))
@@ -291,6 +291,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     for metric in metrics {
         print_metric(&metric, &base, &cur);
     }
+    println!("±: half the range (max − min) of a build's runs, to tell a change from noise");
     println!(
         "tollgate ÷ portkey: each build's median gateway req/s over Portkey's median req/s in \
          all runs (Portkey is the same program in both)"
@@ -307,14 +308,27 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_metric(metric: &Metric, base: &[Run], cur: &[Run]) {
-    let mut b = median(base.iter().filter_map(&metric.figure).collect());
-    let mut c = median(cur.iter().filter_map(&metric.figure).collect());
-    if let Some(peer) = &metric.over_peer {
-        let p = median(base.iter().chain(cur).filter_map(peer).collect());
-        let ratio = |v: Option<f64>| Some(v? / p?.max(1e-9));
-        (b, c) = (ratio(b), ratio(c));
+/// Median and half the range (max − min) of one build's figures.
+fn side(metric: &Metric, runs: &[Run], peer: Option<f64>) -> Option<(f64, f64)> {
+    let mut values: Vec<f64> = runs.iter().filter_map(&metric.figure).collect();
+    if metric.over_peer.is_some() {
+        let peer = peer?.max(1e-9);
+        values.iter_mut().for_each(|v| *v /= peer);
     }
+    let (lo, hi) = values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
+    Some((median(values)?, (hi - lo) / 2.0))
+}
+
+fn print_metric(metric: &Metric, base: &[Run], cur: &[Run]) {
+    let peer = metric
+        .over_peer
+        .as_ref()
+        .and_then(|p| median(base.iter().chain(cur).filter_map(p).collect()));
+    let (b, c) = (side(metric, base, peer), side(metric, cur, peer));
     if b.is_none() && c.is_none() {
         return;
     }
@@ -323,8 +337,11 @@ fn print_metric(metric: &Metric, base: &[Run], cur: &[Run]) {
         "ms" => 3,
         _ => 1,
     };
-    let show = |v: Option<f64>| v.map_or("—".to_owned(), |v| format!("{v:.digits$}"));
-    let change = match (b, c) {
+    let show = |v: Option<(f64, f64)>| v.map_or("—".to_owned(), |(m, _)| format!("{m:.digits$}"));
+    let spread =
+        |v: Option<(f64, f64)>| v.map_or("—".to_owned(), |(_, h)| format!("±{h:.digits$}"));
+    let (bm, cm) = (b.map(|v| v.0), c.map(|v| v.0));
+    let change = match (bm, cm) {
         (Some(b), Some(c)) if metric.signed => format!("{:+.3}", c - b),
         (Some(b), Some(c)) if b.abs() > 1e-12 => format!("{:+.1}%", (c / b - 1.0) * 100.0),
         _ => String::new(),
@@ -332,17 +349,18 @@ fn print_metric(metric: &Metric, base: &[Run], cur: &[Run]) {
     let (target, verdicts) = match &metric.target {
         Some((text, ok)) => {
             let v = |x: Option<f64>| x.map_or("—", |x| if ok(x) { "met" } else { "MISSED" });
-            (text.clone(), format!("{} / {}", v(b), v(c)))
+            (text.clone(), format!("{} / {}", v(bm), v(cm)))
         }
         None => (String::new(), String::new()),
     };
     println!(
-        "{:<44} {:>6} {:>11} {:>11} {:>9}  {:>18}  {}",
+        "{:<44} {:>6} {:>11} {:>11} {:>9} {:>19}  {:>18}  {}",
         metric.name,
         metric.unit,
         show(b),
         show(c),
         change,
+        format!("{} / {}", spread(b), spread(c)),
         target,
         verdicts
     );
