@@ -354,13 +354,15 @@ fn load_phase(
     let targets = Targets::new(mock.addr(), &gateway, peer.as_ref().map(|p| p.addr))?;
     load_rt.block_on(sanity_check(&targets))?;
     // Optional routes that cannot run are reported, not fatal.
-    let skipped = load_rt.block_on(check_optional(&targets, &scenarios, peer_error));
+    let mut skipped = load_rt.block_on(check_optional(&targets, &scenarios, peer_error));
+    if scenarios.iter().any(|s| s.routes.contains(&Route::Portkey)) {
+        if let Err(err) = warm_peer(cli, load_rt, &targets) {
+            skipped.push((Route::Portkey, format!("warming Portkey failed: {err:#}")));
+        }
+    }
     for s in &mut scenarios {
         s.routes
             .retain(|r| !skipped.iter().any(|(skip, _)| skip == r));
-    }
-    if scenarios.iter().any(|s| s.routes.contains(&Route::Portkey)) {
-        warm_peer(cli, load_rt, &targets)?;
     }
     // A gateway that speaks HTTP/2 metered its probe too.
     let probes = SANITY_GATEWAY_PROBES
