@@ -283,15 +283,6 @@ struct UsageResponse {
     data: Vec<UsageGroup>,
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
-}
-
 async fn usage(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -303,7 +294,7 @@ async fn usage(
         param: None,
         message: message.to_owned(),
     };
-    let token = bearer(&headers)
+    let token = tollgate_core::secrets::request_token(&headers)
         .ok_or_else(|| unauthorized("send `Authorization: Bearer <access key or admin token>`"))?;
     let scope = state
         .auth
@@ -324,7 +315,8 @@ async fn usage(
         }
     };
     let data = state.store.query(&query).await.map_err(|err| {
-        tracing::warn!(error = %err, "usage query failed");
+        // A store's error can quote the query's filters (client text): escaped.
+        tracing::warn!(error = %tollgate_core::Escaped(&err.to_string()), "usage query failed");
         store_error(&err)
     })?;
     Ok(Json(UsageResponse {

@@ -349,7 +349,8 @@ impl Run {
                 }
                 Decoded::Other => {}
                 Decoded::Bad(reason) => {
-                    tracing::warn!(partition = record.partition, offset = record.offset, %reason, "skipping undecodable event");
+                    // Decode errors can quote the event's values (model names): escaped.
+                    tracing::warn!(partition = record.partition, offset = record.offset, reason = %tollgate_core::Escaped(&reason), "skipping undecodable event");
                     self.sink
                         .metrics
                         .events_skipped

@@ -1219,6 +1219,7 @@ fn registered_metrics() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for file in [
         "proxy/src/metrics.rs",
+        "proxy/src/edge.rs",
         "ledger/src/service.rs",
         "kafka/src/metrics.rs",
         "analytics/src/metrics.rs",

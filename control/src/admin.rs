@@ -33,12 +33,7 @@ impl AdminAuth {
     }
 
     pub fn authorized(&self, headers: &HeaderMap) -> bool {
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .unwrap_or("");
+        let presented = tollgate_core::secrets::request_token(headers).unwrap_or("");
         !presented.is_empty() && bool::from(digest(presented).ct_eq(&self.token_digest))
     }
 

@@ -4,6 +4,7 @@
 pub mod billing;
 pub mod catalog;
 pub mod control;
+pub mod escape;
 pub mod event;
 mod event_json;
 pub mod eventlog;
@@ -14,6 +15,7 @@ pub mod secrets;
 pub mod tokens;
 
 pub use catalog::{ApiSurface, Catalog, CatalogError, ModelSpec, Prices, ProviderSpec};
+pub use escape::Escaped;
 pub use event::{
     CredentialSource, Envelope, EventBody, UsageEnvelope, UsageEvent, ENVELOPE_VERSION,
 };

@@ -26,6 +26,32 @@ pub fn hash_access_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// The token a request presents, read from its headers only (so it is
+/// checked before any body byte is read): `Authorization: Bearer <token>`
+/// (OpenAI SDKs, curl) or `x-api-key: <token>` (Anthropic SDKs). Every API
+/// (gateway, credits, usage, admin) reads its token through this.
+pub fn request_token(headers: &http::HeaderMap) -> Option<&str> {
+    if let Some(value) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let value = value.trim();
+        let token = match value.split_once(' ') {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+            None if value.eq_ignore_ascii_case("bearer") => "",
+            _ => value,
+        };
+        if !token.is_empty() {
+            return Some(token);
+        }
+    }
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
 /// The displayable start of a token.
 pub fn display_prefix(token: &str) -> String {
     token.chars().take(DISPLAY_PREFIX_LEN).collect()
@@ -34,6 +60,28 @@ pub fn display_prefix(token: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_is_read_from_either_sdks_header() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(request_token(&headers), None);
+        headers.insert("x-api-key", http::HeaderValue::from_static(" tgk_b "));
+        assert_eq!(request_token(&headers), Some("tgk_b"));
+        headers.insert(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_static("BEARER tgk_a"),
+        );
+        assert_eq!(request_token(&headers), Some("tgk_a"));
+        headers.insert(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_static("Bearer  "),
+        );
+        assert_eq!(
+            request_token(&headers),
+            Some("tgk_b"),
+            "an empty bearer falls back"
+        );
+    }
 
     #[test]
     fn tokens_are_prefixed_unique_and_hash_stably() {

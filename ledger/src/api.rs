@@ -8,7 +8,7 @@ use crate::engine::{AccountState, LotSource};
 use crate::service::LedgerService;
 use crate::store::{self, StoredEntry};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -67,7 +67,7 @@ impl ApiError {
     }
 
     fn internal(message: String) -> ApiError {
-        tracing::error!(detail = %message, "credits API failure");
+        tracing::error!(detail = %tollgate_core::Escaped(&message), "credits API failure");
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             kind: "internal",
@@ -102,19 +102,8 @@ pub fn display(amount: Usd) -> String {
 }
 
 fn caller_account(api: &CreditsApi, headers: &HeaderMap) -> ApiResult<AccountId> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .or_else(|| {
-            headers
-                .get("x-api-key")
-                .and_then(|v| v.to_str().ok())
-                .map(str::trim)
-        })
-        .filter(|t| !t.is_empty())
-        .ok_or_else(ApiError::unauthorized)?;
+    let token =
+        tollgate_core::secrets::request_token(headers).ok_or_else(ApiError::unauthorized)?;
     api.control
         .snapshot()
         .key_by_hash(&hash_access_token(token))

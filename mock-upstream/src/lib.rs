@@ -1,6 +1,7 @@
 //! A scriptable fake upstream that speaks both the OpenAI chat-completions API and
 //! the Anthropic messages API on one HTTP/1.1 server, for gateway tests and
-//! benchmarks.
+//! benchmarks. With the `tls` feature, [`MockUpstream::start_tls`] serves the
+//! same API over HTTPS with HTTP/2 or HTTP/1.1 by ALPN.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -79,6 +80,8 @@ mod plan;
 mod rules;
 mod server;
 mod sse;
+#[cfg(feature = "tls")]
+mod tls;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -138,6 +141,9 @@ pub struct RecordedRequest {
     /// The body's bytes exactly as received (not part of the JSON form).
     #[serde(skip)]
     pub raw_body: Vec<u8>,
+    /// The HTTP version it came in, e.g. `HTTP/1.1` or `HTTP/2.0`.
+    #[serde(default)]
+    pub version: String,
 }
 
 impl RecordedRequest {
@@ -158,6 +164,8 @@ pub(crate) struct Inner {
     /// Source of the per-request number `N`.
     pub(crate) counter: AtomicU64,
     pub(crate) cancelled: AtomicUsize,
+    /// Connections accepted so far.
+    pub(crate) connections: AtomicUsize,
     /// Checked by streams on every frame (cheaper than polling the watch).
     pub(crate) shutdown: AtomicBool,
     pub(crate) shutdown_rx: watch::Receiver<bool>,
@@ -202,6 +210,8 @@ impl Inner {
 /// keep-alive connections, aborts running streams and cuts short pending delays.
 pub struct MockUpstream {
     addr: SocketAddr,
+    /// `http` or `https`.
+    scheme: &'static str,
     inner: Arc<Inner>,
     shutdown_tx: watch::Sender<bool>,
 }
@@ -225,25 +235,15 @@ impl MockUpstream {
     pub async fn start_with(options: MockOptions) -> std::io::Result<MockUpstream> {
         let listener = TcpListener::bind(options.bind).await?;
         let addr = listener.local_addr()?;
+        let (inner, shutdown_tx) = Self::state(&options);
+        let counted = inner.clone();
         // Small SSE frames and small responses must not wait for Nagle.
-        let listener = listener.tap_io(|tcp| {
+        let listener = listener.tap_io(move |tcp| {
             let _ = tcp.set_nodelay(true);
-        });
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let inner = Arc::new(Inner {
-            record: options.record,
-            default_content: Content::text(&options.reply),
-            chunk_delay: options.chunk_delay,
-            counter: AtomicU64::new(0),
-            cancelled: AtomicUsize::new(0),
-            shutdown: AtomicBool::new(false),
-            shutdown_rx: shutdown_rx.clone(),
-            requests: Mutex::new(Vec::new()),
-            rules: RwLock::new(Vec::new()),
-            has_rules: AtomicBool::new(false),
+            counted.connections.fetch_add(1, Ordering::Relaxed);
         });
         let app = server::router(inner.clone());
-        let mut signal = shutdown_rx;
+        let mut signal = inner.shutdown_rx.clone();
         tokio::spawn(async move {
             let shutdown = async move {
                 // Err means the sender is gone, which is a shutdown too.
@@ -255,9 +255,51 @@ impl MockUpstream {
         });
         Ok(MockUpstream {
             addr,
+            scheme: "http",
             inner,
             shutdown_tx,
         })
+    }
+
+    /// Starts serving HTTPS with the given certificate chain and key, offering
+    /// h2 and http/1.1 by ALPN (hyper-util's auto server); `base_url` is then
+    /// `https://127.0.0.1:PORT/v1`.
+    #[cfg(feature = "tls")]
+    pub async fn start_tls(
+        options: MockOptions,
+        cert_chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+        key: rustls::pki_types::PrivateKeyDer<'static>,
+    ) -> std::io::Result<MockUpstream> {
+        let acceptor = tls::acceptor(cert_chain, key)?;
+        let listener = TcpListener::bind(options.bind).await?;
+        let addr = listener.local_addr()?;
+        let (inner, shutdown_tx) = Self::state(&options);
+        let app = server::router(inner.clone());
+        tokio::spawn(tls::serve(listener, acceptor, app, inner.clone()));
+        Ok(MockUpstream {
+            addr,
+            scheme: "https",
+            inner,
+            shutdown_tx,
+        })
+    }
+
+    fn state(options: &MockOptions) -> (Arc<Inner>, watch::Sender<bool>) {
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            record: options.record,
+            default_content: Content::text(&options.reply),
+            chunk_delay: options.chunk_delay,
+            counter: AtomicU64::new(0),
+            cancelled: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
+            shutdown: AtomicBool::new(false),
+            shutdown_rx,
+            requests: Mutex::new(Vec::new()),
+            rules: RwLock::new(Vec::new()),
+            has_rules: AtomicBool::new(false),
+        });
+        (inner, shutdown_tx)
     }
 
     /// The bound socket address.
@@ -265,9 +307,14 @@ impl MockUpstream {
         self.addr
     }
 
-    /// `http://ADDR/v1`, the base URL for both APIs.
+    /// `http://ADDR/v1` (`https` when serving TLS), the base URL for both APIs.
     pub fn base_url(&self) -> String {
-        format!("http://{}/v1", self.addr)
+        format!("{}://{}/v1", self.scheme, self.addr)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.inner.connections.load(Ordering::Relaxed)
     }
 
     /// Recorded API requests in arrival order (empty when recording is off).

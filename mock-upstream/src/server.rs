@@ -166,6 +166,7 @@ async fn handle(inner: Arc<Inner>, api: Api, req: Request) -> Response {
                 .collect(),
             body: json,
             raw_body: bytes.to_vec(),
+            version: format!("{:?}", parts.version),
         };
         inner.requests.lock().push(recorded);
     }

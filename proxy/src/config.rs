@@ -4,15 +4,65 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use tollgate_core::ApiSurface;
 
+/// The listener's limits. Every one is applied before the bytes it guards
+/// are buffered; where the issue that set them gave no number, nginx's
+/// default is used (README, "Limits").
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Address the gateway listens on. Default 127.0.0.1:8080.
     pub listen: SocketAddr,
-    /// Largest accepted request body in bytes (413 beyond). Default 10 MiB.
+    /// Largest accepted request body in bytes (413 beyond; a declared
+    /// Content-Length over it is refused before any body byte is read). Default 10 MiB.
     pub max_body_bytes: usize,
+    /// Largest request head (request line and header fields), bytes; 431
+    /// beyond. Default 32 KiB (nginx: 4 buffers of 8 KiB).
+    pub max_head_bytes: usize,
+    /// Most header fields in a request head; 431 beyond. Default 100.
+    pub max_headers: usize,
+    /// A request head must arrive whole within this time; an idle
+    /// keep-alive connection is closed after it too. Default 60 s (nginx
+    /// `client_header_timeout`).
+    pub head_timeout_ms: u64,
+    /// A request body must arrive whole within this time after its head
+    /// (408 beyond). Default 60 s (nginx `client_body_timeout`).
+    pub body_timeout_ms: u64,
+    /// A response the client does not read for this long (a full socket,
+    /// or an HTTP/2 window it never opens) closes the connection.
+    /// Default 60 s (nginx `send_timeout`).
+    pub send_timeout_ms: u64,
+    /// An HTTP/2 connection with no request in flight is closed after this
+    /// long. Default 75 s (nginx `keepalive_timeout`).
+    pub idle_timeout_ms: u64,
+    /// Open client connections, process-wide (all listeners). Beyond it a
+    /// connection gets one 503 and is closed. Default 8192.
+    pub max_connections: usize,
+    /// Requests in flight, process-wide, counting every HTTP/2 stream and
+    /// every open streamed response; 503 with `retry-after` beyond. Default 8192.
+    pub max_requests: usize,
+    /// Request body bytes buffered at once, process-wide (HTTP/2 streams
+    /// included); a body that would pass it gets 503 with `retry-after`.
+    /// Default 256 MiB.
+    pub max_buffered_body_bytes: usize,
+    /// Concurrent streams one HTTP/2 connection may open. Default 128
+    /// (nginx `http2_max_concurrent_streams`).
+    pub h2_max_concurrent_streams: u32,
+    /// On SIGTERM, in-flight requests may finish for this long; then
+    /// streams are cut (and billed for what was sent). Default 30 s.
+    pub shutdown_grace_ms: u64,
+    /// Serve TLS on this listener (HTTP/2 and HTTP/1.1 by ALPN). Default: off.
+    pub tls: Option<TlsConfig>,
+}
+
+/// Certificate chain and private key, PEM files.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -20,6 +70,62 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 10 * 1024 * 1024,
+            max_head_bytes: 32 * 1024,
+            max_headers: 100,
+            head_timeout_ms: 60_000,
+            body_timeout_ms: 60_000,
+            send_timeout_ms: 60_000,
+            idle_timeout_ms: 75_000,
+            max_connections: 8192,
+            max_requests: 8192,
+            max_buffered_body_bytes: 256 * 1024 * 1024,
+            h2_max_concurrent_streams: 128,
+            shutdown_grace_ms: 30_000,
+            tls: None,
+        }
+    }
+}
+
+impl ServerConfig {
+    fn problems(&self, problems: &mut Vec<String>) {
+        for (field, value) in [
+            ("server.max_body_bytes", self.max_body_bytes as u64),
+            ("server.max_headers", self.max_headers as u64),
+            ("server.head_timeout_ms", self.head_timeout_ms),
+            ("server.body_timeout_ms", self.body_timeout_ms),
+            ("server.send_timeout_ms", self.send_timeout_ms),
+            ("server.idle_timeout_ms", self.idle_timeout_ms),
+            ("server.max_connections", self.max_connections as u64),
+            ("server.max_requests", self.max_requests as u64),
+            (
+                "server.max_buffered_body_bytes",
+                self.max_buffered_body_bytes as u64,
+            ),
+            (
+                "server.h2_max_concurrent_streams",
+                u64::from(self.h2_max_concurrent_streams),
+            ),
+        ] {
+            if value == 0 {
+                problems.push(format!("{field}: must be greater than 0"));
+            }
+        }
+        // hyper's smallest read buffer.
+        if self.max_head_bytes < 8192 {
+            problems.push("server.max_head_bytes: must be at least 8192".into());
+        }
+        if let Some(tls) = &self.tls {
+            for (field, path) in [
+                ("server.tls.cert_file", &tls.cert_file),
+                ("server.tls.key_file", &tls.key_file),
+            ] {
+                if !path.is_file() {
+                    problems.push(format!(
+                        "{field}: {} is not a readable file",
+                        path.display()
+                    ));
+                }
+            }
         }
     }
 }
@@ -34,7 +140,9 @@ pub struct RoutingConfig {
     pub attempt_timeout_ms: u64,
     /// TCP connect timeout per attempt. Default 5 s.
     pub connect_timeout_ms: u64,
-    /// Per-attempt wait for a non-streamed upstream body. Default 300 s.
+    /// Per-attempt wait for a non-streamed upstream body, and the longest
+    /// wait for the next piece of a body once it has started (a stream that
+    /// stalls this long ends with an error event). Default 300 s.
     pub read_timeout_ms: u64,
 }
 
@@ -46,6 +154,63 @@ impl Default for RoutingConfig {
             connect_timeout_ms: 5_000,
             read_timeout_ms: 300_000,
         }
+    }
+}
+
+/// The upstream HTTP client (`[upstream]`): egress proxy, extra trust
+/// roots, connection pool.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Egress proxy for every upstream, e.g. `http://user:pass@proxy:3128`
+    /// (http only; HTTPS upstreams through a CONNECT tunnel, plain-http ones
+    /// in absolute form). Wins over `HTTPS_PROXY`/`HTTP_PROXY` (and their
+    /// lowercase forms), which apply when unset. Default unset.
+    pub proxy_url: Option<String>,
+    /// Hosts reached directly, not through the proxy: names (matching
+    /// subdomains too), IPs, CIDR ranges, or `*`. Replaces `NO_PROXY` /
+    /// `no_proxy`, which applies when unset. Default unset.
+    pub no_proxy: Option<Vec<String>>,
+    /// PEM files of extra CA certificates trusted for upstream TLS, added to
+    /// the built-in webpki roots (private upstreams, TLS test mocks). Default none.
+    pub ca_files: Vec<PathBuf>,
+    /// Most idle keep-alive connections kept per upstream origin. Default 1024.
+    pub pool_max_idle_per_host: usize,
+    /// How long an idle upstream connection is kept for reuse. Default 90 s.
+    pub pool_idle_timeout_ms: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            proxy_url: None,
+            no_proxy: None,
+            ca_files: Vec::new(),
+            pool_max_idle_per_host: 1024,
+            pool_idle_timeout_ms: 90_000,
+        }
+    }
+}
+
+impl UpstreamConfig {
+    /// Every problem with the section, each naming its field (the CA files
+    /// are read and parsed here, so a bad path is reported at startup).
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(url) = &self.proxy_url {
+            if let Err(why) = crate::upstream::parse_proxy_url(url) {
+                problems.push(format!("upstream.proxy_url: {why}"));
+            }
+        }
+        for (i, path) in self.ca_files.iter().enumerate() {
+            if let Err(why) = crate::upstream::load_ca_file(path) {
+                problems.push(format!("upstream.ca_files[{i}]: {why}"));
+            }
+        }
+        if self.pool_idle_timeout_ms == 0 {
+            problems.push("upstream.pool_idle_timeout_ms: must be greater than 0".into());
+        }
+        problems
     }
 }
 
@@ -103,15 +268,14 @@ pub struct ProxyConfig {
     pub providers: BTreeMap<String, ProviderSettings>,
     pub custom_providers: Vec<CustomProviderConfig>,
     pub billing: BillingConfig,
+    pub upstream: UpstreamConfig,
 }
 
 impl ProxyConfig {
     /// Every configuration problem, each naming its field.
     pub fn problems(&self, known_providers: &[&str]) -> Vec<String> {
         let mut problems = Vec::new();
-        if self.server.max_body_bytes == 0 {
-            problems.push("server.max_body_bytes: must be greater than 0".into());
-        }
+        self.server.problems(&mut problems);
         for (field, value) in [
             ("routing.total_timeout_ms", self.routing.total_timeout_ms),
             (
@@ -128,6 +292,7 @@ impl ProxyConfig {
                 problems.push(format!("{field}: must be greater than 0"));
             }
         }
+        problems.extend(self.upstream.problems());
         for (id, settings) in &self.providers {
             if !known_providers.contains(&id.as_str()) {
                 problems.push(format!(

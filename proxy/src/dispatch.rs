@@ -1,12 +1,14 @@
 //! Request handling shared by both client APIs: authenticate, parse,
 //! resolve candidates, try them in order with failover, and answer.
 
+use crate::edge;
 use crate::error::ProxyError;
 use crate::gateway::{Caller, Candidate, Credential, Gateway};
 use crate::meter::RequestMeter;
 use crate::relay::Relay;
 use crate::upstream::{self, UpstreamRequest, UpstreamStream};
 use axum::body::Body;
+use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -18,7 +20,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_core::pricing::cost_for;
-use tollgate_core::{ApiSurface, CredentialSource, TokenCounts, Usd};
+use tollgate_core::{ApiSurface, CredentialSource, Escaped, TokenCounts, Usd};
 use tollgate_translate::{request as tr_request, response as tr_response, usage as tr_usage};
 
 const ANTHROPIC_VERSION_DEFAULT: &str = "2023-06-01";
@@ -35,37 +37,18 @@ pub const HEADER_COST_FEE: &str = "x-tollgate-cost-fee";
 pub const HEADER_COST_UPSTREAM: &str = "x-tollgate-cost-upstream";
 pub const HEADER_COST_TOTAL: &str = "x-tollgate-cost-total";
 
-/// The access key from `Authorization: Bearer` (OpenAI SDKs) or `x-api-key` (Anthropic SDKs).
+/// The access key, from the headers (`tollgate_core::secrets::request_token`).
 pub fn extract_token(headers: &HeaderMap) -> Option<&str> {
-    if let Some(value) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        let value = value.trim();
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .unwrap_or(value)
-            .trim();
-        if !token.is_empty() {
-            return Some(token);
-        }
-    }
-    headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+    tollgate_core::secrets::request_token(headers)
 }
 
-/// Entry point for `/v1/chat/completions` (OpenAI) and `/v1/messages` (Anthropic).
-pub async fn handle(
-    gateway: Arc<Gateway>,
-    api: ApiSurface,
-    headers: HeaderMap,
-    body: Result<Bytes, ProxyError>,
-) -> Response {
+/// Entry point for `/v1/chat/completions` (OpenAI) and `/v1/messages`
+/// (Anthropic). The key is checked from the headers before any body byte is
+/// read: a refused request's body is never buffered (the edge drains it).
+pub async fn handle(gateway: Arc<Gateway>, api: ApiSurface, request: Request) -> Response {
     let started = Instant::now();
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
     let caller = match extract_token(&headers)
         .ok_or(ProxyError::MissingKey)
         .and_then(|token| gateway.authenticate(token))
@@ -89,6 +72,7 @@ pub async fn handle(
         caller.key_id.clone(),
         api,
     );
+    let body = edge::read_body(body, gateway.config.server.max_body_bytes).await;
     match run(&gateway, &caller, api, &headers, body, &mut meter, started).await {
         Ok(Outcome::Complete(mut response)) => {
             add_trace_headers(&mut response, &meter);
@@ -722,6 +706,8 @@ async fn run(
                         .upstream_attempts
                         .with_label_values(&[provider_id, "ok"])
                         .inc();
+                    // The cost headers need the count: made off the workers.
+                    meter.estimate_off_runtime(200).await;
                     meter.finish(200, None, false);
                     return Ok(Outcome::Complete(response));
                 }
@@ -745,7 +731,8 @@ async fn run(
             return Err(ProxyError::NoCredentials { provider });
         }
     }
-    tracing::warn!(attempts = meter.attempts, last_error = %last_error, "all upstream attempts failed");
+    // Model names and upstream error texts are others' text: escaped.
+    tracing::warn!(attempts = meter.attempts, last_error = %Escaped(&last_error), "all upstream attempts failed");
     let attempts = meter.attempts;
     Err(if timed_out {
         ProxyError::UpstreamTimeout {
@@ -826,10 +813,12 @@ fn complete_response(
         ApiSurface::Anthropic => value.get("usage").and_then(tr_usage::anthropic_usage),
     };
     if reported.is_none_or(|r| r.is_zero()) {
-        meter.output_text = match provider_api {
+        let mut text = crate::tokenize::TextWindow::output();
+        text.push_str(&match provider_api {
             ApiSurface::Openai => tr_usage::openai_response_text(&value),
             ApiSurface::Anthropic => tr_usage::anthropic_response_text(&value),
-        };
+        });
+        meter.output_text = text;
     }
     meter.reported = reported;
     let body = if api == provider_api {

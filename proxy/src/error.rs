@@ -4,7 +4,7 @@
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use tollgate_core::ApiSurface;
+use tollgate_core::{ApiSurface, Escaped};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -42,6 +42,13 @@ pub enum ProxyError {
     UpstreamFailed { attempts: u32, last: String },
     #[error("upstream timed out after {attempts} attempt(s); last error: {last}")]
     UpstreamTimeout { attempts: u32, last: String },
+    #[error("the request body did not arrive within {timeout_ms} ms")]
+    BodyTimeout { timeout_ms: u64 },
+    #[error("the gateway is at its limit of {limit}; retry after {retry_after_secs} s")]
+    Overloaded {
+        limit: &'static str,
+        retry_after_secs: u64,
+    },
     #[error("internal error")]
     Internal(String),
 }
@@ -68,6 +75,8 @@ impl ProxyError {
             | ProxyError::ProviderUnknown { .. }
             | ProxyError::NoCredentials { .. } => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ProviderNotAllowed { .. }
             | ProxyError::ModelNotAllowed { .. }
             | ProxyError::PassthroughNotAllowed { .. } => StatusCode::FORBIDDEN,
@@ -87,6 +96,8 @@ impl ProxyError {
             ProxyError::InvalidKey => "invalid_key",
             ProxyError::InvalidRequest { .. } => "invalid_request",
             ProxyError::BodyTooLarge { .. } => "body_too_large",
+            ProxyError::BodyTimeout { .. } => "body_timeout",
+            ProxyError::Overloaded { .. } => "overloaded",
             ProxyError::ModelUnknown { .. } => "model_unknown",
             ProxyError::ProviderUnknown { .. } => "provider_unknown",
             ProxyError::NoCredentials { .. } => "no_credentials",
@@ -110,6 +121,8 @@ impl ProxyError {
                 ("invalid_request_error", Some("model_not_found"))
             }
             ProxyError::BodyTooLarge { .. } => ("invalid_request_error", Some("request_too_large")),
+            ProxyError::BodyTimeout { .. } => ("invalid_request_error", Some("request_timeout")),
+            ProxyError::Overloaded { .. } => ("server_error", Some("overloaded")),
             ProxyError::ProviderNotAllowed { .. } => {
                 ("permission_error", Some("provider_not_allowed"))
             }
@@ -135,6 +148,8 @@ impl ProxyError {
             ProxyError::MissingKey | ProxyError::InvalidKey => "authentication_error",
             ProxyError::ModelUnknown { .. } => "not_found_error",
             ProxyError::BodyTooLarge { .. } => "request_too_large",
+            ProxyError::BodyTimeout { .. } => "invalid_request_error",
+            ProxyError::Overloaded { .. } => "overloaded_error",
             ProxyError::ProviderNotAllowed { .. }
             | ProxyError::ModelNotAllowed { .. }
             | ProxyError::PassthroughNotAllowed { .. } => "permission_error",
@@ -174,11 +189,14 @@ impl ProxyError {
     pub fn into_response_for(self, api: ApiSurface) -> Response {
         if let ProxyError::Internal(detail) = &self {
             // Detail stays in the log; the client gets a generic message.
-            tracing::error!(detail = %detail, "internal error");
+            tracing::error!(detail = %Escaped(detail), "internal error");
         }
         let status = self.status();
         let retry_after = match &self {
             ProxyError::RateLimited {
+                retry_after_secs, ..
+            }
+            | ProxyError::Overloaded {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
             _ => None,

@@ -253,9 +253,8 @@ impl Gateway {
             return Err(InitError::Config(problems));
         }
 
-        let client =
-            crate::upstream::client(Duration::from_millis(config.routing.connect_timeout_ms))
-                .map_err(InitError::HttpClient)?;
+        let client = crate::upstream::client(&config.routing, &config.upstream)
+            .map_err(InitError::HttpClient)?;
 
         let instance_id = format!("gw_{}", uuid::Uuid::now_v7().simple());
         let admission = Arc::new(Admission::new(config.billing.enforce, instance_id.clone()));

@@ -1,12 +1,13 @@
-//! Tollgate's HTTP gateway. `router` builds the whole axum app;
-//! `serve` runs it with TCP_NODELAY on every accepted socket.
+//! Tollgate's HTTP gateway. `router` builds the whole axum app; `serve*`
+//! runs it on hyper under the edge's limits (`edge`).
 
 pub mod admission;
 pub mod config;
 pub mod dispatch;
+pub mod edge;
 pub mod error;
+pub mod estimate;
 pub mod gateway;
-mod http1;
 pub mod meter;
 pub mod metrics;
 pub mod ratelimit;
@@ -17,7 +18,8 @@ pub mod tokenize;
 mod upstream;
 
 pub use config::ProxyConfig;
+pub use edge::Edge;
 pub use error::ProxyError;
 pub use gateway::{Caller, Gateway, InitError};
 pub use routes::router;
-pub use server::{serve, serve_gateway, serve_with, ServeOptions};
+pub use server::{serve, serve_gateway, serve_with, tls_acceptor, ServeOptions, TlsError};

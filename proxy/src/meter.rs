@@ -3,7 +3,7 @@
 //! or client disconnect) and updates metrics.
 
 use crate::gateway::{Candidate, Credential, Gateway};
-use crate::tokenize::estimate_tokens;
+use crate::tokenize::{estimate_tokens, TextWindow};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -49,8 +49,11 @@ pub struct RequestMeter {
     /// The client's request body, kept (in memory only) for a token
     /// estimate if the upstream never reports usage; parsed only then.
     request: Option<Bytes>,
-    /// Generated text seen so far, for the same fallback. Never stored.
-    pub output_text: String,
+    /// Generated text seen so far, for the same fallback: its first
+    /// `OUTPUT_WINDOW_BYTES` and the length of the rest. Never stored.
+    pub output_text: TextWindow,
+    /// Counts estimated ahead of `finish`, off the runtime's workers.
+    estimated: Option<TokenCounts>,
     /// The key's limits, charged with the tokens used when the request ends.
     pub rate_limits: RateLimits,
     /// What the request costs, once it ended (the ledger debits exactly this).
@@ -94,7 +97,8 @@ impl RequestMeter {
             reported: None,
             partial_input: None,
             request: None,
-            output_text: String::new(),
+            output_text: TextWindow::output(),
+            estimated: None,
             rate_limits: RateLimits::default(),
             cost: None,
             finished: false,
@@ -148,48 +152,49 @@ impl RequestMeter {
     /// Token counts to bill: reported usage when present and plausible;
     /// otherwise a local estimate when anything was generated or succeeded.
     fn tokens(&self, status: u16) -> (TokenCounts, bool) {
-        if let Some(reported) = self.reported {
-            // A reported zero with generated text is an upstream bug, not free usage.
-            if !reported.is_zero() || self.output_text.is_empty() {
-                return (reported, false);
-            }
+        if !self.needs_estimate(status) {
+            // Usage reported (and plausible), or a failure that generated nothing.
+            return (self.reported.unwrap_or_default(), false);
         }
-        let succeeded = (200..300).contains(&status);
-        if !succeeded && self.output_text.is_empty() {
-            return (TokenCounts::default(), false);
-        }
-        let model = self
-            .model_served
-            .as_deref()
-            .unwrap_or(self.model_requested.as_str());
-        if let Some(partial) = self.partial_input.filter(|p| p.total_input() > 0) {
-            let counts = TokenCounts {
-                output: estimate_tokens(model, &self.output_text),
-                ..partial
-            };
-            return (counts, true);
-        }
-        let request = self
-            .request
-            .as_ref()
-            .and_then(|raw| serde_json::from_slice::<Value>(raw).ok());
-        let input_text = match (&request, self.client_api) {
-            (Some(req), ApiSurface::Openai) => tollgate_translate::usage::openai_request_text(req),
-            (Some(req), ApiSurface::Anthropic) => {
-                tollgate_translate::usage::anthropic_request_text(req)
-            }
-            (None, _) => String::new(),
-        };
-        let counts = TokenCounts {
-            input: estimate_tokens(model, &input_text),
-            output: estimate_tokens(model, &self.output_text),
-            ..TokenCounts::default()
-        };
+        let counts = self.estimated.unwrap_or_else(|| {
+            estimate_counts(
+                self.estimate_model(),
+                self.client_api,
+                self.request.as_ref(),
+                self.partial_input,
+                &self.output_text,
+            )
+        });
         (counts, true)
     }
 
+    fn estimate_model(&self) -> &str {
+        self.model_served
+            .as_deref()
+            .unwrap_or(self.model_requested.as_str())
+    }
+
+    /// Count the tokens of a local estimate on an estimate thread (waiting
+    /// asynchronously for one), if ending with `status` will need one;
+    /// `finish` then uses them. For a non-streamed answer, whose cost
+    /// headers need the count before the response goes out.
+    pub async fn estimate_off_runtime(&mut self, status: u16) {
+        if self.estimated.is_some() || !self.needs_estimate(status) {
+            return;
+        }
+        // Copies (the body is shared, the output is at most its window):
+        // if the request is dropped meanwhile, its meter still has them.
+        let model = self.estimate_model().to_owned();
+        let (api, request, partial) = (self.client_api, self.request.clone(), self.partial_input);
+        let output = self.output_text.clone();
+        self.estimated = crate::estimate::run(move || {
+            estimate_counts(&model, api, request.as_ref(), partial, &output)
+        })
+        .await;
+    }
+
     /// Whether ending now would need a local token estimate.
-    fn needs_estimate(&self, status: u16) -> bool {
+    pub fn needs_estimate(&self, status: u16) -> bool {
         let reported_ok = self
             .reported
             .is_some_and(|r| !r.is_zero() || self.output_text.is_empty());
@@ -224,6 +229,7 @@ impl RequestMeter {
             partial_input: self.partial_input,
             request: self.request.take(),
             output_text: std::mem::take(&mut self.output_text),
+            estimated: self.estimated.take(),
             rate_limits: self.rate_limits,
             cost: None,
             finished: false,
@@ -231,30 +237,21 @@ impl RequestMeter {
     }
 
     /// Emit the request's one usage event. Idempotent: later calls do nothing.
+    /// When that needs a token estimate not made yet, the meter moves to an
+    /// estimate thread, which emits the event (nobody waits on it: a
+    /// stream's end, a disconnect, an error).
     pub fn finish(&mut self, status: u16, error_kind: Option<&str>, client_disconnected: bool) {
         if self.finished {
             return;
         }
-        if client_disconnected && self.needs_estimate(status) {
-            // Counting tokens may load an encoding (~100 ms the first time):
-            // keep it off the runtime's workers. Nobody waits on this path.
-            if tokio::runtime::Handle::try_current().is_ok() {
-                let detached = self.detach();
-                let job = DeferredFinish {
-                    meter: detached,
-                    status,
-                    error_kind: error_kind.map(str::to_owned),
-                };
-                match deferred_finisher().send(job) {
-                    Ok(()) => return,
-                    // The finisher thread is gone: finish here after all.
-                    Err(std::sync::mpsc::SendError(mut job)) => {
-                        job.meter
-                            .finish_now(status, job.error_kind.as_deref(), true);
-                        return;
-                    }
-                }
-            }
+        if self.estimated.is_none() && self.needs_estimate(status) {
+            crate::estimate::spawn_finish(DeferredFinish {
+                meter: Some(self.detach()),
+                status,
+                error_kind: error_kind.map(str::to_owned),
+                client_disconnected,
+            });
+            return;
         }
         self.finish_now(status, error_kind, client_disconnected);
     }
@@ -330,7 +327,7 @@ impl RequestMeter {
             instance_id: Some(self.gateway.instance_id.clone()),
             instance_seq: None,
         };
-        self.output_text = String::new();
+        self.output_text = TextWindow::default();
         self.request = None;
         let reservation = self.reserved.then_some(self.request_seq);
         emit_after_poll(&self.gateway, event, reservation);
@@ -391,33 +388,69 @@ fn emit_after_poll(gateway: &Arc<Gateway>, event: UsageEvent, reservation: Optio
     }
 }
 
-/// A disconnect whose token estimate runs off the request path.
-struct DeferredFinish {
-    meter: RequestMeter,
-    status: u16,
-    error_kind: Option<String>,
+/// Token counts of a local estimate: the prompt's text (from the client's
+/// body) and the output's, or only the output when the upstream reported
+/// the input side before the stream broke off.
+fn estimate_counts(
+    model: &str,
+    api: ApiSurface,
+    request: Option<&Bytes>,
+    partial_input: Option<TokenCounts>,
+    output: &TextWindow,
+) -> TokenCounts {
+    if let Some(partial) = partial_input.filter(|p| p.total_input() > 0) {
+        return TokenCounts {
+            output: output.estimate(model),
+            ..partial
+        };
+    }
+    let request = request.and_then(|raw| serde_json::from_slice::<Value>(raw).ok());
+    let input_text = match (&request, api) {
+        (Some(req), ApiSurface::Openai) => tollgate_translate::usage::openai_request_text(req),
+        (Some(req), ApiSurface::Anthropic) => {
+            tollgate_translate::usage::anthropic_request_text(req)
+        }
+        (None, _) => String::new(),
+    };
+    TokenCounts {
+        input: estimate_tokens(model, &input_text),
+        output: output.estimate(model),
+        ..TokenCounts::default()
+    }
 }
 
-/// One thread does every deferred estimate: a burst of disconnects costs one
-/// thread (and one tokenizer load), not one blocking thread each.
-fn deferred_finisher() -> &'static std::sync::mpsc::Sender<DeferredFinish> {
-    static SENDER: std::sync::OnceLock<std::sync::mpsc::Sender<DeferredFinish>> =
-        std::sync::OnceLock::new();
-    SENDER.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel::<DeferredFinish>();
-        let spawned = std::thread::Builder::new()
-            .name("tollgate-usage-estimates".into())
-            .spawn(move || {
-                for mut job in rx {
-                    job.meter
-                        .finish_now(job.status, job.error_kind.as_deref(), true);
-                }
-            });
-        if let Err(err) = spawned {
-            tracing::error!(error = %err, "cannot start the usage-estimate thread");
+/// A request's end whose token estimate runs on an estimate thread.
+struct DeferredFinish {
+    meter: Option<RequestMeter>,
+    status: u16,
+    error_kind: Option<String>,
+    client_disconnected: bool,
+}
+
+impl crate::estimate::Finish for DeferredFinish {
+    fn finish(mut self) {
+        self.finish_here();
+    }
+}
+
+impl DeferredFinish {
+    fn finish_here(&mut self) {
+        if let Some(mut meter) = self.meter.take() {
+            meter.finish_now(
+                self.status,
+                self.error_kind.as_deref(),
+                self.client_disconnected,
+            );
         }
-        tx
-    })
+    }
+}
+
+impl Drop for DeferredFinish {
+    fn drop(&mut self) {
+        // Dropped before an estimate thread took it (the runtime is
+        // shutting down): the event is still emitted, from here.
+        self.finish_here();
+    }
 }
 
 impl Drop for RequestMeter {

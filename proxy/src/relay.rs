@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use std::borrow::Cow;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tollgate_core::ApiSurface;
+use tollgate_core::{ApiSurface, Escaped};
 use tollgate_translate::sse::{encode_event, SseDecoder, SseEvent};
 use tollgate_translate::stream::{AnthropicToOpenAiStream, OpenAiToAnthropicStream};
 use tollgate_translate::usage::{self as tr_usage, AnthropicStreamUsage};
@@ -191,7 +191,9 @@ impl Relay {
         if let Some(usage) = tr_usage::openai_chunk_usage(&chunk) {
             self.meter.reported = Some(usage);
         }
-        tr_usage::openai_chunk_text(&chunk, &mut self.meter.output_text);
+        let mut text = String::new();
+        tr_usage::openai_chunk_text(&chunk, &mut text);
+        self.meter.output_text.push_str(&text);
         match &mut self.mode {
             Mode::OpenAiPassthrough { client_wants_usage } => {
                 let has_usage = chunk.get("usage").is_some_and(Value::is_object);
@@ -290,7 +292,9 @@ impl Relay {
         }
         {
             self.anthropic_usage.observe(&event_type, data);
-            tr_usage::anthropic_event_text(&event_type, data, &mut self.meter.output_text);
+            let mut text = String::new();
+            tr_usage::anthropic_event_text(&event_type, data, &mut text);
+            self.meter.output_text.push_str(&text);
             if event_type == "message_delta" && data.get("usage").is_some() {
                 // message_delta carries the final cumulative counts.
                 self.meter.reported = self.anthropic_usage.counts();
@@ -380,7 +384,8 @@ impl Relay {
 
     /// The upstream broke mid-stream: tell the client in its API's error shape.
     fn fail(&mut self, why: &str) {
-        tracing::warn!(error = why, "upstream stream failed mid-way");
+        // The reason may quote what the upstream sent: escaped.
+        tracing::warn!(error = %Escaped(why), "upstream stream failed mid-way");
         let message = "the upstream stream ended with an error";
         let bytes = match self.client_api {
             ApiSurface::Openai => encode_event(

@@ -1,13 +1,14 @@
 //! The composition root of the HTTP app. Layer order (outermost first):
-//! body-size limit → handlers. Handlers read `Arc<Gateway>` state; auth,
-//! metering and failover happen inside `dispatch::handle`, so a request
-//! never goes through more than one layer of middleware.
+//! the edge's limits (`crate::server`, `crate::edge`: connection, request
+//! and buffered-byte caps, declared length, deadlines) → body-size limit →
+//! handlers. Handlers read `Arc<Gateway>` state; auth, metering and
+//! failover happen inside `dispatch::handle`, which checks the key before
+//! reading the body.
 
 use crate::dispatch::{extract_token, handle};
 use crate::error::ProxyError;
 use crate::gateway::Gateway;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,13 +23,13 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route(
             "/v1/chat/completions",
             post(|State(gw): State<Arc<Gateway>>, request: Request| {
-                handle_request(gw, ApiSurface::Openai, request)
+                handle(gw, ApiSurface::Openai, request)
             }),
         )
         .route(
             "/v1/messages",
             post(|State(gw): State<Arc<Gateway>>, request: Request| {
-                handle_request(gw, ApiSurface::Anthropic, request)
+                handle(gw, ApiSurface::Anthropic, request)
             }),
         )
         .route("/v1/models", get(list_models))
@@ -53,28 +54,6 @@ pub(crate) fn proxied_api(method: &http::Method, path: &str) -> Option<ApiSurfac
         "/v1/messages" => Some(ApiSurface::Anthropic),
         _ => None,
     }
-}
-
-/// The headers are moved out of the request, not copied (axum's
-/// `HeaderMap` extractor clones them); the body is read under the same
-/// size limit as the `Bytes` extractor applies.
-async fn handle_request(gateway: Arc<Gateway>, api: ApiSurface, request: Request) -> Response {
-    let (mut parts, body) = request.into_parts();
-    let headers = std::mem::take(&mut parts.headers);
-    let limit = gateway.config.server.max_body_bytes;
-    let body = Bytes::from_request(Request::from_parts(parts, body), &())
-        .await
-        .map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ProxyError::BodyTooLarge { limit_bytes: limit }
-            } else {
-                ProxyError::invalid(format!(
-                    "cannot read request body: {}",
-                    rejection.body_text()
-                ))
-            }
-        });
-    handle(gateway, api, headers, body).await
 }
 
 async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {

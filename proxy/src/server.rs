@@ -1,110 +1,128 @@
-//! The HTTP/1.1 server: one task per client connection reads a request
-//! head and its whole body, hands the request to the axum router (or, for
-//! the proxied routes under `serve_gateway`, straight to the gateway's
-//! handler), and writes the response — with a Content-Length when the
-//! body's size is known, otherwise chunked, each chunk as soon as the
-//! handler produces it.
+//! Every listener (gateway, admin, ledger, analytics) is served here, by
+//! hyper: hyper-util's auto server speaks HTTP/1.1 and HTTP/2 (cleartext
+//! with prior knowledge, or over TLS by ALPN). What hyper does not bound
+//! on its own, `crate::edge` does: caps on connections, requests and
+//! buffered bytes, body deadlines, the send watchdog and lingering close.
 //!
-//! Why our own and not hyper's: requests to the gateway are JSON bodies that
-//! are read whole before anything else happens, so hyper's per-request body
-//! channel and dispatch state machine were pure overhead, and it kept two
-//! 8 KiB buffers for each connection's whole life. Here a connection is its
-//! socket, one read buffer and one write buffer sized to what it carried.
-//!
-//! While a handler runs or a response streams, the socket is watched: a
-//! client that goes away (EOF or reset) drops the handler's future, which
-//! cancels the upstream call.
+//! The gateway's two proxied routes (`routes::proxied_api`) skip the
+//! router when served by `serve_gateway`: their handler authenticates from
+//! the headers before it reads the body.
 
+use crate::config::{ServerConfig, TlsConfig};
+use crate::edge::{
+    declared_length, error_shape, ConnectionSlot, ConnectionWatch, Edge, EdgeBody, GuardedBody,
+    Limit, RequestState, Verdict,
+};
 use crate::error::ProxyError;
 use crate::gateway::Gateway;
-use crate::http1::{self, BodyFraming, Decoded, RequestHead, RequestHeadError, ResponseFraming};
 use crate::{dispatch, routes};
-use axum::body::Body;
+use axum::response::Response;
 use axum::Router;
-use bytes::{BufMut, Bytes, BytesMut};
-use futures::future::Either;
-use http::{Method, Request, StatusCode, Version};
-use hyper::body::Body as _;
-use std::future::{poll_fn, Future};
-use std::io::{self, IoSlice};
-use std::pin::{pin, Pin};
+use http::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tower_service::Service;
 
-/// How the server treats requests.
-#[derive(Clone, Copy, Debug)]
+/// Connections past `max_connections` get one 503 each; past this many at
+/// once, they are closed without a word.
+const MAX_REFUSING_CONNECTIONS: usize = 64;
+
+/// How a listener is served.
+#[derive(Clone)]
 pub struct ServeOptions {
-    /// Largest request body read. A larger one reaches the app as a body
-    /// whose first read fails with a length-limit error (axum's extractors
-    /// answer 413), and the connection closes after the response.
-    pub max_body_bytes: usize,
-    /// A request head, and each read of a body, must arrive within this
-    /// time: a keep-alive connection idle this long is closed (SDK pools
-    /// drop theirs after a few seconds) and a slow client cannot hold a
-    /// socket.
-    pub read_timeout: Duration,
+    /// The process's limits, shared by its listeners.
+    pub edge: Arc<Edge>,
+    /// TLS (HTTP/2 and HTTP/1.1 by ALPN) when set.
+    pub tls: Option<TlsAcceptor>,
 }
 
-impl Default for ServeOptions {
-    /// axum's default body limit, and a 30 s read timeout.
-    fn default() -> Self {
-        ServeOptions {
-            max_body_bytes: 2 * 1024 * 1024,
-            read_timeout: Duration::from_secs(30),
-        }
+impl ServeOptions {
+    pub fn new(edge: Arc<Edge>) -> ServeOptions {
+        ServeOptions { edge, tls: None }
     }
 }
 
-/// Largest request head (request line and header fields); 431 beyond.
-const MAX_HEAD_BYTES: usize = 8 * 1024;
-/// Free space made in the read buffer before each read.
-const READ_RESERVE: usize = 4 * 1024;
-/// Bytes of a next (pipelined) request buffered while the current one is
-/// answered; past this the socket is left unread until the response is out.
-const MAX_PIPELINED_BYTES: usize = 64 * 1024;
-/// Response bytes gathered before a write even if the body has more ready.
-const MAX_GATHERED_BYTES: usize = 64 * 1024;
-/// A data frame at least this large is written from where it is, not copied.
-const WRITE_IN_PLACE_BYTES: usize = 16 * 1024;
-/// A write buffer grown beyond this by a large response is let go after it.
-const KEEP_WRITE_BUFFER_BYTES: usize = 64 * 1024;
-/// After refusing a body it did not read, the server reads and discards
-/// what the client still sends for this long (at most this much), so the
-/// client receives the answer rather than a reset.
-const LINGER: Duration = Duration::from_secs(2);
-const LINGER_MAX_BYTES: usize = 16 * 1024 * 1024;
+/// Why a listener could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("reading {path}: {source}")]
+    Pem {
+        path: String,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{0} holds no certificate")]
+    NoCertificate(String),
+    #[error("the TLS configuration is invalid: {0}")]
+    Rustls(#[from] rustls::Error),
+}
 
-/// Serve HTTP/1.1 until `shutdown` resolves, with default options.
+/// A TLS acceptor from PEM files, offering h2 and http/1.1 by ALPN.
+pub fn tls_acceptor(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let pem_error = |path: &std::path::Path| {
+        let path = path.display().to_string();
+        move |source| TlsError::Pem { path, source }
+    };
+    let certs = CertificateDer::pem_file_iter(&config.cert_file)
+        .map_err(pem_error(&config.cert_file))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(pem_error(&config.cert_file))?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate(
+            config.cert_file.display().to_string(),
+        ));
+    }
+    let key =
+        PrivateKeyDer::from_pem_file(&config.key_file).map_err(pem_error(&config.key_file))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(server)))
+}
+
+/// Serve `app` with default limits until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    serve_with(listener, app, shutdown, ServeOptions::default()).await
+    let edge = Edge::standalone(&ServerConfig::default()).map_err(io::Error::other)?;
+    serve_with(listener, app, shutdown, ServeOptions::new(edge)).await
 }
 
-/// Serve HTTP/1.1 until `shutdown` resolves; then stop accepting, close
-/// idle connections, let in-flight requests finish, and return when every
-/// connection has ended. TCP_NODELAY avoids the 40 ms Nagle/delayed-ACK
-/// stall on keep-alive connections.
+/// Serve `app` until `shutdown` resolves; then stop accepting, let
+/// in-flight requests finish for `shutdown_grace_ms`, cut what is left
+/// (streams end and are billed for what was sent), and return once every
+/// connection has ended.
 pub async fn serve_with(
     listener: TcpListener,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
     options: ServeOptions,
 ) -> io::Result<()> {
-    serve_inner(listener, app, None, shutdown, options).await
+    serve_target(listener, Target::Router(app), shutdown, options).await
 }
 
-/// `serve_with` for an app holding the gateway's router: its proxied
-/// routes (`routes::proxied_api`) go straight to the gateway's handler,
-/// without the router's per-request work, under the gateway's body limit.
+/// `serve_with` for an app holding the gateway's router: its proxied routes
+/// go straight to the gateway's handler, without the router's work.
 pub async fn serve_gateway(
     listener: TcpListener,
     app: Router,
@@ -112,26 +130,63 @@ pub async fn serve_gateway(
     shutdown: impl Future<Output = ()> + Send + 'static,
     options: ServeOptions,
 ) -> io::Result<()> {
-    let options = ServeOptions {
-        max_body_bytes: gateway.config.server.max_body_bytes,
-        ..options
-    };
-    serve_inner(listener, app, Some(gateway), shutdown, options).await
+    serve_target(listener, Target::Gateway(app, gateway), shutdown, options).await
 }
 
-async fn serve_inner(
+/// What requests are handed to.
+#[derive(Clone)]
+enum Target {
+    Router(Router),
+    Gateway(Router, Arc<Gateway>),
+}
+
+impl Target {
+    async fn call(&self, request: Request<axum::body::Body>) -> Response {
+        let router = match self {
+            Target::Router(router) => router,
+            Target::Gateway(router, gateway) => {
+                if let Some(api) = routes::proxied_api(request.method(), request.uri().path()) {
+                    return dispatch::handle(gateway.clone(), api, request).await;
+                }
+                router
+            }
+        };
+        match router.clone().call(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    }
+}
+
+/// Everything a connection task needs, shared by all of a listener's.
+struct Listener {
+    edge: Arc<Edge>,
+    target: Target,
+    tls: Option<TlsAcceptor>,
+    builder: auto::Builder<TokioExecutor>,
+    refusing: AtomicUsize,
+}
+
+async fn serve_target(
     listener: TcpListener,
-    app: Router,
-    gateway: Option<Arc<Gateway>>,
+    target: Target,
     shutdown: impl Future<Output = ()> + Send + 'static,
     options: ServeOptions,
 ) -> io::Result<()> {
-    // Each connection holds a receiver: `closed` below resolves once all
-    // of them are gone.
-    let (stop, stopping) = watch::channel(false);
+    let shared = Arc::new(Listener {
+        builder: builder(&options.edge.config),
+        edge: options.edge,
+        target,
+        tls: options.tls,
+        refusing: AtomicUsize::new(0),
+    });
+    let graceful = GracefulShutdown::new();
+    // Each connection task holds a receiver: `closed` below resolves once
+    // all of them have ended.
+    let (cut, cut_rx) = watch::channel(false);
     let mut shutdown = pin!(shutdown);
     loop {
-        let (tcp, _peer) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(err) => {
@@ -143,548 +198,240 @@ async fn serve_inner(
             },
             () = &mut shutdown => break,
         };
+        // Without it a keep-alive response can stall ~40 ms (Nagle + delayed ACK).
         let _ = tcp.set_nodelay(true);
-        let connection = Connection {
-            tcp,
-            app: app.clone(),
-            gateway: gateway.clone(),
-            options,
-            stopping: stopping.clone(),
-            read_buf: BytesMut::new(),
-            write_buf: Vec::new(),
-        };
-        tokio::spawn(async move {
-            let mut run = pin!(connection.run());
-            // Usage events are emitted after each poll, once the response
-            // bytes that poll produced are written.
-            poll_fn(|cx| crate::meter::poll_then_emit(|| run.as_mut().poll(cx))).await;
-        });
+        let shared = shared.clone();
+        match shared.edge.admit_connection() {
+            Some(slot) => {
+                let watcher = graceful.watcher();
+                let cut = cut_rx.clone();
+                tokio::spawn(async move { shared.run(tcp, peer, slot, watcher, cut).await });
+            }
+            None => {
+                shared.edge.hit(Limit::Connections);
+                tokio::spawn(async move { shared.refuse(tcp).await });
+            }
+        }
     }
     drop(listener);
-    drop(stopping);
-    let _ = stop.send(true);
-    stop.closed().await;
+    let grace = Duration::from_millis(shared.edge.config.shutdown_grace_ms);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_ms = shared.edge.config.shutdown_grace_ms,
+            "shutdown grace over: cutting the requests still in flight"
+        );
+        let _ = cut.send(true);
+    }
+    drop(cut_rx);
+    cut.closed().await;
     Ok(())
 }
 
-/// Why a connection stops reading requests.
-enum Stop {
-    /// Close without a word: the client left, went idle too long, or the
-    /// server is shutting down between requests.
-    Quietly,
-    /// Answer with this status (the request was not valid HTTP), then close.
-    Refuse(StatusCode),
+/// hyper's settings from the edge's limits.
+fn builder(config: &ServerConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(config.head_timeout_ms))
+        .max_buf_size(config.max_head_bytes)
+        .max_headers(config.max_headers)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(config.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(config.max_head_bytes).unwrap_or(u32::MAX))
+        // A client that resets streams as fast as it opens them is sent
+        // GOAWAY (the "rapid reset" attack); hyper's defaults, made explicit.
+        .max_pending_accept_reset_streams(Some(20))
+        .max_local_error_reset_streams(Some(1024))
+        // Dead peers are found by pings; a live one that never reads is the
+        // send watchdog's.
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
 }
 
-/// A request body as read.
-enum ReadBody {
-    Whole(Bytes),
-    /// Over the limit; left unread.
-    TooLarge,
-}
-
-/// What a response body has for the writer next.
-enum BodyStep {
-    Frame(hyper::body::Frame<Bytes>),
-    /// Nothing ready yet: what is gathered goes out before waiting.
-    NothingYet,
-    End,
-    /// The body failed, or the client left.
-    Broken(String),
-}
-
-/// What became of a response.
-enum Sent {
-    /// Written whole; the connection may carry another request.
-    Complete,
-    /// Written, but the connection must close (framing or a client gone).
-    Close,
-}
-
-struct Connection {
-    tcp: TcpStream,
-    app: Router,
-    /// Given, the proxied routes skip the router.
-    gateway: Option<Arc<Gateway>>,
-    options: ServeOptions,
-    stopping: watch::Receiver<bool>,
-    read_buf: BytesMut,
-    write_buf: Vec<u8>,
-}
-
-impl Connection {
-    async fn run(mut self) {
-        loop {
-            let head = match self.read_head().await {
-                Ok(head) => head,
-                Err(Stop::Quietly) => return,
-                Err(Stop::Refuse(status)) => {
-                    self.refuse(status).await;
-                    return;
-                }
-            };
-            match self.exchange(head).await {
-                Ok(Sent::Complete) => {}
-                Ok(Sent::Close) | Err(_) => return,
-            }
-        }
-    }
-
-    /// Read until a whole request head is buffered, and parse it.
-    async fn read_head(&mut self) -> Result<RequestHead, Stop> {
-        let deadline = Instant::now() + self.options.read_timeout;
-        loop {
-            if !self.read_buf.is_empty() {
-                match http1::parse_request_head(&self.read_buf, MAX_HEAD_BYTES) {
-                    Ok(Some(head)) => {
-                        let _ = self.read_buf.split_to(head.len);
-                        return Ok(head);
-                    }
-                    Ok(None) => {}
-                    Err(RequestHeadError::TooLarge) => {
-                        return Err(Stop::Refuse(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE))
-                    }
-                    Err(RequestHeadError::Malformed(why)) => {
-                        tracing::debug!(why, "refusing a malformed request");
-                        return Err(Stop::Refuse(StatusCode::BAD_REQUEST));
-                    }
-                }
-            } else if *self.stopping.borrow() {
-                return Err(Stop::Quietly);
-            }
-            let idle = self.read_buf.is_empty();
-            reserve(&mut self.read_buf);
-            tokio::select! {
-                // Biased: a read that is ready at once costs no timer.
-                biased;
-                read = read_into(&mut self.tcp, &mut self.read_buf) => {
-                    if !matches!(read, Ok(n) if n > 0) {
-                        return Err(Stop::Quietly);
-                    }
-                }
-                () = tokio::time::sleep_until(deadline) => return Err(Stop::Quietly),
-                _ = self.stopping.changed(), if idle => return Err(Stop::Quietly),
-            }
-        }
-    }
-
-    /// Read the body, run the app, write its response.
-    async fn exchange(&mut self, head: RequestHead) -> io::Result<Sent> {
-        let RequestHead {
-            method,
-            uri,
-            version,
-            headers,
-            body: framing,
-            mut keep_alive,
-            expect_continue,
-            ..
-        } = head;
-        let body = match self.read_body(framing, expect_continue).await {
-            Ok(body) => body,
-            Err(Stop::Quietly) => return Ok(Sent::Close),
-            Err(Stop::Refuse(status)) => {
-                self.refuse(status).await;
-                return Ok(Sent::Close);
-            }
-        };
-        // Nothing pipelined behind this request: the read buffer goes until
-        // the next one, so a long stream does not hold it.
-        if self.read_buf.is_empty() {
-            self.read_buf = BytesMut::new();
-        }
-        // A body left unread ends the connection after the answer.
-        let refused_body = matches!(body, ReadBody::TooLarge);
-        if refused_body {
-            keep_alive = false;
-        }
-        let direct = self.gateway.as_ref().and_then(|gateway| {
-            routes::proxied_api(&method, uri.path()).map(|api| (gateway.clone(), api))
-        });
-        let handling = if let Some((gateway, api)) = direct {
-            let body = match body {
-                ReadBody::Whole(bytes) => Ok(bytes),
-                ReadBody::TooLarge => Err(ProxyError::BodyTooLarge {
-                    limit_bytes: self.options.max_body_bytes,
-                }),
-            };
-            Either::Left(dispatch::handle(gateway, api, headers, body))
-        } else {
-            let body = match body {
-                ReadBody::Whole(bytes) if bytes.is_empty() => Body::empty(),
-                ReadBody::Whole(bytes) => Body::from(bytes),
-                ReadBody::TooLarge => length_limit_exceeded(),
-            };
-            let mut request = Request::new(body);
-            *request.method_mut() = method.clone();
-            *request.uri_mut() = uri;
-            *request.version_mut() = version;
-            *request.headers_mut() = headers;
-            // A router is always ready; asked anyway, as the Service contract wants.
-            if let Err(never) =
-                poll_fn(|cx| Service::<Request<Body>>::poll_ready(&mut self.app, cx)).await
-            {
-                match never {}
-            }
-            let routed = self.app.call(request);
-            Either::Right(async move {
-                match routed.await {
-                    Ok(response) => response,
-                    Err(never) => match never {},
-                }
-            })
-        };
-        let Some(response) = self.unless_client_leaves(handling).await else {
-            // The client left: dropping the handler cancels its work.
-            return Ok(Sent::Close);
-        };
-        let keep_alive = keep_alive && !*self.stopping.borrow();
-        let sent = self
-            .respond(response, method == Method::HEAD, version, keep_alive)
-            .await?;
-        if refused_body {
-            self.linger_close().await;
-        }
-        Ok(sent)
-    }
-
-    /// Read the whole body, or find it too large.
-    async fn read_body(
-        &mut self,
-        mut framing: BodyFraming,
-        expect_continue: bool,
-    ) -> Result<ReadBody, Stop> {
-        let limit = self.options.max_body_bytes;
-        let declared = match framing {
-            BodyFraming::Length(0) => return Ok(ReadBody::Whole(Bytes::new())),
-            BodyFraming::Length(len) => Some(len),
-            _ => None,
-        };
-        if declared.is_some_and(|len| len > limit as u64) {
-            return Ok(ReadBody::TooLarge);
-        }
-        if expect_continue && self.read_buf.is_empty() {
-            let continued = self.tcp.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
-            if continued.is_err() {
-                return Err(Stop::Quietly);
-            }
-        }
-        if let Some(len) = declared {
-            // Content-Length: read to it, then take the body in one piece.
-            let len = len as usize;
-            if self.read_buf.len() < len {
-                self.read_buf.reserve(len - self.read_buf.len());
-            }
-            while self.read_buf.len() < len {
-                self.read_more().await?;
-            }
-            return Ok(ReadBody::Whole(self.read_buf.split_to(len).freeze()));
-        }
-        let mut body = BytesMut::new();
-        loop {
-            match framing.decode(&mut self.read_buf) {
-                Ok(Decoded::Data(data)) => {
-                    if body.len() + data.len() > limit {
-                        return Ok(ReadBody::TooLarge);
-                    }
-                    body.put(data);
-                }
-                Ok(Decoded::End) => return Ok(ReadBody::Whole(body.freeze())),
-                Ok(Decoded::NeedMore) => self.read_more().await?,
-                Err(err) => {
-                    tracing::debug!(error = %err, "refusing a malformed chunked body");
-                    return Err(Stop::Refuse(StatusCode::BAD_REQUEST));
-                }
-            }
-        }
-    }
-
-    /// One read into the buffer, within the read timeout.
-    async fn read_more(&mut self) -> Result<(), Stop> {
-        reserve(&mut self.read_buf);
-        let read = tokio::time::timeout(
-            self.options.read_timeout,
-            read_into(&mut self.tcp, &mut self.read_buf),
-        )
-        .await;
-        match read {
-            Ok(Ok(n)) if n > 0 => Ok(()),
-            _ => Err(Stop::Quietly),
-        }
-    }
-
-    /// Run `work` to its end, unless the client leaves first (`None`).
-    async fn unless_client_leaves<F: Future>(&mut self, work: F) -> Option<F::Output> {
-        let mut work = pin!(work);
-        poll_fn(|cx| {
-            if let Poll::Ready(output) = work.as_mut().poll(cx) {
-                return Poll::Ready(Some(output));
-            }
-            if self.client_left(cx) {
-                Poll::Ready(None)
-            } else {
-                Poll::Pending
-            }
-        })
-        .await
-    }
-
-    /// Whether the client has closed or reset the connection. Anything it
-    /// sent meanwhile (a pipelined request) is kept for later; `cx` is woken
-    /// when the socket has more to say.
-    fn client_left(&mut self, cx: &mut Context<'_>) -> bool {
-        while self.read_buf.len() < MAX_PIPELINED_BYTES {
-            match self.tcp.poll_read_ready(cx) {
-                Poll::Pending => return false,
-                Poll::Ready(Err(_)) => return true,
-                Poll::Ready(Ok(())) => {
-                    reserve(&mut self.read_buf);
-                    match self.tcp.try_read_buf(&mut self.read_buf) {
-                        Ok(0) => return true,
-                        Ok(_) => {}
-                        Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(_) => return true,
-                    }
-                }
-            }
-        }
-        false
-    }
-
-    /// Write the response head and body.
-    async fn respond(
-        &mut self,
-        response: http::Response<Body>,
-        head_request: bool,
-        version: Version,
-        mut keep_alive: bool,
-    ) -> io::Result<Sent> {
-        let (parts, mut body) = response.into_parts();
-        let status = parts.status;
-        if http1::has_token(&parts.headers, http::header::CONNECTION, "close") {
-            keep_alive = false;
-        }
-        let framing = if head_request
-            || status.is_informational()
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED
-        {
-            ResponseFraming::Bodiless
-        } else if let Some(len) = body.size_hint().exact() {
-            ResponseFraming::Length(len)
-        } else if version == Version::HTTP_11 {
-            ResponseFraming::Chunked
-        } else {
-            keep_alive = false;
-            ResponseFraming::UntilClose
-        };
-        self.write_buf.clear();
-        date::with(|date| {
-            http1::write_response_head(
-                status,
-                &parts.headers,
-                framing,
-                keep_alive,
-                version == Version::HTTP_10,
-                date,
-                &mut self.write_buf,
-            );
-        });
-        let sent = if framing == ResponseFraming::Bodiless {
-            drop(body);
-            self.flush(&[]).await?;
-            if keep_alive {
-                Sent::Complete
-            } else {
-                Sent::Close
-            }
-        } else {
-            self.send_body(&mut body, framing, keep_alive).await?
-        };
-        if self.write_buf.capacity() > KEEP_WRITE_BUFFER_BYTES {
-            self.write_buf = Vec::new();
-        }
-        Ok(sent)
-    }
-
-    /// Send the body's frames as they come: what is ready at once goes out
-    /// in one write; when the body has nothing ready, what is gathered is
-    /// written before waiting (a streamed event is never held back).
-    async fn send_body(
-        &mut self,
-        body: &mut Body,
-        framing: ResponseFraming,
-        keep_alive: bool,
-    ) -> io::Result<Sent> {
-        let declared = match framing {
-            ResponseFraming::Length(len) => Some(len),
-            _ => None,
-        };
-        let mut sent_len: u64 = 0;
-        loop {
-            let gathered = !self.write_buf.is_empty();
-            let step = poll_fn(|cx| match Pin::new(&mut *body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => Poll::Ready(BodyStep::Frame(frame)),
-                Poll::Ready(Some(Err(err))) => Poll::Ready(BodyStep::Broken(err.to_string())),
-                Poll::Ready(None) => Poll::Ready(BodyStep::End),
-                Poll::Pending if gathered => Poll::Ready(BodyStep::NothingYet),
-                Poll::Pending if self.client_left(cx) => {
-                    Poll::Ready(BodyStep::Broken("the client left".into()))
-                }
-                Poll::Pending => Poll::Pending,
-            })
-            .await;
-            match step {
-                BodyStep::NothingYet => self.flush(&[]).await?,
-                BodyStep::Frame(frame) => {
-                    let Ok(mut data) = frame.into_data() else {
-                        continue; // trailers: not sent over HTTP/1.1 here
-                    };
-                    if let Some(len) = declared {
-                        // Never more than the declared length.
-                        let room = len - sent_len;
-                        if data.len() as u64 > room {
-                            data.truncate(room as usize);
+impl Listener {
+    async fn run(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        slot: ConnectionSlot,
+        watcher: Watcher,
+        mut cut: watch::Receiver<bool>,
+    ) {
+        let _slot = slot;
+        let served = async {
+            match &self.tls {
+                None => self.serve_io(TokioIo::new(tcp), watcher).await,
+                Some(acceptor) => {
+                    let handshake = acceptor.accept(tcp);
+                    match tokio::time::timeout(self.edge.head_timeout(), handshake).await {
+                        Ok(Ok(tls)) => self.serve_io(TokioIo::new(tls), watcher).await,
+                        Ok(Err(err)) => {
+                            self.edge.hit(Limit::TlsHandshake);
+                            tracing::debug!(%peer, error = %err, "TLS handshake failed");
                         }
+                        Err(_) => self.edge.hit(Limit::TlsHandshake),
                     }
-                    if data.is_empty() {
-                        continue;
-                    }
-                    sent_len += data.len() as u64;
-                    if framing == ResponseFraming::Chunked {
-                        http1::write_chunk_size(data.len(), &mut self.write_buf);
-                    }
-                    if data.len() >= WRITE_IN_PLACE_BYTES {
-                        self.flush(&data).await?;
-                    } else {
-                        self.write_buf.extend_from_slice(&data);
-                    }
-                    if framing == ResponseFraming::Chunked {
-                        self.write_buf.extend_from_slice(b"\r\n");
-                    }
-                    if self.write_buf.len() >= MAX_GATHERED_BYTES {
-                        self.flush(&[]).await?;
-                    }
-                }
-                BodyStep::Broken(why) => {
-                    // What was sent stands, and the cut is visible as a
-                    // close before the body's end.
-                    tracing::debug!(why, "response body ended early");
-                    let _ = self.flush(&[]).await;
-                    return Ok(Sent::Close);
-                }
-                BodyStep::End => {
-                    if framing == ResponseFraming::Chunked {
-                        self.write_buf.extend_from_slice(b"0\r\n\r\n");
-                    }
-                    self.flush(&[]).await?;
-                    let short = declared.is_some_and(|len| sent_len < len);
-                    return Ok(if keep_alive && !short {
-                        Sent::Complete
-                    } else {
-                        Sent::Close
-                    });
                 }
             }
+        };
+        tokio::select! {
+            () = served => {}
+            _ = cut.wait_for(|cut| *cut) => {}
         }
     }
 
-    /// Write the gathered bytes, then `data`, and empty the write buffer.
-    async fn flush(&mut self, data: &[u8]) -> io::Result<()> {
-        let mut slices = [IoSlice::new(&self.write_buf), IoSlice::new(data)];
-        let mut remaining: &mut [IoSlice<'_>] = &mut slices;
-        IoSlice::advance_slices(&mut remaining, 0);
-        while !remaining.is_empty() {
-            let written = self.tcp.write_vectored(remaining).await?;
-            if written == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            IoSlice::advance_slices(&mut remaining, written);
-        }
-        self.write_buf.clear();
-        Ok(())
-    }
-
-    /// Answer a request that was not valid HTTP, and close.
-    async fn refuse(&mut self, status: StatusCode) {
-        self.write_buf.clear();
-        date::with(|date| {
-            http1::write_response_head(
-                status,
-                &http::HeaderMap::new(),
-                ResponseFraming::Length(0),
-                false,
-                false,
-                date,
-                &mut self.write_buf,
-            );
+    async fn serve_io<I>(self: &Arc<Self>, io: TokioIo<I>, watcher: Watcher)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let watch = ConnectionWatch::new();
+        let this = self.clone();
+        let conn_watch = watch.clone();
+        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+            let this = this.clone();
+            let watch = conn_watch.clone();
+            async move { Ok::<_, Infallible>(this.answer(request, watch).await) }
         });
-        if self.flush(&[]).await.is_ok() {
-            self.linger_close().await;
+        let mut connection = pin!(watcher.watch(self.builder.serve_connection(io, service)));
+        // Usage events of requests that finished during a poll are emitted
+        // after it, once their responses are written (off the client's path).
+        let connection = std::future::poll_fn(|cx| {
+            crate::meter::poll_then_emit(|| connection.as_mut().poll(cx))
+        });
+        tokio::select! {
+            result = connection => {
+                if let Err(err) = result {
+                    self.count_connection_error(err.as_ref());
+                }
+            }
+            () = self.watchdog(&watch) => {}
         }
     }
 
-    /// Close after an answer sent before the request was read to its end:
-    /// stop sending, then read and discard what the client still sends for
-    /// a while, so that closing with unread bytes (which resets the
-    /// connection) does not destroy the answer before the client reads it.
-    async fn linger_close(&mut self) {
-        if self.tcp.shutdown().await.is_err() {
+    /// Resolves when the connection must close: its client stopped reading
+    /// a response, or it sat idle (before its first request: the head timeout).
+    async fn watchdog(&self, watch: &ConnectionWatch) {
+        let config = &self.edge.config;
+        let shortest = config
+            .send_timeout_ms
+            .min(config.idle_timeout_ms)
+            .min(config.head_timeout_ms);
+        let tick = Duration::from_millis((shortest / 4).clamp(50, 1000));
+        loop {
+            tokio::time::sleep(tick).await;
+            let idle = if watch.started() {
+                self.edge.idle_timeout()
+            } else {
+                self.edge.head_timeout()
+            };
+            match watch.verdict(self.edge.send_timeout(), Some(idle)) {
+                Verdict::Fine => {}
+                Verdict::Stalled => return self.edge.hit(Limit::SendTimeout),
+                Verdict::Idle if watch.started() => return self.edge.hit(Limit::IdleTimeout),
+                Verdict::Idle => return self.edge.hit(Limit::HeadTimeout),
+            }
+        }
+    }
+
+    fn count_connection_error(&self, err: &(dyn std::error::Error + 'static)) {
+        if let Some(err) = err.downcast_ref::<hyper::Error>() {
+            if err.is_timeout() {
+                self.edge.hit(Limit::HeadTimeout);
+            } else if err.is_parse_too_large() {
+                self.edge.hit(Limit::HeadTooLarge);
+            }
+        }
+        let mut source = Some(err);
+        while let Some(err) = source {
+            if err.downcast_ref::<h2::Error>().is_some() {
+                self.edge.hit(Limit::Http2Protocol);
+                break;
+            }
+            source = err.source();
+        }
+        tracing::debug!(error = %err, "client connection ended with an error");
+    }
+
+    /// One request under the edge's limits.
+    async fn answer(
+        &self,
+        request: Request<Incoming>,
+        watch: Arc<ConnectionWatch>,
+    ) -> http::Response<EdgeBody> {
+        let in_flight = watch.start_request();
+        let shape = error_shape(request.uri().path(), request.headers());
+        let refuse = |err: ProxyError, in_flight| {
+            EdgeBody::new(err.into_response_for(shape), None, in_flight)
+        };
+        let slot = match self.edge.admit_request() {
+            Ok(slot) => slot,
+            Err(err) => return refuse(err, in_flight),
+        };
+        let state = Arc::new(RequestState::default());
+        let (parts, incoming) = request.into_parts();
+        let body = GuardedBody::new(
+            incoming,
+            self.edge.clone(),
+            state.clone(),
+            parts.version,
+            &parts.headers,
+        );
+        let limit = self.edge.config.max_body_bytes;
+        if declared_length(&parts.headers).is_some_and(|len| len > limit as u64) {
+            // Refused unread: dropping the body drains what the client sends.
+            self.edge.hit(Limit::BodySize);
+            drop(body);
+            return refuse(ProxyError::BodyTooLarge { limit_bytes: limit }, in_flight);
+        }
+        let request = Request::from_parts(parts, axum::body::Body::new(body));
+        let mut response = self.target.call(request).await;
+        state.release(&self.edge);
+        if let Some(failure) = state.failure() {
+            // A handler that read through axum's extractors answered in its
+            // own words; the edge's refusal says which limit it was.
+            let err = failure.into_proxy_error();
+            if response.status() != err.status() {
+                response = err.into_response_for(shape);
+            }
+        }
+        EdgeBody::new(response, Some(slot), in_flight)
+    }
+
+    /// A connection over the cap: one 503 over HTTP/1.1, then closed.
+    async fn refuse(self: Arc<Self>, tcp: TcpStream) {
+        // Over TLS there is no cheap way to say it: close.
+        if self.tls.is_some() {
             return;
         }
-        let mut discarded = 0;
-        let mut scratch = vec![0u8; 16 * 1024];
-        let _ = tokio::time::timeout(LINGER, async {
-            while discarded < LINGER_MAX_BYTES {
-                match tokio::io::AsyncReadExt::read(&mut self.tcp, &mut scratch).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => discarded += n,
-                }
-            }
-        })
-        .await;
-    }
-}
-
-/// Make room for the next read.
-fn reserve(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < READ_RESERVE / 4 {
-        buf.reserve(READ_RESERVE);
-    }
-}
-
-async fn read_into(tcp: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
-    tokio::io::AsyncReadExt::read_buf(tcp, buf).await
-}
-
-/// A body whose first read fails as one over axum's length limit does, so
-/// every extractor answers 413 the way it would for a body it read.
-fn length_limit_exceeded() -> Body {
-    let one_byte = http_body_util::Full::new(Bytes::from_static(b" "));
-    Body::new(http_body_util::Limited::new(one_byte, 0))
-}
-
-/// The `Date` header's value, formatted once a second per thread.
-mod date {
-    use std::cell::RefCell;
-    use std::time::{SystemTime, UNIX_EPOCH};
-
-    thread_local! {
-        static CACHED: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
-    }
-
-    /// Run `f` with the current date, as an HTTP-date.
-    pub fn with<R>(f: impl FnOnce(&[u8]) -> R) -> R {
-        let now = SystemTime::now();
-        let second = now
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| since.as_secs());
-        CACHED.with_borrow_mut(|(at, text)| {
-            if *at != second || text.is_empty() {
-                *at = second;
-                *text = httpdate::fmt_http_date(now);
-            }
-            f(text.as_bytes())
-        })
+        if self.refusing.fetch_add(1, Ordering::Relaxed) >= MAX_REFUSING_CONNECTIONS {
+            self.refusing.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
+            let shape = error_shape(request.uri().path(), request.headers());
+            let mut response = crate::edge::overloaded("open connections").into_response_for(shape);
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            Ok::<_, Infallible>(response)
+        });
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.edge.head_timeout())
+            .max_buf_size(self.edge.config.max_head_bytes)
+            .keep_alive(false);
+        let connection = http1.serve_connection(TokioIo::new(tcp), service);
+        let _ = tokio::time::timeout(self.edge.head_timeout() * 2, connection).await;
+        self.refusing.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -1,81 +1,91 @@
-//! The HTTP client for upstream providers: HTTP/1.1 over rustls (webpki
-//! roots) or plain TCP, with TCP_NODELAY and a connect timeout, and a pool of
-//! keep-alive connections per origin.
+//! The HTTP client for upstream providers: hyper-util's pooled client over
+//! rustls (webpki roots plus any configured CA files). TLS offers h2 and
+//! http/1.1 by ALPN, so an upstream that speaks HTTP/2 carries many
+//! concurrent requests on one connection; plain http is HTTP/1.1. TCP_NODELAY
+//! and the connect timeout are set on every socket. An egress proxy (config,
+//! else `HTTPS_PROXY`/`HTTP_PROXY` with `NO_PROXY`) carries HTTPS upstreams
+//! through a CONNECT tunnel and plain-http ones in absolute form.
 //!
-//! The client is ours (the wire format is in `crate::http1`) rather than
-//! hyper's, for memory and for one task per request. Hyper's client
-//! connection keeps two 8 KiB buffers and a 9 KiB request channel for its
-//! whole life, and signals between its halves by waking tasks; 1,000 open
-//! streams paid ~25 KiB each for that. Here a connection is a socket and
-//! one read buffer that starts at 4 KiB, and it is read by the task of the
-//! request using it: a proxied request runs in one task from the client's
-//! socket to the upstream's and back, and chunks that arrive together are
-//! read together. The connection returns to the pool from that same task
-//! when the body ends. An idle pooled connection is checked when it is
-//! next taken, which is when a close by the upstream is noticed.
+//! What an upstream sends is bounded here: a response head over 64 KiB, a
+//! final status outside 200–599 (hyper accepts up to 999), more than 10
+//! interim (1xx) responses, and an HTTP/1 head with both Content-Length and
+//! Transfer-Encoding are errors; a body waits at most the read timeout for
+//! each next frame; a non-streamed body is read up to `MAX_RESPONSE_BODY`.
 
-use bytes::{Buf, Bytes, BytesMut};
-use http::uri::{Authority, Scheme};
-use http::{header, HeaderValue, Method, Uri};
-use http_body_util::{BodyDataStream, BodyExt};
-use hyper::body::{Body, Frame, SizeHint};
+use bytes::Bytes;
+use http::uri::Scheme;
+use http::{header, Uri, Version};
+use http_body_util::{BodyDataStream, BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioIo;
-use parking_lot::Mutex;
-use std::collections::HashMap;
-use std::future::poll_fn;
-use std::io::IoSlice;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::legacy::connect::{
+    capture_connection, CaptureConnection, Connected, Connection, HttpConnector,
+};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::proxy::matcher::Matcher;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
-use std::time::{Duration, Instant};
-use tokio::io::AsyncWrite;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
-use crate::http1::{self, BodyFraming, Decoded, ResponseHead};
+use crate::config::{RoutingConfig, UpstreamConfig};
 
-type Connector = HttpsConnector<HttpConnector>;
-type Io = TokioIo<<Connector as Service<Uri>>::Response>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Connector = HttpsConnector<EgressConnector>;
 /// A request to an upstream: absolute URL, headers, whole body.
 pub type UpstreamRequest = http::Request<Bytes>;
 pub type UpstreamResponse = http::Response<UpstreamBody>;
 /// A response body as a stream of data chunks.
 pub type UpstreamStream = BodyDataStream<UpstreamBody>;
 
-/// How long an idle connection is kept for reuse.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// Most idle connections kept per origin.
-const MAX_IDLE_PER_ORIGIN: usize = 1024;
-/// A connection's first read buffer: room for a provider's response head
-/// and a burst of stream events, and what an open stream keeps.
-const INITIAL_READ_BYTES: usize = 4 * 1024;
-/// The read size doubles (up to this) each time a read fills the buffer,
-/// so a large body is read in few calls.
-const MAX_READ_BYTES: usize = 64 * 1024;
-/// Below this much free space the buffer is reclaimed or grown before a read.
-const MIN_READ_SPACE: usize = 512;
 /// Largest non-streamed response body read into memory: a misbehaving
 /// upstream cannot make the gateway hold more (chat answers are far smaller).
 pub const MAX_RESPONSE_BODY: usize = 32 << 20;
+/// Largest response head (HTTP/1 read buffer, HTTP/2 header list).
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// `HTTP/1.1 200 OK\r\n` and the blank line ending a head.
+const STATUS_LINE_BYTES: usize = 19;
+/// Most interim (1xx) responses accepted before the final one.
+pub const MAX_INTERIM_RESPONSES: u32 = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    /// No connection could be made (refused, unreachable, TLS, timeout).
+    /// No connection could be made (refused, unreachable, proxy, TLS, timeout).
     #[error("connect error")]
-    Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// Writing the request or reading the response failed.
-    #[error("the upstream connection failed")]
-    Io(#[source] std::io::Error),
-    /// The connection ended without answering the request.
-    #[error("the upstream closed the connection without answering")]
-    Closed,
-    /// What came back is not a valid HTTP/1.1 response.
-    #[error("the upstream sent invalid HTTP: {0}")]
-    Malformed(&'static str),
-    /// The connection ended before the body did.
-    #[error("the upstream closed the connection before the body ended")]
-    Truncated,
+    Connect(#[source] BoxError),
+    /// Sending the request or reading the response head failed (including
+    /// a head that is not valid HTTP or is over 64 KiB).
+    #[error("the upstream request failed")]
+    Request(#[source] BoxError),
+    /// A final status outside 200–599.
+    #[error("the upstream answered with invalid status {0}")]
+    InvalidStatus(u16),
+    /// Content-Length and Transfer-Encoding together (RFC 9112 §6.3: a
+    /// smuggling shape, handled as an error).
+    #[error("the upstream response has both Content-Length and Transfer-Encoding")]
+    ConflictingFraming,
+    #[error("the upstream sent more than {MAX_INTERIM_RESPONSES} interim (1xx) responses")]
+    TooManyInterim,
+    /// A response head over `MAX_HEAD_BYTES`.
+    #[error("the upstream response head is larger than {} KiB", MAX_HEAD_BYTES >> 10)]
+    HeadTooLarge,
+    /// Reading the body failed (including a connection that ended early).
+    #[error("the upstream response body failed")]
+    Body(#[source] hyper::Error),
+    /// No body data arrived within the read timeout.
+    #[error("no data from the upstream for {} ms", .0.as_millis())]
+    ReadTimeout(Duration),
     /// A response body (not streamed) over `MAX_RESPONSE_BODY`.
     #[error("the upstream response body is larger than {} MiB", MAX_RESPONSE_BODY >> 20)]
     TooLarge,
@@ -89,323 +99,437 @@ impl UpstreamError {
     pub fn is_connect(&self) -> bool {
         matches!(self, UpstreamError::Connect(_))
     }
+
+    fn from_client(err: hyper_util::client::legacy::Error) -> UpstreamError {
+        if err.is_connect() {
+            UpstreamError::Connect(Box::new(err))
+        } else {
+            UpstreamError::Request(Box::new(err))
+        }
+    }
 }
 
-/// Pooled HTTP/1.1 client for upstream providers; cheap to clone.
+/// Pooled HTTP/1.1 + HTTP/2 client for upstream providers; cheap to clone.
 #[derive(Clone)]
 pub struct UpstreamClient {
-    shared: Arc<Shared>,
+    client: Client<Connector, Full<Bytes>>,
+    proxies: Arc<Matcher>,
+    read_timeout: Duration,
 }
 
-struct Shared {
-    connector: Connector,
-    origins: Mutex<HashMap<OriginKey, OriginPool>>,
+/// Build the client from the routing timeouts and the `[upstream]` section,
+/// with proxies from the process environment where the config sets none.
+pub fn client(
+    routing: &RoutingConfig,
+    upstream: &UpstreamConfig,
+) -> Result<UpstreamClient, String> {
+    client_with_env(routing, upstream, |name| std::env::var(name).ok())
 }
 
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct OriginKey {
-    https: bool,
-    authority: Authority,
-}
-
-struct OriginPool {
-    /// `Host` for requests to this origin, built once.
-    host: HeaderValue,
-    /// Idle connections, most recently used last.
-    idle: Vec<Idle>,
-}
-
-struct Idle {
-    conn: Box<Conn>,
-    since: Instant,
-}
-
-/// One HTTP/1.1 connection: the socket and what has been read from it but
-/// not yet taken. Boxed where it is held, so that handing it between the
-/// pool, a request and its body moves a pointer, not the TLS state.
-struct Conn {
-    io: Io,
-    read_buf: BytesMut,
-    /// Bytes to make room for before the next read.
-    read_size: usize,
-}
-
-impl Conn {
-    fn new(io: Io) -> Box<Conn> {
-        Box::new(Conn {
-            io,
-            read_buf: BytesMut::new(),
-            read_size: INITIAL_READ_BYTES,
-        })
-    }
-
-    /// Read what the socket has into the buffer; `Ok(0)` when the upstream
-    /// closed the connection.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        if self.read_buf.capacity() - self.read_buf.len() < MIN_READ_SPACE {
-            // Reuses the buffer's memory once the chunks handed out are gone.
-            self.read_buf.reserve(self.read_size);
-        }
-        let space = self.read_buf.capacity() - self.read_buf.len();
-        let read = ready!(tokio_util::io::poll_read_buf(
-            Pin::new(&mut self.io),
-            cx,
-            &mut self.read_buf
-        ))?;
-        if read == space && self.read_size < MAX_READ_BYTES {
-            self.read_size *= 2;
-        }
-        Poll::Ready(Ok(read))
-    }
-
-    /// Whether an idle connection can take a request: the upstream has
-    /// neither closed it nor sent anything unasked.
-    fn poll_still_idle(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
-        Poll::Ready(self.poll_fill(cx).is_pending())
-    }
-
-    /// Write the request head and body. On failure, whether nothing at all
-    /// was written (so the request can go to another connection).
-    async fn write_request(
-        &mut self,
-        head: &[u8],
-        body: &[u8],
-    ) -> Result<(), (std::io::Error, bool)> {
-        let total = head.len() + body.len();
-        let mut written = 0;
-        poll_fn(|cx| {
-            while written < total {
-                let slices = if written < head.len() {
-                    [IoSlice::new(&head[written..]), IoSlice::new(body)]
-                } else {
-                    [
-                        IoSlice::new(&body[written - head.len()..]),
-                        IoSlice::new(&[]),
-                    ]
-                };
-                match ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices)) {
-                    Ok(0) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
-                    Ok(n) => written += n,
-                    Err(err) => return Poll::Ready(Err(err)),
-                }
-            }
-            Pin::new(&mut self.io).poll_flush(cx)
-        })
-        .await
-        .map_err(|err| (err, written == 0))
-    }
-
-    /// Read until a final (non-1xx) response head has arrived.
-    async fn read_head(&mut self, method: &Method) -> Result<ResponseHead, UpstreamError> {
-        poll_fn(|cx| loop {
-            if !self.read_buf.is_empty() {
-                if let Some(head) = http1::parse_response_head(&self.read_buf, method)? {
-                    self.read_buf.advance(head.len);
-                    if head.is_interim() {
-                        continue;
-                    }
-                    return Poll::Ready(Ok(head));
-                }
-            }
-            match ready!(self.poll_fill(cx)) {
-                Ok(0) if self.read_buf.is_empty() => {
-                    return Poll::Ready(Err(UpstreamError::Closed))
-                }
-                Ok(0) => {
-                    return Poll::Ready(Err(UpstreamError::Malformed(
-                        "the connection closed inside the response head",
-                    )))
-                }
-                Ok(_) => {}
-                Err(err) => return Poll::Ready(Err(UpstreamError::Io(err))),
-            }
-        })
-        .await
-    }
-}
-
-pub fn client(connect_timeout: Duration) -> Result<UpstreamClient, String> {
+fn client_with_env(
+    routing: &RoutingConfig,
+    upstream: &UpstreamConfig,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<UpstreamClient, String> {
+    let proxies = Arc::new(egress_matcher(upstream, env)?);
     let mut http = HttpConnector::new();
     // Without it a keep-alive request can stall ~40 ms (Nagle + delayed ACK).
     http.set_nodelay(true);
-    http.set_connect_timeout(Some(connect_timeout));
+    http.set_connect_timeout(Some(Duration::from_millis(routing.connect_timeout_ms)));
     http.enforce_http(false);
+    let egress = EgressConnector {
+        direct: http,
+        proxies: proxies.clone(),
+    };
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-        .map_err(|e| format!("TLS setup failed: {e}"))?
+        .with_tls_config(tls_config(&upstream.ca_files)?)
         .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
+        .enable_all_versions()
+        .wrap_connector(egress);
+    let client = Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_millis(upstream.pool_idle_timeout_ms))
+        .pool_max_idle_per_host(upstream.pool_max_idle_per_host)
+        // Also the cap on a response head; hyper's other buffers keep their defaults.
+        .http1_max_buf_size(MAX_HEAD_BYTES)
+        .http2_max_header_list_size(MAX_HEAD_BYTES as u32)
+        .build(connector);
     Ok(UpstreamClient {
-        shared: Arc::new(Shared {
-            connector,
-            origins: Mutex::new(HashMap::new()),
-        }),
+        client,
+        proxies,
+        read_timeout: Duration::from_millis(routing.read_timeout_ms),
     })
 }
 
+/// TLS for upstreams: webpki roots plus the configured CA files; ALPN is
+/// set by the connector builder.
+fn tls_config(ca_files: &[std::path::PathBuf]) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    for (i, path) in ca_files.iter().enumerate() {
+        for cert in load_ca_file(path).map_err(|why| format!("upstream.ca_files[{i}]: {why}"))? {
+            roots
+                .add(cert)
+                .map_err(|e| format!("upstream.ca_files[{i}]: {e}"))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup failed: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// The certificates of a PEM file (at least one).
+pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let shown = path.display();
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{shown}: {e}"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{shown}: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{shown}: no PEM certificate in the file"));
+    }
+    Ok(certs)
+}
+
+/// Check an egress proxy URL: `http://[user:pass@]host[:port]` (a missing
+/// scheme means http). The URL, which may hold a password, is never in the
+/// message.
+pub fn parse_proxy_url(url: &str) -> Result<Uri, String> {
+    let uri: Uri = url.parse().map_err(|_| "not a valid URL".to_owned())?;
+    match uri.scheme_str() {
+        None | Some("http") => {}
+        Some(_) => return Err("only http:// proxies are supported".into()),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("the proxy URL has no host".into());
+    }
+    Ok(uri)
+}
+
+/// Which upstreams go through which proxy: config first, then the
+/// conventional environment variables (curl's rules for `NO_PROXY`).
+fn egress_matcher(
+    config: &UpstreamConfig,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Matcher, String> {
+    let first = |names: [&str; 2]| names.iter().find_map(|n| env(n).filter(|v| !v.is_empty()));
+    let (http, https) = match &config.proxy_url {
+        Some(url) => (Some(url.clone()), Some(url.clone())),
+        None => (
+            first(["HTTP_PROXY", "http_proxy"]),
+            first(["HTTPS_PROXY", "https_proxy"]),
+        ),
+    };
+    let source = |env_name: &'static str| {
+        if config.proxy_url.is_some() {
+            "upstream.proxy_url"
+        } else {
+            env_name
+        }
+    };
+    let no = match &config.no_proxy {
+        Some(hosts) => hosts.join(","),
+        None => first(["NO_PROXY", "no_proxy"]).unwrap_or_default(),
+    };
+    let mut builder = Matcher::builder().no(no);
+    if let Some(url) = http {
+        parse_proxy_url(&url).map_err(|why| format!("{}: {why}", source("HTTP_PROXY")))?;
+        builder = builder.http(url);
+    }
+    if let Some(url) = https {
+        parse_proxy_url(&url).map_err(|why| format!("{}: {why}", source("HTTPS_PROXY")))?;
+        builder = builder.https(url);
+    }
+    Ok(builder.build())
+}
+
+/// Opens the TCP connection for an upstream: to the upstream itself, to
+/// the proxy (plain http, sent in absolute form), or through a CONNECT
+/// tunnel (https; TLS to the upstream then runs inside it).
+#[derive(Clone)]
+struct EgressConnector {
+    direct: HttpConnector,
+    proxies: Arc<Matcher>,
+}
+
+type Connecting = Pin<Box<dyn Future<Output = Result<EgressIo, BoxError>> + Send>>;
+
+impl Service<Uri> for EgressConnector {
+    type Response = EgressIo;
+    type Error = BoxError;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // `HttpConnector` is always ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, dst: Uri) -> Connecting {
+        let mut direct = self.direct.clone();
+        match self.proxies.intercept(&dst) {
+            None => Box::pin(async move {
+                let io = direct.call(dst).await?;
+                Ok(EgressIo {
+                    io,
+                    via_proxy: false,
+                })
+            }),
+            Some(proxy) if dst.scheme() == Some(&Scheme::HTTPS) => {
+                let mut tunnel = Tunnel::new(proxy.uri().clone(), direct);
+                if let Some(auth) = proxy.basic_auth() {
+                    tunnel = tunnel.with_auth(auth.clone());
+                }
+                Box::pin(async move {
+                    let io = tunnel.call(dst).await?;
+                    Ok(EgressIo {
+                        io,
+                        via_proxy: false,
+                    })
+                })
+            }
+            Some(proxy) => {
+                let at = proxy.uri().clone();
+                Box::pin(async move {
+                    let io = direct.call(at).await?;
+                    Ok(EgressIo {
+                        io,
+                        via_proxy: true,
+                    })
+                })
+            }
+        }
+    }
+}
+
+/// A TCP connection, marked when it goes to a proxy that takes plain-http
+/// requests in absolute form.
+struct EgressIo {
+    io: TokioIo<TcpStream>,
+    via_proxy: bool,
+}
+
+impl Connection for EgressIo {
+    fn connected(&self) -> Connected {
+        self.io.connected().proxy(self.via_proxy)
+    }
+}
+
+impl hyper::rt::Read for EgressIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for EgressIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+}
+
+/// Counts a request's interim responses (hyper reports them for HTTP/1;
+/// the h2 library skips them) and wakes the request past the limit.
+#[derive(Default)]
+struct InterimCount {
+    seen: AtomicU32,
+    over: Notify,
+}
+
+impl InterimCount {
+    fn record(&self) {
+        if self.seen.fetch_add(1, Ordering::Relaxed) == MAX_INTERIM_RESPONSES {
+            self.over.notify_one();
+        }
+    }
+
+    fn exceeded(&self) -> bool {
+        self.seen.load(Ordering::Relaxed) > MAX_INTERIM_RESPONSES
+    }
+}
+
 impl UpstreamClient {
-    /// Send `request` (absolute URL) on an idle pooled connection, or a new
-    /// one. A pooled connection found closed, or one that fails before any
-    /// byte of the request was written, is skipped; a request is never
-    /// sent twice.
+    /// Send `request` (absolute URL) on a pooled connection or a new one and
+    /// wait for the final response head. A pooled connection that closed
+    /// before the request was written is retried on another (hyper-util's
+    /// rule); a request is never sent twice.
     pub async fn request(
         &self,
         request: UpstreamRequest,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let (mut parts, body) = request.into_parts();
-        let key = origin_key(&parts.uri)?;
-        let host = self.host(&key);
-        parts.headers.entry(header::HOST).or_insert(host);
-        let mut head = Vec::with_capacity(512);
-        http1::write_request_head(&parts, body.len(), &mut head);
-        loop {
-            let (mut conn, reused) = match self.checkout(&key).await {
-                Some(conn) => (conn, true),
-                None => (self.connect(parts.uri.clone()).await?, false),
-            };
-            match conn.write_request(&head, &body).await {
-                Ok(()) => {}
-                Err((_, nothing_written)) if reused && nothing_written => continue,
-                Err((err, _)) => return Err(UpstreamError::Io(err)),
-            }
-            let response = conn.read_head(&parts.method).await?;
-            return Ok(self.wrap(response, key, conn));
-        }
-    }
-
-    /// The `Host` value for an origin, built once.
-    fn host(&self, key: &OriginKey) -> HeaderValue {
-        let mut origins = self.shared.origins.lock();
-        let pool = origins.entry(key.clone()).or_insert_with(|| OriginPool {
-            host: host_header(&key.authority),
-            idle: Vec::new(),
-        });
-        pool.host.clone()
-    }
-
-    /// The most recently used idle connection that is still open, if any
-    /// (ones idle too long or closed are dropped on the way).
-    async fn checkout(&self, key: &OriginKey) -> Option<Box<Conn>> {
-        loop {
-            let mut conn = {
-                let mut origins = self.shared.origins.lock();
-                let idle = origins.get_mut(key)?.idle.pop()?;
-                if idle.since.elapsed() >= IDLE_TIMEOUT {
-                    continue;
-                }
-                idle.conn
-            };
-            if poll_fn(|cx| conn.poll_still_idle(cx)).await {
-                return Some(conn);
+        parts.uri = without_user_info(parts.uri)?;
+        if parts.uri.scheme() == Some(&Scheme::HTTP) {
+            // Sent to the proxy in absolute form: its credentials go in the head.
+            if let Some(auth) = self
+                .proxies
+                .intercept(&parts.uri)
+                .and_then(|proxy| proxy.basic_auth().cloned())
+            {
+                parts.headers.insert(header::PROXY_AUTHORIZATION, auth);
             }
         }
-    }
-
-    async fn connect(&self, uri: Uri) -> Result<Box<Conn>, UpstreamError> {
-        let mut connector = self.shared.connector.clone();
-        poll_fn(|cx| connector.poll_ready(cx))
-            .await
-            .map_err(UpstreamError::Connect)?;
-        let io = connector.call(uri).await.map_err(UpstreamError::Connect)?;
-        Ok(Conn::new(TokioIo::new(io)))
-    }
-
-    fn wrap(&self, head: ResponseHead, key: OriginKey, conn: Box<Conn>) -> UpstreamResponse {
-        let mut body = UpstreamBody {
-            conn: Some(conn),
-            framing: head.body,
-            keep_alive: head.keep_alive,
-            pool: Some((self.clone(), key)),
+        let mut request = http::Request::from_parts(parts, Full::new(body));
+        let interim = Arc::new(InterimCount::default());
+        let counter = interim.clone();
+        hyper::ext::on_informational(&mut request, move |_| counter.record());
+        let connection = capture_connection(&mut request);
+        let response = tokio::select! {
+            biased;
+            sent = self.client.request(request) => sent.map_err(UpstreamError::from_client)?,
+            () = interim.over.notified() => {
+                // Dropping the request closes its HTTP/1 connection.
+                return Err(UpstreamError::TooManyInterim);
+            }
         };
-        if body.framing.is_complete() {
-            body.release();
+        if let Err(err) = check_head(&response, &interim) {
+            poison_http1(&connection, response.version());
+            return Err(err);
         }
-        let mut response = http::Response::new(body);
-        *response.status_mut() = head.status;
-        *response.version_mut() = head.version;
-        *response.headers_mut() = head.headers;
-        response
-    }
-
-    fn put_back(&self, key: OriginKey, conn: Box<Conn>) {
-        let now = Instant::now();
-        let mut origins = self.shared.origins.lock();
-        let Some(pool) = origins.get_mut(&key) else {
-            return;
-        };
-        // The oldest are first: drop the ones idle too long or over the cap.
-        let expired = pool
-            .idle
-            .iter()
-            .take_while(|idle| now.duration_since(idle.since) >= IDLE_TIMEOUT)
-            .count();
-        let over = (pool.idle.len() - expired + 1).saturating_sub(MAX_IDLE_PER_ORIGIN);
-        pool.idle.drain(..expired + over);
-        pool.idle.push(Idle { conn, since: now });
-    }
-
-    /// Idle connections currently pooled for `url`'s origin (tests).
-    pub fn idle_connections(&self, url: &Uri) -> usize {
-        let Ok(key) = origin_key(url) else { return 0 };
-        self.shared
-            .origins
-            .lock()
-            .get(&key)
-            .map_or(0, |pool| pool.idle.len())
+        let read_timeout = self.read_timeout;
+        Ok(response.map(|body| UpstreamBody::new(body, read_timeout)))
     }
 }
 
-/// `host[:port]` (never any user info the URL may carry).
-fn host_header(authority: &Authority) -> HeaderValue {
-    let host = match authority.port_u16() {
-        Some(port) => format!("{}:{port}", authority.host()),
-        None => authority.host().to_owned(),
-    };
-    HeaderValue::from_str(&host).unwrap_or_else(|_| HeaderValue::from_static(""))
+/// The response head checks hyper leaves to us.
+fn check_head(
+    response: &http::Response<Incoming>,
+    interim: &InterimCount,
+) -> Result<(), UpstreamError> {
+    let status = response.status().as_u16();
+    if !(200..=599).contains(&status) {
+        return Err(UpstreamError::InvalidStatus(status));
+    }
+    if interim.exceeded() {
+        return Err(UpstreamError::TooManyInterim);
+    }
+    let headers = response.headers();
+    // hyper's read buffer bounds what a head can take (about twice its
+    // 64 KiB cap) but not the head itself; count it as sent: `name: value\r\n`.
+    let head_bytes = headers.iter().fold(STATUS_LINE_BYTES, |n, (name, value)| {
+        n + name.as_str().len() + value.len() + 4
+    });
+    if head_bytes > MAX_HEAD_BYTES {
+        return Err(UpstreamError::HeadTooLarge);
+    }
+    if response.version() < Version::HTTP_2
+        && headers.contains_key(header::CONTENT_LENGTH)
+        && headers.contains_key(header::TRANSFER_ENCODING)
+    {
+        return Err(UpstreamError::ConflictingFraming);
+    }
+    Ok(())
 }
 
-fn origin_key(uri: &Uri) -> Result<OriginKey, UpstreamError> {
-    let https = match uri.scheme() {
-        Some(s) if *s == Scheme::HTTPS => true,
-        Some(s) if *s == Scheme::HTTP => false,
+/// Keep an HTTP/1 connection whose response was refused out of the pool
+/// (an HTTP/2 connection's framing is sound and it carries other streams).
+fn poison_http1(connection: &CaptureConnection, version: Version) {
+    if version < Version::HTTP_2 {
+        if let Some(connected) = connection.connection_metadata().as_ref() {
+            connected.poison();
+        }
+    }
+}
+
+/// The URL checked to be absolute http(s), without any user info (which
+/// would otherwise reach the upstream in an HTTP/2 `:authority`).
+fn without_user_info(uri: Uri) -> Result<Uri, UpstreamError> {
+    match uri.scheme() {
+        Some(s) if *s == Scheme::HTTPS || *s == Scheme::HTTP => {}
         _ => return Err(UpstreamError::BadUrl),
+    }
+    let authority = uri.authority().ok_or(UpstreamError::BadUrl)?;
+    let Some((_, host)) = authority.as_str().rsplit_once('@') else {
+        return Ok(uri);
     };
-    let authority = uri.authority().cloned().ok_or(UpstreamError::BadUrl)?;
-    Ok(OriginKey { https, authority })
+    let host = host.to_owned();
+    let mut parts = uri.into_parts();
+    parts.authority = Some(host.parse().map_err(|_| UpstreamError::BadUrl)?);
+    Uri::from_parts(parts).map_err(|_| UpstreamError::BadUrl)
 }
 
-/// An upstream response body. Reading it reads its connection; read to
-/// its end, the connection goes back to the pool. Dropped before that, the
-/// connection is closed (it cannot carry another request with a body still
-/// unread), which also cancels the upstream's work.
+/// An upstream response body. Each next frame is awaited at most the read
+/// timeout (counted from when the gateway starts waiting, so a slow client
+/// does not use it up); then the body ends with `ReadTimeout`. Dropped
+/// before its end, an HTTP/1 connection closes, which cancels the
+/// upstream's work (an HTTP/2 stream is reset).
 pub struct UpstreamBody {
-    /// `None` once the body has ended or failed.
-    conn: Option<Box<Conn>>,
-    framing: BodyFraming,
-    keep_alive: bool,
-    pool: Option<(UpstreamClient, OriginKey)>,
+    inner: Incoming,
+    read_timeout: Duration,
+    /// When the current wait for a frame began; `None` when not waiting.
+    waiting_since: Option<Instant>,
+    /// Made on the first wait; reset only when it fires before the deadline
+    /// of the current wait, so a frame costs no timer update.
+    timer: Option<Pin<Box<Sleep>>>,
+    ended: bool,
 }
 
 impl UpstreamBody {
-    /// The body is complete: pool the connection if it can carry another
-    /// request (nothing unasked-for left in its buffer).
-    fn release(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            if self.keep_alive && conn.read_buf.is_empty() {
-                if let Some((client, key)) = self.pool.take() {
-                    client.put_back(key, conn);
-                }
-            }
+    fn new(inner: Incoming, read_timeout: Duration) -> UpstreamBody {
+        UpstreamBody {
+            inner,
+            read_timeout,
+            waiting_since: None,
+            timer: None,
+            ended: false,
         }
+    }
+
+    /// Whether the current wait has lasted the read timeout (registering
+    /// for a wake-up when it has not).
+    fn poll_timed_out(&mut self, cx: &mut Context<'_>) -> bool {
+        let since = *self.waiting_since.get_or_insert_with(Instant::now);
+        let due = since + self.read_timeout;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        if timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        if Instant::now() >= due {
+            return true;
+        }
+        // It was set for an earlier wait.
+        timer.as_mut().reset(due);
+        timer.as_mut().poll(cx).is_ready()
     }
 }
 
 impl std::fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamBody")
-            .field("framing", &self.framing)
-            .field("connection", &self.conn.is_some())
+            .field("ended", &self.ended)
             .finish_non_exhaustive()
     }
 }
@@ -419,51 +543,36 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
         let this = self.get_mut();
-        loop {
-            let Some(conn) = this.conn.as_mut() else {
-                return Poll::Ready(None);
-            };
-            match this.framing.decode(&mut conn.read_buf) {
-                Ok(Decoded::Data(data)) => {
-                    if this.framing.is_complete() {
-                        this.release();
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Ok(Decoded::End) => {
-                    this.release();
-                    return Poll::Ready(None);
-                }
-                Ok(Decoded::NeedMore) => {}
-                Err(err) => {
-                    this.conn = None;
-                    return Poll::Ready(Some(Err(err)));
-                }
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.waiting_since = None;
+                Poll::Ready(Some(Ok(frame)))
             }
-            match ready!(conn.poll_fill(cx)) {
-                Ok(0) => {
-                    // Closed by the upstream: never pooled again.
-                    this.conn = None;
-                    return Poll::Ready(this.framing.at_eof().err().map(Err));
-                }
-                Ok(_) => {}
-                Err(err) => {
-                    this.conn = None;
-                    return Poll::Ready(Some(Err(UpstreamError::Io(err))));
-                }
+            Poll::Ready(Some(Err(err))) => {
+                this.ended = true;
+                Poll::Ready(Some(Err(UpstreamError::Body(err))))
             }
+            Poll::Ready(None) => {
+                this.ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending if this.poll_timed_out(cx) => {
+                this.ended = true;
+                Poll::Ready(Some(Err(UpstreamError::ReadTimeout(this.read_timeout))))
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.framing.is_complete()
+        self.ended || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.framing {
-            BodyFraming::Length(remaining) => SizeHint::with_exact(remaining),
-            _ => SizeHint::default(),
-        }
+        self.inner.size_hint()
     }
 }
 
@@ -472,6 +581,8 @@ pub async fn body_bytes(response: UpstreamResponse) -> Result<Bytes, UpstreamErr
     body_bytes_within(response, MAX_RESPONSE_BODY).await
 }
 
+/// The body read as it arrives, refused the moment it passes `limit` (or
+/// at once when its declared length does).
 async fn body_bytes_within(
     response: UpstreamResponse,
     limit: usize,
@@ -502,7 +613,7 @@ pub fn body_stream(response: UpstreamResponse) -> UpstreamStream {
     BodyDataStream::new(response.into_body())
 }
 
-/// Whether a timeout caused the failure (e.g. the connect timeout).
+/// Whether a timeout caused the failure (the connect or the read timeout).
 pub fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = Some(err);
     while let Some(inner) = source {
@@ -510,6 +621,9 @@ pub fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
             if io.kind() == std::io::ErrorKind::TimedOut {
                 return true;
             }
+        }
+        if let Some(UpstreamError::ReadTimeout(_)) = inner.downcast_ref::<UpstreamError>() {
+            return true;
         }
         source = inner.source();
     }
@@ -534,93 +648,134 @@ pub fn describe(err: &(dyn std::error::Error + 'static)) -> String {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
     use futures::StreamExt;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use parking_lot::Mutex;
+    use std::sync::atomic::AtomicUsize;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::net::TcpListener;
 
-    /// How a test upstream treats each connection after answering.
-    #[derive(Clone, Copy)]
-    enum AfterAnswer {
+    /// What a raw test upstream does after writing a reply.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Then {
         KeepOpen,
-        CloseAfter(Duration),
+        Close,
+        Stall,
     }
 
-    /// A raw HTTP/1.1 upstream: answers every request with `body`, records
-    /// each request head, and counts the connections it accepted.
-    struct RawUpstream {
+    /// The reply to the `n`th request on a connection (0-based): parts
+    /// written 10 ms apart, then what to do with the connection.
+    type Script = Arc<dyn Fn(usize) -> (Vec<Vec<u8>>, Then) + Send + Sync>;
+
+    /// A raw HTTP/1.1 upstream answering by `script`: its URL, the
+    /// connections it accepted, and every request head it read.
+    struct Raw {
         url: Uri,
         accepted: Arc<AtomicUsize>,
         heads: Arc<Mutex<Vec<String>>>,
     }
 
-    async fn raw_upstream(body: &'static str, after: AfterAnswer) -> RawUpstream {
+    async fn raw(script: impl Fn(usize) -> (Vec<Vec<u8>>, Then) + Send + Sync + 'static) -> Raw {
+        let script: Script = Arc::new(script);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let url = format!("http://{}/v1/x", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let heads = Arc::new(Mutex::new(Vec::new()));
         let (count, seen) = (accepted.clone(), heads.clone());
         tokio::spawn(async move {
-            while let Ok((socket, _)) = listener.accept().await {
+            while let Ok((mut socket, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(answer(socket, body, after, seen.clone()));
+                let (script, seen) = (script.clone(), seen.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    for n in 0.. {
+                        let Some(head) = read_request(&mut socket, &mut buf).await else {
+                            return;
+                        };
+                        seen.lock().push(head);
+                        let (parts, then) = script(n);
+                        for part in parts {
+                            if socket.write_all(&part).await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        match then {
+                            Then::KeepOpen => {}
+                            Then::Close => return,
+                            Then::Stall => {
+                                tokio::time::sleep(Duration::from_secs(60)).await;
+                                return;
+                            }
+                        }
+                    }
+                });
             }
         });
-        RawUpstream {
-            url: format!("http://{addr}/v1/chat/completions")
-                .parse()
-                .unwrap(),
+        Raw {
+            url,
             accepted,
             heads,
         }
     }
 
-    async fn answer(
-        mut socket: TcpStream,
-        body: &'static str,
-        after: AfterAnswer,
-        heads: Arc<Mutex<Vec<String>>>,
-    ) {
-        let mut buf = Vec::new();
-        loop {
-            // Read one request: its head, then a Content-Length body.
-            let head_end = loop {
-                if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    break at + 4;
-                }
-                let mut chunk = [0u8; 4096];
-                match socket.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-            };
-            let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map_or(0, |v| v.trim().parse().unwrap());
-            while buf.len() < head_end + length {
-                let mut chunk = [0u8; 4096];
-                match socket.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
+    /// Read one request (head and Content-Length body); its head, lowercase.
+    async fn read_request(socket: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+        let mut chunk = [0u8; 4096];
+        let end = loop {
+            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
             }
-            buf.drain(..head_end + length);
-            heads.lock().push(head);
-            let response = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                body.len()
-            );
-            if socket.write_all(response.as_bytes()).await.is_err() {
-                return;
+            match socket.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
-            if let AfterAnswer::CloseAfter(delay) = after {
-                tokio::time::sleep(delay).await;
-                return;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        while buf.len() < end + length {
+            match socket.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
+        }
+        buf.drain(..end + length);
+        Some(head)
+    }
+
+    /// The same reply to every request, keeping the connection open.
+    fn always(reply: &'static str) -> impl Fn(usize) -> (Vec<Vec<u8>>, Then) + Send + Sync {
+        move |_| (vec![reply.as_bytes().to_vec()], Then::KeepOpen)
+    }
+
+    fn ok_reply(body: &str) -> Vec<u8> {
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    fn test_client(read_timeout: Duration) -> UpstreamClient {
+        let routing = RoutingConfig {
+            read_timeout_ms: read_timeout.as_millis() as u64,
+            connect_timeout_ms: 2_000,
+            ..RoutingConfig::default()
+        };
+        client_with_env(&routing, &UpstreamConfig::default(), |_| None).unwrap()
+    }
+
+    /// The error a request to `url` ends with (only the status if it succeeds).
+    async fn refused(client: &UpstreamClient, url: &Uri) -> UpstreamError {
+        match client.request(post(url)).await {
+            Ok(response) => panic!("accepted with status {}", response.status()),
+            Err(err) => err,
         }
     }
 
@@ -633,264 +788,182 @@ mod tests {
 
     #[tokio::test]
     async fn sequential_requests_share_one_keep_alive_connection() {
-        let upstream = raw_upstream(r#"{"ok":true}"#, AfterAnswer::KeepOpen).await;
-        let client = client(Duration::from_secs(2)).unwrap();
+        let upstream = raw(|_| (vec![ok_reply(r#"{"ok":true}"#)], Then::KeepOpen)).await;
+        let client = test_client(Duration::from_secs(5));
         for _ in 0..3 {
             let response = client.request(post(&upstream.url)).await.unwrap();
             assert_eq!(body_bytes(response).await.unwrap(), r#"{"ok":true}"#);
         }
         assert_eq!(upstream.accepted.load(Ordering::SeqCst), 1);
-        assert_eq!(client.idle_connections(&upstream.url), 1);
         // Origin-form request line and a Host header, as an origin server expects.
         let heads = upstream.heads.lock().clone();
         assert_eq!(heads.len(), 3);
         let authority = upstream.url.authority().unwrap().as_str();
         for head in heads {
-            assert!(
-                head.starts_with("post /v1/chat/completions http/1.1\r\n"),
-                "{head}"
-            );
+            assert!(head.starts_with("post /v1/x http/1.1\r\n"), "{head}");
             assert!(head.contains(&format!("host: {authority}\r\n")), "{head}");
+            assert!(head.contains("content-length: 2\r\n"), "{head}");
         }
-    }
-
-    #[tokio::test]
-    async fn a_connection_the_upstream_closed_is_not_reused() {
-        let upstream = raw_upstream(
-            r#"{"n":1}"#,
-            AfterAnswer::CloseAfter(Duration::from_millis(20)),
-        )
-        .await;
-        let client = client(Duration::from_secs(2)).unwrap();
-        for _ in 0..2 {
-            let response = client.request(post(&upstream.url)).await.unwrap();
-            assert_eq!(body_bytes(response).await.unwrap(), r#"{"n":1}"#);
-            tokio::time::sleep(Duration::from_millis(150)).await;
-        }
-        assert_eq!(upstream.accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
     async fn a_body_dropped_unread_closes_its_connection() {
-        let upstream = raw_upstream(
-            r#"{"long":"enough to leave unread"}"#,
-            AfterAnswer::KeepOpen,
-        )
+        let upstream = raw(|_| {
+            let head = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nfirst".to_vec();
+            (vec![head, b"-rest".to_vec()], Then::KeepOpen)
+        })
         .await;
-        let client = client(Duration::from_secs(2)).unwrap();
+        let client = test_client(Duration::from_secs(5));
         let response = client.request(post(&upstream.url)).await.unwrap();
         assert_eq!(response.status(), 200);
         drop(response);
-        assert_eq!(client.idle_connections(&upstream.url), 0);
         let response = client.request(post(&upstream.url)).await.unwrap();
-        assert!(body_bytes(response).await.is_ok());
+        assert_eq!(body_bytes(response).await.unwrap(), "first-rest");
         assert_eq!(upstream.accepted.load(Ordering::SeqCst), 2);
-        assert_eq!(client.idle_connections(&upstream.url), 1);
-    }
-
-    #[test]
-    fn host_header_is_host_and_port_without_user_info() {
-        let with_user = Authority::from_static("user:secret@example.com:8443");
-        assert_eq!(host_header(&with_user), "example.com:8443");
-        assert_eq!(
-            host_header(&Authority::from_static("api.example.com")),
-            "api.example.com"
-        );
-        assert!(origin_key(&Uri::from_static("ftp://example.com/x")).is_err());
-        assert!(origin_key(&Uri::from_static("/relative")).is_err());
-    }
-
-    /// A URL on a fresh local port, and the listener holding it.
-    async fn local_listener() -> (TcpListener, Uri) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/v1/x", listener.local_addr().unwrap())
-            .parse()
-            .unwrap();
-        (listener, url)
-    }
-
-    /// An upstream that answers one request with `parts` (10 ms apart),
-    /// then closes the connection.
-    async fn one_reply_upstream(parts: &'static [&'static str]) -> Uri {
-        scripted_upstream(parts, true).await.0
-    }
-
-    /// An upstream that answers every request with `parts` (10 ms apart),
-    /// closing the connection after the first if `close`; and the count of
-    /// connections it accepted.
-    async fn scripted_upstream(
-        parts: &'static [&'static str],
-        close: bool,
-    ) -> (Uri, Arc<AtomicUsize>) {
-        let (listener, url) = local_listener().await;
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
-                count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 4096];
-                    // The client writes head and body at once; one read each.
-                    while matches!(socket.read(&mut buf).await, Ok(n) if n > 0) {
-                        for part in parts {
-                            if socket.write_all(part.as_bytes()).await.is_err() {
-                                return;
-                            }
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                        }
-                        if close {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        (url, accepted)
     }
 
     #[tokio::test]
-    async fn a_chunked_body_is_read_whole_and_its_connection_reused() {
-        let (url, accepted) = scripted_upstream(
-            &[
-                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
-                "6\r\ndata: \r\n",
-                "3\r\none\r\n4;ext=1\r\n two\r\n",
-                "0\r\n\r\n",
-            ],
-            false,
-        )
-        .await;
-        let client = client(Duration::from_secs(2)).unwrap();
-        for _ in 0..2 {
-            let response = client.request(post(&url)).await.unwrap();
-            assert_eq!(body_bytes(response).await.unwrap(), "data: one two");
-            assert_eq!(client.idle_connections(&url), 1);
-        }
-        assert_eq!(accepted.load(Ordering::SeqCst), 1);
-    }
-
-    #[tokio::test]
-    async fn a_streamed_body_reaches_the_reader_chunk_by_chunk() {
-        let (listener, url) = local_listener().await;
-        let release = Arc::new(tokio::sync::Notify::new());
-        let go_on = release.clone();
-        tokio::spawn(async move {
-            let (mut socket, _) = listener.accept().await.unwrap();
-            let mut buf = [0u8; 4096];
-            let _ = socket.read(&mut buf).await;
-            let first = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n7\r\nfirst\n\n\r\n";
-            socket.write_all(first.as_bytes()).await.unwrap();
-            // The rest only once the client has seen the first chunk.
-            go_on.notified().await;
-            socket
-                .write_all(b"6\r\nlast\n\n\r\n0\r\n\r\n")
-                .await
-                .unwrap();
-        });
-        let client = client(Duration::from_secs(2)).unwrap();
-        let response = client.request(post(&url)).await.unwrap();
-        let mut stream = body_stream(response);
-        let first = tokio::time::timeout(Duration::from_secs(5), stream.next())
-            .await
-            .expect("the first chunk arrives before the body ends");
-        assert_eq!(first.unwrap().unwrap(), "first\n\n");
-        release.notify_one();
-        assert_eq!(stream.next().await.unwrap().unwrap(), "last\n\n");
-        assert!(stream.next().await.is_none());
-        assert_eq!(client.idle_connections(&url), 1);
-    }
-
-    #[tokio::test]
-    async fn interim_responses_are_skipped() {
-        let url = one_reply_upstream(&[
-            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok",
-        ])
-        .await;
-        let client = client(Duration::from_secs(2)).unwrap();
-        let response = client.request(post(&url)).await.unwrap();
+    async fn up_to_ten_interim_responses_are_skipped_and_more_are_refused() {
+        let interim = |n: usize| {
+            let mut reply = "HTTP/1.1 100 Continue\r\n\r\n".repeat(n);
+            reply.push_str("HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok");
+            reply
+        };
+        let (ten, eleven) = (interim(10), interim(11));
+        let client = test_client(Duration::from_secs(5));
+        let upstream = raw(move |_| (vec![ten.clone().into_bytes()], Then::KeepOpen)).await;
+        let response = client.request(post(&upstream.url)).await.unwrap();
         assert_eq!(response.status(), 201);
         assert_eq!(body_bytes(response).await.unwrap(), "ok");
-    }
-
-    /// Answer one request with `reply` (body "ok"): the body comes back
-    /// whole and its connection stays out of the pool.
-    async fn ok_but_not_pooled(reply: &'static [&'static str]) {
-        let (url, _) = scripted_upstream(reply, false).await;
-        let client = client(Duration::from_secs(2)).unwrap();
-        let response = client.request(post(&url)).await.unwrap();
-        assert_eq!(body_bytes(response).await.unwrap(), "ok");
-        assert_eq!(client.idle_connections(&url), 0);
+        let upstream = raw(move |_| (vec![eleven.clone().into_bytes()], Then::KeepOpen)).await;
+        let err = refused(&client, &upstream.url).await;
+        assert!(matches!(err, UpstreamError::TooManyInterim), "{err:?}");
     }
 
     #[tokio::test]
-    async fn a_connection_the_upstream_asks_to_close_is_not_pooled() {
-        ok_but_not_pooled(&["HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"])
+    async fn endless_interim_responses_end_the_request() {
+        // 10,000 interim heads, 10 ms apart in batches of 100: far more than
+        // the limit, and far longer than the request takes to be refused.
+        let batch = "HTTP/1.1 100 Continue\r\n\r\n".repeat(100).into_bytes();
+        let upstream = raw(move |_| (vec![batch.clone(); 100], Then::Stall)).await;
+        let client = test_client(Duration::from_secs(5));
+        let result =
+            tokio::time::timeout(Duration::from_secs(30), client.request(post(&upstream.url)))
+                .await
+                .expect("refused well before the upstream stops");
+        assert!(
+            matches!(result, Err(UpstreamError::TooManyInterim)),
+            "{result:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_status_outside_200_to_599_is_refused_and_its_connection_dropped() {
+        for status in ["600 Weird", "999 Max", "101 Switching Protocols"] {
+            let first = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").into_bytes();
+            let answered = AtomicUsize::new(0);
+            let upstream = raw(move |_| {
+                // Numbered across connections: only the very first is bad.
+                let reply = if answered.fetch_add(1, Ordering::SeqCst) == 0 {
+                    first.clone()
+                } else {
+                    ok_reply("ok")
+                };
+                (vec![reply], Then::KeepOpen)
+            })
             .await;
+            let client = test_client(Duration::from_secs(5));
+            let err = refused(&client, &upstream.url).await;
+            assert!(
+                matches!(err, UpstreamError::InvalidStatus(_)),
+                "{status}: {err:?}"
+            );
+            let response = client.request(post(&upstream.url)).await.unwrap();
+            assert_eq!(body_bytes(response).await.unwrap(), "ok");
+            // The refused response's connection was not reused.
+            assert_eq!(upstream.accepted.load(Ordering::SeqCst), 2, "{status}");
+        }
     }
 
     #[tokio::test]
-    async fn bytes_beyond_the_body_keep_a_connection_out_of_the_pool() {
-        ok_but_not_pooled(&["HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA"]).await;
-    }
-
-    #[tokio::test]
-    async fn a_reply_that_is_not_http_is_an_error() {
-        let url = one_reply_upstream(&["SSH-2.0-OpenSSH_9.6\r\n\r\n"]).await;
-        let client = client(Duration::from_secs(2)).unwrap();
-        let err = client.request(post(&url)).await.unwrap_err();
-        assert!(matches!(err, UpstreamError::Malformed(_)), "{err:?}");
-        let silent = one_reply_upstream(&[]).await;
-        let err = client.request(post(&silent)).await.unwrap_err();
-        assert!(matches!(err, UpstreamError::Closed), "{err:?}");
-    }
-
-    #[tokio::test]
-    async fn a_body_that_ends_when_the_upstream_closes_is_read_whole() {
-        // No Content-Length, not chunked: the body is everything up to EOF.
-        let url = one_reply_upstream(&[
-            "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n",
-            "first ",
-            "second ",
-            "third",
-        ])
+    async fn content_length_with_transfer_encoding_is_refused() {
+        let upstream = raw(always(
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        ))
         .await;
-        let client = client(Duration::from_secs(2)).unwrap();
-        let response = client.request(post(&url)).await.unwrap();
-        assert_eq!(body_bytes(response).await.unwrap(), "first second third");
-        assert_eq!(client.idle_connections(&url), 0);
+        let client = test_client(Duration::from_secs(5));
+        let err = refused(&client, &upstream.url).await;
+        assert!(matches!(err, UpstreamError::ConflictingFraming), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn malformed_and_oversized_heads_are_request_errors() {
+        let big = format!(
+            "HTTP/1.1 200 OK\r\nx-big: {}\r\ncontent-length: 0\r\n\r\n",
+            "a".repeat(100 * 1024)
+        );
+        let big: &'static str = Box::leak(big.into_boxed_str());
+        let client = test_client(Duration::from_secs(5));
+        for reply in [
+            "SSH-2.0-OpenSSH_9.6\r\n\r\n",
+            "HTTP/1.1 abc OK\r\ncontent-length: 0\r\n\r\n",
+            "HTTP/1.1 20 OK\r\ncontent-length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 4\r\ncontent-length: 5\r\n\r\n",
+        ] {
+            let upstream = raw(always(reply)).await;
+            let err = refused(&client, &upstream.url).await;
+            assert!(
+                matches!(err, UpstreamError::Request(_)),
+                "{:?}: {err:?}",
+                &reply[..20]
+            );
+        }
+        // Over 64 KiB: refused by hyper's buffer cap, or by its size when
+        // the buffer took it whole.
+        let just_over = format!(
+            "HTTP/1.1 200 OK\r\nx-big: {}\r\ncontent-length: 0\r\n\r\n",
+            "a".repeat(MAX_HEAD_BYTES)
+        );
+        let just_over: &'static str = Box::leak(just_over.into_boxed_str());
+        for reply in [big, just_over] {
+            let upstream = raw(always(reply)).await;
+            let err = refused(&client, &upstream.url).await;
+            assert!(
+                matches!(err, UpstreamError::Request(_) | UpstreamError::HeadTooLarge),
+                "{err:?}"
+            );
+        }
     }
 
     #[tokio::test]
     async fn a_body_cut_short_by_the_upstream_is_an_error_not_an_end() {
-        let url =
-            one_reply_upstream(&["HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten b"]).await;
-        let client = client(Duration::from_secs(2)).unwrap();
-        let response = client.request(post(&url)).await.unwrap();
-        assert!(body_bytes(response).await.is_err());
-        assert_eq!(client.idle_connections(&url), 0);
+        let upstream = raw(|_| {
+            let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten b".to_vec();
+            (vec![reply], Then::Close)
+        })
+        .await;
+        let client = test_client(Duration::from_secs(5));
+        let response = client.request(post(&upstream.url)).await.unwrap();
+        let err = body_bytes(response).await.unwrap_err();
+        assert!(matches!(err, UpstreamError::Body(_)), "{err:?}");
     }
-
-    /// A 20-byte body in two chunks, with no length declared up front.
-    const TWENTY_CHUNKED_BYTES: &[&str] = &[
-        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
-        "a\r\n0123456789\r\n",
-        "a\r\n0123456789\r\n0\r\n\r\n",
-    ];
 
     #[tokio::test]
     async fn a_body_over_the_limit_is_refused_not_buffered() {
-        let declared = one_reply_upstream(&["HTTP/1.1 200 OK\r\ncontent-length: 64\r\n\r\n"]).await;
-        let client = client(Duration::from_secs(2)).unwrap();
-        let response = client.request(post(&declared)).await.unwrap();
+        let client = test_client(Duration::from_secs(5));
+        let declared = raw(always("HTTP/1.1 200 OK\r\ncontent-length: 64\r\n\r\n")).await;
+        let response = client.request(post(&declared.url)).await.unwrap();
         let err = body_bytes_within(response, 16).await.unwrap_err();
         assert!(matches!(err, UpstreamError::TooLarge), "{err:?}");
-        let undeclared = one_reply_upstream(TWENTY_CHUNKED_BYTES).await;
-        let response = client.request(post(&undeclared)).await.unwrap();
+        let chunked = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+                       a\r\n0123456789\r\na\r\n0123456789\r\n0\r\n\r\n";
+        let undeclared = raw(always(chunked)).await;
+        let response = client.request(post(&undeclared.url)).await.unwrap();
         let err = body_bytes_within(response, 16).await.unwrap_err();
         assert!(matches!(err, UpstreamError::TooLarge), "{err:?}");
         // Under the limit the same body comes back whole.
-        let fits = one_reply_upstream(TWENTY_CHUNKED_BYTES).await;
-        let response = client.request(post(&fits)).await.unwrap();
+        let response = client.request(post(&undeclared.url)).await.unwrap();
         assert_eq!(
             body_bytes_within(response, 20).await.unwrap(),
             "01234567890123456789"
@@ -898,11 +971,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_stream_that_stalls_ends_after_the_read_timeout() {
+        let upstream = raw(|_| {
+            let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+            let events = vec![b"7\r\nfirst\n\n\r\n".to_vec(); 3];
+            ([vec![head], events].concat(), Then::Stall)
+        })
+        .await;
+        let client = test_client(Duration::from_millis(300));
+        let response = client.request(post(&upstream.url)).await.unwrap();
+        let mut stream = body_stream(response);
+        // Events 10 ms apart, well within the timeout, all arrive.
+        for _ in 0..3 {
+            assert_eq!(stream.next().await.unwrap().unwrap(), "first\n\n");
+        }
+        let waited = Instant::now();
+        let err = tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .expect("the stall ends")
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(err, UpstreamError::ReadTimeout(_)), "{err:?}");
+        assert!(is_timeout(&err));
+        assert!(waited.elapsed() >= Duration::from_millis(300));
+        assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test]
     async fn a_refused_connection_is_a_connect_error() {
-        let (listener, url) = local_listener().await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url: Uri = format!("http://{}/v1/x", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
         drop(listener);
-        let client = client(Duration::from_secs(2)).unwrap();
-        let err = client.request(post(&url)).await.unwrap_err();
+        let err = test_client(Duration::from_secs(5))
+            .request(post(&url))
+            .await
+            .unwrap_err();
         assert!(err.is_connect(), "{err:?}");
         assert!(!describe(&err).contains("127.0.0.1"), "{}", describe(&err));
     }
@@ -914,5 +1019,110 @@ mod tests {
         let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
         assert!(!is_timeout(&refused));
         assert_eq!(describe(&refused), "refused");
+        let connect = UpstreamError::Connect(Box::new(timed_out));
+        assert!(is_timeout(&connect));
+        assert_eq!(describe(&connect), "connect error: connect timeout");
+    }
+
+    #[test]
+    fn urls_lose_user_info_and_must_be_absolute_http() {
+        let stripped = without_user_info(Uri::from_static("https://u:p@api.example:8443/v1?a=b"));
+        assert_eq!(stripped.unwrap(), "https://api.example:8443/v1?a=b");
+        assert!(without_user_info(Uri::from_static("ftp://example.com/x")).is_err());
+        assert!(without_user_info(Uri::from_static("/relative")).is_err());
+    }
+
+    fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    fn proxied(matcher: &Matcher, url: &'static str) -> Option<String> {
+        matcher
+            .intercept(&Uri::from_static(url))
+            .map(|i| i.uri().to_string())
+    }
+
+    #[test]
+    fn the_egress_proxy_comes_from_config_then_environment() {
+        let env = env_of(&[
+            ("HTTPS_PROXY", "http://env-tls:3128"),
+            ("http_proxy", "env-plain:8080"),
+            ("NO_PROXY", "internal.example,10.0.0.0/8"),
+        ]);
+        let from_env = egress_matcher(&UpstreamConfig::default(), &env).unwrap();
+        let via = proxied(&from_env, "https://api.openai.com/v1");
+        assert_eq!(via.as_deref(), Some("http://env-tls:3128/"));
+        let via = proxied(&from_env, "http://10.1.2.3/v1");
+        assert_eq!(via, None);
+        let via = proxied(&from_env, "http://192.168.1.2/v1");
+        assert_eq!(via.as_deref(), Some("http://env-plain:8080/"));
+        assert_eq!(proxied(&from_env, "https://api.internal.example/v1"), None);
+
+        let config = UpstreamConfig {
+            proxy_url: Some("http://user:pw@config-proxy:3128".into()),
+            no_proxy: Some(vec!["api.anthropic.com".into()]),
+            ..UpstreamConfig::default()
+        };
+        let from_config = egress_matcher(&config, &env).unwrap();
+        let via = proxied(&from_config, "https://api.internal.example/v1");
+        assert_eq!(via.as_deref(), Some("http://config-proxy:3128/"));
+        assert_eq!(proxied(&from_config, "https://api.anthropic.com/v1"), None);
+        let auth = from_config
+            .intercept(&Uri::from_static("http://10.0.0.1/v1"))
+            .and_then(|i| i.basic_auth().cloned())
+            .unwrap();
+        assert_eq!(auth, "Basic dXNlcjpwdw==");
+
+        let none = egress_matcher(&UpstreamConfig::default(), |_| None).unwrap();
+        assert_eq!(proxied(&none, "https://api.openai.com/v1"), None);
+    }
+
+    #[test]
+    fn only_http_proxies_are_accepted_and_urls_stay_out_of_errors() {
+        for bad in [
+            "https://user:secret@proxy:443",
+            "socks5://user:secret@proxy:1080",
+        ] {
+            let why = parse_proxy_url(bad).unwrap_err();
+            assert!(!why.contains("secret"), "{why}");
+            let env = move |name: &str| (name == "HTTPS_PROXY").then(|| bad.to_owned());
+            let err = egress_matcher(&UpstreamConfig::default(), env)
+                .err()
+                .unwrap();
+            assert!(err.starts_with("HTTPS_PROXY: "), "{err}");
+            assert!(!err.contains("secret"), "{err}");
+        }
+        assert!(parse_proxy_url("http://proxy:3128").is_ok());
+        assert!(parse_proxy_url("proxy.internal:3128").is_ok());
+        assert!(parse_proxy_url("not a url").is_err());
+    }
+
+    #[tokio::test]
+    async fn plain_http_through_a_proxy_is_sent_in_absolute_form_with_its_credentials() {
+        let proxy = raw(always("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")).await;
+        let config = UpstreamConfig {
+            proxy_url: Some(format!("http://user:pw@{}", proxy.url.authority().unwrap())),
+            ..UpstreamConfig::default()
+        };
+        let client = client_with_env(&RoutingConfig::default(), &config, |_| None).unwrap();
+        let target = Uri::from_static("http://10.255.255.1:9/v1/chat/completions");
+        let response = client.request(post(&target)).await.unwrap();
+        assert_eq!(body_bytes(response).await.unwrap(), "ok");
+        let heads = proxy.heads.lock().clone();
+        assert!(
+            heads[0].starts_with("post http://10.255.255.1:9/v1/chat/completions http/1.1\r\n"),
+            "{}",
+            heads[0]
+        );
+        assert!(
+            heads[0].contains("proxy-authorization: basic dxnlcjpwdw==\r\n"),
+            "{}",
+            heads[0]
+        );
     }
 }

@@ -21,8 +21,11 @@ use tollgate_core::{Catalog, Envelope, EventBody, EventLog, LogRecord, Usd};
 use tollgate_kafka::KafkaEventLog;
 use tollgate_ledger::api::CreditsApi;
 use tollgate_ledger::LedgerService;
-use tollgate_proxy::Gateway;
+use tollgate_proxy::{Gateway, ServeOptions};
 use tollgate_store::{Database, SqliteEventLog, SqliteEventLogOptions};
+
+/// How long shutdown waits for usage events that wait on a token estimate.
+const ESTIMATE_SETTLE: Duration = Duration::from_secs(10);
 
 /// How often each instance reads new control-plane changes (so a revoked key
 /// is refused everywhere well within a second).
@@ -303,6 +306,8 @@ pub async fn run_roles(
     let built = build(&config).await?;
     crate::memory::start_trimming();
     let log = built.node.log.clone();
+    // One edge for every listener: its caps hold for the whole process.
+    let edge = tollgate_proxy::Edge::new(&config.server, &built.gateway.metrics.registry)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks: Vec<JoinHandle<()>> = vec![built.control.spawn_tail(CONTROL_TAIL_INTERVAL)];
     let admin_token = if config.admin.enabled && roles.proxy {
@@ -422,8 +427,16 @@ pub async fn run_roles(
                 state.auth.clone(),
             ));
         }
-        admin_task =
-            Some(spawn_server(config.admin.listen, app, stop_rx.clone(), "admin API").await?);
+        admin_task = Some(
+            spawn_server(
+                config.admin.listen,
+                app,
+                edge.clone(),
+                stop_rx.clone(),
+                "admin API",
+            )
+            .await?,
+        );
     } else if config.admin.enabled && roles.proxy {
         tracing::warn!(
             "admin API disabled: no admin token (set {ADMIN_TOKEN_ENV} or create {})",
@@ -448,16 +461,15 @@ pub async fn run_roles(
         if let Some(usage) = usage_api.clone() {
             app = app.merge(usage);
         }
+        let mut options = ServeOptions::new(edge.clone());
+        if let Some(tls) = &config.server.tls {
+            options.tls = Some(tollgate_proxy::tls_acceptor(tls).context("setting up TLS")?);
+        }
         on_ready(addr, bootstrapped.as_ref().map(|b| b.token.as_str()));
-        result = tollgate_proxy::serve_gateway(
-            listener,
-            app,
-            built.gateway.clone(),
-            shutdown,
-            tollgate_proxy::ServeOptions::default(),
-        )
-        .await
-        .map_err(anyhow::Error::from);
+        result =
+            tollgate_proxy::serve_gateway(listener, app, built.gateway.clone(), shutdown, options)
+                .await
+                .map_err(anyhow::Error::from);
     } else if let (Some(usage), false) = (usage_api.clone(), roles.ledger) {
         // Analytics alone serves the usage API and its health and metrics.
         let app = usage.merge(health_router(built.gateway.clone()));
@@ -470,9 +482,10 @@ pub async fn run_roles(
         let addr = listener.local_addr()?;
         tracing::info!(listen = %addr, backend = ?config.analytics.backend, "tollgate analytics running");
         on_ready(addr, None);
-        result = tollgate_proxy::serve(listener, app, shutdown)
-            .await
-            .map_err(anyhow::Error::from);
+        result =
+            tollgate_proxy::serve_with(listener, app, shutdown, ServeOptions::new(edge.clone()))
+                .await
+                .map_err(anyhow::Error::from);
     } else if let Some(credits) = &credits {
         // The ledger alone serves the credits API and its health and metrics.
         let mut app = tollgate_ledger::api::public_router(credits.clone())
@@ -490,11 +503,21 @@ pub async fn run_roles(
         let addr = listener.local_addr()?;
         tracing::info!(listen = %addr, backend = ?config.eventlog.backend, "tollgate ledger running");
         on_ready(addr, None);
-        result = tollgate_proxy::serve(listener, app, shutdown)
-            .await
-            .map_err(anyhow::Error::from);
+        result =
+            tollgate_proxy::serve_with(listener, app, shutdown, ServeOptions::new(edge.clone()))
+                .await
+                .map_err(anyhow::Error::from);
     }
 
+    // Requests that ended while their token estimate ran emit their usage
+    // events from the estimate threads: let them, before the log closes
+    // (each estimate is bounded, see `tollgate_proxy::tokenize`).
+    if !tollgate_proxy::estimate::settle(ESTIMATE_SETTLE).await {
+        tracing::warn!(
+            left = tollgate_proxy::estimate::in_flight(),
+            "stopping with usage events still waiting on token estimates"
+        );
+    }
     let _ = stop_tx.send(true);
     if let Some(task) = admin_task {
         let _ = task.await;
@@ -552,6 +575,7 @@ fn health_router(gateway: Arc<Gateway>) -> Router {
 async fn spawn_server(
     addr: std::net::SocketAddr,
     app: Router,
+    edge: Arc<tollgate_proxy::Edge>,
     mut stop: tokio::sync::watch::Receiver<bool>,
     what: &'static str,
 ) -> anyhow::Result<JoinHandle<()>> {
@@ -560,11 +584,10 @@ async fn spawn_server(
         .with_context(|| format!("binding the {what} on {addr}"))?;
     tracing::info!(listen = %addr, "{what} listening");
     Ok(tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.changed().await;
-            })
-            .await;
+        let stopped = async move {
+            let _ = stop.changed().await;
+        };
+        let _ = tollgate_proxy::serve_with(listener, app, stopped, ServeOptions::new(edge)).await;
     }))
 }
 

@@ -7,7 +7,9 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use tollgate_proxy::config::{CustomProviderConfig, ProviderSettings, RoutingConfig, ServerConfig};
+use tollgate_proxy::config::{
+    CustomProviderConfig, ProviderSettings, RoutingConfig, ServerConfig, UpstreamConfig,
+};
 use tollgate_proxy::ProxyConfig;
 use tollgate_store::Durability;
 
@@ -19,6 +21,8 @@ pub struct Config {
     /// Settings per built-in provider id: `base_url` override, operator `api_keys`.
     pub providers: BTreeMap<String, ProviderSettings>,
     pub custom_providers: Vec<CustomProviderConfig>,
+    /// The upstream client (`[upstream]`): egress proxy, CA files, pool.
+    pub upstream: UpstreamConfig,
     pub storage: StorageConfig,
     pub secrets: SecretsConfig,
     pub admin: AdminConfig,
@@ -269,6 +273,7 @@ impl Config {
             providers: self.providers.clone(),
             custom_providers: self.custom_providers.clone(),
             billing: self.billing.clone(),
+            upstream: self.upstream.clone(),
         }
     }
 
@@ -283,6 +288,14 @@ impl Config {
         for custom in &mut copy.custom_providers {
             for key in &mut custom.api_keys {
                 *key = "<redacted>".into();
+            }
+        }
+        if let Some(url) = &mut copy.upstream.proxy_url {
+            // Proxy credentials ride in the URL's user info.
+            if let Some((user_info, host)) = url.rsplit_once('@') {
+                let scheme = user_info.split_once("://").map_or("", |(s, _)| s);
+                let sep = if scheme.is_empty() { "" } else { "://" };
+                *url = format!("{scheme}{sep}<redacted>@{host}");
             }
         }
         if let Some(password) = &mut copy.analytics.clickhouse.password {
@@ -401,6 +414,56 @@ mod tests {
             Some("ch-secret")
         );
         assert!(!config.redacted_toml().contains("ch-secret"));
+    }
+
+    #[test]
+    fn upstream_section_round_trips_and_takes_env_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.toml");
+        std::fs::write(
+            &file,
+            "[upstream]\nproxy_url = \"http://user:pw-Zq9@proxy.internal:3128\"\n\
+             no_proxy = [\"internal.example\", \"10.0.0.0/8\"]\nca_files = [\"/etc/ca/a.pem\"]\n",
+        )
+        .unwrap();
+        let config = Config::load_from(
+            Some(&file),
+            env(&[
+                ("TOLLGATE__UPSTREAM__POOL_MAX_IDLE_PER_HOST", "16"),
+                ("TOLLGATE__UPSTREAM__POOL_IDLE_TIMEOUT_MS", "5000"),
+            ]),
+        )
+        .unwrap();
+        let upstream = &config.upstream;
+        assert_eq!(
+            upstream.proxy_url.as_deref(),
+            Some("http://user:pw-Zq9@proxy.internal:3128")
+        );
+        assert_eq!(
+            upstream.no_proxy,
+            Some(vec!["internal.example".to_owned(), "10.0.0.0/8".to_owned()])
+        );
+        assert_eq!(upstream.ca_files, vec![PathBuf::from("/etc/ca/a.pem")]);
+        assert_eq!(upstream.pool_max_idle_per_host, 16);
+        assert_eq!(upstream.pool_idle_timeout_ms, 5000);
+        assert_eq!(config.proxy().upstream, *upstream);
+        let back: Config = toml::from_str(&toml::to_string(&config).unwrap()).unwrap();
+        assert_eq!(back, config);
+        let redacted = config.redacted_toml();
+        assert!(!redacted.contains("pw-Zq9"), "{redacted}");
+        assert!(
+            redacted.contains("http://<redacted>@proxy.internal:3128"),
+            "{redacted}"
+        );
+        let defaults = Config::default().upstream;
+        assert_eq!(
+            (
+                defaults.pool_max_idle_per_host,
+                defaults.pool_idle_timeout_ms
+            ),
+            (1024, 90_000)
+        );
+        assert!(defaults.proxy_url.is_none() && defaults.no_proxy.is_none());
     }
 
     #[test]

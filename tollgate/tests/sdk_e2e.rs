@@ -239,6 +239,16 @@ impl GatewayProcess {
     /// Start `tollgate serve` on a free port and wait for its bootstrap key
     /// and `/readyz`. A lost race for the port is retried with another one.
     async fn start(dir: &Path, mock_base: &str, db_path: &Path) -> GatewayProcess {
+        GatewayProcess::start_with_env(dir, mock_base, db_path, &[]).await
+    }
+
+    /// `start`, with extra `TOLLGATE__…` overlays.
+    async fn start_with_env(
+        dir: &Path,
+        mock_base: &str,
+        db_path: &Path,
+        env: &[(&str, &str)],
+    ) -> GatewayProcess {
         let mut failures = Vec::new();
         for _ in 0..3 {
             let port = free_port();
@@ -255,6 +265,7 @@ impl GatewayProcess {
                     "TOLLGATE__PROVIDERS__ANTHROPIC__API_KEYS",
                     format!("[{}]", toml_str(ANTHROPIC_OPERATOR_KEY)),
                 )
+                .envs(env.iter().copied())
                 .current_dir(dir)
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
@@ -432,6 +443,131 @@ format = "text"
         db = toml_str(&db_path.display().to_string()),
         account = toml_str(ACCOUNT_NAME),
     )
+}
+
+/// Every usage event stored in the database at `db_path`.
+async fn stored_usage_events(db_path: &Path) -> Vec<UsageEvent> {
+    let db = Database::open(db_path, Durability::Normal).unwrap();
+    let log = SqliteEventLog::open(&db, SqliteEventLogOptions::default()).unwrap();
+    log.read(topics::ACCOUNT_EVENTS, 0, 0, 100_000)
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(
+            |r| match serde_json::from_slice::<Envelope>(&r.payload).unwrap().body {
+                EventBody::Usage(event) => Some(*event),
+                _ => None,
+            },
+        )
+        .collect()
+}
+
+/// SIGTERM while streams are open and requests keep arriving: in-flight work
+/// may finish for `server.shutdown_grace_ms`, then the streams are cut and
+/// billed for what was sent, the log is flushed, and the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_cuts_streams_after_the_grace_and_keeps_every_event() {
+    let mock = MockUpstream::start().await.expect("mock upstream");
+    // Each stream would run ~60 s: far past the grace.
+    mock.add_rule(
+        Rule::for_model("slow-stream")
+            .reply_text("word ".repeat(300))
+            .chunk_delay(Duration::from_millis(200)),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("data").join("tollgate.db");
+    let mut gateway = GatewayProcess::start_with_env(
+        dir.path(),
+        &mock.base_url(),
+        &db_path,
+        &[("TOLLGATE__SERVER__SHUTDOWN_GRACE_MS", "1500")],
+    )
+    .await;
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = format!("{}/v1/chat/completions", gateway.base_url);
+    let mut streams = Vec::new();
+    for _ in 0..8 {
+        let response = client
+            .post(&url)
+            .bearer_auth(&gateway.token)
+            .json(&json!({"model": "openai:slow-stream", "stream": true,
+                          "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{}", gateway.logs());
+        streams.push(tokio::spawn(async move {
+            let mut body = response.bytes_stream();
+            use futures::StreamExt;
+            let mut seen = 0usize;
+            while let Some(Ok(chunk)) = body.next().await {
+                seen += chunk.len();
+            }
+            seen
+        }));
+    }
+    // Load that keeps coming while the gateway stops.
+    let (base, token) = (gateway.base_url.clone(), gateway.token.clone());
+    let load = tokio::spawn(async move {
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let mut answered = 0usize;
+        for _ in 0..200 {
+            let sent = client
+                .post(format!("{base}/v1/chat/completions"))
+                .bearer_auth(&token)
+                .json(&json!({"model": "gpt-4o-mini",
+                              "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await;
+            match sent {
+                Ok(response) if response.status() == 200 => answered += 1,
+                _ => break,
+            }
+        }
+        answered
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = Instant::now();
+    let stopped = gateway.terminate().await;
+    let took = asked.elapsed();
+    assert!(stopped.status.success(), "{stopped}");
+    let answered = load.await.unwrap();
+    for stream in streams {
+        assert!(
+            stream.await.unwrap() > 0,
+            "each stream sent something first"
+        );
+    }
+    println!(
+        "SIGTERM with 8 open streams and requests arriving: exit after {} ms (grace 1500 ms)",
+        took.as_millis()
+    );
+    assert!(
+        took < Duration::from_secs(30),
+        "the streams were cut at the grace, not run to their end (~60 s)"
+    );
+    let events = stored_usage_events(&db_path).await;
+    let cut: Vec<_> = events
+        .iter()
+        .filter(|e| e.model_requested == "openai:slow-stream")
+        .collect();
+    assert_eq!(
+        cut.len(),
+        8,
+        "every cut stream is billed: {:?}",
+        events
+            .iter()
+            .map(|e| (&e.model_requested, e.status, e.client_disconnected))
+            .collect::<Vec<_>>()
+    );
+    assert!(cut
+        .iter()
+        .all(|e| e.client_disconnected && e.tokens.output > 0));
+    let plain = events.len() - cut.len();
+    assert!(
+        plain >= answered,
+        "every answered request has its event ({plain} < {answered})"
+    );
 }
 
 // ---------------------------------------------------------------------------

@@ -36,6 +36,7 @@ pub struct TestGateway {
     pub mock: MockUpstream,
     _dir: tempfile::TempDir,
     shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Config with openai and anthropic pointed at the mock, one operator key each.
@@ -102,11 +103,11 @@ pub async fn start_on(mock: MockUpstream, config: ProxyConfig) -> TestGateway {
     // `Instance` below serves through the router alone.
     let app = tollgate_proxy::router(gateway.clone());
     let served = gateway.clone();
-    tokio::spawn(async move {
+    let options = serve_options(&gateway);
+    let server = tokio::spawn(async move {
         let stopped = async {
             let _ = rx.await;
         };
-        let options = tollgate_proxy::ServeOptions::default();
         let _ = tollgate_proxy::serve_gateway(listener, app, served, stopped, options).await;
     });
     TestGateway {
@@ -121,7 +122,20 @@ pub async fn start_on(mock: MockUpstream, config: ProxyConfig) -> TestGateway {
         mock,
         _dir: dir,
         shutdown: Some(tx),
+        server: Some(server),
     }
+}
+
+/// As `tollgate serve` serves: the edge's metrics on the gateway's
+/// registry, TLS when the config asks for it.
+pub fn serve_options(gateway: &Gateway) -> tollgate_proxy::ServeOptions {
+    let edge =
+        tollgate_proxy::Edge::new(&gateway.config.server, &gateway.metrics.registry).unwrap();
+    let mut options = tollgate_proxy::ServeOptions::new(edge);
+    if let Some(tls) = &gateway.config.server.tls {
+        options.tls = Some(tollgate_proxy::tls_acceptor(tls).unwrap());
+    }
+    options
 }
 
 impl Drop for TestGateway {
@@ -133,6 +147,17 @@ impl Drop for TestGateway {
 }
 
 impl TestGateway {
+    /// Signal shutdown and wait (bounded) for the server to return.
+    pub async fn stop_serving(&mut self, within: Duration) -> bool {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.server.take() {
+            Some(server) => tokio::time::timeout(within, server).await.is_ok(),
+            None => true,
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
