@@ -41,14 +41,16 @@ const TOKIO_WORKER: &str = "tokio-rt-worker";
 const EVENT_LOG_PREFIX: &str = "tollgate-eventl";
 
 impl Cpu {
-    pub fn snapshot(gateway_pid: Option<u32>) -> Cpu {
+    /// `gateway_pids`: the gateway child, or a peer gateway's processes
+    /// (whose threads all count as `gateway_other`).
+    pub fn snapshot(gateway_pids: &[u32]) -> Cpu {
         let me = by_thread_name(std::process::id());
         let mut cpu = Cpu {
             load_generator: me.get(LOAD_GENERATOR).copied().unwrap_or(0),
             mock: me.get(MOCK).copied().unwrap_or(0),
             ..Cpu::default()
         };
-        if let Some(pid) = gateway_pid {
+        for &pid in gateway_pids {
             for (name, ns) in by_thread_name(pid) {
                 if name == TOKIO_WORKER {
                     cpu.gateway_workers += ns;

@@ -1,14 +1,17 @@
 //! The load generator: closed-loop workers, one persistent HTTP/1.1
-//! connection each (as SDK connection pools do), TCP_NODELAY on every socket,
-//! hyper's low-level client so the generator itself stays cheap.
+//! connection each (as SDK connection pools do), or over HTTP/2 (cleartext,
+//! prior knowledge) every worker's requests as concurrent streams on one
+//! shared connection (as an HTTP/2 client multiplexes); TCP_NODELAY on every
+//! socket, hyper's low-level client so the generator itself stays cheap.
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
-use http::{HeaderValue, Request, StatusCode};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,22 +19,40 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+/// The wire protocol the load generator speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Http1,
+    /// HTTP/2 over cleartext TCP with prior knowledge (no upgrade, no TLS).
+    H2,
+}
+
 /// Where requests go and how they authenticate.
 #[derive(Clone, Debug)]
 pub struct Target {
     pub addr: SocketAddr,
     pub path: &'static str,
     pub authorization: HeaderValue,
+    /// Sent with every request (a peer gateway's routing headers).
+    pub extra_headers: Vec<(HeaderName, HeaderValue)>,
     pub body: Bytes,
+    pub proto: Proto,
 }
 
 impl Target {
     fn request(&self, host: &HeaderValue) -> anyhow::Result<Request<Full<Bytes>>> {
-        Ok(Request::post(self.path)
-            .header(HOST, host.clone())
+        let builder = match self.proto {
+            Proto::Http1 => Request::post(self.path).header(HOST, host.clone()),
+            // HTTP/2 carries the authority in the URI (`:authority`), not `Host`.
+            Proto::H2 => Request::post(format!("http://{}{}", self.addr, self.path)),
+        };
+        let mut builder = builder
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .header(AUTHORIZATION, self.authorization.clone())
-            .body(Full::new(self.body.clone()))?)
+            .header(AUTHORIZATION, self.authorization.clone());
+        for (name, value) in &self.extra_headers {
+            builder = builder.header(name, value);
+        }
+        Ok(builder.body(Full::new(self.body.clone()))?)
     }
 
     fn host(&self) -> anyhow::Result<HeaderValue> {
@@ -39,19 +60,62 @@ impl Target {
     }
 }
 
-type Sender = SendRequest<Full<Bytes>>;
+/// A persistent connection's request handle. An HTTP/2 one can be shared
+/// (`share`): clones send concurrent streams on the same connection.
+pub enum Sender {
+    H1(http1::SendRequest<Full<Bytes>>),
+    H2(http2::SendRequest<Full<Bytes>>),
+}
 
-/// A persistent connection; its driver task ends when the sender is dropped.
-pub async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
+impl Sender {
+    /// Another handle on the same connection (HTTP/2 only).
+    fn share(&self) -> Option<Sender> {
+        match self {
+            Sender::H1(_) => None,
+            Sender::H2(s) => Some(Sender::H2(s.clone())),
+        }
+    }
+
+    async fn ready(&mut self) -> hyper::Result<()> {
+        match self {
+            Sender::H1(s) => s.ready().await,
+            Sender::H2(s) => s.ready().await,
+        }
+    }
+
+    async fn send(&mut self, request: Request<Full<Bytes>>) -> hyper::Result<Response<Incoming>> {
+        match self {
+            Sender::H1(s) => s.send_request(request).await,
+            Sender::H2(s) => s.send_request(request).await,
+        }
+    }
+}
+
+/// A persistent connection; its driver task ends when every sender is dropped.
+pub async fn connect(addr: SocketAddr, proto: Proto) -> anyhow::Result<Sender> {
     let tcp = TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to {addr}"))?;
     tcp.set_nodelay(true)?;
-    let (sender, conn) = http1::handshake(TokioIo::new(tcp)).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
+    let io = TokioIo::new(tcp);
+    match proto {
+        Proto::Http1 => {
+            let (sender, conn) = http1::handshake(io).await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(Sender::H1(sender))
+        }
+        Proto::H2 => {
+            // Sends the preface only; a server that does not speak HTTP/2
+            // shows up as an error on the first request.
+            let (sender, conn) = http2::handshake(TokioExecutor::new(), io).await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(Sender::H2(sender))
+        }
+    }
 }
 
 /// One request/response exchange, body read to the end.
@@ -74,7 +138,7 @@ pub async fn exchange(
 ) -> anyhow::Result<Exchange> {
     sender.ready().await?;
     let t0 = Instant::now();
-    let response = sender.send_request(request).await?;
+    let response = sender.send(request).await?;
     let status = response.status();
     let (parts, mut body) = response.into_parts();
     let mut ttfb = None;
@@ -102,10 +166,16 @@ pub async fn exchange(
     })
 }
 
-/// One request on a fresh connection, body kept (sanity checks).
+/// One request on a fresh connection, body kept (sanity checks); bounded
+/// in time, since a server that does not speak the protocol may say nothing.
 pub async fn probe(target: &Target) -> anyhow::Result<Exchange> {
-    let mut sender = connect(target.addr).await?;
-    exchange(&mut sender, target.request(&target.host()?)?, true).await
+    let limit = Duration::from_secs(10);
+    tokio::time::timeout(limit, async {
+        let mut sender = connect(target.addr, target.proto).await?;
+        exchange(&mut sender, target.request(&target.host()?)?, true).await
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("no answer within {limit:?}"))?
 }
 
 #[derive(Debug, Default)]
@@ -156,7 +226,8 @@ struct WorkerResult {
 }
 
 /// `concurrency` closed-loop workers, each on its own persistent connection
-/// (all connected before the clock starts). Requests started during
+/// over HTTP/1.1, or all sharing one connection over HTTP/2 (connected
+/// before the clock starts). Requests started during
 /// `warmup` are not measured; no request starts after `warmup + duration`.
 pub async fn closed_loop(
     target: &Target,
@@ -166,8 +237,22 @@ pub async fn closed_loop(
 ) -> anyhow::Result<LoadResult> {
     let host = target.host()?;
     let mut senders = Vec::with_capacity(concurrency);
-    for _ in 0..concurrency {
-        senders.push(connect(target.addr).await?);
+    match target.proto {
+        Proto::Http1 => {
+            for _ in 0..concurrency {
+                senders.push(connect(target.addr, target.proto).await?);
+            }
+        }
+        Proto::H2 => {
+            let shared = connect(target.addr, target.proto).await?;
+            for _ in 0..concurrency {
+                senders.push(
+                    shared
+                        .share()
+                        .ok_or_else(|| anyhow::anyhow!("not an HTTP/2 connection"))?,
+                );
+            }
+        }
     }
     let start = Instant::now();
     let warm_end = start + warmup;
@@ -248,7 +333,8 @@ async fn worker(
             if broken {
                 // The connection is unusable: reconnect, a bounded number of times.
                 reconnects += 1;
-                match connect(target.addr).await {
+                // (Over HTTP/2 this worker then has a connection of its own.)
+                match connect(target.addr, target.proto).await {
                     Ok(s) if reconnects <= 100 => sender = s,
                     _ => break,
                 }
@@ -277,12 +363,12 @@ impl OpenStreams {
         let mut tasks = Vec::with_capacity(n);
         for i in 0..n {
             let request = target.request(&host)?;
-            let addr = target.addr;
+            let (addr, proto) = (target.addr, target.proto);
             let opened = opened.clone();
             let failed = failed.clone();
             let mut stop_rx = stop_rx.clone();
             tasks.push(tokio::spawn(async move {
-                let result = hold_stream(addr, request, &opened, &mut stop_rx).await;
+                let result = hold_stream(addr, proto, request, &opened, &mut stop_rx).await;
                 match result {
                     Ok(()) => None,
                     Err(err) => {
@@ -345,13 +431,14 @@ impl OpenStreams {
 
 async fn hold_stream(
     addr: SocketAddr,
+    proto: Proto,
     request: Request<Full<Bytes>>,
     opened: &AtomicUsize,
     stop: &mut watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let mut sender = connect(addr).await?;
+    let mut sender = connect(addr, proto).await?;
     sender.ready().await?;
-    let response = sender.send_request(request).await?;
+    let response = sender.send(request).await?;
     if !response.status().is_success() {
         bail!("HTTP {}", response.status());
     }

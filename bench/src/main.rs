@@ -2,8 +2,10 @@
 //!
 //! Requests/s and p50/p99 latency straight to the mock upstream and through
 //! the gateway (auth, metering and usage events on, embedded SQLite event
-//! log), at two concurrencies, plain and streaming; then the gateway's RSS
-//! with many streams open. Prints figures next to targets; asserts nothing.
+//! log), at two concurrencies, plain and streaming, over HTTP/1.1 and
+//! HTTP/2; optionally through a peer gateway (Portkey's) on the same mock;
+//! then the gateway's RSS with many streams open. Prints figures next to
+//! targets; asserts nothing.
 //!
 //! Layout on the machine: the mock upstream runs in this process on its own
 //! runtime thread, the load generator on another (the main thread); the
@@ -13,6 +15,8 @@
 mod child;
 mod cpu;
 mod load;
+mod peer;
+mod report;
 mod stats;
 
 use anyhow::{bail, Context};
@@ -20,8 +24,9 @@ use bytes::Bytes;
 use child::{ChildArgs, GatewayChild};
 use clap::{Parser, Subcommand};
 use cpu::Cpu;
-use http::HeaderValue;
-use load::{LoadResult, OpenStreams, Target};
+use http::{HeaderName, HeaderValue};
+use load::{LoadResult, OpenStreams, Proto, Target};
+use peer::{PeerChild, PeerCommand};
 use stats::{diff_ms, ms, Summary};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -37,7 +42,8 @@ use tollgate_mock_upstream::{MockOptions, MockUpstream};
 straight to an in-process mock upstream and through a Tollgate gateway child process (auth, \
 metering and usage events on), at each concurrency, plain and streaming; then the gateway's RSS \
 with many streams open. Prints figures next to targets; never fails on timing.\n\n\
-Scenario names (for --scenario): direct/chat/c1, gateway/stream/c16, ..., and memory."
+Scenario names (for --scenario): direct/chat/c1, gateway/stream/c16, direct-h2/chat/c16, \
+gateway-h2/chat/c16, portkey/chat/c16, ..., and memory."
 )]
 struct Cli {
     /// Measured seconds per scenario (after the warm-up), split over --rounds.
@@ -89,6 +95,29 @@ struct Cli {
     /// the gateway's pid (time to attach a profiler such as `heaptrack -p`).
     #[arg(long, default_value_t = 0.0)]
     memory_pause_secs: f64,
+    /// Of the --concurrency levels, those also measured over HTTP/2
+    /// (cleartext, prior knowledge; one connection carrying that many
+    /// concurrent streams), straight to the mock and through the gateway.
+    /// `0` measures none.
+    #[arg(long, value_delimiter = ',', default_values_t = [16usize])]
+    h2_concurrency: Vec<usize>,
+    /// Also measure Portkey's gateway (npm `@portkey-ai/gateway`) on the same
+    /// mock, chat at each concurrency, alternating with Tollgate. `auto` (the
+    /// flag alone) finds it in bench/peers/node_modules (bench/peers/install.sh
+    /// puts it there) or else via `npx --no-install`; or give the path of its
+    /// start-server.js, of a folder holding node_modules, or a command line
+    /// (`--port=N --headless` are appended).
+    #[arg(
+        long,
+        num_args = 0..=1,
+        default_missing_value = "auto",
+        value_name = "auto|PATH|COMMAND"
+    )]
+    peer_portkey: Option<String>,
+    /// Load on the peer before its first measurement, seconds: Node's JIT
+    /// needs a few thousand requests before it reaches its steady speed.
+    #[arg(long, default_value_t = 3.0)]
+    peer_warmup_secs: f64,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -98,6 +127,10 @@ enum Cmd {
     /// Internal: run the gateway under test (used by the benchmark itself).
     #[command(hide = true)]
     GatewayChild(ChildArgs),
+    /// Internal: the before/after table of `bench/compare.sh` (median over
+    /// the printed outputs of alternating runs of two builds).
+    #[command(hide = true)]
+    CompareReport(report::ReportArgs),
 }
 
 // Targets printed next to the figures (never asserted).
@@ -106,6 +139,8 @@ const TARGET_ADDED_P99_MS: f64 = 0.5;
 const TARGET_ADDED_TTFB_MS: f64 = 0.2;
 const TARGET_GATEWAY_RPS_C16: f64 = 20_000.0;
 const TARGET_RSS_MIB: f64 = 50.0;
+/// Issue #15: Tollgate's chat throughput at c=16 over Portkey's, same mock.
+const TARGET_PEER_RATIO_C16: f64 = 10.0;
 
 const CHAT_BODY: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in one sentence."}]}"#;
 const STREAM_BODY: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in one sentence."}],"stream":true}"#;
@@ -117,6 +152,7 @@ fn main() -> ExitCode {
     let mut cli = Cli::parse();
     let result = match cli.command.take() {
         Some(Cmd::GatewayChild(args)) => child::run_child(args),
+        Some(Cmd::CompareReport(args)) => report::run(&args),
         None => match cli.eventlog.as_str() {
             "embedded" => run(&cli),
             "kafka" => start_kafka_mock().and_then(|_mock| run(&cli)),
@@ -138,6 +174,29 @@ fn main() -> ExitCode {
 enum Route {
     Direct,
     Gateway,
+    /// HTTP/2 (cleartext, prior knowledge) straight to the mock.
+    DirectH2,
+    /// HTTP/2 (cleartext, prior knowledge) to the gateway.
+    GatewayH2,
+    /// Portkey's gateway on the same mock (HTTP/1.1).
+    Portkey,
+}
+
+impl Route {
+    fn label(self) -> &'static str {
+        match self {
+            Route::Direct => "direct",
+            Route::Gateway => "gateway",
+            Route::DirectH2 => "direct-h2",
+            Route::GatewayH2 => "gateway-h2",
+            Route::Portkey => "portkey",
+        }
+    }
+
+    /// Requests on this route go through the Tollgate gateway child.
+    fn via_gateway(self) -> bool {
+        matches!(self, Route::Gateway | Route::GatewayH2)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,15 +219,11 @@ struct Row {
 }
 
 fn name(route: Route, kind: Kind, concurrency: usize) -> String {
-    let r = match route {
-        Route::Direct => "direct",
-        Route::Gateway => "gateway",
-    };
     let k = match kind {
         Kind::Chat => "chat",
         Kind::Stream => "stream",
     };
-    format!("{r}/{k}/c{concurrency}")
+    format!("{}/{k}/c{concurrency}", route.label())
 }
 
 /// A filter selects a scenario when each of its `/`-separated parts is one of
@@ -182,6 +237,39 @@ fn selected(cli: &Cli, name: &str) -> bool {
                 .filter(|p| !p.is_empty())
                 .all(|p| parts.contains(&p))
         })
+}
+
+/// The routes measured at each (kind, concurrency), in the order they
+/// alternate within a round.
+struct Scenario {
+    kind: Kind,
+    concurrency: usize,
+    routes: Vec<Route>,
+}
+
+fn plan(cli: &Cli) -> Vec<Scenario> {
+    let mut out = Vec::new();
+    for kind in [Kind::Chat, Kind::Stream] {
+        for &concurrency in &cli.concurrency {
+            let mut routes = vec![Route::Direct, Route::Gateway];
+            if cli.h2_concurrency.contains(&concurrency) {
+                routes.extend([Route::DirectH2, Route::GatewayH2]);
+            }
+            // Chat only: Portkey's stream relay is not what the issue compares.
+            if kind == Kind::Chat && cli.peer_portkey.is_some() {
+                routes.push(Route::Portkey);
+            }
+            routes.retain(|&r| selected(cli, &name(r, kind, concurrency)));
+            if !routes.is_empty() {
+                out.push(Scenario {
+                    kind,
+                    concurrency,
+                    routes,
+                });
+            }
+        }
+    }
+    out
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
@@ -225,116 +313,10 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         }
     }
 
-    let scenarios: Vec<(Kind, usize)> = [Kind::Chat, Kind::Stream]
-        .into_iter()
-        .flat_map(|k| cli.concurrency.iter().map(move |&c| (k, c)))
-        .collect();
-    let wanted: Vec<(Kind, usize, Route)> = scenarios
-        .iter()
-        .flat_map(|&(k, c)| [Route::Direct, Route::Gateway].map(|r| (k, c, r)))
-        .filter(|&(k, c, r)| selected(cli, &name(r, k, c)))
-        .collect();
-
-    let mut rows: Vec<Row> = Vec::new();
-    if !wanted.is_empty() {
-        let mock = mock_rt.block_on(MockUpstream::start_with(MockOptions {
-            record: false,
-            ..MockOptions::default()
-        }))?;
-        let gateway = spawn_gateway(cli, &mock.base_url())?;
-        let targets = Targets::new(mock.addr(), &gateway)?;
-        load_rt.block_on(sanity_check(&targets))?;
-        let (rss_start, _) = gateway.memory_kib()?;
-        let rounds = cli.rounds.max(1);
-        let per_round = duration.div_f64(rounds as f64);
-        let mut gateway_sent = 0;
-        for &(kind, concurrency) in &scenarios {
-            let routes: Vec<Route> = wanted
-                .iter()
-                .filter(|&&(k, c, _)| k == kind && c == concurrency)
-                .map(|&(_, _, r)| r)
-                .collect();
-            if routes.is_empty() {
-                continue;
-            }
-            let first = rows.len();
-            for &route in &routes {
-                rows.push(Row {
-                    route,
-                    kind,
-                    concurrency,
-                    result: LoadResult::default(),
-                    total: None,
-                    ttfb: None,
-                    cpu: Cpu::default(),
-                    wall: Duration::ZERO,
-                });
-            }
-            // Direct and gateway alternate round by round, so both see the
-            // same machine (thread placement on the cores drifts over seconds).
-            for round in 0..rounds {
-                let round_warmup = if round == 0 {
-                    warmup
-                } else {
-                    warmup.min(Duration::from_millis(100))
-                };
-                for (i, &route) in routes.iter().enumerate() {
-                    let scenario = name(route, kind, concurrency);
-                    eprint!("running {scenario:<20} round {}/{rounds} ...", round + 1);
-                    let target = targets.get(route, kind);
-                    let before = Cpu::snapshot(Some(gateway.pid()));
-                    let wall = Instant::now();
-                    let result = load_rt.block_on(load::closed_loop(
-                        target,
-                        concurrency,
-                        round_warmup,
-                        per_round,
-                    ))?;
-                    let wall = wall.elapsed();
-                    let cpu = Cpu::snapshot(Some(gateway.pid())).since(&before);
-                    eprintln!(" {:>9.0} req/s", result.throughput());
-                    if route == Route::Gateway {
-                        gateway_sent += result.sent;
-                    }
-                    let row = &mut rows[first + i];
-                    row.result.merge(result);
-                    row.cpu.add(&cpu);
-                    row.wall += wall;
-                }
-            }
-            for row in &mut rows[first..] {
-                row.total = Summary::of(&mut row.result.latencies);
-                row.ttfb = Summary::of(&mut row.result.ttfbs);
-            }
-        }
-        let (rss_after, hwm_after) = gateway.memory_kib()?;
-        let threads = gateway.threads();
-        let events = gateway.stop()?;
-        print_latency_table(&rows, duration, warmup, rounds);
-        print_cpu_table(&rows);
-        print_added_table(&rows);
-        println!();
-        println!(
-            "Gateway child: RSS {:.1} MiB at start, {:.1} MiB after the load (peak {:.1} MiB), {} threads.",
-            mib(rss_start),
-            mib(rss_after),
-            mib(hwm_after),
-            threads.map_or("?".into(), |t| t.to_string()),
-        );
-        println!(
-            "Usage events stored by the gateway: {events} for {gateway_sent} requests sent to it \
-             + {SANITY_GATEWAY_PROBES} probes (metering {}).",
-            if events == gateway_sent + SANITY_GATEWAY_PROBES {
-                "complete: one event per request"
-            } else if events >= gateway_sent {
-                "on"
-            } else {
-                "INCOMPLETE"
-            }
-        );
-        drop(mock);
+    let scenarios = plan(cli);
+    if !scenarios.is_empty() {
+        load_phase(cli, &mock_rt, &load_rt, scenarios, duration, warmup)?;
     }
-
     if selected(cli, "memory") {
         // Before any token estimate, then with the estimator loaded (as in
         // a gateway that has run a while): its encoding stays resident.
@@ -346,6 +328,202 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Throughput and latency scenarios: one mock, one gateway child (and the
+/// peer, if asked) for all of them; then the tables.
+fn load_phase(
+    cli: &Cli,
+    mock_rt: &tokio::runtime::Runtime,
+    load_rt: &tokio::runtime::Runtime,
+    mut scenarios: Vec<Scenario>,
+    duration: Duration,
+    warmup: Duration,
+) -> anyhow::Result<()> {
+    let mock = mock_rt.block_on(MockUpstream::start_with(MockOptions {
+        record: false,
+        ..MockOptions::default()
+    }))?;
+    let gateway = spawn_gateway(cli, &mock.base_url())?;
+    let wants_peer = scenarios.iter().any(|s| s.routes.contains(&Route::Portkey));
+    let (peer, peer_error) = match cli.peer_portkey.as_deref().filter(|_| wants_peer) {
+        Some(spec) => match start_peer(spec) {
+            Ok(p) => (Some(p), None),
+            Err(err) => (None, Some(format!("{err:#}"))),
+        },
+        None => (None, None),
+    };
+    let targets = Targets::new(mock.addr(), &gateway, peer.as_ref().map(|p| p.addr))?;
+    load_rt.block_on(sanity_check(&targets))?;
+    // Optional routes that cannot run are reported, not fatal.
+    let mut skipped = load_rt.block_on(check_optional(&targets, &scenarios, peer_error));
+    if scenarios.iter().any(|s| s.routes.contains(&Route::Portkey)) {
+        if let Err(err) = warm_peer(cli, load_rt, &targets) {
+            skipped.push((Route::Portkey, format!("warming Portkey failed: {err:#}")));
+        }
+    }
+    for s in &mut scenarios {
+        s.routes
+            .retain(|r| !skipped.iter().any(|(skip, _)| skip == r));
+    }
+    // A gateway that speaks HTTP/2 metered its probe too.
+    let probes = SANITY_GATEWAY_PROBES
+        + u64::from(
+            scenarios
+                .iter()
+                .any(|s| s.routes.contains(&Route::GatewayH2)),
+        );
+    let (rss_start, _) = gateway.memory_kib()?;
+    let parties = Parties {
+        gateway: &gateway,
+        peer: peer.as_ref(),
+    };
+    let rows = measure(
+        cli, load_rt, &targets, &parties, &scenarios, duration, warmup,
+    )?;
+    let gateway_sent: u64 = rows
+        .iter()
+        .filter(|r| r.route.via_gateway())
+        .map(|r| r.result.sent)
+        .sum();
+    let (rss_after, hwm_after) = gateway.memory_kib()?;
+    let threads = gateway.threads();
+    let peer_rss = peer.as_ref().map(PeerChild::rss_kib);
+    let events = gateway.stop()?;
+    drop(peer);
+    print_latency_table(&rows, duration, warmup, cli.rounds);
+    for (route, why) in &skipped {
+        println!("  {}: not measured: {why}", route.label());
+    }
+    print_cpu_table(&rows);
+    print_added_table(&rows);
+    print_peer_table(&rows, peer_rss);
+    println!();
+    println!(
+        "Gateway child: RSS {:.1} MiB at start, {:.1} MiB after the load (peak {:.1} MiB), {} threads.",
+        mib(rss_start),
+        mib(rss_after),
+        mib(hwm_after),
+        threads.map_or("?".into(), |t| t.to_string()),
+    );
+    println!(
+        "Usage events stored by the gateway: {events} for {gateway_sent} requests sent to it \
+         + {probes} probes (metering {}).",
+        if events == gateway_sent + probes {
+            "complete: one event per request"
+        } else if events >= gateway_sent {
+            "on"
+        } else {
+            "INCOMPLETE"
+        }
+    );
+    drop(mock);
+    Ok(())
+}
+
+fn warm_peer(
+    cli: &Cli,
+    load_rt: &tokio::runtime::Runtime,
+    targets: &Targets,
+) -> anyhow::Result<()> {
+    let secs = cli.peer_warmup_secs.clamp(0.0, 600.0);
+    if secs > 0.0 {
+        eprint!("warming portkey (JIT) for {secs:.1} s, not measured ...");
+        let warm = load_rt.block_on(load::closed_loop(
+            targets.get(Route::Portkey, Kind::Chat)?,
+            16,
+            Duration::ZERO,
+            Duration::from_secs_f64(secs),
+        ))?;
+        eprintln!(" {:>9.0} req/s", warm.throughput());
+    }
+    Ok(())
+}
+
+fn start_peer(spec: &str) -> anyhow::Result<PeerChild> {
+    let command = PeerCommand::resolve(spec)?;
+    eprintln!("starting peer: {} ...", command.describe());
+    PeerChild::spawn(&command).with_context(|| format!("Portkey (`{}`)", command.describe()))
+}
+
+/// The processes whose CPU time each route's rows report.
+struct Parties<'a> {
+    gateway: &'a GatewayChild,
+    peer: Option<&'a PeerChild>,
+}
+
+impl Parties<'_> {
+    fn pids(&self, route: Route) -> Vec<u32> {
+        match (route, self.peer) {
+            (Route::Portkey, Some(peer)) => peer.pids(),
+            _ => vec![self.gateway.pid()],
+        }
+    }
+}
+
+/// Every scenario's routes alternate round by round, so all see the same
+/// machine (thread placement on the cores drifts over seconds).
+fn measure(
+    cli: &Cli,
+    load_rt: &tokio::runtime::Runtime,
+    targets: &Targets,
+    parties: &Parties<'_>,
+    scenarios: &[Scenario],
+    duration: Duration,
+    warmup: Duration,
+) -> anyhow::Result<Vec<Row>> {
+    let mut rows: Vec<Row> = Vec::new();
+    let rounds = cli.rounds.max(1);
+    let per_round = duration.div_f64(rounds as f64);
+    for scenario in scenarios {
+        let (kind, concurrency) = (scenario.kind, scenario.concurrency);
+        let first = rows.len();
+        for &route in &scenario.routes {
+            rows.push(Row {
+                route,
+                kind,
+                concurrency,
+                result: LoadResult::default(),
+                total: None,
+                ttfb: None,
+                cpu: Cpu::default(),
+                wall: Duration::ZERO,
+            });
+        }
+        for round in 0..rounds {
+            let round_warmup = if round == 0 {
+                warmup
+            } else {
+                warmup.min(Duration::from_millis(100))
+            };
+            for (i, &route) in scenario.routes.iter().enumerate() {
+                let label = name(route, kind, concurrency);
+                eprint!("running {label:<22} round {}/{rounds} ...", round + 1);
+                let target = targets.get(route, kind)?;
+                let pids = parties.pids(route);
+                let before = Cpu::snapshot(&pids);
+                let wall = Instant::now();
+                let result = load_rt.block_on(load::closed_loop(
+                    target,
+                    concurrency,
+                    round_warmup,
+                    per_round,
+                ))?;
+                let wall = wall.elapsed();
+                let cpu = Cpu::snapshot(&pids).since(&before);
+                eprintln!(" {:>9.0} req/s", result.throughput());
+                let row = &mut rows[first + i];
+                row.result.merge(result);
+                row.cpu.add(&cpu);
+                row.wall += wall;
+            }
+        }
+        for row in &mut rows[first..] {
+            row.total = Summary::of(&mut row.result.latencies);
+            row.ttfb = Summary::of(&mut row.result.ttfbs);
+        }
+    }
+    Ok(rows)
+}
+
 fn spawn_gateway(cli: &Cli, upstream: &str) -> anyhow::Result<GatewayChild> {
     let gateway = GatewayChild::spawn(upstream, cli.gateway_threads, kafka_brokers())?;
     if let Some(cpus) = &cli.pin_gateway {
@@ -355,62 +533,102 @@ fn spawn_gateway(cli: &Cli, upstream: &str) -> anyhow::Result<GatewayChild> {
 }
 
 struct Targets {
-    direct_chat: Target,
-    direct_stream: Target,
-    gateway_chat: Target,
-    gateway_stream: Target,
+    targets: Vec<(Route, Kind, Target)>,
 }
 
 impl Targets {
-    fn new(mock: SocketAddr, gateway: &GatewayChild) -> anyhow::Result<Targets> {
+    fn new(
+        mock: SocketAddr,
+        gateway: &GatewayChild,
+        peer: Option<SocketAddr>,
+    ) -> anyhow::Result<Targets> {
         let direct_auth = HeaderValue::from_str(&format!("Bearer {MOCK_KEY}"))?;
         let gateway_auth = HeaderValue::from_str(&format!("Bearer {}", gateway.token))?;
-        let t = |addr, auth: &HeaderValue, body: &'static str| Target {
+        let t = |addr, auth: &HeaderValue, body: &'static str, proto| Target {
             addr,
             path: "/v1/chat/completions",
             authorization: auth.clone(),
+            extra_headers: Vec::new(),
             body: Bytes::from_static(body.as_bytes()),
+            proto,
         };
-        Ok(Targets {
-            direct_chat: t(mock, &direct_auth, CHAT_BODY),
-            direct_stream: t(mock, &direct_auth, STREAM_BODY),
-            gateway_chat: t(gateway.addr, &gateway_auth, CHAT_BODY),
-            gateway_stream: t(gateway.addr, &gateway_auth, STREAM_BODY),
-        })
+        let mut targets = Vec::new();
+        for (kind, body) in [(Kind::Chat, CHAT_BODY), (Kind::Stream, STREAM_BODY)] {
+            targets.extend([
+                (
+                    Route::Direct,
+                    kind,
+                    t(mock, &direct_auth, body, Proto::Http1),
+                ),
+                (
+                    Route::Gateway,
+                    kind,
+                    t(gateway.addr, &gateway_auth, body, Proto::Http1),
+                ),
+                (
+                    Route::DirectH2,
+                    kind,
+                    t(mock, &direct_auth, body, Proto::H2),
+                ),
+                (
+                    Route::GatewayH2,
+                    kind,
+                    t(gateway.addr, &gateway_auth, body, Proto::H2),
+                ),
+            ]);
+            if let Some(peer) = peer {
+                // Portkey forwards the client's key to the provider (the mock
+                // accepts any) and reaches the mock as a custom OpenAI host.
+                let mut target = t(peer, &direct_auth, body, Proto::Http1);
+                target.extra_headers = vec![
+                    (
+                        HeaderName::from_static("x-portkey-provider"),
+                        HeaderValue::from_static("openai"),
+                    ),
+                    (
+                        HeaderName::from_static("x-portkey-custom-host"),
+                        HeaderValue::from_str(&format!("http://{mock}/v1"))?,
+                    ),
+                ];
+                targets.push((Route::Portkey, kind, target));
+            }
+        }
+        Ok(Targets { targets })
     }
 
-    fn get(&self, route: Route, kind: Kind) -> &Target {
-        match (route, kind) {
-            (Route::Direct, Kind::Chat) => &self.direct_chat,
-            (Route::Direct, Kind::Stream) => &self.direct_stream,
-            (Route::Gateway, Kind::Chat) => &self.gateway_chat,
-            (Route::Gateway, Kind::Stream) => &self.gateway_stream,
-        }
+    fn get(&self, route: Route, kind: Kind) -> anyhow::Result<&Target> {
+        self.targets
+            .iter()
+            .find(|(r, k, _)| *r == route && *k == kind)
+            .map(|(_, _, t)| t)
+            .ok_or_else(|| anyhow::anyhow!("no target for {}", route.label()))
     }
+}
+
+/// One chat exchange: 200 with an OpenAI chat completion body.
+async fn check_chat(label: &str, target: &Target) -> anyhow::Result<()> {
+    let ex = load::probe(target).await?;
+    if !ex.status.is_success() {
+        bail!(
+            "{label}: HTTP {}: {}",
+            ex.status,
+            String::from_utf8_lossy(&ex.body)
+        );
+    }
+    let body: serde_json::Value =
+        serde_json::from_slice(&ex.body).context("response is not JSON")?;
+    if body.pointer("/choices/0/message/content").is_none() {
+        bail!("{label}: unexpected body {body}");
+    }
+    Ok(())
 }
 
 /// One exchange each way before measuring: both answer 200 with the
 /// expected shape, and the gateway metered the request.
 async fn sanity_check(targets: &Targets) -> anyhow::Result<()> {
-    for (label, target) in [
-        ("direct chat", &targets.direct_chat),
-        ("gateway chat", &targets.gateway_chat),
-    ] {
-        let ex = load::probe(target).await?;
-        if !ex.status.is_success() {
-            bail!(
-                "{label}: HTTP {}: {}",
-                ex.status,
-                String::from_utf8_lossy(&ex.body)
-            );
-        }
-        let body: serde_json::Value =
-            serde_json::from_slice(&ex.body).context("response is not JSON")?;
-        if body.pointer("/choices/0/message/content").is_none() {
-            bail!("{label}: unexpected body {body}");
-        }
-    }
-    let ex = load::probe(&targets.gateway_stream).await?;
+    check_chat("direct chat", targets.get(Route::Direct, Kind::Chat)?).await?;
+    check_chat("gateway chat", targets.get(Route::Gateway, Kind::Chat)?).await?;
+    let ex = load::probe(targets.get(Route::Gateway, Kind::Stream)?).await?;
     let text = String::from_utf8_lossy(&ex.body);
     if !ex.status.is_success() || !text.contains("data: [DONE]") {
         bail!("gateway stream: HTTP {}: {text}", ex.status);
@@ -419,6 +637,59 @@ async fn sanity_check(targets: &Targets) -> anyhow::Result<()> {
         bail!("gateway stream: no x-tollgate-event-id header");
     }
     Ok(())
+}
+
+/// Probe the optional routes the plan uses (HTTP/2, the peer); returns
+/// those that cannot be measured, with why. Gateway HTTP/2 probes are not
+/// in `SANITY_GATEWAY_PROBES`: a gateway that speaks it meters one more.
+async fn check_optional(
+    targets: &Targets,
+    scenarios: &[Scenario],
+    peer_error: Option<String>,
+) -> Vec<(Route, String)> {
+    let used = |route| scenarios.iter().any(|s| s.routes.contains(&route));
+    let mut skipped = Vec::new();
+    for (route, what) in [
+        (Route::DirectH2, "the mock upstream"),
+        (Route::GatewayH2, "the gateway"),
+    ] {
+        if !used(route) {
+            continue;
+        }
+        let probe = match targets.get(route, Kind::Chat) {
+            Ok(target) => check_chat(route.label(), target).await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = probe {
+            skipped.push((
+                route,
+                format!(
+                    "{what} does not speak HTTP/2 (cleartext, prior knowledge): {}",
+                    one_line(&format!("{err:#}"))
+                ),
+            ));
+        }
+    }
+    if used(Route::Portkey) {
+        let probe = match (peer_error, targets.get(Route::Portkey, Kind::Chat)) {
+            (Some(why), _) => Err(why),
+            (None, Ok(target)) => check_chat("portkey chat", target)
+                .await
+                .map_err(|e| format!("{e:#}")),
+            (None, Err(err)) => Err(format!("{err:#}")),
+        };
+        if let Err(why) = probe {
+            skipped.push((
+                Route::Portkey,
+                format!("Portkey failed: {}", one_line(&why)),
+            ));
+        }
+    }
+    skipped
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn mib(kib: u64) -> f64 {
@@ -482,12 +753,9 @@ fn print_context(cli: &Cli, duration: Duration, warmup: Duration) {
         },
         tollgate::app::CONTROL_TAIL_INTERVAL.as_millis()
     );
+    print_client_context(cli);
     println!(
-        "client       : hyper http1, one persistent keep-alive connection per worker, TCP_NODELAY, \
-         closed loop; latency = send → last body byte, TTFB = send → first body byte"
-    );
-    println!(
-        "per scenario : {:.1} s measured in {} rounds (direct and gateway alternating), first after \
+        "per scenario : {:.1} s measured in {} rounds (the routes alternating), first after \
          {} ms warm-up; concurrency {:?}; percentiles from every sample (nearest rank)",
         duration.as_secs_f64(),
         cli.rounds,
@@ -505,6 +773,37 @@ fn print_context(cli: &Cli, duration: Duration, warmup: Duration) {
     println!();
 }
 
+fn print_client_context(cli: &Cli) {
+    println!(
+        "client       : hyper http1, one persistent keep-alive connection per worker, TCP_NODELAY, \
+         closed loop; latency = send → last body byte, TTFB = send → first body byte"
+    );
+    let h2: Vec<usize> = cli
+        .concurrency
+        .iter()
+        .copied()
+        .filter(|c| cli.h2_concurrency.contains(c))
+        .collect();
+    if h2.is_empty() {
+        println!("http/2       : not measured (--h2-concurrency)");
+    } else {
+        println!(
+            "http/2       : direct-h2 and gateway-h2 at concurrency {h2:?}: hyper http2, cleartext \
+             with prior knowledge, ONE connection carrying all the workers' concurrent streams"
+        );
+    }
+    match &cli.peer_portkey {
+        Some(spec) => println!(
+            "peer         : Portkey's gateway (npm @portkey-ai/gateway, `{spec}`), Node.js child \
+             process, default settings, on the same mock as a custom OpenAI host \
+             (x-portkey-provider: openai, x-portkey-custom-host); chat only, http1 as above; \
+             {:.1} s of unmeasured load first (JIT warm-up)",
+            cli.peer_warmup_secs
+        ),
+        None => println!("peer         : not measured (--peer-portkey)"),
+    }
+}
+
 fn print_latency_table(rows: &[Row], duration: Duration, warmup: Duration, rounds: usize) {
     println!();
     println!(
@@ -515,7 +814,7 @@ fn print_latency_table(rows: &[Row], duration: Duration, warmup: Duration, round
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<20} {:>10} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>7}",
+        "{:<22} {:>10} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>7}",
         "scenario",
         "req/s",
         "p50",
@@ -527,7 +826,7 @@ fn print_latency_table(rows: &[Row], duration: Duration, warmup: Duration, round
         "samples",
         "errors"
     );
-    let _ = writeln!(out, "{}", "-".repeat(20 + 11 + 10 * 4 + 11 * 2 + 10 + 8));
+    let _ = writeln!(out, "{}", "-".repeat(22 + 11 + 10 * 4 + 11 * 2 + 10 + 8));
     for row in rows {
         let (p50, p90, p99, max) = row.total.map_or_else(
             || ("-".into(), "-".into(), "-".into(), "-".into()),
@@ -539,7 +838,7 @@ fn print_latency_table(rows: &[Row], duration: Duration, warmup: Duration, round
         };
         let _ = writeln!(
             out,
-            "{:<20} {:>10.0} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>7}",
+            "{:<22} {:>10.0} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9} {:>7}",
             name(row.route, row.kind, row.concurrency),
             row.result.throughput(),
             p50,
@@ -566,11 +865,12 @@ fn print_latency_table(rows: &[Row], duration: Duration, warmup: Duration, round
 fn print_cpu_table(rows: &[Row]) {
     println!();
     println!(
-        "CPU time per request (µs on CPU, warm-ups included) and cores busy (of {})",
+        "CPU time per request (µs on CPU, warm-ups included) and cores busy (of {}); \
+         for portkey rows the gateway column is Portkey's processes",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "{:<20} {:>9} {:>9} {:>9} {:>11} {:>11} {:>9} {:>11}",
+        "{:<22} {:>9} {:>9} {:>9} {:>11} {:>11} {:>9} {:>11}",
         "scenario",
         "load gen",
         "mock",
@@ -580,25 +880,26 @@ fn print_cpu_table(rows: &[Row]) {
         "total",
         "cores busy"
     );
-    println!("{}", "-".repeat(20 + 10 * 3 + 12 * 2 + 10 + 12));
+    println!("{}", "-".repeat(22 + 10 * 3 + 12 * 2 + 10 + 12));
     for row in rows {
         let sent = row.result.sent.max(1) as f64;
         let us = |ns: u64| ns as f64 / 1e3 / sent;
-        let gw = |ns: u64| {
-            if row.route == Route::Gateway {
+        // Direct rows: the gateway is idle, its figure would be noise.
+        let shown = |ns: u64, tollgate_only: bool| {
+            if row.route.via_gateway() || (row.route == Route::Portkey && !tollgate_only) {
                 format!("{:.1}", us(ns))
             } else {
                 "-".into()
             }
         };
         println!(
-            "{:<20} {:>9.1} {:>9.1} {:>9} {:>11} {:>11} {:>9.1} {:>11.2}",
+            "{:<22} {:>9.1} {:>9.1} {:>9} {:>11} {:>11} {:>9.1} {:>11.2}",
             name(row.route, row.kind, row.concurrency),
             us(row.cpu.load_generator),
             us(row.cpu.mock),
-            gw(row.cpu.gateway()),
-            gw(row.cpu.gateway_workers),
-            gw(row.cpu.gateway_event_log),
+            shown(row.cpu.gateway(), false),
+            shown(row.cpu.gateway_workers, true),
+            shown(row.cpu.gateway_event_log, true),
             us(row.cpu.total()),
             row.cpu.total() as f64 / row.wall.as_nanos().max(1) as f64,
         );
@@ -613,116 +914,177 @@ fn verdict(ok: bool) -> &'static str {
     }
 }
 
+/// One line of a targets table: metric, value, target, verdict.
+type Line = (String, String, String, &'static str);
+
+fn line(metric: String, value: String, target: Option<(String, bool)>) -> Line {
+    match target {
+        Some((target, ok)) => (metric, value, target, verdict(ok)),
+        None => (metric, value, String::new(), ""),
+    }
+}
+
+fn find_row(rows: &[Row], route: Route, kind: Kind, c: usize) -> Option<&Row> {
+    rows.iter()
+        .find(|r| r.route == route && r.kind == kind && r.concurrency == c)
+}
+
 fn print_added_table(rows: &[Row]) {
-    let find = |route, kind, c| {
-        rows.iter()
-            .find(|r| r.route == route && r.kind == kind && r.concurrency == c)
-    };
     let mut lines = Vec::new();
     let mut concurrencies: Vec<usize> = rows.iter().map(|r| r.concurrency).collect();
     concurrencies.sort_unstable();
     concurrencies.dedup();
-    for kind in [Kind::Chat, Kind::Stream] {
-        for &c in &concurrencies {
-            let (Some(d), Some(g)) = (find(Route::Direct, kind, c), find(Route::Gateway, kind, c))
-            else {
-                continue;
-            };
-            let (Some(dt), Some(gt)) = (d.total, g.total) else {
-                continue;
-            };
-            let label = name(Route::Gateway, kind, c).replacen("gateway/", "", 1);
-            let c1 = c == 1;
-            let p50 = diff_ms(gt.p50, dt.p50);
-            let p99 = diff_ms(gt.p99, dt.p99);
-            lines.push((
-                format!("{label}: added p50"),
-                format!("{p50:+.3} ms"),
-                if c1 {
-                    format!("< {TARGET_ADDED_P50_MS} ms")
-                } else {
-                    String::new()
-                },
-                if c1 {
-                    verdict(p50 < TARGET_ADDED_P50_MS)
-                } else {
-                    ""
-                },
-            ));
-            lines.push((
-                format!("{label}: added p99"),
-                format!("{p99:+.3} ms"),
-                if c1 {
-                    format!("< {TARGET_ADDED_P99_MS} ms")
-                } else {
-                    String::new()
-                },
-                if c1 {
-                    verdict(p99 < TARGET_ADDED_P99_MS)
-                } else {
-                    ""
-                },
-            ));
-            if kind == Kind::Stream {
-                if let (Some(dt), Some(gt)) = (d.ttfb, g.ttfb) {
-                    let t50 = diff_ms(gt.p50, dt.p50);
-                    let t99 = diff_ms(gt.p99, dt.p99);
-                    lines.push((
-                        format!("{label}: added TTFB p50"),
-                        format!("{t50:+.3} ms"),
-                        if c1 {
-                            format!("< {TARGET_ADDED_TTFB_MS} ms")
-                        } else {
-                            String::new()
-                        },
-                        if c1 {
-                            verdict(t50 < TARGET_ADDED_TTFB_MS)
-                        } else {
-                            ""
-                        },
-                    ));
-                    lines.push((
-                        format!("{label}: added TTFB p99"),
-                        format!("{t99:+.3} ms"),
-                        String::new(),
-                        "",
-                    ));
+    for (direct, gateway, prefix) in [
+        (Route::Direct, Route::Gateway, ""),
+        (Route::DirectH2, Route::GatewayH2, "h2 "),
+    ] {
+        for kind in [Kind::Chat, Kind::Stream] {
+            for &c in &concurrencies {
+                if let (Some(d), Some(g)) = (
+                    find_row(rows, direct, kind, c),
+                    find_row(rows, gateway, kind, c),
+                ) {
+                    let label = format!("{prefix}{}", name(gateway, kind, c));
+                    let label = label.replacen(&format!("{}/", gateway.label()), "", 1);
+                    // The targets are for HTTP/1.1, as clients mostly speak it.
+                    added_lines(&mut lines, d, g, &label, prefix.is_empty());
                 }
             }
-            let ratio = g.result.throughput() / d.result.throughput().max(1e-9);
-            let rps_target = kind == Kind::Chat && c == 16;
-            lines.push((
-                format!("{label}: gateway req/s"),
-                format!(
-                    "{:.0} ({:.0}% of direct)",
-                    g.result.throughput(),
-                    ratio * 100.0
-                ),
-                if rps_target {
-                    format!(">= {TARGET_GATEWAY_RPS_C16:.0}")
-                } else {
-                    String::new()
-                },
-                if rps_target {
-                    verdict(g.result.throughput() >= TARGET_GATEWAY_RPS_C16)
-                } else {
-                    ""
-                },
+        }
+    }
+    print_lines(
+        "Added by the gateway (gateway − direct; targets are printed, not asserted)",
+        lines,
+    );
+}
+
+fn added_lines(lines: &mut Vec<Line>, d: &Row, g: &Row, label: &str, targets: bool) {
+    let (Some(dt), Some(gt)) = (d.total, g.total) else {
+        return;
+    };
+    let c1 = targets && g.concurrency == 1;
+    let when = |ok: bool, target: String| c1.then_some((target, ok));
+    let p50 = diff_ms(gt.p50, dt.p50);
+    let p99 = diff_ms(gt.p99, dt.p99);
+    lines.push(line(
+        format!("{label}: added p50"),
+        format!("{p50:+.3} ms"),
+        when(
+            p50 <= TARGET_ADDED_P50_MS,
+            format!("<= {TARGET_ADDED_P50_MS} ms"),
+        ),
+    ));
+    lines.push(line(
+        format!("{label}: added p99"),
+        format!("{p99:+.3} ms"),
+        when(
+            p99 < TARGET_ADDED_P99_MS,
+            format!("< {TARGET_ADDED_P99_MS} ms"),
+        ),
+    ));
+    if let (Kind::Stream, Some(dt), Some(gt)) = (g.kind, d.ttfb, g.ttfb) {
+        let t50 = diff_ms(gt.p50, dt.p50);
+        let t99 = diff_ms(gt.p99, dt.p99);
+        lines.push(line(
+            format!("{label}: added TTFB p50"),
+            format!("{t50:+.3} ms"),
+            when(
+                t50 < TARGET_ADDED_TTFB_MS,
+                format!("< {TARGET_ADDED_TTFB_MS} ms"),
+            ),
+        ));
+        lines.push(line(
+            format!("{label}: added TTFB p99"),
+            format!("{t99:+.3} ms"),
+            None,
+        ));
+    }
+    let ratio = g.result.throughput() / d.result.throughput().max(1e-9);
+    let rps_target = targets && g.kind == Kind::Chat && g.concurrency == 16;
+    lines.push(line(
+        format!("{label}: gateway req/s"),
+        format!(
+            "{:.0} ({:.0}% of direct)",
+            g.result.throughput(),
+            ratio * 100.0
+        ),
+        rps_target.then(|| {
+            (
+                format!(">= {TARGET_GATEWAY_RPS_C16:.0}"),
+                g.result.throughput() >= TARGET_GATEWAY_RPS_C16,
+            )
+        }),
+    ));
+}
+
+/// Tollgate beside Portkey on the same mock, chat, at each concurrency.
+fn print_peer_table(rows: &[Row], peer_rss_kib: Option<u64>) {
+    let mut lines = Vec::new();
+    for peer in rows.iter().filter(|r| r.route == Route::Portkey) {
+        let c = peer.concurrency;
+        let label = format!("chat/c{c}");
+        let (Some(pt), Some(gateway)) = (peer.total, find_row(rows, Route::Gateway, Kind::Chat, c))
+        else {
+            continue;
+        };
+        let (g_rps, p_rps) = (gateway.result.throughput(), peer.result.throughput());
+        lines.push(line(
+            format!("{label}: portkey req/s, p50"),
+            format!("{p_rps:.0}, {} ms", ms(pt.p50)),
+            None,
+        ));
+        if let Some(gt) = gateway.total {
+            lines.push(line(
+                format!("{label}: tollgate req/s, p50"),
+                format!("{g_rps:.0}, {} ms", ms(gt.p50)),
+                None,
+            ));
+        }
+        let ratio = g_rps / p_rps.max(1e-9);
+        lines.push(line(
+            format!("{label}: tollgate ÷ portkey req/s"),
+            format!("{ratio:.1}×"),
+            (c == 16).then(|| {
+                (
+                    format!(">= {TARGET_PEER_RATIO_C16:.0}×"),
+                    ratio >= TARGET_PEER_RATIO_C16,
+                )
+            }),
+        ));
+        if let Some(dt) = find_row(rows, Route::Direct, Kind::Chat, c).and_then(|d| d.total) {
+            lines.push(line(
+                format!("{label}: portkey added p50"),
+                format!("{:+.3} ms", diff_ms(pt.p50, dt.p50)),
+                None,
             ));
         }
     }
+    if let (false, Some(kib)) = (lines.is_empty(), peer_rss_kib) {
+        lines.push(line(
+            "portkey RSS after the load".into(),
+            format!("{:.1} MiB", mib(kib)),
+            None,
+        ));
+    }
+    print_lines(
+        "Peer gateway on the same mock (Portkey, Node.js; chat over HTTP/1.1)",
+        lines,
+    );
+}
+
+fn print_lines(title: &str, lines: Vec<Line>) {
     if lines.is_empty() {
         return;
     }
     println!();
-    println!("Added by the gateway (gateway − direct; targets are printed, not asserted)");
+    println!("{title}");
     println!(
-        "{:<32} {:>28}  {:>10}  verdict",
+        "{:<36} {:>28}  {:>10}  verdict",
         "metric", "value", "target"
     );
-    println!("{}", "-".repeat(32 + 1 + 28 + 2 + 10 + 2 + 7));
+    println!("{}", "-".repeat(36 + 1 + 28 + 2 + 10 + 2 + 7));
     for (metric, value, target, verdict) in lines {
-        println!("{metric:<32} {value:>28}  {target:>10}  {verdict}");
+        println!("{metric:<36} {value:>28}  {target:>10}  {verdict}");
     }
 }
 
@@ -747,7 +1109,7 @@ fn memory(
         ..MockOptions::default()
     }))?;
     let gateway = spawn_gateway(cli, &mock.base_url())?;
-    let targets = Targets::new(mock.addr(), &gateway)?;
+    let targets = Targets::new(mock.addr(), &gateway, None)?;
     let label = if estimator_loaded {
         "estimator-loaded"
     } else {
@@ -757,7 +1119,7 @@ fn memory(
     let (rss_fresh, _) = gateway.memory_kib()?;
     // Warm the gateway's pools and allocator a little with short requests.
     let warm = load_rt.block_on(load::closed_loop(
-        &targets.gateway_chat,
+        targets.get(Route::Gateway, Kind::Chat)?,
         16,
         Duration::ZERO,
         Duration::from_millis(500),
@@ -766,7 +1128,7 @@ fn memory(
         // One stream the client leaves mid-way: the gateway estimates its
         // tokens, which loads the model's token encoding for good.
         load_rt.block_on(async {
-            let stream = OpenStreams::open(&targets.gateway_stream, 1).await?;
+            let stream = OpenStreams::open(targets.get(Route::Gateway, Kind::Stream)?, 1).await?;
             stream.wait_all_open(1, Duration::from_secs(10)).await?;
             let _ = stream.close().await;
             anyhow::Ok(())
@@ -787,7 +1149,7 @@ fn memory(
 
     let started = Instant::now();
     let (open_took, samples, open_during, close) = load_rt.block_on(async {
-        let streams = OpenStreams::open(&targets.gateway_stream, n).await?;
+        let streams = OpenStreams::open(targets.get(Route::Gateway, Kind::Stream)?, n).await?;
         let opened = streams.wait_all_open(n, Duration::from_secs(60)).await;
         let open_took = started.elapsed();
         let mut samples = Vec::new();
@@ -810,6 +1172,61 @@ fn memory(
     let events = gateway.stop()?;
     drop(mock);
 
+    print_memory(&MemoryFigures {
+        n,
+        estimator_loaded,
+        words,
+        chunk_delay,
+        warm_sent: warm.sent,
+        rss_fresh,
+        rss_idle,
+        samples,
+        rss_after,
+        hwm,
+        open_took,
+        open_during,
+        threads,
+        events,
+        close,
+    });
+    Ok(())
+}
+
+/// What `memory` measured, for `print_memory`.
+struct MemoryFigures {
+    n: usize,
+    estimator_loaded: bool,
+    words: usize,
+    chunk_delay: Duration,
+    warm_sent: u64,
+    rss_fresh: u64,
+    rss_idle: u64,
+    /// RSS every 100 ms while the streams were held open, KiB.
+    samples: Vec<u64>,
+    rss_after: u64,
+    hwm: u64,
+    open_took: Duration,
+    open_during: usize,
+    threads: Option<u64>,
+    events: u64,
+    /// Streams that failed, and the first failure.
+    close: (usize, Option<String>),
+}
+
+fn print_memory(m: &MemoryFigures) {
+    let MemoryFigures {
+        n,
+        estimator_loaded,
+        words,
+        chunk_delay,
+        rss_fresh,
+        rss_idle,
+        rss_after,
+        hwm,
+        events,
+        ..
+    } = *m;
+    let samples = &m.samples;
     let during_max = samples.iter().copied().max().unwrap_or(0);
     let during_avg = if samples.is_empty() {
         0
@@ -832,7 +1249,7 @@ fn memory(
     println!("{:<44} {:>10.1}", "RSS fresh (after start)", mib(rss_fresh));
     println!(
         "{:<44} {:>10.1}",
-        format!("RSS idle (after {} warm-up requests)", warm.sent),
+        format!("RSS idle (after {} warm-up requests)", m.warm_sent),
         mib(rss_idle)
     );
     println!(
@@ -853,9 +1270,9 @@ fn memory(
         "per open stream: {:.1} KiB ((during max − idle) / {n}); all {n} open after {:.2} s; {} \
          still open at the end of the hold; gateway threads {}; usage events stored {events}",
         during_max.saturating_sub(rss_idle) as f64 / n as f64,
-        open_took.as_secs_f64(),
-        open_during,
-        threads.map_or("?".into(), |t| t.to_string()),
+        m.open_took.as_secs_f64(),
+        m.open_during,
+        m.threads.map_or("?".into(), |t| t.to_string()),
     );
     if estimator_loaded {
         println!(
@@ -869,14 +1286,13 @@ fn memory(
              streams mid-way loads it, so the figures after the close include it"
         );
     }
-    if close.0 > 0 {
+    if m.close.0 > 0 {
         println!(
             "  {} streams failed; first: {}",
-            close.0,
-            close.1.unwrap_or_default()
+            m.close.0,
+            m.close.1.as_deref().unwrap_or_default()
         );
     }
-    Ok(())
 }
 
 /// With `--eventlog kafka`: the bootstrap servers of librdkafka's mock

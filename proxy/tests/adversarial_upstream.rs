@@ -26,7 +26,8 @@ const READ_TIMEOUT_MS: u64 = 3_000;
 /// One step of a raw reply.
 #[derive(Clone)]
 enum Step {
-    Write(Vec<u8>),
+    /// Shared bytes: a step repeated many times costs its size once.
+    Write(bytes::Bytes),
     Sleep(Duration),
     /// Keep writing these bytes until the gateway hangs up.
     Repeat(Vec<u8>),
@@ -146,7 +147,7 @@ async fn read_request(socket: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Seen>
 }
 
 fn write(text: impl Into<Vec<u8>>) -> Step {
-    Step::Write(text.into())
+    Step::Write(bytes::Bytes::from(text.into()))
 }
 
 /// A complete OpenAI chat answer saying `text`.
@@ -391,7 +392,7 @@ async fn a_stream_that_stalls_after_its_first_event_ends_after_the_read_timeout(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_whose_connection_closes_mid_way_ends_with_an_error_event() {
     let half_an_event = b"40\r\ndata: {\"choices\"".to_vec();
-    stream_ends_with_an_error_event(vec![Step::Write(half_an_event)], Then::Close).await;
+    stream_ends_with_an_error_event(vec![write(half_an_event)], Then::Close).await;
 }
 
 /// The process's resident memory in KiB (Linux), if it can be read.
@@ -407,7 +408,7 @@ async fn a_100_mb_stream_is_relayed_and_metered() {
     const EVENTS: usize = 1_600; // 1,600 × 64 KiB ≈ 105 MB of text
     let upstream = raw_upstream(|_| {
         let word_run = "word ".repeat(EVENT_TEXT / 5);
-        let event = chunk(&content_event(&word_run));
+        let event = bytes::Bytes::from(chunk(&content_event(&word_run)));
         let finish = serde_json::json!({
             "id": "chatcmpl-raw", "object": "chat.completion.chunk", "created": 1,
             "model": "gpt-4o-mini",

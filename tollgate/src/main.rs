@@ -34,7 +34,10 @@ enum Command {
 store (one SQLite file, `storage.path`). On first start an account and an access key are created and the \
 key is printed once.\n\nSettings come from the config file and TOLLGATE__SECTION__KEY environment \
 variables (e.g. TOLLGATE__SERVER__LISTEN=0.0.0.0:8080); validate them with `tollgate check-config`. \
-SIGTERM or Ctrl-C stops accepting requests, finishes in-flight ones and makes every usage event durable."
+SIGTERM or Ctrl-C stops accepting requests and lets in-flight ones finish for `server.shutdown_grace_ms` \
+(default 30 s); streams still open then are cut and billed for what was sent, and every usage event is made \
+durable before the process exits. Set `[server.tls]` to serve HTTPS (HTTP/2 and HTTP/1.1 by ALPN); every \
+edge limit is a `[server]` key (README, \"Limits at the edge\")."
     )]
     Serve,
     /// Run only the gateway role (proxy + admin API) — the split-process
