@@ -9,7 +9,9 @@ mod common;
 use common::*;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
+use tollgate_core::ApiSurface;
 use tollgate_mock_upstream::Rule;
+use tollgate_proxy::config::{CustomProviderConfig, DeclaredPrices, ExactUsd};
 use tracing_subscriber::layer::SubscriberExt;
 
 /// A log writer that keeps everything written to it.
@@ -58,12 +60,34 @@ async fn a_model_name_with_control_characters_cannot_forge_log_lines() {
         );
     tracing::subscriber::set_global_default(subscriber).unwrap();
 
-    let gw = start().await;
-    gw.mock.add_rule(Rule::any().fail(500));
+    // A priced custom model whose name forges a line (an unpriced one is
+    // refused before any upstream attempt, so nothing would be logged).
     let forged = "gpt-4o\n2026-12-07T00:00:00.000000Z  INFO tollgate: forged line\x1b[2J";
-    let response = gw
-        .post_openai(chat(&format!("openai:{forged}"), "hi"))
-        .await;
+    let gw = start_with(|c| {
+        let base_url = c.providers["openai"].base_url.clone().unwrap();
+        let zero = ExactUsd("0".parse().unwrap());
+        c.custom_providers.push(CustomProviderConfig {
+            id: "forge".into(),
+            base_url,
+            api: ApiSurface::Openai,
+            models: vec![forged.into()],
+            prices: [(
+                forged.to_owned(),
+                DeclaredPrices {
+                    input: zero,
+                    output: zero,
+                    cached_input: None,
+                    cache_write_5m: None,
+                    cache_write_1h: None,
+                },
+            )]
+            .into(),
+            api_keys: vec![OPENAI_KEY.into()],
+        });
+    })
+    .await;
+    gw.mock.add_rule(Rule::any().fail(500));
+    let response = gw.post_openai(chat(&format!("forge:{forged}"), "hi")).await;
     assert_eq!(response.status(), 502);
 
     // The WARN line is there, once, with the model name escaped.
