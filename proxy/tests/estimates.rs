@@ -59,17 +59,23 @@ fn rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// A gateway whose upstream reports no usage (so every request is
+/// estimated) and that accepts bodies of 9 MiB and more.
+async fn gateway_without_upstream_usage() -> TestGateway {
+    let mock = mock_on_its_own_runtime();
+    mock.add_rule(Rule::any().omit_usage());
+    let mut config = mock_config(&mock);
+    config.server.max_body_bytes = 24 << 20;
+    start_on(mock, config).await
+}
+
 /// Two 9 MiB prompts of one repeated letter, estimated at once (the
 /// upstream reports no usage), while `/healthz` is polled: it answers
 /// while the estimates run, and both requests are billed on an estimate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_answers_while_huge_prompts_are_estimated() {
     let _serial = SERIAL.lock().await;
-    let mock = mock_on_its_own_runtime();
-    mock.add_rule(Rule::any().omit_usage());
-    let mut config = mock_config(&mock);
-    config.server.max_body_bytes = 24 << 20;
-    let gw = start_on(mock, config).await;
+    let gw = gateway_without_upstream_usage().await;
 
     // The two requests are sent from another runtime, so serializing them
     // does not occupy the gateway's.
@@ -219,11 +225,7 @@ async fn a_long_stream_without_usage_is_estimated_in_bounded_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_dropped_mid_estimate_is_billed_and_settles() {
     let _serial = SERIAL.lock().await;
-    let mock = mock_on_its_own_runtime();
-    mock.add_rule(Rule::any().omit_usage());
-    let mut config = mock_config(&mock);
-    config.server.max_body_bytes = 24 << 20;
-    let gw = start_on(mock, config).await;
+    let gw = gateway_without_upstream_usage().await;
 
     let body = chat("gpt-4o-mini", &"a".repeat(9 << 20));
     let (url, token) = (gw.url("/v1/chat/completions"), gw.token.clone());
