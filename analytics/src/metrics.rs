@@ -2,7 +2,9 @@
 //! registry so they appear on the process's one `/metrics`.
 
 use crate::error::AnalyticsError;
-use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 #[derive(Clone)]
 pub struct AnalyticsMetrics {
@@ -18,6 +20,8 @@ pub struct AnalyticsMetrics {
     pub events_skipped: IntCounterVec,
     /// Age of the newest record the sink has stored (0 when caught up).
     pub consumer_lag: Gauge,
+    /// 1 once the sink stopped at a record from a newer build.
+    pub halted: IntGauge,
 }
 
 impl AnalyticsMetrics {
@@ -82,6 +86,11 @@ impl AnalyticsMetrics {
         registry.register(Box::new(insert_failures.clone()))?;
         registry.register(Box::new(events_skipped.clone()))?;
         registry.register(Box::new(consumer_lag.clone()))?;
+        let halted = IntGauge::with_opts(label(Opts::new(
+            "tollgate_analytics_halted",
+            "1 when the analytics sink stopped at a record from a newer Tollgate (envelope version it does not read): upgrade analytics",
+        )))?;
+        registry.register(Box::new(halted.clone()))?;
         Ok(AnalyticsMetrics {
             rows_inserted,
             batch_rows,
@@ -89,6 +98,7 @@ impl AnalyticsMetrics {
             insert_failures,
             events_skipped,
             consumer_lag,
+            halted,
         })
     }
 

@@ -157,6 +157,8 @@ pub enum Decoded {
     Other,
     /// Undecodable or unstorable: counted and skipped, never retried.
     Bad(String),
+    /// Written by a newer build: the sink stops before it (never skips it).
+    Unsupported(tollgate_core::UnsupportedVersion),
 }
 
 /// Decode a log record's envelope; only usage events become rows.
@@ -169,6 +171,9 @@ pub fn decode(record: &StoredRecord) -> Decoded {
         };
     }
     match serde_json::from_slice::<Envelope>(&record.payload) {
+        Ok(envelope) if envelope.check_version().is_err() => {
+            Decoded::Unsupported(tollgate_core::UnsupportedVersion { found: envelope.v })
+        }
         Ok(Envelope {
             body: EventBody::Usage(event),
             ..

@@ -164,6 +164,9 @@ struct Run {
 /// The sink was told to stop while waiting.
 struct Stopped;
 
+/// The sink met a record it must not skip and cannot read.
+struct Halted;
+
 impl Run {
     fn stopping(&self) -> bool {
         *self.stop.borrow()
@@ -282,7 +285,11 @@ impl Run {
             match polled {
                 Ok(Some(batch)) => {
                     poll_delay = self.initial_backoff();
-                    self.take(batch);
+                    if self.take(batch).is_err() {
+                        // Store what came before the record, then stop.
+                        let _ = self.flush(sub.as_mut(), true).await;
+                        break;
+                    }
                 }
                 Ok(None) => self.update_lag(),
                 Err(err) => {
@@ -328,9 +335,11 @@ impl Run {
         self.sink.metrics.consumer_lag.set(lag);
     }
 
-    fn take(&mut self, batch: tollgate_core::Batch) {
+    /// Queue a batch's usage rows; Err at a record from a newer build, with
+    /// the rows before it queued and the position left at it.
+    fn take(&mut self, batch: tollgate_core::Batch) -> Result<(), Halted> {
         let Some(last) = batch.records.last() else {
-            return;
+            return Ok(());
         };
         if let Some(first) = batch.records.first() {
             let ts = self
@@ -348,6 +357,12 @@ impl Run {
                     self.pending_rows += 1;
                 }
                 Decoded::Other => {}
+                Decoded::Unsupported(version) => {
+                    pending.next_offset = pending.next_offset.max(record.offset);
+                    self.sink.metrics.halted.set(1);
+                    tracing::error!(partition = record.partition, offset = record.offset, error = %version, "analytics stopped: it does not skip a record it cannot fully read");
+                    return Err(Halted);
+                }
                 Decoded::Bad(reason) => {
                     // Decode errors can quote the event's values (model names): escaped.
                     tracing::warn!(partition = record.partition, offset = record.offset, reason = %tollgate_core::Escaped(&reason), "skipping undecodable event");
@@ -363,6 +378,7 @@ impl Run {
         if self.oldest.is_none() {
             self.oldest = Some(Instant::now());
         }
+        Ok(())
     }
 
     /// Write everything pending, partition by partition, then commit.

@@ -16,6 +16,8 @@ use subtle::ConstantTimeEq;
 use tollgate_core::control::{AccessKey, ConfigurationId, ProviderKey};
 use tollgate_core::{AccessKeyId, AccountId, ApiSurface, ProviderKeyId};
 
+mod plans;
+
 pub const OPENAPI: &str = include_str!("../openapi/admin.json");
 
 /// Admin-token check: SHA-256 digests compared in constant time, so
@@ -293,6 +295,7 @@ pub fn router(state: AdminState) -> Router {
             "/admin/v1/custom-providers/{provider_id}",
             axum::routing::delete(delete_custom_provider),
         )
+        .merge(plans::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.auth.clone(),
             AdminAuth::require,

@@ -133,7 +133,7 @@ impl ControlPlane {
 
     /// Validate a change against the latest view, so a change made on
     /// another instance moments ago is not overwritten from a stale one.
-    async fn refresh(&self) -> Result<(), ControlError> {
+    pub(crate) async fn refresh(&self) -> Result<(), ControlError> {
         self.catch_up().await.map(|_| ())
     }
 
@@ -155,11 +155,12 @@ impl ControlPlane {
     }
 
     /// Append a change durably, then apply it here (read-your-writes).
-    async fn publish(&self, change: ControlChange) -> Result<(), ControlError> {
+    pub(crate) async fn publish(&self, change: ControlChange) -> Result<(), ControlError> {
         let key = match &change {
             ControlChange::Upsert { object } => object.object_id(),
             ControlChange::Delete { kind, id } => match kind {
                 ControlKind::CustomProvider => format!("custom_provider:{id}"),
+                ControlKind::PricePlan => format!("price_plan:{id}"),
                 _ => id.clone(),
             },
             ControlChange::KeyUsed { access_key_id, .. } => format!("last_used:{access_key_id}"),
@@ -187,11 +188,11 @@ impl ControlPlane {
         .await
     }
 
-    async fn upsert(&self, object: ControlObject) -> Result<(), ControlError> {
+    pub(crate) async fn upsert(&self, object: ControlObject) -> Result<(), ControlError> {
         self.publish(ControlChange::Upsert { object }).await
     }
 
-    fn account(&self, id: &AccountId) -> Result<Account, ControlError> {
+    pub(crate) fn account(&self, id: &AccountId) -> Result<Account, ControlError> {
         self.snapshot()
             .accounts
             .get(id)
@@ -214,6 +215,7 @@ impl ControlPlane {
             id: AccountId::generate(),
             name,
             created_at: Utc::now(),
+            price_plan_id: None,
         };
         self.upsert(ControlObject::Account(account.clone())).await?;
         Ok(account)
@@ -563,7 +565,7 @@ impl ControlPlane {
     }
 }
 
-fn non_empty(field: &str, value: &str) -> Result<String, ControlError> {
+pub(crate) fn non_empty(field: &str, value: &str) -> Result<String, ControlError> {
     let trimmed = value.trim();
     if trimmed.is_empty() {
         Err(ControlError::Invalid(format!("{field}: must not be empty")))

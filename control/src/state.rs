@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tollgate_core::control::{
     AccessKey, Account, Configuration, ConfigurationId, ControlChange, ControlKind, ControlObject,
-    CustomProvider, ProviderKey,
+    CustomProvider, PricePlan, ProviderKey,
 };
+use tollgate_core::pricing::AppliedPlan;
 use tollgate_core::{AccessKeyId, AccountId, ProviderKeyId};
 
 /// A decrypted provider key; Debug never shows it.
@@ -30,6 +31,7 @@ pub struct ControlState {
     pub provider_keys: BTreeMap<ProviderKeyId, ProviderKey>,
     secrets: HashMap<ProviderKeyId, ProviderSecret>,
     pub custom_providers: BTreeMap<String, CustomProvider>,
+    pub price_plans: BTreeMap<String, PricePlan>,
     pub last_used: HashMap<AccessKeyId, chrono::DateTime<chrono::Utc>>,
     /// The next control-log offset to read.
     pub next_offset: u64,
@@ -88,6 +90,9 @@ impl ControlState {
             ControlObject::CustomProvider(provider) => {
                 self.custom_providers.insert(provider.id.clone(), provider);
             }
+            ControlObject::PricePlan(plan) => {
+                self.price_plans.insert(plan.id.clone(), plan);
+            }
         }
     }
 
@@ -112,6 +117,9 @@ impl ControlState {
             ControlKind::CustomProvider => {
                 self.custom_providers.remove(id);
             }
+            ControlKind::PricePlan => {
+                self.price_plans.remove(id);
+            }
         }
     }
 
@@ -120,6 +128,13 @@ impl ControlState {
         self.keys_by_hash
             .get(token_hash)
             .and_then(|id| self.access_keys.get(id))
+    }
+
+    /// The terms `account` is billed on now; None: the default terms (no
+    /// plan assigned, or, should its plan be gone, which deletion refuses).
+    pub fn price_plan_of(&self, account: &AccountId) -> Option<AppliedPlan> {
+        let plan_id = self.accounts.get(account)?.price_plan_id.as_ref()?;
+        self.price_plans.get(plan_id).map(PricePlan::applied)
     }
 
     pub fn configuration_of(&self, key: &AccessKey) -> Option<&Configuration> {

@@ -1,11 +1,14 @@
 //! Control-plane objects: accounts, access keys, access-key configurations,
-//! provider keys and runtime custom providers. Every change is a
+//! provider keys, runtime custom providers and price plans. Every change is a
 //! `ControlChange` on the control topic (key = object id) carrying the whole
 //! object, so a compacted topic keeps the latest state of each object and
 //! every instance rebuilds the same view by replaying it.
 
 use crate::catalog::ApiSurface;
 use crate::ids::{AccessKeyId, AccountId, ProviderKeyId};
+use crate::money::Usd;
+use crate::pricing::AppliedPlan;
+use rust_decimal::Decimal;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +37,35 @@ pub struct Account {
     pub id: AccountId,
     pub name: String,
     pub created_at: DateTime<Utc>,
+    /// The price plan the account is billed on; None: the default terms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_plan_id: Option<String>,
+}
+
+/// Terms an operator bills accounts on (internal teams, resale): the
+/// processing fee and a factor on the upstream cost of requests answered
+/// with the operator's credentials. A change applies to requests made
+/// after it: each usage event carries the terms it was billed on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PricePlan {
+    pub id: String,
+    pub name: String,
+    pub fee_per_mtok: Usd,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub upstream_multiplier: Decimal,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl PricePlan {
+    /// The terms copied into a usage event.
+    pub fn applied(&self) -> AppliedPlan {
+        AppliedPlan {
+            plan_id: self.id.clone(),
+            fee_per_mtok: self.fee_per_mtok,
+            upstream_multiplier: self.upstream_multiplier,
+        }
+    }
 }
 
 /// An access key as stored: the SHA-256 of its token, never the token.
@@ -128,6 +160,7 @@ pub enum ControlObject {
     Configuration(Configuration),
     ProviderKey(ProviderKey),
     CustomProvider(CustomProvider),
+    PricePlan(PricePlan),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -138,6 +171,7 @@ pub enum ControlKind {
     Configuration,
     ProviderKey,
     CustomProvider,
+    PricePlan,
 }
 
 impl ControlObject {
@@ -148,6 +182,7 @@ impl ControlObject {
             ControlObject::Configuration(_) => ControlKind::Configuration,
             ControlObject::ProviderKey(_) => ControlKind::ProviderKey,
             ControlObject::CustomProvider(_) => ControlKind::CustomProvider,
+            ControlObject::PricePlan(_) => ControlKind::PricePlan,
         }
     }
 
@@ -159,6 +194,7 @@ impl ControlObject {
             ControlObject::Configuration(c) => c.id.to_string(),
             ControlObject::ProviderKey(p) => p.id.to_string(),
             ControlObject::CustomProvider(c) => format!("custom_provider:{}", c.id),
+            ControlObject::PricePlan(p) => format!("price_plan:{}", p.id),
         }
     }
 }

@@ -10,10 +10,33 @@ use crate::tokens::TokenCounts;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-pub const ENVELOPE_VERSION: u16 = 1;
+/// The envelope version this build writes and the newest it reads. 2: usage
+/// events may carry the price plan they were billed on.
+pub const ENVELOPE_VERSION: u16 = 2;
 
-/// What travels on the event log: `{"v":1,"type":"usage","data":{…}}`.
-/// Readers skip kinds they do not know (`EventBody::Unknown`).
+/// A record written by a newer Tollgate than this one. Billing readers (the
+/// ledger, analytics, `tollgate audit`) stop at it rather than skip fields
+/// they do not know: the remedy is to upgrade them (ledger, analytics, then
+/// proxies; README, "Upgrading").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("event envelope version {found} is newer than this build reads (up to {ENVELOPE_VERSION}); upgrade it (order: ledger, analytics, then proxies)")]
+pub struct UnsupportedVersion {
+    pub found: u16,
+}
+
+/// Whether this build can read envelope version `v` in full.
+pub fn check_envelope_version(v: u16) -> Result<(), UnsupportedVersion> {
+    if v > ENVELOPE_VERSION {
+        Err(UnsupportedVersion { found: v })
+    } else {
+        Ok(())
+    }
+}
+
+/// What travels on the event log: `{"v":2,"type":"usage","data":{…}}`.
+/// Readers skip kinds they do not know (`EventBody::Unknown`); a version
+/// newer than `ENVELOPE_VERSION` reads as `Unknown` too, its data unparsed,
+/// and billing readers refuse it (`Envelope::check_version`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Envelope {
     pub v: u16,
@@ -101,6 +124,13 @@ impl<'de> Deserialize<'de> for Envelope {
             serde_json::from_str(data).map_err(E::custom)
         }
         let raw = Raw::deserialize(deserializer)?;
+        if check_envelope_version(raw.v).is_err() {
+            // Its data may not parse as this build's types.
+            return Ok(Envelope {
+                v: raw.v,
+                body: EventBody::Unknown,
+            });
+        }
         let data = raw.data.as_deref().map_or("null", |d| d.get());
         let body = match raw.kind.as_str() {
             "usage" => EventBody::Usage(parse(data)?),
@@ -116,6 +146,11 @@ impl<'de> Deserialize<'de> for Envelope {
 }
 
 impl Envelope {
+    /// Refuse an envelope written by a newer build (see `UnsupportedVersion`).
+    pub fn check_version(&self) -> Result<(), UnsupportedVersion> {
+        check_envelope_version(self.v)
+    }
+
     pub fn usage(event: UsageEvent) -> Self {
         Envelope {
             v: ENVELOPE_VERSION,
@@ -193,6 +228,11 @@ pub struct UsageEvent {
     /// True when the client went away before the response completed.
     #[serde(default)]
     pub client_disconnected: bool,
+    /// The account's price plan when the request was made; absent when the
+    /// account has none (the default terms), and on events written before
+    /// plans existed, which therefore replay to the same balances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<crate::pricing::AppliedPlan>,
     /// The gateway instance that metered the request, and its per-instance
     /// sequence number: balance updates report the highest applied, so the
     /// instance can release the request's credit reservation.
@@ -233,6 +273,21 @@ mod tests {
             let flattened = serde_json::to_string(&Flattened { v: 1, body: &body }).unwrap();
             let envelope = serde_json::to_string(&Envelope { v: 1, body }).unwrap();
             assert_eq!(envelope, flattened);
+        }
+    }
+
+    #[test]
+    fn a_newer_envelope_version_is_flagged_and_its_data_left_unparsed() {
+        let newer: Envelope = serde_json::from_str(
+            r#"{"v":3,"type":"usage","data":{"tokens":"a shape this build does not know"}}"#,
+        )
+        .unwrap();
+        assert_eq!(newer.body, EventBody::Unknown);
+        let refused = newer.check_version().unwrap_err();
+        assert_eq!(refused.found, 3);
+        assert!(refused.to_string().contains("upgrade"), "{refused}");
+        for v in 1..=ENVELOPE_VERSION {
+            assert!(check_envelope_version(v).is_ok());
         }
     }
 

@@ -63,6 +63,11 @@ impl UsageEnvelope<'_> {
         push_u64(out, u64::from(e.attempts));
         out.extend_from_slice(b",\"client_disconnected\":");
         push_bool(out, e.client_disconnected);
+        if let Some(plan) = &e.plan {
+            // Only accounts on a plan pay for serde's path here.
+            out.extend_from_slice(b",\"plan\":");
+            let _ = serde_json::to_writer(&mut *out, plan);
+        }
         out.extend_from_slice(b",\"instance_id\":");
         push_opt_str(out, e.instance_id.as_deref());
         out.extend_from_slice(b",\"instance_seq\":");
@@ -214,6 +219,7 @@ mod tests {
             error_kind: None,
             attempts: 1,
             client_disconnected: false,
+            plan: None,
             instance_id: Some("gw_1".into()),
             instance_seq: Some(8245),
         }
@@ -251,6 +257,15 @@ mod tests {
         bare.tokens_estimated = true;
         bare.client_disconnected = true;
         assert_same_as_serde(&bare);
+
+        // On a price plan.
+        let mut planned = event();
+        planned.plan = Some(crate::pricing::AppliedPlan {
+            plan_id: "plan_\"odd\"".into(),
+            fee_per_mtok: usd("0.10"),
+            upstream_multiplier: Decimal::from_str("1.250").unwrap(),
+        });
+        assert_same_as_serde(&planned);
 
         // Strings that need escaping, and some that only look as if.
         for text in [

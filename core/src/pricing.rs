@@ -12,12 +12,64 @@ use serde::{Deserialize, Serialize};
 /// Tollgate's processing fee: $0.05 per million tokens, on every token.
 pub const PROCESSING_FEE_PER_MTOK: Usd = Usd(Decimal::from_parts(5, 0, 0, false, 2));
 
+/// Plan terms are limited to this many decimal places, so that a cost
+/// (catalog prices have at most 6) stays within the 18 places every store
+/// keeps, and the analytics store's cost equals the ledger's to the digit.
+pub const PLAN_TERM_MAX_DECIMALS: u32 = 6;
+/// The largest upstream multiplier a plan may set.
+pub const PLAN_MAX_MULTIPLIER: Decimal = Decimal::from_parts(100, 0, 0, false, 0);
+
+/// The price plan in force for a request, copied into its usage event so
+/// that a later change of plan never changes what the event costs. An event
+/// without one (all events written before plans existed) was billed on the
+/// default terms: the standard fee and the upstream cost as it is.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AppliedPlan {
+    pub plan_id: String,
+    /// Processing fee per million tokens, on every token.
+    pub fee_per_mtok: Usd,
+    /// Factor on the upstream cost of operator-credential requests (1 = at
+    /// cost, above 1 a markup, below 1 a discount).
+    #[serde(with = "rust_decimal::serde::str")]
+    pub upstream_multiplier: Decimal,
+}
+
+/// Why plan terms are refused; the message names the term.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PlanTermsError {
+    #[error("fee_per_mtok must be between 0 and 1000 with at most {PLAN_TERM_MAX_DECIMALS} decimal places, got {0}")]
+    Fee(Decimal),
+    #[error("upstream_multiplier must be between 0 and {PLAN_MAX_MULTIPLIER} with at most {PLAN_TERM_MAX_DECIMALS} decimal places, got {0}")]
+    Multiplier(Decimal),
+}
+
+/// Check a plan's terms (fee per million tokens, upstream multiplier).
+pub fn check_plan_terms(fee_per_mtok: Usd, multiplier: Decimal) -> Result<(), PlanTermsError> {
+    let fee = fee_per_mtok.amount();
+    let fits = |d: Decimal, max: Decimal| {
+        d >= Decimal::ZERO && d <= max && d.normalize().scale() <= PLAN_TERM_MAX_DECIMALS
+    };
+    if !fits(fee, Decimal::from(1000)) {
+        return Err(PlanTermsError::Fee(fee));
+    }
+    if !fits(multiplier, PLAN_MAX_MULTIPLIER) {
+        return Err(PlanTermsError::Multiplier(multiplier));
+    }
+    Ok(())
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cost {
-    /// Processing fee on all tokens.
+    /// Processing fee on all tokens, at the plan's rate.
     pub fee: Usd,
-    /// Upstream model cost; zero unless the operator's credentials answered.
+    /// Upstream model cost as billed: the providers' prices × the plan's
+    /// multiplier; zero unless the operator's credentials answered.
     pub upstream: Usd,
+    /// The part of `upstream` above the providers' prices (negative for a
+    /// discount): the operator's revenue, booked apart from what is owed
+    /// upstream. Zero on the default terms.
+    #[serde(default)]
+    pub markup: Usd,
 }
 
 impl Cost {
@@ -26,15 +78,44 @@ impl Cost {
     }
 }
 
-/// The cost of one request, from the counts and unit prices in its event.
+/// The cost of one request, from the counts, unit prices and plan in its
+/// event.
 pub fn cost_of(event: &UsageEvent) -> Cost {
-    cost_for(&event.tokens, &event.prices, event.credential_source)
+    cost_for(
+        &event.tokens,
+        &event.prices,
+        event.credential_source,
+        event.plan.as_ref(),
+    )
 }
 
-/// The cost of `tokens` at `prices` when `source`'s credentials answered.
-pub fn cost_for(tokens: &TokenCounts, prices: &Prices, source: Option<CredentialSource>) -> Cost {
-    let fee = PROCESSING_FEE_PER_MTOK.per_million_tokens(tokens.total());
-    let upstream = match source {
+/// The cost of `tokens` at `prices` when `source`'s credentials answered,
+/// on `plan`'s terms (None: the default terms).
+pub fn cost_for(
+    tokens: &TokenCounts,
+    prices: &Prices,
+    source: Option<CredentialSource>,
+    plan: Option<&AppliedPlan>,
+) -> Cost {
+    let fee_rate = plan.map_or(PROCESSING_FEE_PER_MTOK, |p| p.fee_per_mtok);
+    let fee = fee_rate.per_million_tokens(tokens.total());
+    let at_cost = provider_cost(tokens, prices, source);
+    let markup = match plan {
+        Some(plan) if plan.upstream_multiplier != Decimal::ONE => {
+            at_cost * (plan.upstream_multiplier - Decimal::ONE)
+        }
+        _ => Usd::ZERO,
+    };
+    Cost {
+        fee,
+        upstream: at_cost + markup,
+        markup,
+    }
+}
+
+/// What the providers charge for `tokens` on the operator's credentials.
+fn provider_cost(tokens: &TokenCounts, prices: &Prices, source: Option<CredentialSource>) -> Usd {
+    match source {
         Some(CredentialSource::Operator) => {
             prices.input.per_million_tokens(tokens.input)
                 + prices.cached_input.per_million_tokens(tokens.cached_input)
@@ -47,8 +128,7 @@ pub fn cost_for(tokens: &TokenCounts, prices: &Prices, source: Option<Credential
                 + prices.output.per_million_tokens(tokens.output)
         }
         Some(CredentialSource::Byok) | None => Usd::ZERO,
-    };
-    Cost { fee, upstream }
+    }
 }
 
 #[cfg(test)]
@@ -92,6 +172,7 @@ mod tests {
             error_kind: None,
             attempts: 1,
             client_disconnected: false,
+            plan: None,
             instance_id: None,
             instance_seq: None,
         }
@@ -126,5 +207,63 @@ mod tests {
         ));
         assert_eq!(free.total(), Usd::ZERO);
         assert_eq!(PROCESSING_FEE_PER_MTOK, Usd(dec!(0.05)));
+    }
+
+    fn plan(fee: Decimal, multiplier: Decimal) -> AppliedPlan {
+        AppliedPlan {
+            plan_id: "plan_team".into(),
+            fee_per_mtok: Usd(fee),
+            upstream_multiplier: multiplier,
+        }
+    }
+
+    #[test]
+    fn a_plan_sets_the_fee_and_multiplies_only_operator_upstream_cost() {
+        let mut marked_up = event(Some(CredentialSource::Operator), TOKENS);
+        marked_up.plan = Some(plan(dec!(0.10), dec!(1.25)));
+        let cost = cost_of(&marked_up);
+        // 3,610 tokens × $0.10/M
+        assert_eq!(cost.fee, Usd(dec!(0.000361)));
+        // 0.011535 × 1.25, of which 0.011535 × 0.25 is markup
+        assert_eq!(cost.upstream, Usd(dec!(0.01441875)));
+        assert_eq!(cost.markup, Usd(dec!(0.00288375)));
+        assert_eq!(cost.total(), Usd(dec!(0.01477975)));
+
+        let mut discounted = event(Some(CredentialSource::Operator), TOKENS);
+        discounted.plan = Some(plan(dec!(0), dec!(0.8)));
+        let cost = cost_of(&discounted);
+        assert_eq!(cost.fee, Usd::ZERO);
+        assert_eq!(cost.upstream, Usd(dec!(0.009228)));
+        assert_eq!(cost.markup, Usd(dec!(-0.002307)));
+
+        let mut byok = event(Some(CredentialSource::Byok), TOKENS);
+        byok.plan = Some(plan(dec!(0.10), dec!(3)));
+        let cost = cost_of(&byok);
+        assert_eq!(cost.upstream, Usd::ZERO, "BYOK is never marked up");
+        assert_eq!(cost.markup, Usd::ZERO);
+        assert_eq!(cost.fee, Usd(dec!(0.000361)));
+    }
+
+    #[test]
+    fn the_default_plan_terms_cost_what_no_plan_costs() {
+        let mut explicit = event(Some(CredentialSource::Operator), TOKENS);
+        explicit.plan = Some(plan(dec!(0.05), dec!(1)));
+        let without = event(Some(CredentialSource::Operator), TOKENS);
+        assert_eq!(cost_of(&explicit), cost_of(&without));
+        assert_eq!(cost_of(&without).markup, Usd::ZERO);
+    }
+
+    #[test]
+    fn plan_terms_are_bounded_and_name_the_bad_term() {
+        assert!(check_plan_terms(Usd(dec!(0.05)), dec!(1)).is_ok());
+        assert!(check_plan_terms(Usd(dec!(0)), dec!(0)).is_ok());
+        assert!(check_plan_terms(Usd(dec!(0.123456)), dec!(1.000001)).is_ok());
+        let fee = check_plan_terms(Usd(dec!(-0.01)), dec!(1)).unwrap_err();
+        assert!(fee.to_string().contains("fee_per_mtok"), "{fee}");
+        assert!(check_plan_terms(Usd(dec!(0.1234567)), dec!(1)).is_err());
+        let multiplier = check_plan_terms(Usd(dec!(0.05)), dec!(1.0000001)).unwrap_err();
+        assert!(multiplier.to_string().contains("upstream_multiplier"), "{multiplier}");
+        assert!(check_plan_terms(Usd(dec!(0.05)), dec!(101)).is_err());
+        assert!(check_plan_terms(Usd(dec!(0.05)), dec!(-1)).is_err());
     }
 }

@@ -114,6 +114,7 @@ fn payloads(accounts: usize, events: usize) -> Vec<(String, Vec<u8>)> {
             error_kind: None,
             attempts: 1,
             client_disconnected: false,
+            plan: None,
             instance_id: Some("gw_bench".into()),
             instance_seq: Some(n as u64),
         };

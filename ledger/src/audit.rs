@@ -107,7 +107,7 @@ fn give(state: &mut SimpleAccount, id: String, at: DateTime<Utc>, amount: Usd) {
 }
 
 /// Derive balances and entries from records (each partition in offset order).
-pub fn derive(records: &[StoredRecord]) -> Derived {
+pub fn derive(records: &[StoredRecord]) -> Result<Derived, LedgerError> {
     let mut by_partition: BTreeMap<u32, Vec<&StoredRecord>> = BTreeMap::new();
     for r in records {
         by_partition.entry(r.partition).or_default().push(r);
@@ -122,6 +122,15 @@ pub fn derive(records: &[StoredRecord]) -> Derived {
             let Ok(envelope) = serde_json::from_slice::<Envelope>(&record.payload) else {
                 continue;
             };
+            // A newer build's record cannot be re-derived in full: refuse,
+            // rather than report balances computed without its new fields.
+            if let Err(version) = envelope.check_version() {
+                return Err(LedgerError::UnsupportedVersion {
+                    partition: record.partition,
+                    offset: record.offset,
+                    version,
+                });
+            }
             let (account, at, key) = match &envelope.body {
                 EventBody::Usage(u) => (
                     u.account_id.to_string(),
@@ -210,7 +219,7 @@ pub fn derive(records: &[StoredRecord]) -> Derived {
         let credit: Usd = state.lots.iter().filter(|l| !l.done).map(|l| l.left).sum();
         out.balances.insert(name, credit - state.debt);
     }
-    out
+    Ok(out)
 }
 
 /// Read every record of the account-events topic.
@@ -305,7 +314,7 @@ pub async fn audit(log: &dyn EventLog, conn: &Connection) -> Result<Vec<String>,
         }
     }
     records.retain(|r| r.offset < applied_through.get(&r.partition).copied().unwrap_or(0));
-    let derived = derive(&records);
+    let derived = derive(&records)?;
     let ledger = stored(conn)?;
     Ok(compare(&derived, &ledger))
 }

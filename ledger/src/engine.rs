@@ -19,6 +19,8 @@ pub mod chart {
     pub const CASH: &str = "cash";
     pub const FEE_REVENUE: &str = "revenue:processing_fee";
     pub const UPSTREAM_COST: &str = "payable:upstream_cost";
+    /// A price plan's markup on upstream cost (debited for a discount).
+    pub const UPSTREAM_MARKUP: &str = "revenue:upstream_markup";
     pub const EXPIRED_CREDIT: &str = "revenue:expired_credit";
     pub const GOODWILL: &str = "expense:goodwill";
     pub const MANUAL_DEBIT: &str = "revenue:manual_debit";
@@ -333,7 +335,12 @@ impl Ledger {
                 *mark = seq;
             }
         }
-        let cost = cost_for(&event.tokens, &event.prices, event.credential_source);
+        let cost = cost_for(
+            &event.tokens,
+            &event.prices,
+            event.credential_source,
+            event.plan.as_ref(),
+        );
         let total = cost.total();
         if total == Usd::ZERO {
             return; // a request with no tokens costs nothing
@@ -345,8 +352,14 @@ impl Ledger {
             posting(&chart::customer(account), total),
             posting(chart::FEE_REVENUE, -cost.fee),
         ];
-        if cost.upstream != Usd::ZERO {
-            postings.push(posting(chart::UPSTREAM_COST, -cost.upstream));
+        // What is owed upstream is the providers' price; the plan's markup
+        // (or discount) is the operator's, on its own account.
+        let owed_upstream = cost.upstream - cost.markup;
+        if owed_upstream != Usd::ZERO {
+            postings.push(posting(chart::UPSTREAM_COST, -owed_upstream));
+        }
+        if cost.markup != Usd::ZERO {
+            postings.push(posting(chart::UPSTREAM_MARKUP, -cost.markup));
         }
         out.push(entry(
             &event.account_id,

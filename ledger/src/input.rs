@@ -15,6 +15,8 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use std::fmt;
 use tollgate_core::billing::{Adjustment, Purchase, Tick};
+use tollgate_core::check_envelope_version;
+use tollgate_core::pricing::AppliedPlan;
 use tollgate_core::{AccountId, CredentialSource, EventId, Prices, TokenCounts, UsageEvent};
 
 /// What one account-events record asks of the ledger.
@@ -26,6 +28,9 @@ pub enum LedgerInput {
     Tick(Tick),
     /// Any other kind (control, balance, unknown): nothing to apply.
     Other,
+    /// Written by a newer build (envelope version above ours): the ledger
+    /// stops here rather than bill it without the fields it does not know.
+    Unsupported(tollgate_core::UnsupportedVersion),
 }
 
 /// The fields of a usage event that billing reads.
@@ -37,6 +42,9 @@ pub struct UsageCharge {
     pub credential_source: Option<CredentialSource>,
     pub tokens: TokenCounts,
     pub prices: Prices,
+    /// The price plan the event was billed on (None: default terms).
+    #[serde(default)]
+    pub plan: Option<AppliedPlan>,
     #[serde(default)]
     pub instance_id: Option<String>,
     #[serde(default)]
@@ -52,6 +60,7 @@ impl From<&UsageEvent> for UsageCharge {
             credential_source: event.credential_source,
             tokens: event.tokens,
             prices: event.prices,
+            plan: event.plan.clone(),
             instance_id: event.instance_id.clone(),
             instance_seq: event.instance_seq,
         }
@@ -142,6 +151,9 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
                     if parsed.is_some() || raw.is_some() {
                         return Err(de::Error::duplicate_field("data"));
                     }
+                    // A newer version's data may not parse as our types.
+                    let newer = version.is_some_and(|v| check_envelope_version(v).is_err());
+                    let kind = if newer { Some(Kind::Other) } else { kind };
                     parsed = Some(match kind {
                         Some(Kind::Usage) => LedgerInput::Usage(map.next_value()?),
                         Some(Kind::Purchase) => LedgerInput::Purchase(map.next_value()?),
@@ -162,8 +174,9 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
                 }
             }
         }
-        if version.is_none() {
-            return Err(de::Error::missing_field("v"));
+        let version = version.ok_or_else(|| de::Error::missing_field("v"))?;
+        if let Err(newer) = check_envelope_version(version) {
+            return Ok(LedgerInput::Unsupported(newer));
         }
         let kind = kind.ok_or_else(|| de::Error::missing_field("type"))?;
         match (parsed, raw) {
@@ -231,6 +244,30 @@ mod tests {
                 LedgerInput::decode(ignored.as_bytes()).unwrap(),
                 LedgerInput::Other
             );
+        }
+    }
+
+    #[test]
+    fn a_newer_envelope_version_is_refused_whatever_its_data() {
+        for newer in [
+            format!(r#"{{"v":3,"type":"usage","data":{USAGE}}}"#),
+            r#"{"v":3,"type":"usage","data":{"tokens":"a shape we do not know"}}"#.to_owned(),
+            r#"{"v":9,"type":"tick","data":{"at":"2026-01-01T00:00:00Z"}}"#.to_owned(),
+        ] {
+            let LedgerInput::Unsupported(refused) =
+                LedgerInput::decode(newer.as_bytes()).unwrap()
+            else {
+                panic!("refused: {newer}")
+            };
+            assert!(refused.found >= 3);
+        }
+        // Both versions this build writes or wrote read in full.
+        for v in [1, 2] {
+            let payload = format!(r#"{{"v":{v},"type":"usage","data":{USAGE}}}"#);
+            assert!(matches!(
+                LedgerInput::decode(payload.as_bytes()).unwrap(),
+                LedgerInput::Usage(_)
+            ));
         }
     }
 

@@ -26,6 +26,14 @@ pub enum LedgerError {
     Store(#[from] tollgate_store::StoreError),
     #[error("background task failed: {0}")]
     Join(String),
+    /// A record from a newer build: applying it without the fields this
+    /// build does not know could bill it wrongly, so the ledger stops.
+    #[error("record {partition}/{offset}: {version}")]
+    UnsupportedVersion {
+        partition: u32,
+        offset: u64,
+        version: tollgate_core::UnsupportedVersion,
+    },
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
 }

@@ -8,7 +8,7 @@ use crate::store;
 use crate::LedgerError;
 use chrono::Utc;
 use parking_lot::Mutex;
-use prometheus::{Gauge, GaugeVec, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use rusqlite::Connection;
 use rust_decimal::prelude::ToPrimitive;
 use std::collections::{HashMap, HashSet};
@@ -51,6 +51,8 @@ pub struct LedgerMetrics {
     /// `tollgate_ledger_credits_expiring_30d_usd{account_id}`: unexpired
     /// credit in lots expiring within 30 days; display only, like `balance`.
     pub expiring_30d: GaugeVec,
+    /// 1 once the ledger stopped at a record written by a newer build.
+    pub halted: IntGauge,
 }
 
 impl LedgerMetrics {
@@ -89,6 +91,10 @@ impl LedgerMetrics {
             ),
             &["account_id"],
         )?;
+        let halted = IntGauge::new(
+            "tollgate_ledger_halted",
+            "1 when the ledger stopped at a record from a newer Tollgate (envelope version it does not read): upgrade the ledger.",
+        )?;
         // Every entry kind starts at 0, so rates work from the first entry.
         for kind in crate::engine::EntryKind::ALL {
             entries.with_label_values(&[kind.as_str()]);
@@ -99,6 +105,7 @@ impl LedgerMetrics {
         registry.register(Box::new(lag.clone()))?;
         registry.register(Box::new(balance.clone()))?;
         registry.register(Box::new(expiring_30d.clone()))?;
+        registry.register(Box::new(halted.clone()))?;
         Ok(LedgerMetrics {
             registry,
             entries,
@@ -107,6 +114,7 @@ impl LedgerMetrics {
             lag,
             balance,
             expiring_30d,
+            halted,
         })
     }
 }
@@ -240,7 +248,13 @@ impl LedgerService {
                 service.apply_batch(topic, &batch)
             })
             .await
-            .map_err(|e| LedgerError::Join(e.to_string()))??;
+            .map_err(|e| LedgerError::Join(e.to_string()))?
+            .inspect_err(|err| {
+                if matches!(err, LedgerError::UnsupportedVersion { .. }) {
+                    self.metrics.halted.set(1);
+                    tracing::error!(error = %err, "the ledger stopped: it does not skip a record it cannot fully read");
+                }
+            })?;
             let age_ms = (Utc::now().timestamp_millis() - newest_ms).max(0);
             self.metrics.lag.set(age_ms as f64 / 1000.0);
             // Linger only when caught up: with a backlog (or a partitioned
@@ -402,6 +416,15 @@ fn apply_in_transaction(
             None => LedgerInput::decode(&record.payload),
         };
         let input = match decoded {
+            Ok(LedgerInput::Unsupported(version)) => {
+                // Nothing of this batch is committed: the record and those
+                // after it wait for a ledger that reads them.
+                return Err(LedgerError::UnsupportedVersion {
+                    partition,
+                    offset: record.offset,
+                    version,
+                });
+            }
             Ok(input) => input,
             Err(err) => {
                 metrics.unreadable.inc();
@@ -451,7 +474,8 @@ fn apply_in_transaction(
                 }
                 state.tick(partition, tick.at, &mut entries);
             }
-            LedgerInput::Other => {}
+            // Returned above, before anything of the batch was applied.
+            LedgerInput::Other | LedgerInput::Unsupported(_) => {}
         }
     }
     drop(claims);

@@ -91,6 +91,7 @@ pub fn usage(
         error_kind: None,
         attempts: 1,
         client_disconnected: false,
+        plan: None,
         instance_id: Some("gw_test".into()),
         instance_seq: Some(1),
     }

@@ -19,7 +19,7 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tollgate_core::pricing::cost_for;
+use tollgate_core::pricing::{cost_for, AppliedPlan};
 use tollgate_core::{ApiSurface, CredentialSource, Escaped, TokenCounts, Usd};
 use tollgate_translate::{request as tr_request, response as tr_response, usage as tr_usage};
 
@@ -72,6 +72,7 @@ pub async fn handle(gateway: Arc<Gateway>, api: ApiSurface, request: Request) ->
         caller.key_id.clone(),
         api,
     );
+    meter.plan = caller.price_plan();
     let body = edge::read_body(body, gateway.config.server.max_body_bytes).await;
     match run(&gateway, &caller, api, &headers, body, &mut meter, started).await {
         Ok(Outcome::Complete(mut response)) => {
@@ -522,7 +523,7 @@ async fn run(
         })?;
     meter.rate_limits = limits;
 
-    let max_cost = max_cost(&candidates, &request);
+    let max_cost = max_cost(&candidates, &request, meter.plan.as_ref());
     gateway
         .admission
         .admit(&caller.account_id, meter.request_seq, max_cost)
@@ -763,7 +764,7 @@ async fn run(
 
 /// The most a request can cost on any of its candidates: every body byte
 /// as an input token plus the output cap, at operator prices.
-fn max_cost(candidates: &[Candidate], request: &ClientRequest) -> Usd {
+fn max_cost(candidates: &[Candidate], request: &ClientRequest, plan: Option<&AppliedPlan>) -> Usd {
     candidates
         .iter()
         .map(|candidate| {
@@ -776,7 +777,13 @@ fn max_cost(candidates: &[Candidate], request: &ClientRequest) -> Usd {
                 output,
                 ..TokenCounts::default()
             };
-            cost_for(&tokens, &candidate.prices, Some(CredentialSource::Operator)).total()
+            cost_for(
+                &tokens,
+                &candidate.prices,
+                Some(CredentialSource::Operator),
+                plan,
+            )
+            .total()
         })
         .max()
         .unwrap_or(Usd::ZERO)

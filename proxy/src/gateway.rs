@@ -2,6 +2,7 @@
 //! the access-key cache, the HTTP client, the event log and metrics.
 
 use crate::admission::Admission;
+use tollgate_core::pricing::AppliedPlan;
 use crate::config::ProxyConfig;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
@@ -123,6 +124,11 @@ impl Caller {
         self.configuration()
             .map(|c| c.rate_limits)
             .unwrap_or_default()
+    }
+
+    /// The account's price plan as of this request (None: default terms).
+    pub fn price_plan(&self) -> Option<AppliedPlan> {
+        self.snapshot.price_plan_of(&self.account_id)
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_core::control::RateLimits;
 use tollgate_core::eventlog::topics;
-use tollgate_core::pricing::{cost_for, Cost};
+use tollgate_core::pricing::{cost_for, AppliedPlan, Cost};
 use tollgate_core::{
     AccessKeyId, AccountId, ApiSurface, CredentialSource, EventId, LogRecord, Prices,
     ProviderKeyId, TokenCounts, UsageEnvelope, UsageEvent,
@@ -37,6 +37,9 @@ pub struct RequestMeter {
     credential_source: Option<CredentialSource>,
     provider_key_id: Option<ProviderKeyId>,
     prices: Prices,
+    /// The account's price plan (None: the default terms), copied into the
+    /// event so it is billed on the terms in force when it was made.
+    pub plan: Option<AppliedPlan>,
     pub upstream_request_id: Option<String>,
     upstream_latency: Option<Duration>,
     ttft: Option<Duration>,
@@ -90,6 +93,7 @@ impl RequestMeter {
             credential_source: None,
             provider_key_id: None,
             prices: Prices::default(),
+            plan: None,
             upstream_request_id: None,
             upstream_latency: None,
             ttft: None,
@@ -138,7 +142,7 @@ impl RequestMeter {
     /// The cost of the usage reported so far (for the final usage chunk).
     pub fn reported_cost(&self) -> Option<Cost> {
         self.reported
-            .map(|tokens| cost_for(&tokens, &self.prices, self.credential_source))
+            .map(|tokens| cost_for(&tokens, &self.prices, self.credential_source, self.plan.as_ref()))
     }
 
     pub fn provider(&self) -> Option<&str> {
@@ -221,6 +225,7 @@ impl RequestMeter {
             credential_source: self.credential_source,
             provider_key_id: self.provider_key_id.take(),
             prices: self.prices,
+            plan: self.plan.take(),
             upstream_request_id: self.upstream_request_id.take(),
             upstream_latency: self.upstream_latency,
             ttft: self.ttft,
@@ -265,7 +270,7 @@ impl RequestMeter {
         metrics.in_flight.dec();
         let latency = self.started.elapsed();
         let (tokens, tokens_estimated) = self.tokens(status);
-        self.cost = Some(cost_for(&tokens, &self.prices, self.credential_source));
+        self.cost = Some(cost_for(&tokens, &self.prices, self.credential_source, self.plan.as_ref()));
         self.gateway
             .limiter
             .record_tokens(&self.access_key_id, self.rate_limits, tokens.total());
@@ -324,6 +329,7 @@ impl RequestMeter {
             error_kind: error_kind.map(str::to_owned),
             attempts: self.attempts,
             client_disconnected,
+            plan: self.plan.clone(),
             instance_id: Some(self.gateway.instance_id.clone()),
             instance_seq: None,
         };
@@ -606,6 +612,7 @@ mod tests {
             error_kind: None,
             attempts: 1,
             client_disconnected: false,
+            plan: None,
             instance_id: Some("gw_x".into()),
             instance_seq: None,
         }

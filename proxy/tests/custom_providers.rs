@@ -295,7 +295,7 @@ async fn declared_prices_are_billed_exactly_like_catalog_prices() {
             "{model}: the usage event carries the declared prices"
         );
         assert_eq!(event.credential_source, Some(CredentialSource::Operator));
-        let cost = cost_for(&event.tokens, &want, Some(CredentialSource::Operator));
+        let cost = cost_for(&event.tokens, &want, Some(CredentialSource::Operator), None);
         // By hand: 1.25 per million input tokens, 10.000000007 per million output.
         let by_hand = usd("1.25").per_million_tokens(event.tokens.input)
             + usd("10.000000007").per_million_tokens(event.tokens.output);

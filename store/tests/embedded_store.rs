@@ -195,6 +195,7 @@ fn usage_event(n: u64) -> tollgate_core::UsageEvent {
         error_kind: None,
         attempts: 2,
         client_disconnected: false,
+        plan: None,
         instance_id: Some("gw_ride".into()),
         instance_seq: Some(n),
     }

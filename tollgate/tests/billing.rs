@@ -98,7 +98,13 @@ fn operator_cost(model: &str, input: u64, output: u64) -> Usd {
         output,
         ..TokenCounts::default()
     };
-    cost_for(&tokens, &prices(model), Some(CredentialSource::Operator)).total()
+    cost_for(
+        &tokens,
+        &prices(model),
+        Some(CredentialSource::Operator),
+        None,
+    )
+    .total()
 }
 
 /// Polls with a deadline; panics naming what never happened.
@@ -1250,7 +1256,8 @@ async fn the_cost_a_client_sees_is_the_cost_debited_and_a_corrupted_entry_fails_
                 ..TokenCounts::default()
             },
             &prices("gpt-4o"),
-            Some(CredentialSource::Byok)
+            Some(CredentialSource::Byok),
+            None,
         )
         .total()
     );

@@ -152,6 +152,7 @@ impl Generator {
             error_kind: None,
             attempts: 1,
             client_disconnected: false,
+            plan: None,
             instance_id: Some(format!("gw_crash_{}", self.rng.gen_range(0..3))),
             instance_seq: Some(self.seq),
         }
@@ -541,7 +542,7 @@ async fn a_ledger_killed_at_random_moments_ends_exactly_where_the_log_says(kind:
         log_ends(&records, partitions),
         "{name}: the ledger applied the whole log"
     );
-    let derived = audit::derive(&records);
+    let derived = audit::derive(&records).unwrap();
     let conn = db.connect().unwrap();
     let stored = audit::stored(&conn).unwrap();
     let problems = audit::compare(&derived, &stored);

@@ -107,6 +107,7 @@ pub fn event(
         },
         attempts: 1,
         client_disconnected: status == 499,
+        plan: None,
         instance_id: None,
         instance_seq: None,
     }
