@@ -398,6 +398,7 @@ fn openapi_document_lists_every_route() {
     // The admin listener serves the control-plane routes and the ledger's.
     let sources = [
         include_str!("../src/admin.rs"),
+        include_str!("../src/admin/plans.rs"),
         include_str!("../../ledger/src/api.rs"),
     ];
     let mut checked = 0;

@@ -8,8 +8,8 @@ use crate::catalog::ApiSurface;
 use crate::ids::{AccessKeyId, AccountId, ProviderKeyId};
 use crate::money::Usd;
 use crate::pricing::AppliedPlan;
-use rust_decimal::Decimal;
 use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 /// An access-key configuration's id.

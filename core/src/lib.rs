@@ -17,8 +17,8 @@ pub mod tokens;
 pub use catalog::{ApiSurface, Catalog, CatalogError, ModelSpec, Prices, ProviderSpec};
 pub use escape::Escaped;
 pub use event::{
-    check_envelope_version, CredentialSource, Envelope, EventBody, UnsupportedVersion, UsageEnvelope,
-    UsageEvent, ENVELOPE_VERSION,
+    check_envelope_version, CredentialSource, Envelope, EventBody, UnsupportedVersion,
+    UsageEnvelope, UsageEvent, ENVELOPE_VERSION,
 };
 pub use eventlog::{
     Batch, EventLog, EventLogError, LogRecord, PositionSource, StoredRecord, Subscription,

@@ -262,7 +262,10 @@ mod tests {
         assert!(fee.to_string().contains("fee_per_mtok"), "{fee}");
         assert!(check_plan_terms(Usd(dec!(0.1234567)), dec!(1)).is_err());
         let multiplier = check_plan_terms(Usd(dec!(0.05)), dec!(1.0000001)).unwrap_err();
-        assert!(multiplier.to_string().contains("upstream_multiplier"), "{multiplier}");
+        assert!(
+            multiplier.to_string().contains("upstream_multiplier"),
+            "{multiplier}"
+        );
         assert!(check_plan_terms(Usd(dec!(0.05)), dec!(101)).is_err());
         assert!(check_plan_terms(Usd(dec!(0.05)), dec!(-1)).is_err());
     }

@@ -254,8 +254,7 @@ mod tests {
             r#"{"v":3,"type":"usage","data":{"tokens":"a shape we do not know"}}"#.to_owned(),
             r#"{"v":9,"type":"tick","data":{"at":"2026-01-01T00:00:00Z"}}"#.to_owned(),
         ] {
-            let LedgerInput::Unsupported(refused) =
-                LedgerInput::decode(newer.as_bytes()).unwrap()
+            let LedgerInput::Unsupported(refused) = LedgerInput::decode(newer.as_bytes()).unwrap()
             else {
                 panic!("refused: {newer}")
             };

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tollgate_core::billing::AdjustmentKind;
 use tollgate_core::eventlog::topics;
+use tollgate_core::pricing::AppliedPlan;
 use tollgate_core::{Batch, CredentialSource, EventBody, EventLog, LogRecord, StoredRecord, Usd};
 use tollgate_kafka::{KafkaConfig, KafkaEventLog};
 use tollgate_ledger::{audit, LedgerService};
@@ -67,7 +68,22 @@ fn history(rng: &mut StdRng, length: usize) -> (Vec<Keyed>, usize) {
                 };
                 let input = rng.gen_range(0..400_000);
                 let output = rng.gen_range(0..60_000);
-                EventBody::Usage(Box::new(usage(account, input, output, source, &when)))
+                let mut event = usage(account, input, output, source, &when);
+                // Some on a price plan (terms as the event recorded them).
+                event.plan = match rng.gen_range(0..4) {
+                    0 => Some(AppliedPlan {
+                        plan_id: "plan_markup".into(),
+                        fee_per_mtok: usd("0.08"),
+                        upstream_multiplier: "1.25".parse().unwrap(),
+                    }),
+                    1 => Some(AppliedPlan {
+                        plan_id: "plan_discount".into(),
+                        fee_per_mtok: usd("0.000001"),
+                        upstream_multiplier: "0.873".parse().unwrap(),
+                    }),
+                    _ => None,
+                };
+                EventBody::Usage(Box::new(event))
             }
         };
         payloads.push((account.to_owned(), payload(body)));
@@ -359,4 +375,68 @@ async fn embedded_audit_detects_a_tampered_ledger() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_audit_detects_a_tampered_ledger() {
     audit_detects_a_tampered_ledger(Backend::Kafka).await;
+}
+
+/// A record from a newer build (envelope version above this one's) is
+/// neither applied nor skipped: the batch holding it fails as a whole, the
+/// ledger's position stays before it, and the audit refuses to re-derive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_from_a_newer_build_stops_the_ledger_and_the_audit() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let (mut payloads, _) = history(&mut rng, 20);
+    let newer = br#"{"v":3,"type":"usage","data":{"tokens":"a shape this build does not know"}}"#;
+    payloads.insert(10, ("acct_a".to_owned(), newer.to_vec()));
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(dir.path().join("l.db"), Durability::Normal).unwrap();
+    let log = Log::open(Backend::Embedded, dir.path(), &db).await;
+    let shared = log.shared();
+    for (key, payload) in &payloads {
+        let record = LogRecord {
+            topic: topics::ACCOUNT_EVENTS.into(),
+            key: key.clone(),
+            payload: payload.clone(),
+        };
+        shared.append(record).await.unwrap();
+    }
+    shared.flush().await.unwrap();
+    let ledger = LedgerService::open(&db, shared.clone()).unwrap();
+    let records = audit::read_log(shared.as_ref()).await.unwrap();
+    let newer_offset = records[10].offset;
+    let batch = |records: &[StoredRecord]| Batch {
+        partition: 0,
+        records: records.to_vec(),
+    };
+
+    let refused = ledger
+        .apply_batch(topics::ACCOUNT_EVENTS, &batch(&records))
+        .unwrap_err();
+    assert!(
+        matches!(refused, tollgate_ledger::LedgerError::UnsupportedVersion { offset, .. } if offset == newer_offset),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("upgrade"), "{refused}");
+    let conn = db.connect().unwrap();
+    let position = || tollgate_ledger::store::position(&conn, topics::ACCOUNT_EVENTS, 0).unwrap();
+    assert_eq!(position(), None, "nothing of the failed batch was applied");
+    assert!(ledger.snapshot().accounts.is_empty());
+
+    // What precedes it applies; the record itself never does.
+    ledger
+        .apply_batch(topics::ACCOUNT_EVENTS, &batch(&records[..10]))
+        .unwrap();
+    assert_eq!(position(), Some(newer_offset));
+    assert!(ledger
+        .apply_batch(topics::ACCOUNT_EVENTS, &batch(&records[10..]))
+        .is_err());
+    assert_eq!(position(), Some(newer_offset));
+
+    let audited = audit::derive(&records);
+    assert!(
+        matches!(
+            audited,
+            Err(tollgate_ledger::LedgerError::UnsupportedVersion { .. })
+        ),
+        "the audit refuses too"
+    );
 }

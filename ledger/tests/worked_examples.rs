@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use tollgate_core::billing::AdjustmentKind;
+use tollgate_core::pricing::AppliedPlan;
 use tollgate_core::{AccountId, CredentialSource};
 use tollgate_ledger::engine::{chart, Ledger};
 use tollgate_ledger::{Entry, EntryKind};
@@ -224,6 +225,83 @@ fn bring_your_own_key_pays_only_the_processing_fee() {
         &mut out,
     );
     assert_eq!(out.len(), before);
+    check_double_entry(&out);
+}
+
+#[test]
+fn a_price_plan_sets_the_fee_and_books_its_markup_or_discount_as_its_own_revenue() {
+    let plan = |fee: &str, multiplier: &str| AppliedPlan {
+        plan_id: "plan_resale".into(),
+        fee_per_mtok: usd(fee),
+        upstream_multiplier: multiplier.parse().unwrap(),
+    };
+    let mut ledger = Ledger::default();
+    let mut out = Vec::new();
+    ledger.apply_purchase(
+        0,
+        &purchase("acct_p", "5", "p1", "2026-01-01T00:00:00Z"),
+        &mut out,
+    );
+    // 1000×3/M + 234×15/M = 0.00651 at cost; × 1.5 = 0.009765 billed.
+    let mut marked_up = usage(
+        "acct_p",
+        1_000,
+        234,
+        CredentialSource::Operator,
+        "2026-01-02T00:00:00Z",
+    );
+    marked_up.plan = Some(plan("0.10", "1.5"));
+    ledger.apply_usage(0, &marked_up, &mut out);
+    let entry = out.last().unwrap();
+    // 1,234 tokens × $0.10/M
+    assert_eq!(entry.fee.to_string(), "0.0001234");
+    assert_eq!(entry.upstream.to_string(), "0.009765");
+    assert_eq!(entry.amount.to_string(), "-0.0098884");
+    let posted = |account: &str| {
+        entry
+            .postings
+            .iter()
+            .find(|p| p.ledger_account == account)
+            .map(|p| p.amount.to_string())
+    };
+    assert_eq!(posted(chart::FEE_REVENUE).as_deref(), Some("-0.0001234"));
+    assert_eq!(posted(chart::UPSTREAM_COST).as_deref(), Some("-0.00651"));
+    assert_eq!(posted(chart::UPSTREAM_MARKUP).as_deref(), Some("-0.003255"));
+    assert_eq!(balance(&ledger, "acct_p"), "4.9901116");
+
+    // A discount: the markup account is debited.
+    let mut discounted = usage(
+        "acct_p",
+        1_000,
+        234,
+        CredentialSource::Operator,
+        "2026-01-02T00:00:01Z",
+    );
+    discounted.plan = Some(plan("0", "0.8"));
+    ledger.apply_usage(0, &discounted, &mut out);
+    let entry = out.last().unwrap();
+    assert_eq!(entry.fee.to_string(), "0");
+    assert_eq!(entry.upstream.to_string(), "0.005208");
+    let markup = entry
+        .postings
+        .iter()
+        .find(|p| p.ledger_account == chart::UPSTREAM_MARKUP)
+        .unwrap();
+    assert_eq!(markup.amount.to_string(), "0.001302");
+
+    // Bring your own key on the same plan: the plan's fee, no upstream.
+    let mut byok = usage(
+        "acct_p",
+        1_000,
+        234,
+        CredentialSource::Byok,
+        "2026-01-02T00:00:02Z",
+    );
+    byok.plan = Some(plan("0.10", "1.5"));
+    ledger.apply_usage(0, &byok, &mut out);
+    let entry = out.last().unwrap();
+    assert_eq!(entry.upstream.to_string(), "0");
+    assert_eq!(entry.postings.len(), 2, "customer and fee only: {entry:?}");
     check_double_entry(&out);
 }
 

@@ -2,7 +2,6 @@
 //! the access-key cache, the HTTP client, the event log and metrics.
 
 use crate::admission::Admission;
-use tollgate_core::pricing::AppliedPlan;
 use crate::config::ProxyConfig;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
@@ -16,6 +15,7 @@ use std::time::Duration;
 use std::time::Instant;
 use tollgate_control::{ControlPlane, ControlState, ProviderIds};
 use tollgate_core::control::{Configuration, ConfigurationId, RateLimits};
+use tollgate_core::pricing::AppliedPlan;
 use tollgate_core::secrets::hash_access_token;
 use tollgate_core::{
     AccessKeyId, AccountId, ApiSurface, Catalog, CredentialSource, EventLog, ModelSpec, Prices,

@@ -141,8 +141,14 @@ impl RequestMeter {
 
     /// The cost of the usage reported so far (for the final usage chunk).
     pub fn reported_cost(&self) -> Option<Cost> {
-        self.reported
-            .map(|tokens| cost_for(&tokens, &self.prices, self.credential_source, self.plan.as_ref()))
+        self.reported.map(|tokens| {
+            cost_for(
+                &tokens,
+                &self.prices,
+                self.credential_source,
+                self.plan.as_ref(),
+            )
+        })
     }
 
     pub fn provider(&self) -> Option<&str> {
@@ -270,7 +276,12 @@ impl RequestMeter {
         metrics.in_flight.dec();
         let latency = self.started.elapsed();
         let (tokens, tokens_estimated) = self.tokens(status);
-        self.cost = Some(cost_for(&tokens, &self.prices, self.credential_source, self.plan.as_ref()));
+        self.cost = Some(cost_for(
+            &tokens,
+            &self.prices,
+            self.credential_source,
+            self.plan.as_ref(),
+        ));
         self.gateway
             .limiter
             .record_tokens(&self.access_key_id, self.rate_limits, tokens.total());

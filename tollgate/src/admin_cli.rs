@@ -6,6 +6,9 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use std::io::Read;
 
+mod plans;
+pub use plans::{PlanSpecArgs, PricePlansAction};
+
 #[derive(Args)]
 pub struct AdminArgs {
     /// Admin API base URL. Default: http://<admin.listen> from the config.
@@ -44,6 +47,11 @@ pub enum AdminCommand {
     CustomProviders {
         #[command(subcommand)]
         action: CustomProvidersAction,
+    },
+    /// Price plans: the processing fee and upstream multiplier accounts are billed on.
+    PricePlans {
+        #[command(subcommand)]
+        action: PricePlansAction,
     },
     /// Credits: balances, lots, entries; record purchases and adjustments.
     Credits {
@@ -425,6 +433,7 @@ fn request(command: &AdminCommand) -> anyhow::Result<(reqwest::Method, String, O
                 (Method::DELETE, format!("/custom-providers/{id}"), None)
             }
         },
+        AdminCommand::PricePlans { action } => plans::request(action),
     })
 }
 
