@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
-use tollgate_core::pricing::cost_for;
+use tollgate_core::pricing::{cost_for, AppliedPlan, Cost};
 use tollgate_core::{Catalog, CredentialSource, Prices, TokenCounts, Usd};
 use tollgate_mock_upstream::{MockUpstream, Rule};
 
@@ -1572,5 +1572,229 @@ async fn admission_keeps_reserving_for_requests_still_in_flight() {
     for task in in_flight {
         let _ = task.await;
     }
+    tg.stop_and_audit().await;
+}
+
+/// The cost of `input`/`output` tokens of `model` on the operator's
+/// credentials, on `plan`'s terms.
+fn plan_cost(model: &str, input: u64, output: u64, plan: &AppliedPlan) -> Cost {
+    let tokens = TokenCounts {
+        input,
+        output,
+        ..TokenCounts::default()
+    };
+    cost_for(
+        &tokens,
+        &prices(model),
+        Some(CredentialSource::Operator),
+        Some(plan),
+    )
+}
+
+/// The amount an entry posts to `ledger_account` (zero when it posts none).
+fn posted(entry: &Value, ledger_account: &str) -> Usd {
+    entry["postings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["ledger_account"] == ledger_account)
+        .map(|p| usd_of(&p["amount"]))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_price_plan_bills_its_fee_and_multiplier_exactly_everywhere_and_a_change_applies_only_forward(
+) {
+    let mock = MockUpstream::start().await.unwrap();
+    let mut tg = Tollgate::start(&mock, &[]).await;
+    let (account, token) = tg.account_with_key("reseller").await;
+    tg.adjust(&account, "goodwill_credit", "5", "trial").await;
+    tg.wait_balance(&account, usd("5")).await;
+    let started = chrono::Utc::now() - chrono::Duration::minutes(1);
+
+    // Bad terms are refused, naming the term.
+    let (status, body) = tg
+        .admin_post(
+            "/admin/v1/price-plans",
+            json!({"name": "bad", "upstream_multiplier": "1.0000001"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("upstream_multiplier"));
+
+    let (status, plan) = tg
+        .admin_post(
+            "/admin/v1/price-plans",
+            json!({"name": "resale", "fee_per_mtok": "0.10", "upstream_multiplier": "1.5"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{plan}");
+    let plan_id = plan["id"].as_str().unwrap().to_owned();
+    let put = |path: String, body: Value| {
+        tg.http
+            .put(tg.admin_url(&path))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+    };
+    let response = put(
+        format!("/admin/v1/accounts/{account}/price-plan"),
+        json!({"plan_id": plan_id}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    // A plan an account is on cannot be deleted.
+    let response = tg
+        .http
+        .delete(tg.admin_url(&format!("/admin/v1/price-plans/{plan_id}")))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 409);
+
+    let resale = AppliedPlan {
+        plan_id: plan_id.clone(),
+        fee_per_mtok: usd("0.10"),
+        upstream_multiplier: "1.5".parse().unwrap(),
+    };
+    // The mock counts 5 prompt words and replies with 5.
+    let prompt = "what does this request cost?";
+    let chat = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": prompt}]});
+    // The gateway reads the grant's balance update within ~100 ms.
+    let deadline = Deadline::new("the gateway to see the grant", SETTLE_DEADLINE);
+    let response = loop {
+        let response = tg.chat(&token, &chat).await;
+        if response.status() != 402 {
+            break response;
+        }
+        deadline.tick().await;
+    };
+    assert_eq!(response.status(), 200);
+    let want = plan_cost("gpt-4o", 5, 5, &resale);
+    assert!(want.markup > Usd::ZERO);
+    assert_eq!(header_usd(&response, "x-tollgate-cost-fee"), want.fee);
+    assert_eq!(header_usd(&response, "x-tollgate-cost-upstream"), want.upstream);
+    assert_eq!(header_usd(&response, "x-tollgate-cost-total"), want.total());
+    let first_event = header_text(&response, "x-tollgate-event-id");
+    let entry = tg.wait_entry(&account, &first_event).await;
+    assert_entry_matches(&entry, want.fee, want.upstream, want.total());
+    assert_eq!(posted(&entry, "revenue:upstream_markup"), -want.markup);
+    assert_eq!(
+        posted(&entry, "payable:upstream_cost"),
+        -(want.upstream - want.markup),
+        "the provider is owed its price, not the markup"
+    );
+    let mut shown = vec![want];
+
+    // Streamed Anthropic: the cost in message_delta is the plan's too.
+    let response = tg
+        .messages(
+            &token,
+            &json!({"model": "claude-sonnet-4-5", "max_tokens": 64, "stream": true,
+                    "messages": [{"role": "user", "content": prompt}]}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let event = header_text(&response, "x-tollgate-event-id");
+    let events = sse_events(&response.text().await.unwrap());
+    let delta = events.iter().find(|e| e["type"] == "message_delta").unwrap();
+    let want = plan_cost("claude-sonnet-4-5", 5, 5, &resale);
+    assert_eq!(
+        usd_of(&delta["usage"]["tollgate_cost"]["total"]),
+        want.total()
+    );
+    let entry = tg.wait_entry(&account, &event).await;
+    assert_entry_matches(&entry, want.fee, want.upstream, want.total());
+    shown.push(want);
+
+    // New terms apply to requests made after the change, never before.
+    let response = put(
+        format!("/admin/v1/price-plans/{plan_id}"),
+        json!({"name": "resale", "fee_per_mtok": "0.02", "upstream_multiplier": "0.9"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    let discounted = AppliedPlan {
+        plan_id: plan_id.clone(),
+        fee_per_mtok: usd("0.02"),
+        upstream_multiplier: "0.9".parse().unwrap(),
+    };
+    let want = plan_cost("gpt-4o", 5, 5, &discounted);
+    let response = tg.chat(&token, &chat).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        header_usd(&response, "x-tollgate-cost-total"),
+        want.total(),
+        "the admin API answers after the change is applied in this process"
+    );
+    let entry = tg
+        .wait_entry(&account, &header_text(&response, "x-tollgate-event-id"))
+        .await;
+    assert_entry_matches(&entry, want.fee, want.upstream, want.total());
+    assert!(want.markup < Usd::ZERO);
+    assert_eq!(
+        posted(&entry, "revenue:upstream_markup"),
+        -want.markup,
+        "a discount debits the markup account"
+    );
+    shown.push(want);
+    let first = tg.wait_entry(&account, &first_event).await;
+    assert_eq!(usd_of(&first["amount"]), -shown[0].total(), "history is kept");
+
+    // Back to the default terms.
+    let response = put(
+        format!("/admin/v1/accounts/{account}/price-plan"),
+        json!({"plan_id": null}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    let response = tg.chat(&token, &chat).await;
+    let default = operator_cost("gpt-4o", 5, 5);
+    assert_eq!(header_usd(&response, "x-tollgate-cost-total"), default);
+    let default_event = header_text(&response, "x-tollgate-event-id");
+    tg.wait_entry(&account, &default_event).await;
+
+    // The balance, the usage API and the audit say the same, to the digit.
+    let total: Usd = shown.iter().map(Cost::total).sum::<Usd>() + default;
+    let (balance, _) = tg.balance(&account).await;
+    assert_eq!(balance, usd("5") - total);
+    let fees: Usd = shown.iter().map(|c| c.fee).sum::<Usd>()
+        + cost_for(
+            &TokenCounts {
+                input: 5,
+                output: 5,
+                ..TokenCounts::default()
+            },
+            &prices("gpt-4o"),
+            Some(CredentialSource::Operator),
+            None,
+        )
+        .fee;
+    let upstream = total - fees;
+    let end = chrono::Utc::now() + chrono::Duration::minutes(1);
+    let query = format!(
+        "/v1/usage?start={}&end={}",
+        started.format("%Y-%m-%dT%H:%M:%SZ"),
+        end.format("%Y-%m-%dT%H:%M:%SZ")
+    );
+    let deadline = Deadline::new("the usage API to show 4 requests", SETTLE_DEADLINE);
+    let row = loop {
+        let (status, report) = tg.credits(&token, &query).await;
+        assert_eq!(status, 200, "{report}");
+        let row = report["data"].as_array().and_then(|d| d.first()).cloned();
+        if row.as_ref().is_some_and(|r| r["requests"] == 4) {
+            break row.unwrap();
+        }
+        deadline.tick().await;
+    };
+    assert_eq!(usd_of(&row["cost"]["fee"]), fees, "{row}");
+    assert_eq!(usd_of(&row["cost"]["upstream"]), upstream, "{row}");
     tg.stop_and_audit().await;
 }
