@@ -103,3 +103,68 @@ async fn sink_reports_its_work_in_prometheus() {
         assert!(text.contains(name), "{name} missing from:\n{text}");
     }
 }
+
+/// A record from a newer build is never skipped: the sink stores what came
+/// before it, keeps its position at the record and stops, flagged.
+#[tokio::test(flavor = "multi_thread")]
+async fn sink_stops_at_a_record_from_a_newer_build() {
+    let (_dir, db, store) = sqlite_store();
+    let log = event_log(&db);
+    let events = dataset();
+    append_all(&*log, &events[..50]).await;
+    let topic = tollgate_core::eventlog::topics::ACCOUNT_EVENTS.to_owned();
+    let newer = br#"{"v":3,"type":"usage","data":{"tokens":"a shape this build does not know"}}"#;
+    log.append(LogRecord {
+        topic: topic.clone(),
+        key: "x".into(),
+        payload: newer.to_vec(),
+    })
+    .await
+    .unwrap();
+    append_all(&*log, &events[50..100]).await;
+    log.flush().await.unwrap();
+    let newer_offset = log
+        .read(&topic, 0, 0, 1_000)
+        .await
+        .unwrap()
+        .iter()
+        .find(|r| r.payload[..] == newer[..])
+        .unwrap()
+        .offset;
+
+    let registry = prometheus::Registry::new();
+    let metrics = AnalyticsMetrics::register(&registry, "sqlite").unwrap();
+    let sink = Sink::new(
+        log.clone(),
+        store.clone(),
+        fast_sink_config(),
+        metrics.clone(),
+    )
+    .spawn();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            metrics.halted.get() == 1
+        })
+        .await,
+        "the sink flags that it stopped"
+    );
+    sink.shutdown().await.unwrap();
+    assert_eq!(metrics.rows_inserted.get(), 50, "what precedes it is stored");
+    assert_eq!(store.row_count().await.unwrap(), 50, "nothing after it");
+    assert_eq!(
+        tollgate_analytics::UsageStore::positions(&*store)
+            .await
+            .unwrap()
+            .get(&0)
+            .copied(),
+        Some(newer_offset),
+        "the position stays at the record"
+    );
+    assert_eq!(
+        metrics
+            .events_skipped
+            .with_label_values(&["undecodable"])
+            .get(),
+        0
+    );
+}
