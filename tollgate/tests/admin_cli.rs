@@ -286,6 +286,61 @@ async fn admin_cli_manages_keys_on_a_running_gateway() {
         assert_eq!(lots["data"].as_array().unwrap().len(), 1, "{lots}");
         assert_eq!(lots["data"][0]["amount"], "5");
 
+        // Price plans: create, refuse bad terms, assign, update, unassign, delete.
+        let plan = admin(
+            &config,
+            &[
+                "price-plans",
+                "create",
+                "--name",
+                "resale",
+                "--fee-per-mtok",
+                "0.08",
+                "--upstream-multiplier",
+                "1.2",
+            ],
+            None,
+        )
+        .unwrap();
+        let plan_id = plan["id"].as_str().unwrap().to_owned();
+        assert_eq!(plan["fee_per_mtok"], "0.08", "{plan}");
+        assert_eq!(plan["upstream_multiplier"], "1.2", "{plan}");
+        let bad = admin(
+            &config,
+            &["price-plans", "create", "--name", "x", "--fee-per-mtok=-1"],
+            None,
+        )
+        .unwrap_err();
+        assert!(bad.contains("fee_per_mtok"), "{bad}");
+        let assigned = admin(
+            &config,
+            &["price-plans", "assign", "--account", &account_id, &plan_id],
+            None,
+        )
+        .unwrap();
+        assert_eq!(assigned["price_plan_id"], plan_id.as_str());
+        let in_use = admin(&config, &["price-plans", "delete", &plan_id], None).unwrap_err();
+        assert!(in_use.contains("assigned"), "{in_use}");
+        let updated = admin(
+            &config,
+            &["price-plans", "update", &plan_id, "--name", "at-cost"],
+            None,
+        )
+        .unwrap();
+        assert_eq!(updated["fee_per_mtok"], "0.05", "defaults: {updated}");
+        assert_eq!(updated["upstream_multiplier"], "1");
+        let listed = admin(&config, &["price-plans", "list"], None).unwrap();
+        assert_eq!(listed["data"][0]["name"], "at-cost");
+        admin(
+            &config,
+            &["price-plans", "assign", "--account", &account_id, "none"],
+            None,
+        )
+        .unwrap();
+        admin(&config, &["price-plans", "delete", &plan_id], None).unwrap();
+        let gone = admin(&config, &["price-plans", "get", &plan_id], None).unwrap_err();
+        assert!(gone.contains("not found"), "{gone}");
+
         let pk = admin(
             &config,
             &[
