@@ -8,5 +8,5 @@ pub mod plane;
 pub mod state;
 
 pub use crypto::{CryptoError, MasterKey};
-pub use plane::{ConfigurationSpec, ControlError, ControlPlane, ProviderIds};
+pub use plane::{ConfigurationSpec, ControlError, ControlPlane, PriceSpec, ProviderIds};
 pub use state::{ControlState, ProviderSecret};

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tollgate_core::control::{
     AccessKey, Account, Configuration, ConfigurationId, ControlChange, ControlKind, ControlObject,
-    CustomProvider, ProviderKey,
+    CustomProvider, PriceOverride, ProviderKey,
 };
 use tollgate_core::{AccessKeyId, AccountId, ProviderKeyId};
 
@@ -31,6 +31,9 @@ pub struct ControlState {
     secrets: HashMap<ProviderKeyId, ProviderSecret>,
     pub custom_providers: BTreeMap<String, CustomProvider>,
     pub last_used: HashMap<AccessKeyId, chrono::DateTime<chrono::Utc>>,
+    /// Runtime price overrides by provider, then model (nested so a lookup
+    /// on the request path allocates nothing).
+    pub price_overrides: BTreeMap<String, BTreeMap<String, PriceOverride>>,
     /// The next control-log offset to read.
     pub next_offset: u64,
 }
@@ -88,6 +91,12 @@ impl ControlState {
             ControlObject::CustomProvider(provider) => {
                 self.custom_providers.insert(provider.id.clone(), provider);
             }
+            ControlObject::PriceOverride(price) => {
+                self.price_overrides
+                    .entry(price.provider.clone())
+                    .or_default()
+                    .insert(price.model.clone(), price);
+            }
         }
     }
 
@@ -112,7 +121,27 @@ impl ControlState {
             ControlKind::CustomProvider => {
                 self.custom_providers.remove(id);
             }
+            ControlKind::PriceOverride => {
+                if let Some((provider, model)) = id.split_once(':') {
+                    if let Some(models) = self.price_overrides.get_mut(provider) {
+                        models.remove(model);
+                        if models.is_empty() {
+                            self.price_overrides.remove(provider);
+                        }
+                    }
+                }
+            }
         }
+    }
+
+    /// The runtime price override for `provider:model`, if any.
+    pub fn price_override(&self, provider: &str, model: &str) -> Option<&PriceOverride> {
+        self.price_overrides.get(provider)?.get(model)
+    }
+
+    /// Every runtime price override, by provider then model.
+    pub fn price_override_list(&self) -> impl Iterator<Item = &PriceOverride> {
+        self.price_overrides.values().flat_map(BTreeMap::values)
     }
 
     /// The active key whose token hashes to `token_hash`.

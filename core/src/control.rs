@@ -1,10 +1,10 @@
 //! Control-plane objects: accounts, access keys, access-key configurations,
-//! provider keys and runtime custom providers. Every change is a
+//! provider keys, runtime custom providers and price overrides. Every change is a
 //! `ControlChange` on the control topic (key = object id) carrying the whole
 //! object, so a compacted topic keeps the latest state of each object and
 //! every instance rebuilds the same view by replaying it.
 
-use crate::catalog::ApiSurface;
+use crate::catalog::{ApiSurface, Prices};
 use crate::ids::{AccessKeyId, AccountId, ProviderKeyId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -120,6 +120,27 @@ pub struct CustomProvider {
     pub created_at: DateTime<Utc>,
 }
 
+/// An operator's unit prices for one `provider:model`, set at runtime:
+/// they win over the config file's overrides, declared custom-provider
+/// prices and the catalog. Every token class is filled in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PriceOverride {
+    pub provider: String,
+    /// The model id as requested after the provider prefix (a catalog model
+    /// may also be named by an alias).
+    pub model: String,
+    pub prices: Prices,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl PriceOverride {
+    /// Its id in `ControlChange::Delete` (`provider:model`; provider ids
+    /// never contain `:`, model ids may).
+    pub fn id(&self) -> String {
+        format!("{}:{}", self.provider, self.model)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ControlObject {
@@ -128,6 +149,7 @@ pub enum ControlObject {
     Configuration(Configuration),
     ProviderKey(ProviderKey),
     CustomProvider(CustomProvider),
+    PriceOverride(PriceOverride),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -138,6 +160,7 @@ pub enum ControlKind {
     Configuration,
     ProviderKey,
     CustomProvider,
+    PriceOverride,
 }
 
 impl ControlObject {
@@ -148,6 +171,7 @@ impl ControlObject {
             ControlObject::Configuration(_) => ControlKind::Configuration,
             ControlObject::ProviderKey(_) => ControlKind::ProviderKey,
             ControlObject::CustomProvider(_) => ControlKind::CustomProvider,
+            ControlObject::PriceOverride(_) => ControlKind::PriceOverride,
         }
     }
 
@@ -159,6 +183,7 @@ impl ControlObject {
             ControlObject::Configuration(c) => c.id.to_string(),
             ControlObject::ProviderKey(p) => p.id.to_string(),
             ControlObject::CustomProvider(c) => format!("custom_provider:{}", c.id),
+            ControlObject::PriceOverride(o) => format!("price_override:{}", o.id()),
         }
     }
 }

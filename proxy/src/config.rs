@@ -336,6 +336,12 @@ pub struct ProxyConfig {
     pub custom_providers: Vec<CustomProviderConfig>,
     pub billing: BillingConfig,
     pub upstream: UpstreamConfig,
+    /// Operator unit prices per `provider:model` (`[price_overrides."openai:gpt-4o"]`),
+    /// as `DeclaredPrices`: they win over the catalog and declared
+    /// custom-provider prices, and price a model that has none. Runtime
+    /// overrides (admin API) win over these.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub price_overrides: BTreeMap<String, DeclaredPrices>,
 }
 
 impl ProxyConfig {
@@ -372,6 +378,7 @@ impl ProxyConfig {
                 }
             }
         }
+        self.price_override_problems(known_providers, &mut problems);
         let mut seen = std::collections::HashSet::new();
         for (i, custom) in self.custom_providers.iter().enumerate() {
             let field = format!("custom_providers[{i}]");
@@ -414,6 +421,31 @@ impl ProxyConfig {
         problems
     }
 
+    /// `price_overrides` keys must be `provider:model` with a built-in or
+    /// config custom provider (runtime ones take runtime overrides).
+    fn price_override_problems(&self, known_providers: &[&str], problems: &mut Vec<String>) {
+        for (key, prices) in &self.price_overrides {
+            let field = format!("price_overrides.\"{key}\"");
+            match key.split_once(':') {
+                Some((provider, model)) if !provider.is_empty() && !model.is_empty() => {
+                    let known = known_providers.contains(&provider)
+                        || self.custom_providers.iter().any(|c| c.id == provider);
+                    if !known {
+                        problems.push(format!(
+                            "{field}: unknown provider `{provider}` (a built-in or [[custom_providers]] id)"
+                        ));
+                    }
+                }
+                _ => problems.push(format!(
+                    "{field}: the key must be `provider:model`, e.g. \"openai:gpt-4o\""
+                )),
+            }
+            if prices.negative() {
+                problems.push(format!("{field}: prices must not be negative"));
+            }
+        }
+    }
+
     /// One line per config custom-provider model without declared prices:
     /// not an error (installs from before prices existed still start), but
     /// requests for it on the operator's credentials are refused.
@@ -421,7 +453,10 @@ impl ProxyConfig {
         let mut lines = Vec::new();
         for (i, custom) in self.custom_providers.iter().enumerate() {
             for model in &custom.models {
-                if !custom.prices.contains_key(model) {
+                let overridden = self
+                    .price_overrides
+                    .contains_key(&format!("{}:{model}", custom.id));
+                if !custom.prices.contains_key(model) && !overridden {
                     lines.push(format!(
                         "custom_providers[{i}] `{id}`: model `{model}` has no price, so requests for \
                          {id}:{model} on the operator's credentials (its api_keys, or none) are refused; \
