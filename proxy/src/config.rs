@@ -240,9 +240,10 @@ pub struct CustomProviderConfig {
     #[serde(default)]
     pub models: Vec<String>,
     /// Unit prices per model id (each must be in `models`). A request the
-    /// operator pays for (its `api_keys`, or no key at all) needs one: an
-    /// unpriced model is refused unless the caller attached its own
-    /// provider key. `"0"` is a price (a local model). Default: none.
+    /// operator pays for (its `api_keys`, or no key at all) needs one (or a
+    /// price override): an unpriced model is refused unless the caller
+    /// attached its own provider key. `"0"` is a price (a local model).
+    /// Default: none.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub prices: BTreeMap<String, DeclaredPrices>,
     /// Credentials for the upstream, if it needs any; tried in order.
@@ -446,7 +447,8 @@ impl ProxyConfig {
         }
     }
 
-    /// One line per config custom-provider model without declared prices:
+    /// One line per config custom-provider model without declared prices
+    /// or a config price override:
     /// not an error (installs from before prices existed still start), but
     /// requests for it on the operator's credentials are refused.
     pub fn unpriced_models(&self) -> Vec<String> {
@@ -460,7 +462,8 @@ impl ProxyConfig {
                     lines.push(format!(
                         "custom_providers[{i}] `{id}`: model `{model}` has no price, so requests for \
                          {id}:{model} on the operator's credentials (its api_keys, or none) are refused; \
-                         declare one under [custom_providers.prices], e.g. \"{model}\" = {{ input = \"0\", output = \"0\" }}",
+                         declare one under [custom_providers.prices], e.g. \"{model}\" = {{ input = \"0\", output = \"0\" }}, \
+                         or override it under [price_overrides.\"{id}:{model}\"]",
                         id = custom.id
                     ));
                 }
@@ -612,5 +615,46 @@ mod tests {
                 .any(|p| p.starts_with("custom_providers[0].prices.\"other\"")),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn price_overrides_parse_from_strings_and_name_their_key_when_wrong() {
+        let parse = |text: &str| toml::from_str::<ProxyConfig>(text).map_err(|e| e.to_string());
+        let good = parse(
+            "[price_overrides.\"openai:gpt-4o\"]\ninput = \"2.00\"\noutput = \"8\"\n\
+             cache_write_5m = \"2.5\"\n",
+        );
+        let Ok(good) = good else {
+            panic!("{good:?}");
+        };
+        let prices = good
+            .price_overrides
+            .get("openai:gpt-4o")
+            .map(DeclaredPrices::prices);
+        let usd = |s: &str| s.parse::<Usd>().unwrap_or_default();
+        assert_eq!(
+            prices,
+            Some(Prices {
+                input: usd("2"),
+                cached_input: usd("2"),
+                cache_write_5m: usd("2.5"),
+                cache_write_1h: usd("2"),
+                output: usd("8"),
+            })
+        );
+        assert!(good.problems(&["openai"]).is_empty());
+        for (bad, why) in [
+            (
+                "[price_overrides.\"openai:gpt-4o\"]\ninput = 2.0\noutput = \"8\"\n",
+                "expected a string",
+            ),
+            (
+                "[price_overrides.\"openai:gpt-4o\"]\ninput = \"2\"\n",
+                "missing field `output`",
+            ),
+        ] {
+            let err = parse(bad).err().unwrap_or_default();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
     }
 }
