@@ -325,17 +325,8 @@ impl Gateway {
 
         let instance_id = format!("gw_{}", uuid::Uuid::now_v7().simple());
         let admission = Arc::new(Admission::new(config.billing.enforce, instance_id.clone()));
-        let mut config_overrides: HashMap<String, HashMap<String, Prices>> = HashMap::new();
-        for (key, declared) in &config.price_overrides {
-            if let Some((provider, model)) = key.split_once(':') {
-                config_overrides
-                    .entry(provider.to_owned())
-                    .or_default()
-                    .insert(model.to_owned(), declared.prices());
-            }
-        }
         Ok(Arc::new(Gateway {
-            config_overrides,
+            config_overrides: config_overrides(&config),
             admission,
             config,
             catalog,
@@ -693,6 +684,21 @@ impl Gateway {
         }
         (credentials, false)
     }
+}
+
+/// `[price_overrides]` by provider, then model (keys were validated by
+/// `ProxyConfig::problems`).
+fn config_overrides(config: &ProxyConfig) -> HashMap<String, HashMap<String, Prices>> {
+    let mut overrides: HashMap<String, HashMap<String, Prices>> = HashMap::new();
+    for (key, declared) in &config.price_overrides {
+        if let Some((provider, model)) = key.split_once(':') {
+            overrides
+                .entry(provider.to_owned())
+                .or_default()
+                .insert(model.to_owned(), declared.prices());
+        }
+    }
+    overrides
 }
 
 /// A custom provider's model; `prices` as declared (zero when undeclared,
