@@ -149,7 +149,11 @@ async fn sink_stops_at_a_record_from_a_newer_build() {
         "the sink flags that it stopped"
     );
     sink.shutdown().await.unwrap();
-    assert_eq!(metrics.rows_inserted.get(), 50, "what precedes it is stored");
+    assert_eq!(
+        metrics.rows_inserted.get(),
+        50,
+        "what precedes it is stored"
+    );
     assert_eq!(store.row_count().await.unwrap(), 50, "nothing after it");
     assert_eq!(
         tollgate_analytics::UsageStore::positions(&*store)

@@ -2,7 +2,7 @@
 //! admin token compared in constant time. Secrets never leave it: access-key
 //! tokens are returned once at creation; provider keys never.
 
-use crate::plane::{ConfigurationSpec, ControlError, ControlPlane};
+use crate::plane::{ConfigurationSpec, ControlError, ControlPlane, PriceSpec};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -296,6 +296,11 @@ pub fn router(state: AdminState) -> Router {
             axum::routing::delete(delete_custom_provider),
         )
         .merge(plans::routes())
+        .route("/admin/v1/price-overrides", get(list_price_overrides))
+        .route(
+            "/admin/v1/price-overrides/{provider}/{*model}",
+            put(set_price_override).delete(delete_price_override),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.auth.clone(),
             AdminAuth::require,
@@ -542,5 +547,32 @@ async fn delete_custom_provider(
     Path(provider_id): Path<String>,
 ) -> AdminResult<StatusCode> {
     s.control.delete_custom_provider(&provider_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- price overrides ---------------------------------------------------------
+
+async fn list_price_overrides(State(s): State<AdminState>) -> Json<serde_json::Value> {
+    let snapshot = s.control.snapshot();
+    Json(json!({"data": snapshot.price_override_list().collect::<Vec<_>>()}))
+}
+
+async fn set_price_override(
+    State(s): State<AdminState>,
+    Path((provider, model)): Path<(String, String)>,
+    JsonBody(spec): JsonBody<PriceSpec>,
+) -> AdminResult<Json<serde_json::Value>> {
+    let price = s
+        .control
+        .set_price_override(&provider, &model, &spec)
+        .await?;
+    Ok(Json(json!(price)))
+}
+
+async fn delete_price_override(
+    State(s): State<AdminState>,
+    Path((provider, model)): Path<(String, String)>,
+) -> AdminResult<StatusCode> {
+    s.control.delete_price_override(&provider, &model).await?;
     Ok(StatusCode::NO_CONTENT)
 }

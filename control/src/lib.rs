@@ -10,6 +10,6 @@ pub mod plans;
 pub mod state;
 
 pub use crypto::{CryptoError, MasterKey};
-pub use plane::{ConfigurationSpec, ControlError, ControlPlane, ProviderIds};
+pub use plane::{ConfigurationSpec, ControlError, ControlPlane, PriceSpec, ProviderIds};
 pub use plans::PricePlanSpec;
 pub use state::{ControlState, ProviderSecret};

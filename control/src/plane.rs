@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 use tollgate_core::control::{
     AccessKey, Account, Configuration, ConfigurationId, ControlChange, ControlKind, ControlObject,
-    CustomProvider, ProviderKey, ProviderKeyAttachment, RateLimits,
+    CustomProvider, PriceOverride, ProviderKey, ProviderKeyAttachment, RateLimits,
 };
 use tollgate_core::eventlog::topics;
 use tollgate_core::secrets::{display_prefix, generate_access_token, hash_access_token};
 use tollgate_core::{
     AccessKeyId, AccountId, ApiSurface, Envelope, EventBody, EventLog, EventLogError, LogRecord,
-    ProviderKeyId,
+    Prices, ProviderKeyId, Usd,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +161,7 @@ impl ControlPlane {
             ControlChange::Delete { kind, id } => match kind {
                 ControlKind::CustomProvider => format!("custom_provider:{id}"),
                 ControlKind::PricePlan => format!("price_plan:{id}"),
+                ControlKind::PriceOverride => format!("price_override:{id}"),
                 _ => id.clone(),
             },
             ControlChange::KeyUsed { access_key_id, .. } => format!("last_used:{access_key_id}"),
@@ -560,6 +561,105 @@ impl ControlPlane {
         self.publish(ControlChange::Delete {
             kind: ControlKind::CustomProvider,
             id: id.to_owned(),
+        })
+        .await
+    }
+}
+
+/// A price override as the admin API takes it: USD per million tokens as
+/// decimal strings. `input` and `output` are required; a cache class left
+/// out costs what `input` costs (as for prices declared in the config file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceSpec {
+    pub input: Usd,
+    pub output: Usd,
+    #[serde(default)]
+    pub cached_input: Option<Usd>,
+    #[serde(default)]
+    pub cache_write_5m: Option<Usd>,
+    #[serde(default)]
+    pub cache_write_1h: Option<Usd>,
+}
+
+impl PriceSpec {
+    /// Every class filled in; the first negative one is an error naming it.
+    pub fn prices(&self) -> Result<Prices, ControlError> {
+        let input = self.input;
+        let prices = Prices {
+            input,
+            cached_input: self.cached_input.unwrap_or(input),
+            cache_write_5m: self.cache_write_5m.unwrap_or(input),
+            cache_write_1h: self.cache_write_1h.unwrap_or(input),
+            output: self.output,
+        };
+        for (field, amount) in [
+            ("input", prices.input),
+            ("output", prices.output),
+            ("cached_input", prices.cached_input),
+            ("cache_write_5m", prices.cache_write_5m),
+            ("cache_write_1h", prices.cache_write_1h),
+        ] {
+            if amount < Usd::ZERO {
+                return Err(ControlError::Invalid(format!(
+                    "{field}: `{amount}` is negative; prices must not be negative"
+                )));
+            }
+        }
+        Ok(prices)
+    }
+}
+
+impl ControlPlane {
+    // ---- price overrides -----------------------------------------------------
+
+    /// Set (or replace) the runtime unit prices for `provider:model`. The
+    /// model need not be in the catalog: an override prices a pass-through
+    /// or custom model too.
+    pub async fn set_price_override(
+        &self,
+        provider: &str,
+        model: &str,
+        spec: &PriceSpec,
+    ) -> Result<PriceOverride, ControlError> {
+        self.refresh().await?;
+        if !self.known_provider(provider) {
+            return Err(ControlError::Invalid(format!(
+                "provider: unknown provider `{provider}`"
+            )));
+        }
+        if model.trim().is_empty() || model.trim() != model {
+            return Err(ControlError::Invalid(
+                "model: must not be empty or start or end with spaces".into(),
+            ));
+        }
+        let price = PriceOverride {
+            provider: provider.to_owned(),
+            model: model.to_owned(),
+            prices: spec.prices()?,
+            updated_at: Utc::now(),
+        };
+        self.upsert(ControlObject::PriceOverride(price.clone()))
+            .await?;
+        Ok(price)
+    }
+
+    /// Remove a runtime override: the model is priced by the config file or
+    /// the catalog again (or not at all).
+    pub async fn delete_price_override(
+        &self,
+        provider: &str,
+        model: &str,
+    ) -> Result<(), ControlError> {
+        self.refresh().await?;
+        if self.snapshot().price_override(provider, model).is_none() {
+            return Err(ControlError::NotFound(format!(
+                "price override {provider}:{model}"
+            )));
+        }
+        self.publish(ControlChange::Delete {
+            kind: ControlKind::PriceOverride,
+            id: format!("{provider}:{model}"),
         })
         .await
     }

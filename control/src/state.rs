@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tollgate_core::control::{
     AccessKey, Account, Configuration, ConfigurationId, ControlChange, ControlKind, ControlObject,
-    CustomProvider, PricePlan, ProviderKey,
+    CustomProvider, PriceOverride, PricePlan, ProviderKey,
 };
 use tollgate_core::pricing::AppliedPlan;
 use tollgate_core::{AccessKeyId, AccountId, ProviderKeyId};
@@ -33,6 +33,9 @@ pub struct ControlState {
     pub custom_providers: BTreeMap<String, CustomProvider>,
     pub price_plans: BTreeMap<String, PricePlan>,
     pub last_used: HashMap<AccessKeyId, chrono::DateTime<chrono::Utc>>,
+    /// Runtime price overrides by provider, then model (nested so a lookup
+    /// on the request path allocates nothing).
+    pub price_overrides: BTreeMap<String, BTreeMap<String, PriceOverride>>,
     /// The next control-log offset to read.
     pub next_offset: u64,
 }
@@ -93,6 +96,12 @@ impl ControlState {
             ControlObject::PricePlan(plan) => {
                 self.price_plans.insert(plan.id.clone(), plan);
             }
+            ControlObject::PriceOverride(price) => {
+                self.price_overrides
+                    .entry(price.provider.clone())
+                    .or_default()
+                    .insert(price.model.clone(), price);
+            }
         }
     }
 
@@ -120,7 +129,27 @@ impl ControlState {
             ControlKind::PricePlan => {
                 self.price_plans.remove(id);
             }
+            ControlKind::PriceOverride => {
+                if let Some((provider, model)) = id.split_once(':') {
+                    if let Some(models) = self.price_overrides.get_mut(provider) {
+                        models.remove(model);
+                        if models.is_empty() {
+                            self.price_overrides.remove(provider);
+                        }
+                    }
+                }
+            }
         }
+    }
+
+    /// The runtime price override for `provider:model`, if any.
+    pub fn price_override(&self, provider: &str, model: &str) -> Option<&PriceOverride> {
+        self.price_overrides.get(provider)?.get(model)
+    }
+
+    /// Every runtime price override, by provider then model.
+    pub fn price_override_list(&self) -> impl Iterator<Item = &PriceOverride> {
+        self.price_overrides.values().flat_map(BTreeMap::values)
     }
 
     /// The active key whose token hashes to `token_hash`.

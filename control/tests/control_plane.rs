@@ -400,6 +400,7 @@ fn openapi_document_lists_every_route() {
         include_str!("../src/admin.rs"),
         include_str!("../src/admin/plans.rs"),
         include_str!("../../ledger/src/api.rs"),
+        include_str!("../../proxy/src/routes.rs"),
     ];
     let mut checked = 0;
     for source in sources {
@@ -407,7 +408,13 @@ fn openapi_document_lists_every_route() {
             let Some(start) = line.find("\"/admin/v1/") else {
                 continue;
             };
-            let path = line[start + 1..].split('"').next().unwrap();
+            // A catch-all `{*name}` is an ordinary `{name}` in OpenAPI.
+            let path = line[start + 1..]
+                .split('"')
+                .next()
+                .unwrap()
+                .replace("{*", "{");
+            let path = path.as_str();
             assert!(
                 paths.contains_key(path),
                 "{path} missing from the OpenAPI document"
@@ -419,4 +426,118 @@ fn openapi_document_lists_every_route() {
         checked >= 20,
         "found only {checked} admin routes in the sources"
     );
+}
+
+/// PUT a price override body; (status, JSON body).
+async fn put_override(url: &str, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .put(format!("{url}/price-overrides/{path}"))
+        .bearer_auth("admin-secret-token")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn price_overrides_are_validated_naming_the_field_and_replay_after_restart() {
+    let (url, plane, dir) = admin_server().await;
+    let client = reqwest::Client::new();
+    for (path, body, field) in [
+        (
+            "openai/gpt-4o",
+            serde_json::json!({"input": 2.5, "output": "8"}),
+            "input",
+        ),
+        (
+            "openai/gpt-4o",
+            serde_json::json!({"input": "2.5", "output": "8", "cached_input": "-0.1"}),
+            "cached_input",
+        ),
+        (
+            "openai/gpt-4o",
+            serde_json::json!({"input": "2.5"}),
+            "output",
+        ),
+        (
+            "openai/gpt-4o",
+            serde_json::json!({"input": "2.5", "output": "8", "cache_read": "1"}),
+            "cache_read",
+        ),
+        (
+            "nowhere/gpt-4o",
+            serde_json::json!({"input": "2.5", "output": "8"}),
+            "provider",
+        ),
+    ] {
+        let (status, answer) = put_override(&url, path, body.clone()).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(answer["error"]["type"], "invalid_request");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(field), "{body}: {message}");
+    }
+    assert!(plane.snapshot().price_overrides.is_empty());
+
+    // A model id with `/` and `:` (an OpenRouter-style id, an Ollama tag).
+    let (status, stored) = put_override(
+        &url,
+        "local/meta-llama/llama-3.1%3A8b",
+        serde_json::json!({"input": "0.20", "output": "0.60", "cache_write_1h": "0.4"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{stored}");
+    assert_eq!(stored["provider"], "local");
+    assert_eq!(stored["model"], "meta-llama/llama-3.1:8b");
+    // Cache classes left out cost the input price; amounts are strings.
+    assert_eq!(
+        stored["prices"],
+        serde_json::json!({"input": "0.2", "cached_input": "0.2", "cache_write_5m": "0.2",
+                           "cache_write_1h": "0.4", "output": "0.6"})
+    );
+    let (status, _) = put_override(
+        &url,
+        "openai/gpt-4o",
+        serde_json::json!({"input": "1", "output": "2"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let listed: serde_json::Value = client
+        .get(format!("{url}/price-overrides"))
+        .bearer_auth("admin-secret-token")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let models: Vec<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["model"].as_str().unwrap())
+        .collect();
+    assert_eq!(models, ["meta-llama/llama-3.1:8b", "gpt-4o"]);
+
+    let delete = |path: &str| {
+        client
+            .delete(format!("{url}/price-overrides/{path}"))
+            .bearer_auth("admin-secret-token")
+            .send()
+    };
+    assert_eq!(delete("openai/gpt-4o").await.unwrap().status(), 204);
+    assert_eq!(delete("openai/gpt-4o").await.unwrap().status(), 404);
+    assert!(plane
+        .snapshot()
+        .price_override("openai", "gpt-4o")
+        .is_none());
+
+    // A restarted instance rebuilds the same overrides from the log.
+    let (replayed, _log) = plane_on(&dir.path().join("t.db")).await;
+    let snapshot = replayed.snapshot();
+    let kept: Vec<_> = snapshot.price_override_list().collect();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].model, "meta-llama/llama-3.1:8b");
+    assert_eq!(kept[0].prices.cache_write_1h.to_string(), "0.4");
 }

@@ -1,10 +1,11 @@
 //! Control-plane objects: accounts, access keys, access-key configurations,
-//! provider keys, runtime custom providers and price plans. Every change is a
+//! provider keys, runtime custom providers, price overrides and price
+//! plans. Every change is a
 //! `ControlChange` on the control topic (key = object id) carrying the whole
 //! object, so a compacted topic keeps the latest state of each object and
 //! every instance rebuilds the same view by replaying it.
 
-use crate::catalog::ApiSurface;
+use crate::catalog::{ApiSurface, Prices};
 use crate::ids::{AccessKeyId, AccountId, ProviderKeyId};
 use crate::money::Usd;
 use crate::pricing::AppliedPlan;
@@ -152,6 +153,27 @@ pub struct CustomProvider {
     pub created_at: DateTime<Utc>,
 }
 
+/// An operator's unit prices for one `provider:model`, set at runtime:
+/// they win over the config file's overrides, declared custom-provider
+/// prices and the catalog. Every token class is filled in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PriceOverride {
+    pub provider: String,
+    /// The model id as requested after the provider prefix (a catalog model
+    /// may also be named by an alias).
+    pub model: String,
+    pub prices: Prices,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl PriceOverride {
+    /// Its id in `ControlChange::Delete` (`provider:model`; provider ids
+    /// never contain `:`, model ids may).
+    pub fn id(&self) -> String {
+        format!("{}:{}", self.provider, self.model)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ControlObject {
@@ -161,6 +183,7 @@ pub enum ControlObject {
     ProviderKey(ProviderKey),
     CustomProvider(CustomProvider),
     PricePlan(PricePlan),
+    PriceOverride(PriceOverride),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -172,6 +195,7 @@ pub enum ControlKind {
     ProviderKey,
     CustomProvider,
     PricePlan,
+    PriceOverride,
 }
 
 impl ControlObject {
@@ -183,6 +207,7 @@ impl ControlObject {
             ControlObject::ProviderKey(_) => ControlKind::ProviderKey,
             ControlObject::CustomProvider(_) => ControlKind::CustomProvider,
             ControlObject::PricePlan(_) => ControlKind::PricePlan,
+            ControlObject::PriceOverride(_) => ControlKind::PriceOverride,
         }
     }
 
@@ -195,6 +220,7 @@ impl ControlObject {
             ControlObject::ProviderKey(p) => p.id.to_string(),
             ControlObject::CustomProvider(c) => format!("custom_provider:{}", c.id),
             ControlObject::PricePlan(p) => format!("price_plan:{}", p.id),
+            ControlObject::PriceOverride(o) => format!("price_override:{}", o.id()),
         }
     }
 }

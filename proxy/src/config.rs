@@ -240,9 +240,10 @@ pub struct CustomProviderConfig {
     #[serde(default)]
     pub models: Vec<String>,
     /// Unit prices per model id (each must be in `models`). A request the
-    /// operator pays for (its `api_keys`, or no key at all) needs one: an
-    /// unpriced model is refused unless the caller attached its own
-    /// provider key. `"0"` is a price (a local model). Default: none.
+    /// operator pays for (its `api_keys`, or no key at all) needs one (or a
+    /// price override): an unpriced model is refused unless the caller
+    /// attached its own provider key. `"0"` is a price (a local model).
+    /// Default: none.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub prices: BTreeMap<String, DeclaredPrices>,
     /// Credentials for the upstream, if it needs any; tried in order.
@@ -336,6 +337,12 @@ pub struct ProxyConfig {
     pub custom_providers: Vec<CustomProviderConfig>,
     pub billing: BillingConfig,
     pub upstream: UpstreamConfig,
+    /// Operator unit prices per `provider:model` (`[price_overrides."openai:gpt-4o"]`),
+    /// as `DeclaredPrices`: they win over the catalog and declared
+    /// custom-provider prices, and price a model that has none. Runtime
+    /// overrides (admin API) win over these.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub price_overrides: BTreeMap<String, DeclaredPrices>,
 }
 
 impl ProxyConfig {
@@ -372,6 +379,7 @@ impl ProxyConfig {
                 }
             }
         }
+        self.price_override_problems(known_providers, &mut problems);
         let mut seen = std::collections::HashSet::new();
         for (i, custom) in self.custom_providers.iter().enumerate() {
             let field = format!("custom_providers[{i}]");
@@ -414,18 +422,48 @@ impl ProxyConfig {
         problems
     }
 
-    /// One line per config custom-provider model without declared prices:
+    /// `price_overrides` keys must be `provider:model` with a built-in or
+    /// config custom provider (runtime ones take runtime overrides).
+    fn price_override_problems(&self, known_providers: &[&str], problems: &mut Vec<String>) {
+        for (key, prices) in &self.price_overrides {
+            let field = format!("price_overrides.\"{key}\"");
+            match key.split_once(':') {
+                Some((provider, model)) if !provider.is_empty() && !model.is_empty() => {
+                    let known = known_providers.contains(&provider)
+                        || self.custom_providers.iter().any(|c| c.id == provider);
+                    if !known {
+                        problems.push(format!(
+                            "{field}: unknown provider `{provider}` (a built-in or [[custom_providers]] id)"
+                        ));
+                    }
+                }
+                _ => problems.push(format!(
+                    "{field}: the key must be `provider:model`, e.g. \"openai:gpt-4o\""
+                )),
+            }
+            if prices.negative() {
+                problems.push(format!("{field}: prices must not be negative"));
+            }
+        }
+    }
+
+    /// One line per config custom-provider model without declared prices
+    /// or a config price override:
     /// not an error (installs from before prices existed still start), but
     /// requests for it on the operator's credentials are refused.
     pub fn unpriced_models(&self) -> Vec<String> {
         let mut lines = Vec::new();
         for (i, custom) in self.custom_providers.iter().enumerate() {
             for model in &custom.models {
-                if !custom.prices.contains_key(model) {
+                let overridden = self
+                    .price_overrides
+                    .contains_key(&format!("{}:{model}", custom.id));
+                if !custom.prices.contains_key(model) && !overridden {
                     lines.push(format!(
                         "custom_providers[{i}] `{id}`: model `{model}` has no price, so requests for \
                          {id}:{model} on the operator's credentials (its api_keys, or none) are refused; \
-                         declare one under [custom_providers.prices], e.g. \"{model}\" = {{ input = \"0\", output = \"0\" }}",
+                         declare one under [custom_providers.prices], e.g. \"{model}\" = {{ input = \"0\", output = \"0\" }}, \
+                         or override it under [price_overrides.\"{id}:{model}\"]",
                         id = custom.id
                     ));
                 }
@@ -577,5 +615,46 @@ mod tests {
                 .any(|p| p.starts_with("custom_providers[0].prices.\"other\"")),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn price_overrides_parse_from_strings_and_name_their_key_when_wrong() {
+        let parse = |text: &str| toml::from_str::<ProxyConfig>(text).map_err(|e| e.to_string());
+        let good = parse(
+            "[price_overrides.\"openai:gpt-4o\"]\ninput = \"2.00\"\noutput = \"8\"\n\
+             cache_write_5m = \"2.5\"\n",
+        );
+        let Ok(good) = good else {
+            panic!("{good:?}");
+        };
+        let prices = good
+            .price_overrides
+            .get("openai:gpt-4o")
+            .map(DeclaredPrices::prices);
+        let usd = |s: &str| s.parse::<Usd>().unwrap_or_default();
+        assert_eq!(
+            prices,
+            Some(Prices {
+                input: usd("2"),
+                cached_input: usd("2"),
+                cache_write_5m: usd("2.5"),
+                cache_write_1h: usd("2"),
+                output: usd("8"),
+            })
+        );
+        assert!(good.problems(&["openai"]).is_empty());
+        for (bad, why) in [
+            (
+                "[price_overrides.\"openai:gpt-4o\"]\ninput = 2.0\noutput = \"8\"\n",
+                "expected a string",
+            ),
+            (
+                "[price_overrides.\"openai:gpt-4o\"]\ninput = \"2\"\n",
+                "missing field `output`",
+            ),
+        ] {
+            let err = parse(bad).err().unwrap_or_default();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
     }
 }

@@ -198,6 +198,32 @@ pub struct Gateway {
     /// Config custom-provider models declared without prices, per provider:
     /// in the catalog (so they resolve and are listed) but not priced.
     unpriced: HashMap<String, HashSet<String>>,
+    /// `[price_overrides]` by provider, then model.
+    config_overrides: HashMap<String, HashMap<String, Prices>>,
+}
+
+/// Where a model's effective unit prices come from, in precedence order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PriceSource {
+    /// An admin-API override (control plane).
+    RuntimeOverride,
+    /// `[price_overrides]` in the config file.
+    ConfigOverride,
+    /// A config custom provider's `[custom_providers.prices]`.
+    Declared,
+    Catalog,
+    /// Unpriced: refused on the operator's credentials.
+    None,
+}
+
+/// One model's effective prices, as the admin listing shows them.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ModelPrice {
+    pub provider: String,
+    pub model: String,
+    pub prices: Option<Prices>,
+    pub source: PriceSource,
 }
 
 /// Keys' last use is recorded at most this often per key and instance.
@@ -306,6 +332,7 @@ impl Gateway {
         let instance_id = format!("gw_{}", uuid::Uuid::now_v7().simple());
         let admission = Arc::new(Admission::new(config.billing.enforce, instance_id.clone()));
         Ok(Arc::new(Gateway {
+            config_overrides: config_overrides(&config),
             admission,
             config,
             catalog,
@@ -396,14 +423,105 @@ impl Gateway {
         })
     }
 
-    /// A catalog entry's prices: none for a config custom-provider model
-    /// declared without them.
-    fn catalog_prices(&self, spec: &ModelSpec) -> Option<Prices> {
+    /// A catalog entry's own prices (declared ones for a config custom
+    /// provider's model): none for a custom model declared without them.
+    fn catalog_prices(&self, spec: &ModelSpec) -> Option<(Prices, PriceSource)> {
         let unpriced = self
             .unpriced
             .get(&spec.provider)
             .is_some_and(|models| models.contains(&spec.id));
-        (!unpriced).then_some(spec.prices)
+        let custom = self
+            .catalog
+            .provider(&spec.provider)
+            .is_some_and(|p| p.custom);
+        let source = if custom {
+            PriceSource::Declared
+        } else {
+            PriceSource::Catalog
+        };
+        (!unpriced).then_some((spec.prices, source))
+    }
+
+    /// The unit prices a request for `provider`'s `requested` model is
+    /// billed at: a runtime override, else a config override (either keyed
+    /// by the catalog id, the requested name or an alias, in that order),
+    /// else the catalog's or declared prices (`spec`: the catalog entry,
+    /// None for a model the catalog does not list).
+    pub fn effective_prices(
+        &self,
+        snapshot: &ControlState,
+        provider: &str,
+        requested: &str,
+        spec: Option<&ModelSpec>,
+    ) -> (Option<Prices>, PriceSource) {
+        let mut names: Vec<&str> = Vec::with_capacity(2);
+        names.extend(spec.map(|s| s.id.as_str()));
+        names.push(requested);
+        names.extend(
+            spec.iter()
+                .flat_map(|s| s.aliases.iter().map(String::as_str)),
+        );
+        if let Some(found) = names
+            .iter()
+            .find_map(|m| snapshot.price_override(provider, m))
+        {
+            return (Some(found.prices), PriceSource::RuntimeOverride);
+        }
+        if let Some(models) = self.config_overrides.get(provider) {
+            if let Some(prices) = names.iter().find_map(|m| models.get(*m)) {
+                return (Some(*prices), PriceSource::ConfigOverride);
+            }
+        }
+        match spec.and_then(|s| self.catalog_prices(s)) {
+            Some((prices, source)) => (Some(prices), source),
+            None => (None, PriceSource::None),
+        }
+    }
+
+    /// Effective prices of every model this gateway knows: the catalog
+    /// (config custom providers included), runtime custom providers' models,
+    /// then overridden models listed nowhere else (pass-through).
+    pub fn price_list(&self, snapshot: &ControlState) -> Vec<ModelPrice> {
+        let mut seen: HashSet<(&str, &str)> = HashSet::new();
+        let mut list = Vec::new();
+        let mut add = |provider: &str, model: &str, spec: Option<&ModelSpec>| {
+            let (prices, source) = self.effective_prices(snapshot, provider, model, spec);
+            list.push(ModelPrice {
+                provider: provider.to_owned(),
+                model: model.to_owned(),
+                prices,
+                source,
+            });
+        };
+        for spec in self.catalog.models() {
+            add(&spec.provider, &spec.id, Some(spec));
+            for name in std::iter::once(&spec.id).chain(&spec.aliases) {
+                seen.insert((&spec.provider, name));
+            }
+        }
+        for custom in snapshot.custom_providers.values() {
+            for model in &custom.models {
+                if seen.insert((&custom.id, model)) {
+                    add(&custom.id, model, None);
+                }
+            }
+        }
+        let runtime = snapshot
+            .price_override_list()
+            .map(|o| (o.provider.as_str(), o.model.as_str()));
+        let configured = self.config_overrides.iter().flat_map(|(provider, models)| {
+            models.keys().map(move |m| (provider.as_str(), m.as_str()))
+        });
+        let mut passthrough: Vec<_> = runtime
+            .chain(configured)
+            .filter(|key| !seen.contains(key))
+            .collect();
+        passthrough.sort_unstable();
+        passthrough.dedup();
+        for (provider, model) in passthrough {
+            add(provider, model, None);
+        }
+        list
     }
 
     /// Which provider serves `name`, under which upstream id, its catalog
@@ -424,7 +542,7 @@ impl Gateway {
                     ));
                 }
                 let listed = self.catalog.provider_model(prefix, rest);
-                let prices = listed.and_then(|spec| self.catalog_prices(spec));
+                let (prices, _) = self.effective_prices(snapshot, prefix, rest, listed);
                 let spec = listed.cloned().or_else(|| {
                     snapshot
                         .custom_providers
@@ -450,22 +568,25 @@ impl Gateway {
             let provider = self.providers.get(&spec.provider).cloned().ok_or_else(|| {
                 ProxyError::Internal(format!("provider {} missing", spec.provider))
             })?;
+            let (prices, _) = self.effective_prices(snapshot, &spec.provider, name, Some(spec));
             return Ok(Located {
                 provider,
                 upstream: name.to_owned(),
                 spec: Some(spec.clone()),
-                prices: self.catalog_prices(spec),
+                prices,
             });
         }
         for custom in snapshot.custom_providers.values() {
             if custom.models.iter().any(|m| m == name) {
                 if let Some(provider) = runtime_provider(snapshot, &custom.id) {
-                    // Runtime custom providers cannot declare prices yet.
+                    // Runtime custom providers declare no prices: only an
+                    // override prices their models.
+                    let (prices, _) = self.effective_prices(snapshot, &custom.id, name, None);
                     return Ok(Located {
                         provider,
                         upstream: name.to_owned(),
                         spec: Some(custom_model(&custom.id, name, None)),
-                        prices: None,
+                        prices,
                     });
                 }
             }
@@ -569,6 +690,21 @@ impl Gateway {
         }
         (credentials, false)
     }
+}
+
+/// `[price_overrides]` by provider, then model (keys were validated by
+/// `ProxyConfig::problems`).
+fn config_overrides(config: &ProxyConfig) -> HashMap<String, HashMap<String, Prices>> {
+    let mut overrides: HashMap<String, HashMap<String, Prices>> = HashMap::new();
+    for (key, declared) in &config.price_overrides {
+        if let Some((provider, model)) = key.split_once(':') {
+            overrides
+                .entry(provider.to_owned())
+                .or_default()
+                .insert(model.to_owned(), declared.prices());
+        }
+    }
+    overrides
 }
 
 /// A custom provider's model; `prices` as declared (zero when undeclared,

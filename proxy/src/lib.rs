@@ -20,6 +20,6 @@ mod upstream;
 pub use config::ProxyConfig;
 pub use edge::Edge;
 pub use error::ProxyError;
-pub use gateway::{Caller, Gateway, InitError};
-pub use routes::router;
+pub use gateway::{Caller, Gateway, InitError, ModelPrice, PriceSource};
+pub use routes::{admin_router, router};
 pub use server::{serve, serve_gateway, serve_with, tls_acceptor, ServeOptions, TlsError};

@@ -7,7 +7,7 @@
 
 use crate::dispatch::{extract_token, handle};
 use crate::error::ProxyError;
-use crate::gateway::Gateway;
+use crate::gateway::{Caller, Gateway};
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -15,7 +15,8 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde_json::json;
 use std::sync::Arc;
-use tollgate_core::ApiSurface;
+use tollgate_control::admin::AdminAuth;
+use tollgate_core::{ApiSurface, Prices};
 
 pub fn router(gateway: Arc<Gateway>) -> Router {
     let limit = gateway.config.server.max_body_bytes;
@@ -80,9 +81,18 @@ fn model_api(headers: &HeaderMap) -> ApiSurface {
     }
 }
 
-/// Every catalog model as (listed name, provider): a model reachable by its
-/// bare id is listed bare; otherwise provider-qualified.
-fn listed_models(gateway: &Gateway) -> Vec<(String, &str)> {
+/// One model of `/v1/models`: its listed name, provider and effective unit
+/// prices (None: unpriced, so it answers only on the caller's own key).
+struct Listed<'a> {
+    name: String,
+    provider: &'a str,
+    prices: Option<Prices>,
+}
+
+/// Every catalog model: a model reachable by its bare id is listed bare;
+/// otherwise provider-qualified. Prices as `caller`'s snapshot has them,
+/// overrides applied.
+fn listed_models<'a>(gateway: &'a Gateway, caller: &Caller) -> Vec<Listed<'a>> {
     gateway
         .catalog
         .models()
@@ -97,18 +107,29 @@ fn listed_models(gateway: &Gateway) -> Vec<(String, &str)> {
             } else {
                 format!("{}:{}", m.provider, m.id)
             };
-            (name, m.provider.as_str())
+            let (prices, _) =
+                gateway.effective_prices(&caller.snapshot, &m.provider, &m.id, Some(m));
+            Listed {
+                name,
+                provider: m.provider.as_str(),
+                prices,
+            }
         })
         .collect()
 }
 
-fn model_object(api: ApiSurface, id: &str, provider: &str) -> serde_json::Value {
+/// The API's model object plus `prices`: USD per million tokens per token
+/// class, exact decimal strings (null when unpriced).
+fn model_object(api: ApiSurface, model: &Listed) -> serde_json::Value {
+    let (id, prices) = (&model.name, &model.prices);
     match api {
-        ApiSurface::Openai => {
-            json!({"id": id, "object": "model", "created": 0, "owned_by": provider})
-        }
+        ApiSurface::Openai => json!({
+            "id": id, "object": "model", "created": 0, "owned_by": model.provider,
+            "prices": prices,
+        }),
         ApiSurface::Anthropic => json!({
-            "type": "model", "id": id, "display_name": id, "created_at": "1970-01-01T00:00:00Z"
+            "type": "model", "id": id, "display_name": id, "created_at": "1970-01-01T00:00:00Z",
+            "prices": prices,
         }),
     }
 }
@@ -116,24 +137,22 @@ fn model_object(api: ApiSurface, id: &str, provider: &str) -> serde_json::Value 
 /// OpenAI's model list, or Anthropic's when the caller sends `anthropic-version`.
 async fn list_models(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     let api = model_api(&headers);
-    if let Err(err) = extract_token(&headers)
+    let caller = match extract_token(&headers)
         .ok_or(ProxyError::MissingKey)
         .and_then(|token| gateway.authenticate(token))
     {
-        return err.into_response_for(api);
-    }
-    let names = listed_models(&gateway);
-    let data: Vec<_> = names
-        .iter()
-        .map(|(id, provider)| model_object(api, id, provider))
-        .collect();
+        Ok(caller) => caller,
+        Err(err) => return err.into_response_for(api),
+    };
+    let models = listed_models(&gateway, &caller);
+    let data: Vec<_> = models.iter().map(|m| model_object(api, m)).collect();
     let body = match api {
         ApiSurface::Openai => json!({"object": "list", "data": data}),
         ApiSurface::Anthropic => json!({
             "data": data,
             "has_more": false,
-            "first_id": names.first().map(|(id, _)| id),
-            "last_id": names.last().map(|(id, _)| id),
+            "first_id": models.first().map(|m| &m.name),
+            "last_id": models.last().map(|m| &m.name),
         }),
     };
     axum::Json(body).into_response()
@@ -146,14 +165,36 @@ async fn get_model(
     headers: HeaderMap,
 ) -> Response {
     let api = model_api(&headers);
-    if let Err(err) = extract_token(&headers)
+    let caller = match extract_token(&headers)
         .ok_or(ProxyError::MissingKey)
         .and_then(|token| gateway.authenticate(token))
     {
-        return err.into_response_for(api);
-    }
-    match listed_models(&gateway).iter().find(|(id, _)| *id == model) {
-        Some((id, provider)) => axum::Json(model_object(api, id, provider)).into_response(),
+        Ok(caller) => caller,
+        Err(err) => return err.into_response_for(api),
+    };
+    match listed_models(&gateway, &caller)
+        .iter()
+        .find(|m| m.name == model)
+    {
+        Some(found) => axum::Json(model_object(api, found)).into_response(),
         None => ProxyError::ModelUnknown { model }.into_response_for(api),
     }
+}
+
+/// Admin routes served from the gateway's view (mounted on the admin
+/// listener beside the control plane's): `GET /admin/v1/model-prices`, the
+/// effective unit prices of every model and where each comes from.
+pub fn admin_router(gateway: Arc<Gateway>, auth: AdminAuth) -> Router {
+    Router::new()
+        .route("/admin/v1/model-prices", get(model_prices))
+        .route_layer(axum::middleware::from_fn_with_state(
+            auth,
+            AdminAuth::require,
+        ))
+        .with_state(gateway)
+}
+
+async fn model_prices(State(gateway): State<Arc<Gateway>>) -> Response {
+    let snapshot = gateway.control.snapshot();
+    axum::Json(json!({"data": gateway.price_list(&snapshot)})).into_response()
 }

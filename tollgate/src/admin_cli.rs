@@ -53,6 +53,14 @@ pub enum AdminCommand {
         #[command(subcommand)]
         action: PricePlansAction,
     },
+    /// Price overrides set at runtime: per `provider:model` unit prices
+    /// that win over the config file and the catalog.
+    PriceOverrides {
+        #[command(subcommand)]
+        action: PriceOverridesAction,
+    },
+    /// Effective unit prices of every known model, and where each comes from.
+    ModelPrices,
     /// Credits: balances, lots, entries; record purchases and adjustments.
     Credits {
         #[command(subcommand)]
@@ -253,6 +261,84 @@ pub enum CustomProvidersAction {
     },
 }
 
+#[derive(Subcommand)]
+pub enum PriceOverridesAction {
+    List,
+    /// Set (or replace) the prices of `provider:model`, USD per million
+    /// tokens as decimals (e.g. 2.50); cache classes default to --input.
+    Set {
+        /// `provider:model`, e.g. openai:gpt-4o
+        model: String,
+        #[arg(long)]
+        input: String,
+        #[arg(long)]
+        output: String,
+        #[arg(long)]
+        cached_input: Option<String>,
+        #[arg(long = "cache-write-5m")]
+        cache_write_5m: Option<String>,
+        #[arg(long = "cache-write-1h")]
+        cache_write_1h: Option<String>,
+    },
+    /// Remove an override: the config file's or the catalog's prices apply again.
+    Delete {
+        /// `provider:model`
+        model: String,
+    },
+}
+
+/// `provider:model` as the override's URL path (`provider/model`), each
+/// part percent-encoded; `/` inside the model stays (the route takes the rest).
+fn override_path(qualified: &str) -> anyhow::Result<String> {
+    let Some((provider, model)) = qualified.split_once(':') else {
+        bail!("`{qualified}`: name the model as provider:model, e.g. openai:gpt-4o");
+    };
+    let encode = |text: &str, keep_slash: bool| -> String {
+        text.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b':' => {
+                    char::from(b).to_string()
+                }
+                b'/' if keep_slash => "/".to_owned(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    Ok(format!(
+        "/price-overrides/{}/{}",
+        encode(provider, false),
+        encode(model, true)
+    ))
+}
+
+fn price_overrides_request(
+    action: &PriceOverridesAction,
+) -> anyhow::Result<(reqwest::Method, String, Option<Value>)> {
+    use reqwest::Method;
+    Ok(match action {
+        PriceOverridesAction::List => (Method::GET, "/price-overrides".into(), None),
+        PriceOverridesAction::Set {
+            model,
+            input,
+            output,
+            cached_input,
+            cache_write_5m,
+            cache_write_1h,
+        } => (
+            Method::PUT,
+            override_path(model)?,
+            Some(json!({
+                "input": input,
+                "output": output,
+                "cached_input": cached_input,
+                "cache_write_5m": cache_write_5m,
+                "cache_write_1h": cache_write_1h,
+            })),
+        ),
+        PriceOverridesAction::Delete { model } => (Method::DELETE, override_path(model)?, None),
+    })
+}
+
 fn read_secret() -> anyhow::Result<String> {
     eprintln!("reading the secret from standard input…");
     let mut secret = String::new();
@@ -434,6 +520,8 @@ fn request(command: &AdminCommand) -> anyhow::Result<(reqwest::Method, String, O
             }
         },
         AdminCommand::PricePlans { action } => plans::request(action),
+        AdminCommand::PriceOverrides { action } => price_overrides_request(action)?,
+        AdminCommand::ModelPrices => (Method::GET, "/model-prices".into(), None),
     })
 }
 

@@ -425,7 +425,9 @@ pub async fn run_roles(
     let mut admin_task = None;
     if let (Some(token), true) = (&admin_token, config.admin.enabled && roles.proxy) {
         let state = AdminState::new(built.control.clone(), token);
-        let mut app = tollgate_control::admin::router(state.clone());
+        let mut app = tollgate_control::admin::router(state.clone()).merge(
+            tollgate_proxy::admin_router(built.gateway.clone(), state.auth.clone()),
+        );
         if let Some(credits) = &credits {
             app = app.merge(tollgate_ledger::api::admin_router(
                 credits.clone(),

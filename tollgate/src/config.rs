@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tollgate_proxy::config::{
-    CustomProviderConfig, ProviderSettings, RoutingConfig, ServerConfig, UpstreamConfig,
+    CustomProviderConfig, DeclaredPrices, ProviderSettings, RoutingConfig, ServerConfig,
+    UpstreamConfig,
 };
 use tollgate_proxy::ProxyConfig;
 use tollgate_store::Durability;
@@ -21,6 +22,10 @@ pub struct Config {
     /// Settings per built-in provider id: `base_url` override, operator `api_keys`.
     pub providers: BTreeMap<String, ProviderSettings>,
     pub custom_providers: Vec<CustomProviderConfig>,
+    /// Operator unit prices per `provider:model`, winning over the catalog
+    /// (`[price_overrides."openai:gpt-4o"] input = "2.00"`, …).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub price_overrides: BTreeMap<String, DeclaredPrices>,
     /// The upstream client (`[upstream]`): egress proxy, CA files, pool.
     pub upstream: UpstreamConfig,
     pub storage: StorageConfig,
@@ -274,6 +279,7 @@ impl Config {
             custom_providers: self.custom_providers.clone(),
             billing: self.billing.clone(),
             upstream: self.upstream.clone(),
+            price_overrides: self.price_overrides.clone(),
         }
     }
 

@@ -411,3 +411,175 @@ async fn restart_without_the_master_key_fails_clearly() {
     .await
     .unwrap();
 }
+
+/// `admin` off the async runtime's workers (the CLI is a blocking child).
+async fn admin_async(config: &Path, args: &[&str]) -> Result<Value, String> {
+    let config = config.to_path_buf();
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        admin(&config, &args, None)
+    })
+    .await
+    .unwrap()
+}
+
+/// One gpt-4o-mini request on the operator's key: the upstream cost shown,
+/// what it should be at `prices` for the tokens reported, the total shown
+/// and the event id.
+async fn priced_chat(port: u16, token: &str, prices: &tollgate_core::Prices) -> (String, String) {
+    use tollgate_core::{pricing::cost_for, CredentialSource, TokenCounts, Usd};
+    let response = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"model": "gpt-4o-mini",
+                                  "messages": [{"role": "user", "content": "what does this cost"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let header = |name: &str| response.headers()[name].to_str().unwrap().to_owned();
+    let (upstream, total, event) = (
+        header("x-tollgate-cost-upstream"),
+        header("x-tollgate-cost-total"),
+        header("x-tollgate-event-id"),
+    );
+    let body: Value = response.json().await.unwrap();
+    let tokens = TokenCounts {
+        input: body["usage"]["prompt_tokens"].as_u64().unwrap(),
+        output: body["usage"]["completion_tokens"].as_u64().unwrap(),
+        ..TokenCounts::default()
+    };
+    let expected = cost_for(&tokens, prices, Some(CredentialSource::Operator), None);
+    assert!(expected.upstream > Usd::ZERO);
+    assert_eq!(upstream.parse::<Usd>().unwrap(), expected.upstream);
+    (total, event)
+}
+
+/// `model-prices`' entry for openai:gpt-4o-mini.
+async fn mini_price(config: &Path) -> Value {
+    let listed = admin_async(config, &["model-prices"]).await.unwrap();
+    listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["provider"] == "openai" && e["model"] == "gpt-4o-mini")
+        .cloned()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn price_overrides_from_the_config_file_and_the_cli_are_what_the_ledger_debits() {
+    use tollgate_core::{Prices, Usd};
+    let usd = |s: &str| s.parse::<Usd>().unwrap();
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (config, port, _) = write_config(dir.path(), &mock.base_url());
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(
+        "[price_overrides.\"openai:gpt-4o-mini\"]\n\
+         input = \"3.25\"\noutput = \"13.5\"\ncached_input = \"0.5\"\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let checked = clean_command(&config).arg("check-config").output().unwrap();
+    assert!(checked.status.success(), "{checked:?}");
+    let start_config = config.clone();
+    let (server, bootstrap) = tokio::task::spawn_blocking(move || start(&start_config, port))
+        .await
+        .unwrap();
+    let token = bootstrap.expect("bootstrap token printed on first start");
+    let accounts = admin_async(&config, &["accounts", "list"]).await.unwrap();
+    let account = accounts["data"][0]["id"].as_str().unwrap().to_owned();
+
+    let from_config = Prices {
+        input: usd("3.25"),
+        cached_input: usd("0.5"),
+        cache_write_5m: usd("3.25"),
+        cache_write_1h: usd("3.25"),
+        output: usd("13.5"),
+    };
+    let mut debits = vec![priced_chat(port, &token, &from_config).await];
+    let listed = mini_price(&config).await;
+    assert_eq!(listed["source"], "config_override");
+    assert_eq!(listed["prices"]["output"], "13.5");
+
+    // Runtime, through the CLI: wins over the config file's until deleted.
+    let set = admin_async(
+        &config,
+        &[
+            "price-overrides",
+            "set",
+            "openai:gpt-4o-mini",
+            "--input",
+            "0.001",
+            "--output",
+            "0.004",
+            "--cache-write-1h",
+            "0.003",
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(set["prices"]["cached_input"], "0.001");
+    let runtime = Prices {
+        input: usd("0.001"),
+        cached_input: usd("0.001"),
+        cache_write_5m: usd("0.001"),
+        cache_write_1h: usd("0.003"),
+        output: usd("0.004"),
+    };
+    debits.push(priced_chat(port, &token, &runtime).await);
+    assert_eq!(mini_price(&config).await["source"], "runtime_override");
+    let list = admin_async(&config, &["price-overrides", "list"])
+        .await
+        .unwrap();
+    assert_eq!(list["data"].as_array().unwrap().len(), 1, "{list}");
+    for (args, field) in [
+        (["openai:gpt-4o-mini", "--input", "cheap"], "input"),
+        (["nowhere:gpt-4o-mini", "--input", "1"], "provider"),
+    ] {
+        let mut argv = vec!["price-overrides", "set"];
+        argv.extend(args);
+        argv.extend(["--output", "1"]);
+        let err = admin_async(&config, &argv).await.unwrap_err();
+        assert!(err.contains("400") && err.contains(field), "{err}");
+    }
+    admin_async(
+        &config,
+        &["price-overrides", "delete", "openai:gpt-4o-mini"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(mini_price(&config).await["source"], "config_override");
+    debits.push(priced_chat(port, &token, &from_config).await);
+
+    // The ledger debits exactly the totals shown.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    for (total, event) in debits {
+        loop {
+            let entries = admin_async(&config, &["credits", "entries", "--account", &account])
+                .await
+                .unwrap();
+            let entry = entries["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["source_id"] == event.as_str())
+                .cloned();
+            if let Some(entry) = entry {
+                assert_eq!(
+                    entry["amount"].as_str().unwrap().parse::<Usd>().unwrap(),
+                    Usd::ZERO - total.parse::<Usd>().unwrap(),
+                    "{entry}"
+                );
+                break;
+            }
+            assert!(Instant::now() < deadline, "no ledger entry for {event}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    drop(server);
+}

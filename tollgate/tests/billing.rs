@@ -1678,7 +1678,10 @@ async fn a_price_plan_bills_its_fee_and_multiplier_exactly_everywhere_and_a_chan
     let want = plan_cost("gpt-4o", 5, 5, &resale);
     assert!(want.markup > Usd::ZERO);
     assert_eq!(header_usd(&response, "x-tollgate-cost-fee"), want.fee);
-    assert_eq!(header_usd(&response, "x-tollgate-cost-upstream"), want.upstream);
+    assert_eq!(
+        header_usd(&response, "x-tollgate-cost-upstream"),
+        want.upstream
+    );
     assert_eq!(header_usd(&response, "x-tollgate-cost-total"), want.total());
     let first_event = header_text(&response, "x-tollgate-event-id");
     let entry = tg.wait_entry(&account, &first_event).await;
@@ -1702,7 +1705,10 @@ async fn a_price_plan_bills_its_fee_and_multiplier_exactly_everywhere_and_a_chan
     assert_eq!(response.status(), 200);
     let event = header_text(&response, "x-tollgate-event-id");
     let events = sse_events(&response.text().await.unwrap());
-    let delta = events.iter().find(|e| e["type"] == "message_delta").unwrap();
+    let delta = events
+        .iter()
+        .find(|e| e["type"] == "message_delta")
+        .unwrap();
     let want = plan_cost("claude-sonnet-4-5", 5, 5, &resale);
     assert_eq!(
         usd_of(&delta["usage"]["tollgate_cost"]["total"]),
@@ -1745,7 +1751,11 @@ async fn a_price_plan_bills_its_fee_and_multiplier_exactly_everywhere_and_a_chan
     );
     shown.push(want);
     let first = tg.wait_entry(&account, &first_event).await;
-    assert_eq!(usd_of(&first["amount"]), -shown[0].total(), "history is kept");
+    assert_eq!(
+        usd_of(&first["amount"]),
+        -shown[0].total(),
+        "history is kept"
+    );
 
     // Back to the default terms.
     let response = put(
