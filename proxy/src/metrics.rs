@@ -2,8 +2,8 @@
 //! that several gateways can live in one process (tests).
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -18,6 +18,7 @@ pub struct Metrics {
     pub events_emitted: IntCounter,
     pub events_dropped: IntCounter,
     pub in_flight: IntGauge,
+    pub ledger_round_trip: Histogram,
     /// Other components' registries (ledger, event log) served on /metrics too.
     extra: parking_lot::Mutex<Vec<Registry>>,
 }
@@ -96,7 +97,15 @@ impl Metrics {
         registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(events_emitted.clone()))?;
         registry.register(Box::new(events_dropped.clone()))?;
+        let ledger_round_trip = Histogram::with_opts(
+            HistogramOpts::new(
+                "tollgate_proxy_ledger_round_trip_seconds",
+                "Time from a usage event's emission to this gateway applying the balance update that covers it (admission stops holding its cost then).",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
         registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(ledger_round_trip.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -109,6 +118,7 @@ impl Metrics {
             events_emitted,
             events_dropped,
             in_flight,
+            ledger_round_trip,
             extra: parking_lot::Mutex::new(Vec::new()),
         })
     }
