@@ -31,7 +31,7 @@ pub const UNCONFIRMED_BUCKETS: usize = 64;
 /// A reservation holds at most this share of the published balance, so one
 /// request whose maximum costs more than the account has cannot hold all of
 /// it (and refuse every other request) while it runs.
-const RESERVATION_CAP: Decimal = Decimal::from_parts(25, 0, 0, false, 2);
+const RESERVATION_CAP: Decimal = Decimal::from_parts(5, 0, 0, false, 1);
 
 /// The summed actual cost of finished requests with event sequences up to
 /// `through` (and above the previous bucket's).
@@ -201,10 +201,9 @@ impl Admission {
 
     /// Admit a request whose maximum cost is `max_cost` (`reservation` is
     /// unique per request in this instance) and hold credit for it, or
-    /// refuse. The amount held is `max_cost`, capped at a quarter of the
-    /// published balance: a request dearer than that can overshoot by its
-    /// excess, and at most four such requests run at once
-    /// (`docs/ledger.md`, Admission).
+    /// refuse. The amount held is `max_cost`, capped at half the published
+    /// balance: a request dearer than that can overshoot by its excess, and
+    /// at most two such requests run at once (`docs/ledger.md`, Admission).
     pub fn admit(
         &self,
         account: &AccountId,
@@ -473,28 +472,27 @@ mod tests {
     }
 
     #[test]
-    fn a_reservation_is_capped_at_a_quarter_of_the_balance() {
+    fn a_reservation_is_capped_at_half_the_balance() {
         let admission = Admission::new(true, "gw_1".into());
         let account = AccountId::from("acct");
         admission.apply(&update("1.00", &[]));
-        // One request's maximum (5.00) is more than the whole balance: four
-        // run at once instead of one, and a cheap one fits beside three.
-        for request in 0..3 {
-            assert!(admission.admit(&account, request, usd("5.00")).is_ok());
-        }
-        assert_eq!(admission.credit(&account), credit("1.00", "0.75", "0"));
-        assert!(admission.admit(&account, 3, usd("0.10")).is_ok());
-        assert!(admission.admit(&account, 4, usd("5.00")).is_ok());
-        assert!(admission.admit(&account, 5, usd("0.01")).is_err());
+        // One request's maximum (5.00) is more than the whole balance: it
+        // holds half, so a cheap request and a second dear one still fit.
+        assert!(admission.admit(&account, 0, usd("5.00")).is_ok());
+        assert_eq!(admission.credit(&account), credit("1.00", "0.50", "0"));
+        assert!(admission.admit(&account, 1, usd("0.10")).is_ok());
+        assert!(admission.admit(&account, 2, usd("5.00")).is_ok());
+        assert_eq!(admission.credit(&account), credit("1.00", "1.10", "0"));
+        assert!(admission.admit(&account, 3, usd("0.01")).is_err());
         // The cheap request ends costing 0.02, the ledger applies it, and a
-        // capped request ends early costing 0.01: then there is room again.
-        admission.emitted(&account, 3, 0, usd("0.02"));
+        // dear one ends early costing 0.01: then there is room again.
+        admission.emitted(&account, 1, 0, usd("0.02"));
         assert_eq!(admission.credit(&account), credit("1.00", "1.00", "0.02"));
         admission.apply(&update("0.98", &[("gw_1", 0)]));
-        assert!(admission.admit(&account, 5, usd("0.01")).is_err());
+        assert!(admission.admit(&account, 3, usd("0.01")).is_err());
         admission.emitted(&account, 0, 1, usd("0.01"));
-        assert_eq!(admission.credit(&account), credit("0.98", "0.75", "0.01"));
-        assert!(admission.admit(&account, 5, usd("0.01")).is_ok());
+        assert_eq!(admission.credit(&account), credit("0.98", "0.50", "0.01"));
+        assert!(admission.admit(&account, 3, usd("0.01")).is_ok());
     }
 
     #[test]
