@@ -26,8 +26,11 @@ const RESERVATION_TTL: Duration = Duration::from_secs(600);
 /// sweep walks every running reservation, too much work for each request.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Finished-but-unconfirmed costs are kept as at most this many sums per
-/// account, so memory stays bounded however long the ledger is away.
-pub const UNCONFIRMED_BUCKETS: usize = 64;
+/// account (40 bytes each), so memory stays bounded however long the ledger
+/// is away. Below it every event has its own sum and nothing is held once
+/// applied: a round trip's worth of one account's events fits at thousands
+/// of requests a second.
+pub const UNCONFIRMED_BUCKETS: usize = 1024;
 /// A reservation holds at most this share of the published balance, so one
 /// request whose maximum costs more than the account has cannot hold all of
 /// it (and refuse every other request) while it runs.
@@ -81,22 +84,26 @@ impl AccountCredit {
         }
     }
 
-    /// Merge the two neighbouring buckets with the smallest combined cost.
-    /// A merged bucket is released only when its last sequence is covered,
-    /// so merging errs toward holding; choosing the cheapest pair keeps the
-    /// amount held past its confirmation to about 2/64 of what is pending.
+    /// Merge neighbouring sums, oldest first, while a merged sum stays at
+    /// most 4/`UNCONFIRMED_BUCKETS` of what is pending. Any two neighbours
+    /// left exceed that, so at most half the limit (+1) remain: O(1) work
+    /// per event amortized. A merged sum is released only when its last
+    /// sequence is covered, so merging errs toward holding, by at most one
+    /// sum (the one the applied sequence falls in).
     fn coalesce(&mut self) {
-        let Some(at) = (0..self.buckets.len() - 1)
-            .min_by_key(|&i| self.buckets[i].cost + self.buckets[i + 1].cost)
-        else {
-            return;
-        };
-        if let Some(later) = self.buckets.remove(at + 1) {
-            let merged = &mut self.buckets[at];
-            merged.cost += later.cost;
-            merged.through = later.through;
-            merged.at = later.at;
+        let most = self.unconfirmed * (Decimal::from(4) / Decimal::from(UNCONFIRMED_BUCKETS));
+        let mut merged: VecDeque<Bucket> = VecDeque::with_capacity(self.buckets.capacity());
+        for bucket in self.buckets.drain(..) {
+            match merged.back_mut() {
+                Some(last) if last.cost + bucket.cost <= most => {
+                    last.cost += bucket.cost;
+                    last.through = bucket.through;
+                    last.at = bucket.at;
+                }
+                _ => merged.push_back(bucket),
+            }
         }
+        self.buckets = merged;
     }
 
     /// The ledger applied this instance's events up to `seq`; each sum
@@ -432,12 +439,31 @@ mod tests {
     }
 
     #[test]
+    fn below_the_limit_exactly_the_unapplied_costs_stay_held() {
+        let admission = Admission::new(true, "gw_1".into());
+        let account = AccountId::from("acct");
+        admission.apply(&update("1000", &[]));
+        let cost = |seq: u64| Usd::new(Decimal::new(seq as i64 % 13 + 1, 5));
+        let events = UNCONFIRMED_BUCKETS as u64;
+        for seq in 0..events {
+            assert!(admission.admit(&account, seq, usd("0.01")).is_ok());
+            admission.emitted(&account, seq, seq, cost(seq));
+        }
+        for through in [0, 1, events / 3, events - 2] {
+            admission.apply(&update("999", &[("gw_1", through)]));
+            let pending: Usd = (through + 1..events).map(cost).sum();
+            assert_eq!(admission.credit(&account).unwrap().unconfirmed, pending);
+        }
+    }
+
+    #[test]
     fn memory_stays_bounded_while_the_ledger_is_away_and_the_sum_stays_exact() {
         let admission = Admission::new(true, "gw_1".into());
         let account = AccountId::from("acct");
         admission.apply(&update("1000000", &[]));
         let mut total = Usd::ZERO;
-        for seq in 0..10_000u64 {
+        let events = 20 * UNCONFIRMED_BUCKETS as u64;
+        for seq in 0..events {
             let cost = Usd::new(Decimal::new(seq as i64 % 97 + 1, 6));
             total += cost;
             assert!(admission.admit(&account, seq, usd("0.01")).is_ok());
@@ -454,19 +480,20 @@ mod tests {
             })
         );
         // Releasing part way: what stays held covers at least every event
-        // not applied, and at most two buckets' worth more.
-        let through = 7_000;
-        let pending: Usd = (through + 1..10_000u64)
+        // not applied, and little more (the one merged sum straddling the
+        // applied sequence).
+        let through = events * 7 / 10 + 3;
+        let pending: Usd = (through + 1..events)
             .map(|seq| Usd::new(Decimal::new(seq as i64 % 97 + 1, 6)))
             .sum();
         admission.apply(&update("1000000", &[("gw_1", through)]));
         let held = admission.credit(&account).unwrap().unconfirmed;
         assert!(held >= pending, "{held} < {pending}");
         assert!(
-            (held - pending) * Decimal::from(UNCONFIRMED_BUCKETS - 1) <= total * Decimal::TWO,
+            (held - pending) * Decimal::from(UNCONFIRMED_BUCKETS) <= total * Decimal::from(4),
             "{held} held for {pending} pending out of {total}"
         );
-        admission.apply(&update("1000000", &[("gw_1", 9_999)]));
+        admission.apply(&update("1000000", &[("gw_1", events - 1)]));
         assert_eq!(admission.credit(&account).unwrap().unconfirmed, Usd::ZERO);
         assert!(admission.accounts.lock()[&account].buckets.is_empty());
     }
