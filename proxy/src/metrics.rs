@@ -28,6 +28,13 @@ const LATENCY_BUCKETS: &[f64] = &[
     60.0, 120.0,
 ];
 
+/// Finer around 100–500 ms, where a ledger round trip usually falls (the
+/// gateway reads balances every 100 ms): the admission bound uses it.
+const ROUND_TRIP_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0,
+    10.0, 30.0, 60.0, 300.0,
+];
+
 impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
@@ -102,7 +109,7 @@ impl Metrics {
                 "tollgate_proxy_ledger_round_trip_seconds",
                 "Time from a usage event's emission to this gateway applying the balance update that covers it (admission stops holding its cost then).",
             )
-            .buckets(LATENCY_BUCKETS.to_vec()),
+            .buckets(ROUND_TRIP_BUCKETS.to_vec()),
         )?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(ledger_round_trip.clone()))?;
