@@ -10,7 +10,9 @@
 //! ledger debits; admission (402 once the credit is used up, overshoot at
 //! most one request's maximum cost, debt settled first by a purchase when
 //! enforcement is off; a request still waiting on its upstream keeps its
-//! reservation however many later requests the ledger applies). Every test
+//! reservation however many later requests the ledger applies; a funded
+//! account under sustained concurrent load gets no 402 until
+//! balance − spend ≤ concurrency × one request's maximum cost). Every test
 //! ends by stopping the server with SIGTERM and running `tollgate audit` on
 //! its store, which must say "audit OK"; one test then corrupts a ledger
 //! entry and expects the audit to fail.
