@@ -57,6 +57,9 @@ struct AccountCredit {
     /// in sequence order; `unconfirmed` is their sum.
     buckets: VecDeque<Bucket>,
     unconfirmed: Usd,
+    /// The last sequence of the last sum released: every event up to it
+    /// is no longer held.
+    released: Option<u64>,
     /// When stale reservations were last looked for.
     swept_at: Option<Instant>,
 }
@@ -116,6 +119,7 @@ impl AccountCredit {
             }
             self.unconfirmed -= bucket.cost;
             self.buckets.pop_front();
+            self.released = Some(bucket.through);
             if let Some(histogram) = round_trip {
                 histogram.observe(now.duration_since(bucket.at).as_secs_f64());
             }
@@ -125,6 +129,10 @@ impl AccountCredit {
     /// The event with sequence `seq` (cost `cost`) never reached the log:
     /// the ledger will not apply it, so its cost is no longer held.
     fn lost(&mut self, seq: u64, cost: Usd) {
+        if self.released.is_some_and(|through| seq <= through) {
+            return; // its sum was released already (a later event covered it)
+        }
+        // Sums cover consecutive ranges: the first reaching `seq` holds it.
         if let Some(bucket) = self.buckets.iter_mut().find(|b| b.through >= seq) {
             let freed = cost.min(bucket.cost);
             bucket.cost -= freed;
@@ -535,6 +543,15 @@ mod tests {
         assert_eq!(admission.credit(&account), credit("1.00", "0", "0.08"));
         admission.apply(&update("0.92", &[("gw_1", 2)]));
         assert_eq!(admission.credit(&account), credit("0.92", "0", "0"));
+        // Reported lost after a later event's update released it: the
+        // cost of the events still pending stays held.
+        for seq in 3..5 {
+            assert!(admission.admit(&account, seq, usd("0.10")).is_ok());
+            admission.emitted(&account, seq, seq, usd("0.04"));
+        }
+        admission.apply(&update("0.88", &[("gw_1", 3)]));
+        admission.lost(&account, 3, usd("0.04"));
+        assert_eq!(admission.credit(&account), credit("0.88", "0", "0.04"));
     }
 
     #[test]
