@@ -4,8 +4,9 @@
 //! the gateway (auth, metering and usage events on, embedded SQLite event
 //! log), at two concurrencies, plain and streaming, over HTTP/1.1 and
 //! HTTP/2; optionally through a peer gateway (Portkey's) on the same mock;
-//! then the gateway's RSS with many streams open. Prints figures next to
-//! targets; asserts nothing.
+//! then a $5.00 account spent at full concurrency (its 402s before and after
+//! admission's threshold, `credit.rs`); then the gateway's RSS with many
+//! streams open. Prints figures next to targets; asserts nothing.
 //!
 //! Layout on the machine: the mock upstream runs in this process on its own
 //! runtime thread, the load generator on another (the main thread); the
