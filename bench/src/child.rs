@@ -38,9 +38,18 @@ pub struct ChildArgs {
     /// the embedded one.
     #[arg(long)]
     kafka_brokers: Option<String>,
+    /// The bootstrap account's credit (default: enough that admission never
+    /// refuses during a run).
+    #[arg(long, default_value = "1000")]
+    starting_credit_usd: String,
 }
 
-fn child_config(upstream: &str, data_dir: &Path, kafka_brokers: Option<&str>) -> Config {
+fn child_config(
+    upstream: &str,
+    data_dir: &Path,
+    kafka_brokers: Option<&str>,
+    starting_credit_usd: &str,
+) -> Config {
     let mut config = Config::default();
     if let Some(brokers) = kafka_brokers {
         config.eventlog.backend = tollgate::config::EventLogBackend::Kafka;
@@ -51,8 +60,7 @@ fn child_config(upstream: &str, data_dir: &Path, kafka_brokers: Option<&str>) ->
     config.storage.path = data_dir.join("tollgate.db");
     config.log.level = "warn".into();
     config.admin.enabled = false;
-    // Enough credit that admission never refuses during a run.
-    config.bootstrap.starting_credit_usd = "1000".into();
+    config.bootstrap.starting_credit_usd = starting_credit_usd.into();
     for provider in ["openai", "anthropic"] {
         config.providers.insert(
             provider.into(),
@@ -71,6 +79,7 @@ pub fn run_child(args: ChildArgs) -> anyhow::Result<()> {
         &args.upstream,
         &args.data_dir,
         args.kafka_brokers.as_deref(),
+        &args.starting_credit_usd,
     );
     // As `tollgate serve` (text logs on stderr), at warn so the table stays readable;
     // the request path logs nothing below warn anyway.
@@ -181,6 +190,7 @@ impl GatewayChild {
         upstream: &str,
         worker_threads: Option<usize>,
         kafka_brokers: Option<&str>,
+        starting_credit_usd: Option<&str>,
     ) -> anyhow::Result<GatewayChild> {
         let dir = tempfile::tempdir()?;
         let exe = std::env::current_exe()?;
@@ -199,6 +209,9 @@ impl GatewayChild {
         }
         if let Some(brokers) = kafka_brokers {
             command.arg("--kafka-brokers").arg(brokers);
+        }
+        if let Some(credit) = starting_credit_usd {
+            command.arg("--starting-credit-usd").arg(credit);
         }
         let mut child = command.spawn().context("starting the gateway child")?;
         let stdin = child.stdin.take();

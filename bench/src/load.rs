@@ -40,7 +40,7 @@ pub struct Target {
 }
 
 impl Target {
-    fn request(&self, host: &HeaderValue) -> anyhow::Result<Request<Full<Bytes>>> {
+    pub fn request(&self, host: &HeaderValue) -> anyhow::Result<Request<Full<Bytes>>> {
         let builder = match self.proto {
             Proto::Http1 => Request::post(self.path).header(HOST, host.clone()),
             // HTTP/2 carries the authority in the URI (`:authority`), not `Host`.
@@ -55,7 +55,7 @@ impl Target {
         Ok(builder.body(Full::new(self.body.clone()))?)
     }
 
-    fn host(&self) -> anyhow::Result<HeaderValue> {
+    pub fn host(&self) -> anyhow::Result<HeaderValue> {
         Ok(HeaderValue::from_str(&self.addr.to_string())?)
     }
 }

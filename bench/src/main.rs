@@ -4,8 +4,9 @@
 //! the gateway (auth, metering and usage events on, embedded SQLite event
 //! log), at two concurrencies, plain and streaming, over HTTP/1.1 and
 //! HTTP/2; optionally through a peer gateway (Portkey's) on the same mock;
-//! then the gateway's RSS with many streams open. Prints figures next to
-//! targets; asserts nothing.
+//! then a $5.00 account spent at full concurrency (its 402s before and after
+//! admission's threshold, `credit.rs`); then the gateway's RSS with many
+//! streams open. Prints figures next to targets; asserts nothing.
 //!
 //! Layout on the machine: the mock upstream runs in this process on its own
 //! runtime thread, the load generator on another (the main thread); the
@@ -14,6 +15,7 @@
 
 mod child;
 mod cpu;
+mod credit;
 mod load;
 mod peer;
 mod report;
@@ -43,7 +45,7 @@ straight to an in-process mock upstream and through a Tollgate gateway child pro
 metering and usage events on), at each concurrency, plain and streaming; then the gateway's RSS \
 with many streams open. Prints figures next to targets; never fails on timing.\n\n\
 Scenario names (for --scenario): direct/chat/c1, gateway/stream/c16, direct-h2/chat/c16, \
-gateway-h2/chat/c16, portkey/chat/c16, ..., and memory."
+gateway-h2/chat/c16, portkey/chat/c16, ..., credit (a $5.00 account spent at the highest concurrency: 402s before the admission threshold, target 0) and memory."
 )]
 struct Cli {
     /// Measured seconds per scenario (after the warm-up), split over --rounds.
@@ -317,6 +319,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     if !scenarios.is_empty() {
         load_phase(cli, &mock_rt, &load_rt, scenarios, duration, warmup)?;
     }
+    if selected(cli, "credit") {
+        credit_run(cli, &mock_rt, &load_rt)?;
+    }
     if selected(cli, "memory") {
         // Before any token estimate, then with the estimator loaded (as in
         // a gateway that has run a while): its encoding stays resident.
@@ -525,7 +530,22 @@ fn measure(
 }
 
 fn spawn_gateway(cli: &Cli, upstream: &str) -> anyhow::Result<GatewayChild> {
-    let gateway = GatewayChild::spawn(upstream, cli.gateway_threads, kafka_brokers())?;
+    spawn_gateway_with(cli, upstream, None)
+}
+
+/// A gateway child whose bootstrap account holds `starting_credit_usd`
+/// (default: enough never to be refused).
+fn spawn_gateway_with(
+    cli: &Cli,
+    upstream: &str,
+    starting_credit_usd: Option<&str>,
+) -> anyhow::Result<GatewayChild> {
+    let gateway = GatewayChild::spawn(
+        upstream,
+        cli.gateway_threads,
+        kafka_brokers(),
+        starting_credit_usd,
+    )?;
     if let Some(cpus) = &cli.pin_gateway {
         cpu::pin(gateway.pid(), cpus, true)?;
     }
@@ -1086,6 +1106,72 @@ fn print_lines(title: &str, lines: Vec<Line>) {
     for (metric, value, target, verdict) in lines {
         println!("{metric:<36} {value:>28}  {target:>10}  {verdict}");
     }
+}
+
+/// Issue #16: a $5.00 account spent at the highest --concurrency through a
+/// fresh gateway child; prints the throughput and the 402s before and after
+/// the spend reached the admission rule's threshold.
+fn credit_run(
+    cli: &Cli,
+    mock_rt: &tokio::runtime::Runtime,
+    load_rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<()> {
+    let concurrency = cli.concurrency.iter().copied().max().unwrap_or(16);
+    let balance: tollgate_core::Usd = "5.00".parse()?;
+    let body = credit::body();
+    let max_cost = credit::max_cost(&body)?;
+    let threshold = max_cost * rust_decimal::Decimal::from(concurrency as u64);
+    let mock = mock_rt.block_on(MockUpstream::start_with(MockOptions {
+        record: false,
+        ..MockOptions::default()
+    }))?;
+    let gateway = spawn_gateway_with(cli, &mock.base_url(), Some("5.00"))?;
+    let target = Target {
+        addr: gateway.addr,
+        path: "/v1/chat/completions",
+        authorization: HeaderValue::from_str(&format!("Bearer {}", gateway.token))?,
+        extra_headers: Vec::new(),
+        body: Bytes::from(body),
+        proto: Proto::Http1,
+    };
+    eprint!("running credit/$5.00/c{concurrency} ...");
+    let spend = load_rt.block_on(credit::spend(
+        &target,
+        concurrency,
+        (balance, threshold),
+        Duration::from_secs(2),
+        Duration::from_secs(120),
+    ))?;
+    eprintln!(" done");
+    let events = gateway.stop()?;
+    drop(mock);
+    let rps = spend.admitted as f64 / spend.spending.as_secs_f64().max(1e-9);
+    println!();
+    println!("== credit: a $5.00 account at c={concurrency} (issue #16; gpt-4o, one request's maximum cost {max_cost})");
+    println!(
+        "throughput   : {rps:.0} req/s admitted ({} in {:.2} s, until the credit was spent); {events} usage events stored",
+        spend.admitted,
+        spend.spending.as_secs_f64()
+    );
+    println!(
+        "402 before   : {} while balance − spend > {concurrency} × maximum = {threshold}   (target 0: {})",
+        spend.early_402,
+        verdict(spend.early_402 == 0)
+    );
+    println!(
+        "402 after    : {}; spent {} of {balance} (client view; overshoot {})",
+        spend.late_402,
+        spend.spent,
+        (spend.spent - balance).max(tollgate_core::Usd::ZERO)
+    );
+    if spend.errors > 0 {
+        println!(
+            "errors       : {} (first: {})",
+            spend.errors,
+            spend.first_error.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(())
 }
 
 /// RSS of a fresh gateway child, idle and with `--streams` streams open

@@ -530,7 +530,7 @@ async fn run(
         .map_err(|refused| ProxyError::InsufficientCredits {
             available: refused.available.to_string(),
             balance: refused.balance.to_string(),
-            reserved: refused.reserved.to_string(),
+            reserved: refused.held.to_string(),
         })?;
     meter.reserved = gateway.admission.enforce;
 

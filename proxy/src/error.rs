@@ -35,7 +35,7 @@ pub enum ProxyError {
     /// model without a price may only use the caller's own provider keys.
     #[error("no price for {model} on the operator's credentials: attach your own `{provider}` provider key to this access key's configuration (billed the processing fee only), or ask the operator to declare a price for the model")]
     UnpricedModel { model: String, provider: String },
-    #[error("insufficient credits: the account's available balance is {available}; its balance is {balance}, minus {reserved} held for requests in flight on this gateway; buy credits to continue")]
+    #[error("insufficient credits: the account's available balance is {available}; its balance is {balance}, minus {reserved} held on this gateway for requests in flight and for finished requests not in that balance yet; buy credits to continue")]
     InsufficientCredits {
         available: String,
         balance: String,

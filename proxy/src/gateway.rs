@@ -330,7 +330,11 @@ impl Gateway {
             .map_err(InitError::HttpClient)?;
 
         let instance_id = format!("gw_{}", uuid::Uuid::now_v7().simple());
-        let admission = Arc::new(Admission::new(config.billing.enforce, instance_id.clone()));
+        let metrics = Metrics::new()?;
+        let admission = Arc::new(
+            Admission::new(config.billing.enforce, instance_id.clone())
+                .timing_round_trips(metrics.ledger_round_trip.clone()),
+        );
         Ok(Arc::new(Gateway {
             config_overrides: config_overrides(&config),
             admission,
@@ -340,7 +344,7 @@ impl Gateway {
             control,
             client,
             events,
-            metrics: Metrics::new()?,
+            metrics,
             limiter: RateLimiter::default(),
             instance_id,
             next_seq: std::sync::atomic::AtomicU64::new(1),

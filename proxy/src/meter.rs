@@ -14,7 +14,7 @@ use tollgate_core::eventlog::topics;
 use tollgate_core::pricing::{cost_for, AppliedPlan, Cost};
 use tollgate_core::{
     AccessKeyId, AccountId, ApiSurface, CredentialSource, EventId, LogRecord, Prices,
-    ProviderKeyId, TokenCounts, UsageEnvelope, UsageEvent,
+    ProviderKeyId, TokenCounts, UsageEnvelope, UsageEvent, Usd,
 };
 
 pub struct RequestMeter {
@@ -534,11 +534,15 @@ fn emit(gateway: &Arc<Gateway>, event: UsageEvent, reservation: Option<u64>) {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         (order, seq, sequenced_payload(unsequenced, seq))
     });
-    if let Some(reservation) = reservation {
+    // The reservation becomes the event's own cost (what the ledger will
+    // debit), held until a balance update covers `seq`.
+    let held = reservation.map(|reservation| {
+        let cost = tollgate_core::pricing::cost_of(&event).total();
         gateway
             .admission
-            .emitted(&event.account_id, reservation, seq);
-    }
+            .emitted(&event.account_id, reservation, seq, cost);
+        (seq, cost)
+    });
     // Not shared yet, so this sets the field in place.
     Arc::make_mut(&mut event).instance_seq = Some(seq);
     // Not expected to be None (see `sequenced_payload`); writing the event
@@ -557,6 +561,9 @@ fn emit(gateway: &Arc<Gateway>, event: UsageEvent, reservation: Option<u64>) {
     match gateway.events.try_append_usage(record, event) {
         Ok(()) => gateway.metrics.events_emitted.inc(),
         Err(record) => {
+            // Rare (the log's queue is full): the account is named again
+            // only here, for the case that the append fails.
+            let held = held.map(|(seq, cost)| (AccountId::from(record.key.as_str()), seq, cost));
             let Ok(runtime) = tokio::runtime::Handle::try_current() else {
                 // Off the runtime (the estimate thread): waiting here is fine.
                 match futures::executor::block_on(gateway.events.append(record)) {
@@ -564,6 +571,7 @@ fn emit(gateway: &Arc<Gateway>, event: UsageEvent, reservation: Option<u64>) {
                     Err(err) => {
                         gateway.metrics.events_dropped.inc();
                         tracing::error!(error = %err, "usage event lost: event log refused it");
+                        release_lost(gateway, held);
                     }
                 }
                 return;
@@ -575,10 +583,18 @@ fn emit(gateway: &Arc<Gateway>, event: UsageEvent, reservation: Option<u64>) {
                     Err(err) => {
                         gateway.metrics.events_dropped.inc();
                         tracing::error!(error = %err, "usage event lost: event log refused it");
+                        release_lost(&gateway, held);
                     }
                 }
             });
         }
+    }
+}
+
+/// The ledger will never apply a lost event: stop holding its cost.
+fn release_lost(gateway: &Gateway, held: Option<(AccountId, u64, Usd)>) {
+    if let Some((account, seq, cost)) = held {
+        gateway.admission.lost(&account, seq, cost);
     }
 }
 

@@ -2,8 +2,8 @@
 //! that several gateways can live in one process (tests).
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -18,6 +18,7 @@ pub struct Metrics {
     pub events_emitted: IntCounter,
     pub events_dropped: IntCounter,
     pub in_flight: IntGauge,
+    pub ledger_round_trip: Histogram,
     /// Other components' registries (ledger, event log) served on /metrics too.
     extra: parking_lot::Mutex<Vec<Registry>>,
 }
@@ -25,6 +26,13 @@ pub struct Metrics {
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     60.0, 120.0,
+];
+
+/// Finer around 100–500 ms, where a ledger round trip usually falls (the
+/// gateway reads balances every 100 ms): the admission bound uses it.
+const ROUND_TRIP_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0,
+    10.0, 30.0, 60.0, 300.0,
 ];
 
 impl Metrics {
@@ -96,7 +104,15 @@ impl Metrics {
         registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(events_emitted.clone()))?;
         registry.register(Box::new(events_dropped.clone()))?;
+        let ledger_round_trip = Histogram::with_opts(
+            HistogramOpts::new(
+                "tollgate_proxy_ledger_round_trip_seconds",
+                "Time from a usage event's emission to this gateway applying the balance update that covers it (admission stops holding its cost then).",
+            )
+            .buckets(ROUND_TRIP_BUCKETS.to_vec()),
+        )?;
         registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(ledger_round_trip.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -109,6 +125,7 @@ impl Metrics {
             events_emitted,
             events_dropped,
             in_flight,
+            ledger_round_trip,
             extra: parking_lot::Mutex::new(Vec::new()),
         })
     }

@@ -384,8 +384,9 @@ async fn insufficient_credits_say_the_available_amount_and_the_balance() {
         as_of: chrono::Utc::now(),
         applied: Default::default(),
     };
-    gw.gateway.admission.apply(&balance("0.01"));
-    // Admitted: its maximum cost (4,096 output tokens of gpt-4o) is held…
+    // Less than one request costs (gpt-4o, 1 + 5 tokens: $0.0000528).
+    gw.gateway.admission.apply(&balance("0.00005"));
+    // Admitted: when it ends its actual cost is held…
     let response = gw.post_openai(chat("gpt-4o", "hi")).await;
     assert_eq!(response.status(), 200);
     // …and, with no ledger to release it, leaves less than nothing.
@@ -406,8 +407,10 @@ async fn insufficient_credits_say_the_available_amount_and_the_balance() {
     let available = number_after("available balance is ");
     let shown_balance = number_after("its balance is ");
     let reserved = number_after("minus ");
-    assert_eq!(shown_balance, "0.01".parse().unwrap(), "{message}");
+    assert_eq!(shown_balance, "0.00005".parse().unwrap(), "{message}");
     assert!(available < tollgate_core::Usd::ZERO, "{message}");
+    // What is held is that request's actual cost, not its maximum.
+    assert_eq!(reserved, "0.0000528".parse().unwrap(), "{message}");
     assert_eq!(available, shown_balance - reserved, "{message}");
 
     let error = anthropic_error(
@@ -419,7 +422,7 @@ async fn insufficient_credits_say_the_available_amount_and_the_balance() {
     let message = error["message"].as_str().unwrap();
     assert!(
         message.contains(&format!("available balance is {available};"))
-            && message.contains("its balance is 0.01,"),
+            && message.contains("its balance is 0.00005,"),
         "{message}"
     );
 }

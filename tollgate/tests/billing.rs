@@ -10,7 +10,9 @@
 //! ledger debits; admission (402 once the credit is used up, overshoot at
 //! most one request's maximum cost, debt settled first by a purchase when
 //! enforcement is off; a request still waiting on its upstream keeps its
-//! reservation however many later requests the ledger applies). Every test
+//! reservation however many later requests the ledger applies; a funded
+//! account under sustained concurrent load gets no 402 until
+//! balance − spend ≤ concurrency × one request's maximum cost). Every test
 //! ends by stopping the server with SIGTERM and running `tollgate audit` on
 //! its store, which must say "audit OK"; one test then corrupts a ledger
 //! entry and expects the audit to fail.
@@ -1810,5 +1812,175 @@ async fn a_price_plan_bills_its_fee_and_multiplier_exactly_everywhere_and_a_chan
     };
     assert_eq!(usd_of(&row["cost"]["fee"]), fees, "{row}");
     assert_eq!(usd_of(&row["cost"]["upstream"]), upstream, "{row}");
+    tg.stop_and_audit().await;
+}
+
+/// What the clients of the sustained-load test saw, shared between them.
+#[derive(Default)]
+struct LoadTally {
+    /// Sum of the costs of the 200s received so far.
+    spent: Usd,
+    admitted: usize,
+    /// 402s received while balance − spent exceeded concurrency × maximum.
+    early_402: usize,
+    /// 402s received after that.
+    late_402: usize,
+    /// The largest balance − spent at which a 402 arrived.
+    most_left_at_402: Option<Usd>,
+}
+
+/// One client of the sustained-load test: requests back to back until
+/// `stop`, tallying each answer against `threshold` (what must be left for
+/// a 402 to be allowed).
+async fn load_client(
+    http: reqwest::Client,
+    url: String,
+    token: String,
+    body: Vec<u8>,
+    (balance, threshold, actual): (Usd, Usd, Usd),
+    tally: std::sync::Arc<std::sync::Mutex<LoadTally>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let response = http
+            .post(&url)
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let cost = (status == 200).then(|| header_usd(&response, "x-tollgate-cost-total"));
+        let text = response.bytes().await.unwrap();
+        let mut tally = tally.lock().unwrap();
+        match (status, cost) {
+            (200, Some(cost)) => {
+                assert_eq!(cost, actual);
+                tally.spent += cost;
+                tally.admitted += 1;
+            }
+            (402, _) => {
+                assert_openai_402(&serde_json::from_slice(&text).unwrap());
+                let left = balance - tally.spent;
+                if left > threshold {
+                    tally.early_402 += 1;
+                } else {
+                    tally.late_402 += 1;
+                }
+                tally.most_left_at_402 = Some(tally.most_left_at_402.map_or(left, |l| l.max(left)));
+            }
+            _ => panic!(
+                "unexpected status {status}: {}",
+                String::from_utf8_lossy(&text)
+            ),
+        }
+    }
+}
+
+/// Issue #16: a customer with money is not refused because the gateway is
+/// fast. 16 clients spend a $5.00 account back to back: no 402 may arrive
+/// while balance − spend > 16 × one request's maximum cost; after that the
+/// account is refused, and the final overshoot stays within the documented
+/// bound (2 × the maximum: near zero the half-balance cap applies).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_funded_account_under_sustained_concurrent_load_gets_no_402_until_its_credit_is_nearly_spent(
+) {
+    const CLIENTS: usize = 16;
+    let mock = MockUpstream::start().await.unwrap();
+    let mut tg = Tollgate::start(&mock, &[]).await;
+    let (account, token) = tg.account_with_key("sustained").await;
+    let balance = usd("5.00");
+    tg.adjust(&account, "goodwill_credit", "5.00", "sustained-load")
+        .await;
+    tg.wait_balance(&account, balance).await;
+    // 600 prompt tokens: about $0.0016 a request, so $5.00 lasts ~3,000.
+    let max_tokens = 16u64;
+    let body = serde_json::to_vec(&json!({
+        "model": "gpt-4o",
+        "max_tokens": max_tokens,
+        "messages": [{"role": "user", "content": long_prompt(600)}],
+    }))
+    .unwrap();
+    let max_cost = operator_cost("gpt-4o", body.len() as u64, max_tokens);
+    let actual = operator_cost("gpt-4o", 600, 5);
+    let threshold = max_cost * rust_decimal::Decimal::from(CLIENTS as u64);
+    // The gateway reads balances every 100 ms: wait until it knows the grant.
+    let deadline = Deadline::new("the gateway to know the grant", SETTLE_DEADLINE);
+    let mut first = 0;
+    while first == 0 {
+        let response = tg
+            .http
+            .post(tg.url("/v1/chat/completions"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 200 {
+            first = 1;
+        } else {
+            assert_eq!(response.status(), 402);
+            deadline.tick().await;
+        }
+    }
+    let tally = std::sync::Arc::new(std::sync::Mutex::new(LoadTally {
+        spent: actual,
+        admitted: 1,
+        ..LoadTally::default()
+    }));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let started = Instant::now();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            tokio::spawn(load_client(
+                tg.http.clone(),
+                tg.url("/v1/chat/completions"),
+                token.clone(),
+                body.clone(),
+                (balance, threshold, actual),
+                tally.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    // Run until the ledger shows the credit used up.
+    let deadline = Deadline::new("the $5.00 to be spent", Duration::from_secs(120));
+    while tg.balance(&account).await.0 > Usd::ZERO {
+        deadline.tick().await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for client in clients {
+        client.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    let tally = std::mem::take(&mut *tally.lock().unwrap());
+    // Every admitted request debited exactly what its client was shown.
+    let expected = balance - tally.spent;
+    let settle = Deadline::new(
+        format!("the ledger balance to reach {expected}"),
+        SETTLE_DEADLINE,
+    );
+    while tg.balance(&account).await.0 != expected {
+        settle.tick().await;
+    }
+    let overshoot = -expected;
+    println!(
+        "{CLIENTS} clients, {} admitted in {:.1} s ({:.0}/s); 402s: {} while more than {threshold} was left (must be 0), {} after (the earliest with {} left); one request: maximum {max_cost}, actual {actual}; final balance {expected}, overshoot {overshoot} (bound {})",
+        tally.admitted,
+        elapsed.as_secs_f64(),
+        tally.admitted as f64 / elapsed.as_secs_f64(),
+        tally.early_402,
+        tally.late_402,
+        tally.most_left_at_402.map_or("-".into(), |l| l.to_string()),
+        max_cost + max_cost,
+    );
+    assert_eq!(tally.early_402, 0, "credit that exists was refused");
+    assert!(tally.late_402 > 0, "the spent account was never refused");
+    assert!(
+        overshoot <= max_cost + max_cost,
+        "overshoot {overshoot} beyond twice one request's maximum {max_cost}"
+    );
     tg.stop_and_audit().await;
 }

@@ -548,14 +548,24 @@ async fn chat(
     token: &str,
     model: &str,
 ) -> reqwest::Result<Answer> {
+    let body = json!({
+        "model": model,
+        "max_tokens": 16,
+        "messages": [{"role": "user", "content": "hello through the split deployment"}],
+    });
+    chat_body(http, port, token, &body).await
+}
+
+async fn chat_body(
+    http: &reqwest::Client,
+    port: u16,
+    token: &str,
+    body: &Value,
+) -> reqwest::Result<Answer> {
     let response = http
         .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
         .bearer_auth(token)
-        .json(&json!({
-            "model": model,
-            "max_tokens": 16,
-            "messages": [{"role": "user", "content": "hello through the split deployment"}],
-        }))
+        .json(body)
         .send()
         .await?;
     let status = response.status().as_u16();
@@ -1433,4 +1443,260 @@ async fn check_config_accepts_kafka_settings_without_a_broker() {
             "the error names the field ({env:?})\n{stderr}"
         );
     }
+}
+
+/// A proxy's ledger round trips (`tollgate_proxy_ledger_round_trip_seconds`):
+/// (count, mean, upper bound of the highest bucket with an observation).
+async fn round_trips(http: &reqwest::Client, port: u16) -> (u64, f64, f64) {
+    let text = http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let name = "tollgate_proxy_ledger_round_trip_seconds";
+    let value = |line: &str| {
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+    };
+    let line = |suffix: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(&format!("{name}{suffix}")))
+            .map(value)
+            .unwrap_or_else(|| panic!("no {name}{suffix} in\n{text}"))
+    };
+    let (count, sum) = (line("_count") as u64, line("_sum"));
+    // Buckets are cumulative: the first whose count is the total bounds all.
+    let highest = text
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("{name}_bucket{{le=\"")))
+        .filter_map(|rest| {
+            let (le, count_text) = rest.split_once("\"}")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count_text.trim().parse::<f64>().ok()? as u64))
+        })
+        .find(|(_, n)| *n == count)
+        .map_or(f64::INFINITY, |(le, _)| le);
+    (count, sum / count.max(1) as f64, highest)
+}
+
+/// What the clients of one proxy spent and how often they were refused.
+#[derive(Default)]
+struct ProxyTally {
+    spent: Decimal,
+    admitted: usize,
+    refused: usize,
+    /// When each admitted request was answered, and its cost.
+    costs: Vec<(Instant, Decimal)>,
+}
+
+impl ProxyTally {
+    /// The most spent by requests answered within any `window`.
+    fn most_spent_within(&mut self, window: Duration) -> Decimal {
+        self.costs.sort_by_key(|(at, _)| *at);
+        let (mut most, mut sum, mut from) = (Decimal::ZERO, Decimal::ZERO, 0);
+        for (at, cost) in &self.costs {
+            sum += cost;
+            while at.duration_since(self.costs[from].0) > window {
+                sum -= self.costs[from].1;
+                from += 1;
+            }
+            most = most.max(sum);
+        }
+        most
+    }
+}
+
+/// Clients sending `body` to `port` back to back until they are refused
+/// once `spent` is set (the ledger saw the credit used up).
+fn spend_through(
+    http: &reqwest::Client,
+    port: u16,
+    token: &str,
+    body: &Value,
+    clients: usize,
+    spent: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<ProxyTally>> {
+    (0..clients)
+        .map(|_| {
+            let (http, token, body, spent) =
+                (http.clone(), token.to_owned(), body.clone(), spent.clone());
+            tokio::spawn(async move {
+                let mut tally = ProxyTally::default();
+                loop {
+                    let answer = chat_body(&http, port, &token, &body).await.unwrap();
+                    match answer.status {
+                        200 => {
+                            tally.spent += answer.cost;
+                            tally.admitted += 1;
+                            tally.costs.push((answer.completed, answer.cost));
+                        }
+                        402 => {
+                            tally.refused += 1;
+                            if spent.load(Ordering::Relaxed) {
+                                return tally;
+                            }
+                        }
+                        other => panic!("unexpected {other}: {}", answer.body),
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// Issue #16, N instances: two proxies spend one $5.00 account at once
+/// through Kafka. Each sees the other's spend one ledger round trip late,
+/// so the overshoot is bounded by N × (per-instance overshoot) + (N − 1) ×
+/// one instance's spend per round trip (docs/ledger.md, Admission). The
+/// round trip is measured by the proxies themselves and the bound asserted
+/// with it; the figures are printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_proxies_overshoot_a_balance_within_the_round_trip_bound() {
+    const CLIENTS_PER_PROXY: usize = 8;
+    let _heavy = HEAVY.lock().await;
+    let mock = cluster();
+    let upstream = MockUpstream::start().await.unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let http = http_client();
+    let options = |bootstrap| NodeOptions {
+        brokers: brokers(&mock),
+        upstream: upstream.base_url(),
+        bootstrap,
+        enforce: true,
+        startup_timeout_ms: 30_000,
+    };
+    let a = node(root.path(), "proxy-a", &options(true));
+    let l = node(root.path(), "ledger", &options(false));
+    let b = node(root.path(), "proxy-b", &options(true));
+    let proxy_a = Process::start(&http, &a, "proxy").await;
+    let token = proxy_a.wait_for_token().await;
+    let ledger = Process::start(&http, &l, "ledger").await;
+    let proxy_b = Process::start(&http, &b, "proxy").await;
+    // The bootstrap account's $5.00 (`starting_credit_usd`).
+    let balance = usd("5.00");
+    wait_for_balance(&http, &l, &token, balance, "the starting credit").await;
+
+    // 200 prompt tokens on gpt-4o: about $0.0005 a request, so the $5.00
+    // lasts many round trips.
+    let body = json!({
+        "model": TINY_MODEL,
+        "max_tokens": 16,
+        "messages": [{"role": "user", "content": vec!["a"; 200].join(" ")}],
+    });
+    let max_cost = {
+        let prices = tollgate_core::Catalog::builtin()
+            .unwrap()
+            .model(TINY_MODEL)
+            .unwrap()
+            .prices;
+        let tokens = tollgate_core::TokenCounts {
+            input: serde_json::to_vec(&body).unwrap().len() as u64,
+            output: 16,
+            ..tollgate_core::TokenCounts::default()
+        };
+        let cost = tollgate_core::pricing::cost_for(
+            &tokens,
+            &prices,
+            Some(tollgate_core::CredentialSource::Operator),
+            None,
+        );
+        cost.total().amount()
+    };
+    let mut answers = Vec::new();
+    for port in [a.server, b.server] {
+        chat_until(
+            &http,
+            port,
+            &token,
+            TINY_MODEL,
+            200,
+            &mut answers,
+            "the balance on both proxies",
+        )
+        .await;
+    }
+    let warmup = sum(&answers);
+
+    let spent_up = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let clients_a = spend_through(&http, a.server, &token, &body, CLIENTS_PER_PROXY, &spent_up);
+    let clients_b = spend_through(&http, b.server, &token, &body, CLIENTS_PER_PROXY, &spent_up);
+    let deadline = Deadline::new("the $5.00 to be spent", Duration::from_secs(180));
+    loop {
+        match ledger_balance(&http, &l, &token).await {
+            Some(left) if left <= Decimal::ZERO => break,
+            other => deadline.tick(format!("ledger balance {other:?}")).await,
+        }
+    }
+    // Every client now runs until its proxy refuses it (within a round trip).
+    spent_up.store(true, Ordering::Relaxed);
+    let mut tallies: Vec<ProxyTally> = Vec::new();
+    for clients in [clients_a, clients_b] {
+        let mut tally = ProxyTally::default();
+        for client in clients {
+            let one = client.await.unwrap();
+            tally.spent += one.spent;
+            tally.admitted += one.admitted;
+            tally.refused += one.refused;
+            tally.costs.extend(one.costs);
+        }
+        tallies.push(tally);
+    }
+    let spent = warmup + tallies.iter().map(|t| t.spent).sum::<Decimal>();
+    let expected = balance - spent;
+    wait_for_balance(&http, &l, &token, expected, "every answer debited").await;
+    let overshoot = -expected;
+
+    // The bound, with the round trip the proxies measured (the slowest
+    // bucket either saw) and the most either instance spent within one.
+    let mut round_trip = 0f64;
+    for (name, port) in [("A", a.server), ("B", b.server)] {
+        let (count, mean, highest) = round_trips(&http, port).await;
+        println!(
+            "proxy {name}: {count} ledger round trips, mean {:.1} ms, all within {highest} s",
+            mean * 1e3
+        );
+        assert!(count > 0, "proxy {name} timed no round trip");
+        round_trip = round_trip.max(highest);
+    }
+    let per_round_trip = tallies
+        .iter_mut()
+        .map(|t| t.most_spent_within(Duration::from_secs_f64(round_trip)))
+        .max()
+        .unwrap();
+    let elapsed = started.elapsed().as_secs_f64();
+    let instances = Decimal::from(2);
+    // Per instance: M, or 2 × M once the balance is under 2 × M (the cap).
+    let bound = instances * (max_cost + max_cost) + (instances - Decimal::ONE) * per_round_trip;
+    for (name, tally) in ["A", "B"].iter().zip(&tallies) {
+        println!(
+            "proxy {name}: {} admitted, {} refused, spent {}",
+            tally.admitted, tally.refused, tally.spent
+        );
+    }
+    println!(
+        "spent in {elapsed:.1} s; one request's maximum {max_cost}; the most one instance spent within a round trip ({round_trip} s): {per_round_trip}; overshoot {overshoot}, bound {bound}",
+    );
+    assert!(
+        overshoot <= bound,
+        "overshoot {overshoot} beyond the bound {bound}"
+    );
+    assert!(
+        tallies.iter().all(|t| t.refused >= CLIENTS_PER_PROXY),
+        "every client was refused in the end"
+    );
+
+    proxy_b.stop_cleanly().await;
+    proxy_a.stop_cleanly().await;
+    ledger.stop_cleanly().await;
 }
