@@ -13,7 +13,7 @@ use tollgate_core::{Envelope, EventBody, LogRecord, ENVELOPE_VERSION};
 /// Record key of every tick.
 pub const TICK_KEY: &str = "tick";
 
-/// `{"v":1,"type":"tick","data":{"at":"<RFC 3339>"}}` for now.
+/// `{"v":2,"type":"tick","data":{"at":"<RFC 3339>"}}` (the current envelope version) for now.
 pub fn tick_payload(at: chrono::DateTime<chrono::Utc>) -> Vec<u8> {
     let envelope = Envelope {
         v: ENVELOPE_VERSION,

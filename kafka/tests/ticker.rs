@@ -42,7 +42,7 @@ async fn ticks_reach_every_partition() {
     for r in common::read_all(&dyn_log, TOPIC).await {
         assert_eq!(r.key, TICK_KEY);
         let raw: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
-        assert_eq!(raw["v"], 1);
+        assert_eq!(raw["v"], tollgate_core::ENVELOPE_VERSION);
         assert_eq!(raw["type"], "tick");
         let at = raw["data"]["at"].as_str().unwrap();
         let at = chrono::DateTime::parse_from_rfc3339(at).unwrap();

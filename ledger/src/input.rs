@@ -68,7 +68,7 @@ impl From<&UsageEvent> for UsageCharge {
 }
 
 impl LedgerInput {
-    /// Decode one record's payload (`{"v":1,"type":…,"data":{…}}`).
+    /// Decode one record's payload (`{"v":2,"type":…,"data":{…}}`).
     pub fn decode(payload: &[u8]) -> Result<LedgerInput, LedgerError> {
         // UTF-8 checked once for the whole payload: reading from a `str`,
         // serde_json does not check each string again.
