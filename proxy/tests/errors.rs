@@ -389,6 +389,17 @@ async fn insufficient_credits_say_the_available_amount_and_the_balance() {
     // Admitted: when it ends its actual cost is held…
     let response = gw.post_openai(chat("gpt-4o", "hi")).await;
     assert_eq!(response.status(), 200);
+    // (held from when its usage event is emitted, just after the response)
+    let emitted = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while gw
+        .gateway
+        .admission
+        .credit(&gw.account_id)
+        .is_none_or(|c| c.unconfirmed == tollgate_core::Usd::ZERO)
+    {
+        assert!(std::time::Instant::now() < emitted, "the event is emitted");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     // …and, with no ledger to release it, leaves less than nothing.
     let error = openai_error(gw.post_openai(chat("gpt-4o", "hi")).await, 402).await;
     assert_eq!(error["code"], "insufficient_credits");
