@@ -14,21 +14,6 @@ use tollgate_proxy::InitError;
 
 const LOCAL_KEY: &str = "sk-local-box-1";
 
-fn usd(amount: &str) -> Usd {
-    amount.parse().unwrap()
-}
-
-/// Declared prices: input, output, then optionally cached input.
-fn declared(input: &str, output: &str, cached_input: Option<&str>) -> DeclaredPrices {
-    DeclaredPrices {
-        input: ExactUsd(usd(input)),
-        output: ExactUsd(usd(output)),
-        cached_input: cached_input.map(|p| ExactUsd(usd(p))),
-        cache_write_5m: None,
-        cache_write_1h: None,
-    }
-}
-
 /// A custom provider whose every model is declared at a small non-zero price.
 fn custom(
     id: &str,

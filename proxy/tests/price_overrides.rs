@@ -12,25 +12,11 @@ use std::time::{Duration, Instant};
 use tollgate_control::admin::{AdminAuth, AdminState};
 use tollgate_core::pricing::cost_for;
 use tollgate_core::{ApiSurface, Catalog, CredentialSource, Prices, Usd};
-use tollgate_proxy::config::{CustomProviderConfig, DeclaredPrices, ExactUsd};
+use tollgate_proxy::config::{CustomProviderConfig, DeclaredPrices};
 
 const ADMIN_TOKEN: &str = "tga_price_override_suite";
 /// Generous: a loaded 2-core machine must not fail on timing.
 const PROPAGATION_BOUND: Duration = Duration::from_secs(10);
-
-fn usd(amount: &str) -> Usd {
-    amount.parse().unwrap()
-}
-
-fn declared(input: &str, output: &str, cached_input: Option<&str>) -> DeclaredPrices {
-    DeclaredPrices {
-        input: ExactUsd(usd(input)),
-        output: ExactUsd(usd(output)),
-        cached_input: cached_input.map(|p| ExactUsd(usd(p))),
-        cache_write_5m: None,
-        cache_write_1h: None,
-    }
-}
 
 fn catalog_prices(provider: &str, model: &str) -> Prices {
     Catalog::builtin()

@@ -626,3 +626,24 @@ pub async fn post_anthropic_to(
         .await
         .unwrap()
 }
+
+/// An exact amount from its decimal text.
+pub fn usd(amount: &str) -> tollgate_core::Usd {
+    amount.parse().unwrap()
+}
+
+/// Declared prices: input, output, then optionally cached input.
+pub fn declared(
+    input: &str,
+    output: &str,
+    cached_input: Option<&str>,
+) -> tollgate_proxy::config::DeclaredPrices {
+    use tollgate_proxy::config::{DeclaredPrices, ExactUsd};
+    DeclaredPrices {
+        input: ExactUsd(usd(input)),
+        output: ExactUsd(usd(output)),
+        cached_input: cached_input.map(|p| ExactUsd(usd(p))),
+        cache_write_5m: None,
+        cache_write_1h: None,
+    }
+}
