@@ -3,6 +3,7 @@
 
 use crate::edge;
 use crate::error::ProxyError;
+use crate::failover::{Attempt, Failover, Outcome as AttemptOutcome};
 use crate::gateway::{Caller, Candidate, Credential, Gateway};
 use crate::meter::RequestMeter;
 use crate::relay::Relay;
@@ -20,7 +21,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_core::pricing::{cost_for, AppliedPlan};
-use tollgate_core::{ApiSurface, CredentialSource, Escaped, TokenCounts, Usd};
+use tollgate_core::{ApiSurface, CredentialSource, TokenCounts, Usd};
 use tollgate_translate::{request as tr_request, response as tr_response, usage as tr_usage};
 
 const ANTHROPIC_VERSION_DEFAULT: &str = "2023-06-01";
@@ -538,16 +539,14 @@ async fn run(
     let attempt_timeout = Duration::from_millis(routing.attempt_timeout_ms);
     let read_timeout = Duration::from_millis(routing.read_timeout_ms);
     let metrics = &gateway.metrics;
-    let mut last_error = String::from("no upstream was tried");
-    let mut timed_out = false;
+    let mut failover = Failover::default();
     let mut unusable: Option<ProxyError> = None;
     let mut untranslatable: Option<ProxyError> = None;
 
     'candidates: for candidate in candidates {
-        let provider_id = candidate.provider.spec.id.as_str();
         if candidate.credentials.is_empty() {
             let why = candidate.unusable();
-            last_error = format!("{provider_id}/{}: {why}", candidate.upstream_model);
+            failover.passed_over(&candidate, &why);
             unusable.get_or_insert(why);
             continue;
         }
@@ -555,7 +554,7 @@ async fn run(
             Ok(body) => body,
             // This candidate cannot take the request; a later one may.
             Err(err @ ProxyError::InvalidRequest { .. }) => {
-                last_error = format!("{provider_id}/{}: {err}", candidate.upstream_model);
+                failover.passed_over(&candidate, &err);
                 untranslatable.get_or_insert(err);
                 continue;
             }
@@ -564,16 +563,15 @@ async fn run(
         for credential in &candidate.credentials {
             let now = Instant::now();
             if now >= deadline {
-                timed_out = true;
-                last_error = format!("total timeout of {} ms reached", routing.total_timeout_ms);
+                failover.deadline_passed(routing.total_timeout_ms);
                 break 'candidates;
             }
             if meter.attempts > 0 {
                 metrics.failovers.inc();
             }
             meter.attempt(&candidate, credential);
+            let attempt = Attempt::start(&candidate, credential);
             let budget = attempt_timeout.min(deadline - now);
-            let label = format!("{provider_id}/{}", candidate.upstream_model);
             let send = gateway.client.request(upstream_request(
                 api,
                 headers,
@@ -583,26 +581,21 @@ async fn run(
             ));
             let response = match tokio::time::timeout(budget, send).await {
                 Err(_) => {
-                    metrics
-                        .upstream_attempts
-                        .with_label_values(&[provider_id, "timeout"])
-                        .inc();
-                    timed_out = true;
-                    last_error = format!("{label}: no response within {} ms", budget.as_millis());
+                    let why = format!("no response within {} ms", budget.as_millis());
+                    failover.record(metrics, attempt.ended(AttemptOutcome::Timeout, why));
                     continue;
                 }
                 Ok(Err(err)) => {
                     let outcome = if err.is_connect() {
-                        "connect_error"
+                        AttemptOutcome::ConnectError
                     } else {
-                        "error"
+                        AttemptOutcome::Error
                     };
-                    metrics
-                        .upstream_attempts
-                        .with_label_values(&[provider_id, outcome])
-                        .inc();
-                    timed_out = upstream::is_timeout(&err);
-                    last_error = format!("{label}: {outcome}: {}", upstream::describe(&err));
+                    let why = format!("{}: {}", outcome.as_str(), upstream::describe(&err));
+                    let attempt = attempt
+                        .ended(outcome, why)
+                        .timed_out(upstream::is_timeout(&err));
+                    failover.record(metrics, attempt);
                     continue;
                 }
                 Ok(Ok(response)) => response,
@@ -610,36 +603,16 @@ async fn run(
             meter.upstream_responded();
             meter.upstream_request_id = upstream_request_id(response.headers());
             let status = response.status();
-            if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-                metrics
-                    .upstream_attempts
-                    .with_label_values(&[provider_id, status_outcome(status)])
-                    .inc();
-                timed_out = false;
-                last_error = format!("{label}: upstream answered {}", status.as_u16());
-                continue;
-            }
-            if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-                // The credential Tollgate used was refused: another key may work,
-                // and the upstream's body (which may echo part of the key) must
-                // not reach the client as if its own Tollgate key were wrong.
-                metrics
-                    .upstream_attempts
-                    .with_label_values(&[provider_id, "credential_rejected"])
-                    .inc();
-                timed_out = false;
-                last_error = format!(
-                    "{label}: upstream refused the credential ({})",
-                    status.as_u16()
-                );
+            if let Some(failed) = retryable_status(status) {
+                failover.record(metrics, failed(attempt));
                 continue;
             }
             if !status.is_success() {
                 // Not retryable (the request itself is wrong): return it as is.
-                metrics
-                    .upstream_attempts
-                    .with_label_values(&[provider_id, "client_error"])
-                    .inc();
+                let attempt = attempt
+                    .ended(AttemptOutcome::ClientError, "")
+                    .with_status(status);
+                failover.record(metrics, attempt);
                 let bytes = tokio::time::timeout(read_timeout, upstream::body_bytes(response))
                     .await
                     .ok()
@@ -658,12 +631,14 @@ async fn run(
                 let remaining = deadline
                     .saturating_duration_since(Instant::now())
                     .max(Duration::from_millis(1));
-                match tokio::time::timeout(attempt_timeout.min(remaining), stream.next()).await {
+                let first =
+                    tokio::time::timeout(attempt_timeout.min(remaining), stream.next()).await;
+                let (why, timed_out) = match first {
                     Ok(Some(Ok(first))) => {
-                        metrics
-                            .upstream_attempts
-                            .with_label_values(&[provider_id, "ok"])
-                            .inc();
+                        failover.record(
+                            metrics,
+                            attempt.ended(AttemptOutcome::Ok, "").with_status(status),
+                        );
                         return Ok(Outcome::Stream(StreamStart {
                             candidate,
                             first,
@@ -671,68 +646,60 @@ async fn run(
                             include_usage: request.include_usage,
                         }));
                     }
-                    Ok(Some(Err(err))) => {
-                        last_error = format!(
-                            "{label}: stream failed before its first byte: {}",
+                    Ok(Some(Err(err))) => (
+                        format!(
+                            "stream failed before its first byte: {}",
                             upstream::describe(&err)
-                        );
-                        timed_out = false;
-                    }
-                    Ok(None) => {
-                        last_error = format!("{label}: stream ended before its first byte");
-                        timed_out = false;
-                    }
-                    Err(_) => {
-                        last_error = format!("{label}: no stream data in time");
-                        timed_out = true;
-                    }
-                }
-                metrics
-                    .upstream_attempts
-                    .with_label_values(&[provider_id, "stream_error"])
-                    .inc();
+                        ),
+                        false,
+                    ),
+                    Ok(None) => ("stream ended before its first byte".to_owned(), false),
+                    Err(_) => ("no stream data in time".to_owned(), true),
+                };
+                let attempt = attempt
+                    .ended(AttemptOutcome::StreamError, why)
+                    .with_status(status)
+                    .timed_out(timed_out);
+                failover.record(metrics, attempt);
                 continue;
             }
             let bytes =
                 match tokio::time::timeout(read_timeout, upstream::body_bytes(response)).await {
                     Ok(Ok(bytes)) => bytes,
                     Ok(Err(err)) => {
-                        metrics
-                            .upstream_attempts
-                            .with_label_values(&[provider_id, "error"])
-                            .inc();
-                        timed_out = false;
-                        last_error = format!("{label}: body failed: {}", upstream::describe(&err));
+                        let why = format!("body failed: {}", upstream::describe(&err));
+                        failover.record(
+                            metrics,
+                            attempt
+                                .ended(AttemptOutcome::Error, why)
+                                .with_status(status),
+                        );
                         continue;
                     }
                     Err(_) => {
-                        metrics
-                            .upstream_attempts
-                            .with_label_values(&[provider_id, "timeout"])
-                            .inc();
-                        timed_out = true;
-                        last_error = format!("{label}: body not received in time");
+                        let attempt = attempt
+                            .ended(AttemptOutcome::Timeout, "body not received in time")
+                            .with_status(status);
+                        failover.record(metrics, attempt);
                         continue;
                     }
                 };
             match complete_response(api, &candidate, bytes, meter) {
                 Ok(response) => {
-                    metrics
-                        .upstream_attempts
-                        .with_label_values(&[provider_id, "ok"])
-                        .inc();
+                    failover.record(
+                        metrics,
+                        attempt.ended(AttemptOutcome::Ok, "").with_status(status),
+                    );
                     // The cost headers need the count: made off the workers.
                     meter.estimate_off_runtime(200).await;
                     meter.finish(200, None, false);
                     return Ok(Outcome::Complete(response));
                 }
                 Err(why) => {
-                    metrics
-                        .upstream_attempts
-                        .with_label_values(&[provider_id, "invalid_response"])
-                        .inc();
-                    timed_out = false;
-                    last_error = format!("{label}: {why}");
+                    let attempt = attempt
+                        .ended(AttemptOutcome::InvalidResponse, why)
+                        .with_status(status);
+                    failover.record(metrics, attempt);
                 }
             }
         }
@@ -746,19 +713,37 @@ async fn run(
             return Err(err);
         }
     }
-    // Model names and upstream error texts are others' text: escaped.
-    tracing::warn!(attempts = meter.attempts, last_error = %Escaped(&last_error), "all upstream attempts failed");
-    let attempts = meter.attempts;
-    Err(if timed_out {
-        ProxyError::UpstreamTimeout {
-            attempts,
-            last: last_error,
-        }
+    Err(failover.into_error(meter.attempts))
+}
+
+/// An upstream status worth trying another credential or candidate for:
+/// 429, 5xx, and 401/403 (the credential Tollgate used was refused; the
+/// upstream's body, which may echo part of the key, never reaches the
+/// client as if its own Tollgate key were wrong).
+fn retryable_status(status: StatusCode) -> Option<impl FnOnce(Attempt) -> Attempt> {
+    let (outcome, why) = if status == StatusCode::TOO_MANY_REQUESTS {
+        (
+            AttemptOutcome::RateLimited,
+            format!("upstream answered {}", status.as_u16()),
+        )
+    } else if status.is_server_error() {
+        (
+            AttemptOutcome::ServerError,
+            format!("upstream answered {}", status.as_u16()),
+        )
+    } else if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        (
+            AttemptOutcome::CredentialRejected,
+            format!("upstream refused the credential ({})", status.as_u16()),
+        )
     } else {
-        ProxyError::UpstreamFailed {
-            attempts,
-            last: last_error,
-        }
+        return None;
+    };
+    Some(move |attempt: Attempt| {
+        attempt
+            .ended(outcome, why)
+            .with_status(status)
+            .timed_out(false)
     })
 }
 
@@ -787,14 +772,6 @@ fn max_cost(candidates: &[Candidate], request: &ClientRequest, plan: Option<&App
         })
         .max()
         .unwrap_or(Usd::ZERO)
-}
-
-fn status_outcome(status: StatusCode) -> &'static str {
-    if status == StatusCode::TOO_MANY_REQUESTS {
-        "rate_limited"
-    } else {
-        "server_error"
-    }
 }
 
 /// A successful non-streamed upstream body → the client's response. Errors

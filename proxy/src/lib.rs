@@ -7,6 +7,7 @@ pub mod dispatch;
 pub mod edge;
 pub mod error;
 pub mod estimate;
+pub mod failover;
 pub mod gateway;
 pub mod meter;
 pub mod metrics;
