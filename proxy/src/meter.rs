@@ -523,6 +523,8 @@ fn emit(gateway: &Arc<Gateway>, event: UsageEvent, reservation: Option<u64>) {
     let key = event.account_id.to_string();
     // Shared from the start: the log keeps it for in-process readers.
     let mut event = Arc::new(event);
+    // What the ledger will debit, priced before the order lock is taken.
+    let cost = reservation.map(|_| tollgate_core::pricing::cost_of(&event).total());
     // Serialized before taking the order lock, which then only covers the
     // sequence number, the splice and the hand-off. Sequence numbers follow
     // the order events enter the log, so a balance update that covers
@@ -536,8 +538,7 @@ fn emit(gateway: &Arc<Gateway>, event: UsageEvent, reservation: Option<u64>) {
     });
     // The reservation becomes the event's own cost (what the ledger will
     // debit), held until a balance update covers `seq`.
-    let held = reservation.map(|reservation| {
-        let cost = tollgate_core::pricing::cost_of(&event).total();
+    let held = reservation.zip(cost).map(|(reservation, cost)| {
         gateway
             .admission
             .emitted(&event.account_id, reservation, seq, cost);
