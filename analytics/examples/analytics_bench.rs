@@ -170,7 +170,7 @@ async fn main() -> Result<(), Error> {
     // --- ingest: SQLite
     let dir = tempfile_dir()?;
     let db =
-        tollgate_store::Database::open(dir.join("bench.db"), tollgate_store::Durability::Normal)?;
+        tollgate_sqlite::Database::open(dir.join("bench.db"), tollgate_sqlite::Durability::Normal)?;
     let sqlite = SqliteUsageStore::open(&db)?;
     let sqlite_rows = ingest_rows.min(200_000);
     let sqlite_rate = ingest(&sqlite, sqlite_rows, 10_000).await?;

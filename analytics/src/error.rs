@@ -27,9 +27,9 @@ pub enum AnalyticsError {
     #[error("sqlite failed: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("opening the embedded database failed: {0}")]
-    Store(#[from] tollgate_store::StoreError),
+    Store(#[from] tollgate_sqlite::StoreError),
     #[error("event log failed: {0}")]
-    EventLog(#[from] tollgate_core::EventLogError),
+    EventLog(#[from] tollgate_eventlog::EventLogError),
     /// An event that cannot be stored (undecodable, out-of-range values).
     #[error("event cannot be stored: {0}")]
     BadData(String),

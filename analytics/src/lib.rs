@@ -74,7 +74,7 @@ pub struct AnalyticsConfig {
 /// [`migrate`] for ClickHouse (it needs the server).
 pub fn open_store(
     config: &AnalyticsConfig,
-    db: &tollgate_store::Database,
+    db: &tollgate_sqlite::Database,
 ) -> Result<Arc<dyn UsageStore>, AnalyticsError> {
     Ok(match config.backend {
         Backend::Sqlite => Arc::new(SqliteUsageStore::open(db)?),

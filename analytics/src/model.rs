@@ -6,9 +6,10 @@ use chrono::{DateTime, TimeZone, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use tollgate_core::{
-    pricing::cost_of, AccountId, CredentialSource, Envelope, EventBody, StoredRecord, TokenCounts,
-    UsageEvent, Usd,
+    pricing::cost_of, AccountId, CredentialSource, Envelope, EventBody, TokenCounts, UsageEvent,
+    Usd,
 };
+use tollgate_eventlog::StoredRecord;
 
 /// Money columns are `Decimal(38, 18)` in ClickHouse: 18 decimal places.
 pub const MONEY_SCALE: u32 = 18;

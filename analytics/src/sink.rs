@@ -19,8 +19,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use tollgate_core::eventlog::topics::ACCOUNT_EVENTS;
-use tollgate_core::{EventLog, PositionSource, Subscription};
+use tollgate_eventlog::topics::ACCOUNT_EVENTS;
+use tollgate_eventlog::{EventLog, PositionSource, Subscription};
 
 /// The consumer group of the analytics sink.
 pub const CONSUMER_GROUP: &str = "tollgate-analytics";
@@ -337,7 +337,7 @@ impl Run {
 
     /// Queue a batch's usage rows; Err at a record from a newer build, with
     /// the rows before it queued and the position left at it.
-    fn take(&mut self, batch: tollgate_core::Batch) -> Result<(), Halted> {
+    fn take(&mut self, batch: tollgate_eventlog::Batch) -> Result<(), Halted> {
         let Some(last) = batch.records.last() else {
             return Ok(());
         };

@@ -112,7 +112,7 @@ pub struct SqliteUsageStore {
 
 impl SqliteUsageStore {
     /// Open on Tollgate's database file and apply pending migrations.
-    pub fn open(db: &tollgate_store::Database) -> Result<SqliteUsageStore, AnalyticsError> {
+    pub fn open(db: &tollgate_sqlite::Database) -> Result<SqliteUsageStore, AnalyticsError> {
         let mut writer = db.connect()?;
         migrate(&mut writer)?;
         let reader = db.connect()?;
@@ -395,7 +395,7 @@ impl UsageStore for SqliteUsageStore {
         let writer = self.writer.clone();
         let batch = batch.clone();
         blocking(move || {
-            tollgate_store::background_priority();
+            tollgate_sqlite::background_priority();
             write_batch(&mut writer.lock(), &batch)
         })
         .await

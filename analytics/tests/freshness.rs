@@ -8,11 +8,12 @@ use common::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_analytics::{AnalyticsMetrics, Sink, SinkConfig, UsageStore};
-use tollgate_core::{CredentialSource, EventLog, TokenCounts};
+use tollgate_core::{CredentialSource, TokenCounts};
+use tollgate_eventlog::EventLog;
 
 const LIMIT: Duration = Duration::from_secs(5);
 
-async fn visible_within_limit(store: Arc<dyn UsageStore>, db: &tollgate_store::Database) {
+async fn visible_within_limit(store: Arc<dyn UsageStore>, db: &tollgate_sqlite::Database) {
     assert!(
         SinkConfig::default().batch_max_wait_ms <= 1_000,
         "the default batch time must be at most 1 s"

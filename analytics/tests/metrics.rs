@@ -8,7 +8,7 @@ use common::*;
 use prometheus::Encoder;
 use std::time::Duration;
 use tollgate_analytics::{AnalyticsMetrics, Sink};
-use tollgate_core::{EventLog, LogRecord};
+use tollgate_eventlog::{EventLog, LogRecord};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sink_reports_its_work_in_prometheus() {
@@ -17,7 +17,7 @@ async fn sink_reports_its_work_in_prometheus() {
     let events = dataset();
     append_all(&*log, &events[..100]).await;
     // An undecodable record and an event of another kind in between.
-    let topic = tollgate_core::eventlog::topics::ACCOUNT_EVENTS.to_owned();
+    let topic = tollgate_eventlog::topics::ACCOUNT_EVENTS.to_owned();
     log.append(LogRecord {
         topic: topic.clone(),
         key: "x".into(),
@@ -112,7 +112,7 @@ async fn sink_stops_at_a_record_from_a_newer_build() {
     let log = event_log(&db);
     let events = dataset();
     append_all(&*log, &events[..50]).await;
-    let topic = tollgate_core::eventlog::topics::ACCOUNT_EVENTS.to_owned();
+    let topic = tollgate_eventlog::topics::ACCOUNT_EVENTS.to_owned();
     let newer = br#"{"v":3,"type":"usage","data":{"tokens":"a shape this build does not know"}}"#;
     log.append(LogRecord {
         topic: topic.clone(),

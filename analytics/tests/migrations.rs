@@ -58,9 +58,9 @@ const SQLITE_V1_USAGE_TABLE: &str = "CREATE TABLE analytics_usage (
 #[tokio::test]
 async fn sqlite_migration_2_keeps_an_installs_rows() {
     let dir = tempfile::tempdir().unwrap();
-    let db = tollgate_store::Database::open(
+    let db = tollgate_sqlite::Database::open(
         dir.path().join("tollgate.db"),
-        tollgate_store::Durability::Normal,
+        tollgate_sqlite::Durability::Normal,
     )
     .unwrap();
     let events = dataset();

@@ -11,7 +11,7 @@ use common::*;
 use std::sync::Arc;
 use std::time::Duration;
 use tollgate_analytics::{AnalyticsMetrics, ClickHouseStore, Sink, UsageStore};
-use tollgate_core::EventLog;
+use tollgate_eventlog::EventLog;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sink_survives_clickhouse_outages_without_loss_or_duplicates() {

@@ -26,7 +26,7 @@ async fn counts(ch: Option<&ClickHouseStore>, sqlite: Option<&SqliteUsageStore>)
 
 async fn scenario(
     store: Arc<dyn UsageStore>,
-    db: &tollgate_store::Database,
+    db: &tollgate_sqlite::Database,
     ch: Option<&ClickHouseStore>,
     sqlite: Option<&SqliteUsageStore>,
 ) {

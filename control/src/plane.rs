@@ -12,12 +12,12 @@ use tollgate_core::control::{
     AccessKey, Account, Configuration, ConfigurationId, ControlChange, ControlKind, ControlObject,
     CustomProvider, PriceOverride, ProviderKey, ProviderKeyAttachment, RateLimits,
 };
-use tollgate_core::eventlog::topics;
 use tollgate_core::secrets::{display_prefix, generate_access_token, hash_access_token};
 use tollgate_core::{
-    AccessKeyId, AccountId, ApiSurface, Envelope, EventBody, EventLog, EventLogError, LogRecord,
-    Prices, ProviderKeyId, Usd,
+    AccessKeyId, AccountId, ApiSurface, Envelope, EventBody, Prices, ProviderKeyId, Usd,
 };
+use tollgate_eventlog::topics;
+use tollgate_eventlog::{EventLog, EventLogError, LogRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {

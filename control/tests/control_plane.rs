@@ -5,8 +5,9 @@ use std::time::{Duration, Instant};
 use tollgate_control::admin::{router, AdminState};
 use tollgate_control::{ConfigurationSpec, ControlPlane, MasterKey, ProviderIds};
 use tollgate_core::secrets::hash_access_token;
-use tollgate_core::{ApiSurface, EventLog};
-use tollgate_store::{Database, Durability, SqliteEventLog, SqliteEventLogOptions};
+use tollgate_core::ApiSurface;
+use tollgate_eventlog::EventLog;
+use tollgate_sqlite::{Database, Durability, SqliteEventLog, SqliteEventLogOptions};
 
 const MASTER: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 

@@ -1,5 +1,5 @@
 //! Types shared by every Tollgate service: money, ids, the model catalog,
-//! the usage-event schema and the event-log interface.
+//! and the usage-event schema.
 
 pub mod billing;
 pub mod catalog;
@@ -7,7 +7,6 @@ pub mod control;
 pub mod escape;
 pub mod event;
 mod event_json;
-pub mod eventlog;
 pub mod ids;
 pub mod money;
 pub mod pricing;
@@ -19,9 +18,6 @@ pub use escape::Escaped;
 pub use event::{
     check_envelope_version, CredentialSource, Envelope, EventBody, UnsupportedVersion,
     UsageEnvelope, UsageEvent, ENVELOPE_VERSION,
-};
-pub use eventlog::{
-    Batch, EventLog, EventLogError, LogRecord, PositionSource, StoredRecord, Subscription,
 };
 pub use ids::{AccessKeyId, AccountId, EventId, ProviderKeyId};
 pub use money::Usd;

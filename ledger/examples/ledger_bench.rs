@@ -28,14 +28,15 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_core::billing::Purchase;
-use tollgate_core::eventlog::topics;
 use tollgate_core::{
-    AccessKeyId, AccountId, ApiSurface, Batch, CredentialSource, Envelope, EventBody, EventId,
-    EventLog, LogRecord, Prices, TokenCounts, UsageEvent, Usd,
+    AccessKeyId, AccountId, ApiSurface, CredentialSource, Envelope, EventBody, EventId, Prices,
+    TokenCounts, UsageEvent, Usd,
 };
+use tollgate_eventlog::topics;
+use tollgate_eventlog::{Batch, EventLog, LogRecord};
 use tollgate_kafka::{KafkaConfig, KafkaEventLog};
 use tollgate_ledger::LedgerService;
-use tollgate_store::{Database, Durability, SqliteEventLog, SqliteEventLogOptions};
+use tollgate_sqlite::{Database, Durability, SqliteEventLog, SqliteEventLogOptions};
 
 /// The service's batch size.
 const BATCH: usize = tollgate_ledger::service::BATCH_MAX;
@@ -249,7 +250,7 @@ async fn main() {
     let started = Instant::now();
     let task = tokio::spawn(service.clone().run(stopped));
     loop {
-        let at = tollgate_ledger::store::position(&conn, topics::ACCOUNT_EVENTS, 0)
+        let at = tollgate_ledger::sqlite::position(&conn, topics::ACCOUNT_EVENTS, 0)
             .unwrap()
             .unwrap_or(0);
         if at >= end {
@@ -319,7 +320,7 @@ async fn through_kafka(accounts: usize, events: usize, dir: &std::path::Path) {
     let applied = || -> Vec<u64> {
         (0..KAFKA_PARTITIONS as u32)
             .map(|p| {
-                tollgate_ledger::store::position(&conn, topics::ACCOUNT_EVENTS, p)
+                tollgate_ledger::sqlite::position(&conn, topics::ACCOUNT_EVENTS, p)
                     .unwrap()
                     .unwrap_or(0)
             })

@@ -6,7 +6,7 @@
 
 use crate::engine::{AccountState, LotSource};
 use crate::service::LedgerService;
-use crate::store::{self, StoredEntry};
+use crate::sqlite::{self, StoredEntry};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -21,9 +21,10 @@ use std::sync::Arc;
 use tollgate_control::admin::AdminAuth;
 use tollgate_control::ControlPlane;
 use tollgate_core::billing::{Adjustment, AdjustmentKind, Purchase, MINIMUM_PURCHASE_USD};
-use tollgate_core::eventlog::topics;
 use tollgate_core::secrets::hash_access_token;
-use tollgate_core::{AccountId, Envelope, EventBody, EventLog, LogRecord, Usd};
+use tollgate_core::{AccountId, Envelope, EventBody, Usd};
+use tollgate_eventlog::topics;
+use tollgate_eventlog::{EventLog, LogRecord};
 
 pub struct CreditsApi {
     pub ledger: Arc<LedgerService>,
@@ -237,7 +238,7 @@ fn entries_json(api: &CreditsApi, account: &AccountId, query: &EntriesQuery) -> 
         "SELECT {} FROM ledger_entries WHERE account_id = ?1 AND seq > ?2
            AND (?3 IS NULL OR kind = ?3) AND (?4 IS NULL OR at >= ?4) AND (?5 IS NULL OR at < ?5)
          ORDER BY seq LIMIT ?6",
-        store::ENTRY_COLUMNS
+        sqlite::ENTRY_COLUMNS
     );
     let rows: Result<Vec<StoredEntry>, ApiError> = (|| {
         let mut stmt = conn
@@ -249,16 +250,18 @@ fn entries_json(api: &CreditsApi, account: &AccountId, query: &EntriesQuery) -> 
                     account.as_str(),
                     after,
                     query.kind,
-                    start.map(store::time_text),
-                    end.map(store::time_text),
+                    start.map(sqlite::time_text),
+                    end.map(sqlite::time_text),
                     limit
                 ],
-                store::entry_from_row,
+                sqlite::entry_from_row,
             )
             .map_err(|e| ApiError::internal(e.to_string()))?;
         raw.map(|r| {
             r.map_err(|e| ApiError::internal(e.to_string()))
-                .and_then(|r| store::decode_entry(r).map_err(|e| ApiError::internal(e.to_string())))
+                .and_then(|r| {
+                    sqlite::decode_entry(r).map_err(|e| ApiError::internal(e.to_string()))
+                })
         })
         .collect()
     })();

@@ -9,15 +9,16 @@
 //! takes from the lot expiring first (then the oldest), the rest is debt;
 //! new credit pays debt first; a refund needs enough unexpired credit.
 
-use crate::store;
+use crate::sqlite;
 use crate::LedgerError;
 use chrono::{DateTime, Duration, Utc};
 use rusqlite::Connection;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use tollgate_core::billing::{AdjustmentKind, CREDIT_LIFETIME_DAYS};
-use tollgate_core::eventlog::topics;
 use tollgate_core::pricing::cost_of;
-use tollgate_core::{Envelope, EventBody, EventLog, StoredRecord, Usd};
+use tollgate_core::{Envelope, EventBody, Usd};
+use tollgate_eventlog::topics;
+use tollgate_eventlog::{EventLog, StoredRecord};
 
 struct SimpleLot {
     id: String,
@@ -256,9 +257,9 @@ pub fn stored(conn: &Connection) -> Result<Derived, LedgerError> {
         out.entries
             .entry(account)
             .or_default()
-            .push((kind, source, store::parse_usd(&amount)?));
+            .push((kind, source, sqlite::parse_usd(&amount)?));
     }
-    let ledger = store::load(conn)?;
+    let ledger = sqlite::load(conn)?;
     for (id, state) in ledger.accounts {
         out.balances.insert(id.to_string(), state.balance());
     }
@@ -310,7 +311,7 @@ pub async fn audit(log: &dyn EventLog, conn: &Connection) -> Result<Vec<String>,
     for r in &records {
         if let std::collections::hash_map::Entry::Vacant(slot) = applied_through.entry(r.partition)
         {
-            slot.insert(store::position(conn, topics::ACCOUNT_EVENTS, r.partition)?.unwrap_or(0));
+            slot.insert(sqlite::position(conn, topics::ACCOUNT_EVENTS, r.partition)?.unwrap_or(0));
         }
     }
     records.retain(|r| r.offset < applied_through.get(&r.partition).copied().unwrap_or(0));

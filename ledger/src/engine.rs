@@ -1,6 +1,6 @@
 //! The ledger as a pure state machine: the same inputs in the same order
 //! always give the same entries and balances (time comes from the events,
-//! never the wall clock). Persistence and deduplication live in `store`.
+//! never the wall clock). Persistence and deduplication live in `sqlite`.
 //!
 //! Invariants, checked on every entry: postings sum to zero; the customer's
 //! posting equals the entry's balance change; an account's balance equals
@@ -524,7 +524,7 @@ impl Ledger {
 
 /// The postings the ledger books for an entry of `kind` (debits positive),
 /// a function of the entry's own fields: storage keeps them implicit when
-/// an entry's postings are exactly these (see `store::insert_entries`).
+/// an entry's postings are exactly these (see `sqlite::insert_entries`).
 pub fn standard_postings(
     kind: EntryKind,
     account_id: &AccountId,

@@ -8,7 +8,7 @@ pub mod audit;
 pub mod engine;
 pub mod input;
 pub mod service;
-pub mod store;
+pub mod sqlite;
 pub mod text;
 
 pub use engine::{Entry, EntryKind, Ledger, Lot};
@@ -21,9 +21,9 @@ pub enum LedgerError {
     #[error("ledger storage holds unreadable data: {0}")]
     Corrupt(String),
     #[error("event log: {0}")]
-    Log(#[from] tollgate_core::EventLogError),
+    Log(#[from] tollgate_eventlog::EventLogError),
     #[error("storage: {0}")]
-    Store(#[from] tollgate_store::StoreError),
+    Store(#[from] tollgate_sqlite::StoreError),
     #[error("background task failed: {0}")]
     Join(String),
     /// A record from a newer build: applying it without the fields this

@@ -4,7 +4,7 @@
 
 use crate::engine::{AccountState, EntryKind, Ledger};
 use crate::input::{LedgerInput, UsageCharge};
-use crate::store;
+use crate::sqlite;
 use crate::LedgerError;
 use chrono::Utc;
 use parking_lot::Mutex;
@@ -15,9 +15,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_core::billing::{BalanceUpdate, Tick};
-use tollgate_core::eventlog::topics;
-use tollgate_core::{AccountId, Batch, Envelope, EventBody, EventLog, LogRecord, PositionSource};
-use tollgate_store::Database;
+use tollgate_core::{AccountId, Envelope, EventBody};
+use tollgate_eventlog::topics;
+use tollgate_eventlog::{Batch, EventLog, LogRecord, PositionSource};
+use tollgate_sqlite::Database;
 
 pub const CONSUMER_GROUP: &str = "tollgate-ledger";
 /// Most records applied in one transaction.
@@ -133,7 +134,7 @@ struct StoredPositions(Database);
 impl PositionSource for StoredPositions {
     fn next_offset(&self, topic: &str, partition: u32) -> Option<u64> {
         let conn = self.0.connect().ok()?;
-        store::position(&conn, topic, partition).ok().flatten()
+        sqlite::position(&conn, topic, partition).ok().flatten()
     }
 }
 
@@ -147,8 +148,8 @@ impl LedgerService {
         // fast as 64 MB did on 1,000 accounts (ledger_bench) and bounds
         // what a long-running process keeps: the cache only grows.
         writer.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
-        store::migrate(&mut writer)?;
-        let state = store::load(&writer)?;
+        sqlite::migrate(&mut writer)?;
+        let state = sqlite::load(&writer)?;
         Ok(Arc::new(LedgerService {
             db: db.clone(),
             writer: Mutex::new(writer),
@@ -193,7 +194,7 @@ impl LedgerService {
         );
         if result.is_err() {
             // The transaction rolled back: the in-memory state must too.
-            match store::load(&conn) {
+            match sqlite::load(&conn) {
                 Ok(reloaded) => *state = reloaded,
                 Err(err) => tracing::error!(error = %err, "ledger state reload failed"),
             }
@@ -244,7 +245,7 @@ impl LedgerService {
                 .unwrap_or(0);
             let service = self.clone();
             let updates = tokio::task::spawn_blocking(move || {
-                tollgate_store::background_priority();
+                tollgate_sqlite::background_priority();
                 service.apply_batch(topic, &batch)
             })
             .await
@@ -408,7 +409,7 @@ fn apply_in_transaction(
         }
     };
     let partition = batch.partition;
-    let mut claims = store::Claims::new(&tx)?;
+    let mut claims = sqlite::Claims::new(&tx)?;
     for record in &batch.records {
         let decoded = match &record.usage {
             // Written by this process: the event itself, not its JSON.
@@ -489,10 +490,10 @@ fn apply_in_transaction(
             booked[i] += 1;
         }
     }
-    store::insert_entries(&tx, &entries)?;
-    store::save_accounts(&tx, state, &changed, &before)?;
-    store::save_clocks(&tx, &state.clocks)?;
-    store::save_position(&tx, topic, partition, next_offset)?;
+    sqlite::insert_entries(&tx, &entries)?;
+    sqlite::save_accounts(&tx, state, &changed, &before)?;
+    sqlite::save_clocks(&tx, &state.clocks)?;
+    sqlite::save_position(&tx, topic, partition, next_offset)?;
     tx.commit()?;
     for (kind, count) in EntryKind::ALL.iter().zip(booked) {
         if count > 0 {

@@ -8,10 +8,11 @@ mod common;
 use chrono::{Duration, SecondsFormat, Utc};
 use common::*;
 use std::sync::Arc;
-use tollgate_core::eventlog::topics;
-use tollgate_core::{CredentialSource, EventBody, EventLog, LogRecord};
+use tollgate_core::{CredentialSource, EventBody};
+use tollgate_eventlog::topics;
+use tollgate_eventlog::{EventLog, LogRecord};
 use tollgate_ledger::LedgerService;
-use tollgate_store::{Database, Durability, SqliteEventLog, SqliteEventLogOptions};
+use tollgate_sqlite::{Database, Durability, SqliteEventLog, SqliteEventLogOptions};
 
 fn ago(days: i64) -> String {
     (Utc::now() - Duration::days(days)).to_rfc3339_opts(SecondsFormat::Secs, true)

@@ -21,12 +21,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tollgate_core::billing::AdjustmentKind;
-use tollgate_core::eventlog::topics;
 use tollgate_core::pricing::AppliedPlan;
-use tollgate_core::{Batch, CredentialSource, EventBody, EventLog, LogRecord, StoredRecord, Usd};
+use tollgate_core::{CredentialSource, EventBody, Usd};
+use tollgate_eventlog::topics;
+use tollgate_eventlog::{Batch, EventLog, LogRecord, StoredRecord};
 use tollgate_kafka::{KafkaConfig, KafkaEventLog};
 use tollgate_ledger::{audit, LedgerService};
-use tollgate_store::{Database, Durability, SqliteEventLog, SqliteEventLogOptions};
+use tollgate_sqlite::{Database, Durability, SqliteEventLog, SqliteEventLogOptions};
 
 const ACCOUNTS: [&str; 3] = ["acct_p1", "acct_p2", "acct_p3"];
 
@@ -417,7 +418,7 @@ async fn a_record_from_a_newer_build_stops_the_ledger_and_the_audit() {
     );
     assert!(refused.to_string().contains("upgrade"), "{refused}");
     let conn = db.connect().unwrap();
-    let position = || tollgate_ledger::store::position(&conn, topics::ACCOUNT_EVENTS, 0).unwrap();
+    let position = || tollgate_ledger::sqlite::position(&conn, topics::ACCOUNT_EVENTS, 0).unwrap();
     assert_eq!(position(), None, "nothing of the failed batch was applied");
     assert!(ledger.snapshot().accounts.is_empty());
 

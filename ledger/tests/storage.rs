@@ -10,20 +10,20 @@ use std::collections::BTreeSet;
 use tollgate_core::billing::AdjustmentKind;
 use tollgate_core::{AccountId, CredentialSource};
 use tollgate_ledger::engine::{chart, has_standard_postings, standard_postings, Ledger, Posting};
-use tollgate_ledger::{store, Entry, EntryKind};
+use tollgate_ledger::{sqlite, Entry, EntryKind};
 
 fn read_back(conn: &rusqlite::Connection) -> Vec<(Entry, bool)> {
     let mut stmt = conn
         .prepare(&format!(
             "SELECT {}, postings IS NULL FROM ledger_entries ORDER BY seq",
-            store::ENTRY_COLUMNS
+            sqlite::ENTRY_COLUMNS
         ))
         .unwrap();
-    stmt.query_map([], |row| Ok((store::entry_from_row(row)?, row.get(12)?)))
+    stmt.query_map([], |row| Ok((sqlite::entry_from_row(row)?, row.get(12)?)))
         .unwrap()
         .map(|r| {
             let (raw, implicit) = r.unwrap();
-            (store::decode_entry(raw).unwrap().entry, implicit)
+            (sqlite::decode_entry(raw).unwrap().entry, implicit)
         })
         .collect()
 }
@@ -129,13 +129,15 @@ fn every_kind_of_entry_reads_back_as_booked() {
     }
 
     let dir = tempfile::tempdir().unwrap();
-    let db =
-        tollgate_store::Database::open(dir.path().join("s.db"), tollgate_store::Durability::Normal)
-            .unwrap();
+    let db = tollgate_sqlite::Database::open(
+        dir.path().join("s.db"),
+        tollgate_sqlite::Durability::Normal,
+    )
+    .unwrap();
     let mut conn = db.connect().unwrap();
-    store::migrate(&mut conn).unwrap();
+    sqlite::migrate(&mut conn).unwrap();
     let tx = conn.transaction().unwrap();
-    store::insert_entries(&tx, &out).unwrap();
+    sqlite::insert_entries(&tx, &out).unwrap();
     tx.commit().unwrap();
 
     let back = read_back(&conn);

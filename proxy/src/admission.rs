@@ -15,8 +15,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_core::billing::BalanceUpdate;
-use tollgate_core::eventlog::topics;
-use tollgate_core::{AccountId, Envelope, EventBody, EventLog, Usd};
+use tollgate_core::{AccountId, Envelope, EventBody, Usd};
+use tollgate_eventlog::topics;
+use tollgate_eventlog::EventLog;
 
 /// A request that has not ended after this long stops holding credit: an
 /// escape hatch should a request's end ever go unrecorded (every admitted
@@ -298,7 +299,7 @@ impl Admission {
     pub async fn catch_up(
         &self,
         log: &dyn EventLog,
-    ) -> Result<usize, tollgate_core::EventLogError> {
+    ) -> Result<usize, tollgate_eventlog::EventLogError> {
         let topic = topics::BALANCES;
         let mut applied = 0;
         for partition in 0..log.partitions(topic).await? {

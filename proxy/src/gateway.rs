@@ -18,9 +18,10 @@ use tollgate_core::control::{Configuration, ConfigurationId, RateLimits};
 use tollgate_core::pricing::AppliedPlan;
 use tollgate_core::secrets::hash_access_token;
 use tollgate_core::{
-    AccessKeyId, AccountId, ApiSurface, Catalog, CredentialSource, EventLog, ModelSpec, Prices,
+    AccessKeyId, AccountId, ApiSurface, Catalog, CredentialSource, ModelSpec, Prices,
     ProviderKeyId, ProviderSpec,
 };
+use tollgate_eventlog::EventLog;
 
 /// An upstream credential. Its secret never appears in Debug output or logs.
 pub struct Credential {

@@ -10,12 +10,13 @@ use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_core::control::RateLimits;
-use tollgate_core::eventlog::topics;
 use tollgate_core::pricing::{cost_for, AppliedPlan, Cost};
 use tollgate_core::{
-    AccessKeyId, AccountId, ApiSurface, CredentialSource, EventId, LogRecord, Prices,
-    ProviderKeyId, TokenCounts, UsageEnvelope, UsageEvent, Usd,
+    AccessKeyId, AccountId, ApiSurface, CredentialSource, EventId, Prices, ProviderKeyId,
+    TokenCounts, UsageEnvelope, UsageEvent, Usd,
 };
+use tollgate_eventlog::topics;
+use tollgate_eventlog::LogRecord;
 
 pub struct RequestMeter {
     gateway: Arc<Gateway>,

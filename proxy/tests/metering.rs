@@ -9,7 +9,8 @@ use common::*;
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::time::Duration;
-use tollgate_core::{Catalog, CredentialSource, EventLog, UsageEvent};
+use tollgate_core::{Catalog, CredentialSource, UsageEvent};
+use tollgate_eventlog::EventLog;
 use tollgate_mock_upstream::Rule;
 
 const PROMPT: &str = "Please write a short greeting for the test suite"; // 9 words
@@ -243,12 +244,7 @@ async fn prompt_and_response_text_never_reach_the_event_store() {
     assert!(events.iter().any(|e| e.tokens_estimated));
     let records = gw
         .events
-        .read(
-            tollgate_core::eventlog::topics::ACCOUNT_EVENTS,
-            0,
-            0,
-            100_000,
-        )
+        .read(tollgate_eventlog::topics::ACCOUNT_EVENTS, 0, 0, 100_000)
         .await
         .unwrap();
     assert_eq!(records.len(), ids.len());

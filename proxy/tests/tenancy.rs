@@ -14,8 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_control::ConfigurationSpec;
 use tollgate_core::control::{Configuration, ProviderKey, RateLimits};
-use tollgate_core::eventlog::topics;
-use tollgate_core::{AccessKeyId, ApiSurface, CredentialSource, EventLog, UsageEvent};
+use tollgate_core::{AccessKeyId, ApiSurface, CredentialSource, UsageEvent};
+use tollgate_eventlog::topics;
+use tollgate_eventlog::EventLog;
 use tollgate_mock_upstream::{Rule, DEFAULT_REPLY};
 
 const PROMPT: &str = "hello tenancy";

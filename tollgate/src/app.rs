@@ -16,13 +16,14 @@ use tokio::task::JoinHandle;
 use tollgate_control::admin::AdminState;
 use tollgate_control::{ControlPlane, MasterKey};
 use tollgate_core::billing::{Adjustment, AdjustmentKind};
-use tollgate_core::eventlog::topics;
-use tollgate_core::{Catalog, Envelope, EventBody, EventLog, LogRecord, Usd};
+use tollgate_core::{Catalog, Envelope, EventBody, Usd};
+use tollgate_eventlog::topics;
+use tollgate_eventlog::{EventLog, LogRecord};
 use tollgate_kafka::KafkaEventLog;
 use tollgate_ledger::api::CreditsApi;
 use tollgate_ledger::LedgerService;
 use tollgate_proxy::{Gateway, ServeOptions};
-use tollgate_store::{Database, SqliteEventLog, SqliteEventLogOptions};
+use tollgate_sqlite::{Database, SqliteEventLog, SqliteEventLogOptions};
 
 /// How long shutdown waits for usage events that wait on a token estimate.
 const ESTIMATE_SETTLE: Duration = Duration::from_secs(10);

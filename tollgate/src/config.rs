@@ -12,7 +12,7 @@ use tollgate_proxy::config::{
     UpstreamConfig,
 };
 use tollgate_proxy::ProxyConfig;
-use tollgate_store::Durability;
+use tollgate_sqlite::Durability;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -134,12 +134,12 @@ fn run_role(role: impl std::future::Future<Output = anyhow::Result<()>>) -> anyh
 
 /// `tollgate audit`: the ledger's tables against the configured event log.
 async fn audit(config: &Config) -> anyhow::Result<Vec<String>> {
-    let db = tollgate_store::Database::open(&config.storage.path, config.storage.durability)?;
+    let db = tollgate_sqlite::Database::open(&config.storage.path, config.storage.durability)?;
     let mut conn = db.connect()?;
-    tollgate_ledger::store::migrate(&mut conn)?;
+    tollgate_ledger::sqlite::migrate(&mut conn)?;
     match config.eventlog.backend {
         EventLogBackend::Embedded => {
-            let log = tollgate_store::SqliteEventLog::open(&db, Default::default())?;
+            let log = tollgate_sqlite::SqliteEventLog::open(&db, Default::default())?;
             Ok(tollgate_ledger::audit::audit(&log, &conn).await?)
         }
         EventLogBackend::Kafka => {

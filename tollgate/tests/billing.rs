@@ -1273,7 +1273,7 @@ async fn the_cost_a_client_sees_is_the_cost_debited_and_a_corrupted_entry_fails_
 
     tg.stop_and_audit().await;
     // One changed entry and the audit fails.
-    let db = tollgate_store::Database::open(tg.root.join("data/tollgate.db"), Default::default())
+    let db = tollgate_sqlite::Database::open(tg.root.join("data/tollgate.db"), Default::default())
         .unwrap();
     let conn = db.connect().unwrap();
     let changed = conn

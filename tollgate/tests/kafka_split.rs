@@ -33,8 +33,9 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tollgate_core::eventlog::topics;
-use tollgate_core::{Envelope, EventBody, EventLog};
+use tollgate_core::{Envelope, EventBody};
+use tollgate_eventlog::topics;
+use tollgate_eventlog::EventLog;
 use tollgate_kafka::{KafkaConfig, KafkaEventLog};
 use tollgate_mock_upstream::MockUpstream;
 

@@ -29,14 +29,15 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_core::billing::{Adjustment, AdjustmentKind, Purchase, Tick};
-use tollgate_core::eventlog::topics;
 use tollgate_core::{
     AccessKeyId, AccountId, ApiSurface, Catalog, CredentialSource, Envelope, EventBody, EventId,
-    EventLog, LogRecord, Prices, TokenCounts, UsageEvent, Usd,
+    Prices, TokenCounts, UsageEvent, Usd,
 };
+use tollgate_eventlog::topics;
+use tollgate_eventlog::{EventLog, LogRecord};
 use tollgate_kafka::{KafkaConfig, KafkaEventLog};
 use tollgate_ledger::audit;
-use tollgate_store::{Database, Durability, SqliteEventLog, SqliteEventLogOptions};
+use tollgate_sqlite::{Database, Durability, SqliteEventLog, SqliteEventLogOptions};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -282,7 +283,7 @@ fn positions(db: &Database, partitions: u32) -> BTreeMap<u32, u64> {
     let conn = db.connect().unwrap();
     (0..partitions)
         .map(|p| {
-            let at = tollgate_ledger::store::position(&conn, topics::ACCOUNT_EVENTS, p)
+            let at = tollgate_ledger::sqlite::position(&conn, topics::ACCOUNT_EVENTS, p)
                 .unwrap_or(None)
                 .unwrap_or(0);
             (p, at)
@@ -291,7 +292,7 @@ fn positions(db: &Database, partitions: u32) -> BTreeMap<u32, u64> {
 }
 
 /// One past the last record of each account-events partition.
-fn log_ends(records: &[tollgate_core::StoredRecord], partitions: u32) -> BTreeMap<u32, u64> {
+fn log_ends(records: &[tollgate_eventlog::StoredRecord], partitions: u32) -> BTreeMap<u32, u64> {
     let mut ends: BTreeMap<u32, u64> = (0..partitions).map(|p| (p, 0)).collect();
     for r in records {
         let end = ends.entry(r.partition).or_default();
@@ -306,7 +307,7 @@ fn total(offsets: &BTreeMap<u32, u64>) -> u64 {
 }
 
 /// Ticks the ledger role wrote itself (key "tick").
-fn own_ticks(records: &[tollgate_core::StoredRecord]) -> usize {
+fn own_ticks(records: &[tollgate_eventlog::StoredRecord]) -> usize {
     records.iter().filter(|r| r.key == "tick").count()
 }
 

@@ -24,10 +24,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tollgate_core::eventlog::topics;
-use tollgate_core::{CredentialSource, Envelope, EventBody, EventLog, UsageEvent};
+use tollgate_core::{CredentialSource, Envelope, EventBody, UsageEvent};
+use tollgate_eventlog::topics;
+use tollgate_eventlog::EventLog;
 use tollgate_mock_upstream::{MockUpstream, Rule};
-use tollgate_store::{Database, Durability, SqliteEventLog, SqliteEventLogOptions};
+use tollgate_sqlite::{Database, Durability, SqliteEventLog, SqliteEventLogOptions};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 const PYTHON_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/python");

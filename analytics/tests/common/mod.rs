@@ -20,9 +20,10 @@ use tollgate_analytics::{
     UsageQuery, UsageRecord, UsageStore, WriteBatch,
 };
 use tollgate_core::{
-    AccessKeyId, AccountId, ApiSurface, CredentialSource, Envelope, EventId, LogRecord, Prices,
-    TokenCounts, UsageEvent, Usd,
+    AccessKeyId, AccountId, ApiSurface, CredentialSource, Envelope, EventId, Prices, TokenCounts,
+    UsageEvent, Usd,
 };
+use tollgate_eventlog::LogRecord;
 
 pub fn t(text: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(text)
@@ -250,7 +251,7 @@ pub fn rows(events: &[UsageEvent]) -> Vec<UsageRecord> {
 
 pub fn log_record(event: &UsageEvent) -> LogRecord {
     LogRecord {
-        topic: tollgate_core::eventlog::topics::ACCOUNT_EVENTS.to_owned(),
+        topic: tollgate_eventlog::topics::ACCOUNT_EVENTS.to_owned(),
         key: event.account_id.to_string(),
         payload: serde_json::to_vec(&Envelope::usage(event.clone())).unwrap(),
     }
@@ -665,13 +666,13 @@ pub fn assert_account_b_literals(got: &[UsageGroup]) {
 
 pub fn sqlite_store() -> (
     tempfile::TempDir,
-    tollgate_store::Database,
+    tollgate_sqlite::Database,
     Arc<SqliteUsageStore>,
 ) {
     let dir = tempfile::tempdir().unwrap();
-    let db = tollgate_store::Database::open(
+    let db = tollgate_sqlite::Database::open(
         dir.path().join("tollgate.db"),
-        tollgate_store::Durability::Normal,
+        tollgate_sqlite::Durability::Normal,
     )
     .unwrap();
     let store = Arc::new(SqliteUsageStore::open(&db).unwrap());
@@ -861,14 +862,17 @@ impl Drop for OwnClickHouse {
 
 // ------------------------------------------------------------ log, sink, API
 
-pub fn event_log(db: &tollgate_store::Database) -> Arc<tollgate_store::SqliteEventLog> {
+pub fn event_log(db: &tollgate_sqlite::Database) -> Arc<tollgate_sqlite::SqliteEventLog> {
     Arc::new(
-        tollgate_store::SqliteEventLog::open(db, tollgate_store::SqliteEventLogOptions::default())
-            .unwrap(),
+        tollgate_sqlite::SqliteEventLog::open(
+            db,
+            tollgate_sqlite::SqliteEventLogOptions::default(),
+        )
+        .unwrap(),
     )
 }
 
-pub async fn append_all(log: &dyn tollgate_core::EventLog, events: &[UsageEvent]) {
+pub async fn append_all(log: &dyn tollgate_eventlog::EventLog, events: &[UsageEvent]) {
     for e in events {
         log.append(log_record(e)).await.unwrap();
     }

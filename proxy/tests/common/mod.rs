@@ -8,11 +8,12 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tollgate_control::{ControlPlane, MasterKey};
 use tollgate_core::{AccessKeyId, AccountId};
-use tollgate_core::{Catalog, Envelope, EventBody, EventLog, UsageEvent};
+use tollgate_core::{Catalog, Envelope, EventBody, UsageEvent};
+use tollgate_eventlog::EventLog;
 use tollgate_mock_upstream::MockUpstream;
 use tollgate_proxy::config::ProviderSettings;
 use tollgate_proxy::{Gateway, ProxyConfig};
-use tollgate_store::{Database, Durability, SqliteEventLog, SqliteEventLogOptions};
+use tollgate_sqlite::{Database, Durability, SqliteEventLog, SqliteEventLogOptions};
 
 /// How often every instance's control plane tails the control topic.
 pub const CONTROL_TAIL_EVERY: Duration = Duration::from_millis(100);
@@ -194,12 +195,7 @@ impl TestGateway {
         self.events.flush().await.unwrap();
         let records = self
             .events
-            .read(
-                tollgate_core::eventlog::topics::ACCOUNT_EVENTS,
-                0,
-                0,
-                100_000,
-            )
+            .read(tollgate_eventlog::topics::ACCOUNT_EVENTS, 0, 0, 100_000)
             .await
             .unwrap();
         records
