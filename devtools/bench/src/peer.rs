@@ -81,14 +81,14 @@ fn node(entry: PathBuf) -> PeerCommand {
 }
 
 /// Where `auto` looks: `$TOLLGATE_PEERS_DIR`, this crate's `peers/` folder
-/// (as built), and `bench/peers` and `.` under the working directory.
+/// (as built), and `devtools/bench/peers` and `.` under the working directory.
 fn auto_candidates() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     if let Some(dir) = std::env::var_os("TOLLGATE_PEERS_DIR") {
         dirs.push(PathBuf::from(dir));
     }
     dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("peers"));
-    dirs.push(PathBuf::from("bench/peers"));
+    dirs.push(PathBuf::from("devtools/bench/peers"));
     dirs.push(PathBuf::from("."));
     dirs
 }
