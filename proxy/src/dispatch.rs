@@ -36,8 +36,8 @@ pub fn extract_token(headers: &HeaderMap) -> Option<&str> {
     tollgate_core::secrets::request_token(headers)
 }
 
-/// Entry point for `/v1/chat/completions` (OpenAI) and `/v1/messages`
-/// (Anthropic). The key is checked from the headers before any body byte is
+/// Entry point for every client API's route (`routes::CLIENT_APIS`). The
+/// key is checked from the headers before any body byte is
 /// read: a refused request's body is never buffered (the edge drains it).
 pub async fn handle(
     gateway: Arc<Gateway>,
