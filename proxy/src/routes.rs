@@ -180,3 +180,18 @@ async fn model_prices(State(gateway): State<Arc<Gateway>>) -> Response {
     let snapshot = gateway.control.snapshot();
     axum::Json(json!({"data": gateway.price_list(&snapshot)})).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_client_api_is_found_by_its_route_and_only_on_post() {
+        for api in CLIENT_APIS {
+            let found = proxied_api(&http::Method::POST, api.path()).map(|a| a.surface());
+            assert_eq!(found, Some(api.surface()), "{}", api.path());
+            assert!(proxied_api(&http::Method::GET, api.path()).is_none());
+        }
+        assert!(proxied_api(&http::Method::POST, "/v1/models").is_none());
+    }
+}
