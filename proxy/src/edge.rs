@@ -9,6 +9,8 @@
 //! Everything here is shared by the listeners of one process (`Edge`), so
 //! the caps hold for the process, not per listener.
 
+use crate::api::openai_chat::OpenAiChat;
+use crate::api::ClientApi;
 use crate::config::ServerConfig;
 use crate::error::ProxyError;
 use axum::response::Response;
@@ -27,7 +29,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
-use tollgate_core::ApiSurface;
 
 /// After refusing a body it did not read, the server reads and discards
 /// what the client still sends, up to this long and this much, so the
@@ -220,12 +221,13 @@ impl Drop for RequestSlot {
 /// The API whose error shape a refusal takes, from the path (and the
 /// Anthropic SDK's version header); everything else speaks OpenAI's shape,
 /// which the admin, credits and usage APIs share.
-pub fn error_shape(path: &str, headers: &HeaderMap) -> ApiSurface {
-    if path.starts_with("/v1/messages") || headers.contains_key("anthropic-version") {
-        ApiSurface::Anthropic
-    } else {
-        ApiSurface::Openai
-    }
+pub fn error_shape(path: &str, headers: &HeaderMap) -> &'static dyn ClientApi {
+    let apis = crate::routes::CLIENT_APIS.iter();
+    apis.clone()
+        .find(|api| api.named_by(headers))
+        .or_else(|| apis.clone().find(|api| path.starts_with(api.path())))
+        .copied()
+        .unwrap_or(&OpenAiChat)
 }
 
 /// The declared Content-Length, when there is exactly one valid value
@@ -662,25 +664,36 @@ impl Body for EdgeBody {
 mod tests {
     use super::*;
 
+    use tollgate_core::ApiSurface;
+
     #[test]
     fn refusals_take_the_shape_of_the_api_the_path_names() {
         let none = HeaderMap::new();
-        assert_eq!(error_shape("/v1/messages", &none), ApiSurface::Anthropic);
         assert_eq!(
-            error_shape("/v1/messages/count_tokens", &none),
+            error_shape("/v1/messages", &none).surface(),
             ApiSurface::Anthropic
         );
         assert_eq!(
-            error_shape("/v1/chat/completions", &none),
+            error_shape("/v1/messages/count_tokens", &none).surface(),
+            ApiSurface::Anthropic
+        );
+        assert_eq!(
+            error_shape("/v1/chat/completions", &none).surface(),
             ApiSurface::Openai
         );
-        assert_eq!(error_shape("/admin/v1/accounts", &none), ApiSurface::Openai);
+        assert_eq!(
+            error_shape("/admin/v1/accounts", &none).surface(),
+            ApiSurface::Openai
+        );
         let mut anthropic = HeaderMap::new();
         anthropic.insert(
             "anthropic-version",
             http::HeaderValue::from_static("2023-06-01"),
         );
-        assert_eq!(error_shape("/v1/models", &anthropic), ApiSurface::Anthropic);
+        assert_eq!(
+            error_shape("/v1/models", &anthropic).surface(),
+            ApiSurface::Anthropic
+        );
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! The proxy's one error enum, mapped once to a status and to the error
 //! shape of the API the client spoke.
 
+use crate::api::ClientApi;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
-use tollgate_core::{ApiSurface, Escaped};
+use tollgate_core::Escaped;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -122,84 +122,8 @@ impl ProxyError {
         }
     }
 
-    fn openai_type_and_code(&self) -> (&'static str, Option<&'static str>) {
-        match self {
-            ProxyError::MissingKey | ProxyError::InvalidKey => {
-                ("invalid_request_error", Some("invalid_api_key"))
-            }
-            ProxyError::ModelUnknown { .. } | ProxyError::ProviderUnknown { .. } => {
-                ("invalid_request_error", Some("model_not_found"))
-            }
-            ProxyError::BodyTooLarge { .. } => ("invalid_request_error", Some("request_too_large")),
-            ProxyError::BodyTimeout { .. } => ("invalid_request_error", Some("request_timeout")),
-            ProxyError::Overloaded { .. } => ("server_error", Some("overloaded")),
-            ProxyError::ProviderNotAllowed { .. } => {
-                ("permission_error", Some("provider_not_allowed"))
-            }
-            ProxyError::ModelNotAllowed { .. } => ("permission_error", Some("model_not_allowed")),
-            ProxyError::PassthroughNotAllowed { .. } => {
-                ("permission_error", Some("passthrough_not_allowed"))
-            }
-            ProxyError::UnpricedModel { .. } => ("permission_error", Some("unpriced_model")),
-            ProxyError::RateLimited { .. } => ("rate_limit_error", Some("rate_limit_exceeded")),
-            ProxyError::InsufficientCredits { .. } => {
-                ("insufficient_credits", Some("insufficient_credits"))
-            }
-            ProxyError::InvalidRequest { .. } | ProxyError::NoCredentials { .. } => {
-                ("invalid_request_error", None)
-            }
-            ProxyError::UpstreamFailed { .. } => ("api_error", Some("upstream_failed")),
-            ProxyError::UpstreamTimeout { .. } => ("api_error", Some("upstream_timeout")),
-            ProxyError::Internal(_) => ("api_error", None),
-        }
-    }
-
-    fn anthropic_type(&self) -> &'static str {
-        match self {
-            ProxyError::MissingKey | ProxyError::InvalidKey => "authentication_error",
-            ProxyError::ModelUnknown { .. } => "not_found_error",
-            ProxyError::BodyTooLarge { .. } => "request_too_large",
-            ProxyError::BodyTimeout { .. } => "invalid_request_error",
-            ProxyError::Overloaded { .. } => "overloaded_error",
-            ProxyError::ProviderNotAllowed { .. }
-            | ProxyError::ModelNotAllowed { .. }
-            | ProxyError::PassthroughNotAllowed { .. }
-            | ProxyError::UnpricedModel { .. } => "permission_error",
-            ProxyError::RateLimited { .. } => "rate_limit_error",
-            ProxyError::InsufficientCredits { .. } => "billing_error",
-            ProxyError::InvalidRequest { .. }
-            | ProxyError::ProviderUnknown { .. }
-            | ProxyError::NoCredentials { .. } => "invalid_request_error",
-            ProxyError::UpstreamTimeout { .. } => "timeout_error",
-            ProxyError::UpstreamFailed { .. } | ProxyError::Internal(_) => "api_error",
-        }
-    }
-
-    /// The error body in the client's API shape.
-    pub fn body(&self, api: ApiSurface) -> serde_json::Value {
-        let message = self.to_string();
-        match api {
-            ApiSurface::Openai => {
-                let (kind, code) = self.openai_type_and_code();
-                let param = match self {
-                    ProxyError::InvalidRequest { param, .. } => *param,
-                    ProxyError::ModelUnknown { .. }
-                    | ProxyError::ProviderUnknown { .. }
-                    | ProxyError::ModelNotAllowed { .. }
-                    | ProxyError::PassthroughNotAllowed { .. }
-                    | ProxyError::UnpricedModel { .. }
-                    | ProxyError::ProviderNotAllowed { .. } => Some("model"),
-                    _ => None,
-                };
-                json!({"error": {"message": message, "type": kind, "param": param, "code": code}})
-            }
-            ApiSurface::Anthropic => {
-                json!({"type": "error", "error": {"type": self.anthropic_type(), "message": message}})
-            }
-        }
-    }
-
-    pub fn into_response_for(self, api: ApiSurface) -> Response {
+    /// The error response in the shape of the client's API.
+    pub fn into_response_for(self, api: &dyn ClientApi) -> Response {
         if let ProxyError::Internal(detail) = &self {
             // Detail stays in the log; the client gets a generic message.
             tracing::error!(detail = %Escaped(detail), "internal error");
@@ -214,17 +138,13 @@ impl ProxyError {
             } => Some(*retry_after_secs),
             _ => None,
         };
-        let mut response = (status, axum::Json(self.body(api))).into_response();
+        let mut response = (status, axum::Json(api.error_body(&self))).into_response();
         if let Some(secs) = retry_after {
             response
                 .headers_mut()
                 .insert("retry-after", HeaderValue::from(secs));
         }
-        if status == StatusCode::UNAUTHORIZED && api == ApiSurface::Openai {
-            response
-                .headers_mut()
-                .insert("www-authenticate", HeaderValue::from_static("Bearer"));
-        }
+        api.error_headers(&self, status, response.headers_mut());
         response
     }
 }
@@ -232,19 +152,21 @@ impl ProxyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::anthropic_messages::AnthropicMessages;
+    use crate::api::openai_chat::OpenAiChat;
 
     #[test]
     fn errors_take_the_clients_api_shape() {
         let err = ProxyError::ModelUnknown {
             model: "nope".into(),
         };
-        let openai = err.body(ApiSurface::Openai);
+        let openai = OpenAiChat.error_body(&err);
         assert_eq!(openai["error"]["code"], "model_not_found");
         assert_eq!(openai["error"]["param"], "model");
         assert!(openai["error"]["message"]
             .as_str()
             .is_some_and(|m| m.contains("unknown model `nope`")));
-        let anthropic = err.body(ApiSurface::Anthropic);
+        let anthropic = AnthropicMessages.error_body(&err);
         assert_eq!(anthropic["type"], "error");
         assert_eq!(anthropic["error"]["type"], "not_found_error");
         assert_eq!(err.status(), StatusCode::NOT_FOUND);
@@ -258,7 +180,7 @@ mod tests {
         };
         assert_eq!(err.status(), StatusCode::FORBIDDEN);
         assert_eq!(err.kind(), "unpriced_model");
-        let openai = err.body(ApiSurface::Openai);
+        let openai = OpenAiChat.error_body(&err);
         assert_eq!(openai["error"]["type"], "permission_error");
         assert_eq!(openai["error"]["code"], "unpriced_model");
         assert_eq!(openai["error"]["param"], "model");
@@ -267,7 +189,7 @@ mod tests {
             message.contains("no price for openai:gpt-x on the operator's credentials"),
             "{message}"
         );
-        let anthropic = err.body(ApiSurface::Anthropic);
+        let anthropic = AnthropicMessages.error_body(&err);
         assert_eq!(anthropic["error"]["type"], "permission_error");
     }
 

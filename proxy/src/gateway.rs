@@ -49,10 +49,7 @@ impl Credential {
         let auth_header = match secret {
             None => None,
             Some(secret) => {
-                let (name, value) = match api {
-                    ApiSurface::Openai => ("authorization", format!("Bearer {secret}")),
-                    ApiSurface::Anthropic => ("x-api-key", secret.to_owned()),
-                };
+                let (name, value) = crate::api::upstream(api).auth_header(secret);
                 let mut value = HeaderValue::from_str(&value).map_err(|_| {
                     "credential contains characters not allowed in a header".to_owned()
                 })?;
@@ -86,10 +83,7 @@ impl ProviderRuntime {
         credentials: Vec<Arc<Credential>>,
     ) -> Result<Self, String> {
         let base_url = base_url.trim_end_matches('/').to_owned();
-        let endpoint = match spec.api {
-            ApiSurface::Openai => format!("{base_url}/chat/completions"),
-            ApiSurface::Anthropic => format!("{base_url}/messages"),
-        };
+        let endpoint = crate::api::upstream(spec.api).endpoint(&base_url);
         // Parsed once: parsing a URL on every request shows up in profiles.
         let endpoint = endpoint
             .parse::<http::Uri>()

@@ -2,6 +2,7 @@
 //! runs it on hyper under the edge's limits (`edge`).
 
 pub mod admission;
+pub mod api;
 pub mod config;
 pub mod dispatch;
 pub mod edge;

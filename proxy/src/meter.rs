@@ -2,6 +2,7 @@
 //! request runs, then emits exactly one event when it ends (success, failure
 //! or client disconnect) and updates metrics.
 
+use crate::api::ClientApi;
 use crate::gateway::{Candidate, Credential, Gateway};
 use crate::tokenize::{estimate_tokens, TextWindow};
 use bytes::Bytes;
@@ -12,8 +13,8 @@ use std::time::{Duration, Instant};
 use tollgate_core::control::RateLimits;
 use tollgate_core::pricing::{cost_for, AppliedPlan, Cost};
 use tollgate_core::{
-    AccessKeyId, AccountId, ApiSurface, CredentialSource, EventId, Prices, ProviderKeyId,
-    TokenCounts, UsageEnvelope, UsageEvent, Usd,
+    AccessKeyId, AccountId, CredentialSource, EventId, Prices, ProviderKeyId, TokenCounts,
+    UsageEnvelope, UsageEvent, Usd,
 };
 use tollgate_eventlog::topics;
 use tollgate_eventlog::LogRecord;
@@ -30,7 +31,7 @@ pub struct RequestMeter {
     started_at: DateTime<Utc>,
     account_id: AccountId,
     access_key_id: AccessKeyId,
-    client_api: ApiSurface,
+    client_api: &'static dyn ClientApi,
     pub streamed: bool,
     pub model_requested: String,
     provider: Option<String>,
@@ -71,7 +72,7 @@ impl RequestMeter {
         started: Instant,
         account_id: AccountId,
         access_key_id: AccessKeyId,
-        client_api: ApiSurface,
+        client_api: &'static dyn ClientApi,
     ) -> Self {
         gateway.metrics.in_flight.inc();
         let request_seq = gateway
@@ -135,7 +136,7 @@ impl RequestMeter {
             self.gateway
                 .metrics
                 .time_to_first_token
-                .with_label_values(&[self.client_api.as_str()])
+                .with_label_values(&[self.client_api.surface().as_str()])
                 .observe(ttft.as_secs_f64());
         }
     }
@@ -287,7 +288,7 @@ impl RequestMeter {
             .limiter
             .record_tokens(&self.access_key_id, self.rate_limits, tokens.total());
 
-        let api = self.client_api.as_str();
+        let api = self.client_api.surface().as_str();
         let status_class = match status {
             200..=299 => "2xx",
             400..=499 => "4xx",
@@ -323,7 +324,7 @@ impl RequestMeter {
             finished_at: Utc::now(),
             account_id: self.account_id.clone(),
             access_key_id: self.access_key_id.clone(),
-            client_api: self.client_api,
+            client_api: self.client_api.surface(),
             provider: self.provider.clone(),
             model_requested: std::mem::take(&mut self.model_requested),
             model_served: self.model_served.clone(),
@@ -411,7 +412,7 @@ fn emit_after_poll(gateway: &Arc<Gateway>, event: UsageEvent, reservation: Optio
 /// the input side before the stream broke off.
 fn estimate_counts(
     model: &str,
-    api: ApiSurface,
+    api: &dyn ClientApi,
     request: Option<&Bytes>,
     partial_input: Option<TokenCounts>,
     output: &TextWindow,
@@ -423,13 +424,10 @@ fn estimate_counts(
         };
     }
     let request = request.and_then(|raw| serde_json::from_slice::<Value>(raw).ok());
-    let input_text = match (&request, api) {
-        (Some(req), ApiSurface::Openai) => tollgate_translate::usage::openai_request_text(req),
-        (Some(req), ApiSurface::Anthropic) => {
-            tollgate_translate::usage::anthropic_request_text(req)
-        }
-        (None, _) => String::new(),
-    };
+    let input_text = request
+        .as_ref()
+        .map(|req| api.request_text(req))
+        .unwrap_or_default();
     TokenCounts {
         input: estimate_tokens(model, &input_text),
         output: output.estimate(model),
@@ -613,7 +611,7 @@ pub fn cost_json(cost: &Cost) -> Value {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use tollgate_core::Envelope;
+    use tollgate_core::{ApiSurface, Envelope};
 
     fn event() -> UsageEvent {
         let now = Utc::now();

@@ -5,6 +5,9 @@
 //! failover happen inside `dispatch::handle`, which checks the key before
 //! reading the body.
 
+use crate::api::anthropic_messages::AnthropicMessages;
+use crate::api::openai_chat::OpenAiChat;
+use crate::api::ClientApi;
 use crate::dispatch::{extract_token, handle};
 use crate::error::ProxyError;
 use crate::gateway::{Caller, Gateway};
@@ -16,23 +19,18 @@ use axum::Router;
 use serde_json::json;
 use std::sync::Arc;
 use tollgate_control::admin::AdminAuth;
-use tollgate_core::{ApiSurface, Prices};
+use tollgate_core::Prices;
 
 pub fn router(gateway: Arc<Gateway>) -> Router {
     let limit = gateway.config.server.max_body_bytes;
-    Router::new()
-        .route(
-            "/v1/chat/completions",
-            post(|State(gw): State<Arc<Gateway>>, request: Request| {
-                handle(gw, ApiSurface::Openai, request)
-            }),
-        )
-        .route(
-            "/v1/messages",
-            post(|State(gw): State<Arc<Gateway>>, request: Request| {
-                handle(gw, ApiSurface::Anthropic, request)
-            }),
-        )
+    let mut router = Router::new();
+    for &api in CLIENT_APIS {
+        router = router.route(
+            api.path(),
+            post(move |State(gw): State<Arc<Gateway>>, request: Request| handle(gw, api, request)),
+        );
+    }
+    router
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*model}", get(get_model))
         .route("/healthz", get(|| async { "ok" }))
@@ -42,19 +40,18 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .with_state(gateway)
 }
 
-/// The API a proxied route speaks: `POST /v1/chat/completions` (OpenAI)
-/// and `POST /v1/messages` (Anthropic). The server answers these through
+/// The client APIs the gateway serves, each on its `POST` route. Adding an
+/// API is its module (`crate::api`) plus its entry here.
+pub(crate) static CLIENT_APIS: &[&dyn ClientApi] = &[&OpenAiChat, &AnthropicMessages];
+
+/// The API a proxied route speaks. The server answers these through
 /// `dispatch::handle` directly when it is given the gateway (no router, no
 /// middleware on them), and the router does the same for other callers.
-pub(crate) fn proxied_api(method: &http::Method, path: &str) -> Option<ApiSurface> {
+pub(crate) fn proxied_api(method: &http::Method, path: &str) -> Option<&'static dyn ClientApi> {
     if method != http::Method::POST {
         return None;
     }
-    match path {
-        "/v1/chat/completions" => Some(ApiSurface::Openai),
-        "/v1/messages" => Some(ApiSurface::Anthropic),
-        _ => None,
-    }
+    CLIENT_APIS.iter().find(|api| api.path() == path).copied()
 }
 
 async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
@@ -73,12 +70,14 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
         .into_response()
 }
 
-fn model_api(headers: &HeaderMap) -> ApiSurface {
-    if headers.contains_key("anthropic-version") {
-        ApiSurface::Anthropic
-    } else {
-        ApiSurface::Openai
-    }
+/// The API whose model list the caller gets: the one its headers name,
+/// else OpenAI's.
+fn model_api(headers: &HeaderMap) -> &'static dyn ClientApi {
+    CLIENT_APIS
+        .iter()
+        .find(|api| api.named_by(headers))
+        .copied()
+        .unwrap_or(&OpenAiChat)
 }
 
 /// One model of `/v1/models`: its listed name, provider and effective unit
@@ -120,18 +119,8 @@ fn listed_models<'a>(gateway: &'a Gateway, caller: &Caller) -> Vec<Listed<'a>> {
 
 /// The API's model object plus `prices`: USD per million tokens per token
 /// class, exact decimal strings (null when unpriced).
-fn model_object(api: ApiSurface, model: &Listed) -> serde_json::Value {
-    let (id, prices) = (&model.name, &model.prices);
-    match api {
-        ApiSurface::Openai => json!({
-            "id": id, "object": "model", "created": 0, "owned_by": model.provider,
-            "prices": prices,
-        }),
-        ApiSurface::Anthropic => json!({
-            "type": "model", "id": id, "display_name": id, "created_at": "1970-01-01T00:00:00Z",
-            "prices": prices,
-        }),
-    }
+fn model_object(api: &dyn ClientApi, model: &Listed) -> serde_json::Value {
+    api.model_object(&model.name, model.provider, model.prices.as_ref())
 }
 
 /// OpenAI's model list, or Anthropic's when the caller sends `anthropic-version`.
@@ -146,16 +135,9 @@ async fn list_models(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) ->
     };
     let models = listed_models(&gateway, &caller);
     let data: Vec<_> = models.iter().map(|m| model_object(api, m)).collect();
-    let body = match api {
-        ApiSurface::Openai => json!({"object": "list", "data": data}),
-        ApiSurface::Anthropic => json!({
-            "data": data,
-            "has_more": false,
-            "first_id": models.first().map(|m| &m.name),
-            "last_id": models.last().map(|m| &m.name),
-        }),
-    };
-    axum::Json(body).into_response()
+    let first = models.first().map(|m| m.name.as_str());
+    let last = models.last().map(|m| m.name.as_str());
+    axum::Json(api.model_list(data, first, last)).into_response()
 }
 
 /// One model of the list, by its listed name.
@@ -197,4 +179,19 @@ pub fn admin_router(gateway: Arc<Gateway>, auth: AdminAuth) -> Router {
 async fn model_prices(State(gateway): State<Arc<Gateway>>) -> Response {
     let snapshot = gateway.control.snapshot();
     axum::Json(json!({"data": gateway.price_list(&snapshot)})).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_client_api_is_found_by_its_route_and_only_on_post() {
+        for api in CLIENT_APIS {
+            let found = proxied_api(&http::Method::POST, api.path()).map(|a| a.surface());
+            assert_eq!(found, Some(api.surface()), "{}", api.path());
+            assert!(proxied_api(&http::Method::GET, api.path()).is_none());
+        }
+        assert!(proxied_api(&http::Method::POST, "/v1/models").is_none());
+    }
 }

@@ -4,7 +4,7 @@
 //! on its own, `crate::edge` does: caps on connections, requests and
 //! buffered bytes, body deadlines, the send watchdog and lingering close.
 //!
-//! The gateway's two proxied routes (`routes::proxied_api`) skip the
+//! The gateway's proxied routes (`routes::proxied_api`) skip the
 //! router when served by `serve_gateway`: their handler authenticates from
 //! the headers before it reads the body.
 

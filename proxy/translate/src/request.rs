@@ -85,6 +85,63 @@ pub fn openai_to_anthropic_request(
     upstream_model: &str,
     default_max_tokens: u32,
 ) -> Result<Value> {
+    refuse_openai_only(body)?;
+
+    let mut out = Map::new();
+    out.insert("model".into(), upstream_model.into());
+    let (system, messages) = openai_messages_to_anthropic(body.get("messages"))?;
+    if !system.is_empty() {
+        out.insert("system".into(), system.into());
+    }
+    out.insert("messages".into(), Value::Array(messages));
+
+    let max_tokens = match non_null(body, "max_completion_tokens") {
+        Some(v) => positive_count("max_completion_tokens", v)?,
+        None => match non_null(body, "max_tokens") {
+            Some(v) => positive_count("max_tokens", v)?,
+            None => u64::from(default_max_tokens.max(1)),
+        },
+    };
+    out.insert("max_tokens".into(), max_tokens.into());
+
+    if let Some(stop) = non_null(body, "stop") {
+        let seqs = openai_stop_to_anthropic(stop)?;
+        if !seqs.is_empty() {
+            out.insert("stop_sequences".into(), Value::Array(seqs));
+        }
+    }
+    if let Some(t) = non_null(body, "temperature") {
+        out.insert(
+            "temperature".into(),
+            clamped_number("temperature", t, 0.0, 1.0)?,
+        );
+    }
+    if let Some(p) = non_null(body, "top_p") {
+        out.insert("top_p".into(), clamped_number("top_p", p, 0.0, 1.0)?);
+    }
+    if let Some(s) = non_null(body, "stream") {
+        let b = s
+            .as_bool()
+            .ok_or_else(|| invalid("stream", "must be a boolean"))?;
+        out.insert("stream".into(), b.into());
+    }
+
+    insert_openai_tools(body, &mut out)?;
+
+    if let Some(user) = str_field(body, "user") {
+        out.insert("metadata".into(), obj([("user_id", user.into())]));
+    }
+    for key in ["top_k", "thinking"] {
+        if let Some(v) = non_null(body, key) {
+            out.insert(key.into(), v.clone());
+        }
+    }
+    Ok(Value::Object(out))
+}
+
+/// Refuses what Anthropic cannot do: a body that is not an object, the
+/// deprecated `functions` interface, and more than one choice.
+fn refuse_openai_only(body: &Value) -> Result<()> {
     if !body.is_object() {
         return Err(invalid("body", "must be a JSON object"));
     }
@@ -110,57 +167,28 @@ pub fn openai_to_anthropic_request(
             }
         }
     }
+    Ok(())
+}
 
-    let mut out = Map::new();
-    out.insert("model".into(), upstream_model.into());
-    let (system, messages) = openai_messages_to_anthropic(body.get("messages"))?;
-    if !system.is_empty() {
-        out.insert("system".into(), system.into());
+/// OpenAI's `stop` (a string or an array of strings) as `stop_sequences`.
+fn openai_stop_to_anthropic(stop: &Value) -> Result<Vec<Value>> {
+    match stop {
+        Value::String(s) => Ok(vec![Value::String(s.clone())]),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::String(_) => Ok(v.clone()),
+                _ => Err(invalid(format!("stop[{i}]"), "must be a string")),
+            })
+            .collect::<Result<Vec<_>>>(),
+        _ => Err(invalid("stop", "must be a string or an array of strings")),
     }
-    out.insert("messages".into(), Value::Array(messages));
+}
 
-    let max_tokens = match non_null(body, "max_completion_tokens") {
-        Some(v) => positive_count("max_completion_tokens", v)?,
-        None => match non_null(body, "max_tokens") {
-            Some(v) => positive_count("max_tokens", v)?,
-            None => u64::from(default_max_tokens.max(1)),
-        },
-    };
-    out.insert("max_tokens".into(), max_tokens.into());
-
-    if let Some(stop) = non_null(body, "stop") {
-        let seqs = match stop {
-            Value::String(s) => vec![Value::String(s.clone())],
-            Value::Array(items) => items
-                .iter()
-                .enumerate()
-                .map(|(i, v)| match v {
-                    Value::String(_) => Ok(v.clone()),
-                    _ => Err(invalid(format!("stop[{i}]"), "must be a string")),
-                })
-                .collect::<Result<Vec<_>>>()?,
-            _ => return Err(invalid("stop", "must be a string or an array of strings")),
-        };
-        if !seqs.is_empty() {
-            out.insert("stop_sequences".into(), Value::Array(seqs));
-        }
-    }
-    if let Some(t) = non_null(body, "temperature") {
-        out.insert(
-            "temperature".into(),
-            clamped_number("temperature", t, 0.0, 1.0)?,
-        );
-    }
-    if let Some(p) = non_null(body, "top_p") {
-        out.insert("top_p".into(), clamped_number("top_p", p, 0.0, 1.0)?);
-    }
-    if let Some(s) = non_null(body, "stream") {
-        let b = s
-            .as_bool()
-            .ok_or_else(|| invalid("stream", "must be a boolean"))?;
-        out.insert("stream".into(), b.into());
-    }
-
+/// `tools`, `tool_choice` and `parallel_tool_calls` as Anthropic's `tools`
+/// and `tool_choice`.
+fn insert_openai_tools(body: &Value, out: &mut Map<String, Value>) -> Result<()> {
     let tools = match non_null(body, "tools") {
         Some(t) => openai_tools_to_anthropic(t)?,
         None => Vec::new(),
@@ -183,16 +211,7 @@ pub fn openai_to_anthropic_request(
             out.insert("tool_choice".into(), c);
         }
     }
-
-    if let Some(user) = str_field(body, "user") {
-        out.insert("metadata".into(), obj([("user_id", user.into())]));
-    }
-    for key in ["top_k", "thinking"] {
-        if let Some(v) = non_null(body, key) {
-            out.insert(key.into(), v.clone());
-        }
-    }
-    Ok(Value::Object(out))
+    Ok(())
 }
 
 fn openai_tools_to_anthropic(tools: &Value) -> Result<Vec<Value>> {

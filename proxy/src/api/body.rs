@@ -1,0 +1,241 @@
+//! The request body as the chat-style client APIs read it, and the
+//! unchanged-or-patched body they pass to an upstream of the same API.
+
+use crate::error::ProxyError;
+use crate::gateway::Candidate;
+use bytes::Bytes;
+use serde_json::value::RawValue;
+use serde_json::Value;
+use std::borrow::Cow;
+
+/// What the gateway needs from the client's request body.
+pub struct ClientRequest {
+    /// The body as received: passed upstream untouched when nothing in it
+    /// changes, and parsed further only for translation or a token estimate.
+    pub raw: Bytes,
+    /// Whether the body has a `models` key (which never goes upstream).
+    pub has_fallbacks: bool,
+    /// The output cap the client asked for, if any.
+    pub max_tokens: Option<u64>,
+    pub model: String,
+    pub fallbacks: Vec<String>,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+/// The request fields the gateway reads, borrowed from the body (a JSON
+/// `null` included, as the text `null`); the rest is skipped by the parser,
+/// not built, so a large prompt costs one scan.
+#[derive(serde::Deserialize)]
+struct RequestFields<'a> {
+    #[serde(borrow, default, deserialize_with = "present")]
+    model: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    models: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    messages: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    max_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    max_completion_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    stream: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    stream_options: Option<&'a RawValue>,
+}
+
+/// A member that is present, whatever its value (`null` too).
+pub(super) fn present<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<&'a RawValue>, D::Error> {
+    <&'a RawValue as serde::Deserialize>::deserialize(deserializer).map(Some)
+}
+
+fn raw_u64(raw: Option<&RawValue>) -> Option<u64> {
+    raw.and_then(|r| serde_json::from_str::<u64>(r.get()).ok())
+}
+
+/// Parse a chat-style body (`model`, `messages`, optional `models`,
+/// `stream`, `stream_options`), requiring `max_tokens` when the API does.
+pub(super) fn parse_chat_request(
+    bytes: Bytes,
+    max_tokens_required: bool,
+) -> Result<ClientRequest, ProxyError> {
+    // Only an object may go on to the typed parse (which would also accept
+    // an array as a struct).
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+                Ok(_) => ProxyError::invalid("request body must be a JSON object"),
+                Err(e) => ProxyError::invalid(format!("request body is not valid JSON: {e}")),
+            },
+        );
+    }
+    let fields: RequestFields = serde_json::from_slice(&bytes)
+        .map_err(|e| ProxyError::invalid(format!("request body is not valid JSON: {e}")))?;
+    let model = match fields
+        .model
+        .map(|r| serde_json::from_str::<String>(r.get()))
+    {
+        Some(Ok(m)) if !m.is_empty() => m,
+        _ => {
+            return Err(ProxyError::invalid_param(
+                "model",
+                "`model` is required and must be a non-empty string",
+            ))
+        }
+    };
+    let bad_fallbacks =
+        || ProxyError::invalid_param("models", "`models` must be an array of model names");
+    let fallbacks = match fields.models.map(RawValue::get) {
+        None | Some("null") => Vec::new(),
+        Some(raw) => serde_json::from_str::<Vec<String>>(raw)
+            .ok()
+            .filter(|names| names.iter().all(|n| !n.is_empty()))
+            .ok_or_else(bad_fallbacks)?,
+    };
+    if !fields.messages.is_some_and(|r| r.get().starts_with('[')) {
+        return Err(ProxyError::invalid_param(
+            "messages",
+            "`messages` is required and must be an array",
+        ));
+    }
+    let max_tokens_field = raw_u64(fields.max_tokens);
+    if max_tokens_required && max_tokens_field.is_none() {
+        return Err(ProxyError::invalid_param(
+            "max_tokens",
+            "`max_tokens` is required and must be a positive integer",
+        ));
+    }
+    let stream = match fields.stream.map(|r| r.get()) {
+        None | Some("null") => false,
+        Some("true") => true,
+        Some("false") => false,
+        Some(_) => {
+            return Err(ProxyError::invalid_param(
+                "stream",
+                "`stream` must be a boolean",
+            ))
+        }
+    };
+    #[derive(serde::Deserialize)]
+    struct StreamOptions {
+        include_usage: Option<bool>,
+    }
+    let include_usage = fields
+        .stream_options
+        .and_then(|r| serde_json::from_str::<StreamOptions>(r.get()).ok())
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
+    let max_tokens = raw_u64(fields.max_completion_tokens).or(max_tokens_field);
+    Ok(ClientRequest {
+        has_fallbacks: fields.models.is_some(),
+        max_tokens,
+        model,
+        fallbacks,
+        stream,
+        include_usage,
+        raw: bytes,
+    })
+}
+
+/// The client's body as a JSON value (for translation).
+pub(super) fn request_value(request: &ClientRequest) -> Result<Value, ProxyError> {
+    serde_json::from_slice(&request.raw)
+        .map_err(|e| ProxyError::invalid(format!("request body is not valid JSON: {e}")))
+}
+
+/// A JSON object's members in their order, values left as raw text.
+struct Members<'a>(pub Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> serde::Deserialize<'de> for Members<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Members<'de>, M::Error> {
+                let mut members = Vec::new();
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    members.push((key, map.next_value::<&'de RawValue>()?));
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(Visit)
+    }
+}
+
+/// The client's body with `model` replaced, `models` dropped and, for
+/// OpenAI streams, usage requested — every other member copied as it came.
+struct Patched<'a> {
+    pub body: &'a [(Cow<'a, str>, &'a RawValue)],
+    pub model: &'a str,
+    pub stream_usage: bool,
+}
+
+impl serde::Serialize for Patched<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        let mut options_written = false;
+        for (key, value) in self.body {
+            match key.as_ref() {
+                "model" => map.serialize_entry(key, self.model)?,
+                "models" => {}
+                "stream_options" if self.stream_usage => {
+                    options_written = true;
+                    let mut options =
+                        serde_json::from_str::<serde_json::Map<String, Value>>(value.get())
+                            .unwrap_or_default();
+                    options.insert("include_usage".into(), Value::Bool(true));
+                    map.serialize_entry(key, &options)?;
+                }
+                _ => map.serialize_entry(key, value)?,
+            }
+        }
+        if self.stream_usage && !options_written {
+            map.serialize_entry(
+                "stream_options",
+                &serde_json::json!({"include_usage": true}),
+            )?;
+        }
+        map.end()
+    }
+}
+
+/// The body for an upstream that speaks the client's API: the bytes as they
+/// came when nothing changes, else `model` replaced, `models` dropped and,
+/// when `stream_usage`, usage asked for in the stream.
+pub(super) fn same_api_body(
+    candidate: &Candidate,
+    request: &ClientRequest,
+    stream_usage: bool,
+) -> Result<Bytes, ProxyError> {
+    if candidate.upstream_model == request.model && !request.has_fallbacks && !stream_usage {
+        // Usual case: nothing changes, the bytes go as they came.
+        return Ok(request.raw.clone());
+    }
+    let body: Members = serde_json::from_slice(&request.raw)
+        .map_err(|e| ProxyError::invalid(format!("request body is not valid JSON: {e}")))?;
+    let patched = Patched {
+        body: &body.0,
+        model: &candidate.upstream_model,
+        stream_usage,
+    };
+    serde_json::to_vec(&patched)
+        .map(Bytes::from)
+        .map_err(|e| ProxyError::Internal(format!("upstream body did not serialize: {e}")))
+}
+
+/// A translated body, serialized for the upstream.
+pub(super) fn translated_body(value: &Value) -> Result<Bytes, ProxyError> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| ProxyError::Internal(format!("upstream body did not serialize: {e}")))
+}
