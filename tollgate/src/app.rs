@@ -2,28 +2,25 @@
 //! and (with `serve`) all of them in one process — over either event-log
 //! backend: embedded SQLite (default) or Kafka.
 
-use crate::config::{Config, EventLogBackend};
-use anyhow::{bail, Context};
-use axum::routing::get;
-use axum::Router;
+use crate::config::Config;
+use crate::node::{
+    admin_token, env_value, open_control, open_node, LogBackend, Node, ADMIN_TOKEN_ENV,
+};
+use crate::roles::health_router;
+use crate::roles::proxy::{bootstrap, print_bootstrap, spawn_server, warn_without_credentials};
+use anyhow::Context;
 use std::future::Future;
-use std::path::Path;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tollgate_control::admin::AdminState;
-use tollgate_control::{ControlPlane, MasterKey};
-use tollgate_core::billing::{Adjustment, AdjustmentKind};
-use tollgate_core::{Catalog, Envelope, EventBody, Usd};
-use tollgate_eventlog::topics;
-use tollgate_eventlog::{EventLog, LogRecord};
-use tollgate_kafka::KafkaEventLog;
+use tollgate_control::ControlPlane;
+use tollgate_core::Catalog;
 use tollgate_ledger::api::CreditsApi;
 use tollgate_ledger::LedgerService;
 use tollgate_proxy::{Gateway, ServeOptions};
-use tollgate_sqlite::{Database, SqliteEventLog, SqliteEventLogOptions};
+use tollgate_sqlite::Database;
 
 /// How long shutdown waits for usage events that wait on a token estimate.
 const ESTIMATE_SETTLE: Duration = Duration::from_secs(10);
@@ -34,176 +31,6 @@ pub const CONTROL_TAIL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How often gateways read new balance updates from the ledger.
 pub const BALANCE_TAIL_INTERVAL: Duration = Duration::from_millis(100);
-
-/// How long shutdown waits for Kafka to take what is spooled (the rest is
-/// delivered on the next start).
-const KAFKA_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
-
-pub const MASTER_KEY_ENV: &str = "TOLLGATE_MASTER_KEY";
-pub const ADMIN_TOKEN_ENV: &str = "TOLLGATE_ADMIN_TOKEN";
-
-/// The event log this process uses, with what its backend needs at shutdown.
-#[derive(Clone)]
-pub enum LogBackend {
-    Embedded(Arc<SqliteEventLog>),
-    Kafka(Arc<KafkaEventLog>),
-}
-
-impl LogBackend {
-    pub fn log(&self) -> Arc<dyn EventLog> {
-        match self {
-            LogBackend::Embedded(log) => log.clone(),
-            LogBackend::Kafka(log) => log.clone(),
-        }
-    }
-
-    /// Ticks into every partition of the account-events topic.
-    fn spawn_ticker(&self, every: Duration) -> JoinHandle<()> {
-        match self {
-            LogBackend::Embedded(log) => LedgerService::spawn_ticker(log.clone(), every),
-            LogBackend::Kafka(log) => {
-                tollgate_kafka::spawn_ticker(log.clone(), topics::ACCOUNT_EVENTS, every)
-            }
-        }
-    }
-
-    /// Make everything appended durable (embedded) or delivered/spooled (Kafka).
-    pub async fn shutdown(&self) -> anyhow::Result<()> {
-        match self {
-            LogBackend::Embedded(log) => log.flush().await.context("flushing the event log")?,
-            LogBackend::Kafka(log) => {
-                let report = log.close(KAFKA_CLOSE_TIMEOUT).await?;
-                if report.remaining > 0 {
-                    tracing::warn!(
-                        remaining = report.remaining,
-                        "events left in the local spool; they are delivered on the next start"
-                    );
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A process's storage: the local SQLite file (ledger state; in embedded
-/// mode also the log) and the event log.
-pub struct Node {
-    pub db: Database,
-    pub backend: LogBackend,
-    pub log: Arc<dyn EventLog>,
-    /// True when the log held no control-plane state before this start.
-    pub fresh: bool,
-}
-
-pub async fn open_node(config: &Config) -> anyhow::Result<Node> {
-    let db = Database::open(&config.storage.path, config.storage.durability)
-        .with_context(|| format!("opening storage at {}", config.storage.path.display()))?;
-    let backend = match config.eventlog.backend {
-        EventLogBackend::Embedded => LogBackend::Embedded(Arc::new(SqliteEventLog::open(
-            &db,
-            SqliteEventLogOptions::default(),
-        )?)),
-        EventLogBackend::Kafka => {
-            let log = KafkaEventLog::connect(config.kafka.clone())
-                .await
-                .context("connecting to Kafka")?;
-            LogBackend::Kafka(Arc::new(log))
-        }
-    };
-    let log = backend.log();
-    let fresh = log.read(topics::CONTROL, 0, 0, 1).await?.is_empty();
-    Ok(Node {
-        db,
-        backend,
-        log,
-        fresh,
-    })
-}
-
-/// Write a secret file readable by its owner only.
-fn write_secret_file(path: &Path, contents: &str) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent() {
-        if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    std::io::Write::write_all(&mut file, contents.as_bytes())?;
-    Ok(())
-}
-
-fn env_value(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
-/// The master key: `TOLLGATE_MASTER_KEY`, else the key file; a fresh install
-/// creates the file. Anything else is a clear startup error, because losing
-/// the key makes every stored provider key unreadable.
-fn master_key(config: &Config, fresh: bool) -> anyhow::Result<MasterKey> {
-    if let Some(value) = env_value(MASTER_KEY_ENV) {
-        return MasterKey::parse(&value).with_context(|| format!("{MASTER_KEY_ENV} is invalid"));
-    }
-    let file = config.master_key_file();
-    if file.exists() {
-        return MasterKey::from_file(&file).map_err(anyhow::Error::from);
-    }
-    if fresh && config.bootstrap.enabled {
-        write_secret_file(&file, &MasterKey::generate_hex())?;
-        tracing::info!(file = %file.display(), "created a new master key for provider-key encryption; back it up");
-        return MasterKey::from_file(&file).map_err(anyhow::Error::from);
-    }
-    bail!(
-        "no master key: set {MASTER_KEY_ENV} (64 hex characters) or create {} (e.g. `openssl rand -hex 32 > {}`). \
-         It encrypts provider keys at rest and must stay the same across restarts.",
-        file.display(),
-        file.display()
-    )
-}
-
-/// The admin token: `TOLLGATE_ADMIN_TOKEN`, else the token file; a fresh
-/// install creates the file. None disables the admin API.
-pub fn admin_token(config: &Config, fresh: bool) -> anyhow::Result<Option<String>> {
-    if let Some(value) = env_value(ADMIN_TOKEN_ENV) {
-        return Ok(Some(value.trim().to_owned()));
-    }
-    let file = config.admin_token_file();
-    if file.exists() {
-        let token = std::fs::read_to_string(&file)
-            .with_context(|| format!("reading {}", file.display()))?;
-        return Ok(Some(token.trim().to_owned()).filter(|t| !t.is_empty()));
-    }
-    if fresh && config.bootstrap.enabled {
-        let token = format!("tga_{}", MasterKey::generate_hex());
-        write_secret_file(&file, &token)?;
-        return Ok(Some(token));
-    }
-    Ok(None)
-}
-
-/// The control plane on `node`'s log.
-async fn open_control(
-    config: &Config,
-    node: &Node,
-    catalog: &Catalog,
-) -> anyhow::Result<Arc<ControlPlane>> {
-    let master = Arc::new(master_key(config, node.fresh)?);
-    ControlPlane::open(
-        node.log.clone(),
-        master,
-        Gateway::provider_ids(catalog, &config.proxy()),
-    )
-    .await
-    .context("reading the control plane from the log")
-}
 
 /// Everything a process can run; roles pick what they use.
 pub struct Built {
@@ -548,144 +375,6 @@ pub async fn run_roles(
     built.node.backend.shutdown().await?;
     tracing::info!("stopped; all events are durable");
     result
-}
-
-/// `/healthz`, `/readyz` and `/metrics` for a process without the proxy.
-fn health_router(gateway: Arc<Gateway>) -> Router {
-    let ready = gateway.clone();
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let ready = ready.clone();
-                async move {
-                    if ready.events.is_writable() {
-                        (axum::http::StatusCode::OK, "ready")
-                    } else {
-                        (
-                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                            "event log is not writable",
-                        )
-                    }
-                }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(move || {
-                let gateway = gateway.clone();
-                async move { gateway.metrics.render() }
-            }),
-        )
-}
-
-async fn spawn_server(
-    addr: std::net::SocketAddr,
-    app: Router,
-    edge: Arc<tollgate_proxy::Edge>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-    what: &'static str,
-) -> anyhow::Result<JoinHandle<()>> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the {what} on {addr}"))?;
-    tracing::info!(listen = %addr, "{what} listening");
-    Ok(tokio::spawn(async move {
-        let stopped = async move {
-            let _ = stop.changed().await;
-        };
-        let _ = tollgate_proxy::serve_with(listener, app, stopped, ServeOptions::new(edge)).await;
-    }))
-}
-
-fn warn_without_credentials(gateway: &Gateway) {
-    if gateway.providers.values().all(|p| p.credentials.is_empty()) {
-        tracing::warn!("no provider has operator credentials: set OPENAI_API_KEY or ANTHROPIC_API_KEY, providers.<id>.api_keys in the config, or attach provider keys through the admin API");
-    }
-}
-
-/// What bootstrap created, to print once.
-pub struct Bootstrapped {
-    pub token: String,
-    pub account_id: tollgate_core::AccountId,
-    pub granted: bool,
-}
-
-/// On a fresh install, create the first account and access key.
-pub async fn bootstrap(
-    embedded: &Node,
-    control: &ControlPlane,
-    config: &Config,
-) -> anyhow::Result<Option<Bootstrapped>> {
-    if !config.bootstrap.enabled || !control.snapshot().accounts.is_empty() {
-        return Ok(None);
-    }
-    let account = control
-        .create_account(&config.bootstrap.account_name)
-        .await?;
-    let (_, token) = control
-        .create_access_key(&account.id, "bootstrap", None)
-        .await?;
-    let grant = Usd::from_str(config.bootstrap.starting_credit_usd.trim()).with_context(|| {
-        format!(
-            "bootstrap.starting_credit_usd: `{}` is not a decimal amount",
-            config.bootstrap.starting_credit_usd
-        )
-    })?;
-    if grant > Usd::ZERO {
-        let grant = Adjustment {
-            adjustment_id: format!("adj_bootstrap_{}", account.id),
-            account_id: account.id.clone(),
-            kind: AdjustmentKind::GoodwillCredit,
-            amount: grant,
-            reason: "starting grant of a fresh install".into(),
-            idempotency_key: "bootstrap-grant".into(),
-            at: chrono::Utc::now(),
-        };
-        let payload = serde_json::to_vec(&Envelope::new(EventBody::Adjustment(grant)))?;
-        embedded
-            .log
-            .append(LogRecord {
-                topic: topics::ACCOUNT_EVENTS.to_owned(),
-                key: account.id.to_string(),
-                payload,
-            })
-            .await?;
-        embedded.log.flush().await?;
-    }
-    Ok(Some(Bootstrapped {
-        token,
-        account_id: account.id,
-        granted: grant > Usd::ZERO,
-    }))
-}
-
-pub fn print_bootstrap(boot: &Bootstrapped, config: &Config, admin_token_shown: bool) {
-    let token = &boot.token;
-    let listen = config.server.listen;
-    let admin_file = config.admin_token_file();
-    let admin_line = if admin_token_shown {
-        format!(
-            "Admin API on http://{} — its token is in {} (or set {ADMIN_TOKEN_ENV}).\n",
-            config.admin.listen,
-            admin_file.display()
-        )
-    } else {
-        String::new()
-    };
-    println!(
-        "\n\
-         ==========================================================================\n\
-         Tollgate created your first access key. It is shown only this once:\n\n    \
-         {token}\n\n\
-         Send a first request (the gateway needs OPENAI_API_KEY set):\n    \
-         curl http://{listen}/v1/chat/completions \\\n      \
-         -H \"Authorization: Bearer {token}\" -H 'content-type: application/json' \\\n      \
-         -d '{{\"model\":\"gpt-4o-mini\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'\n\
-         {admin_line}\
-         ==========================================================================\n"
-    );
 }
 
 /// Apply the usage store's migrations (`tollgate migrate`).
