@@ -45,7 +45,13 @@ pub async fn build(config: &Config) -> anyhow::Result<Built> {
     let node = open_node(config).await?;
     let catalog = Catalog::builtin().context("loading the built-in model catalog")?;
     let control = open_control(config, &node, &catalog).await?;
-    let gateway = Gateway::new(config.proxy(), catalog, control.clone(), node.log.clone())?;
+    let gateway = Gateway::new(
+        config.proxy(),
+        catalog,
+        control.clone(),
+        node.log.clone(),
+        &prometheus::Registry::new(),
+    )?;
     if let LogBackend::Kafka(log) = &node.backend {
         log.register_metrics(&gateway.metrics.registry)?;
     }
@@ -156,7 +162,8 @@ pub async fn run_roles(
     let mut ledger_task = None;
     let credits = if roles.ledger {
         let ledger =
-            LedgerService::open(&built.node.db, log.clone()).context("opening the ledger")?;
+            LedgerService::open(&built.node.db, log.clone(), &built.gateway.metrics.registry)
+                .context("opening the ledger")?;
         ledger.publish_all().await;
         ledger_task = Some(tokio::spawn(ledger.clone().run(stop_rx.clone())));
         tasks.push(
@@ -165,10 +172,6 @@ pub async fn run_roles(
                 .backend
                 .spawn_ticker(Duration::from_millis(config.ledger.tick_interval_ms.max(1))),
         );
-        built
-            .gateway
-            .metrics
-            .add_registry(ledger.metrics.registry.clone());
         Some(Arc::new(CreditsApi {
             ledger,
             control: built.control.clone(),
