@@ -1,25 +1,20 @@
-//! Composition of Tollgate's roles — proxy (gateway + admin API), ledger,
-//! and (with `serve`) all of them in one process — over either event-log
-//! backend: embedded SQLite (default) or Kafka.
+//! The composition root. A process opens its node (storage, event log,
+//! control plane, metrics registry, stop signal), starts the roles it runs
+//! (proxy: gateway and admin API; ledger; analytics; `serve` runs all three
+//! in one process), serves what they serve on one main listener until
+//! shutdown, then stops them in order. Either event-log backend: embedded
+//! SQLite (default) or Kafka.
 
 use crate::config::Config;
-use crate::node::{
-    admin_token, env_value, open_control, open_node, LogBackend, Node, ADMIN_TOKEN_ENV,
-};
-use crate::roles::health_router;
-use crate::roles::proxy::{bootstrap, print_bootstrap, spawn_server, warn_without_credentials};
+use crate::node::{self, Node};
+use crate::roles::proxy;
+use crate::roles::{analytics, health_router, ledger, Role};
 use anyhow::Context;
 use std::future::Future;
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tollgate_control::admin::AdminState;
-use tollgate_control::ControlPlane;
-use tollgate_core::Catalog;
-use tollgate_ledger::api::CreditsApi;
-use tollgate_ledger::LedgerService;
-use tollgate_proxy::{Gateway, ServeOptions};
+use tollgate_proxy::ServeOptions;
 use tollgate_sqlite::Database;
 
 /// How long shutdown waits for usage events that wait on a token estimate.
@@ -29,37 +24,12 @@ const ESTIMATE_SETTLE: Duration = Duration::from_secs(10);
 /// is refused everywhere well within a second).
 pub const CONTROL_TAIL_INTERVAL: Duration = Duration::from_millis(100);
 
-/// How often gateways read new balance updates from the ledger.
-pub const BALANCE_TAIL_INTERVAL: Duration = Duration::from_millis(100);
-
-/// Everything a process can run; roles pick what they use.
-pub struct Built {
-    pub node: Node,
-    pub control: Arc<ControlPlane>,
-    pub gateway: Arc<Gateway>,
-}
-
-/// Open storage, the control plane and the gateway; reports every config
-/// problem at once.
-pub async fn build(config: &Config) -> anyhow::Result<Built> {
-    let node = open_node(config).await?;
-    let catalog = Catalog::builtin().context("loading the built-in model catalog")?;
-    let control = open_control(config, &node, &catalog).await?;
-    let gateway = Gateway::new(
-        config.proxy(),
-        catalog,
-        control.clone(),
-        node.log.clone(),
-        &prometheus::Registry::new(),
-    )?;
-    if let LogBackend::Kafka(log) = &node.backend {
-        log.register_metrics(&gateway.metrics.registry)?;
-    }
-    Ok(Built {
-        node,
-        control,
-        gateway,
-    })
+/// What `tollgate check-config` builds: the node and the gateway, so every
+/// config problem is reported at once.
+pub async fn check(config: &Config) -> anyhow::Result<()> {
+    let node = Node::open(config).await?;
+    proxy::gateway(config, &node)?;
+    Ok(())
 }
 
 /// Which roles a process runs.
@@ -134,219 +104,117 @@ pub async fn run_roles(
     roles: Roles,
     listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    on_ready: impl FnOnce(std::net::SocketAddr, Option<&str>),
+    on_ready: impl FnOnce(SocketAddr, Option<&str>),
 ) -> anyhow::Result<()> {
     crate::memory::fix_mmap_threshold();
-    let built = build(&config).await?;
+    let node = Node::open(&config).await?;
+    // The gateway before anything runs: a config problem stops the start here.
+    let gateway = match roles.proxy {
+        true => Some(proxy::gateway(&config, &node)?),
+        false => None,
+    };
     crate::memory::start_trimming();
-    let log = built.node.log.clone();
-    // One edge for every listener: its caps hold for the whole process.
-    let edge = tollgate_proxy::Edge::new(&config.server, &built.gateway.metrics.registry)?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut tasks: Vec<JoinHandle<()>> = vec![built.control.spawn_tail(CONTROL_TAIL_INTERVAL)];
-    let admin_token = if config.admin.enabled && roles.proxy {
-        admin_token(&config, built.node.fresh)?
-    } else if config.admin.enabled {
-        env_value(ADMIN_TOKEN_ENV).or(std::fs::read_to_string(config.admin_token_file())
-            .ok()
-            .map(|t| t.trim().to_owned()))
-    } else {
-        None
-    };
-    let bootstrapped = if roles.proxy {
-        bootstrap(&built.node, &built.control, &config).await?
-    } else {
-        None
-    };
+    let control_tail = node.control.spawn_tail(CONTROL_TAIL_INTERVAL);
+    let admin_token = admin_token(&config, roles, node.fresh)?;
+    let admin_token = admin_token.as_deref();
 
-    let mut ledger_task = None;
-    let credits = if roles.ledger {
-        let ledger =
-            LedgerService::open(&built.node.db, log.clone(), &built.gateway.metrics.registry)
-                .context("opening the ledger")?;
-        ledger.publish_all().await;
-        ledger_task = Some(tokio::spawn(ledger.clone().run(stop_rx.clone())));
-        tasks.push(
-            built
-                .node
-                .backend
-                .spawn_ticker(Duration::from_millis(config.ledger.tick_interval_ms.max(1))),
-        );
-        Some(Arc::new(CreditsApi {
-            ledger,
-            control: built.control.clone(),
-            log: log.clone(),
-        }))
-    } else {
-        None
-    };
-
-    // The analytics role: the usage sink and the usage API.
-    let mut sink = None;
-    let usage_api = if roles.analytics {
-        let store = tollgate_analytics::open_store(&config.analytics, &built.node.db)
-            .context("opening the usage store")?;
-        let metrics = tollgate_analytics::AnalyticsMetrics::register(
-            &built.gateway.metrics.registry,
-            store.backend(),
-        )?;
-        sink = Some(
-            tollgate_analytics::Sink::new(
-                log.clone(),
-                store.clone(),
-                config.analytics.sink.clone(),
-                metrics,
-            )
-            .spawn(),
-        );
-        if let Some(task) =
-            tollgate_analytics::spawn_retention(store.clone(), config.analytics.retention.clone())
-        {
-            tasks.push(task);
-        }
-        let plane = built.control.clone();
-        let authorizer =
-            tollgate_analytics::TokenAuthorizer::new(admin_token.as_deref(), move |hash: &str| {
-                plane
-                    .snapshot()
-                    .key_by_hash(hash)
-                    .map(|k| k.account_id.clone())
-            });
-        Some(tollgate_analytics::router(store, Arc::new(authorizer)))
-    } else {
-        None
-    };
-
-    if roles.proxy {
-        // Not fatal (installs from before prices existed keep starting), but
-        // said at every start: these models are refused on operator keys.
-        for line in built.gateway.config.unpriced_models() {
-            tracing::warn!("{line}");
-        }
-        built.gateway.admission.catch_up(log.as_ref()).await?;
-        tasks.push(
-            built
-                .gateway
-                .admission
-                .spawn_tail(log.clone(), BALANCE_TAIL_INTERVAL),
-        );
-        if let (Some(boot), true) = (&bootstrapped, roles.ledger) {
-            // Serve the first request with the starting grant already known.
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while boot.granted
-                && built.gateway.admission.credit(&boot.account_id).is_none()
-                && tokio::time::Instant::now() < deadline
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                built.gateway.admission.catch_up(log.as_ref()).await?;
-            }
-        }
-        if let Some(boot) = &bootstrapped {
-            print_bootstrap(
-                boot,
+    let mut others = Role::default();
+    if roles.ledger {
+        others = others.merge(ledger::start(&config, &node, admin_token).await?);
+    }
+    if roles.analytics {
+        others = others.merge(analytics::start(&config, &node, admin_token)?);
+    }
+    let (proxy, front) = match gateway {
+        Some(gateway) => {
+            // The other roles' admin routes join the proxy's admin listener.
+            let admin_routes = others.admin_routes.take();
+            let started = proxy::start(
+                gateway,
                 &config,
-                admin_token.is_some() && env_value(ADMIN_TOKEN_ENV).is_none(),
+                &node,
+                admin_token,
+                admin_routes,
+                roles.ledger,
             );
+            let (proxy, role) = started.await?;
+            (Some(proxy), role)
         }
-        warn_without_credentials(&built.gateway);
-    }
+        None => (None, Role::serving(health_router(&node))),
+    };
+    let mut running = front.merge(others);
+    running.loops.push(control_tail);
 
-    // The admin API: control-plane routes where the proxy runs, credits
-    // routes where the ledger runs (one listener when both do).
-    let mut admin_task = None;
-    if let (Some(token), true) = (&admin_token, config.admin.enabled && roles.proxy) {
-        let state = AdminState::new(built.control.clone(), token);
-        let mut app = tollgate_control::admin::router(state.clone()).merge(
-            tollgate_proxy::admin_router(built.gateway.clone(), state.auth.clone()),
-        );
-        if let Some(credits) = &credits {
-            app = app.merge(tollgate_ledger::api::admin_router(
-                credits.clone(),
-                state.auth.clone(),
-            ));
+    let listener = main_listener(&config, roles, listener).await?;
+    let addr = listener.local_addr()?;
+    announce(&config, roles, addr);
+    let routes = running.main_routes();
+    let result = match &proxy {
+        Some(proxy) => {
+            proxy
+                .serve(&config, &node, listener, routes, shutdown, on_ready)
+                .await
         }
-        admin_task = Some(
-            spawn_server(
-                config.admin.listen,
-                app,
-                edge.clone(),
-                stop_rx.clone(),
-                "admin API",
-            )
-            .await?,
-        );
-    } else if config.admin.enabled && roles.proxy {
-        tracing::warn!(
-            "admin API disabled: no admin token (set {ADMIN_TOKEN_ENV} or create {})",
-            config.admin_token_file().display()
-        );
-    }
+        None => {
+            on_ready(addr, None);
+            let options = ServeOptions::new(node.edge.clone());
+            tollgate_proxy::serve_with(listener, routes, shutdown, options)
+                .await
+                .map_err(anyhow::Error::from)
+        }
+    };
+    stop(&node, running).await?;
+    result
+}
 
-    let mut result = Ok(());
+/// The admin token: created on a fresh install where the proxy runs, only
+/// read elsewhere; none when the admin API is disabled.
+fn admin_token(config: &Config, roles: Roles, fresh: bool) -> anyhow::Result<Option<String>> {
+    if !config.admin.enabled {
+        Ok(None)
+    } else if roles.proxy {
+        node::admin_token(config, fresh)
+    } else {
+        Ok(node::read_admin_token(config))
+    }
+}
+
+/// The main listener: the gateway's where the proxy runs, else the
+/// ledger's, else the usage API's.
+async fn main_listener(
+    config: &Config,
+    roles: Roles,
+    bound: Option<TcpListener>,
+) -> anyhow::Result<TcpListener> {
+    if let Some(listener) = bound {
+        return Ok(listener);
+    }
+    let listen = if roles.proxy {
+        config.server.listen
+    } else if roles.ledger {
+        config.ledger.listen
+    } else {
+        config.analytics_api.listen
+    };
+    TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))
+}
+
+fn announce(config: &Config, roles: Roles, addr: SocketAddr) {
     if roles.proxy {
-        let listener = match listener {
-            Some(l) => l,
-            None => TcpListener::bind(config.server.listen)
-                .await
-                .with_context(|| format!("binding {}", config.server.listen))?,
-        };
-        let addr = listener.local_addr()?;
         tracing::info!(listen = %addr, storage = %config.storage.path.display(), backend = ?config.eventlog.backend, roles = ?roles, "tollgate serving");
-        let mut app = tollgate_proxy::router(built.gateway.clone());
-        if let Some(credits) = &credits {
-            app = app.merge(tollgate_ledger::api::public_router(credits.clone()));
-        }
-        if let Some(usage) = usage_api.clone() {
-            app = app.merge(usage);
-        }
-        let mut options = ServeOptions::new(edge.clone());
-        if let Some(tls) = &config.server.tls {
-            options.tls = Some(tollgate_proxy::tls_acceptor(tls).context("setting up TLS")?);
-        }
-        on_ready(addr, bootstrapped.as_ref().map(|b| b.token.as_str()));
-        result =
-            tollgate_proxy::serve_gateway(listener, app, built.gateway.clone(), shutdown, options)
-                .await
-                .map_err(anyhow::Error::from);
-    } else if let (Some(usage), false) = (usage_api.clone(), roles.ledger) {
-        // Analytics alone serves the usage API and its health and metrics.
-        let app = usage.merge(health_router(built.gateway.clone()));
-        let listener = match listener {
-            Some(l) => l,
-            None => TcpListener::bind(config.analytics_api.listen)
-                .await
-                .with_context(|| format!("binding {}", config.analytics_api.listen))?,
-        };
-        let addr = listener.local_addr()?;
-        tracing::info!(listen = %addr, backend = ?config.analytics.backend, "tollgate analytics running");
-        on_ready(addr, None);
-        result =
-            tollgate_proxy::serve_with(listener, app, shutdown, ServeOptions::new(edge.clone()))
-                .await
-                .map_err(anyhow::Error::from);
-    } else if let Some(credits) = &credits {
-        // The ledger alone serves the credits API and its health and metrics.
-        let mut app = tollgate_ledger::api::public_router(credits.clone())
-            .merge(health_router(built.gateway.clone()));
-        if let Some(token) = &admin_token {
-            let auth = tollgate_control::admin::AdminAuth::new(token);
-            app = app.merge(tollgate_ledger::api::admin_router(credits.clone(), auth));
-        }
-        let listener = match listener {
-            Some(l) => l,
-            None => TcpListener::bind(config.ledger.listen)
-                .await
-                .with_context(|| format!("binding {}", config.ledger.listen))?,
-        };
-        let addr = listener.local_addr()?;
+    } else if roles.ledger {
         tracing::info!(listen = %addr, backend = ?config.eventlog.backend, "tollgate ledger running");
-        on_ready(addr, None);
-        result =
-            tollgate_proxy::serve_with(listener, app, shutdown, ServeOptions::new(edge.clone()))
-                .await
-                .map_err(anyhow::Error::from);
+    } else {
+        tracing::info!(listen = %addr, backend = ?config.analytics.backend, "tollgate analytics running");
     }
+}
 
+/// After the main listener has stopped: let usage events waiting on token
+/// estimates reach the log, signal the roles to stop, wait for what they
+/// finish, then make the log durable.
+async fn stop(node: &Node, running: Role) -> anyhow::Result<()> {
     // Requests that ended while their token estimate ran emit their usage
     // events from the estimate threads: let them, before the log closes
     // (each estimate is bounded, see `tollgate_proxy::tokenize`).
@@ -356,28 +224,16 @@ pub async fn run_roles(
             "stopping with usage events still waiting on token estimates"
         );
     }
-    let _ = stop_tx.send(true);
-    if let Some(task) = admin_task {
-        let _ = task.await;
+    node.stop();
+    for finish in running.finish {
+        finish.await;
     }
-    if let Some(task) = ledger_task {
-        match task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => tracing::error!(error = %err, "the ledger stopped with an error"),
-            Err(err) => tracing::error!(error = %err, "the ledger task failed"),
-        }
-    }
-    if let Some(sink) = sink {
-        if let Err(err) = sink.shutdown().await {
-            tracing::error!(error = %err, "the analytics sink stopped with an error");
-        }
-    }
-    for task in tasks {
+    for task in running.loops {
         task.abort();
     }
-    built.node.backend.shutdown().await?;
+    node.backend.shutdown().await?;
     tracing::info!("stopped; all events are durable");
-    result
+    Ok(())
 }
 
 /// Apply the usage store's migrations (`tollgate migrate`).

@@ -1,11 +1,14 @@
-//! A process's node: its storage, its event log and the control plane on
-//! it, which every role runs on; and the secrets those need.
+//! A process's node, what every role runs on (storage, the event log, the
+//! control plane, the metrics registry, the stop signal), and the secrets
+//! it needs.
 
 use crate::config::{Config, EventLogBackend};
 use anyhow::{bail, Context};
+use prometheus::Registry;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tollgate_control::{ControlPlane, MasterKey};
 use tollgate_core::Catalog;
@@ -13,7 +16,7 @@ use tollgate_eventlog::topics;
 use tollgate_eventlog::EventLog;
 use tollgate_kafka::KafkaEventLog;
 use tollgate_ledger::LedgerService;
-use tollgate_proxy::Gateway;
+use tollgate_proxy::{Edge, Gateway};
 use tollgate_sqlite::{Database, SqliteEventLog, SqliteEventLogOptions};
 
 /// How long shutdown waits for Kafka to take what is spooled (the rest is
@@ -66,39 +69,70 @@ impl LogBackend {
     }
 }
 
-/// A process's storage: the local SQLite file (ledger state; in embedded
-/// mode also the log) and the event log.
+/// What every role of a process runs on, built once: storage, the event log,
+/// the control plane on it, the metrics registry, the edge its listeners
+/// share and the stop signal.
 pub struct Node {
+    /// The local SQLite file: ledger state; in embedded mode also the log.
     pub db: Database,
     pub backend: LogBackend,
     pub log: Arc<dyn EventLog>,
     /// True when the log held no control-plane state before this start.
     pub fresh: bool,
+    pub control: Arc<ControlPlane>,
+    /// Every metric the process exports: each role registers its own here,
+    /// and `/metrics` serves them all.
+    pub metrics: Registry,
+    /// One edge for every listener, so its caps hold for the whole process.
+    pub edge: Arc<Edge>,
+    stop: watch::Sender<bool>,
 }
 
-pub async fn open_node(config: &Config) -> anyhow::Result<Node> {
-    let db = Database::open(&config.storage.path, config.storage.durability)
-        .with_context(|| format!("opening storage at {}", config.storage.path.display()))?;
-    let backend = match config.eventlog.backend {
-        EventLogBackend::Embedded => LogBackend::Embedded(Arc::new(SqliteEventLog::open(
-            &db,
-            SqliteEventLogOptions::default(),
-        )?)),
-        EventLogBackend::Kafka => {
-            let log = KafkaEventLog::connect(config.kafka.clone())
-                .await
-                .context("connecting to Kafka")?;
-            LogBackend::Kafka(Arc::new(log))
+impl Node {
+    /// Open storage, the event log and the control plane on it.
+    pub async fn open(config: &Config) -> anyhow::Result<Node> {
+        let db = Database::open(&config.storage.path, config.storage.durability)
+            .with_context(|| format!("opening storage at {}", config.storage.path.display()))?;
+        let backend = match config.eventlog.backend {
+            EventLogBackend::Embedded => LogBackend::Embedded(Arc::new(SqliteEventLog::open(
+                &db,
+                SqliteEventLogOptions::default(),
+            )?)),
+            EventLogBackend::Kafka => {
+                let log = KafkaEventLog::connect(config.kafka.clone())
+                    .await
+                    .context("connecting to Kafka")?;
+                LogBackend::Kafka(Arc::new(log))
+            }
+        };
+        let log = backend.log();
+        let fresh = log.read(topics::CONTROL, 0, 0, 1).await?.is_empty();
+        let control = open_control(config, &log, fresh).await?;
+        let metrics = Registry::new();
+        if let LogBackend::Kafka(log) = &backend {
+            log.register_metrics(&metrics)?;
         }
-    };
-    let log = backend.log();
-    let fresh = log.read(topics::CONTROL, 0, 0, 1).await?.is_empty();
-    Ok(Node {
-        db,
-        backend,
-        log,
-        fresh,
-    })
+        let edge = Edge::new(&config.server, &metrics)?;
+        Ok(Node {
+            db,
+            backend,
+            log,
+            fresh,
+            control,
+            metrics,
+            edge,
+            stop: watch::channel(false).0,
+        })
+    }
+
+    /// Turns true once the roles are to stop (their listeners, the ledger).
+    pub fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
 }
 
 /// Write a secret file readable by its owner only.
@@ -150,6 +184,14 @@ fn master_key(config: &Config, fresh: bool) -> anyhow::Result<MasterKey> {
     )
 }
 
+/// The admin token, read but never created (a process without the proxy):
+/// `TOLLGATE_ADMIN_TOKEN`, else the token file.
+pub fn read_admin_token(config: &Config) -> Option<String> {
+    env_value(ADMIN_TOKEN_ENV).or(std::fs::read_to_string(config.admin_token_file())
+        .ok()
+        .map(|t| t.trim().to_owned()))
+}
+
 /// The admin token: `TOLLGATE_ADMIN_TOKEN`, else the token file; a fresh
 /// install creates the file. None disables the admin API.
 pub fn admin_token(config: &Config, fresh: bool) -> anyhow::Result<Option<String>> {
@@ -170,17 +212,18 @@ pub fn admin_token(config: &Config, fresh: bool) -> anyhow::Result<Option<String
     Ok(None)
 }
 
-/// The control plane on `node`'s log.
-pub(crate) async fn open_control(
+/// The control plane on `log`.
+async fn open_control(
     config: &Config,
-    node: &Node,
-    catalog: &Catalog,
+    log: &Arc<dyn EventLog>,
+    fresh: bool,
 ) -> anyhow::Result<Arc<ControlPlane>> {
-    let master = Arc::new(master_key(config, node.fresh)?);
+    let master = Arc::new(master_key(config, fresh)?);
+    let catalog = Catalog::builtin().context("loading the built-in model catalog")?;
     ControlPlane::open(
-        node.log.clone(),
+        log.clone(),
         master,
-        Gateway::provider_ids(catalog, &config.proxy()),
+        Gateway::provider_ids(&catalog, &config.proxy()),
     )
     .await
     .context("reading the control plane from the log")
