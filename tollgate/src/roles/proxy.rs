@@ -13,7 +13,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tollgate_control::admin::AdminState;
-use tollgate_control::ControlPlane;
 use tollgate_core::billing::{Adjustment, AdjustmentKind};
 use tollgate_core::{Catalog, Envelope, EventBody, Usd};
 use tollgate_eventlog::topics;
@@ -57,7 +56,7 @@ pub async fn start(
     admin_routes: Option<Router>,
     ledger_runs: bool,
 ) -> anyhow::Result<(Proxy, Role)> {
-    let bootstrapped = bootstrap(node, &node.control, config).await?;
+    let bootstrapped = bootstrap(node, config).await?;
     // Not fatal (installs from before prices existed keep starting), but
     // said at every start: these models are refused on operator keys.
     for line in gateway.config.unpriced_models() {
@@ -205,11 +204,8 @@ pub struct Bootstrapped {
 }
 
 /// On a fresh install, create the first account and access key.
-pub async fn bootstrap(
-    embedded: &Node,
-    control: &ControlPlane,
-    config: &Config,
-) -> anyhow::Result<Option<Bootstrapped>> {
+pub async fn bootstrap(node: &Node, config: &Config) -> anyhow::Result<Option<Bootstrapped>> {
+    let control = &node.control;
     if !config.bootstrap.enabled || !control.snapshot().accounts.is_empty() {
         return Ok(None);
     }
@@ -236,15 +232,14 @@ pub async fn bootstrap(
             at: chrono::Utc::now(),
         };
         let payload = serde_json::to_vec(&Envelope::new(EventBody::Adjustment(grant)))?;
-        embedded
-            .log
+        node.log
             .append(LogRecord {
                 topic: topics::ACCOUNT_EVENTS.to_owned(),
                 key: account.id.to_string(),
                 payload,
             })
             .await?;
-        embedded.log.flush().await?;
+        node.log.flush().await?;
     }
     Ok(Some(Bootstrapped {
         token,
