@@ -189,7 +189,12 @@ async fn main() {
         .unwrap();
 
     // 1. apply_batch, batch by batch.
-    let ledger = LedgerService::open(&db, log.clone() as Arc<dyn EventLog>).unwrap();
+    let ledger = LedgerService::open(
+        &db,
+        log.clone() as Arc<dyn EventLog>,
+        &prometheus::Registry::new(),
+    )
+    .unwrap();
     let mut from = 0;
     let mut applying = Duration::ZERO;
     let mut applied = 0;
@@ -236,7 +241,12 @@ async fn main() {
     let copy_db = Database::open(&copy, Durability::Normal).unwrap();
     let copy_log =
         Arc::new(SqliteEventLog::open(&copy_db, SqliteEventLogOptions::default()).unwrap());
-    let service = LedgerService::open(&copy_db, copy_log.clone() as Arc<dyn EventLog>).unwrap();
+    let service = LedgerService::open(
+        &copy_db,
+        copy_log.clone() as Arc<dyn EventLog>,
+        &prometheus::Registry::new(),
+    )
+    .unwrap();
     let conn = copy_db.connect().unwrap();
     let end: i64 = conn
         .query_row(
@@ -315,7 +325,7 @@ async fn through_kafka(accounts: usize, events: usize, dir: &std::path::Path) {
 
     let db = Database::open(dir.join("kafka-ledger.db"), Durability::Normal).unwrap();
     let shared: Arc<dyn EventLog> = Arc::new(log.clone());
-    let service = LedgerService::open(&db, shared).unwrap();
+    let service = LedgerService::open(&db, shared, &prometheus::Registry::new()).unwrap();
     let conn = db.connect().unwrap();
     let applied = || -> Vec<u64> {
         (0..KAFKA_PARTITIONS as u32)

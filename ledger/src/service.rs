@@ -40,6 +40,7 @@ const EXPIRING_DAYS: i64 = 30;
 const WRITER_CACHE_KIB: i64 = 16 * 1024;
 
 pub struct LedgerMetrics {
+    /// The registry these are on: the process's, shared with the other roles.
     pub registry: Registry,
     pub entries: IntCounterVec,
     pub duplicates: IntCounter,
@@ -57,8 +58,7 @@ pub struct LedgerMetrics {
 }
 
 impl LedgerMetrics {
-    fn new() -> Result<LedgerMetrics, prometheus::Error> {
-        let registry = Registry::new();
+    fn new(registry: &Registry) -> Result<LedgerMetrics, prometheus::Error> {
         let entries = IntCounterVec::new(
             Opts::new(
                 "tollgate_ledger_entries_total",
@@ -108,7 +108,7 @@ impl LedgerMetrics {
         registry.register(Box::new(expiring_30d.clone()))?;
         registry.register(Box::new(halted.clone()))?;
         Ok(LedgerMetrics {
-            registry,
+            registry: registry.clone(),
             entries,
             duplicates,
             unreadable,
@@ -139,8 +139,13 @@ impl PositionSource for StoredPositions {
 }
 
 impl LedgerService {
-    /// Open (migrating) the ledger tables in `db` and load the state.
-    pub fn open(db: &Database, log: Arc<dyn EventLog>) -> Result<Arc<LedgerService>, LedgerError> {
+    /// Open (migrating) the ledger tables in `db` and load the state; its
+    /// metrics go on `metrics`.
+    pub fn open(
+        db: &Database,
+        log: Arc<dyn EventLog>,
+        metrics: &Registry,
+    ) -> Result<Arc<LedgerService>, LedgerError> {
         let mut writer = db.connect()?;
         // A batch dirties a page of the entries index per account it
         // touches; with SQLite's default 2 MB cache those pages are evicted
@@ -155,7 +160,7 @@ impl LedgerService {
             writer: Mutex::new(writer),
             state: Mutex::new(state),
             log,
-            metrics: LedgerMetrics::new()?,
+            metrics: LedgerMetrics::new(metrics)?,
         }))
     }
 

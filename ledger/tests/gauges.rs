@@ -63,7 +63,12 @@ async fn balance_and_expiring_credit_gauges_follow_the_ledger() {
     .await;
     log.flush().await.unwrap();
 
-    let ledger = LedgerService::open(&db, log.clone() as Arc<dyn EventLog>).unwrap();
+    let ledger = LedgerService::open(
+        &db,
+        log.clone() as Arc<dyn EventLog>,
+        &prometheus::Registry::new(),
+    )
+    .unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(ledger.clone().run(stopped));
     let gauge = |vec: &prometheus::GaugeVec, account: &str| vec.with_label_values(&[account]).get();

@@ -214,7 +214,7 @@ mod tests {
 
     #[test]
     fn the_error_names_the_last_failure_and_is_a_timeout_only_if_that_was() {
-        let metrics = Metrics::new().unwrap();
+        let metrics = Metrics::new(&prometheus::Registry::new()).unwrap();
         let mut failover = Failover::default();
         failover.record(
             &metrics,
@@ -252,7 +252,7 @@ mod tests {
 
     #[test]
     fn a_success_or_client_error_is_recorded_without_becoming_the_failure() {
-        let metrics = Metrics::new().unwrap();
+        let metrics = Metrics::new(&prometheus::Registry::new()).unwrap();
         let mut failover = Failover::default();
         failover.record(&metrics, attempt("a").ended(Outcome::ClientError, ""));
         failover.record(&metrics, attempt("a").ended(Outcome::Ok, ""));

@@ -252,6 +252,7 @@ impl Gateway {
         mut catalog: Catalog,
         control: Arc<ControlPlane>,
         events: Arc<dyn EventLog>,
+        metrics: &prometheus::Registry,
     ) -> Result<Arc<Gateway>, InitError> {
         let builtin_ids: Vec<String> = catalog.providers().iter().map(|p| p.id.clone()).collect();
         let builtin_refs: Vec<&str> = builtin_ids.iter().map(String::as_str).collect();
@@ -325,7 +326,7 @@ impl Gateway {
             .map_err(InitError::HttpClient)?;
 
         let instance_id = format!("gw_{}", uuid::Uuid::now_v7().simple());
-        let metrics = Metrics::new()?;
+        let metrics = Metrics::new(metrics)?;
         let admission = Arc::new(
             Admission::new(config.billing.enforce, instance_id.clone())
                 .timing_round_trips(metrics.ledger_round_trip.clone()),

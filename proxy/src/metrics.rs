@@ -1,5 +1,6 @@
-//! Prometheus metrics for the proxy, on a registry owned by the gateway so
-//! that several gateways can live in one process (tests).
+//! Prometheus metrics for the proxy, on the registry the gateway is given:
+//! the process's, which the other roles register on too (tests give each
+//! gateway its own, so several can live in one process).
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
@@ -19,8 +20,6 @@ pub struct Metrics {
     pub events_dropped: IntCounter,
     pub in_flight: IntGauge,
     pub ledger_round_trip: Histogram,
-    /// Other components' registries (ledger, event log) served on /metrics too.
-    extra: parking_lot::Mutex<Vec<Registry>>,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -36,8 +35,8 @@ const ROUND_TRIP_BUCKETS: &[f64] = &[
 ];
 
 impl Metrics {
-    pub fn new() -> Result<Metrics, prometheus::Error> {
-        let registry = Registry::new();
+    /// The proxy's metrics, registered on `registry`.
+    pub fn new(registry: &Registry) -> Result<Metrics, prometheus::Error> {
         let requests = IntCounterVec::new(
             Opts::new(
                 "tollgate_proxy_requests_total",
@@ -114,7 +113,7 @@ impl Metrics {
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(ledger_round_trip.clone()))?;
         Ok(Metrics {
-            registry,
+            registry: registry.clone(),
             requests,
             errors,
             request_duration,
@@ -126,25 +125,23 @@ impl Metrics {
             events_dropped,
             in_flight,
             ledger_round_trip,
-            extra: parking_lot::Mutex::new(Vec::new()),
         })
     }
 
-    /// The text exposition format.
-    pub fn add_registry(&self, registry: Registry) {
-        self.extra.lock().push(registry);
-    }
-
-    /// The text exposition format, this registry's and the added ones'.
+    /// Every metric on the gateway's registry, in the text exposition format.
     pub fn render(&self) -> String {
-        let mut families = self.registry.gather();
-        for registry in self.extra.lock().iter() {
-            families.extend(registry.gather());
-        }
-        let mut buffer = Vec::new();
-        if TextEncoder::new().encode(&families, &mut buffer).is_err() {
-            return String::new();
-        }
-        String::from_utf8(buffer).unwrap_or_default()
+        render(&self.registry)
     }
+}
+
+/// Every metric on `registry`, in the text exposition format.
+pub fn render(registry: &Registry) -> String {
+    let mut buffer = Vec::new();
+    if TextEncoder::new()
+        .encode(&registry.gather(), &mut buffer)
+        .is_err()
+    {
+        return String::new();
+    }
+    String::from_utf8(buffer).unwrap_or_default()
 }

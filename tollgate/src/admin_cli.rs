@@ -311,9 +311,7 @@ fn override_path(qualified: &str) -> anyhow::Result<String> {
     ))
 }
 
-fn price_overrides_request(
-    action: &PriceOverridesAction,
-) -> anyhow::Result<(reqwest::Method, String, Option<Value>)> {
+fn price_overrides_request(action: &PriceOverridesAction) -> anyhow::Result<Request> {
     use reqwest::Method;
     Ok(match action {
         PriceOverridesAction::List => (Method::GET, "/price-overrides".into(), None),
@@ -352,177 +350,214 @@ fn read_secret() -> anyhow::Result<String> {
     Ok(secret)
 }
 
+/// An admin API call: method, path under `/admin/v1`, JSON body.
+type Request = (reqwest::Method, String, Option<Value>);
+
 /// (method, path, body) for one command.
-fn request(command: &AdminCommand) -> anyhow::Result<(reqwest::Method, String, Option<Value>)> {
+fn request(command: &AdminCommand) -> anyhow::Result<Request> {
     use reqwest::Method;
     Ok(match command {
-        AdminCommand::Accounts { action } => match action {
-            AccountsAction::List => (Method::GET, "/accounts".into(), None),
-            AccountsAction::Create { name } => (
-                Method::POST,
-                "/accounts".into(),
-                Some(json!({"name": name})),
-            ),
-        },
-        AdminCommand::Keys { action } => match action {
-            KeysAction::List { account } => (
-                Method::GET,
-                format!("/accounts/{account}/access-keys"),
-                None,
-            ),
-            KeysAction::Create {
-                account,
-                name,
-                configuration,
-            } => (
-                Method::POST,
-                format!("/accounts/{account}/access-keys"),
-                Some(json!({"name": name, "configuration_id": configuration})),
-            ),
-            KeysAction::Revoke { id } => (Method::POST, format!("/access-keys/{id}/revoke"), None),
-            KeysAction::Assign { id, configuration } => {
-                let value = if configuration == "none" {
-                    Value::Null
-                } else {
-                    json!(configuration)
-                };
-                (
-                    Method::PUT,
-                    format!("/access-keys/{id}/configuration"),
-                    Some(json!({"configuration_id": value})),
-                )
-            }
-        },
-        AdminCommand::Configs { action } => match action {
-            ConfigsAction::List { account } => (
-                Method::GET,
-                format!("/accounts/{account}/configurations"),
-                None,
-            ),
-            ConfigsAction::Get { id } => (Method::GET, format!("/configurations/{id}"), None),
-            ConfigsAction::Create { account, spec } => (
-                Method::POST,
-                format!("/accounts/{account}/configurations"),
-                Some(spec.body()),
-            ),
-            ConfigsAction::Update { id, spec } => (
-                Method::PUT,
-                format!("/configurations/{id}"),
-                Some(spec.body()),
-            ),
-            ConfigsAction::Delete { id } => (Method::DELETE, format!("/configurations/{id}"), None),
-            ConfigsAction::Attach { id, provider_key } => (
-                Method::POST,
-                format!("/configurations/{id}/provider-keys"),
-                Some(json!({"provider_key_id": provider_key})),
-            ),
-            ConfigsAction::Detach { id, provider_key } => (
-                Method::DELETE,
-                format!("/configurations/{id}/provider-keys/{provider_key}"),
-                None,
-            ),
-        },
-        AdminCommand::ProviderKeys { action } => match action {
-            ProviderKeysAction::List { account } => (
-                Method::GET,
-                format!("/accounts/{account}/provider-keys"),
-                None,
-            ),
-            ProviderKeysAction::Add {
-                account,
-                provider,
-                name,
-            } => (
-                Method::POST,
-                format!("/accounts/{account}/provider-keys"),
-                Some(json!({"provider": provider, "name": name, "secret": read_secret()?})),
-            ),
-            ProviderKeysAction::Rotate { id } => (
-                Method::PUT,
-                format!("/provider-keys/{id}/secret"),
-                Some(json!({"secret": read_secret()?})),
-            ),
-            ProviderKeysAction::Delete { id } => {
-                (Method::DELETE, format!("/provider-keys/{id}"), None)
-            }
-        },
-        AdminCommand::Credits { action } => match action {
-            CreditsAction::Balance { account } => (
-                Method::GET,
-                format!("/accounts/{account}/credits/balance"),
-                None,
-            ),
-            CreditsAction::Lots { account } => (
-                Method::GET,
-                format!("/accounts/{account}/credits/lots"),
-                None,
-            ),
-            CreditsAction::Entries {
-                account,
-                kind,
-                after,
-            } => {
-                let mut query = Vec::new();
-                if let Some(kind) = kind {
-                    query.push(format!("kind={kind}"));
-                }
-                if let Some(after) = after {
-                    query.push(format!("after={after}"));
-                }
-                let query = if query.is_empty() {
-                    String::new()
-                } else {
-                    format!("?{}", query.join("&"))
-                };
-                (
-                    Method::GET,
-                    format!("/accounts/{account}/credits/entries{query}"),
-                    None,
-                )
-            }
-            CreditsAction::Purchase {
-                account,
-                amount,
-                idempotency_key,
-            } => (
-                Method::POST,
-                format!("/accounts/{account}/purchases"),
-                Some(json!({"amount": amount, "idempotency_key": idempotency_key})),
-            ),
-            CreditsAction::Adjust {
-                account,
-                kind,
-                amount,
-                reason,
-                idempotency_key,
-            } => (
-                Method::POST,
-                format!("/accounts/{account}/adjustments"),
-                Some(
-                    json!({"kind": kind, "amount": amount, "reason": reason, "idempotency_key": idempotency_key}),
-                ),
-            ),
-        },
-        AdminCommand::CustomProviders { action } => match action {
-            CustomProvidersAction::List => (Method::GET, "/custom-providers".into(), None),
-            CustomProvidersAction::Create {
-                id,
-                base_url,
-                api,
-                models,
-            } => (
-                Method::POST,
-                "/custom-providers".into(),
-                Some(json!({"id": id, "base_url": base_url, "api": api, "models": models})),
-            ),
-            CustomProvidersAction::Delete { id } => {
-                (Method::DELETE, format!("/custom-providers/{id}"), None)
-            }
-        },
+        AdminCommand::Accounts { action } => accounts_request(action),
+        AdminCommand::Keys { action } => keys_request(action),
+        AdminCommand::Configs { action } => configs_request(action),
+        AdminCommand::ProviderKeys { action } => provider_keys_request(action)?,
+        AdminCommand::Credits { action } => credits_request(action),
+        AdminCommand::CustomProviders { action } => custom_providers_request(action),
         AdminCommand::PricePlans { action } => plans::request(action),
         AdminCommand::PriceOverrides { action } => price_overrides_request(action)?,
         AdminCommand::ModelPrices => (Method::GET, "/model-prices".into(), None),
     })
+}
+
+/// `tollgate admin accounts …`.
+fn accounts_request(action: &AccountsAction) -> Request {
+    use reqwest::Method;
+    match action {
+        AccountsAction::List => (Method::GET, "/accounts".into(), None),
+        AccountsAction::Create { name } => (
+            Method::POST,
+            "/accounts".into(),
+            Some(json!({"name": name})),
+        ),
+    }
+}
+
+/// `tollgate admin keys …`.
+fn keys_request(action: &KeysAction) -> Request {
+    use reqwest::Method;
+    match action {
+        KeysAction::List { account } => (
+            Method::GET,
+            format!("/accounts/{account}/access-keys"),
+            None,
+        ),
+        KeysAction::Create {
+            account,
+            name,
+            configuration,
+        } => (
+            Method::POST,
+            format!("/accounts/{account}/access-keys"),
+            Some(json!({"name": name, "configuration_id": configuration})),
+        ),
+        KeysAction::Revoke { id } => (Method::POST, format!("/access-keys/{id}/revoke"), None),
+        KeysAction::Assign { id, configuration } => {
+            let value = if configuration == "none" {
+                Value::Null
+            } else {
+                json!(configuration)
+            };
+            (
+                Method::PUT,
+                format!("/access-keys/{id}/configuration"),
+                Some(json!({"configuration_id": value})),
+            )
+        }
+    }
+}
+
+/// `tollgate admin configs …`.
+fn configs_request(action: &ConfigsAction) -> Request {
+    use reqwest::Method;
+    match action {
+        ConfigsAction::List { account } => (
+            Method::GET,
+            format!("/accounts/{account}/configurations"),
+            None,
+        ),
+        ConfigsAction::Get { id } => (Method::GET, format!("/configurations/{id}"), None),
+        ConfigsAction::Create { account, spec } => (
+            Method::POST,
+            format!("/accounts/{account}/configurations"),
+            Some(spec.body()),
+        ),
+        ConfigsAction::Update { id, spec } => (
+            Method::PUT,
+            format!("/configurations/{id}"),
+            Some(spec.body()),
+        ),
+        ConfigsAction::Delete { id } => (Method::DELETE, format!("/configurations/{id}"), None),
+        ConfigsAction::Attach { id, provider_key } => (
+            Method::POST,
+            format!("/configurations/{id}/provider-keys"),
+            Some(json!({"provider_key_id": provider_key})),
+        ),
+        ConfigsAction::Detach { id, provider_key } => (
+            Method::DELETE,
+            format!("/configurations/{id}/provider-keys/{provider_key}"),
+            None,
+        ),
+    }
+}
+
+/// `tollgate admin provider-keys …`.
+fn provider_keys_request(action: &ProviderKeysAction) -> anyhow::Result<Request> {
+    use reqwest::Method;
+    Ok(match action {
+        ProviderKeysAction::List { account } => (
+            Method::GET,
+            format!("/accounts/{account}/provider-keys"),
+            None,
+        ),
+        ProviderKeysAction::Add {
+            account,
+            provider,
+            name,
+        } => (
+            Method::POST,
+            format!("/accounts/{account}/provider-keys"),
+            Some(json!({"provider": provider, "name": name, "secret": read_secret()?})),
+        ),
+        ProviderKeysAction::Rotate { id } => (
+            Method::PUT,
+            format!("/provider-keys/{id}/secret"),
+            Some(json!({"secret": read_secret()?})),
+        ),
+        ProviderKeysAction::Delete { id } => (Method::DELETE, format!("/provider-keys/{id}"), None),
+    })
+}
+
+/// `tollgate admin credits …`.
+fn credits_request(action: &CreditsAction) -> Request {
+    use reqwest::Method;
+    match action {
+        CreditsAction::Balance { account } => (
+            Method::GET,
+            format!("/accounts/{account}/credits/balance"),
+            None,
+        ),
+        CreditsAction::Lots { account } => (
+            Method::GET,
+            format!("/accounts/{account}/credits/lots"),
+            None,
+        ),
+        CreditsAction::Entries {
+            account,
+            kind,
+            after,
+        } => {
+            let mut query = Vec::new();
+            if let Some(kind) = kind {
+                query.push(format!("kind={kind}"));
+            }
+            if let Some(after) = after {
+                query.push(format!("after={after}"));
+            }
+            let query = if query.is_empty() {
+                String::new()
+            } else {
+                format!("?{}", query.join("&"))
+            };
+            (
+                Method::GET,
+                format!("/accounts/{account}/credits/entries{query}"),
+                None,
+            )
+        }
+        CreditsAction::Purchase {
+            account,
+            amount,
+            idempotency_key,
+        } => (
+            Method::POST,
+            format!("/accounts/{account}/purchases"),
+            Some(json!({"amount": amount, "idempotency_key": idempotency_key})),
+        ),
+        CreditsAction::Adjust {
+            account,
+            kind,
+            amount,
+            reason,
+            idempotency_key,
+        } => (
+            Method::POST,
+            format!("/accounts/{account}/adjustments"),
+            Some(
+                json!({"kind": kind, "amount": amount, "reason": reason, "idempotency_key": idempotency_key}),
+            ),
+        ),
+    }
+}
+
+/// `tollgate admin custom-providers …`.
+fn custom_providers_request(action: &CustomProvidersAction) -> Request {
+    use reqwest::Method;
+    match action {
+        CustomProvidersAction::List => (Method::GET, "/custom-providers".into(), None),
+        CustomProvidersAction::Create {
+            id,
+            base_url,
+            api,
+            models,
+        } => (
+            Method::POST,
+            "/custom-providers".into(),
+            Some(json!({"id": id, "base_url": base_url, "api": api, "models": models})),
+        ),
+        CustomProvidersAction::Delete { id } => {
+            (Method::DELETE, format!("/custom-providers/{id}"), None)
+        }
+    }
 }
 
 /// Run one admin command; a non-2xx answer is an error carrying its message.

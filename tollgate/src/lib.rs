@@ -5,3 +5,5 @@ pub mod admin_cli;
 pub mod app;
 pub mod config;
 pub mod memory;
+pub mod node;
+pub mod roles;

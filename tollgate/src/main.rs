@@ -199,7 +199,7 @@ fn run(command: Command, config: Config) -> anyhow::Result<()> {
                     probe.kafka.validate()?;
                     probe.eventlog.backend = tollgate::config::EventLogBackend::Embedded;
                 }
-                let result = app::build(&probe).await.map(|_| ());
+                let result = app::check(&probe).await;
                 let _ = std::fs::remove_dir_all(&dir);
                 result
             });

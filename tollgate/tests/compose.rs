@@ -146,6 +146,7 @@ fn every_tollgate_service_environment_passes_check_config() {
     assert_eq!(seen, ["analytics", "ledger", "proxy"]);
     let source = [
         std::fs::read_to_string(repo().join("tollgate/src/app.rs")).unwrap(),
+        std::fs::read_to_string(repo().join("tollgate/src/node.rs")).unwrap(),
         std::fs::read_to_string(repo().join("tollgate/src/admin_cli.rs")).unwrap(),
         std::fs::read_to_string(repo().join("tollgate/src/main.rs")).unwrap(),
     ]

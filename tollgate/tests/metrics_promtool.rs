@@ -456,6 +456,18 @@ async fn proxy_ledger_and_analytics_metrics_pass_promtool() {
         |t| counter(t, "tollgate_analytics_rows_inserted_total") >= 3.0,
     )
     .await;
+    // Only the proxy builds a gateway; every process exports its node's
+    // metrics (the edge's) beside its role's.
+    for (what, text) in [("ledger", &ledger), ("analytics", &analytics)] {
+        assert!(
+            !text.contains("tollgate_proxy_"),
+            "{what} exports gateway metrics:\n{text}"
+        );
+        assert!(
+            has_samples(text, "tollgate_edge_open_connections"),
+            "{what}: no edge metrics\n{text}"
+        );
+    }
     promtool_check("tollgate proxy", &proxy);
     promtool_check("tollgate ledger", &ledger);
     promtool_check("tollgate analytics", &analytics);

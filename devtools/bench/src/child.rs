@@ -1,6 +1,6 @@
 //! The gateway under test runs in a child process (`tollgate-bench
 //! gateway-child`), composed exactly as `tollgate serve` composes it
-//! (`tollgate::app::build`, bootstrap key, key refresh, `router`, `serve`),
+//! (`tollgate::app::serve_on`: node, roles, bootstrap key, key refresh, `serve`),
 //! so its RSS is its own and its threads are not the load generator's.
 //!
 //! Protocol: the child prints `READY <addr> <token>` once serving; it

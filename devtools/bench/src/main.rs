@@ -764,7 +764,7 @@ fn print_context(cli: &Cli, duration: Duration, warmup: Duration) {
         pin(cli.pin_gateway.as_deref())
     );
     println!(
-        "gateway      : built as `tollgate serve` does (tollgate::app::build): access-key auth \
+        "gateway      : built as `tollgate serve` does (tollgate::app::serve_on): access-key auth \
          (bootstrap key), metering, usage events into the {} event log, control plane tailed \
          every {} ms, ledger and credit admission on",
         match kafka_brokers() {

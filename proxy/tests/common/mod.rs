@@ -95,6 +95,7 @@ pub async fn start_on(mock: MockUpstream, config: ProxyConfig) -> TestGateway {
         catalog,
         control.clone(),
         events.clone() as Arc<dyn EventLog>,
+        &prometheus::Registry::new(),
     )
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -273,7 +274,13 @@ pub async fn try_gateway(config: ProxyConfig) -> Result<Arc<Gateway>, tollgate_p
     let events = Arc::new(SqliteEventLog::open(&db, SqliteEventLogOptions::default()).unwrap());
     let catalog = Catalog::builtin().unwrap();
     let control = open_control(&events, &catalog, &config).await;
-    Gateway::new(config, catalog, control, events as Arc<dyn EventLog>)
+    Gateway::new(
+        config,
+        catalog,
+        control,
+        events as Arc<dyn EventLog>,
+        &prometheus::Registry::new(),
+    )
 }
 
 /// The control plane over `events`, as the binary builds it.
@@ -557,6 +564,7 @@ impl TestGateway {
             catalog,
             control.clone(),
             events.clone() as Arc<dyn EventLog>,
+            &prometheus::Registry::new(),
         )
         .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

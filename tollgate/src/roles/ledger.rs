@@ -1,0 +1,47 @@
+//! The ledger role: applies account events, publishes balances, ticks the
+//! account-events topic and serves the credits API.
+
+use super::Role;
+use crate::config::Config;
+use crate::node::Node;
+use anyhow::Context;
+use std::sync::Arc;
+use std::time::Duration;
+use tollgate_control::admin::AdminAuth;
+use tollgate_ledger::api::CreditsApi;
+use tollgate_ledger::LedgerService;
+
+/// Start the ledger on `node`; its admin routes exist when there is an
+/// admin token.
+pub async fn start(
+    config: &Config,
+    node: &Node,
+    admin_token: Option<&str>,
+) -> anyhow::Result<Role> {
+    let ledger = LedgerService::open(&node.db, node.log.clone(), &node.metrics)
+        .context("opening the ledger")?;
+    ledger.publish_all().await;
+    let run = tokio::spawn(ledger.clone().run(node.stop_signal()));
+    let ticker = node
+        .backend
+        .spawn_ticker(Duration::from_millis(config.ledger.tick_interval_ms.max(1)));
+    let credits = Arc::new(CreditsApi {
+        ledger,
+        control: node.control.clone(),
+        log: node.log.clone(),
+    });
+    Ok(Role {
+        routes: tollgate_ledger::api::public_router(credits.clone()),
+        admin_routes: admin_token
+            .map(|token| tollgate_ledger::api::admin_router(credits, AdminAuth::new(token))),
+        loops: vec![ticker],
+        // The ledger stops at the stop signal, after committing what it applied.
+        finish: vec![Box::pin(async move {
+            match run.await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::error!(error = %err, "the ledger stopped with an error"),
+                Err(err) => tracing::error!(error = %err, "the ledger task failed"),
+            }
+        })],
+    })
+}
