@@ -10,6 +10,7 @@ pub mod error;
 pub mod estimate;
 pub mod failover;
 pub mod gateway;
+pub mod health;
 pub mod meter;
 pub mod metrics;
 pub mod ratelimit;

@@ -12,7 +12,7 @@ use crate::dispatch::{extract_token, handle};
 use crate::error::ProxyError;
 use crate::gateway::{Caller, Gateway};
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -33,9 +33,10 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     router
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*model}", get(get_model))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .merge(crate::health::router(
+            gateway.events.clone(),
+            gateway.metrics.registry.clone(),
+        ))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(gateway)
 }
@@ -52,22 +53,6 @@ pub(crate) fn proxied_api(method: &http::Method, path: &str) -> Option<&'static 
         return None;
     }
     CLIENT_APIS.iter().find(|api| api.path() == path).copied()
-}
-
-async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
-    if gateway.events.is_writable() {
-        (StatusCode::OK, "ready").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "event log is not writable").into_response()
-    }
-}
-
-async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        gateway.metrics.render(),
-    )
-        .into_response()
 }
 
 /// The API whose model list the caller gets: the one its headers name,

@@ -7,8 +7,6 @@ pub mod ledger;
 pub mod proxy;
 
 use crate::node::Node;
-use axum::http::StatusCode;
-use axum::routing::get;
 use axum::Router;
 use std::future::Future;
 use std::pin::Pin;
@@ -66,30 +64,7 @@ impl Role {
 }
 
 /// `/healthz`, `/readyz` and `/metrics` for a process without the proxy
-/// (the gateway's router answers the same three, from the same node).
+/// (the gateway's router merges the same router, on the same node's log and registry).
 pub fn health_router(node: &Node) -> Router {
-    let log = node.log.clone();
-    let metrics = node.metrics.clone();
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let writable = log.is_writable();
-                async move {
-                    if writable {
-                        (StatusCode::OK, "ready")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "event log is not writable")
-                    }
-                }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(move || {
-                let text = tollgate_proxy::metrics::render(&metrics);
-                async move { text }
-            }),
-        )
+    tollgate_proxy::health::router(node.log.clone(), node.metrics.clone())
 }
