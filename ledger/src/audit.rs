@@ -113,9 +113,7 @@ pub fn derive(records: &[StoredRecord]) -> Result<Derived, LedgerError> {
     for r in records {
         by_partition.entry(r.partition).or_default().push(r);
     }
-    let mut accounts: HashMap<String, SimpleAccount> = HashMap::new();
-    let mut seen: HashSet<String> = HashSet::new();
-    let mut out = Derived::default();
+    let mut replay = Replay::default();
     for (partition, mut list) in by_partition {
         list.sort_by_key(|r| r.offset);
         let mut clock: Option<DateTime<Utc>> = None;
@@ -132,95 +130,118 @@ pub fn derive(records: &[StoredRecord]) -> Result<Derived, LedgerError> {
                     version,
                 });
             }
-            let (account, at, key) = match &envelope.body {
-                EventBody::Usage(u) => (
-                    u.account_id.to_string(),
-                    u.finished_at,
-                    format!("usage:{}", u.event_id),
-                ),
-                EventBody::Purchase(p) => (
-                    p.account_id.to_string(),
-                    p.purchased_at,
-                    format!("purchase:{}:{}", p.account_id, p.idempotency_key),
-                ),
-                EventBody::Adjustment(a) => (
-                    a.account_id.to_string(),
-                    a.at,
-                    format!("adjustment:{}:{}", a.account_id, a.idempotency_key),
-                ),
-                EventBody::Tick(t) => {
-                    let now = clock.map_or(t.at, |c| c.max(t.at));
-                    clock = Some(now);
-                    let mut names: Vec<String> = accounts
-                        .iter()
-                        .filter(|(_, s)| s.partition == partition)
-                        .map(|(n, _)| n.clone())
-                        .collect();
-                    names.sort();
-                    for name in names {
-                        if let Some(state) = accounts.get_mut(&name) {
-                            expire(&name, state, now, &mut out.entries);
-                        }
-                    }
-                    continue;
-                }
-                _ => continue,
-            };
-            // A redelivered id is skipped before it can move the clock.
-            if !seen.insert(key) {
-                continue;
+            replay.record(partition, &mut clock, envelope.body);
+        }
+    }
+    Ok(replay.finish())
+}
+
+/// The audit's own, independent replay state.
+#[derive(Default)]
+struct Replay {
+    accounts: HashMap<String, SimpleAccount>,
+    seen: HashSet<String>,
+    out: Derived,
+}
+
+impl Replay {
+    fn record(&mut self, partition: u32, clock: &mut Option<DateTime<Utc>>, body: EventBody) {
+        let (account, at, key) = match &body {
+            EventBody::Usage(u) => (
+                u.account_id.to_string(),
+                u.finished_at,
+                format!("usage:{}", u.event_id),
+            ),
+            EventBody::Purchase(p) => (
+                p.account_id.to_string(),
+                p.purchased_at,
+                format!("purchase:{}:{}", p.account_id, p.idempotency_key),
+            ),
+            EventBody::Adjustment(a) => (
+                a.account_id.to_string(),
+                a.at,
+                format!("adjustment:{}:{}", a.account_id, a.idempotency_key),
+            ),
+            EventBody::Tick(t) => {
+                let now = clock.map_or(t.at, |c| c.max(t.at));
+                *clock = Some(now);
+                self.expire_partition(partition, now);
+                return;
             }
-            let now = clock.map_or(at, |c| c.max(at));
-            clock = Some(now);
-            let state = accounts.entry(account.clone()).or_default();
-            state.partition = partition;
-            expire(&account, state, now, &mut out.entries);
-            let entries = out.entries.entry(account.clone()).or_default();
-            match envelope.body {
-                EventBody::Usage(u) => {
-                    let cost = cost_of(&u).total();
-                    if cost != Usd::ZERO {
-                        take(state, cost);
-                        entries.push(("usage".into(), u.event_id.to_string(), -cost));
-                    }
-                }
-                EventBody::Purchase(p) => {
-                    give(state, p.purchase_id.clone(), p.purchased_at, p.amount);
-                    entries.push(("purchase".into(), p.purchase_id, p.amount));
-                }
-                EventBody::Adjustment(a) => match a.kind {
-                    AdjustmentKind::GoodwillCredit => {
-                        give(state, a.adjustment_id.clone(), a.at, a.amount);
-                        entries.push(("goodwill_credit".into(), a.adjustment_id, a.amount));
-                    }
-                    AdjustmentKind::ManualDebit => {
-                        take(state, a.amount);
-                        entries.push(("manual_debit".into(), a.adjustment_id, -a.amount));
-                    }
-                    AdjustmentKind::Refund => {
-                        let credit: Usd =
-                            state.lots.iter().filter(|l| !l.done).map(|l| l.left).sum();
-                        if a.amount <= credit && state.debt == Usd::ZERO {
-                            take(state, a.amount);
-                            entries.push(("refund".into(), a.adjustment_id, -a.amount));
-                        } else {
-                            entries.push((
-                                "adjustment_rejected".into(),
-                                a.adjustment_id,
-                                Usd::ZERO,
-                            ));
-                        }
-                    }
-                },
-                _ => {}
+            _ => return,
+        };
+        // A redelivered id is skipped before it can move the clock.
+        if !self.seen.insert(key) {
+            return;
+        }
+        let now = clock.map_or(at, |c| c.max(at));
+        *clock = Some(now);
+        let state = self.accounts.entry(account.clone()).or_default();
+        state.partition = partition;
+        expire(&account, state, now, &mut self.out.entries);
+        let entries = self.out.entries.entry(account).or_default();
+        apply(state, entries, body);
+    }
+
+    /// A tick expires lots on every account of its partition, in name order.
+    fn expire_partition(&mut self, partition: u32, now: DateTime<Utc>) {
+        let mut names: Vec<String> = self
+            .accounts
+            .iter()
+            .filter(|(_, s)| s.partition == partition)
+            .map(|(n, _)| n.clone())
+            .collect();
+        names.sort();
+        for name in names {
+            if let Some(state) = self.accounts.get_mut(&name) {
+                expire(&name, state, now, &mut self.out.entries);
             }
         }
     }
-    for (name, state) in accounts {
-        let credit: Usd = state.lots.iter().filter(|l| !l.done).map(|l| l.left).sum();
-        out.balances.insert(name, credit - state.debt);
+
+    fn finish(mut self) -> Derived {
+        for (name, state) in self.accounts {
+            let credit: Usd = state.lots.iter().filter(|l| !l.done).map(|l| l.left).sum();
+            self.out.balances.insert(name, credit - state.debt);
+        }
+        self.out
     }
-    Ok(out)
+}
+
+fn apply(state: &mut SimpleAccount, entries: &mut Vec<EntryKey>, body: EventBody) {
+    match body {
+        EventBody::Usage(u) => {
+            let cost = cost_of(&u).total();
+            if cost != Usd::ZERO {
+                take(state, cost);
+                entries.push(("usage".into(), u.event_id.to_string(), -cost));
+            }
+        }
+        EventBody::Purchase(p) => {
+            give(state, p.purchase_id.clone(), p.purchased_at, p.amount);
+            entries.push(("purchase".into(), p.purchase_id, p.amount));
+        }
+        EventBody::Adjustment(a) => match a.kind {
+            AdjustmentKind::GoodwillCredit => {
+                give(state, a.adjustment_id.clone(), a.at, a.amount);
+                entries.push(("goodwill_credit".into(), a.adjustment_id, a.amount));
+            }
+            AdjustmentKind::ManualDebit => {
+                take(state, a.amount);
+                entries.push(("manual_debit".into(), a.adjustment_id, -a.amount));
+            }
+            AdjustmentKind::Refund => {
+                let credit: Usd = state.lots.iter().filter(|l| !l.done).map(|l| l.left).sum();
+                if a.amount <= credit && state.debt == Usd::ZERO {
+                    take(state, a.amount);
+                    entries.push(("refund".into(), a.adjustment_id, -a.amount));
+                } else {
+                    entries.push(("adjustment_rejected".into(), a.adjustment_id, Usd::ZERO));
+                }
+            }
+        },
+        _ => {}
+    }
 }
 
 /// Read every record of the account-events topic.

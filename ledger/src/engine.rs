@@ -419,9 +419,8 @@ impl Ledger {
         self.account(&adj.account_id, partition);
         self.expire_account(&adj.account_id, now, out);
         let customer = chart::customer(adj.account_id.as_str());
-        let memo = Some(adj.reason.clone());
         let state = self.account(&adj.account_id, partition);
-        match adj.kind {
+        let (kind, amount, postings, allocations) = match adj.kind {
             AdjustmentKind::GoodwillCredit => {
                 let lot = Lot {
                     lot_id: adj.adjustment_id.clone(),
@@ -433,44 +432,20 @@ impl Ledger {
                     remaining: adj.amount,
                     expired: false,
                 };
+                let postings = vec![
+                    posting(chart::GOODWILL, adj.amount),
+                    posting(&customer, -adj.amount),
+                ];
                 let allocations = Self::add_lot(state, lot);
-                let balance_after = state.balance();
-                out.push(entry(
-                    &adj.account_id,
-                    now,
-                    EntryKind::GoodwillCredit,
-                    adj.adjustment_id.clone(),
-                    adj.amount,
-                    Usd::ZERO,
-                    Usd::ZERO,
-                    balance_after,
-                    vec![
-                        posting(chart::GOODWILL, adj.amount),
-                        posting(&customer, -adj.amount),
-                    ],
-                    allocations,
-                    memo,
-                ));
+                (EntryKind::GoodwillCredit, adj.amount, postings, allocations)
             }
             AdjustmentKind::ManualDebit => {
+                let postings = vec![
+                    posting(&customer, adj.amount),
+                    posting(chart::MANUAL_DEBIT, -adj.amount),
+                ];
                 let allocations = Self::burn(state, adj.amount);
-                let balance_after = state.balance();
-                out.push(entry(
-                    &adj.account_id,
-                    now,
-                    EntryKind::ManualDebit,
-                    adj.adjustment_id.clone(),
-                    -adj.amount,
-                    Usd::ZERO,
-                    Usd::ZERO,
-                    balance_after,
-                    vec![
-                        posting(&customer, adj.amount),
-                        posting(chart::MANUAL_DEBIT, -adj.amount),
-                    ],
-                    allocations,
-                    memo,
-                ));
+                (EntryKind::ManualDebit, -adj.amount, postings, allocations)
             }
             AdjustmentKind::Refund => {
                 let available: Usd = state
@@ -480,46 +455,58 @@ impl Ledger {
                     .map(|l| l.remaining)
                     .sum();
                 if adj.amount > available || state.debt > Usd::ZERO {
-                    let balance_after = state.balance();
-                    out.push(entry(
-                        &adj.account_id,
-                        now,
-                        EntryKind::AdjustmentRejected,
-                        adj.adjustment_id.clone(),
-                        Usd::ZERO,
-                        Usd::ZERO,
-                        Usd::ZERO,
-                        balance_after,
-                        vec![],
-                        vec![],
-                        Some(format!(
-                            "refund of {} rejected: only {} of unexpired credit remains; reason given: {}",
-                            adj.amount, available, adj.reason
-                        )),
-                    ));
+                    out.push(rejected_refund(adj, now, available, state.balance()));
                     return;
                 }
+                let postings = vec![
+                    posting(&customer, adj.amount),
+                    posting(chart::CASH, -adj.amount),
+                ];
                 let allocations = Self::burn(state, adj.amount);
-                let balance_after = state.balance();
-                out.push(entry(
-                    &adj.account_id,
-                    now,
-                    EntryKind::Refund,
-                    adj.adjustment_id.clone(),
-                    -adj.amount,
-                    Usd::ZERO,
-                    Usd::ZERO,
-                    balance_after,
-                    vec![
-                        posting(&customer, adj.amount),
-                        posting(chart::CASH, -adj.amount),
-                    ],
-                    allocations,
-                    memo,
-                ));
+                (EntryKind::Refund, -adj.amount, postings, allocations)
             }
-        }
+        };
+        let balance_after = state.balance();
+        out.push(entry(
+            &adj.account_id,
+            now,
+            kind,
+            adj.adjustment_id.clone(),
+            amount,
+            Usd::ZERO,
+            Usd::ZERO,
+            balance_after,
+            postings,
+            allocations,
+            Some(adj.reason.clone()),
+        ));
     }
+}
+
+/// A refund larger than the unexpired credit (or while in debt) moves no
+/// money; its entry says why.
+fn rejected_refund(
+    adj: &Adjustment,
+    now: DateTime<Utc>,
+    available: Usd,
+    balance_after: Usd,
+) -> Entry {
+    entry(
+        &adj.account_id,
+        now,
+        EntryKind::AdjustmentRejected,
+        adj.adjustment_id.clone(),
+        Usd::ZERO,
+        Usd::ZERO,
+        Usd::ZERO,
+        balance_after,
+        vec![],
+        vec![],
+        Some(format!(
+            "refund of {} rejected: only {} of unexpired credit remains; reason given: {}",
+            adj.amount, available, adj.reason
+        )),
+    )
 }
 
 /// The postings the ledger books for an entry of `kind` (debits positive),

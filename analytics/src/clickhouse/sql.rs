@@ -479,6 +479,21 @@ pub fn usage_query(query: &UsageQuery, source: Source) -> String {
         dim(GroupBy::AccessKey, "''"),
         dim(GroupBy::Status, "toUInt16(0)"),
     );
+    push_metrics(&mut sql, source);
+    let table = match source {
+        Source::Raw => RAW_TABLE.to_owned(),
+        Source::Rollup(r) => r.table(),
+    };
+    let _ = write!(sql, " FROM {table} WHERE ");
+    let conditions = conditions(query, source);
+    sql.push_str(&conditions.join(" AND "));
+    sql.push_str(" GROUP BY g_bucket, g_provider, g_model, g_access_key_id, g_status");
+    sql.push_str(" ORDER BY g_bucket, g_provider, g_model, g_access_key_id, g_status");
+    sql
+}
+
+/// The aggregate columns: computed from raw rows, or merged from a rollup's states.
+fn push_metrics(sql: &mut String, source: Source) {
     match source {
         Source::Raw => {
             sql.push_str("count() AS m_requests, countIf(status >= 400) AS m_errors");
@@ -511,11 +526,10 @@ pub fn usage_query(query: &UsageQuery, source: Source) -> String {
             );
         }
     }
-    let table = match source {
-        Source::Raw => RAW_TABLE.to_owned(),
-        Source::Rollup(r) => r.table(),
-    };
-    let _ = write!(sql, " FROM {table} WHERE ");
+}
+
+/// The WHERE conditions of a usage query, joined with AND by the caller.
+fn conditions(query: &UsageQuery, source: Source) -> Vec<String> {
     let mut conditions = Vec::new();
     if let Some(account) = &query.account_id {
         conditions.push(format!("account_id = {}", quote(account.as_str())));
@@ -560,10 +574,7 @@ pub fn usage_query(query: &UsageQuery, source: Source) -> String {
     if let Some(source) = query.credential_source {
         conditions.push(format!("credential_source = {}", quote(source.as_str())));
     }
-    sql.push_str(&conditions.join(" AND "));
-    sql.push_str(" GROUP BY g_bucket, g_provider, g_model, g_access_key_id, g_status");
-    sql.push_str(" ORDER BY g_bucket, g_provider, g_model, g_access_key_id, g_status");
-    sql
+    conditions
 }
 
 /// `INSERT … VALUES` for rows: how the chdb test loads the same rows the

@@ -173,31 +173,13 @@ pub(crate) fn completion(ctx: &Ctx<'_>, plan: &ReplyPlan) -> serde_json::Result<
 
 /// Streaming chunks: role, content pieces, finish, optional usage, `[DONE]`.
 pub(crate) fn stream(ctx: &Ctx<'_>, plan: &ReplyPlan) -> serde_json::Result<Frames> {
-    let id = format!("chatcmpl-mock-{}", ctx.n);
-    let call_id = format!("call_mock_{}", ctx.n);
-    let with_usage = ctx.include_usage && !plan.omit_usage;
-    let usage = OaUsage::new(&plan.usage);
-    let mut w = EventWriter::new();
-    let emit = |w: &mut EventWriter, delta: Delta<'_>, finish: Option<&'static str>| {
-        let choice = [ChunkChoice {
-            index: 0,
-            delta,
-            logprobs: None,
-            finish_reason: finish,
-        }];
-        w.event(
-            None,
-            &Chunk {
-                id: &id,
-                object: "chat.completion.chunk",
-                created: CREATED,
-                model: ctx.model,
-                choices: &choice,
-                usage: with_usage.then_some(None),
-            },
-        )
+    let chunks = ChunkWriter {
+        id: format!("chatcmpl-mock-{}", ctx.n),
+        model: ctx.model,
+        with_usage: ctx.include_usage && !plan.omit_usage,
     };
-    emit(
+    let mut w = EventWriter::new();
+    chunks.emit(
         &mut w,
         Delta {
             role: Some("assistant"),
@@ -206,77 +188,34 @@ pub(crate) fn stream(ctx: &Ctx<'_>, plan: &ReplyPlan) -> serde_json::Result<Fram
         },
         None,
     )?;
-    let content_start;
-    let content_len;
-    match &plan.content {
+    let call_id = format!("call_mock_{}", ctx.n);
+    let (content_start, content_len) = match &plan.content {
         Content::Text(t) => {
-            content_start = w.len();
-            content_len = t.chunks.len();
+            let start = w.len();
             for r in &t.chunks {
                 let piece = t.text.get(r.clone()).unwrap_or("");
-                emit(
-                    &mut w,
-                    Delta {
-                        content: Some(piece),
-                        ..Delta::default()
-                    },
-                    None,
-                )?;
+                let delta = Delta {
+                    content: Some(piece),
+                    ..Delta::default()
+                };
+                chunks.emit(&mut w, delta, None)?;
             }
+            (start, t.chunks.len())
         }
         Content::Tool(t) => {
-            emit(
-                &mut w,
-                Delta {
-                    tool_calls: Some([ToolCallDelta {
-                        index: 0,
-                        id: Some(&call_id),
-                        kind: Some("function"),
-                        function: FunctionDelta {
-                            name: Some(&t.name),
-                            arguments: "",
-                        },
-                    }]),
-                    ..Delta::default()
-                },
-                None,
-            )?;
-            content_start = w.len();
-            content_len = t.fragments.len();
+            chunks.emit(&mut w, tool_delta(Some(&call_id), Some(&t.name), ""), None)?;
+            let start = w.len();
             for r in &t.fragments {
                 let piece = t.arguments.get(r.clone()).unwrap_or("");
-                emit(
-                    &mut w,
-                    Delta {
-                        tool_calls: Some([ToolCallDelta {
-                            index: 0,
-                            id: None,
-                            kind: None,
-                            function: FunctionDelta {
-                                name: None,
-                                arguments: piece,
-                            },
-                        }]),
-                        ..Delta::default()
-                    },
-                    None,
-                )?;
+                chunks.emit(&mut w, tool_delta(None, None, piece), None)?;
             }
+            (start, t.fragments.len())
         }
-    }
-    emit(&mut w, Delta::default(), Some(finish_reason(&plan.content)))?;
-    if with_usage {
-        w.event(
-            None,
-            &Chunk {
-                id: &id,
-                object: "chat.completion.chunk",
-                created: CREATED,
-                model: ctx.model,
-                choices: &[],
-                usage: Some(Some(&usage)),
-            },
-        )?;
+    };
+    chunks.emit(&mut w, Delta::default(), Some(finish_reason(&plan.content)))?;
+    if chunks.with_usage {
+        let usage = OaUsage::new(&plan.usage);
+        w.event(None, &chunks.chunk(&[], Some(Some(&usage))))?;
     }
     w.raw(b"data: [DONE]\n\n");
     Ok(Frames {
@@ -284,4 +223,56 @@ pub(crate) fn stream(ctx: &Ctx<'_>, plan: &ReplyPlan) -> serde_json::Result<Fram
         content_start,
         content_len,
     })
+}
+
+/// What every chunk of one streamed completion shares.
+struct ChunkWriter<'a> {
+    id: String,
+    model: &'a str,
+    with_usage: bool,
+}
+
+impl<'a> ChunkWriter<'a> {
+    fn chunk<'c>(
+        &'c self,
+        choices: &'c [ChunkChoice<'c>],
+        usage: Option<Option<&'c OaUsage>>,
+    ) -> Chunk<'c> {
+        Chunk {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: CREATED,
+            model: self.model,
+            choices,
+            usage,
+        }
+    }
+
+    fn emit(
+        &self,
+        w: &mut EventWriter,
+        delta: Delta<'_>,
+        finish: Option<&'static str>,
+    ) -> serde_json::Result<()> {
+        let choice = [ChunkChoice {
+            index: 0,
+            delta,
+            logprobs: None,
+            finish_reason: finish,
+        }];
+        // Clients that asked for usage see `"usage": null` on every content chunk.
+        w.event(None, &self.chunk(&choice, self.with_usage.then_some(None)))
+    }
+}
+
+fn tool_delta<'a>(id: Option<&'a str>, name: Option<&'a str>, arguments: &'a str) -> Delta<'a> {
+    Delta {
+        tool_calls: Some([ToolCallDelta {
+            index: 0,
+            id,
+            kind: id.map(|_| "function"),
+            function: FunctionDelta { name, arguments },
+        }]),
+        ..Delta::default()
+    }
 }

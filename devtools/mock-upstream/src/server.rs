@@ -14,7 +14,7 @@ use axum::Router;
 use serde_json::{json, Value};
 
 use crate::plan::{self, ReplyPlan, Usage};
-use crate::rules::{Action, Rule};
+use crate::rules::{Action, Rule, RuleSlot};
 use crate::sse::FrameStream;
 use crate::{anthropic, openai, Inner, RecordedRequest};
 
@@ -105,11 +105,8 @@ fn api_key(headers: &HeaderMap) -> Option<&str> {
 async fn handle(inner: Arc<Inner>, api: Api, req: Request) -> Response {
     let n = inner.counter.fetch_add(1, Ordering::Relaxed) + 1;
     let (parts, body) = req.into_parts();
-    let bytes = match axum::body::to_bytes(body, BODY_LIMIT).await {
-        Ok(b) => b,
-        Err(_) => {
-            return error_response(api, n, 413, "request body unreadable or too large");
-        }
+    let Ok(bytes) = axum::body::to_bytes(body, BODY_LIMIT).await else {
+        return error_response(api, n, 413, "request body unreadable or too large");
     };
     let (json, is_json) = match serde_json::from_slice::<Value>(&bytes) {
         Ok(v) => (v, true),
@@ -134,15 +131,7 @@ async fn handle(inner: Arc<Inner>, api: Api, req: Request) -> Response {
         Api::OpenAi => plan::openai_prompt_words(&json),
         Api::Anthropic => plan::anthropic_prompt_words(&json),
     };
-    let invalid = if !is_json || !json.is_object() {
-        Some("request body must be a JSON object")
-    } else if api == Api::Anthropic && !parts.headers.contains_key(ANTHROPIC_VERSION) {
-        Some("anthropic-version: header is required")
-    } else if api == Api::Anthropic && json.get("max_tokens").is_none_or(Value::is_null) {
-        Some("max_tokens: Field required")
-    } else {
-        None
-    };
+    let invalid = invalid_reason(api, &parts.headers, &json, is_json);
     // Invalid requests do not consume rule budgets.
     let rule = if invalid.is_none() {
         inner.pick_rule(key, json.get("model").and_then(Value::as_str))
@@ -151,35 +140,76 @@ async fn handle(inner: Arc<Inner>, api: Api, req: Request) -> Response {
     };
     if inner.record {
         // Recorded before any delay so tests can observe requests still in flight.
-        let recorded = RecordedRequest {
-            path: parts.uri.path().to_owned(),
-            api_key: key.map(str::to_owned),
-            headers: parts
-                .headers
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.as_str().to_owned(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect(),
-            body: json,
-            raw_body: bytes.to_vec(),
-            version: format!("{:?}", parts.version),
-        };
-        inner.requests.lock().push(recorded);
+        record(&inner, &parts, key, json, &bytes);
     }
     if let Some(msg) = invalid {
         return error_response(api, n, 400, msg);
     }
-
     let ctx = Ctx {
         n,
         model: &model,
         include_usage,
     };
-    let default_plan = |cut_after: Option<usize>| ReplyPlan {
+    match rule {
+        None => reply(
+            &inner,
+            api,
+            &ctx,
+            stream,
+            &default_plan(&inner, words, None),
+        ),
+        Some(slot) => apply_rule(&inner, api, &ctx, stream, words, &slot).await,
+    }
+}
+
+/// Why the request is refused as the real API would refuse it, if it is.
+fn invalid_reason(
+    api: Api,
+    headers: &HeaderMap,
+    json: &Value,
+    is_json: bool,
+) -> Option<&'static str> {
+    if !is_json || !json.is_object() {
+        Some("request body must be a JSON object")
+    } else if api == Api::Anthropic && !headers.contains_key(ANTHROPIC_VERSION) {
+        Some("anthropic-version: header is required")
+    } else if api == Api::Anthropic && json.get("max_tokens").is_none_or(Value::is_null) {
+        Some("max_tokens: Field required")
+    } else {
+        None
+    }
+}
+
+fn record(
+    inner: &Inner,
+    parts: &axum::http::request::Parts,
+    key: Option<&str>,
+    body: Value,
+    raw: &[u8],
+) {
+    let recorded = RecordedRequest {
+        path: parts.uri.path().to_owned(),
+        api_key: key.map(str::to_owned),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body,
+        raw_body: raw.to_vec(),
+        version: format!("{:?}", parts.version),
+    };
+    inner.requests.lock().push(recorded);
+}
+
+/// The reply when no rule says otherwise: the default content, honest usage.
+fn default_plan(inner: &Inner, words: u64, cut_after: Option<usize>) -> ReplyPlan {
+    ReplyPlan {
         content: inner.default_content.clone(),
         usage: Usage {
             input: words,
@@ -190,17 +220,24 @@ async fn handle(inner: Arc<Inner>, api: Api, req: Request) -> Response {
         zero_usage: false,
         chunk_delay: inner.chunk_delay,
         cut_after,
-    };
-    let Some(slot) = rule else {
-        return reply(&inner, api, &ctx, stream, &default_plan(None));
-    };
+    }
+}
+
+async fn apply_rule(
+    inner: &Arc<Inner>,
+    api: Api,
+    ctx: &Ctx<'_>,
+    stream: bool,
+    words: u64,
+    slot: &RuleSlot,
+) -> Response {
     match &slot.rule.action {
-        Action::Fail { status, body } => fail_response(api, n, *status, body.as_ref()),
+        Action::Fail { status, body } => fail_response(api, ctx.n, *status, body.as_ref()),
         Action::Delay { before_headers } => {
-            if !wait(&inner, *before_headers).await {
-                return error_response(api, n, 503, "mock upstream shutting down");
+            if !wait(inner, *before_headers).await {
+                return error_response(api, ctx.n, 503, "mock upstream shutting down");
             }
-            reply(&inner, api, &ctx, stream, &default_plan(None))
+            reply(inner, api, ctx, stream, &default_plan(inner, words, None))
         }
         Action::Reply {
             omit_usage,
@@ -234,15 +271,15 @@ async fn handle(inner: Arc<Inner>, api: Api, req: Request) -> Response {
                 chunk_delay: chunk_delay.unwrap_or(inner.chunk_delay),
                 cut_after: None,
             };
-            reply(&inner, api, &ctx, stream, &plan)
+            reply(inner, api, ctx, stream, &plan)
         }
-        Action::Garbage => garbage(api, n, stream),
+        Action::Garbage => garbage(api, ctx.n, stream),
         Action::CutStream { after_chunks } => reply(
-            &inner,
+            inner,
             api,
-            &ctx,
+            ctx,
             stream,
-            &default_plan(Some(*after_chunks)),
+            &default_plan(inner, words, Some(*after_chunks)),
         ),
     }
 }
