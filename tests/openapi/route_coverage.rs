@@ -96,9 +96,8 @@ pub async fn assert_routes_documented(
     let documented = documented(doc);
     let mut paths: BTreeSet<String> = sources.iter().flat_map(|s| registered_paths(s)).collect();
     assert!(
-        paths.len() >= at_least.min(documented.len()).max(1),
-        "found only {} registered paths in the router's source",
-        paths.len()
+        !paths.is_empty(),
+        "found no `.route(\"…\"` in the router's source"
     );
     paths.extend(documented.iter().map(|(_, p)| p.clone()));
     let served = served(base, &paths, token).await;

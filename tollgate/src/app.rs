@@ -425,7 +425,11 @@ pub async fn run_roles(
     // routes where the ledger runs (one listener when both do).
     let mut admin_task = None;
     if let (Some(token), true) = (&admin_token, config.admin.enabled && roles.proxy) {
-        let state = AdminState::new(built.control.clone(), token);
+        let mut state = AdminState::new(built.control.clone(), token)
+            .with_document(tollgate_proxy::admin_docs::admin_openapi());
+        if credits.is_some() {
+            state = state.with_document(tollgate_ledger::api::admin_openapi());
+        }
         let mut app = tollgate_control::admin::router(state.clone()).merge(
             tollgate_proxy::admin_router(built.gateway.clone(), state.auth.clone()),
         );
