@@ -352,12 +352,16 @@ impl From<&ProviderKey> for ProviderKeyView {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NameBody {
+    /// Not blank (trimmed).
+    #[schema(pattern = r"\S")]
     name: String,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewKeyBody {
+    /// Not blank (trimmed).
+    #[schema(pattern = r"\S")]
     name: String,
     #[serde(default)]
     configuration_id: Option<ConfigurationId>,
@@ -372,14 +376,21 @@ struct AssignBody {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewProviderKeyBody {
+    /// A built-in, config-file or runtime custom provider id.
     provider: String,
+    /// Not blank (trimmed).
+    #[schema(pattern = r"\S")]
     name: String,
+    /// The upstream API key; stored encrypted, never returned. Not blank.
+    #[schema(pattern = r"\S")]
     secret: String,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SecretBody {
+    /// The new upstream API key; stored encrypted, never returned. Not blank.
+    #[schema(pattern = r"\S")]
     secret: String,
 }
 
@@ -392,7 +403,11 @@ struct AttachBody {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewCustomProviderBody {
+    /// Lowercase letters, digits, `-` or `_`; not a built-in or config-file provider id.
+    #[schema(pattern = "^[a-z0-9_-]+$")]
     id: String,
+    /// The upstream's base URL (http or https).
+    #[schema(example = "https://llm.internal.example/v1")]
     base_url: String,
     api: ApiSurface,
     #[serde(default)]

@@ -43,6 +43,8 @@ pub struct ProviderIds {
 #[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigurationSpec {
+    /// Not blank (trimmed).
+    #[schema(pattern = r"\S")]
     pub name: String,
     #[serde(default)]
     pub allowed_providers: Option<Vec<String>>,

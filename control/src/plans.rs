@@ -16,6 +16,8 @@ use tollgate_core::{AccountId, Usd};
 #[derive(Clone, Debug, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PricePlanSpec {
+    /// Not blank (trimmed).
+    #[schema(pattern = r"\S")]
     pub name: String,
     #[serde(default)]
     pub fee_per_mtok: Option<Usd>,
