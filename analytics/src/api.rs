@@ -7,20 +7,55 @@
 use crate::error::AnalyticsError;
 use crate::model::{Bucket, GroupBy, StatusClass, UsageGroup, UsageQuery};
 use crate::store::UsageStore;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::json;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use tollgate_core::{AccountId, CredentialSource};
 
-/// The OpenAPI document served at `/v1/usage/openapi.json`.
-pub const OPENAPI_JSON: &str = include_str!("../openapi/usage.json");
+/// The usage API's OpenAPI document, generated from the handlers' types
+/// and served at `/v1/usage/openapi.json`.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Tollgate usage API",
+        version = "1",
+        description = "Usage analytics per account: requests, errors, tokens by class, exact costs \
+            (decimal strings) and latency percentiles, grouped and bucketed. An access key sees only \
+            its own account; the admin token sees every account and may pass account_id."
+    ),
+    paths(usage, openapi),
+    modifiers(&BearerScheme),
+    security(("bearer" = []))
+)]
+pub struct UsageApiDoc;
+
+/// The bearer scheme: an access key or the admin token.
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some("A Tollgate access key (tgk_…) or the admin token."))
+            .build();
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
+/// The document as served.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    <UsageApiDoc as utoipa::OpenApi>::openapi()
+}
 
 /// Most buckets one query may return per group: 10,000 (a week of minutes).
 pub const MAX_BUCKETS: i64 = 10_000;
@@ -105,11 +140,38 @@ pub fn router(store: Arc<dyn UsageStore>, auth: Arc<dyn Authorizer>) -> Router {
         .with_state(ApiState { store, auth })
 }
 
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/v1/usage/openapi.json",
+    operation_id = "getUsageOpenApi",
+    security(()),
+    responses((status = 200, description = "OpenAPI document", body = Object))
+)]
 async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
+    Json(openapi_document()).into_response()
 }
 
-/// An API error in the shape `{"error":{"type","param"?,"message"}}`.
+/// The error body every refusal has: `{"error":{"type","param"?,"message"}}`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// invalid_request, authentication_error, permission_denied or unavailable.
+    #[serde(rename = "type")]
+    kind: &'static str,
+    /// The parameter at fault, when one is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    param: Option<&'static str>,
+    message: String,
+}
+
+/// An API error, answered as an [`ErrorBody`].
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
@@ -131,11 +193,26 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut error = json!({"type": self.kind, "message": self.message});
-        if let Some(param) = self.param {
-            error["param"] = json!(param);
+        let body = ErrorBody {
+            error: ErrorDetail {
+                kind: self.kind,
+                param: self.param,
+                message: self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    /// axum's own refusal (plain text) in this API's JSON shape.
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            kind: "invalid_request",
+            param: None,
+            message: rejection.body_text(),
         }
-        (self.status, Json(json!({ "error": error }))).into_response()
     }
 }
 
@@ -153,48 +230,199 @@ pub const PARAMETERS: &[&str] = &[
     "bucket",
 ];
 
-/// Validate raw query pairs into a query (scope applied by the caller).
-pub fn parse_query(pairs: &[(String, String)]) -> Result<(UsageQuery, Option<String>), ApiError> {
-    let mut seen: Vec<&str> = Vec::new();
-    for (name, _) in pairs {
-        let Some(known) = PARAMETERS.iter().find(|p| **p == name.as_str()) else {
-            return Err(ApiError {
-                status: StatusCode::BAD_REQUEST,
-                kind: "invalid_request",
-                param: None,
-                message: format!(
-                    "unknown parameter `{name}`; accepted: {}",
-                    PARAMETERS.join(", ")
-                ),
-            });
-        };
-        if seen.contains(known) {
-            return Err(ApiError::invalid(
-                known,
-                format!("`{known}` is given more than once"),
-            ));
+/// The raw parameters of `GET /v1/usage`, each at most once; [`parse_query`]
+/// validates them. Documented from this type.
+#[derive(Debug, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UsageParams {
+    /// Range start, inclusive (RFC 3339). Millisecond resolution.
+    #[param(required = true, value_type = String, format = DateTime, example = "2025-01-01T00:00:00Z")]
+    start: Option<String>,
+    /// Range end, exclusive (RFC 3339); after start.
+    #[param(required = true, value_type = String, format = DateTime, example = "2025-01-02T00:00:00Z")]
+    end: Option<String>,
+    /// Admin token only: restrict to one account. An access key may pass only its own account.
+    #[param(min_length = 1, max_length = 256)]
+    account_id: Option<String>,
+    /// Only requests made with this access key id (ak_…).
+    #[param(min_length = 1, max_length = 256)]
+    access_key_id: Option<String>,
+    /// Only requests answered (or last tried) by this provider.
+    #[param(min_length = 1, max_length = 256)]
+    provider: Option<String>,
+    /// Only this model (the model that answered, else the one requested).
+    #[param(min_length = 1, max_length = 256)]
+    model: Option<String>,
+    /// Only this HTTP status class.
+    #[param(schema_with = status_class_schema)]
+    status_class: Option<String>,
+    /// Only requests answered with the operator's credentials or the caller's own provider key.
+    #[param(schema_with = credential_source_schema)]
+    credential_source: Option<String>,
+    /// Comma-separated dimensions (provider, model, access_key, status), each at most once.
+    #[param(example = "provider,model")]
+    group_by: Option<String>,
+    /// Time bucket (UTC). At most 10000 buckets per range.
+    #[param(value_type = Option<Bucket>)]
+    bucket: Option<String>,
+}
+
+fn string_enum(values: &[&str], description: &str) -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(values.iter().copied()))
+        .description(Some(description))
+        .build()
+}
+
+fn status_class_schema() -> utoipa::openapi::Object {
+    string_enum(&["2xx", "4xx", "5xx"], "Only this HTTP status class.")
+}
+
+fn credential_source_schema() -> utoipa::openapi::Object {
+    string_enum(
+        &["operator", "byok"],
+        "Only requests answered with the operator's credentials or the caller's own provider key.",
+    )
+}
+
+impl UsageParams {
+    /// Sort raw pairs into the parameters: unknown or repeated names are refused.
+    fn from_pairs(pairs: &[(String, String)]) -> Result<UsageParams, ApiError> {
+        let mut params = UsageParams::default();
+        for (name, value) in pairs {
+            let slot = match name.as_str() {
+                "start" => &mut params.start,
+                "end" => &mut params.end,
+                "account_id" => &mut params.account_id,
+                "access_key_id" => &mut params.access_key_id,
+                "provider" => &mut params.provider,
+                "model" => &mut params.model,
+                "status_class" => &mut params.status_class,
+                "credential_source" => &mut params.credential_source,
+                "group_by" => &mut params.group_by,
+                "bucket" => &mut params.bucket,
+                _ => {
+                    return Err(ApiError {
+                        status: StatusCode::BAD_REQUEST,
+                        kind: "invalid_request",
+                        param: None,
+                        message: format!(
+                            "unknown parameter `{name}`; accepted: {}",
+                            PARAMETERS.join(", ")
+                        ),
+                    })
+                }
+            };
+            if slot.is_some() {
+                let known = PARAMETERS
+                    .iter()
+                    .find(|p| **p == name.as_str())
+                    .copied()
+                    .unwrap_or("parameter");
+                return Err(ApiError::invalid(
+                    known,
+                    format!("`{known}` is given more than once"),
+                ));
+            }
+            *slot = Some(value.clone());
         }
-        seen.push(known);
+        Ok(params)
     }
-    let get = |name: &str| {
-        pairs
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    };
-    let time = |name: &'static str| -> Result<DateTime<Utc>, ApiError> {
-        let text = get(name).ok_or_else(|| {
+}
+
+fn parse_time(name: &'static str, value: Option<&str>) -> Result<DateTime<Utc>, ApiError> {
+    let text = value.ok_or_else(|| {
+        ApiError::invalid(
+            name,
+            format!("`{name}` is required (RFC 3339, e.g. 2025-01-31T00:00:00Z)"),
+        )
+    })?;
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| ApiError::invalid(name, format!("`{name}` is not an RFC 3339 time: {e}")))
+}
+
+fn parse_text(name: &'static str, value: Option<&String>) -> Result<Option<String>, ApiError> {
+    match value {
+        None => Ok(None),
+        Some(v) if v.is_empty() || v.len() > 256 => Err(ApiError::invalid(
+            name,
+            format!("`{name}` must be 1 to 256 characters"),
+        )),
+        Some(v) => Ok(Some(v.clone())),
+    }
+}
+
+fn parse_status_class(value: Option<&str>) -> Result<Option<StatusClass>, ApiError> {
+    value
+        .map(|v| {
+            StatusClass::parse(v).ok_or_else(|| {
+                ApiError::invalid(
+                    "status_class",
+                    "`status_class` must be one of 2xx, 4xx, 5xx",
+                )
+            })
+        })
+        .transpose()
+}
+
+fn parse_credential_source(value: Option<&str>) -> Result<Option<CredentialSource>, ApiError> {
+    value
+        .map(|v| match v {
+            "operator" => Ok(CredentialSource::Operator),
+            "byok" => Ok(CredentialSource::Byok),
+            _ => Err(ApiError::invalid(
+                "credential_source",
+                "`credential_source` must be operator or byok",
+            )),
+        })
+        .transpose()
+}
+
+fn parse_group_by(value: Option<&str>) -> Result<Vec<GroupBy>, ApiError> {
+    let mut group_by = Vec::new();
+    for item in value.into_iter().flat_map(|v| v.split(',')).map(str::trim) {
+        let dim = GroupBy::parse(item).ok_or_else(|| {
             ApiError::invalid(
-                name,
-                format!("`{name}` is required (RFC 3339, e.g. 2025-01-31T00:00:00Z)"),
+                "group_by",
+                format!(
+                    "`group_by` item `{item}` is not one of provider, model, access_key, status"
+                ),
             )
         })?;
-        DateTime::parse_from_rfc3339(text)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(|e| ApiError::invalid(name, format!("`{name}` is not an RFC 3339 time: {e}")))
+        if group_by.contains(&dim) {
+            return Err(ApiError::invalid(
+                "group_by",
+                format!("`group_by` lists `{item}` twice"),
+            ));
+        }
+        group_by.push(dim);
+    }
+    Ok(group_by)
+}
+
+fn parse_bucket(value: Option<&str>, query: &UsageQuery) -> Result<Option<Bucket>, ApiError> {
+    let Some(v) = value else {
+        return Ok(None);
     };
-    let start = time("start")?;
-    let end = time("end")?;
+    let bucket = Bucket::parse(v)
+        .ok_or_else(|| ApiError::invalid("bucket", "`bucket` must be one of minute, hour, day"))?;
+    let span = bucket.floor(query.end_ms() - 1) - bucket.floor(query.start_ms());
+    if span / bucket.millis() + 1 > MAX_BUCKETS {
+        return Err(ApiError::invalid(
+            "bucket",
+            format!("the range holds more than {MAX_BUCKETS} {v} buckets; use a coarser bucket or a shorter range"),
+        ));
+    }
+    Ok(Some(bucket))
+}
+
+/// Validate raw query pairs into a query (scope applied by the caller).
+pub fn parse_query(pairs: &[(String, String)]) -> Result<(UsageQuery, Option<String>), ApiError> {
+    let params = UsageParams::from_pairs(pairs)?;
+    let start = parse_time("start", params.start.as_deref())?;
+    let end = parse_time("end", params.end.as_deref())?;
     if start.timestamp_millis() < 0 {
         return Err(ApiError::invalid(
             "start",
@@ -204,90 +432,55 @@ pub fn parse_query(pairs: &[(String, String)]) -> Result<(UsageQuery, Option<Str
     if end <= start {
         return Err(ApiError::invalid("end", "`end` must be after `start`"));
     }
-    let text = |name: &'static str| -> Result<Option<String>, ApiError> {
-        match get(name) {
-            None => Ok(None),
-            Some(v) if v.is_empty() || v.len() > 256 => Err(ApiError::invalid(
-                name,
-                format!("`{name}` must be 1 to 256 characters"),
-            )),
-            Some(v) => Ok(Some(v.to_owned())),
-        }
-    };
     let mut query = UsageQuery::new(start, end);
-    query.access_key_id = text("access_key_id")?;
-    query.provider = text("provider")?;
-    query.model = text("model")?;
-    let account_id = text("account_id")?;
-    if let Some(v) = get("status_class") {
-        query.status_class = Some(StatusClass::parse(v).ok_or_else(|| {
-            ApiError::invalid(
-                "status_class",
-                "`status_class` must be one of 2xx, 4xx, 5xx",
-            )
-        })?);
+    query.access_key_id = parse_text("access_key_id", params.access_key_id.as_ref())?;
+    query.provider = parse_text("provider", params.provider.as_ref())?;
+    query.model = parse_text("model", params.model.as_ref())?;
+    let account_id = parse_text("account_id", params.account_id.as_ref())?;
+    query.status_class = parse_status_class(params.status_class.as_deref())?;
+    query.credential_source = parse_credential_source(params.credential_source.as_deref())?;
+    if params.group_by.is_some() {
+        query.group_by = parse_group_by(params.group_by.as_deref())?;
     }
-    if let Some(v) = get("credential_source") {
-        query.credential_source = Some(match v {
-            "operator" => CredentialSource::Operator,
-            "byok" => CredentialSource::Byok,
-            _ => {
-                return Err(ApiError::invalid(
-                    "credential_source",
-                    "`credential_source` must be operator or byok",
-                ))
-            }
-        });
-    }
-    if let Some(v) = get("group_by") {
-        for item in v.split(',').map(str::trim) {
-            let dim = GroupBy::parse(item).ok_or_else(|| {
-                ApiError::invalid(
-                    "group_by",
-                    format!("`group_by` item `{item}` is not one of provider, model, access_key, status"),
-                )
-            })?;
-            if query.group_by.contains(&dim) {
-                return Err(ApiError::invalid(
-                    "group_by",
-                    format!("`group_by` lists `{item}` twice"),
-                ));
-            }
-            query.group_by.push(dim);
-        }
-    }
-    if let Some(v) = get("bucket") {
-        let bucket = Bucket::parse(v).ok_or_else(|| {
-            ApiError::invalid("bucket", "`bucket` must be one of minute, hour, day")
-        })?;
-        let span = bucket.floor(query.end_ms() - 1) - bucket.floor(query.start_ms());
-        if span / bucket.millis() + 1 > MAX_BUCKETS {
-            return Err(ApiError::invalid(
-                "bucket",
-                format!("the range holds more than {MAX_BUCKETS} {v} buckets; use a coarser bucket or a shorter range"),
-            ));
-        }
-        query.bucket = Some(bucket);
-    }
+    query.bucket = parse_bucket(params.bucket.as_deref(), &query)?;
     Ok((query, account_id))
 }
 
-#[derive(Serialize)]
+/// The answer of `GET /v1/usage`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = UsageReport)]
 struct UsageResponse {
+    #[schema(value_type = String, example = "usage_report", pattern = "^usage_report$")]
     object: &'static str,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
     account_id: Option<String>,
     bucket: Option<Bucket>,
     group_by: Vec<GroupBy>,
+    /// Groups in bucket, then dimension order; only groups with requests appear.
     data: Vec<UsageGroup>,
 }
 
+/// Usage metrics over a time range.
+#[utoipa::path(
+    get,
+    path = "/v1/usage",
+    operation_id = "getUsage",
+    params(UsageParams),
+    responses(
+        (status = 200, description = "Groups in bucket, then dimension order; only groups with requests appear.", body = UsageResponse),
+        (status = 400, description = "A parameter is invalid; `param` names it.", body = ErrorBody),
+        (status = 401, description = "Missing or unknown bearer token.", body = ErrorBody),
+        (status = 403, description = "An access key asked for another account.", body = ErrorBody),
+        (status = 503, description = "The usage store did not answer.", body = ErrorBody),
+    )
+)]
 async fn usage(
     State(state): State<ApiState>,
     headers: HeaderMap,
-    Query(pairs): Query<Vec<(String, String)>>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(pairs) = query?;
     let unauthorized = |message: &str| ApiError {
         status: StatusCode::UNAUTHORIZED,
         kind: "authentication_error",

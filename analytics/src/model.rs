@@ -192,7 +192,7 @@ pub fn decode(record: &StoredRecord) -> Decoded {
 }
 
 /// Time bucket of a usage query.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Bucket {
     Minute,
@@ -234,7 +234,7 @@ impl Bucket {
 }
 
 /// A dimension results can be grouped by.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum GroupBy {
     Provider,
@@ -350,7 +350,7 @@ impl UsageQuery {
 }
 
 /// Token sums by class.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct TokenTotals {
     pub input: u64,
     pub cached_input: u64,
@@ -370,11 +370,15 @@ impl TokenTotals {
 }
 
 /// Exact cost sums, serialized as normalized decimal strings.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct CostTotals {
+    /// Tollgate's fee (USD, exact decimal string).
     #[serde(serialize_with = "decimal_string")]
+    #[schema(value_type = String, pattern = r"^-?[0-9]+(\.[0-9]+)?$", example = "0.0001805")]
     pub fee: Decimal,
+    /// The upstream provider's cost (USD, exact decimal string).
     #[serde(serialize_with = "decimal_string")]
+    #[schema(value_type = String, pattern = r"^-?[0-9]+(\.[0-9]+)?$", example = "0.0001805")]
     pub upstream: Decimal,
 }
 
@@ -383,7 +387,7 @@ fn decimal_string<S: serde::Serializer>(value: &Decimal, s: S) -> Result<S::Ok, 
 }
 
 /// Total latency percentiles in milliseconds (None when no requests).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct LatencyPercentiles {
     pub p50: Option<f64>,
     pub p95: Option<f64>,
@@ -392,7 +396,7 @@ pub struct LatencyPercentiles {
 
 /// Time-to-first-byte percentiles in milliseconds (None when no request
 /// in the group recorded one).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct TtftPercentiles {
     pub p50: Option<f64>,
     pub p95: Option<f64>,
@@ -400,17 +404,27 @@ pub struct TtftPercentiles {
 
 /// One result row: a (bucket, group) and its metrics. Dimensions that were
 /// not grouped on are None and left out of JSON.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct UsageGroup {
+    /// Present when `bucket` is set.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub bucket_start: Option<DateTime<Utc>>,
+    /// Present when grouped by provider; empty when no provider was tried.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub provider: Option<String>,
+    /// Present when grouped by model.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub model: Option<String>,
+    /// Present when grouped by access_key.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub access_key_id: Option<String>,
+    /// HTTP status; present when grouped by status.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub status: Option<u16>,
     pub requests: u64,
     /// Requests answered with a status ≥ 400.

@@ -3,22 +3,96 @@
 //! tokens are returned once at creation; provider keys never.
 
 use crate::plane::{ConfigurationSpec, ControlError, ControlPlane, PriceSpec};
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
-use tollgate_core::control::{AccessKey, ConfigurationId, ProviderKey};
+use tollgate_core::control::{
+    AccessKey, Account, Configuration, ConfigurationId, CustomProvider, PriceOverride, PricePlan,
+    ProviderKey,
+};
 use tollgate_core::{AccessKeyId, AccountId, ApiSurface, ProviderKeyId};
+use utoipa::ToSchema;
 
 mod plans;
 
-pub const OPENAPI: &str = include_str!("../openapi/admin.json");
+/// The control plane's part of the admin API document, generated from the
+/// handlers' types. The served document adds the parts of the routers
+/// merged beside this one ([`AdminState::with_document`]).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Tollgate admin API",
+        version = "1",
+        description = "Manage accounts, access keys, access-key configurations, provider keys, \
+            custom providers, price overrides and price plans, and (where the ledger runs) \
+            accounts' credits. Every change is recorded on the control log and reaches every \
+            gateway instance within a second."
+    ),
+    paths(
+        list_accounts,
+        create_account,
+        get_account,
+        list_keys,
+        create_key,
+        revoke_key,
+        assign_configuration,
+        list_configurations,
+        create_configuration,
+        get_configuration,
+        update_configuration,
+        delete_configuration,
+        attach_key,
+        detach_key,
+        list_provider_keys,
+        add_provider_key,
+        rotate_provider_key,
+        delete_provider_key,
+        list_custom_providers,
+        create_custom_provider,
+        delete_custom_provider,
+        list_price_overrides,
+        set_price_override,
+        delete_price_override,
+        openapi,
+        plans::list_price_plans,
+        plans::create_price_plan,
+        plans::get_price_plan,
+        plans::update_price_plan,
+        plans::delete_price_plan,
+        plans::assign_price_plan,
+    ),
+    modifiers(&AdminTokenScheme),
+    security(("adminToken" = []))
+)]
+pub struct AdminApiDoc;
+
+struct AdminTokenScheme;
+
+impl utoipa::Modify for AdminTokenScheme {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some(
+                "The admin token (`TOLLGATE_ADMIN_TOKEN` or the admin token file).",
+            ))
+            .build();
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("adminToken", SecurityScheme::Http(scheme));
+    }
+}
+
+/// The control plane's admin routes' document (without merged parts).
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    <AdminApiDoc as utoipa::OpenApi>::openapi()
+}
 
 /// Admin-token check: SHA-256 digests compared in constant time, so
 /// neither the token's length nor its content leaks through timing.
@@ -57,6 +131,8 @@ impl AdminAuth {
 pub struct AdminState {
     pub control: Arc<ControlPlane>,
     pub auth: AdminAuth,
+    /// The document served at `/admin/v1/openapi.json`.
+    document: Arc<utoipa::openapi::OpenApi>,
 }
 
 impl AdminState {
@@ -64,7 +140,20 @@ impl AdminState {
         AdminState {
             control,
             auth: AdminAuth::new(admin_token),
+            document: Arc::new(openapi_document()),
         }
+    }
+
+    /// Add the paths of a router merged beside the admin router (the
+    /// proxy's, the ledger's) to the served document.
+    pub fn with_document(mut self, part: utoipa::openapi::OpenApi) -> AdminState {
+        Arc::make_mut(&mut self.document).merge(part);
+        self
+    }
+
+    /// The document served at `/admin/v1/openapi.json`.
+    pub fn document(&self) -> &utoipa::openapi::OpenApi {
+        &self.document
     }
 }
 
@@ -84,6 +173,21 @@ impl From<ControlError> for AdminError {
     fn from(err: ControlError) -> Self {
         AdminError::Control(err)
     }
+}
+
+/// The error body every refusal has: `{"error":{"type","message"}}`.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// unauthorized, invalid_request, not_found, conflict or unavailable.
+    #[serde(rename = "type")]
+    kind: &'static str,
+    message: String,
 }
 
 impl IntoResponse for AdminError {
@@ -112,11 +216,10 @@ impl IntoResponse for AdminError {
                 }
             },
         };
-        (
-            status,
-            Json(json!({"error": {"type": kind, "message": message}})),
-        )
-            .into_response()
+        let body = ErrorBody {
+            error: ErrorDetail { kind, message },
+        };
+        (status, Json(body)).into_response()
     }
 }
 
@@ -140,8 +243,64 @@ where
     }
 }
 
+/// Path parameters with a 400 in the API's JSON shape (axum's is plain text).
+struct PathParams<T>(T);
+
+impl<T, S> FromRequestParts<S> for PathParams<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = AdminError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(PathParams(value)),
+            Err(rejection) => Err(AdminError::BadRequest(rejection.body_text())),
+        }
+    }
+}
+
+/// `{"data": [...]}`, the shape of every listing.
+macro_rules! listing {
+    ($name:ident, $item:ty, $doc:literal) => {
+        #[doc = $doc]
+        #[derive(Serialize, ToSchema)]
+        pub struct $name {
+            data: Vec<$item>,
+        }
+    };
+}
+
+listing!(AccountList, Account, "Accounts.");
+listing!(AccessKeyList, AccessKeyView, "Access keys (never tokens).");
+listing!(ConfigurationList, Configuration, "Configurations.");
+listing!(
+    ProviderKeyList,
+    ProviderKeyView,
+    "Provider keys (never secrets)."
+);
+listing!(
+    CustomProviderList,
+    CustomProvider,
+    "Runtime custom providers."
+);
+listing!(PriceOverrideList, PriceOverride, "Runtime price overrides.");
+listing!(PricePlanList, PricePlan, "Price plans.");
+
+/// A new access key and its token, shown this once.
+#[derive(Serialize, ToSchema)]
+pub struct NewAccessKey {
+    access_key: AccessKeyView,
+    /// The token (tgk_…): returned only here, stored only as its SHA-256.
+    token: String,
+}
+
 /// An access key as the API shows it: never the hash or token.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct AccessKeyView {
     pub id: AccessKeyId,
     pub account_id: AccountId,
@@ -167,7 +326,7 @@ fn key_view(control: &ControlPlane, key: &AccessKey) -> AccessKeyView {
 }
 
 /// A provider key as the API shows it: never the secret, not even encrypted.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct ProviderKeyView {
     pub id: ProviderKeyId,
     pub account_id: AccountId,
@@ -190,50 +349,65 @@ impl From<&ProviderKey> for ProviderKeyView {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NameBody {
+    /// Not blank (trimmed).
+    #[schema(pattern = r"\S")]
     name: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewKeyBody {
+    /// Not blank (trimmed).
+    #[schema(pattern = r"\S")]
     name: String,
     #[serde(default)]
     configuration_id: Option<ConfigurationId>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AssignBody {
     configuration_id: Option<ConfigurationId>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewProviderKeyBody {
+    /// A built-in, config-file or runtime custom provider id.
     provider: String,
+    /// Not blank (trimmed).
+    #[schema(pattern = r"\S")]
     name: String,
+    /// The upstream API key; stored encrypted, never returned. Not blank.
+    #[schema(pattern = r"\S")]
     secret: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SecretBody {
+    /// The new upstream API key; stored encrypted, never returned. Not blank.
+    #[schema(pattern = r"\S")]
     secret: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AttachBody {
     provider_key_id: ProviderKeyId,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewCustomProviderBody {
+    /// Lowercase letters, digits, `-` or `_`; not a built-in or config-file provider id.
+    #[schema(pattern = "^[a-z0-9_-]+$")]
     id: String,
+    /// The upstream's base URL (http or https).
+    #[schema(example = "https://llm.internal.example/v1")]
     base_url: String,
     api: ApiSurface,
     #[serde(default)]
@@ -310,39 +484,95 @@ pub fn router(state: AdminState) -> Router {
     api.with_state(state)
 }
 
-async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+/// This document
+#[utoipa::path(
+    get,
+    path = "/admin/v1/openapi.json",
+    security(()),
+    responses(
+        (status = 200, description = "OpenAPI document", body = Object),
+    )
+)]
+async fn openapi(State(s): State<AdminState>) -> Json<utoipa::openapi::OpenApi> {
+    Json(s.document().clone())
 }
 
-async fn list_accounts(State(s): State<AdminState>) -> Json<serde_json::Value> {
+/// List accounts
+#[utoipa::path(
+    get,
+    path = "/admin/v1/accounts",
+    responses(
+        (status = 200, description = "The accounts", body = AccountList),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+    )
+)]
+async fn list_accounts(State(s): State<AdminState>) -> Json<AccountList> {
     let snapshot = s.control.snapshot();
-    Json(json!({"data": snapshot.accounts.values().collect::<Vec<_>>()}))
+    Json(AccountList {
+        data: snapshot.accounts.values().cloned().collect(),
+    })
 }
 
+/// Create an account
+#[utoipa::path(
+    post,
+    path = "/admin/v1/accounts",
+    request_body = NameBody,
+    responses(
+        (status = 201, description = "The new account", body = Account),
+        (status = 400, description = "Invalid request; the message names the field", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 503, description = "The change could not be recorded on the control log", body = ErrorBody),
+    )
+)]
 async fn create_account(
     State(s): State<AdminState>,
     JsonBody(body): JsonBody<NameBody>,
-) -> AdminResult<(StatusCode, Json<serde_json::Value>)> {
+) -> AdminResult<(StatusCode, Json<Account>)> {
     let account = s.control.create_account(&body.name).await?;
-    Ok((StatusCode::CREATED, Json(json!(account))))
+    Ok((StatusCode::CREATED, Json(account)))
 }
 
+/// Get an account
+#[utoipa::path(
+    get,
+    path = "/admin/v1/accounts/{account_id}",
+    params(("account_id" = String, Path, description = "The account (acct_…)")),
+    responses(
+        (status = 200, description = "The account", body = Account),
+        (status = 400, description = "Invalid request; the message names the field", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such object", body = ErrorBody),
+    )
+)]
 async fn get_account(
     State(s): State<AdminState>,
-    Path(account_id): Path<String>,
-) -> AdminResult<Json<serde_json::Value>> {
+    PathParams(account_id): PathParams<String>,
+) -> AdminResult<Json<Account>> {
     let snapshot = s.control.snapshot();
     let account = snapshot
         .accounts
         .get(&AccountId(account_id.clone()))
         .ok_or_else(|| ControlError::NotFound(format!("account {account_id}")))?;
-    Ok(Json(json!(account)))
+    Ok(Json(account.clone()))
 }
 
+/// List an account's access keys (never tokens)
+#[utoipa::path(
+    get,
+    path = "/admin/v1/accounts/{account_id}/access-keys",
+    params(("account_id" = String, Path, description = "The account (acct_…)")),
+    responses(
+        (status = 200, description = "The keys", body = AccessKeyList),
+        (status = 400, description = "Invalid request; the message names the field", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such object", body = ErrorBody),
+    )
+)]
 async fn list_keys(
     State(s): State<AdminState>,
-    Path(account_id): Path<String>,
-) -> AdminResult<Json<serde_json::Value>> {
+    PathParams(account_id): PathParams<String>,
+) -> AdminResult<Json<AccessKeyList>> {
     let snapshot = s.control.snapshot();
     let account_id = AccountId(account_id);
     if !snapshot.accounts.contains_key(&account_id) {
@@ -354,35 +584,82 @@ async fn list_keys(
         .filter(|k| k.account_id == account_id)
         .map(|k| key_view(&s.control, k))
         .collect();
-    Ok(Json(json!({ "data": keys })))
+    Ok(Json(AccessKeyList { data: keys }))
 }
 
+/// Create an access key; the token is returned only in this response
+#[utoipa::path(
+    post,
+    path = "/admin/v1/accounts/{account_id}/access-keys",
+    params(("account_id" = String, Path, description = "The account (acct_…)")),
+    request_body = NewKeyBody,
+    responses(
+        (status = 201, description = "The key and its token", body = NewAccessKey),
+        (status = 400, description = "Invalid request; the message names the field", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such object", body = ErrorBody),
+        (status = 409, description = "Conflicts with existing state", body = ErrorBody),
+        (status = 503, description = "The change could not be recorded on the control log", body = ErrorBody),
+    )
+)]
 async fn create_key(
     State(s): State<AdminState>,
-    Path(account_id): Path<String>,
+    PathParams(account_id): PathParams<String>,
     JsonBody(body): JsonBody<NewKeyBody>,
-) -> AdminResult<(StatusCode, Json<serde_json::Value>)> {
+) -> AdminResult<(StatusCode, Json<NewAccessKey>)> {
     let (key, token) = s
         .control
         .create_access_key(&AccountId(account_id), &body.name, body.configuration_id)
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"access_key": key_view(&s.control, &key), "token": token})),
+        Json(NewAccessKey {
+            access_key: key_view(&s.control, &key),
+            token,
+        }),
     ))
 }
 
+/// Revoke an access key (refused by every gateway within 1 s)
+#[utoipa::path(
+    post,
+    path = "/admin/v1/access-keys/{key_id}/revoke",
+    params(("key_id" = String, Path, description = "The access key (ak_…)")),
+    responses(
+        (status = 200, description = "The revoked key", body = AccessKeyView),
+        (status = 400, description = "Invalid request; the message names the field", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such object", body = ErrorBody),
+        (status = 409, description = "Conflicts with existing state", body = ErrorBody),
+        (status = 503, description = "The change could not be recorded on the control log", body = ErrorBody),
+    )
+)]
 async fn revoke_key(
     State(s): State<AdminState>,
-    Path(key_id): Path<String>,
+    PathParams(key_id): PathParams<String>,
 ) -> AdminResult<Json<AccessKeyView>> {
     let key = s.control.revoke_access_key(&AccessKeyId(key_id)).await?;
     Ok(Json(key_view(&s.control, &key)))
 }
 
+/// Assign (or clear, with null) a key's configuration
+#[utoipa::path(
+    put,
+    path = "/admin/v1/access-keys/{key_id}/configuration",
+    params(("key_id" = String, Path, description = "The access key (ak_…)")),
+    request_body = AssignBody,
+    responses(
+        (status = 200, description = "The key", body = AccessKeyView),
+        (status = 400, description = "Invalid request; the message names the field", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such object", body = ErrorBody),
+        (status = 409, description = "Conflicts with existing state", body = ErrorBody),
+        (status = 503, description = "The change could not be recorded on the control log", body = ErrorBody),
+    )
+)]
 async fn assign_configuration(
     State(s): State<AdminState>,
-    Path(key_id): Path<String>,
+    PathParams(key_id): PathParams<String>,
     JsonBody(body): JsonBody<AssignBody>,
 ) -> AdminResult<Json<AccessKeyView>> {
     let key = s
@@ -392,56 +669,122 @@ async fn assign_configuration(
     Ok(Json(key_view(&s.control, &key)))
 }
 
+/// List an account's access-key configurations
+#[utoipa::path(
+    get,
+    path = "/admin/v1/accounts/{account_id}/configurations",
+    params(("account_id" = String, Path, description = "The account (acct_…)")),
+    responses(
+        (status = 200, description = "The configurations", body = ConfigurationList),
+        (status = 400, description = "Invalid request; the message names the field", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+    )
+)]
 async fn list_configurations(
     State(s): State<AdminState>,
-    Path(account_id): Path<String>,
-) -> Json<serde_json::Value> {
+    PathParams(account_id): PathParams<String>,
+) -> Json<ConfigurationList> {
     let snapshot = s.control.snapshot();
     let account_id = AccountId(account_id);
-    let configs: Vec<_> = snapshot
+    let data = snapshot
         .configurations
         .values()
         .filter(|c| c.account_id == account_id)
+        .cloned()
         .collect();
-    Json(json!({ "data": configs }))
+    Json(ConfigurationList { data })
 }
 
+/// Create a configuration
+#[utoipa::path(
+    post,
+    path = "/admin/v1/accounts/{account_id}/configurations",
+    params(("account_id" = String, Path, description = "The account (acct_…)")),
+    request_body = ConfigurationSpec,
+    responses(
+        (status = 201, description = "The new configuration", body = Configuration),
+        (status = 400, description = "Invalid request; the message names the field", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such object", body = ErrorBody),
+        (status = 409, description = "Conflicts with existing state", body = ErrorBody),
+        (status = 503, description = "The change could not be recorded on the control log", body = ErrorBody),
+    )
+)]
 async fn create_configuration(
     State(s): State<AdminState>,
-    Path(account_id): Path<String>,
+    PathParams(account_id): PathParams<String>,
     JsonBody(spec): JsonBody<ConfigurationSpec>,
-) -> AdminResult<(StatusCode, Json<serde_json::Value>)> {
+) -> AdminResult<(StatusCode, Json<Configuration>)> {
     let config = s
         .control
         .create_configuration(&AccountId(account_id), spec)
         .await?;
-    Ok((StatusCode::CREATED, Json(json!(config))))
+    Ok((StatusCode::CREATED, Json(config)))
 }
 
+/// Get a configuration
+#[utoipa::path(
+    get,
+    path = "/admin/v1/configurations/{config_id}",
+    params(("config_id" = String, Path, description = "The configuration (cfg_…)")),
+    responses(
+        (status = 200, description = "The configuration", body = Configuration),
+        (status = 400, description = "Invalid request; the message names the field", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such object", body = ErrorBody),
+    )
+)]
 async fn get_configuration(
     State(s): State<AdminState>,
-    Path(config_id): Path<String>,
-) -> AdminResult<Json<serde_json::Value>> {
-    Ok(Json(json!(s
-        .control
-        .configuration(&ConfigurationId(config_id))?)))
+    PathParams(config_id): PathParams<String>,
+) -> AdminResult<Json<Configuration>> {
+    Ok(Json(s.control.configuration(&ConfigurationId(config_id))?))
 }
 
+/// Replace a configuration's rules (attachments are kept)
+#[utoipa::path(
+    put,
+    path = "/admin/v1/configurations/{config_id}",
+    params(("config_id" = String, Path, description = "The configuration (cfg_…)")),
+    request_body = ConfigurationSpec,
+    responses(
+        (status = 200, description = "The configuration", body = Configuration),
+        (status = 400, description = "Invalid request; the message names the field", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such object", body = ErrorBody),
+        (status = 409, description = "Conflicts with existing state", body = ErrorBody),
+        (status = 503, description = "The change could not be recorded on the control log", body = ErrorBody),
+    )
+)]
 async fn update_configuration(
     State(s): State<AdminState>,
-    Path(config_id): Path<String>,
+    PathParams(config_id): PathParams<String>,
     JsonBody(spec): JsonBody<ConfigurationSpec>,
-) -> AdminResult<Json<serde_json::Value>> {
+) -> AdminResult<Json<Configuration>> {
     let config = s
         .control
         .update_configuration(&ConfigurationId(config_id), spec)
         .await?;
-    Ok(Json(json!(config)))
+    Ok(Json(config))
 }
 
+/// Delete a configuration not assigned to an active key
+#[utoipa::path(
+    delete,
+    path = "/admin/v1/configurations/{config_id}",
+    params(("config_id" = String, Path, description = "The configuration (cfg_…)")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Invalid request; the message names the field", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such object", body = ErrorBody),
+        (status = 409, description = "Conflicts with existing state", body = ErrorBody),
+        (status = 503, description = "The change could not be recorded on the control log", body = ErrorBody),
+    )
+)]
 async fn delete_configuration(
     State(s): State<AdminState>,
-    Path(config_id): Path<String>,
+    PathParams(config_id): PathParams<String>,
 ) -> AdminResult<StatusCode> {
     s.control
         .delete_configuration(&ConfigurationId(config_id))
@@ -449,33 +792,73 @@ async fn delete_configuration(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Attach a provider key (most recently attached is tried first)
+#[utoipa::path(
+    post,
+    path = "/admin/v1/configurations/{config_id}/provider-keys",
+    params(("config_id" = String, Path, description = "The configuration (cfg_…)")),
+    request_body = AttachBody,
+    responses(
+        (status = 200, description = "The configuration", body = Configuration),
+        (status = 400, description = "Invalid request; the message names the field", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such object", body = ErrorBody),
+        (status = 409, description = "Conflicts with existing state", body = ErrorBody),
+        (status = 503, description = "The change could not be recorded on the control log", body = ErrorBody),
+    )
+)]
 async fn attach_key(
     State(s): State<AdminState>,
-    Path(config_id): Path<String>,
+    PathParams(config_id): PathParams<String>,
     JsonBody(body): JsonBody<AttachBody>,
-) -> AdminResult<Json<serde_json::Value>> {
+) -> AdminResult<Json<Configuration>> {
     let config = s
         .control
         .attach_provider_key(&ConfigurationId(config_id), &body.provider_key_id)
         .await?;
-    Ok(Json(json!(config)))
+    Ok(Json(config))
 }
 
+/// Detach a provider key
+#[utoipa::path(
+    delete,
+    path = "/admin/v1/configurations/{config_id}/provider-keys/{provider_key_id}",
+    params(("config_id" = String, Path, description = "The configuration (cfg_…)"), ("provider_key_id" = String, Path, description = "The provider key (pk_…)")),
+    responses(
+        (status = 200, description = "The configuration", body = Configuration),
+        (status = 400, description = "Invalid request; the message names the field", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such object", body = ErrorBody),
+        (status = 409, description = "Conflicts with existing state", body = ErrorBody),
+        (status = 503, description = "The change could not be recorded on the control log", body = ErrorBody),
+    )
+)]
 async fn detach_key(
     State(s): State<AdminState>,
-    Path((config_id, provider_key_id)): Path<(String, String)>,
-) -> AdminResult<Json<serde_json::Value>> {
+    PathParams((config_id, provider_key_id)): PathParams<(String, String)>,
+) -> AdminResult<Json<Configuration>> {
     let config = s
         .control
         .detach_provider_key(&ConfigurationId(config_id), &ProviderKeyId(provider_key_id))
         .await?;
-    Ok(Json(json!(config)))
+    Ok(Json(config))
 }
 
+/// List an account's provider keys (never secrets)
+#[utoipa::path(
+    get,
+    path = "/admin/v1/accounts/{account_id}/provider-keys",
+    params(("account_id" = String, Path, description = "The account (acct_…)")),
+    responses(
+        (status = 200, description = "The provider keys", body = ProviderKeyList),
+        (status = 400, description = "Invalid request; the message names the field", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+    )
+)]
 async fn list_provider_keys(
     State(s): State<AdminState>,
-    Path(account_id): Path<String>,
-) -> Json<serde_json::Value> {
+    PathParams(account_id): PathParams<String>,
+) -> Json<ProviderKeyList> {
     let snapshot = s.control.snapshot();
     let account_id = AccountId(account_id);
     let keys: Vec<ProviderKeyView> = snapshot
@@ -484,12 +867,27 @@ async fn list_provider_keys(
         .filter(|k| k.account_id == account_id)
         .map(ProviderKeyView::from)
         .collect();
-    Json(json!({ "data": keys }))
+    Json(ProviderKeyList { data: keys })
 }
 
+/// Store a provider key (encrypted at rest)
+#[utoipa::path(
+    post,
+    path = "/admin/v1/accounts/{account_id}/provider-keys",
+    params(("account_id" = String, Path, description = "The account (acct_…)")),
+    request_body = NewProviderKeyBody,
+    responses(
+        (status = 201, description = "The provider key (never its secret)", body = ProviderKeyView),
+        (status = 400, description = "Invalid request; the message names the field", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such object", body = ErrorBody),
+        (status = 409, description = "Conflicts with existing state", body = ErrorBody),
+        (status = 503, description = "The change could not be recorded on the control log", body = ErrorBody),
+    )
+)]
 async fn add_provider_key(
     State(s): State<AdminState>,
-    Path(account_id): Path<String>,
+    PathParams(account_id): PathParams<String>,
     JsonBody(body): JsonBody<NewProviderKeyBody>,
 ) -> AdminResult<(StatusCode, Json<ProviderKeyView>)> {
     let key = s
@@ -504,9 +902,24 @@ async fn add_provider_key(
     Ok((StatusCode::CREATED, Json(ProviderKeyView::from(&key))))
 }
 
+/// Rotate a provider key's secret, keeping its id
+#[utoipa::path(
+    put,
+    path = "/admin/v1/provider-keys/{provider_key_id}/secret",
+    params(("provider_key_id" = String, Path, description = "The provider key (pk_…)")),
+    request_body = SecretBody,
+    responses(
+        (status = 200, description = "The provider key", body = ProviderKeyView),
+        (status = 400, description = "Invalid request; the message names the field", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such object", body = ErrorBody),
+        (status = 409, description = "Conflicts with existing state", body = ErrorBody),
+        (status = 503, description = "The change could not be recorded on the control log", body = ErrorBody),
+    )
+)]
 async fn rotate_provider_key(
     State(s): State<AdminState>,
-    Path(provider_key_id): Path<String>,
+    PathParams(provider_key_id): PathParams<String>,
     JsonBody(body): JsonBody<SecretBody>,
 ) -> AdminResult<Json<ProviderKeyView>> {
     let key = s
@@ -516,9 +929,23 @@ async fn rotate_provider_key(
     Ok(Json(ProviderKeyView::from(&key)))
 }
 
+/// Delete a provider key (detached everywhere first)
+#[utoipa::path(
+    delete,
+    path = "/admin/v1/provider-keys/{provider_key_id}",
+    params(("provider_key_id" = String, Path, description = "The provider key (pk_…)")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Invalid request; the message names the field", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such object", body = ErrorBody),
+        (status = 409, description = "Conflicts with existing state", body = ErrorBody),
+        (status = 503, description = "The change could not be recorded on the control log", body = ErrorBody),
+    )
+)]
 async fn delete_provider_key(
     State(s): State<AdminState>,
-    Path(provider_key_id): Path<String>,
+    PathParams(provider_key_id): PathParams<String>,
 ) -> AdminResult<StatusCode> {
     s.control
         .delete_provider_key(&ProviderKeyId(provider_key_id))
@@ -526,25 +953,63 @@ async fn delete_provider_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_custom_providers(State(s): State<AdminState>) -> Json<serde_json::Value> {
+/// List runtime custom providers
+#[utoipa::path(
+    get,
+    path = "/admin/v1/custom-providers",
+    responses(
+        (status = 200, description = "The custom providers", body = CustomProviderList),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+    )
+)]
+async fn list_custom_providers(State(s): State<AdminState>) -> Json<CustomProviderList> {
     let snapshot = s.control.snapshot();
-    Json(json!({"data": snapshot.custom_providers.values().collect::<Vec<_>>()}))
+    Json(CustomProviderList {
+        data: snapshot.custom_providers.values().cloned().collect(),
+    })
 }
 
+/// Define a custom provider (ids from the config file are refused)
+#[utoipa::path(
+    post,
+    path = "/admin/v1/custom-providers",
+    request_body = NewCustomProviderBody,
+    responses(
+        (status = 201, description = "The custom provider", body = CustomProvider),
+        (status = 400, description = "Invalid request; the message names the field", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 409, description = "Conflicts with existing state", body = ErrorBody),
+        (status = 503, description = "The change could not be recorded on the control log", body = ErrorBody),
+    )
+)]
 async fn create_custom_provider(
     State(s): State<AdminState>,
     JsonBody(body): JsonBody<NewCustomProviderBody>,
-) -> AdminResult<(StatusCode, Json<serde_json::Value>)> {
+) -> AdminResult<(StatusCode, Json<CustomProvider>)> {
     let provider = s
         .control
         .create_custom_provider(&body.id, &body.base_url, body.api, body.models)
         .await?;
-    Ok((StatusCode::CREATED, Json(json!(provider))))
+    Ok((StatusCode::CREATED, Json(provider)))
 }
 
+/// Delete a runtime custom provider
+#[utoipa::path(
+    delete,
+    path = "/admin/v1/custom-providers/{provider_id}",
+    params(("provider_id" = String, Path, description = "The runtime custom provider id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Invalid request; the message names the field", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such object", body = ErrorBody),
+        (status = 409, description = "Conflicts with existing state", body = ErrorBody),
+        (status = 503, description = "The change could not be recorded on the control log", body = ErrorBody),
+    )
+)]
 async fn delete_custom_provider(
     State(s): State<AdminState>,
-    Path(provider_id): Path<String>,
+    PathParams(provider_id): PathParams<String>,
 ) -> AdminResult<StatusCode> {
     s.control.delete_custom_provider(&provider_id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -552,26 +1017,66 @@ async fn delete_custom_provider(
 
 // ---- price overrides ---------------------------------------------------------
 
-async fn list_price_overrides(State(s): State<AdminState>) -> Json<serde_json::Value> {
+/// List runtime price overrides
+#[utoipa::path(
+    get,
+    path = "/admin/v1/price-overrides",
+    responses(
+        (status = 200, description = "The overrides", body = PriceOverrideList),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+    )
+)]
+async fn list_price_overrides(State(s): State<AdminState>) -> Json<PriceOverrideList> {
     let snapshot = s.control.snapshot();
-    Json(json!({"data": snapshot.price_override_list().collect::<Vec<_>>()}))
+    Json(PriceOverrideList {
+        data: snapshot.price_override_list().cloned().collect(),
+    })
 }
 
+/// Set (or replace) the unit prices of provider:model; they win over the config file's overrides, declared custom-provider prices and the catalog, and price a model that has none. Reaches every instance within a second.
+#[utoipa::path(
+    put,
+    path = "/admin/v1/price-overrides/{provider}/{model}",
+    params(("provider" = String, Path, description = "The provider id"), ("model" = String, Path, description = "The model id as requested after the provider prefix (may contain `/`)")),
+    request_body = PriceSpec,
+    responses(
+        (status = 200, description = "The override", body = PriceOverride),
+        (status = 400, description = "Invalid request; the message names the field", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such object", body = ErrorBody),
+        (status = 409, description = "Conflicts with existing state", body = ErrorBody),
+        (status = 503, description = "The change could not be recorded on the control log", body = ErrorBody),
+    )
+)]
 async fn set_price_override(
     State(s): State<AdminState>,
-    Path((provider, model)): Path<(String, String)>,
+    PathParams((provider, model)): PathParams<(String, String)>,
     JsonBody(spec): JsonBody<PriceSpec>,
-) -> AdminResult<Json<serde_json::Value>> {
+) -> AdminResult<Json<PriceOverride>> {
     let price = s
         .control
         .set_price_override(&provider, &model, &spec)
         .await?;
-    Ok(Json(json!(price)))
+    Ok(Json(price))
 }
 
+/// Remove a runtime override: the config file's or the catalog's prices apply again (or none)
+#[utoipa::path(
+    delete,
+    path = "/admin/v1/price-overrides/{provider}/{model}",
+    params(("provider" = String, Path, description = "The provider id"), ("model" = String, Path, description = "The model id as requested after the provider prefix (may contain `/`)")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Invalid request; the message names the field", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such object", body = ErrorBody),
+        (status = 409, description = "Conflicts with existing state", body = ErrorBody),
+        (status = 503, description = "The change could not be recorded on the control log", body = ErrorBody),
+    )
+)]
 async fn delete_price_override(
     State(s): State<AdminState>,
-    Path((provider, model)): Path<(String, String)>,
+    PathParams((provider, model)): PathParams<(String, String)>,
 ) -> AdminResult<StatusCode> {
     s.control.delete_price_override(&provider, &model).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -40,9 +40,11 @@ pub struct ProviderIds {
 }
 
 /// What a configuration allows; the admin API's create/update body.
-#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigurationSpec {
+    /// Not blank (trimmed).
+    #[schema(pattern = r"\S")]
     pub name: String,
     #[serde(default)]
     pub allowed_providers: Option<Vec<String>>,
@@ -569,7 +571,9 @@ impl ControlPlane {
 /// A price override as the admin API takes it: USD per million tokens as
 /// decimal strings. `input` and `output` are required; a cache class left
 /// out costs what `input` costs (as for prices declared in the config file).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize, utoipa::ToSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct PriceSpec {
     pub input: Usd,

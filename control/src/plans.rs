@@ -13,13 +13,16 @@ use tollgate_core::{AccountId, Usd};
 
 /// A plan's terms as the admin API and CLI send them. Amounts are decimal
 /// strings; a term left out takes the default (fee $0.05, multiplier 1).
-#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PricePlanSpec {
+    /// Not blank (trimmed).
+    #[schema(pattern = r"\S")]
     pub name: String,
     #[serde(default)]
     pub fee_per_mtok: Option<Usd>,
     #[serde(default, with = "rust_decimal::serde::str_option")]
+    #[schema(value_type = Option<String>, example = "1.1")]
     pub upstream_multiplier: Option<Decimal>,
 }
 

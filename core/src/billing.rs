@@ -13,7 +13,7 @@ pub const MINIMUM_PURCHASE_USD: &str = "5.00";
 pub const CREDIT_LIFETIME_DAYS: i64 = 365;
 
 /// Credits bought: one lot, expiring 365 days after `purchased_at`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Purchase {
     pub purchase_id: String,
     pub account_id: AccountId,
@@ -23,7 +23,7 @@ pub struct Purchase {
     pub purchased_at: DateTime<Utc>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AdjustmentKind {
     /// Credits returned to the customer's payment method: leaves the balance.
@@ -45,7 +45,7 @@ impl AdjustmentKind {
 }
 
 /// A correction, always a new entry (entries are never edited).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Adjustment {
     pub adjustment_id: String,
     pub account_id: AccountId,

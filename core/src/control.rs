@@ -14,7 +14,9 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 /// An access-key configuration's id.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(transparent)]
 pub struct ConfigurationId(pub String);
 
@@ -33,7 +35,7 @@ impl std::fmt::Display for ConfigurationId {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Account {
     pub id: AccountId,
     pub name: String,
@@ -47,12 +49,13 @@ pub struct Account {
 /// processing fee and a factor on the upstream cost of requests answered
 /// with the operator's credentials. A change applies to requests made
 /// after it: each usage event carries the terms it was billed on.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PricePlan {
     pub id: String,
     pub name: String,
     pub fee_per_mtok: Usd,
     #[serde(with = "rust_decimal::serde::str")]
+    #[schema(value_type = String, example = "1.1")]
     pub upstream_multiplier: Decimal,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -87,7 +90,7 @@ pub struct AccessKey {
 }
 
 /// Per-key request and token budgets, counted per gateway instance.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimits {
     #[serde(default)]
@@ -97,14 +100,14 @@ pub struct RateLimits {
 }
 
 /// A provider key attached to a configuration; later attachments win.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProviderKeyAttachment {
     pub provider_key_id: ProviderKeyId,
     pub attached_at: DateTime<Utc>,
 }
 
 /// What the keys assigned to it may call, and with which provider keys.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Configuration {
     pub id: ConfigurationId,
     pub account_id: AccountId,
@@ -143,7 +146,7 @@ pub struct ProviderKey {
 }
 
 /// A custom provider defined at runtime through the admin API.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CustomProvider {
     pub id: String,
     pub base_url: String,
@@ -156,7 +159,7 @@ pub struct CustomProvider {
 /// An operator's unit prices for one `provider:model`, set at runtime:
 /// they win over the config file's overrides, declared custom-provider
 /// prices and the catalog. Every token class is filled in.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PriceOverride {
     pub provider: String,
     /// The model id as requested after the provider prefix (a catalog model

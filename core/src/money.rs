@@ -8,8 +8,11 @@ use std::ops::{Add, AddAssign, Mul, Neg, Sub, SubAssign};
 
 /// An exact amount of US dollars. Serialized as a normalized decimal string
 /// (`"1.5"`, never a float) so JSON consumers never round it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, utoipa::ToSchema,
+)]
 #[serde(transparent)]
+#[schema(value_type = String, example = "25.00")]
 pub struct Usd(#[serde(with = "rust_decimal::serde::str")] pub Decimal);
 
 impl Serialize for Usd {

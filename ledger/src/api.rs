@@ -7,6 +7,7 @@
 use crate::engine::{AccountState, LotSource};
 use crate::service::LedgerService;
 use crate::sqlite::{self, StoredEntry};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -14,8 +15,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Duration, Utc};
 use rust_decimal::{Decimal, RoundingStrategy};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::str::FromStr;
 use std::sync::Arc;
 use tollgate_control::admin::AdminAuth;
@@ -25,6 +26,7 @@ use tollgate_core::secrets::hash_access_token;
 use tollgate_core::{AccountId, Envelope, EventBody, Usd};
 use tollgate_eventlog::topics;
 use tollgate_eventlog::{EventLog, LogRecord};
+use utoipa::{IntoParams, ToSchema};
 
 pub struct CreditsApi {
     pub ledger: Arc<LedgerService>,
@@ -78,15 +80,53 @@ impl ApiError {
     }
 }
 
+/// The error body every refusal has.
+#[derive(Serialize, ToSchema)]
+#[schema(as = CreditsError)]
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+#[schema(as = CreditsErrorDetail)]
+pub struct ErrorDetail {
+    /// invalid_request, unauthorized, not_found, conflict or internal.
+    #[serde(rename = "type")]
+    kind: &'static str,
+    /// The parameter or body field at fault, null when none is.
+    param: Option<&'static str>,
+    message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(
-                json!({"error": {"type": self.kind, "param": self.param, "message": self.message}}),
-            ),
-        )
-            .into_response()
+        let body = ErrorBody {
+            error: ErrorDetail {
+                kind: self.kind,
+                param: self.param,
+                message: self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+// axum's own refusals (plain text) in this API's JSON shape.
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        ApiError::bad("body", rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::bad("query", rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        ApiError::bad("path", rejection.body_text())
     }
 }
 
@@ -121,44 +161,109 @@ fn known_account(api: &CreditsApi, id: &str) -> ApiResult<AccountId> {
     }
 }
 
-fn balance_json(account: &AccountId, state: Option<&AccountState>) -> Value {
-    let (balance, debt) = state.map_or((Usd::ZERO, Usd::ZERO), |s| (s.balance(), s.debt));
-    json!({
-        "account_id": account,
-        "balance": balance,
-        "balance_display": display(balance),
-        "debt": debt,
-    })
+/// An account's credit balance.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Balance)]
+pub struct BalanceView {
+    account_id: AccountId,
+    /// Remaining credit over all unexpired lots, exact.
+    balance: Usd,
+    /// The balance rounded down to the cent.
+    #[schema(example = "24.99")]
+    balance_display: String,
+    /// Usage not covered by credit, settled by the next purchase.
+    debt: Usd,
 }
 
-fn lots_json(state: Option<&AccountState>) -> Value {
-    let lots: Vec<Value> = state
+fn balance_view(account: &AccountId, state: Option<&AccountState>) -> BalanceView {
+    let (balance, debt) = state.map_or((Usd::ZERO, Usd::ZERO), |s| (s.balance(), s.debt));
+    BalanceView {
+        account_id: account.clone(),
+        balance,
+        balance_display: display(balance),
+        debt,
+    }
+}
+
+/// Where a lot's credit came from.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LotOrigin {
+    Purchase,
+    GoodwillCredit,
+}
+
+/// One lot of credit: a purchase or goodwill credit, expiring 365 days later.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Lot)]
+pub struct LotView {
+    lot_id: String,
+    source: LotOrigin,
+    amount: Usd,
+    remaining: Usd,
+    purchased_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    expired: bool,
+}
+
+/// An account's lots, oldest first.
+#[derive(Serialize, ToSchema)]
+#[schema(as = LotList)]
+pub struct LotsView {
+    data: Vec<LotView>,
+}
+
+fn lots_view(state: Option<&AccountState>) -> LotsView {
+    let data = state
         .map(|s| {
             s.lots
                 .iter()
-                .map(|l| {
-                    json!({
-                        "lot_id": l.lot_id,
-                        "source": match l.source { LotSource::Purchase => "purchase", LotSource::GoodwillCredit => "goodwill_credit" },
-                        "amount": l.amount,
-                        "remaining": l.remaining,
-                        "purchased_at": l.purchased_at,
-                        "expires_at": l.expires_at,
-                        "expired": l.expired,
-                    })
+                .map(|l| LotView {
+                    lot_id: l.lot_id.clone(),
+                    source: match l.source {
+                        LotSource::Purchase => LotOrigin::Purchase,
+                        LotSource::GoodwillCredit => LotOrigin::GoodwillCredit,
+                    },
+                    amount: l.amount,
+                    remaining: l.remaining,
+                    purchased_at: l.purchased_at,
+                    expires_at: l.expires_at,
+                    expired: l.expired,
                 })
                 .collect()
         })
         .unwrap_or_default();
-    json!({ "data": lots })
+    LotsView { data }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ExpiringQuery {
+    /// Horizon in days, 0 to 3650; default 30.
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 3650)]
     days: Option<String>,
 }
 
-fn expiring_json(state: Option<&AccountState>, query: &ExpiringQuery) -> ApiResult<Value> {
+/// A lot that expires within the horizon.
+#[derive(Serialize, ToSchema)]
+pub struct ExpiringLot {
+    lot_id: String,
+    remaining: Usd,
+    expires_at: DateTime<Utc>,
+}
+
+/// Credit expiring within `days` days.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Expiring)]
+pub struct ExpiringView {
+    days: i64,
+    amount: Usd,
+    /// The amount rounded down to the cent.
+    amount_display: String,
+    lots: Vec<ExpiringLot>,
+}
+
+fn expiring_view(state: Option<&AccountState>, query: &ExpiringQuery) -> ApiResult<ExpiringView> {
     let days: i64 = match &query.days {
         None => 30,
         Some(text) => text
@@ -168,30 +273,55 @@ fn expiring_json(state: Option<&AccountState>, query: &ExpiringQuery) -> ApiResu
             .ok_or_else(|| ApiError::bad("days", "days must be an integer from 0 to 3650"))?,
     };
     let horizon = Utc::now() + Duration::days(days);
-    let lots: Vec<_> = state
+    let lots: Vec<ExpiringLot> = state
         .map(|s| {
             s.lots
                 .iter()
                 .filter(|l| !l.expired && l.remaining > Usd::ZERO && l.expires_at <= horizon)
+                .map(|l| ExpiringLot {
+                    lot_id: l.lot_id.clone(),
+                    remaining: l.remaining,
+                    expires_at: l.expires_at,
+                })
                 .collect()
         })
         .unwrap_or_default();
     let total: Usd = lots.iter().map(|l| l.remaining).sum();
-    Ok(json!({
-        "days": days,
-        "amount": total,
-        "amount_display": display(total),
-        "lots": lots.iter().map(|l| json!({"lot_id": l.lot_id, "remaining": l.remaining, "expires_at": l.expires_at})).collect::<Vec<_>>(),
-    }))
+    Ok(ExpiringView {
+        days,
+        amount: total,
+        amount_display: display(total),
+        lots,
+    })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EntriesQuery {
+    /// Only entries of this kind.
+    #[param(value_type = Option<crate::engine::EntryKind>)]
     kind: Option<String>,
+    /// RFC 3339, inclusive.
+    #[param(value_type = Option<String>, format = DateTime)]
     start: Option<String>,
+    /// RFC 3339, exclusive.
+    #[param(value_type = Option<String>, format = DateTime)]
     end: Option<String>,
+    /// 1 to 1000, default 100.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
+    /// The cursor a previous page returned as `next_cursor`.
+    #[param(value_type = Option<i64>, minimum = 0)]
     after: Option<String>,
+}
+
+/// A page of ledger entries, oldest first.
+#[derive(Serialize, ToSchema)]
+#[schema(as = EntryPage)]
+pub struct EntriesView {
+    data: Vec<StoredEntry>,
+    /// Pass as `after` for the next page; null on the last page.
+    next_cursor: Option<String>,
 }
 
 fn parse_instant(param: &'static str, text: &Option<String>) -> ApiResult<Option<DateTime<Utc>>> {
@@ -204,7 +334,11 @@ fn parse_instant(param: &'static str, text: &Option<String>) -> ApiResult<Option
         .transpose()
 }
 
-fn entries_json(api: &CreditsApi, account: &AccountId, query: &EntriesQuery) -> ApiResult<Value> {
+fn entries_view(
+    api: &CreditsApi,
+    account: &AccountId,
+    query: &EntriesQuery,
+) -> ApiResult<EntriesView> {
     let limit: i64 = match &query.limit {
         None => 100,
         Some(t) => t
@@ -271,7 +405,66 @@ fn entries_json(api: &CreditsApi, account: &AccountId, query: &EntriesQuery) -> 
     } else {
         None
     };
-    Ok(json!({ "data": rows, "next_cursor": next_cursor }))
+    Ok(EntriesView {
+        data: rows,
+        next_cursor,
+    })
+}
+
+/// The credits API's document (access keys, their own account), served at
+/// `/v1/credits/openapi.json`; generated from the handlers' types.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Tollgate credits API",
+        version = "1",
+        description = "An access key's own credits: balance, lots, ledger entries and credit about \
+            to expire. Amounts are exact decimal strings; `*_display` fields round down to the cent \
+            (never showing more credit than there is)."
+    ),
+    paths(my_balance, my_lots, my_entries, my_expiring, credits_openapi),
+    modifiers(&AccessKeyScheme),
+    security(("accessKey" = []))
+)]
+pub struct CreditsApiDoc;
+
+/// The admin credits routes' part of the admin API document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    admin_balance,
+    admin_lots,
+    admin_entries,
+    admin_expiring,
+    record_purchase,
+    record_adjustment
+))]
+pub struct CreditsAdminDoc;
+
+struct AccessKeyScheme;
+
+impl utoipa::Modify for AccessKeyScheme {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some(
+                "A Tollgate access key (tgk_…), as `Authorization: Bearer` or `x-api-key`.",
+            ))
+            .build();
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("accessKey", SecurityScheme::Http(scheme));
+    }
+}
+
+/// The credits API's document as served.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    <CreditsApiDoc as utoipa::OpenApi>::openapi()
+}
+
+/// The admin credits routes' paths, to merge into the admin API document.
+pub fn admin_openapi() -> utoipa::openapi::OpenApi {
+    <CreditsAdminDoc as utoipa::OpenApi>::openapi()
 }
 
 /// `/v1/credits/*` for access keys (their own account).
@@ -281,41 +474,98 @@ pub fn public_router(api: Arc<CreditsApi>) -> Router {
         .route("/v1/credits/lots", get(my_lots))
         .route("/v1/credits/entries", get(my_entries))
         .route("/v1/credits/expiring", get(my_expiring))
+        .route("/v1/credits/openapi.json", get(credits_openapi))
         .with_state(api)
 }
 
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/v1/credits/openapi.json",
+    security(()),
+    responses((status = 200, description = "OpenAPI document", body = Object))
+)]
+async fn credits_openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(openapi_document())
+}
+
+/// The caller's balance and debt.
+#[utoipa::path(
+    get,
+    path = "/v1/credits/balance",
+    responses(
+        (status = 200, description = "The balance", body = BalanceView),
+        (status = 401, description = "Missing or unknown access key", body = ErrorBody),
+    )
+)]
 async fn my_balance(
     State(api): State<Arc<CreditsApi>>,
     headers: HeaderMap,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<BalanceView>> {
     let account = caller_account(&api, &headers)?;
-    Ok(Json(balance_json(
+    Ok(Json(balance_view(
         &account,
         api.ledger.account_state(&account).as_ref(),
     )))
 }
 
-async fn my_lots(State(api): State<Arc<CreditsApi>>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+/// The caller's credit lots (amount, remaining, purchased, expires).
+#[utoipa::path(
+    get,
+    path = "/v1/credits/lots",
+    responses(
+        (status = 200, description = "The lots, oldest first", body = LotsView),
+        (status = 401, description = "Missing or unknown access key", body = ErrorBody),
+    )
+)]
+async fn my_lots(
+    State(api): State<Arc<CreditsApi>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<LotsView>> {
     let account = caller_account(&api, &headers)?;
-    Ok(Json(lots_json(api.ledger.account_state(&account).as_ref())))
+    Ok(Json(lots_view(api.ledger.account_state(&account).as_ref())))
 }
 
+/// The caller's ledger entries, oldest first, paginated.
+#[utoipa::path(
+    get,
+    path = "/v1/credits/entries",
+    params(EntriesQuery),
+    responses(
+        (status = 200, description = "A page of entries", body = EntriesView),
+        (status = 400, description = "A parameter is invalid; `param` names it", body = ErrorBody),
+        (status = 401, description = "Missing or unknown access key", body = ErrorBody),
+    )
+)]
 async fn my_entries(
     State(api): State<Arc<CreditsApi>>,
     headers: HeaderMap,
-    Query(query): Query<EntriesQuery>,
-) -> ApiResult<Json<Value>> {
+    query: Result<Query<EntriesQuery>, QueryRejection>,
+) -> ApiResult<Json<EntriesView>> {
+    let Query(query) = query?;
     let account = caller_account(&api, &headers)?;
-    Ok(Json(entries_json(&api, &account, &query)?))
+    Ok(Json(entries_view(&api, &account, &query)?))
 }
 
+/// The caller's credit expiring within N days.
+#[utoipa::path(
+    get,
+    path = "/v1/credits/expiring",
+    params(ExpiringQuery),
+    responses(
+        (status = 200, description = "Credit expiring within the horizon", body = ExpiringView),
+        (status = 400, description = "`days` is invalid", body = ErrorBody),
+        (status = 401, description = "Missing or unknown access key", body = ErrorBody),
+    )
+)]
 async fn my_expiring(
     State(api): State<Arc<CreditsApi>>,
     headers: HeaderMap,
-    Query(query): Query<ExpiringQuery>,
-) -> ApiResult<Json<Value>> {
+    query: Result<Query<ExpiringQuery>, QueryRejection>,
+) -> ApiResult<Json<ExpiringView>> {
+    let Query(query) = query?;
     let account = caller_account(&api, &headers)?;
-    Ok(Json(expiring_json(
+    Ok(Json(expiring_view(
         api.ledger.account_state(&account).as_ref(),
         &query,
     )?))
@@ -355,41 +605,99 @@ pub fn admin_router(api: Arc<CreditsApi>, auth: AdminAuth) -> Router {
         .with_state(api)
 }
 
+type AccountPath = Result<Path<String>, PathRejection>;
+
+/// An account's balance and debt.
+#[utoipa::path(
+    get,
+    path = "/admin/v1/accounts/{account_id}/credits/balance",
+    tag = "credits",
+    params(("account_id" = String, Path, description = "The account (acct_…)")),
+    responses(
+        (status = 200, description = "The balance", body = BalanceView),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such account", body = ErrorBody),
+    )
+)]
 async fn admin_balance(
     State(api): State<Arc<CreditsApi>>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+    id: AccountPath,
+) -> ApiResult<Json<BalanceView>> {
+    let Path(id) = id?;
     let account = known_account(&api, &id)?;
-    Ok(Json(balance_json(
+    Ok(Json(balance_view(
         &account,
         api.ledger.account_state(&account).as_ref(),
     )))
 }
 
+/// An account's credit lots (amount, remaining, purchased, expires).
+#[utoipa::path(
+    get,
+    path = "/admin/v1/accounts/{account_id}/credits/lots",
+    tag = "credits",
+    params(("account_id" = String, Path, description = "The account (acct_…)")),
+    responses(
+        (status = 200, description = "The lots, oldest first", body = LotsView),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such account", body = ErrorBody),
+    )
+)]
 async fn admin_lots(
     State(api): State<Arc<CreditsApi>>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+    id: AccountPath,
+) -> ApiResult<Json<LotsView>> {
+    let Path(id) = id?;
     let account = known_account(&api, &id)?;
-    Ok(Json(lots_json(api.ledger.account_state(&account).as_ref())))
+    Ok(Json(lots_view(api.ledger.account_state(&account).as_ref())))
 }
 
+/// An account's ledger entries, oldest first, paginated.
+#[utoipa::path(
+    get,
+    path = "/admin/v1/accounts/{account_id}/credits/entries",
+    tag = "credits",
+    params(("account_id" = String, Path, description = "The account (acct_…)"), EntriesQuery),
+    responses(
+        (status = 200, description = "A page of entries", body = EntriesView),
+        (status = 400, description = "A parameter is invalid; `param` names it", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such account", body = ErrorBody),
+    )
+)]
 async fn admin_entries(
     State(api): State<Arc<CreditsApi>>,
-    Path(id): Path<String>,
-    Query(query): Query<EntriesQuery>,
-) -> ApiResult<Json<Value>> {
+    id: AccountPath,
+    query: Result<Query<EntriesQuery>, QueryRejection>,
+) -> ApiResult<Json<EntriesView>> {
+    let (Path(id), Query(query)) = (id?, query?);
     let account = known_account(&api, &id)?;
-    Ok(Json(entries_json(&api, &account, &query)?))
+    Ok(Json(entries_view(&api, &account, &query)?))
 }
 
+/// Credit expiring within N days.
+#[utoipa::path(
+    get,
+    path = "/admin/v1/accounts/{account_id}/credits/expiring",
+    tag = "credits",
+    params(("account_id" = String, Path, description = "The account (acct_…)"), ExpiringQuery),
+    responses(
+        (status = 200, description = "Credit expiring within the horizon", body = ExpiringView),
+        (status = 400, description = "`days` is invalid", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such account", body = ErrorBody),
+    )
+)]
 async fn admin_expiring(
     State(api): State<Arc<CreditsApi>>,
-    Path(id): Path<String>,
-    Query(query): Query<ExpiringQuery>,
-) -> ApiResult<Json<Value>> {
+    id: AccountPath,
+    query: Result<Query<ExpiringQuery>, QueryRejection>,
+) -> ApiResult<Json<ExpiringView>> {
+    let (Path(id), Query(query)) = (id?, query?);
     let account = known_account(&api, &id)?;
-    Ok(Json(expiring_json(
+    Ok(Json(expiring_view(
         api.ledger.account_state(&account).as_ref(),
         &query,
     )?))
@@ -423,9 +731,9 @@ fn parse_amount(value: &Value) -> ApiResult<Usd> {
     Ok(Usd(amount))
 }
 
-fn idempotency_key(body: &Value) -> ApiResult<String> {
-    body.get("idempotency_key")
-        .and_then(Value::as_str)
+fn idempotency_key(value: &Value) -> ApiResult<String> {
+    value
+        .as_str()
         .map(str::trim)
         .filter(|k| !k.is_empty() && k.len() <= 200)
         .map(str::to_owned)
@@ -435,6 +743,51 @@ fn idempotency_key(body: &Value) -> ApiResult<String> {
                 "idempotency_key is required (1 to 200 characters)",
             )
         })
+}
+
+/// A credit purchase. Fields are checked in the handler, so a refusal names
+/// the field at fault; unknown fields are ignored.
+#[derive(Deserialize, ToSchema)]
+pub struct PurchaseRequest {
+    /// USD as a decimal string (a JSON number is accepted too); at least 5.00.
+    #[serde(default)]
+    #[schema(value_type = String, required = true, example = "25.00")]
+    amount: Value,
+    /// 1 to 200 characters; a retry with the same key (per account) is applied once.
+    #[serde(default)]
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 200)]
+    idempotency_key: Value,
+}
+
+/// A correction: a refund, goodwill credit or manual debit, with a reason.
+#[derive(Deserialize, ToSchema)]
+pub struct AdjustmentRequest {
+    #[serde(default)]
+    #[schema(value_type = AdjustmentKind, required = true)]
+    kind: Value,
+    /// USD as a decimal string (a JSON number is accepted too); positive.
+    #[serde(default)]
+    #[schema(value_type = String, required = true, example = "5.00")]
+    amount: Value,
+    /// Why, for the audit trail; not blank.
+    #[serde(default)]
+    #[schema(value_type = String, required = true, min_length = 1)]
+    reason: Value,
+    /// 1 to 200 characters; a retry with the same key (per account) is applied once.
+    #[serde(default)]
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 200)]
+    idempotency_key: Value,
+}
+
+/// A recorded purchase; `status` is `already_applied` when the idempotency
+/// key had been used for the same amount before.
+#[derive(Serialize, ToSchema)]
+pub struct PurchaseReceipt {
+    #[serde(flatten)]
+    purchase: Purchase,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, value_type = Option<String>, pattern = "^already_applied$")]
+    status: Option<&'static str>,
 }
 
 async fn append(api: &CreditsApi, account: &AccountId, body: EventBody) -> ApiResult<()> {
@@ -454,14 +807,31 @@ async fn append(api: &CreditsApi, account: &AccountId, body: EventBody) -> ApiRe
         .map_err(|e| ApiError::internal(e.to_string()))
 }
 
+/// Record a credit purchase (minimum $5.00; one lot expiring 365 days
+/// later). A retry with the same idempotency key is applied once.
+#[utoipa::path(
+    post,
+    path = "/admin/v1/accounts/{account_id}/purchases",
+    tag = "credits",
+    params(("account_id" = String, Path, description = "The account (acct_…)")),
+    request_body = PurchaseRequest,
+    responses(
+        (status = 202, description = "Accepted onto the log; the ledger applies it within a second", body = PurchaseReceipt),
+        (status = 400, description = "Invalid request; `param` names the field", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such account", body = ErrorBody),
+        (status = 409, description = "The idempotency key was used for another amount", body = ErrorBody),
+    )
+)]
 async fn record_purchase(
     State(api): State<Arc<CreditsApi>>,
-    Path(id): Path<String>,
-    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+    id: AccountPath,
+    body: Result<Json<PurchaseRequest>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<PurchaseReceipt>)> {
+    let Path(id) = id?;
     let account = known_account(&api, &id)?;
-    let Json(body) = body.map_err(|e| ApiError::bad("body", e.body_text()))?;
-    let amount = parse_amount(body.get("amount").unwrap_or(&Value::Null))?;
+    let Json(body) = body?;
+    let amount = parse_amount(&body.amount)?;
     let minimum =
         Usd::from_str(MINIMUM_PURCHASE_USD).map_err(|e| ApiError::internal(e.to_string()))?;
     if amount < minimum {
@@ -470,7 +840,7 @@ async fn record_purchase(
             format!("the minimum purchase is ${MINIMUM_PURCHASE_USD}"),
         ));
     }
-    let key = idempotency_key(&body)?;
+    let key = idempotency_key(&body.idempotency_key)?;
     let purchase_id = derived_id("pur", &account, &key);
     // A retry must not change what was bought: same key, same amount.
     if let Some(lot) = api
@@ -490,16 +860,19 @@ async fn record_purchase(
             });
         }
         // Same answer as the first time (202), marked as already applied.
+        let purchase = Purchase {
+            purchase_id,
+            account_id: account,
+            amount: lot.amount,
+            idempotency_key: key,
+            purchased_at: lot.purchased_at,
+        };
         return Ok((
             StatusCode::ACCEPTED,
-            Json(json!({
-                "purchase_id": purchase_id,
-                "account_id": account,
-                "amount": lot.amount,
-                "idempotency_key": key,
-                "purchased_at": lot.purchased_at,
-                "status": "already_applied",
-            })),
+            Json(PurchaseReceipt {
+                purchase,
+                status: Some("already_applied"),
+            }),
         ));
     }
     let purchase = Purchase {
@@ -510,17 +883,38 @@ async fn record_purchase(
         purchased_at: Utc::now(),
     };
     append(&api, &account, EventBody::Purchase(purchase.clone())).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!(purchase))))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(PurchaseReceipt {
+            purchase,
+            status: None,
+        }),
+    ))
 }
 
+/// Record a refund, goodwill credit or manual debit (a new entry with a reason).
+#[utoipa::path(
+    post,
+    path = "/admin/v1/accounts/{account_id}/adjustments",
+    tag = "credits",
+    params(("account_id" = String, Path, description = "The account (acct_…)")),
+    request_body = AdjustmentRequest,
+    responses(
+        (status = 202, description = "Accepted onto the log", body = Adjustment),
+        (status = 400, description = "Invalid request; `param` names the field", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such account", body = ErrorBody),
+    )
+)]
 async fn record_adjustment(
     State(api): State<Arc<CreditsApi>>,
-    Path(id): Path<String>,
-    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+    id: AccountPath,
+    body: Result<Json<AdjustmentRequest>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Adjustment>)> {
+    let Path(id) = id?;
     let account = known_account(&api, &id)?;
-    let Json(body) = body.map_err(|e| ApiError::bad("body", e.body_text()))?;
-    let kind = match body.get("kind").and_then(Value::as_str) {
+    let Json(body) = body?;
+    let kind = match body.kind.as_str() {
         Some("refund") => AdjustmentKind::Refund,
         Some("goodwill_credit") => AdjustmentKind::GoodwillCredit,
         Some("manual_debit") => AdjustmentKind::ManualDebit,
@@ -531,15 +925,15 @@ async fn record_adjustment(
             ))
         }
     };
-    let amount = parse_amount(body.get("amount").unwrap_or(&Value::Null))?;
+    let amount = parse_amount(&body.amount)?;
     let reason = body
-        .get("reason")
-        .and_then(Value::as_str)
+        .reason
+        .as_str()
         .map(str::trim)
         .filter(|r| !r.is_empty())
         .ok_or_else(|| ApiError::bad("reason", "reason is required"))?
         .to_owned();
-    let key = idempotency_key(&body)?;
+    let key = idempotency_key(&body.idempotency_key)?;
     let adjustment = Adjustment {
         adjustment_id: derived_id("adj", &account, &key),
         account_id: account.clone(),
@@ -550,5 +944,5 @@ async fn record_adjustment(
         at: Utc::now(),
     };
     append(&api, &account, EventBody::Adjustment(adjustment.clone())).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!(adjustment))))
+    Ok((StatusCode::ACCEPTED, Json(adjustment)))
 }

@@ -73,7 +73,7 @@ impl AccountState {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EntryKind {
     Purchase,
@@ -117,14 +117,14 @@ impl EntryKind {
 }
 
 /// One side of a double-entry posting: debits positive, credits negative.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Posting {
     pub ledger_account: String,
     pub amount: Usd,
 }
 
 /// How an entry moved the customer's credit: from/to a lot, or debt.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Allocation {
     /// None: the debt.
     pub lot_id: Option<String>,
@@ -134,7 +134,7 @@ pub struct Allocation {
 }
 
 /// An immutable ledger entry.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Entry {
     pub account_id: AccountId,
     pub at: DateTime<Utc>,

@@ -393,7 +393,7 @@ pub fn position(
 }
 
 /// A stored entry as the credits API returns it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct StoredEntry {
     pub seq: u64,
     #[serde(flatten)]

@@ -198,7 +198,7 @@ pub struct Gateway {
 }
 
 /// Where a model's effective unit prices come from, in precedence order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PriceSource {
     /// An admin-API override (control plane).
@@ -213,7 +213,7 @@ pub enum PriceSource {
 }
 
 /// One model's effective prices, as the admin listing shows them.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ModelPrice {
     pub provider: String,
     pub model: String,

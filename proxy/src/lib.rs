@@ -1,6 +1,7 @@
 //! Tollgate's HTTP gateway. `router` builds the whole axum app; `serve*`
 //! runs it on hyper under the edge's limits (`edge`).
 
+pub mod admin_docs;
 pub mod admission;
 pub mod api;
 pub mod config;

@@ -161,6 +161,17 @@ pub fn admin_router(gateway: Arc<Gateway>, auth: AdminAuth) -> Router {
         .with_state(gateway)
 }
 
+/// Effective unit prices of every model the gateway knows (catalog, config
+/// custom providers, runtime custom providers, overridden pass-through
+/// models) and where each comes from.
+#[utoipa::path(
+    get,
+    path = "/admin/v1/model-prices",
+    responses(
+        (status = 200, description = "Every model's effective prices", body = crate::admin_docs::ModelPriceList),
+        (status = 401, description = "Missing or wrong admin token", body = tollgate_control::admin::ErrorBody),
+    )
+)]
 async fn model_prices(State(gateway): State<Arc<Gateway>>) -> Response {
     let snapshot = gateway.control.snapshot();
     axum::Json(json!({"data": gateway.price_list(&snapshot)})).into_response()

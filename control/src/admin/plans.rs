@@ -1,13 +1,12 @@
 //! Admin routes for price plans and their assignment to accounts.
 
-use super::{AdminResult, AdminState, JsonBody};
+use super::{AdminResult, AdminState, ErrorBody, JsonBody, PathParams, PricePlanList};
 use crate::plans::PricePlanSpec;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::json;
 use tollgate_core::control::{Account, PricePlan};
 use tollgate_core::AccountId;
 
@@ -29,12 +28,36 @@ pub(super) fn routes() -> Router<AdminState> {
         )
 }
 
-async fn list_price_plans(State(s): State<AdminState>) -> Json<serde_json::Value> {
+/// List price plans
+#[utoipa::path(
+    get,
+    path = "/admin/v1/price-plans",
+    responses(
+        (status = 200, description = "The plans", body = PricePlanList),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+    )
+)]
+pub(super) async fn list_price_plans(State(s): State<AdminState>) -> Json<PricePlanList> {
     let snapshot = s.control.snapshot();
-    Json(json!({"data": snapshot.price_plans.values().collect::<Vec<_>>()}))
+    Json(PricePlanList {
+        data: snapshot.price_plans.values().cloned().collect(),
+    })
 }
 
-async fn create_price_plan(
+/// Create a price plan (terms left out take the defaults: fee 0.05 per million tokens, multiplier 1)
+#[utoipa::path(
+    post,
+    path = "/admin/v1/price-plans",
+    request_body = PricePlanSpec,
+    responses(
+        (status = 201, description = "The plan", body = PricePlan),
+        (status = 400, description = "Invalid request; the message names the field", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 409, description = "Conflicts with existing state", body = ErrorBody),
+        (status = 503, description = "The change could not be recorded on the control log", body = ErrorBody),
+    )
+)]
+pub(super) async fn create_price_plan(
     State(s): State<AdminState>,
     JsonBody(spec): JsonBody<PricePlanSpec>,
 ) -> AdminResult<(StatusCode, Json<PricePlan>)> {
@@ -42,39 +65,95 @@ async fn create_price_plan(
     Ok((StatusCode::CREATED, Json(plan)))
 }
 
-async fn get_price_plan(
+/// Get a price plan
+#[utoipa::path(
+    get,
+    path = "/admin/v1/price-plans/{plan_id}",
+    params(("plan_id" = String, Path, description = "The price plan (plan_…)")),
+    responses(
+        (status = 200, description = "The plan", body = PricePlan),
+        (status = 400, description = "Invalid request; the message names the field", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such object", body = ErrorBody),
+    )
+)]
+pub(super) async fn get_price_plan(
     State(s): State<AdminState>,
-    Path(plan_id): Path<String>,
+    PathParams(plan_id): PathParams<String>,
 ) -> AdminResult<Json<PricePlan>> {
     Ok(Json(s.control.price_plan(&plan_id)?))
 }
 
-async fn update_price_plan(
+/// Replace a plan's name and terms; they apply to requests made from now on (usage events keep the terms they were billed on)
+#[utoipa::path(
+    put,
+    path = "/admin/v1/price-plans/{plan_id}",
+    params(("plan_id" = String, Path, description = "The price plan (plan_…)")),
+    request_body = PricePlanSpec,
+    responses(
+        (status = 200, description = "The plan", body = PricePlan),
+        (status = 400, description = "Invalid request; the message names the field", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such object", body = ErrorBody),
+        (status = 409, description = "Conflicts with existing state", body = ErrorBody),
+        (status = 503, description = "The change could not be recorded on the control log", body = ErrorBody),
+    )
+)]
+pub(super) async fn update_price_plan(
     State(s): State<AdminState>,
-    Path(plan_id): Path<String>,
+    PathParams(plan_id): PathParams<String>,
     JsonBody(spec): JsonBody<PricePlanSpec>,
 ) -> AdminResult<Json<PricePlan>> {
     Ok(Json(s.control.update_price_plan(&plan_id, &spec).await?))
 }
 
-async fn delete_price_plan(
+/// Delete a price plan no account is on
+#[utoipa::path(
+    delete,
+    path = "/admin/v1/price-plans/{plan_id}",
+    params(("plan_id" = String, Path, description = "The price plan (plan_…)")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Invalid request; the message names the field", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such object", body = ErrorBody),
+        (status = 409, description = "Conflicts with existing state", body = ErrorBody),
+        (status = 503, description = "The change could not be recorded on the control log", body = ErrorBody),
+    )
+)]
+pub(super) async fn delete_price_plan(
     State(s): State<AdminState>,
-    Path(plan_id): Path<String>,
+    PathParams(plan_id): PathParams<String>,
 ) -> AdminResult<StatusCode> {
     s.control.delete_price_plan(&plan_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `{"plan_id": "plan_…"}`, or `{"plan_id": null}` for the default terms.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct AssignPlanBody {
+pub(super) struct AssignPlanBody {
     plan_id: Option<String>,
 }
 
-async fn assign_price_plan(
+/// Put an account on a price plan, or back on the default terms with null
+#[utoipa::path(
+    put,
+    path = "/admin/v1/accounts/{account_id}/price-plan",
+    params(("account_id" = String, Path, description = "The account (acct_…)")),
+    request_body = AssignPlanBody,
+    responses(
+        (status = 200, description = "The account", body = Account),
+        (status = 400, description = "Invalid request; the message names the field", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such object", body = ErrorBody),
+        (status = 409, description = "Conflicts with existing state", body = ErrorBody),
+        (status = 503, description = "The change could not be recorded on the control log", body = ErrorBody),
+    )
+)]
+pub(super) async fn assign_price_plan(
     State(s): State<AdminState>,
-    Path(account_id): Path<String>,
+    PathParams(account_id): PathParams<String>,
     JsonBody(body): JsonBody<AssignPlanBody>,
 ) -> AdminResult<Json<Account>> {
     let account = s

@@ -77,7 +77,15 @@ pub async fn start(
         );
     }
     warn_without_credentials(&gateway);
-    let admin = admin_api(config, node, &gateway, admin_token, admin_routes).await?;
+    let admin = admin_api(
+        config,
+        node,
+        &gateway,
+        admin_token,
+        admin_routes,
+        ledger_runs,
+    )
+    .await?;
     let role = Role {
         routes: tollgate_proxy::router(gateway.clone()),
         admin_routes: None,
@@ -111,13 +119,15 @@ async fn wait_for_grant(gateway: &Gateway, node: &Node, boot: &Bootstrapped) -> 
 }
 
 /// The admin API: the control plane's routes, the gateway's and
-/// `admin_routes`, on `admin.listen`; none without a token.
+/// `admin_routes` (the ledger's when `ledger_runs`), on `admin.listen`;
+/// none without a token.
 async fn admin_api(
     config: &Config,
     node: &Node,
     gateway: &Arc<Gateway>,
     admin_token: Option<&str>,
     admin_routes: Option<Router>,
+    ledger_runs: bool,
 ) -> anyhow::Result<Option<JoinHandle<()>>> {
     if !config.admin.enabled {
         return Ok(None);
@@ -129,7 +139,13 @@ async fn admin_api(
         );
         return Ok(None);
     };
-    let state = AdminState::new(node.control.clone(), token);
+    // One document for the one listener: the gateway's part, and the
+    // ledger's credits routes where the ledger runs beside it.
+    let mut state = AdminState::new(node.control.clone(), token)
+        .with_document(tollgate_proxy::admin_docs::admin_openapi());
+    if ledger_runs {
+        state = state.with_document(tollgate_ledger::api::admin_openapi());
+    }
     let mut app = tollgate_control::admin::router(state.clone()).merge(
         tollgate_proxy::admin_router(gateway.clone(), state.auth.clone()),
     );
