@@ -24,6 +24,7 @@ use rust_decimal::Decimal;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tollgate_core::TokenCounts;
+use tollgate_sqlite::Migrations;
 
 /// Numbered migrations, applied once each in order. Never edit a released one.
 const MIGRATIONS: &[&str] = &[
@@ -146,28 +147,14 @@ where
         .map_err(|e| AnalyticsError::Task(e.to_string()))?
 }
 
+/// The usage tables' migrations, in their own version table.
+const USAGE_MIGRATIONS: Migrations = Migrations {
+    table: "analytics_migrations",
+    steps: MIGRATIONS,
+};
+
 fn migrate(conn: &mut Connection) -> Result<(), AnalyticsError> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS analytics_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)",
-    )?;
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let applied: i64 = tx.query_row(
-        "SELECT COALESCE(MAX(version), 0) FROM analytics_migrations",
-        [],
-        |row| row.get(0),
-    )?;
-    for (index, sql) in MIGRATIONS.iter().enumerate() {
-        let version = index as i64 + 1;
-        if version > applied {
-            tx.execute_batch(sql)?;
-            tx.execute(
-                "INSERT INTO analytics_migrations (version, applied_at) VALUES (?1, ?2)",
-                rusqlite::params![version, Utc::now().to_rfc3339()],
-            )?;
-        }
-    }
-    tx.commit()?;
-    Ok(())
+    Ok(USAGE_MIGRATIONS.apply(conn)?)
 }
 
 fn int(value: u64, what: &str) -> Result<i64, AnalyticsError> {
