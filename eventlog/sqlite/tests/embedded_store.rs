@@ -449,16 +449,18 @@ async fn a_file_from_the_previous_release_opens_with_its_versions_and_records() 
         .await
         .unwrap();
     assert_eq!(control.len() + account.len() + balances.len(), 15);
-    // Usage events written then still decode.
-    let usage = account
-        .iter()
-        .filter_map(
-            |r| match serde_json::from_slice::<Envelope>(&r.payload).ok()?.body {
-                EventBody::Usage(u) => Some(u),
-                _ => None,
-            },
-        )
-        .count();
+    // Usage events written then still decode, and this build writes them
+    // byte for byte as they are stored.
+    let mut usage = 0;
+    for r in &account {
+        let envelope: Envelope = serde_json::from_slice(&r.payload).unwrap();
+        if let EventBody::Usage(event) = envelope.body {
+            let mut written = Vec::new();
+            tollgate_core::UsageEnvelope(&event).write_json(&mut written);
+            assert_eq!(written, r.payload.to_vec());
+            usage += 1;
+        }
+    }
     assert_eq!(usage, 4);
     // New records continue after the old ones.
     log.append(record("k", 1)).await.unwrap();
