@@ -18,9 +18,23 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tollgate_eventlog::group_commit::{self, GroupCommit, GroupCommitOptions, Round};
 use tollgate_eventlog::LogRecord;
+use tollgate_sqlite::Migrations;
 
 /// Most records committed in one transaction.
 const MAX_BATCH: usize = 8_192;
+/// The spool file's schema. Step 1 is `IF NOT EXISTS`: spools written before
+/// the file had a version table already hold it.
+const SPOOL_MIGRATIONS: Migrations = Migrations {
+    table: "spool_migrations",
+    steps: &["CREATE TABLE IF NOT EXISTS spool (
+         seq INTEGER PRIMARY KEY AUTOINCREMENT,
+         topic TEXT NOT NULL,
+         record_key TEXT NOT NULL,
+         payload BLOB NOT NULL,
+         timestamp_ms INTEGER NOT NULL
+     );"],
+};
+
 /// SQLite page size assumed when turning `spool_max_bytes` into pages.
 const PAGE_SIZE: u64 = 4_096;
 
@@ -76,8 +90,8 @@ pub(crate) fn open(
     }
     let lock = lock(path)?;
     let err = KafkaLogError::spool(path);
-    let writer = Connection::open(path).map_err(KafkaLogError::spool(path))?;
-    let setup = || -> rusqlite::Result<SpoolState> {
+    let mut writer = Connection::open(path).map_err(KafkaLogError::spool(path))?;
+    let setup = |writer: &mut Connection| -> rusqlite::Result<SpoolState> {
         // Must precede the first table: lets the file shrink after an outage.
         writer.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
@@ -90,15 +104,7 @@ pub(crate) fn open(
             },
         )?;
         writer.busy_timeout(Duration::from_secs(5))?;
-        writer.execute_batch(
-            "CREATE TABLE IF NOT EXISTS spool (
-                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
-                 topic TEXT NOT NULL,
-                 record_key TEXT NOT NULL,
-                 payload BLOB NOT NULL,
-                 timestamp_ms INTEGER NOT NULL
-             );",
-        )?;
+        SPOOL_MIGRATIONS.apply(writer)?;
         if max_bytes > 0 {
             // SQLite answers SQLITE_FULL past this, exactly as on a full disk.
             let pages = (max_bytes / PAGE_SIZE).max(1);
@@ -121,7 +127,7 @@ pub(crate) fn open(
             first_seq: first.map(|s| s.max(0) as u64),
         })
     };
-    let state = setup().map_err(err)?;
+    let state = setup(&mut writer).map_err(err)?;
     Ok(Spool {
         path: path.to_owned(),
         writer,
@@ -345,4 +351,45 @@ fn commit(conn: &mut Connection, batch: &[(LogRecord, i64)]) -> rusqlite::Result
     }
     tx.commit()?;
     Ok(last.max(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A spool an earlier release wrote (its table, no version table) opens
+    /// with its records and sequence, and records its schema version.
+    #[test]
+    fn a_spool_from_before_the_version_table_keeps_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE spool (
+                     seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                     topic TEXT NOT NULL,
+                     record_key TEXT NOT NULL,
+                     payload BLOB NOT NULL,
+                     timestamp_ms INTEGER NOT NULL
+                 );
+                 INSERT INTO spool (topic, record_key, payload, timestamp_ms)
+                     VALUES ('t', 'a', x'01', 1), ('t', 'b', x'02', 2), ('t', 'c', x'03', 3);
+                 DELETE FROM spool WHERE seq = 1;",
+            )
+            .unwrap();
+        let spool = open(&path, SpoolDurability::Normal, 0).unwrap();
+        assert_eq!(spool.state.last_seq, 3);
+        assert_eq!(spool.state.records, 2);
+        assert_eq!(spool.state.first_seq, Some(2));
+        let versions: i64 = spool
+            .writer
+            .query_row("SELECT MAX(version) FROM spool_migrations", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(versions, 1);
+        assert_eq!(read_after(&spool.writer, 0, 10).unwrap().len(), 2);
+    }
 }
