@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tollgate_eventlog::topics::ACCOUNT_EVENTS;
-use tollgate_eventlog::{EventLog, PositionSource, Subscription};
+use tollgate_eventlog::{Backoff, EventLog, PositionSource, Subscription};
 
 /// The consumer group of the analytics sink.
 pub const CONSUMER_GROUP: &str = "tollgate-analytics";
@@ -183,78 +183,99 @@ impl Run {
         }
     }
 
-    fn backoff(&self, current: Duration) -> Duration {
-        (current * 2).min(Duration::from_millis(self.sink.config.retry_max_ms.max(1)))
-    }
-
-    fn initial_backoff(&self) -> Duration {
-        Duration::from_millis(self.sink.config.retry_initial_ms.max(1))
+    /// The retry delays of one loop: `retry_initial_ms`, doubling up to
+    /// `retry_max_ms`.
+    fn retry(&self) -> Backoff {
+        Backoff::new(
+            Duration::from_millis(self.sink.config.retry_initial_ms.max(1)),
+            Duration::from_millis(self.sink.config.retry_max_ms.max(1)),
+        )
     }
 
     async fn main(&mut self) {
+        let backend = self.sink.store.backend();
+        let Ok(positions) = self.start_positions().await else {
+            return;
+        };
+        let Ok(mut sub) = self.subscribe(positions.clone()).await else {
+            return;
+        };
+        tracing::info!(backend, partitions = ?sub.assigned(), "analytics sink started");
+        let assigned = sub.assigned();
+        if self.verify(&assigned, positions.as_ref()).await.is_err() {
+            return;
+        }
+        self.consume(sub.as_mut(), positions.as_ref(), assigned)
+            .await;
+        tracing::info!(backend, "analytics sink stopped");
+    }
+
+    /// Schema and positions first: without them we cannot know where to
+    /// start, so a store that is down at startup is waited for.
+    async fn start_positions(&mut self) -> Result<Arc<dyn PositionSource>, Stopped> {
+        if let Some(positions) = self.sink.start_from.clone() {
+            return Ok(positions);
+        }
         let store = self.sink.store.clone();
         let backend = store.backend();
-        // Schema and positions first: without them we cannot know where to
-        // start, so a store that is down at startup is waited for.
-        let positions: Arc<dyn PositionSource> = match self.sink.start_from.clone() {
-            Some(p) => p,
-            None => {
-                let mut delay = self.initial_backoff();
-                loop {
-                    // Migrations are idempotent and cheap when applied: the
-                    // sink never writes to a schema older than its code.
-                    let ready = match store.migrate().await {
-                        Ok(()) => store.positions().await,
-                        Err(err) => Err(err),
-                    };
-                    match ready {
-                        Ok(p) => break Arc::new(StorePositions(p)),
-                        Err(err) => {
-                            tracing::warn!(backend, error = %err, retry_in = ?delay, "analytics store unavailable; waiting to start");
-                            if self.pause(delay).await.is_err() {
-                                return;
-                            }
-                            delay = self.backoff(delay);
-                        }
-                    }
+        let mut retry = self.retry();
+        loop {
+            // Migrations are idempotent and cheap when applied: the
+            // sink never writes to a schema older than its code.
+            let ready = match store.migrate().await {
+                Ok(()) => store.positions().await,
+                Err(err) => Err(err),
+            };
+            match ready {
+                Ok(p) => return Ok(Arc::new(StorePositions(p))),
+                Err(err) => {
+                    tracing::warn!(backend, error = %err, retry_in = ?retry.current(), "analytics store unavailable; waiting to start");
+                    self.pause(retry.next_delay()).await?;
                 }
             }
-        };
-        let mut delay = self.initial_backoff();
-        let mut sub = loop {
+        }
+    }
+
+    async fn subscribe(
+        &mut self,
+        positions: Arc<dyn PositionSource>,
+    ) -> Result<Box<dyn Subscription>, Stopped> {
+        let mut retry = self.retry();
+        loop {
             match self
                 .sink
                 .log
                 .subscribe(ACCOUNT_EVENTS, CONSUMER_GROUP, positions.clone())
                 .await
             {
-                Ok(sub) => break sub,
+                Ok(sub) => return Ok(sub),
                 Err(err) => {
-                    tracing::warn!(error = %err, retry_in = ?delay, "analytics cannot subscribe; retrying");
-                    if self.pause(delay).await.is_err() {
-                        return;
-                    }
-                    delay = self.backoff(delay);
+                    tracing::warn!(error = %err, retry_in = ?retry.current(), "analytics cannot subscribe; retrying");
+                    self.pause(retry.next_delay()).await?;
                 }
             }
-        };
-        tracing::info!(backend, partitions = ?sub.assigned(), "analytics sink started");
-        let mut assigned = sub.assigned();
-        if self.verify(&assigned, positions.as_ref()).await.is_err() {
-            return;
         }
-        let mut poll_delay = self.initial_backoff();
+    }
+
+    /// Poll the log and store what it gives, in batches, until told to stop.
+    async fn consume(
+        &mut self,
+        sub: &mut dyn Subscription,
+        positions: &dyn PositionSource,
+        mut assigned: Vec<u32>,
+    ) {
+        let mut poll_retry = self.retry();
         loop {
             if self.stopping() {
                 // One attempt; what fails is consumed again at the next start.
-                let _ = self.flush(sub.as_mut(), true).await;
+                let _ = self.flush(sub, true).await;
                 break;
             }
             let max_wait = self.sink.config.max_wait();
             let due = self.oldest.is_some_and(|t| t.elapsed() >= max_wait);
             if self.pending_rows >= self.sink.config.max_rows() || due {
                 // Err only when told to stop: the loop's top handles that.
-                let _ = self.flush(sub.as_mut(), false).await;
+                let _ = self.flush(sub, false).await;
                 continue;
             }
             let wait = match self.oldest {
@@ -268,40 +289,42 @@ impl Run {
             };
             let now_assigned = sub.assigned();
             if now_assigned != assigned {
-                // Another member may have written the partitions we gained.
-                store.partitions_reassigned();
-                self.pending.retain(|p, _| now_assigned.contains(p));
-                self.pending_rows = self.pending.values().map(|p| p.rows.len()).sum();
-                let gained: Vec<u32> = now_assigned
-                    .iter()
-                    .filter(|p| !assigned.contains(p))
-                    .copied()
-                    .collect();
+                let gained = self.reassigned(&assigned, &now_assigned);
                 assigned = now_assigned;
-                if self.verify(&gained, positions.as_ref()).await.is_err() {
+                if self.verify(&gained, positions).await.is_err() {
                     continue;
                 }
             }
             match polled {
                 Ok(Some(batch)) => {
-                    poll_delay = self.initial_backoff();
+                    poll_retry.reset();
                     if self.take(batch).is_err() {
                         // Store what came before the record, then stop.
-                        let _ = self.flush(sub.as_mut(), true).await;
+                        let _ = self.flush(sub, true).await;
                         break;
                     }
                 }
                 Ok(None) => self.update_lag(),
                 Err(err) => {
-                    tracing::warn!(error = %err, retry_in = ?poll_delay, "analytics cannot read the event log; retrying");
-                    if self.pause(poll_delay).await.is_err() {
-                        continue;
-                    }
-                    poll_delay = self.backoff(poll_delay);
+                    tracing::warn!(error = %err, retry_in = ?poll_retry.current(), "analytics cannot read the event log; retrying");
+                    // Err only when told to stop: the loop's top handles that.
+                    let _ = self.pause(poll_retry.next_delay()).await;
                 }
             }
         }
-        tracing::info!(backend, "analytics sink stopped");
+    }
+
+    /// The subscription's partitions changed: drop what is pending for the
+    /// ones lost; the ones gained are returned.
+    fn reassigned(&mut self, before: &[u32], now: &[u32]) -> Vec<u32> {
+        // Another member may have written the partitions we gained.
+        self.sink.store.partitions_reassigned();
+        self.pending.retain(|p, _| now.contains(p));
+        self.pending_rows = self.pending.values().map(|p| p.rows.len()).sum();
+        now.iter()
+            .filter(|p| !before.contains(p))
+            .copied()
+            .collect()
     }
 
     /// Write an empty batch to each newly assigned partition: the store then
@@ -433,7 +456,7 @@ impl Run {
         let store = self.sink.store.clone();
         let metrics = self.sink.metrics.clone();
         let mut work = VecDeque::from([batch]);
-        let mut delay = self.initial_backoff();
+        let mut retry = self.retry();
         while let Some(batch) = work.pop_front() {
             let started = Instant::now();
             match store.write(&batch).await {
@@ -446,7 +469,7 @@ impl Run {
                             .insert_duration
                             .observe(started.elapsed().as_secs_f64());
                     }
-                    delay = self.initial_backoff();
+                    retry.reset();
                 }
                 Err(err) if err.is_bad_data() => {
                     metrics
@@ -489,14 +512,13 @@ impl Run {
                         .insert_failures
                         .with_label_values(&["transient"])
                         .inc();
-                    tracing::warn!(backend = store.backend(), rows = batch.rows.len(), error = %err, retry_in = ?delay, "analytics write failed; retrying");
+                    tracing::warn!(backend = store.backend(), rows = batch.rows.len(), error = %err, retry_in = ?retry.current(), "analytics write failed; retrying");
                     if once {
                         return Err(Stopped);
                     }
                     work.push_front(batch);
                     self.update_lag();
-                    self.pause(delay).await?;
-                    delay = self.backoff(delay);
+                    self.pause(retry.next_delay()).await?;
                 }
             }
         }

@@ -24,6 +24,7 @@ use rust_decimal::Decimal;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tollgate_core::TokenCounts;
+use tollgate_sqlite::Migrations;
 
 /// Numbered migrations, applied once each in order. Never edit a released one.
 const MIGRATIONS: &[&str] = &[
@@ -146,28 +147,14 @@ where
         .map_err(|e| AnalyticsError::Task(e.to_string()))?
 }
 
+/// The usage tables' migrations, in their own version table.
+const USAGE_MIGRATIONS: Migrations = Migrations {
+    table: "analytics_migrations",
+    steps: MIGRATIONS,
+};
+
 fn migrate(conn: &mut Connection) -> Result<(), AnalyticsError> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS analytics_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)",
-    )?;
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let applied: i64 = tx.query_row(
-        "SELECT COALESCE(MAX(version), 0) FROM analytics_migrations",
-        [],
-        |row| row.get(0),
-    )?;
-    for (index, sql) in MIGRATIONS.iter().enumerate() {
-        let version = index as i64 + 1;
-        if version > applied {
-            tx.execute_batch(sql)?;
-            tx.execute(
-                "INSERT INTO analytics_migrations (version, applied_at) VALUES (?1, ?2)",
-                rusqlite::params![version, Utc::now().to_rfc3339()],
-            )?;
-        }
-    }
-    tx.commit()?;
-    Ok(())
+    Ok(USAGE_MIGRATIONS.apply(conn)?)
 }
 
 fn int(value: u64, what: &str) -> Result<i64, AnalyticsError> {
@@ -254,37 +241,7 @@ type GroupKey = (
 );
 
 fn run_query(conn: &Connection, q: &UsageQuery) -> Result<Vec<UsageGroup>, AnalyticsError> {
-    let mut sql = String::from(
-        "SELECT started_ms, provider, model, access_key_id, status, tokens_input,
-                tokens_cached_input, tokens_cache_write_5m, tokens_cache_write_1h, tokens_output,
-                fee, upstream_cost, latency_us, ttft_us
-         FROM analytics_usage WHERE started_ms >= ? AND started_ms < ?",
-    );
-    let mut params: Vec<Value> = vec![Value::Integer(q.start_ms()), Value::Integer(q.end_ms())];
-    if let Some(account) = &q.account_id {
-        sql.push_str(" AND account_id = ?");
-        params.push(Value::Text(account.to_string()));
-    }
-    for (column, value) in [
-        ("access_key_id", &q.access_key_id),
-        ("provider", &q.provider),
-        ("model", &q.model),
-    ] {
-        if let Some(value) = value {
-            sql.push_str(&format!(" AND {column} = ?"));
-            params.push(Value::Text(value.clone()));
-        }
-    }
-    if let Some(class) = q.status_class {
-        let (low, high) = class.range();
-        sql.push_str(" AND status >= ? AND status < ?");
-        params.push(Value::Integer(low.into()));
-        params.push(Value::Integer(high.into()));
-    }
-    if let Some(source) = q.credential_source {
-        sql.push_str(" AND credential_source = ?");
-        params.push(Value::Text(source.as_str().to_owned()));
-    }
+    let (sql, params) = usage_sql(q);
     let mut stmt = conn.prepare(&sql)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
     let mut groups: BTreeMap<GroupKey, Acc> = BTreeMap::new();
@@ -329,38 +286,80 @@ fn run_query(conn: &Connection, q: &UsageQuery) -> Result<Vec<UsageGroup>, Analy
             acc.ttft.push(ttft as u64);
         }
     }
-    let mut out = Vec::with_capacity(groups.len());
-    for ((bucket, provider, model, access_key_id, status), mut acc) in groups {
-        acc.latency.sort_unstable();
-        acc.ttft.sort_unstable();
-        let pct =
-            |values: &[u64], level: f64| exact_quantile(values, level).map(|v| us_to_ms(v as f64));
-        out.push(UsageGroup {
-            bucket_start: bucket.map(ms_to_time).transpose()?,
-            provider,
-            model,
-            access_key_id,
-            status,
-            requests: acc.requests,
-            errors: acc.errors,
-            tokens: acc.tokens,
-            cost: CostTotals {
-                fee: acc.fee.normalize(),
-                upstream: acc.upstream.normalize(),
-            },
-            latency_ms: LatencyPercentiles {
-                p50: pct(&acc.latency, LATENCY_LEVELS[0]),
-                p95: pct(&acc.latency, LATENCY_LEVELS[1]),
-                p99: pct(&acc.latency, LATENCY_LEVELS[2]),
-            },
-            ttft_ms: TtftPercentiles {
-                p50: pct(&acc.ttft, TTFT_LEVELS[0]),
-                p95: pct(&acc.ttft, TTFT_LEVELS[1]),
-            },
-        });
-    }
+    let mut out = groups
+        .into_iter()
+        .map(|(key, acc)| usage_group(key, acc))
+        .collect::<Result<Vec<_>, _>>()?;
     sort_groups(&mut out);
     Ok(out)
+}
+
+/// The raw rows the query selects, and its parameters.
+fn usage_sql(q: &UsageQuery) -> (String, Vec<Value>) {
+    let mut sql = String::from(
+        "SELECT started_ms, provider, model, access_key_id, status, tokens_input,
+                tokens_cached_input, tokens_cache_write_5m, tokens_cache_write_1h, tokens_output,
+                fee, upstream_cost, latency_us, ttft_us
+         FROM analytics_usage WHERE started_ms >= ? AND started_ms < ?",
+    );
+    let mut params: Vec<Value> = vec![Value::Integer(q.start_ms()), Value::Integer(q.end_ms())];
+    if let Some(account) = &q.account_id {
+        sql.push_str(" AND account_id = ?");
+        params.push(Value::Text(account.to_string()));
+    }
+    for (column, value) in [
+        ("access_key_id", &q.access_key_id),
+        ("provider", &q.provider),
+        ("model", &q.model),
+    ] {
+        if let Some(value) = value {
+            sql.push_str(&format!(" AND {column} = ?"));
+            params.push(Value::Text(value.clone()));
+        }
+    }
+    if let Some(class) = q.status_class {
+        let (low, high) = class.range();
+        sql.push_str(" AND status >= ? AND status < ?");
+        params.push(Value::Integer(low.into()));
+        params.push(Value::Integer(high.into()));
+    }
+    if let Some(source) = q.credential_source {
+        sql.push_str(" AND credential_source = ?");
+        params.push(Value::Text(source.as_str().to_owned()));
+    }
+    (sql, params)
+}
+
+/// One group's totals and percentiles.
+fn usage_group(key: GroupKey, mut acc: Acc) -> Result<UsageGroup, AnalyticsError> {
+    let (bucket, provider, model, access_key_id, status) = key;
+    acc.latency.sort_unstable();
+    acc.ttft.sort_unstable();
+    let pct =
+        |values: &[u64], level: f64| exact_quantile(values, level).map(|v| us_to_ms(v as f64));
+    Ok(UsageGroup {
+        bucket_start: bucket.map(ms_to_time).transpose()?,
+        provider,
+        model,
+        access_key_id,
+        status,
+        requests: acc.requests,
+        errors: acc.errors,
+        tokens: acc.tokens,
+        cost: CostTotals {
+            fee: acc.fee.normalize(),
+            upstream: acc.upstream.normalize(),
+        },
+        latency_ms: LatencyPercentiles {
+            p50: pct(&acc.latency, LATENCY_LEVELS[0]),
+            p95: pct(&acc.latency, LATENCY_LEVELS[1]),
+            p99: pct(&acc.latency, LATENCY_LEVELS[2]),
+        },
+        ttft_ms: TtftPercentiles {
+            p50: pct(&acc.ttft, TTFT_LEVELS[0]),
+            p95: pct(&acc.ttft, TTFT_LEVELS[1]),
+        },
+    })
 }
 
 #[async_trait]

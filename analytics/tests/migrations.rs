@@ -271,3 +271,43 @@ fn config_parses_from_toml_with_defaults() {
         tollgate_analytics::ClickHouseCompression::None
     );
 }
+
+/// A file a release before the shared migration module wrote (the embedded
+/// store's fixture): the usage tables keep their recorded versions (and the
+/// times they were applied: nothing ran again) and their rows.
+#[tokio::test]
+async fn sqlite_file_from_the_previous_release_keeps_versions_and_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tollgate.db");
+    let dump = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../eventlog/sqlite/tests/fixtures/previous-release.sql"
+    ))
+    .unwrap();
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(&dump)
+        .unwrap();
+    let db = tollgate_sqlite::Database::open(&path, tollgate_sqlite::Durability::Normal).unwrap();
+    let store = SqliteUsageStore::open(&db).unwrap();
+    store.migrate().await.unwrap();
+    let versions: Vec<(i64, String)> = db
+        .connect()
+        .unwrap()
+        .prepare("SELECT version, applied_at FROM analytics_migrations ORDER BY version")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        versions,
+        vec![
+            (1, "2026-12-07T17:04:42.474976869+00:00".to_string()),
+            (2, "2026-12-07T17:04:42.475403940+00:00".to_string())
+        ]
+    );
+    assert_eq!(store.row_count().await.unwrap(), 4);
+    let positions = store.positions().await.unwrap();
+    assert_eq!(positions.len(), 1);
+}

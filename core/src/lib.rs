@@ -6,7 +6,6 @@ pub mod catalog;
 pub mod control;
 pub mod escape;
 pub mod event;
-mod event_json;
 pub mod ids;
 pub mod money;
 pub mod pricing;

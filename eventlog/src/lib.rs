@@ -1,5 +1,10 @@
 //! The event-log interface every backend implements (embedded SQLite, Kafka).
 
+mod backoff;
+pub mod group_commit;
+
+pub use backoff::Backoff;
+
 use async_trait::async_trait;
 use std::sync::Arc;
 use tollgate_core::UsageEvent;

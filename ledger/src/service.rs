@@ -2,7 +2,7 @@
 //! one SQLite transaction each (state + position together), then commits
 //! the log position and publishes balance updates.
 
-use crate::engine::{AccountState, EntryKind, Ledger};
+use crate::engine::{AccountState, Entry, EntryKind, Ledger};
 use crate::input::{LedgerInput, UsageCharge};
 use crate::sqlite;
 use crate::LedgerError;
@@ -394,6 +394,83 @@ impl LedgerService {
     }
 }
 
+/// What a batch changes, gathered as its records apply.
+#[derive(Default)]
+struct BatchChanges {
+    entries: Vec<Entry>,
+    changed: HashSet<AccountId>,
+    /// Accounts as they were before this batch (None: new in it), so that
+    /// only what changed is written back.
+    before: HashMap<AccountId, Option<AccountState>>,
+}
+
+impl BatchChanges {
+    fn remember(&mut self, state: &Ledger, id: &AccountId) {
+        if !self.before.contains_key(id) {
+            self.before
+                .insert(id.clone(), state.accounts.get(id).cloned());
+        }
+    }
+}
+
+/// Apply one decoded record, once: its dedup key is claimed in the batch's
+/// transaction.
+fn apply_input(
+    state: &mut Ledger,
+    metrics: &LedgerMetrics,
+    claims: &mut sqlite::Claims<'_>,
+    partition: u32,
+    input: LedgerInput,
+    work: &mut BatchChanges,
+) -> Result<(), LedgerError> {
+    match input {
+        LedgerInput::Usage(event) => {
+            if claims.claim(&format!("usage:{}", event.event_id))? {
+                work.remember(state, &event.account_id);
+                state.apply_charge(partition, &event, &mut work.entries);
+                work.changed.insert(event.account_id.clone());
+            } else {
+                metrics.duplicates.inc();
+            }
+        }
+        LedgerInput::Purchase(purchase) => {
+            let key = format!(
+                "purchase:{}:{}",
+                purchase.account_id, purchase.idempotency_key
+            );
+            if claims.claim(&key)? {
+                work.remember(state, &purchase.account_id);
+                state.apply_purchase(partition, &purchase, &mut work.entries);
+                work.changed.insert(purchase.account_id.clone());
+            } else {
+                metrics.duplicates.inc();
+            }
+        }
+        LedgerInput::Adjustment(adjustment) => {
+            let key = format!(
+                "adjustment:{}:{}",
+                adjustment.account_id, adjustment.idempotency_key
+            );
+            if claims.claim(&key)? {
+                work.remember(state, &adjustment.account_id);
+                state.apply_adjustment(partition, &adjustment, &mut work.entries);
+                work.changed.insert(adjustment.account_id.clone());
+            } else {
+                metrics.duplicates.inc();
+            }
+        }
+        LedgerInput::Tick(tick) => {
+            for id in state.due_at_tick(partition, tick.at) {
+                work.remember(state, &id);
+            }
+            state.tick(partition, tick.at, &mut work.entries);
+        }
+        // Returned above, before anything of the batch was applied.
+        LedgerInput::Other | LedgerInput::Unsupported(_) => {}
+    }
+    Ok(())
+}
+
 fn apply_in_transaction(
     conn: &mut Connection,
     state: &mut Ledger,
@@ -403,16 +480,7 @@ fn apply_in_transaction(
     next_offset: u64,
 ) -> Result<Vec<BalanceUpdate>, LedgerError> {
     let tx = conn.transaction()?;
-    let mut entries = Vec::new();
-    let mut changed: HashSet<AccountId> = HashSet::new();
-    // Accounts as they were before this batch (None: new in it), so that
-    // only what changed is written back.
-    let mut before: HashMap<AccountId, Option<AccountState>> = HashMap::new();
-    let mut remember = |state: &Ledger, id: &AccountId| {
-        if !before.contains_key(id) {
-            before.insert(id.clone(), state.accounts.get(id).cloned());
-        }
-    };
+    let mut work = BatchChanges::default();
     let partition = batch.partition;
     let mut claims = sqlite::Claims::new(&tx)?;
     for record in &batch.records {
@@ -438,53 +506,14 @@ fn apply_in_transaction(
                 continue;
             }
         };
-        match input {
-            LedgerInput::Usage(event) => {
-                if claims.claim(&format!("usage:{}", event.event_id))? {
-                    remember(state, &event.account_id);
-                    state.apply_charge(partition, &event, &mut entries);
-                    changed.insert(event.account_id.clone());
-                } else {
-                    metrics.duplicates.inc();
-                }
-            }
-            LedgerInput::Purchase(purchase) => {
-                let key = format!(
-                    "purchase:{}:{}",
-                    purchase.account_id, purchase.idempotency_key
-                );
-                if claims.claim(&key)? {
-                    remember(state, &purchase.account_id);
-                    state.apply_purchase(partition, &purchase, &mut entries);
-                    changed.insert(purchase.account_id.clone());
-                } else {
-                    metrics.duplicates.inc();
-                }
-            }
-            LedgerInput::Adjustment(adjustment) => {
-                let key = format!(
-                    "adjustment:{}:{}",
-                    adjustment.account_id, adjustment.idempotency_key
-                );
-                if claims.claim(&key)? {
-                    remember(state, &adjustment.account_id);
-                    state.apply_adjustment(partition, &adjustment, &mut entries);
-                    changed.insert(adjustment.account_id.clone());
-                } else {
-                    metrics.duplicates.inc();
-                }
-            }
-            LedgerInput::Tick(tick) => {
-                for id in state.due_at_tick(partition, tick.at) {
-                    remember(state, &id);
-                }
-                state.tick(partition, tick.at, &mut entries);
-            }
-            // Returned above, before anything of the batch was applied.
-            LedgerInput::Other | LedgerInput::Unsupported(_) => {}
-        }
+        apply_input(state, metrics, &mut claims, partition, input, &mut work)?;
     }
     drop(claims);
+    let BatchChanges {
+        entries,
+        mut changed,
+        before,
+    } = work;
     // Entries by kind, counted once per batch and only once committed.
     let mut booked = [0u64; EntryKind::ALL.len()];
     for entry in &entries {

@@ -13,6 +13,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use tollgate_core::{AccountId, Usd};
+use tollgate_sqlite::Migrations;
 
 const MIGRATIONS: &[&str] = &[
     "
@@ -98,28 +99,14 @@ const MIGRATIONS: &[&str] = &[
 ",
 ];
 
+/// The ledger's migrations, in their own version table.
+const LEDGER_MIGRATIONS: Migrations = Migrations {
+    table: "ledger_migrations",
+    steps: MIGRATIONS,
+};
+
 pub fn migrate(conn: &mut Connection) -> Result<(), LedgerError> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS ledger_migrations (version INTEGER PRIMARY KEY)",
-    )?;
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let applied: i64 = tx.query_row(
-        "SELECT COALESCE(MAX(version), 0) FROM ledger_migrations",
-        [],
-        |r| r.get(0),
-    )?;
-    for (i, sql) in MIGRATIONS.iter().enumerate() {
-        let version = i as i64 + 1;
-        if version > applied {
-            tx.execute_batch(sql)?;
-            tx.execute(
-                "INSERT INTO ledger_migrations (version) VALUES (?1)",
-                [version],
-            )?;
-        }
-    }
-    tx.commit()?;
-    Ok(())
+    Ok(LEDGER_MIGRATIONS.apply(conn)?)
 }
 
 /// Timestamps sort as text: fixed precision, UTC.

@@ -149,3 +149,41 @@ fn every_kind_of_entry_reads_back_as_booked() {
     assert_eq!(implicit, expected, "standard postings are implicit");
     assert!(ledger.accounts.contains_key(&AccountId::from(a)));
 }
+
+/// A file a release before the shared migration module wrote (the embedded
+/// store's fixture): the ledger keeps its recorded versions, runs nothing
+/// again, and loads the balance it had booked.
+#[test]
+fn a_file_from_the_previous_release_keeps_its_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tollgate.db");
+    let dump = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../eventlog/sqlite/tests/fixtures/previous-release.sql"
+    ))
+    .unwrap();
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(&dump)
+        .unwrap();
+    let db = tollgate_sqlite::Database::open(&path, tollgate_sqlite::Durability::Normal).unwrap();
+    let mut conn = db.connect().unwrap();
+    sqlite::migrate(&mut conn).unwrap();
+    sqlite::migrate(&mut conn).unwrap();
+    let versions: Vec<i64> = conn
+        .prepare("SELECT version FROM ledger_migrations ORDER BY version")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(versions, vec![1, 2]);
+    let entries: i64 = conn
+        .query_row("SELECT COUNT(*) FROM ledger_entries", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(entries, 5);
+    let ledger = sqlite::load(&conn).unwrap();
+    let account = AccountId::from("acct_01a251771a417473ab113f3efa01b2b0");
+    let balance = ledger.accounts[&account].balance();
+    assert_eq!(balance.to_string(), "29.99998695");
+}

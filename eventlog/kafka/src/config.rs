@@ -139,25 +139,40 @@ pub(crate) const PRODUCER_GUARANTEES: &[&str] = &[
     "max.in.flight.requests.per.connection",
 ];
 
+/// Problems found so far, in the order they are reported.
+#[derive(Default)]
+struct Problems(Vec<ConfigProblem>);
+
+impl Problems {
+    fn add(&mut self, field: &str, message: String) {
+        self.0.push(ConfigProblem {
+            field: field.to_owned(),
+            message,
+        });
+    }
+}
+
 impl KafkaConfig {
     /// Every problem in the configuration, each naming its field.
     pub fn problems(&self) -> Vec<ConfigProblem> {
-        let mut problems = Vec::new();
-        let mut problem = |field: &str, message: String| {
-            problems.push(ConfigProblem {
-                field: field.to_owned(),
-                message,
-            })
-        };
+        let mut problems = Problems::default();
+        self.cluster_problems(&mut problems);
+        self.local_problems(&mut problems);
+        self.client_problems(&mut problems);
+        problems.0
+    }
+
+    /// Brokers, topics, partitions, replication.
+    fn cluster_problems(&self, problems: &mut Problems) {
         if self.brokers.is_empty() {
-            problem(
+            problems.add(
                 "brokers",
                 "at least one bootstrap server is required".into(),
             );
         }
         for (i, broker) in self.brokers.iter().enumerate() {
             if let Err(why) = check_broker(broker) {
-                problem(&format!("brokers[{i}]"), format!("{broker:?}: {why}"));
+                problems.add(&format!("brokers[{i}]"), format!("{broker:?}: {why}"));
             }
         }
         let names = [
@@ -167,12 +182,12 @@ impl KafkaConfig {
         ];
         for (field, name) in names {
             if let Err(why) = check_topic_name(name) {
-                problem(field, format!("{name:?}: {why}"));
+                problems.add(field, format!("{name:?}: {why}"));
             }
         }
         for (i, (field, name)) in names.iter().enumerate() {
             if let Some((other, _)) = names[..i].iter().find(|(_, n)| n == name) {
-                problem(
+                problems.add(
                     field,
                     format!("{name:?} is also {other}; topics must differ"),
                 );
@@ -183,11 +198,11 @@ impl KafkaConfig {
             ("partitions.balances", self.partitions.balances),
         ] {
             if n == 0 || n > i32::MAX as u32 {
-                problem(field, format!("{n}: must be at least 1"));
+                problems.add(field, format!("{n}: must be at least 1"));
             }
         }
         if self.partitions.control != 1 {
-            problem(
+            problems.add(
                 "partitions.control",
                 format!(
                     "{}: must be 1 (the control plane replays one totally ordered partition)",
@@ -196,16 +211,20 @@ impl KafkaConfig {
             );
         }
         if self.replication_factor == 0 || self.replication_factor > i16::MAX as u16 {
-            problem(
+            problems.add(
                 "replication_factor",
                 format!("{}: must be 1..=32767", self.replication_factor),
             );
         }
+    }
+
+    /// The spool and the timeouts.
+    fn local_problems(&self, problems: &mut Problems) {
         if self.spool_path.as_os_str().is_empty() {
-            problem("spool_path", "must name a file".into());
+            problems.add("spool_path", "must name a file".into());
         }
         if self.spool_max_bytes != 0 && self.spool_max_bytes < 1 << 20 {
-            problem(
+            problems.add(
                 "spool_max_bytes",
                 format!(
                     "{}: use 0 (no limit) or at least 1048576 (1 MiB)",
@@ -218,17 +237,21 @@ impl KafkaConfig {
             ("delivery_timeout_ms", self.delivery_timeout_ms),
         ] {
             if ms == 0 || ms > i32::MAX as u64 {
-                problem(field, format!("{ms}: must be 1..=2147483647"));
+                problems.add(field, format!("{ms}: must be 1..=2147483647"));
             }
         }
+    }
+
+    /// The client id and the librdkafka settings passed through.
+    fn client_problems(&self, problems: &mut Problems) {
         if self.client_id.trim().is_empty() {
-            problem("client_id", "must not be empty".into());
+            problems.add("client_id", "must not be empty".into());
         }
         for (section, map) in [("producer", &self.producer), ("consumer", &self.consumer)] {
             for (key, value) in map {
                 let field = format!("{section}.\"{key}\"");
                 if key == "group.id" && section == "consumer" {
-                    problem(
+                    problems.add(
                         &field,
                         "set per subscription by its group; remove it".into(),
                     );
@@ -236,19 +259,18 @@ impl KafkaConfig {
                 }
                 // librdkafka checks names and values when they are set.
                 if let Err(err) = ClientConfig::new().set(key, value).create_native_config() {
-                    problem(&field, err.to_string());
+                    problems.add(&field, err.to_string());
                 }
             }
         }
         if let Some(value) = self.producer.get("message.max.bytes") {
             if value.parse::<usize>().is_err() {
-                problem(
+                problems.add(
                     "producer.\"message.max.bytes\"",
                     format!("{value:?} is not a byte count"),
                 );
             }
         }
-        problems
     }
 
     /// Ok, or an error listing every problem with its field.

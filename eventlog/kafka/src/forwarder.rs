@@ -28,6 +28,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
+use tollgate_eventlog::Backoff;
 
 /// Records read from the spool per query.
 const READ_BATCH: usize = 2_048;
@@ -129,7 +130,7 @@ struct Run {
     trimmed: u64,
     queue_full: bool,
     recovering: Option<Instant>,
-    backoff: Duration,
+    backoff: Backoff,
     shutdown: bool,
 }
 
@@ -156,7 +157,7 @@ impl Forwarder {
             trimmed: self.watermark,
             queue_full: false,
             recovering: None,
-            backoff: MIN_BACKOFF,
+            backoff: Backoff::new(MIN_BACKOFF, MAX_BACKOFF),
             shutdown: false,
         };
         loop {
@@ -216,7 +217,7 @@ impl Forwarder {
                 let mut ends = self.produced_ends.lock();
                 let end = ends.entry((topic, partition)).or_default();
                 *end = (*end).max(next);
-                run.backoff = MIN_BACKOFF;
+                run.backoff.reset();
             }
             FwdEvent::Delivered {
                 epoch,
@@ -248,7 +249,7 @@ impl Forwarder {
         }
         tracing::error!(
             reason,
-            retry_in_ms = run.backoff.as_millis() as u64,
+            retry_in_ms = run.backoff.current().as_millis() as u64,
             "Kafka delivery failed; records stay spooled and are re-sent"
         );
         run.recovering = Some(Instant::now());
@@ -263,7 +264,7 @@ impl Forwarder {
         if !run.in_flight.is_empty() && waited < PURGE_GRACE {
             return;
         }
-        if waited < run.backoff {
+        if waited < run.backoff.current() {
             return;
         }
         let fatal = self.producer.client().fatal_error();
@@ -281,7 +282,7 @@ impl Forwarder {
                 Err(e) => {
                     tracing::error!(error = %e, "cannot create a Kafka producer; retrying");
                     run.recovering = Some(Instant::now());
-                    run.backoff = (run.backoff * 2).min(MAX_BACKOFF);
+                    run.backoff.next_delay();
                     return;
                 }
             }
@@ -294,7 +295,7 @@ impl Forwarder {
         run.in_flight.clear();
         run.failed.clear();
         run.recovering = None;
-        run.backoff = (run.backoff * 2).min(MAX_BACKOFF);
+        run.backoff.next_delay();
         tracing::info!(from_seq = resume + 1, "re-sending spooled records to Kafka");
     }
 

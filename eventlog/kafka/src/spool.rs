@@ -16,10 +16,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
+use tollgate_eventlog::group_commit::{self, GroupCommit, GroupCommitOptions, Round};
 use tollgate_eventlog::LogRecord;
+use tollgate_sqlite::Migrations;
 
 /// Most records committed in one transaction.
 const MAX_BATCH: usize = 8_192;
+/// The spool file's schema. Step 1 is `IF NOT EXISTS`: spools written before
+/// the file had a version table already hold it.
+const SPOOL_MIGRATIONS: Migrations = Migrations {
+    table: "spool_migrations",
+    steps: &["CREATE TABLE IF NOT EXISTS spool (
+         seq INTEGER PRIMARY KEY AUTOINCREMENT,
+         topic TEXT NOT NULL,
+         record_key TEXT NOT NULL,
+         payload BLOB NOT NULL,
+         timestamp_ms INTEGER NOT NULL
+     );"],
+};
+
 /// SQLite page size assumed when turning `spool_max_bytes` into pages.
 const PAGE_SIZE: u64 = 4_096;
 
@@ -75,8 +90,8 @@ pub(crate) fn open(
     }
     let lock = lock(path)?;
     let err = KafkaLogError::spool(path);
-    let writer = Connection::open(path).map_err(KafkaLogError::spool(path))?;
-    let setup = || -> rusqlite::Result<SpoolState> {
+    let mut writer = Connection::open(path).map_err(KafkaLogError::spool(path))?;
+    let setup = |writer: &mut Connection| -> rusqlite::Result<SpoolState> {
         // Must precede the first table: lets the file shrink after an outage.
         writer.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
         writer.pragma_update(None, "journal_mode", "WAL")?;
@@ -89,15 +104,7 @@ pub(crate) fn open(
             },
         )?;
         writer.busy_timeout(Duration::from_secs(5))?;
-        writer.execute_batch(
-            "CREATE TABLE IF NOT EXISTS spool (
-                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
-                 topic TEXT NOT NULL,
-                 record_key TEXT NOT NULL,
-                 payload BLOB NOT NULL,
-                 timestamp_ms INTEGER NOT NULL
-             );",
-        )?;
+        SPOOL_MIGRATIONS.apply(writer)?;
         if max_bytes > 0 {
             // SQLite answers SQLITE_FULL past this, exactly as on a full disk.
             let pages = (max_bytes / PAGE_SIZE).max(1);
@@ -120,7 +127,7 @@ pub(crate) fn open(
             first_seq: first.map(|s| s.max(0) as u64),
         })
     };
-    let state = setup().map_err(err)?;
+    let state = setup(&mut writer).map_err(err)?;
     Ok(Spool {
         path: path.to_owned(),
         writer,
@@ -205,7 +212,21 @@ pub(crate) fn spawn_writer(
                 lock,
                 state,
             } = spool;
-            writer_loop(&path, writer, rx, &shared, state.last_seq);
+            let writer = SpoolWriter {
+                path: &path,
+                conn: writer,
+                shared: &shared,
+                last_seq: state.last_seq,
+                barriers: Vec::new(),
+                trim: None,
+                trimmed: 0,
+                last_vacuum: Instant::now(),
+            };
+            let options = GroupCommitOptions {
+                max_batch: MAX_BATCH,
+                gather: Duration::ZERO,
+            };
+            group_commit::run(writer, rx, options);
             // The lock goes only after the last write.
             drop(lock);
             let _ = done.send(true);
@@ -214,108 +235,99 @@ pub(crate) fn spawn_writer(
         .map_err(|e| KafkaLogError::Join(e.to_string()))
 }
 
-fn writer_loop(
-    path: &Path,
-    mut conn: Connection,
-    mut rx: mpsc::Receiver<WriterMsg>,
-    shared: &WriterShared,
-    mut last_seq: u64,
-) {
-    let mut batch: Vec<(LogRecord, i64)> = Vec::with_capacity(MAX_BATCH);
-    let mut barriers = Vec::new();
-    let mut trim: Option<u64> = None;
-    let mut trimmed = 0u64;
-    let mut last_vacuum = Instant::now();
-    let mut stop = false;
-    while let Some(first) = rx.blocking_recv() {
-        let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                WriterMsg::Append(record, ts) => batch.push((record, ts)),
-                WriterMsg::Barrier(done) => barriers.push(done),
-                WriterMsg::Trim(seq) => trim = trim.max(Some(seq)),
-                WriterMsg::Shutdown => stop = true,
-            }
-            if batch.len() < MAX_BATCH && !stop {
-                next = rx.try_recv().ok();
-            }
-        }
-        // Trim first, in its own transaction: it frees pages for the
-        // appends, and a full spool must not roll it back.
-        if let Some(upto) = trim.take().filter(|t| *t > trimmed) {
-            match conn.execute("DELETE FROM spool WHERE seq <= ?1", [upto as i64]) {
-                Ok(_) => {
-                    trimmed = upto;
-                    // Empty again after a backlog: give the space back.
-                    if upto >= last_seq && last_vacuum.elapsed() > Duration::from_secs(60) {
-                        last_vacuum = Instant::now();
-                        if let Err(e) = conn.execute_batch("PRAGMA incremental_vacuum") {
-                            tracing::debug!(error = %e, "spool vacuum failed");
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(spool = %path.display(), error = %e, "spool trim failed; retrying later");
-                    trim = Some(upto);
-                }
-            }
-        }
-        let outcome = commit_with_retry(path, &mut conn, &batch, shared);
-        if let Ok(Some(seq)) = outcome {
-            last_seq = seq;
-            let _ = shared.forwarder.send(FwdEvent::Committed(seq));
-        }
-        batch.clear();
-        for done in barriers.drain(..) {
-            let _ = done.send(match outcome {
-                Err(n) => Err(n),
-                Ok(_) => Ok(last_seq),
-            });
-        }
-        if stop {
-            break;
-        }
-    }
+/// The spool's side of the group-commit writer: it also trims what Kafka
+/// acknowledged, and answers barriers with the round's outcome.
+struct SpoolWriter<'a> {
+    path: &'a Path,
+    conn: Connection,
+    shared: &'a WriterShared,
+    last_seq: u64,
+    barriers: Vec<oneshot::Sender<Result<u64, u64>>>,
+    trim: Option<u64>,
+    trimmed: u64,
+    last_vacuum: Instant,
 }
 
-/// Commit `batch`; Ok(last seq) or Ok(None) for an empty batch; Err(n)
-/// when the spool is full and the n records were dropped. Other failures
-/// are retried: the bounded queue then pushes back on appenders.
-fn commit_with_retry(
-    path: &Path,
-    conn: &mut Connection,
-    batch: &[(LogRecord, i64)],
-    shared: &WriterShared,
-) -> Result<Option<u64>, u64> {
-    if batch.is_empty() {
-        return Ok(None);
+impl GroupCommit for SpoolWriter<'_> {
+    type Msg = WriterMsg;
+    type Record = (LogRecord, i64);
+    type Committed = u64;
+    type Error = rusqlite::Error;
+
+    fn gather(&mut self, msg: WriterMsg, batch: &mut Vec<(LogRecord, i64)>) -> bool {
+        match msg {
+            WriterMsg::Append(record, ts) => batch.push((record, ts)),
+            WriterMsg::Barrier(done) => self.barriers.push(done),
+            WriterMsg::Trim(seq) => self.trim = self.trim.max(Some(seq)),
+            WriterMsg::Shutdown => return true,
+        }
+        false
     }
-    let mut backoff = Duration::from_millis(10);
-    loop {
-        match commit(conn, batch) {
-            Ok(seq) => {
-                shared.writable.store(true, Ordering::Relaxed);
-                shared.metrics.appended.inc_by(batch.len() as u64);
-                shared.metrics.spooled.add(batch.len() as i64);
-                return Ok(Some(seq));
-            }
-            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == ErrorCode::DiskFull => {
-                shared.writable.store(false, Ordering::Relaxed);
-                shared.metrics.dropped.inc_by(batch.len() as u64);
-                tracing::error!(
-                    spool = %path.display(),
-                    dropped = batch.len(),
-                    "EVENTS LOST: the event spool is full (disk or spool_max_bytes); \
-                     records that Kafka has not acknowledged yet fill it"
-                );
-                return Err(batch.len() as u64);
+
+    /// Trim first, in its own transaction: it frees pages for the appends,
+    /// and a full spool must not roll it back.
+    fn before_commit(&mut self) {
+        let Some(upto) = self.trim.take().filter(|t| *t > self.trimmed) else {
+            return;
+        };
+        match self
+            .conn
+            .execute("DELETE FROM spool WHERE seq <= ?1", [upto as i64])
+        {
+            Ok(_) => {
+                self.trimmed = upto;
+                // Empty again after a backlog: give the space back.
+                if upto >= self.last_seq && self.last_vacuum.elapsed() > Duration::from_secs(60) {
+                    self.last_vacuum = Instant::now();
+                    if let Err(e) = self.conn.execute_batch("PRAGMA incremental_vacuum") {
+                        tracing::debug!(error = %e, "spool vacuum failed");
+                    }
+                }
             }
             Err(e) => {
-                shared.writable.store(false, Ordering::Relaxed);
-                tracing::error!(spool = %path.display(), error = %e, records = batch.len(), "spool commit failed; retrying");
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                tracing::warn!(spool = %self.path.display(), error = %e, "spool trim failed; retrying later");
+                self.trim = Some(upto);
             }
+        }
+    }
+
+    fn commit(&mut self, batch: &[(LogRecord, i64)]) -> rusqlite::Result<u64> {
+        commit(&mut self.conn, batch)
+    }
+
+    /// A full spool (disk or `spool_max_bytes`) drops the batch; other
+    /// failures are retried: the bounded queue then pushes back on appenders.
+    fn failed(&mut self, err: rusqlite::Error, batch: &[(LogRecord, i64)]) -> bool {
+        self.shared.writable.store(false, Ordering::Relaxed);
+        if matches!(&err, rusqlite::Error::SqliteFailure(e, _) if e.code == ErrorCode::DiskFull) {
+            self.shared.metrics.dropped.inc_by(batch.len() as u64);
+            tracing::error!(
+                spool = %self.path.display(),
+                dropped = batch.len(),
+                "EVENTS LOST: the event spool is full (disk or spool_max_bytes); \
+                 records that Kafka has not acknowledged yet fill it"
+            );
+            return false;
+        }
+        tracing::error!(spool = %self.path.display(), error = %err, records = batch.len(), "spool commit failed; retrying");
+        true
+    }
+
+    fn finish(&mut self, batch: &mut Vec<(LogRecord, i64)>, round: Round<u64>) {
+        let outcome = match round {
+            Round::Empty => Ok(self.last_seq),
+            Round::Committed(seq) => {
+                self.shared.writable.store(true, Ordering::Relaxed);
+                self.shared.metrics.appended.inc_by(batch.len() as u64);
+                self.shared.metrics.spooled.add(batch.len() as i64);
+                self.last_seq = seq;
+                let _ = self.shared.forwarder.send(FwdEvent::Committed(seq));
+                Ok(seq)
+            }
+            Round::Dropped => Err(batch.len() as u64),
+        };
+        for done in self.barriers.drain(..) {
+            let _ = done.send(outcome);
         }
     }
 }
@@ -339,4 +351,45 @@ fn commit(conn: &mut Connection, batch: &[(LogRecord, i64)]) -> rusqlite::Result
     }
     tx.commit()?;
     Ok(last.max(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A spool an earlier release wrote (its table, no version table) opens
+    /// with its records and sequence, and records its schema version.
+    #[test]
+    fn a_spool_from_before_the_version_table_keeps_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE spool (
+                     seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                     topic TEXT NOT NULL,
+                     record_key TEXT NOT NULL,
+                     payload BLOB NOT NULL,
+                     timestamp_ms INTEGER NOT NULL
+                 );
+                 INSERT INTO spool (topic, record_key, payload, timestamp_ms)
+                     VALUES ('t', 'a', x'01', 1), ('t', 'b', x'02', 2), ('t', 'c', x'03', 3);
+                 DELETE FROM spool WHERE seq = 1;",
+            )
+            .unwrap();
+        let spool = open(&path, SpoolDurability::Normal, 0).unwrap();
+        assert_eq!(spool.state.last_seq, 3);
+        assert_eq!(spool.state.records, 2);
+        assert_eq!(spool.state.first_seq, Some(2));
+        let versions: i64 = spool
+            .writer
+            .query_row("SELECT MAX(version) FROM spool_migrations", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(versions, 1);
+        assert_eq!(read_after(&spool.writer, 0, 10).unwrap().len(), 2);
+    }
 }

@@ -1,4 +1,5 @@
 use crate::error::StoreError;
+use crate::migrate::Migrations;
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -15,10 +16,13 @@ pub enum Durability {
     Full,
 }
 
-/// Numbered schema migrations, applied in order once each.
-const MIGRATIONS: &[&str] = &[
-    // 1: the event log. Control-plane state lives on the log itself.
-    "CREATE TABLE log_records (
+/// The event log's migrations (its version table keeps the name releases
+/// before the shared module gave it).
+const MIGRATIONS: Migrations = Migrations {
+    table: "schema_migrations",
+    steps: &[
+        // 1: the event log. Control-plane state lives on the log itself.
+        "CREATE TABLE log_records (
         log_offset INTEGER PRIMARY KEY AUTOINCREMENT,
         topic TEXT NOT NULL,
         record_key TEXT NOT NULL,
@@ -26,7 +30,8 @@ const MIGRATIONS: &[&str] = &[
         payload BLOB NOT NULL
      );
      CREATE INDEX log_records_topic ON log_records (topic, log_offset);",
-];
+    ],
+};
 
 /// WAL pages after which a commit checkpoints (SQLite's default is 1,000).
 const WAL_AUTOCHECKPOINT_PAGES: i64 = 10_000;
@@ -51,7 +56,7 @@ impl Database {
             }
         }
         let mut conn = db.connect()?;
-        migrate(&mut conn)?;
+        MIGRATIONS.apply(&mut conn)?;
         Ok(db)
     }
 
@@ -81,28 +86,4 @@ impl Database {
         conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
         Ok(conn)
     }
-}
-
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)",
-    )?;
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let applied: i64 = tx.query_row(
-        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
-        [],
-        |row| row.get(0),
-    )?;
-    for (index, sql) in MIGRATIONS.iter().enumerate() {
-        let version = index as i64 + 1;
-        if version > applied {
-            tx.execute_batch(sql)?;
-            tx.execute(
-                "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
-                rusqlite::params![version, chrono::Utc::now().to_rfc3339()],
-            )?;
-        }
-    }
-    tx.commit()?;
-    Ok(())
 }

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tollgate_core::UsageEvent;
+use tollgate_eventlog::group_commit::{self, GroupCommit, GroupCommitOptions, Round};
 use tollgate_eventlog::{
     Batch, EventLog, EventLogError, LogRecord, PositionSource, StoredRecord, Subscription,
 };
@@ -226,14 +227,18 @@ impl SqliteEventLog {
         std::thread::Builder::new()
             .name("tollgate-eventlog-writer".into())
             .spawn(move || {
-                writer_loop(
-                    writer_conn,
-                    rx,
-                    options.max_batch.max(1),
-                    options.group_commit,
-                    writer_flag,
-                    writer_recent,
-                )
+                crate::background_priority();
+                let writer = LogWriter {
+                    conn: writer_conn,
+                    writable: writer_flag,
+                    recent: writer_recent,
+                    waiters: Vec::new(),
+                };
+                let options = GroupCommitOptions {
+                    max_batch: options.max_batch,
+                    gather: options.group_commit,
+                };
+                group_commit::run(writer, rx, options);
             })
             .map_err(|e| StoreError::Join(e.to_string()))?;
         Ok(SqliteEventLog {
@@ -260,69 +265,59 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-fn writer_loop(
-    mut conn: Connection,
-    mut rx: mpsc::Receiver<WriterMsg>,
-    max_batch: usize,
-    group_commit: Duration,
+/// The log's side of the group-commit writer: records go to `log_records`,
+/// flushes are answered once the round they closed is committed.
+struct LogWriter {
+    conn: Connection,
     writable: Arc<AtomicBool>,
     recent: Arc<Mutex<Recent>>,
-) {
-    crate::background_priority();
-    let mut batch = Vec::with_capacity(max_batch);
-    let mut waiters = Vec::new();
-    while let Some(first) = rx.blocking_recv() {
-        // Group commit: after the first record, sleep through the interval
-        // once and then take everything that arrived (up to `max_batch`).
-        // One sleep rather than polling, and while this thread sleeps
-        // producers enqueue without having to wake it.
-        let flush_waiting = matches!(first, WriterMsg::Flush(_));
-        let mut next = Some(first);
-        if !flush_waiting && !group_commit.is_zero() {
-            std::thread::sleep(group_commit);
+    waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl GroupCommit for LogWriter {
+    type Msg = WriterMsg;
+    type Record = Pending;
+    type Committed = Vec<u64>;
+    type Error = rusqlite::Error;
+
+    fn gather(&mut self, msg: WriterMsg, batch: &mut Vec<Pending>) -> bool {
+        match msg {
+            WriterMsg::Append(record, ts, usage) => batch.push((record, ts, usage)),
+            WriterMsg::Flush(done) => self.waiters.push(done),
         }
-        while let Some(msg) = next.take() {
-            match msg {
-                WriterMsg::Append(record, ts, usage) => batch.push((record, ts, usage)),
-                WriterMsg::Flush(done) => waiters.push(done),
-            }
-            if batch.len() < max_batch {
-                next = rx.try_recv().ok();
-            }
+        false
+    }
+
+    fn commit(&mut self, batch: &[Pending]) -> Result<Vec<u64>, rusqlite::Error> {
+        commit(&mut self.conn, batch)
+    }
+
+    /// A failed commit (disk full, I/O error) is retried, never dropped.
+    fn failed(&mut self, err: rusqlite::Error, batch: &[Pending]) -> bool {
+        self.writable.store(false, Ordering::Relaxed);
+        tracing::error!(error = %err, records = batch.len(), "event log commit failed; retrying");
+        true
+    }
+
+    fn finish(&mut self, batch: &mut Vec<Pending>, round: Round<Vec<u64>>) {
+        self.writable.store(true, Ordering::Relaxed);
+        if let Round::Committed(offsets) = round {
+            let committed = batch
+                .drain(..)
+                .zip(offsets)
+                .map(|((record, ts, usage), offset)| StoredRecord {
+                    topic: record.topic,
+                    partition: 0,
+                    offset,
+                    key: record.key,
+                    payload: record.payload.into(),
+                    timestamp_ms: ts,
+                    usage,
+                })
+                .collect();
+            self.recent.lock().push(committed);
         }
-        // A failed commit (disk full, I/O error) is retried, never dropped:
-        // the bounded queue then pushes back on producers.
-        let mut backoff = Duration::from_millis(10);
-        loop {
-            match commit(&mut conn, &batch) {
-                Ok(offsets) => {
-                    writable.store(true, Ordering::Relaxed);
-                    let committed = batch
-                        .drain(..)
-                        .zip(offsets)
-                        .map(|((record, ts, usage), offset)| StoredRecord {
-                            topic: record.topic,
-                            partition: 0,
-                            offset,
-                            key: record.key,
-                            payload: record.payload.into(),
-                            timestamp_ms: ts,
-                            usage,
-                        })
-                        .collect();
-                    recent.lock().push(committed);
-                    break;
-                }
-                Err(err) => {
-                    writable.store(false, Ordering::Relaxed);
-                    tracing::error!(error = %err, records = batch.len(), "event log commit failed; retrying");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
-            }
-        }
-        batch.clear();
-        for done in waiters.drain(..) {
+        for done in self.waiters.drain(..) {
             let _ = done.send(());
         }
     }

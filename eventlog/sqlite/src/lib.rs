@@ -5,9 +5,11 @@ mod background;
 mod db;
 mod error;
 mod eventlog;
+mod migrate;
 
 pub use background::background_priority;
 
 pub use db::{Database, Durability};
 pub use error::StoreError;
 pub use eventlog::{SqliteEventLog, SqliteEventLogOptions};
+pub use migrate::Migrations;
