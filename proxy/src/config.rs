@@ -239,7 +239,12 @@ pub struct CustomProviderConfig {
     /// Model ids this provider serves; callable as `<id>:<model>` or bare.
     #[serde(default)]
     pub models: Vec<String>,
-    /// Unit prices per model id (each must be in `models`). A request the
+    /// Embedding model ids this provider serves on OpenAI's `POST
+    /// /embeddings` (`api = "openai"` only), called through `/v1/embeddings`
+    /// like `models`; priced in `prices` (input only: `output = "0"`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub embedding_models: Vec<String>,
+    /// Unit prices per model id (each must be in `models` or `embedding_models`). A request the
     /// operator pays for (its `api_keys`, or no key at all) needs one (or a
     /// price override): an unpriced model is refused unless the caller
     /// attached its own provider key. `"0"` is a price (a local model).
@@ -406,10 +411,24 @@ impl ProxyConfig {
             if let Err(why) = check_upstream_url(&custom.base_url) {
                 problems.push(format!("{field}.base_url: {why}"));
             }
+            if !custom.embedding_models.is_empty() && custom.api != ApiSurface::Openai {
+                problems.push(format!(
+                    "{field}.embedding_models: only an `api = \"openai\"` provider serves embeddings"
+                ));
+            }
+            if let Some(both) = custom
+                .models
+                .iter()
+                .find(|m| custom.embedding_models.contains(m))
+            {
+                problems.push(format!(
+                    "{field}.embedding_models: `{both}` is also in `models`; a model is one kind"
+                ));
+            }
             for (model, prices) in &custom.prices {
-                if !custom.models.contains(model) {
+                if !custom.models.contains(model) && !custom.embedding_models.contains(model) {
                     problems.push(format!(
-                        "{field}.prices.\"{model}\": `{model}` is not in this provider's `models`"
+                        "{field}.prices.\"{model}\": `{model}` is not in this provider's `models` or `embedding_models`"
                     ));
                 }
                 if prices.negative() {
@@ -454,7 +473,7 @@ impl ProxyConfig {
     pub fn unpriced_models(&self) -> Vec<String> {
         let mut lines = Vec::new();
         for (i, custom) in self.custom_providers.iter().enumerate() {
-            for model in &custom.models {
+            for model in custom.models.iter().chain(&custom.embedding_models) {
                 let overridden = self
                     .price_overrides
                     .contains_key(&format!("{}:{model}", custom.id));
@@ -505,6 +524,7 @@ mod tests {
                     base_url: "http://example.com/v1".into(),
                     api: ApiSurface::Openai,
                     models: vec![],
+                    embedding_models: vec![],
                     prices: BTreeMap::new(),
                     api_keys: vec![],
                 },
@@ -513,6 +533,7 @@ mod tests {
                     base_url: "https://ok/v1".into(),
                     api: ApiSurface::Openai,
                     models: vec![],
+                    embedding_models: vec![],
                     prices: BTreeMap::new(),
                     api_keys: vec![],
                 },
