@@ -553,6 +553,35 @@ mod tests {
         assert_eq!(problems.len(), 3);
     }
 
+    #[test]
+    fn embedding_models_need_the_openai_api_one_kind_and_may_be_priced() {
+        let custom = |api, models: &[&str], embedding: &[&str], priced: &str| {
+            let text = format!(
+                "id = \"e\"\nbase_url = \"http://127.0.0.1/v1\"\napi = \"{api}\"\n\
+                 models = {models:?}\nembedding_models = {embedding:?}\n\
+                 [prices]\n{priced} = {{ input = \"0.1\", output = \"0\" }}\n"
+            );
+            let provider = parse_custom(&text).map_err(|e| e.to_string())?;
+            Ok::<_, String>(
+                ProxyConfig {
+                    custom_providers: vec![provider],
+                    ..ProxyConfig::default()
+                }
+                .problems(&[]),
+            )
+        };
+        assert_eq!(custom("openai", &["c"], &["emb"], "emb"), Ok(vec![]));
+        let anthropic = custom("anthropic", &[], &["emb"], "emb").unwrap_or_default();
+        assert!(
+            anthropic.iter().any(|p| p.contains("embedding_models")),
+            "{anthropic:?}"
+        );
+        let both = custom("openai", &["m"], &["m"], "m").unwrap_or_default();
+        assert!(both.iter().any(|p| p.contains("one kind")), "{both:?}");
+        let stray = custom("openai", &[], &["emb"], "other").unwrap_or_default();
+        assert!(stray.iter().any(|p| p.contains("`other`")), "{stray:?}");
+    }
+
     fn parse_custom(text: &str) -> Result<CustomProviderConfig, toml::de::Error> {
         toml::from_str(text)
     }

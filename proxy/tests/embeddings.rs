@@ -328,3 +328,89 @@ async fn input_text_never_reaches_the_event_store() {
         assert!(!payload.contains("EMBCANARY"), "input stored: {payload}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn size_rate_and_time_limits_refuse_in_openais_shape() {
+    let gw = start_with(|c| {
+        c.server.max_body_bytes = 2_048;
+        c.routing.total_timeout_ms = 700;
+        c.routing.attempt_timeout_ms = 5_000;
+    })
+    .await;
+    // 413: over the body limit.
+    let big = "word ".repeat(1_000);
+    let error = refusal(
+        gw.post_json(PATH, &embed("text-embedding-3-small", json!(big)))
+            .await,
+        413,
+    )
+    .await;
+    assert_eq!(error["code"], "request_too_large");
+
+    // 429: the key's requests per minute.
+    let spec = tollgate_control::ConfigurationSpec {
+        name: "one-a-minute".into(),
+        rate_limits: tollgate_core::control::RateLimits {
+            requests_per_minute: Some(1),
+            tokens_per_minute: None,
+        },
+        ..tollgate_control::ConfigurationSpec::default()
+    };
+    let config = gw
+        .control
+        .create_configuration(&gw.account_id, spec)
+        .await
+        .unwrap();
+    let (_, limited) = gw
+        .control
+        .create_access_key(&gw.account_id, "limited", Some(config.id))
+        .await
+        .unwrap();
+    let post_limited = || {
+        TestGateway::client()
+            .post(gw.url(PATH))
+            .bearer_auth(&limited)
+            .json(&embed("text-embedding-3-small", json!("x")))
+            .send()
+    };
+    assert_eq!(post_limited().await.unwrap().status(), 200);
+    let error = refusal(post_limited().await.unwrap(), 429).await;
+    assert_eq!(error["code"], "rate_limit_exceeded");
+
+    // 403: a model outside the key's allowlist.
+    let spec = tollgate_control::ConfigurationSpec {
+        name: "small-only".into(),
+        allowed_models: Some(vec!["text-embedding-3-small".into()]),
+        ..tollgate_control::ConfigurationSpec::default()
+    };
+    let config = gw
+        .control
+        .create_configuration(&gw.account_id, spec)
+        .await
+        .unwrap();
+    let (_, allowlisted) = gw
+        .control
+        .create_access_key(&gw.account_id, "allowlisted", Some(config.id))
+        .await
+        .unwrap();
+    let response = TestGateway::client()
+        .post(gw.url(PATH))
+        .bearer_auth(&allowlisted)
+        .json(&embed("text-embedding-3-large", json!("x")))
+        .send()
+        .await
+        .unwrap();
+    let error = refusal(response, 403).await;
+    assert_eq!(error["code"], "model_not_allowed");
+
+    // 504: the upstream does not answer within the total deadline.
+    gw.mock
+        .add_rule(Rule::any().delay(std::time::Duration::from_secs(60)));
+    let error = refusal(
+        gw.post_json(PATH, &embed("text-embedding-3-small", json!("x")))
+            .await,
+        504,
+    )
+    .await;
+    assert_eq!(error["code"], "upstream_timeout");
+}
