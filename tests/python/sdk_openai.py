@@ -478,6 +478,33 @@ def embeddings_refuse_a_chat_model():
         raise CheckError("expected openai.BadRequestError, the request succeeded")
 
 
+@run.check
+def embeddings_unknown_model_is_not_found():
+    model = "no-such-embedding-e2e"
+    run.expect_event("openai", model, None, False, 404, 0, 0)
+    try:
+        c.embeddings.create(model=model, input=f"x {CANARY}")
+    except openai.NotFoundError as err:
+        eq("status code", err.status_code, 404)
+        eq("error code", err.code, "model_not_found")
+        true("error names the model", model in str(err.message), str(err.message))
+    else:
+        raise CheckError("expected openai.NotFoundError, the request succeeded")
+
+
+@run.check
+def embeddings_wrong_key_is_authentication_error():
+    try:
+        client(api_key="tgk_this-key-does-not-exist").embeddings.create(
+            model=EMBEDDING_MODEL, input=f"x {CANARY}"
+        )
+    except openai.AuthenticationError as err:
+        eq("status code", err.status_code, 401)
+        eq("error code", err.code, "invalid_api_key")
+    else:
+        raise CheckError("expected openai.AuthenticationError, the request succeeded")
+
+
 # --- models, errors, headers ---------------------------------------------------
 
 
