@@ -580,6 +580,16 @@ mod tests {
         assert!(both.iter().any(|p| p.contains("one kind")), "{both:?}");
         let stray = custom("openai", &[], &["emb"], "other").unwrap_or_default();
         assert!(stray.iter().any(|p| p.contains("`other`")), "{stray:?}");
+        // An unpriced embedding model is named like an unpriced chat model.
+        let text = "id = \"e\"\nbase_url = \"http://127.0.0.1/v1\"\napi = \"openai\"\n\
+                    embedding_models = [\"emb\"]\n";
+        let config = ProxyConfig {
+            custom_providers: parse_custom(text).into_iter().collect(),
+            ..ProxyConfig::default()
+        };
+        let unpriced = config.unpriced_models();
+        assert_eq!(unpriced.len(), 1, "{unpriced:?}");
+        assert!(unpriced[0].contains("model `emb`"), "{unpriced:?}");
     }
 
     fn parse_custom(text: &str) -> Result<CustomProviderConfig, toml::de::Error> {
