@@ -129,6 +129,18 @@ async fn missing_usage_is_estimated_from_the_input_text() {
     assert!(event.tokens_estimated);
     // "hello world\nagain": 4 tokens in cl100k and o200k.
     assert_eq!((event.tokens.input, event.tokens.output), (4, 0));
+
+    // Zero input tokens reported for real input: not believed.
+    gw.mock.clear_rules();
+    gw.mock.add_rule(Rule::any().zero_usage());
+    let response = gw
+        .post_json(PATH, &embed("text-embedding-3-small", json!("hello world")))
+        .await;
+    let event_id = header(&response, "x-tollgate-event-id");
+    assert_eq!(response.status(), 200);
+    let event = gw.event(&event_id).await;
+    assert!(event.tokens_estimated);
+    assert_eq!(event.tokens.input, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -112,7 +112,13 @@ impl ClientApi for OpenAiEmbeddings {
         meter: &mut RequestMeter,
     ) -> Result<Response, String> {
         // OpenAI's answer carries `usage.prompt_tokens` (no completion side).
-        answer::complete_response(super::upstream(upstream), None, bytes, meter)
+        let response = answer::complete_response(super::upstream(upstream), None, bytes, meter)?;
+        // Embedding no input is refused upstream, so zero input tokens means
+        // the upstream did not count them: estimate instead of billing nothing.
+        if meter.reported.is_some_and(|r| r.total_input() == 0) {
+            meter.reported = None;
+        }
+        Ok(response)
     }
 
     fn upstream_error(&self, _upstream: ApiSurface, status: StatusCode, bytes: Bytes) -> Response {
