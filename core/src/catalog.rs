@@ -39,6 +39,10 @@ pub struct ProviderSpec {
     /// True for providers defined by configuration rather than the built-in catalog.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub custom: bool,
+    /// Whether the provider serves OpenAI's `POST /embeddings` under its base
+    /// URL (only providers speaking the OpenAI wire API do).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub embeddings: bool,
 }
 
 /// Unit prices in USD per million tokens, one per token class.
@@ -65,6 +69,10 @@ pub struct ModelSpec {
     pub context_window: u32,
     pub max_output_tokens: u32,
     pub prices: Prices,
+    /// An embedding model: served on `/v1/embeddings` only, billed on input
+    /// tokens (its output price is 0).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub embedding: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +85,10 @@ pub enum CatalogError {
     DuplicateProvider(String),
     #[error("provider id `{0}` is invalid: use lowercase letters, digits, `-` and `_`")]
     InvalidProviderId(String),
+    #[error(
+        "embedding model `{model}` is on provider `{provider}`, which does not offer embeddings"
+    )]
+    EmbeddingsNotOffered { model: String, provider: String },
 }
 
 #[derive(Deserialize)]
@@ -133,8 +145,14 @@ impl Catalog {
     }
 
     pub fn add_model(&mut self, model: ModelSpec) -> Result<(), CatalogError> {
-        if !self.provider_index.contains_key(&model.provider) {
+        let Some(provider) = self.provider(&model.provider) else {
             return Err(CatalogError::UnknownProvider {
+                model: model.id,
+                provider: model.provider,
+            });
+        };
+        if model.embedding && !provider.embeddings {
+            return Err(CatalogError::EmbeddingsNotOffered {
                 model: model.id,
                 provider: model.provider,
             });
@@ -279,6 +297,34 @@ mod tests {
             Some("openai")
         );
         assert!(catalog.provider_model("anthropic", "gpt-4o").is_none());
+    }
+
+    #[test]
+    fn embedding_models_are_listed_on_providers_that_offer_embeddings() {
+        let catalog = Catalog::builtin().unwrap_or_default();
+        let small = catalog.model("text-embedding-3-small");
+        assert!(small.is_some_and(|m| m.embedding && m.provider == "openai"));
+        assert_eq!(
+            small.map(|m| (m.prices.input.to_string(), m.prices.output.to_string())),
+            Some(("0.02".to_owned(), "0".to_owned()))
+        );
+        assert!(catalog.model("gpt-4o").is_some_and(|m| !m.embedding));
+        for provider in ["openai", "google"] {
+            assert!(catalog.provider(provider).is_some_and(|p| p.embeddings));
+        }
+        assert!(catalog.provider("anthropic").is_some_and(|p| !p.embeddings));
+        for model in catalog.models().iter().filter(|m| m.embedding) {
+            assert_eq!(model.prices.output, Usd::ZERO, "{}", model.id);
+        }
+        let err = Catalog::from_toml(
+            "[[providers]]\nid='a'\nname='A'\nbase_url='https://a'\napi='openai'\n\
+             [[models]]\nprovider='a'\nid='e'\ncontext_window=1\nmax_output_tokens=0\n\
+             prices={input='1',output='0'}\nembedding=true\n",
+        );
+        assert!(matches!(
+            err,
+            Err(CatalogError::EmbeddingsNotOffered { .. })
+        ));
     }
 
     #[test]

@@ -239,7 +239,12 @@ pub struct CustomProviderConfig {
     /// Model ids this provider serves; callable as `<id>:<model>` or bare.
     #[serde(default)]
     pub models: Vec<String>,
-    /// Unit prices per model id (each must be in `models`). A request the
+    /// Embedding model ids this provider serves on OpenAI's `POST
+    /// /embeddings` (`api = "openai"` only), called through `/v1/embeddings`
+    /// like `models`; priced in `prices` (input only: `output = "0"`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub embedding_models: Vec<String>,
+    /// Unit prices per model id (each must be in `models` or `embedding_models`). A request the
     /// operator pays for (its `api_keys`, or no key at all) needs one (or a
     /// price override): an unpriced model is refused unless the caller
     /// attached its own provider key. `"0"` is a price (a local model).
@@ -406,10 +411,24 @@ impl ProxyConfig {
             if let Err(why) = check_upstream_url(&custom.base_url) {
                 problems.push(format!("{field}.base_url: {why}"));
             }
+            if !custom.embedding_models.is_empty() && custom.api != ApiSurface::Openai {
+                problems.push(format!(
+                    "{field}.embedding_models: only an `api = \"openai\"` provider serves embeddings"
+                ));
+            }
+            if let Some(both) = custom
+                .models
+                .iter()
+                .find(|m| custom.embedding_models.contains(m))
+            {
+                problems.push(format!(
+                    "{field}.embedding_models: `{both}` is also in `models`; a model is one kind"
+                ));
+            }
             for (model, prices) in &custom.prices {
-                if !custom.models.contains(model) {
+                if !custom.models.contains(model) && !custom.embedding_models.contains(model) {
                     problems.push(format!(
-                        "{field}.prices.\"{model}\": `{model}` is not in this provider's `models`"
+                        "{field}.prices.\"{model}\": `{model}` is not in this provider's `models` or `embedding_models`"
                     ));
                 }
                 if prices.negative() {
@@ -454,7 +473,7 @@ impl ProxyConfig {
     pub fn unpriced_models(&self) -> Vec<String> {
         let mut lines = Vec::new();
         for (i, custom) in self.custom_providers.iter().enumerate() {
-            for model in &custom.models {
+            for model in custom.models.iter().chain(&custom.embedding_models) {
                 let overridden = self
                     .price_overrides
                     .contains_key(&format!("{}:{model}", custom.id));
@@ -505,6 +524,7 @@ mod tests {
                     base_url: "http://example.com/v1".into(),
                     api: ApiSurface::Openai,
                     models: vec![],
+                    embedding_models: vec![],
                     prices: BTreeMap::new(),
                     api_keys: vec![],
                 },
@@ -513,6 +533,7 @@ mod tests {
                     base_url: "https://ok/v1".into(),
                     api: ApiSurface::Openai,
                     models: vec![],
+                    embedding_models: vec![],
                     prices: BTreeMap::new(),
                     api_keys: vec![],
                 },
@@ -530,6 +551,45 @@ mod tests {
             .iter()
             .any(|p| p.starts_with("custom_providers[1].id")));
         assert_eq!(problems.len(), 3);
+    }
+
+    #[test]
+    fn embedding_models_need_the_openai_api_one_kind_and_may_be_priced() {
+        let custom = |api, models: &[&str], embedding: &[&str], priced: &str| {
+            let text = format!(
+                "id = \"e\"\nbase_url = \"http://127.0.0.1/v1\"\napi = \"{api}\"\n\
+                 models = {models:?}\nembedding_models = {embedding:?}\n\
+                 [prices]\n{priced} = {{ input = \"0.1\", output = \"0\" }}\n"
+            );
+            let provider = parse_custom(&text).map_err(|e| e.to_string())?;
+            Ok::<_, String>(
+                ProxyConfig {
+                    custom_providers: vec![provider],
+                    ..ProxyConfig::default()
+                }
+                .problems(&[]),
+            )
+        };
+        assert_eq!(custom("openai", &["c"], &["emb"], "emb"), Ok(vec![]));
+        let anthropic = custom("anthropic", &[], &["emb"], "emb").unwrap_or_default();
+        assert!(
+            anthropic.iter().any(|p| p.contains("embedding_models")),
+            "{anthropic:?}"
+        );
+        let both = custom("openai", &["m"], &["m"], "m").unwrap_or_default();
+        assert!(both.iter().any(|p| p.contains("one kind")), "{both:?}");
+        let stray = custom("openai", &[], &["emb"], "other").unwrap_or_default();
+        assert!(stray.iter().any(|p| p.contains("`other`")), "{stray:?}");
+        // An unpriced embedding model is named like an unpriced chat model.
+        let text = "id = \"e\"\nbase_url = \"http://127.0.0.1/v1\"\napi = \"openai\"\n\
+                    embedding_models = [\"emb\"]\n";
+        let config = ProxyConfig {
+            custom_providers: parse_custom(text).into_iter().collect(),
+            ..ProxyConfig::default()
+        };
+        let unpriced = config.unpriced_models();
+        assert_eq!(unpriced.len(), 1, "{unpriced:?}");
+        assert!(unpriced[0].contains("model `emb`"), "{unpriced:?}");
     }
 
     fn parse_custom(text: &str) -> Result<CustomProviderConfig, toml::de::Error> {

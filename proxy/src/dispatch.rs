@@ -166,7 +166,7 @@ async fn run(
 ) -> Result<Outcome, ProxyError> {
     let request = api.parse(body?)?;
     keep_request(meter, &request);
-    let candidates = resolve_candidates(gateway, caller, &request)?;
+    let candidates = resolve_candidates(gateway, caller, api, &request)?;
     admit(gateway, caller, &candidates, &request, meter)?;
     let routing = &gateway.config.routing;
     let attempts = Attempts {
@@ -201,12 +201,14 @@ fn keep_request(meter: &mut RequestMeter, request: &ClientRequest) {
 fn resolve_candidates(
     gateway: &Gateway,
     caller: &Caller,
+    api: &dyn ClientApi,
     request: &ClientRequest,
 ) -> Result<Vec<Candidate>, ProxyError> {
     let mut candidates = Vec::with_capacity(1 + request.fallbacks.len());
     let mut seen = HashSet::new();
     for name in std::iter::once(&request.model).chain(request.fallbacks.iter()) {
         let candidate = gateway.resolve(name, caller)?;
+        api.accepts(&candidate)?;
         if seen.insert((
             candidate.provider.spec.id.clone(),
             candidate.upstream_model.clone(),
@@ -497,7 +499,7 @@ fn upstream_request(
 ) -> UpstreamRequest {
     let mut request = http::Request::new(body);
     *request.method_mut() = http::Method::POST;
-    *request.uri_mut() = candidate.provider.endpoint.clone();
+    *request.uri_mut() = api.endpoint(&candidate.provider).clone();
     let upstream_headers = request.headers_mut();
     upstream_headers.insert(
         header::CONTENT_TYPE,

@@ -72,6 +72,8 @@ pub struct ProviderRuntime {
     pub base_url: String,
     /// The API endpoint (chat completions or messages) under it.
     pub endpoint: http::Uri,
+    /// OpenAI's embeddings endpoint under it, when the provider offers one.
+    pub embeddings_endpoint: Option<http::Uri>,
     /// The operator's credentials for this provider, in order.
     pub credentials: Vec<Arc<Credential>>,
 }
@@ -88,10 +90,18 @@ impl ProviderRuntime {
         let endpoint = endpoint
             .parse::<http::Uri>()
             .map_err(|e| format!("`{endpoint}` is not a valid URL: {e}"))?;
+        let embeddings_endpoint = if spec.embeddings && spec.api == ApiSurface::Openai {
+            let url = format!("{base_url}/embeddings");
+            let parsed = url.parse::<http::Uri>();
+            Some(parsed.map_err(|e| format!("`{url}` is not a valid URL: {e}"))?)
+        } else {
+            None
+        };
         Ok(ProviderRuntime {
             spec,
             base_url,
             endpoint,
+            embeddings_endpoint,
             credentials,
         })
     }
@@ -137,6 +147,10 @@ pub struct Candidate {
     /// provider keys (billed the fee only).
     pub prices: Prices,
     pub max_output_tokens: Option<u32>,
+    /// Whether the catalog (or a config custom provider) lists the model as
+    /// an embedding model; `None` when it cannot tell (a model it does not
+    /// list, a runtime custom provider's model).
+    pub embedding: Option<bool>,
     pub credentials: Vec<Arc<Credential>>,
     /// The model has no price, so the operator's credentials (or calling a
     /// keyless custom upstream) were withheld: with no credentials left the
@@ -267,11 +281,14 @@ impl Gateway {
                 api: custom.api,
                 operator_credentials: true,
                 custom: true,
+                embeddings: !custom.embedding_models.is_empty(),
             };
             if catalog.add_provider(spec).is_err() {
                 continue; // already reported by `problems`
             }
-            for model in &custom.models {
+            let models = custom.models.iter().map(|m| (m, false));
+            let embedding_models = custom.embedding_models.iter().map(|m| (m, true));
+            for (model, embedding) in models.chain(embedding_models) {
                 let prices = custom.prices.get(model).map(|p| p.prices());
                 if prices.is_none() {
                     unpriced
@@ -279,7 +296,9 @@ impl Gateway {
                         .or_default()
                         .insert(model.clone());
                 }
-                let _ = catalog.add_model(custom_model(&custom.id, model, prices));
+                let mut spec = custom_model(&custom.id, model, prices);
+                spec.embedding = embedding;
+                let _ = catalog.add_model(spec);
             }
         }
 
@@ -410,7 +429,10 @@ impl Gateway {
         self.check_policy(name, &provider, &upstream, spec.is_some(), caller)?;
         let (credentials, operator_withheld) =
             self.credentials_for(&provider, caller, prices.is_some());
+        // Runtime custom providers declare no model kinds.
+        let kind_known = self.catalog.provider(&provider.spec.id).is_some();
         Ok(Candidate {
+            embedding: spec.as_ref().filter(|_| kind_known).map(|s| s.embedding),
             upstream_model: spec.as_ref().map_or(upstream, |s| s.id.clone()),
             prices: prices.unwrap_or_default(),
             max_output_tokens: spec
@@ -717,6 +739,7 @@ fn custom_model(provider: &str, model: &str, prices: Option<Prices>) -> ModelSpe
         context_window: 0,
         max_output_tokens: 0,
         prices: prices.unwrap_or_default(),
+        embedding: false,
     }
 }
 
@@ -730,6 +753,7 @@ fn runtime_provider(snapshot: &ControlState, id: &str) -> Option<Arc<ProviderRun
         api: custom.api,
         operator_credentials: false,
         custom: true,
+        embeddings: false,
     };
     ProviderRuntime::new(spec, &custom.base_url, vec![])
         .map(Arc::new)

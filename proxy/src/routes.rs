@@ -7,6 +7,7 @@
 
 use crate::api::anthropic_messages::AnthropicMessages;
 use crate::api::openai_chat::OpenAiChat;
+use crate::api::openai_embeddings::OpenAiEmbeddings;
 use crate::api::ClientApi;
 use crate::dispatch::{extract_token, handle};
 use crate::error::ProxyError;
@@ -43,7 +44,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
 
 /// The client APIs the gateway serves, each on its `POST` route. Adding an
 /// API is its module (`crate::api`) plus its entry here.
-pub(crate) static CLIENT_APIS: &[&dyn ClientApi] = &[&OpenAiChat, &AnthropicMessages];
+pub(crate) static CLIENT_APIS: &[&dyn ClientApi] =
+    &[&OpenAiChat, &AnthropicMessages, &OpenAiEmbeddings];
 
 /// The API a proxied route speaks. The server answers these through
 /// `dispatch::handle` directly when it is given the gateway (no router, no

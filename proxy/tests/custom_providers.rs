@@ -43,6 +43,7 @@ fn custom_unpriced(
         base_url: base_url.into(),
         api,
         models: models.iter().map(|m| (*m).to_owned()).collect(),
+        embedding_models: vec![],
         prices: BTreeMap::new(),
         api_keys: keys.iter().map(|k| (*k).to_owned()).collect(),
     }

@@ -71,6 +71,7 @@ async fn a_model_name_with_control_characters_cannot_forge_log_lines() {
             base_url,
             api: ApiSurface::Openai,
             models: vec![forged.into()],
+            embedding_models: vec![],
             prices: [(
                 forged.to_owned(),
                 DeclaredPrices {

@@ -153,6 +153,7 @@ async fn a_config_override_wins_over_the_catalog_and_a_runtime_one_over_both() {
             base_url: config.providers["openai"].base_url.clone().unwrap(),
             api: ApiSurface::Openai,
             models: vec!["undeclared".into()],
+            embedding_models: vec![],
             prices: Default::default(),
             api_keys: vec![],
         });

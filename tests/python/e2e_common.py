@@ -121,7 +121,7 @@ class Run:
     def on_request(self, request):
         """httpx request hook: count model requests by the key they carry."""
         path = request.url.path
-        if request.method != "POST" or not path.endswith(("/chat/completions", "/messages")):
+        if request.method != "POST" or not path.endswith(("/chat/completions", "/messages", "/embeddings")):
             return
         auth = request.headers.get("authorization", "")
         api_key = request.headers.get("x-api-key", "")

@@ -7,6 +7,8 @@ The gateway's providers must point at the mock upstream with the rules listed in
 e2e_common.py. Prints one line per check; exits non-zero on any failure.
 """
 
+import array
+import base64
 import json
 
 from e2e_common import (
@@ -392,6 +394,115 @@ def stream_cut_openai():
 @run.check
 def stream_cut_claude():
     stream_cut("anthropic-mock:cut-model", "anthropic-mock")
+
+
+# --- embeddings ------------------------------------------------------------------
+
+EMBEDDING_MODEL = "text-embedding-3-small"
+
+
+def mock_vector(index, tokens, dimensions=8):
+    """The mock's embedding of input `index` with `tokens` prompt tokens."""
+    return [((index + tokens + j) % 16) / 16 - 0.5 for j in range(dimensions)]
+
+
+def check_embeddings(r, texts, dimensions=8, decode=False):
+    eq("object", r.object, "list")
+    eq("number of embeddings", len(r.data), len(texts))
+    for i, (item, text) in enumerate(zip(r.data, texts)):
+        eq(f"data[{i}].index", item.index, i)
+        vector = item.embedding
+        if decode:
+            true(f"data[{i}] is base64 text", isinstance(vector, str), repr(vector)[:80])
+            vector = array.array("f", base64.b64decode(vector)).tolist()
+        eq(f"data[{i}].embedding", vector, mock_vector(i, words(text), dimensions))
+    eq("usage.prompt_tokens", r.usage.prompt_tokens, words(*texts))
+    eq("usage.total_tokens", r.usage.total_tokens, words(*texts))
+
+
+@run.check
+def embeddings_single_default_encoding():
+    # The SDK asks for base64 and decodes it into floats.
+    text = f"Embed this sentence {CANARY}"
+    run.expect_event("openai", EMBEDDING_MODEL, "openai", False, 200, words(text), 0)
+    raw = c.embeddings.with_raw_response.create(model=EMBEDDING_MODEL, input=text)
+    eq("x-tollgate-provider", raw.headers.get("x-tollgate-provider"), "openai")
+    true("a cost header", raw.headers.get("x-tollgate-cost-total") is not None)
+    run.expect_event_id(raw.headers.get("x-tollgate-event-id"), EMBEDDING_MODEL)
+    check_embeddings(raw.parse(), [text])
+
+
+@run.check
+def embeddings_batch_default_encoding():
+    texts = [f"first {CANARY}", "second one here", "third"]
+    run.expect_event("openai", EMBEDDING_MODEL, "openai", False, 200, words(*texts), 0)
+    check_embeddings(c.embeddings.create(model=EMBEDDING_MODEL, input=texts), texts)
+
+
+@run.check
+def embeddings_single_float():
+    text = f"floats please {CANARY}"
+    run.expect_event("openai", "text-embedding-3-large", "openai", False, 200, words(text), 0)
+    r = c.embeddings.create(model="text-embedding-3-large", input=text, encoding_format="float")
+    check_embeddings(r, [text])
+
+
+@run.check
+def embeddings_batch_float():
+    texts = [f"alpha {CANARY}", "beta gamma"]
+    run.expect_event("openai", EMBEDDING_MODEL, "openai", False, 200, words(*texts), 0)
+    r = c.embeddings.create(model=EMBEDDING_MODEL, input=texts, encoding_format="float")
+    check_embeddings(r, texts)
+
+
+@run.check
+def embeddings_batch_explicit_base64_with_dimensions():
+    texts = [f"one {CANARY}", "two three"]
+    run.expect_event("openai", "text-embedding-ada-002", "openai", False, 200, words(*texts), 0)
+    r = c.embeddings.create(
+        model="text-embedding-ada-002", input=texts, encoding_format="base64", dimensions=4
+    )
+    check_embeddings(r, texts, dimensions=4, decode=True)
+
+
+@run.check
+def embeddings_refuse_a_chat_model():
+    run.expect_event("openai", "gpt-4o-mini", None, False, 400, 0, 0)
+    try:
+        c.embeddings.create(model="gpt-4o-mini", input=f"x {CANARY}")
+    except openai.BadRequestError as err:
+        eq("status code", err.status_code, 400)
+        true("error names the model", "gpt-4o-mini" in str(err.message), str(err.message))
+        eq("error param", err.param, "model")
+    else:
+        raise CheckError("expected openai.BadRequestError, the request succeeded")
+
+
+@run.check
+def embeddings_unknown_model_is_not_found():
+    model = "no-such-embedding-e2e"
+    run.expect_event("openai", model, None, False, 404, 0, 0)
+    try:
+        c.embeddings.create(model=model, input=f"x {CANARY}")
+    except openai.NotFoundError as err:
+        eq("status code", err.status_code, 404)
+        eq("error code", err.code, "model_not_found")
+        true("error names the model", model in str(err.message), str(err.message))
+    else:
+        raise CheckError("expected openai.NotFoundError, the request succeeded")
+
+
+@run.check
+def embeddings_wrong_key_is_authentication_error():
+    try:
+        client(api_key="tgk_this-key-does-not-exist").embeddings.create(
+            model=EMBEDDING_MODEL, input=f"x {CANARY}"
+        )
+    except openai.AuthenticationError as err:
+        eq("status code", err.status_code, 401)
+        eq("error code", err.code, "invalid_api_key")
+    else:
+        raise CheckError("expected openai.AuthenticationError, the request succeeded")
 
 
 # --- models, errors, headers ---------------------------------------------------

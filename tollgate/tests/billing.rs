@@ -1984,3 +1984,103 @@ async fn a_funded_account_under_sustained_concurrent_load_gets_no_402_until_its_
     );
     tg.stop_and_audit().await;
 }
+
+/// Issue #18: embeddings are billed on input tokens with the one pricing
+/// function: the cost headers, the ledger's debit and the usage API agree to
+/// the digit; an account without credit gets OpenAI's 402.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_cost_what_the_ledger_and_the_usage_api_say() {
+    let mock = MockUpstream::start().await.unwrap();
+    let mut tg = Tollgate::start(&mock, &[]).await;
+    let started = chrono::Utc::now() - chrono::Duration::minutes(1);
+    let (account, token) = tg.account_with_key("embedder").await;
+    tg.adjust(&account, "goodwill_credit", "1.00", "embeddings")
+        .await;
+    tg.wait_balance(&account, usd("1.00")).await;
+    let embed = |body: Value| {
+        tg.http
+            .post(tg.url("/v1/embeddings"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+    };
+    // The mock counts whitespace words: 4, then 2 + 3.
+    let requests = [
+        (
+            "text-embedding-3-small",
+            json!({"model": "text-embedding-3-small", "input": "one two three four"}),
+            4,
+        ),
+        (
+            "text-embedding-3-large",
+            json!({"model": "text-embedding-3-large", "input": ["a b", "c d e"], "encoding_format": "base64"}),
+            5,
+        ),
+    ];
+    let mut spent = Usd::ZERO;
+    let mut fees = Usd::ZERO;
+    // The gateway reads the balance update on its own tail: until then the
+    // account has nothing to spend.
+    let deadline = Deadline::new("the gateway to see the credit", SETTLE_DEADLINE);
+    for (model, body, input) in requests {
+        let response = loop {
+            let response = embed(body.clone()).await.unwrap();
+            if response.status() != 402 {
+                break response;
+            }
+            deadline.tick().await;
+        };
+        assert_eq!(response.status(), 200, "{model}");
+        let (fee, upstream, total) = (
+            header_usd(&response, "x-tollgate-cost-fee"),
+            header_usd(&response, "x-tollgate-cost-upstream"),
+            header_usd(&response, "x-tollgate-cost-total"),
+        );
+        assert_eq!(total, operator_cost(model, input, 0), "{model}");
+        assert!(upstream > Usd::ZERO);
+        let event = header_text(&response, "x-tollgate-event-id");
+        assert_entry_matches(&tg.wait_entry(&account, &event).await, fee, upstream, total);
+        spent += total;
+        fees += fee;
+    }
+    let (balance, _) = tg.balance(&account).await;
+    assert_eq!(balance, usd("1.00") - spent);
+
+    let end = chrono::Utc::now() + chrono::Duration::minutes(1);
+    let query = format!(
+        "/v1/usage?start={}&end={}&status_class=2xx",
+        started.format("%Y-%m-%dT%H:%M:%SZ"),
+        end.format("%Y-%m-%dT%H:%M:%SZ")
+    );
+    let deadline = Deadline::new("the usage API to show 2 requests", SETTLE_DEADLINE);
+    let row = loop {
+        let (status, report) = tg.credits(&token, &query).await;
+        assert_eq!(status, 200, "{report}");
+        let row = report["data"].as_array().and_then(|d| d.first()).cloned();
+        if row.as_ref().is_some_and(|r| r["requests"] == 2) {
+            break row.unwrap();
+        }
+        if deadline.until <= Instant::now() {
+            panic!("the usage API shows {report}");
+        }
+        deadline.tick().await;
+    };
+    assert_eq!(usd_of(&row["cost"]["fee"]), fees, "{row}");
+    assert_eq!(usd_of(&row["cost"]["upstream"]), spent - fees, "{row}");
+
+    // No credit: refused before the upstream, in OpenAI's shape.
+    let (_, broke) = tg.account_with_key("broke-embedder").await;
+    let before = mock.requests().len();
+    let response = tg
+        .http
+        .post(tg.url("/v1/embeddings"))
+        .bearer_auth(&broke)
+        .json(&json!({"model": "text-embedding-3-small", "input": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 402);
+    assert_openai_402(&response.json().await.unwrap());
+    assert_eq!(mock.requests().len(), before);
+    tg.stop_and_audit().await;
+}

@@ -1023,10 +1023,15 @@ async fn official_sdks_against_the_binary() {
                     "a stream cut after some text bills something: {key}"
                 );
             }
-            404 => {
+            400 | 404 => {
+                let kind = if event.status == 400 {
+                    "invalid_request"
+                } else {
+                    "model_unknown"
+                };
                 assert_eq!(
                     event.error_kind.as_deref(),
-                    Some("model_unknown"),
+                    Some(kind),
                     "error_kind of {key}"
                 );
                 assert_eq!(event.attempts, 0, "attempts of {key}");
@@ -1069,7 +1074,7 @@ async fn official_sdks_against_the_binary() {
     );
     for request in &upstream {
         let want_key = match request.path.as_str() {
-            "/v1/chat/completions" => OPENAI_OPERATOR_KEY,
+            "/v1/chat/completions" | "/v1/embeddings" => OPENAI_OPERATOR_KEY,
             "/v1/messages" => ANTHROPIC_OPERATOR_KEY,
             other => panic!("unexpected upstream path {other}"),
         };
@@ -1086,7 +1091,7 @@ async fn official_sdks_against_the_binary() {
             );
         }
     }
-    for path in ["/v1/chat/completions", "/v1/messages"] {
+    for path in ["/v1/chat/completions", "/v1/messages", "/v1/embeddings"] {
         assert!(
             upstream
                 .iter()

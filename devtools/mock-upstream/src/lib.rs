@@ -16,6 +16,8 @@
 //! # Endpoints
 //! * `POST /v1/chat/completions` (OpenAI), `POST /v1/messages` (Anthropic; requires an
 //!   `anthropic-version` header and `max_tokens`, else 400 `invalid_request_error`),
+//!   `POST /v1/embeddings` (OpenAI: `input` a string, strings, token ids or token-id
+//!   arrays; `encoding_format` `float` or `base64`; `dimensions`, default 8),
 //!   `GET /v1/models`.
 //! * Control: `POST /__mock/rules` (a JSON [`Rule`]), `GET`/`DELETE /__mock/rules`,
 //!   `GET`/`DELETE /__mock/requests`, `GET /__mock/stats`
@@ -52,6 +54,11 @@
 //!   `ephemeral_1h_input_tokens` as given. Streaming: `message_start` carries the
 //!   input and cache numbers with `output_tokens: 1`; `message_delta.usage` is
 //!   `{"output_tokens": completion}`.
+//! * Embeddings: `prompt_tokens = total_tokens` = words of each string input plus
+//!   the count of each token-id input; `embedding[j]` of input `i` is
+//!   `((i + its tokens + j) % 16) / 16 - 0.5` (base64: those f32s, little-endian).
+//!   Rules apply as for chat: `omit_usage`, `zero_usage`, `fail`, `delay`,
+//!   `garbage`; `cut_stream` sends half the body and aborts.
 //! * `zero_usage`: every number is 0 (including Anthropic's provisional
 //!   `output_tokens` in `message_start`); usage objects are still present.
 //! * `omit_usage`: OpenAI omits `usage` (non-stream) and never sends the usage chunk;
@@ -75,6 +82,7 @@
 #![warn(missing_docs)]
 
 mod anthropic;
+mod embeddings;
 mod openai;
 mod plan;
 mod rules;

@@ -13,6 +13,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
 
+use crate::embeddings::{EmbeddingRequest, UsageReport};
 use crate::plan::{self, ReplyPlan, Usage};
 use crate::rules::{Action, Rule, RuleSlot};
 use crate::sse::FrameStream;
@@ -59,6 +60,7 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/messages", post(messages))
+        .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .route(
             "/__mock/rules",
@@ -79,6 +81,77 @@ async fn chat_completions(State(inner): State<Arc<Inner>>, req: Request) -> Resp
 
 async fn messages(State(inner): State<Arc<Inner>>, req: Request) -> Response {
     handle(inner, Api::Anthropic, req).await
+}
+
+/// OpenAI embeddings: the shared request numbering, recording and rules,
+/// its own rendering (`crate::embeddings`).
+async fn embeddings(State(inner): State<Arc<Inner>>, req: Request) -> Response {
+    let n = inner.counter.fetch_add(1, Ordering::Relaxed) + 1;
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, BODY_LIMIT).await else {
+        return error_response(Api::OpenAi, n, 413, "request body unreadable or too large");
+    };
+    let json = serde_json::from_slice::<Value>(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    let key = api_key(&parts.headers);
+    let model = json
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let request = EmbeddingRequest::read(&json);
+    // Invalid requests do not consume rule budgets.
+    let rule = match request {
+        Ok(_) => inner.pick_rule(key, json.get("model").and_then(Value::as_str)),
+        Err(_) => None,
+    };
+    if inner.record {
+        record(&inner, &parts, key, json, &bytes);
+    }
+    let request = match request {
+        Ok(request) => request,
+        Err(msg) => return error_response(Api::OpenAi, n, 400, msg),
+    };
+    let render = |usage| {
+        let body = json_bytes(&request.response(&model, usage));
+        base_response(Api::OpenAi, n, StatusCode::OK, Body::from(body), false)
+    };
+    let Some(slot) = rule else {
+        return render(UsageReport::Honest);
+    };
+    match &slot.rule.action {
+        Action::Fail { status, body } => fail_response(Api::OpenAi, n, *status, body.as_ref()),
+        Action::Delay { before_headers } => {
+            if !wait(&inner, *before_headers).await {
+                return error_response(Api::OpenAi, n, 503, "mock upstream shutting down");
+            }
+            render(UsageReport::Honest)
+        }
+        Action::Reply {
+            omit_usage,
+            zero_usage,
+            ..
+        } => render(match (omit_usage, zero_usage) {
+            (true, _) => UsageReport::Omitted,
+            (false, true) => UsageReport::Zero,
+            (false, false) => UsageReport::Honest,
+        }),
+        Action::Garbage => garbage(Api::OpenAi, n, false),
+        Action::CutStream { .. } => {
+            // Headers and half the JSON, then an aborted connection.
+            let body = Bytes::from(json_bytes(&request.response(&model, UsageReport::Honest)));
+            let half = body.len() / 2;
+            let frames = vec![body.slice(..half), body.slice(half..)];
+            let stream = FrameStream::new(frames, Duration::ZERO, Some(1), false, inner.clone());
+            base_response(
+                Api::OpenAi,
+                n,
+                StatusCode::OK,
+                Body::from_stream(stream),
+                false,
+            )
+        }
+    }
 }
 
 /// The API key from `Authorization: Bearer X`, else `x-api-key: X`.

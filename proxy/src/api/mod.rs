@@ -13,12 +13,13 @@ mod answer;
 pub mod anthropic_messages;
 mod body;
 pub mod openai_chat;
+pub mod openai_embeddings;
 
 use body::present;
 pub use body::ClientRequest;
 
 use crate::error::ProxyError;
-use crate::gateway::Candidate;
+use crate::gateway::{Candidate, ProviderRuntime};
 use crate::meter::RequestMeter;
 use crate::upstream::UpstreamStream;
 use axum::body::Body;
@@ -52,6 +53,27 @@ pub trait ClientApi: Sync {
     fn error_headers(&self, _err: &ProxyError, _status: StatusCode, _headers: &mut HeaderMap) {}
     /// The text of a request, for a token estimate of its input.
     fn request_text(&self, request: &Value) -> String;
+
+    /// Whether this API may send the request to `candidate` at all, checked
+    /// when it is resolved (a refusal is the caller's mistake, like an
+    /// unknown model). The chat APIs refuse a model the catalog lists as an
+    /// embedding model.
+    fn accepts(&self, candidate: &Candidate) -> Result<(), ProxyError> {
+        if candidate.embedding == Some(true) {
+            return Err(ProxyError::invalid_param(
+                "model",
+                format!(
+                    "model `{}:{}` is an embedding model; call it through POST /v1/embeddings",
+                    candidate.provider.spec.id, candidate.upstream_model
+                ),
+            ));
+        }
+        Ok(())
+    }
+    /// The upstream endpoint this API calls on `provider`.
+    fn endpoint<'p>(&self, provider: &'p ProviderRuntime) -> &'p http::Uri {
+        &provider.endpoint
+    }
 
     /// The body sent to `candidate`'s upstream, translated when it speaks
     /// another API; an `InvalidRequest` error passes over that candidate.
