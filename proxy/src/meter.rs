@@ -428,8 +428,9 @@ fn estimate_counts(
         .as_ref()
         .map(|req| api.request_text(req))
         .unwrap_or_default();
+    let token_ids = request.as_ref().map_or(0, |req| api.request_token_ids(req));
     TokenCounts {
-        input: estimate_tokens(model, &input_text),
+        input: estimate_tokens(model, &input_text) + token_ids,
         output: output.estimate(model),
         ..TokenCounts::default()
     }

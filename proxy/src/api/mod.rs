@@ -53,6 +53,11 @@ pub trait ClientApi: Sync {
     fn error_headers(&self, _err: &ProxyError, _status: StatusCode, _headers: &mut HeaderMap) {}
     /// The text of a request, for a token estimate of its input.
     fn request_text(&self, request: &Value) -> String;
+    /// Input tokens a request gives as token ids rather than text: counted,
+    /// not estimated, and added to the estimate of `request_text`.
+    fn request_token_ids(&self, _request: &Value) -> u64 {
+        0
+    }
 
     /// Whether this API may send the request to `candidate` at all, checked
     /// when it is resolved (a refusal is the caller's mistake, like an

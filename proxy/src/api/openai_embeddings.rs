@@ -67,6 +67,10 @@ impl ClientApi for OpenAiEmbeddings {
         input_text(request.get("input"))
     }
 
+    fn request_token_ids(&self, request: &Value) -> u64 {
+        token_ids(request.get("input"))
+    }
+
     fn accepts(&self, candidate: &Candidate) -> Result<(), ProxyError> {
         let provider = &candidate.provider.spec.id;
         let model = &candidate.upstream_model;
@@ -225,7 +229,7 @@ fn valid_input(raw: &RawValue) -> bool {
 }
 
 /// The text of `input` for a token estimate: its strings, one per line
-/// (token ids are no text; an upstream that takes them reports usage).
+/// (token ids are counted by `token_ids`).
 fn input_text(input: Option<&Value>) -> String {
     match input {
         Some(Value::String(text)) => text.clone(),
@@ -236,6 +240,21 @@ fn input_text(input: Option<&Value>) -> String {
             .join("\n"),
         _ => String::new(),
     }
+}
+
+/// How many token ids `input` holds: each id is one input token.
+fn token_ids(input: Option<&Value>) -> u64 {
+    let Some(Value::Array(items)) = input else {
+        return 0;
+    };
+    items
+        .iter()
+        .map(|item| match item {
+            Value::Number(_) => 1,
+            Value::Array(ids) => ids.iter().filter(|id| id.is_number()).count() as u64,
+            _ => 0,
+        })
+        .sum()
 }
 
 #[cfg(test)]
@@ -287,5 +306,10 @@ mod tests {
         assert_eq!(OpenAiEmbeddings.request_text(&single), "a b");
         let ids: Value = serde_json::json!({"input": [1, 2]});
         assert_eq!(OpenAiEmbeddings.request_text(&ids), "");
+        assert_eq!(OpenAiEmbeddings.request_token_ids(&ids), 2);
+        let lists: Value = serde_json::json!({"input": [[1, 2, 3], [4]]});
+        assert_eq!(OpenAiEmbeddings.request_token_ids(&lists), 4);
+        let texts: Value = serde_json::json!({"input": ["a b", "c"]});
+        assert_eq!(OpenAiEmbeddings.request_token_ids(&texts), 0);
     }
 }
