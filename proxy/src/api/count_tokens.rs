@@ -400,4 +400,13 @@ mod tests {
         assert_eq!(input_tokens(br#"{"tokens": 12}"#), None);
         assert_eq!(input_tokens(b"<html>"), None);
     }
+
+    /// The edge's refusals (413 from a declared length, 408, 503) take
+    /// their shape from the path: this route's are Anthropic's even
+    /// without the SDK's version header.
+    #[test]
+    fn edge_refusals_on_the_route_are_in_anthropics_shape() {
+        let shape = crate::edge::error_shape(PATH, &HeaderMap::new());
+        assert_eq!(shape.surface(), ApiSurface::Anthropic);
+    }
 }
