@@ -83,7 +83,7 @@ impl Metrics {
         let count_tokens = IntCounterVec::new(
             Opts::new(
                 "tollgate_proxy_count_tokens_requests_total",
-                "Token-count requests (/v1/messages/count_tokens; not billed, no usage event), by provider that answered (none: refused) and outcome.",
+                "Token-count requests (/v1/messages/count_tokens; not billed, no usage event), by the provider that answered (none when none did) and outcome.",
             ),
             &["provider", "outcome"],
         )?;
