@@ -198,7 +198,7 @@ fn keep_request(meter: &mut RequestMeter, request: &ClientRequest) {
 
 /// `model` then each of `models`, resolved; the same (provider, model) is
 /// never tried twice.
-fn resolve_candidates(
+pub(crate) fn resolve_candidates(
     gateway: &Gateway,
     caller: &Caller,
     api: &dyn ClientApi,
@@ -516,7 +516,7 @@ fn upstream_request(
 /// 429, 5xx, and 401/403 (the credential Tollgate used was refused; the
 /// upstream's body, which may echo part of the key, never reaches the
 /// client as if its own Tollgate key were wrong).
-fn retryable_status(status: StatusCode) -> Option<impl FnOnce(Attempt) -> Attempt> {
+pub(crate) fn retryable_status(status: StatusCode) -> Option<impl FnOnce(Attempt) -> Attempt> {
     let (outcome, why) = if status == StatusCode::TOO_MANY_REQUESTS {
         (
             AttemptOutcome::RateLimited,

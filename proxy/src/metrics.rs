@@ -15,6 +15,8 @@ pub struct Metrics {
     pub time_to_first_token: HistogramVec,
     pub upstream_attempts: IntCounterVec,
     pub failovers: IntCounter,
+    /// Anthropic's count_tokens requests: counted, never billed.
+    pub count_tokens: IntCounterVec,
     pub tokens: IntCounterVec,
     pub events_emitted: IntCounter,
     pub events_dropped: IntCounter,
@@ -78,6 +80,13 @@ impl Metrics {
             "tollgate_proxy_failovers_total",
             "Times a request moved on to the next candidate after a retryable failure.",
         )?;
+        let count_tokens = IntCounterVec::new(
+            Opts::new(
+                "tollgate_proxy_count_tokens_requests_total",
+                "Token-count requests (/v1/messages/count_tokens; not billed, no usage event), by the provider that answered (none when none did) and outcome.",
+            ),
+            &["provider", "outcome"],
+        )?;
         let tokens = IntCounterVec::new(
             Opts::new("tollgate_proxy_tokens_total", "Tokens metered, by class."),
             &["class"],
@@ -100,6 +109,7 @@ impl Metrics {
         registry.register(Box::new(time_to_first_token.clone()))?;
         registry.register(Box::new(upstream_attempts.clone()))?;
         registry.register(Box::new(failovers.clone()))?;
+        registry.register(Box::new(count_tokens.clone()))?;
         registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(events_emitted.clone()))?;
         registry.register(Box::new(events_dropped.clone()))?;
@@ -120,6 +130,7 @@ impl Metrics {
             time_to_first_token,
             upstream_attempts,
             failovers,
+            count_tokens,
             tokens,
             events_emitted,
             events_dropped,

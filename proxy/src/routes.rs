@@ -32,6 +32,12 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         );
     }
     router
+        .route(
+            crate::api::count_tokens::PATH,
+            post(|State(gw): State<Arc<Gateway>>, request: Request| {
+                crate::api::count_tokens::handle(gw, request)
+            }),
+        )
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*model}", get(get_model))
         .merge(crate::health::router(

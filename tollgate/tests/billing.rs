@@ -616,6 +616,63 @@ async fn bootstrap_grant_is_visible_and_the_first_request_succeeds() {
     tg.stop_and_audit().await;
 }
 
+/// `/v1/messages/count_tokens` is never billed: no ledger entry and no
+/// change to the balance, whether the provider counted (Anthropic-API model)
+/// or the gateway did (OpenAI-API model).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn count_tokens_leaves_no_ledger_entry() {
+    let mock = MockUpstream::start().await.unwrap();
+    let mut tg = Tollgate::start(&mock, &[]).await;
+    let token = tg.bootstrap.clone().expect("the bootstrap key");
+    let account = tg.bootstrap_account().await;
+    tg.wait_balance(&account, usd("5.00")).await;
+    let before = tg.entries(&account).await;
+
+    for model in ["claude-sonnet-4-5", "gpt-4o-mini"] {
+        let response = tg
+            .http
+            .post(tg.url("/v1/messages/count_tokens?beta=true"))
+            .header("x-api-key", &token)
+            .header("anthropic-version", "2023-06-01")
+            .json(
+                &json!({"model": model, "messages": [{"role": "user", "content": "Hello there"}]}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert!(response.headers().get("x-tollgate-cost-total").is_none());
+        assert!(response.headers().get("x-tollgate-event-id").is_none());
+        let (status, body) = Tollgate::json_of(response).await;
+        assert_eq!(status, 200, "{model}: {body}");
+        assert!(body["input_tokens"].as_u64().unwrap() > 0, "{body}");
+    }
+    assert_eq!(
+        mock.requests().len(),
+        1,
+        "only the Anthropic model went upstream"
+    );
+
+    // A billed request after them: once its entry is in, the ledger has
+    // applied everything before it, and it is the only new entry.
+    let response = tg
+        .chat(
+            &token,
+            &json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello there"}]}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let total = header_usd(&response, "x-tollgate-cost-total");
+    let event = header_text(&response, "x-tollgate-event-id");
+    tg.wait_entry(&account, &event).await;
+    let after = tg.entries(&account).await;
+    assert_eq!(after.len(), before.len() + 1, "{after:#?}");
+    assert!(after
+        .iter()
+        .all(|e| e["source_id"] == event.as_str() || before.contains(e)));
+    tg.wait_balance(&account, usd("5.00") - total).await;
+    tg.stop_and_audit().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purchases_are_validated_applied_once_and_expire_after_365_days() {
     let mock = MockUpstream::start().await.unwrap();

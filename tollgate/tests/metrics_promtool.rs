@@ -40,6 +40,7 @@ const PROXY_FAMILIES: &[&str] = &[
     "tollgate_proxy_time_to_first_token_seconds",
     "tollgate_proxy_upstream_attempts_total",
     "tollgate_proxy_failovers_total",
+    "tollgate_proxy_count_tokens_requests_total",
     "tollgate_proxy_tokens_total",
     "tollgate_proxy_usage_events_emitted_total",
     "tollgate_proxy_usage_events_dropped_total",
@@ -259,6 +260,14 @@ async fn traffic(gateway: &str, key: &str, mock: &MockUpstream) {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+    let r = client
+        .post(format!("{gateway}/v1/messages/count_tokens"))
+        .bearer_auth(key)
+        .json(&json!({"model": "gpt-4o-mini", "messages": [hello]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }
 
 async fn scrape(base: &str) -> String {

@@ -19,6 +19,10 @@
 //!   `POST /v1/embeddings` (OpenAI: `input` a string, strings, token ids or token-id
 //!   arrays; `encoding_format` `float` or `base64`; `dimensions`, default 8),
 //!   `GET /v1/models`.
+//! * `POST /v1/messages/count_tokens` (Anthropic; requires `anthropic-version` and a
+//!   `messages` array): `{"input_tokens": words}`, counted as `/v1/messages` counts its
+//!   input (see Token accounting). Rules apply: `fail`, `delay` and `garbage` as on the
+//!   other endpoints, `zero_usage` counts 0; other reply overrides are ignored.
 //! * Control: `POST /__mock/rules` (a JSON [`Rule`]), `GET`/`DELETE /__mock/rules`,
 //!   `GET`/`DELETE /__mock/requests`, `GET /__mock/stats`
 //!   (`{"requests": N, "cancelled_streams": n}`).
@@ -31,7 +35,7 @@
 //! are recorded before the action runs (so also while a delay is pending).
 //!
 //! # Ids and headers
-//! Every API request (both endpoints, including invalid ones) takes the next number
+//! Every API request (every endpoint, including invalid requests) takes the next number
 //! `N` (1, 2, ...) from one counter. Ids: `chatcmpl-mock-N`, `call_mock_N`,
 //! `msg_mock_N`, `toolu_mock_N`. Response header `x-request-id: req_mock_N`
 //! (OpenAI) or `request-id: req_mock_N` (Anthropic), on errors too. `created` is
@@ -134,12 +138,16 @@ impl Default for MockOptions {
     }
 }
 
-/// One API request as received (`POST /v1/chat/completions` or `/v1/messages`;
+/// One API request as received (`POST /v1/chat/completions`, `/v1/messages` or
+/// `/v1/messages/count_tokens`;
 /// models and control requests are not recorded).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordedRequest {
     /// Request path, e.g. `/v1/messages`.
     pub path: String,
+    /// The query string, if any (e.g. `beta=true`).
+    #[serde(default)]
+    pub query: Option<String>,
     /// From `Authorization: Bearer X` (preferred) or `x-api-key: X`.
     pub api_key: Option<String>,
     /// All headers, names lowercase, in received order.

@@ -61,6 +61,7 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/messages", post(messages))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/messages/count_tokens", post(count_tokens))
         .route("/v1/models", get(models))
         .route(
             "/__mock/rules",
@@ -151,6 +152,69 @@ async fn embeddings(State(inner): State<Arc<Inner>>, req: Request) -> Response {
                 false,
             )
         }
+    }
+}
+
+/// Anthropic's token count: `{"input_tokens": words}`, the words the
+/// messages endpoint would report as input for the same body. Rules apply
+/// as on the API endpoints (fail, delay, garbage; `zero_usage` counts 0;
+/// other reply overrides are ignored).
+async fn count_tokens(State(inner): State<Arc<Inner>>, req: Request) -> Response {
+    let n = inner.counter.fetch_add(1, Ordering::Relaxed) + 1;
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, BODY_LIMIT).await else {
+        return error_response(
+            Api::Anthropic,
+            n,
+            413,
+            "request body unreadable or too large",
+        );
+    };
+    let parsed = serde_json::from_slice::<Value>(&bytes).ok();
+    let invalid = match &parsed {
+        Some(json) if json.is_object() => {
+            if !parts.headers.contains_key(ANTHROPIC_VERSION) {
+                Some("anthropic-version: header is required")
+            } else if !json.get("messages").is_some_and(Value::is_array) {
+                Some("messages: Field required")
+            } else {
+                None
+            }
+        }
+        _ => Some("request body must be a JSON object"),
+    };
+    let json =
+        parsed.unwrap_or_else(|| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    let key = api_key(&parts.headers);
+    let rule = if invalid.is_none() {
+        inner.pick_rule(key, json.get("model").and_then(Value::as_str))
+    } else {
+        None
+    };
+    let words = plan::anthropic_prompt_words(&json);
+    if inner.record {
+        record(&inner, &parts, key, json, &bytes);
+    }
+    if let Some(msg) = invalid {
+        return error_response(Api::Anthropic, n, 400, msg);
+    }
+    let count = |tokens: u64| {
+        let body = json_bytes(&json!({ "input_tokens": tokens }));
+        base_response(Api::Anthropic, n, StatusCode::OK, Body::from(body), false)
+    };
+    match rule.as_ref().map(|slot| &slot.rule.action) {
+        None | Some(Action::CutStream { .. }) => count(words),
+        Some(Action::Reply { zero_usage, .. }) => count(if *zero_usage { 0 } else { words }),
+        Some(Action::Fail { status, body }) => {
+            fail_response(Api::Anthropic, n, *status, body.as_ref())
+        }
+        Some(Action::Delay { before_headers }) => {
+            if !wait(&inner, *before_headers).await {
+                return error_response(Api::Anthropic, n, 503, "mock upstream shutting down");
+            }
+            count(words)
+        }
+        Some(Action::Garbage) => garbage(Api::Anthropic, n, false),
     }
 }
 
@@ -262,6 +326,7 @@ fn record(
 ) {
     let recorded = RecordedRequest {
         path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
         api_key: key.map(str::to_owned),
         headers: parts
             .headers

@@ -945,3 +945,35 @@ async fn drop_shuts_down() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test]
+async fn count_tokens_counts_like_messages_and_follows_rules() {
+    let mock = MockUpstream::start().await.unwrap();
+    let headers = [("x-api-key", "ak"), ("anthropic-version", "2023-06-01")];
+    let path = "/v1/messages/count_tokens?beta=true";
+    let mut body = an_body(false);
+    let usage = messages(&mock, "ak", body.clone()).await.json()["usage"]["input_tokens"].clone();
+    body.as_object_mut().unwrap().remove("max_tokens");
+    let r = request(mock.addr(), "POST", path, &headers, &body).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("request-id"), Some("req_mock_2"));
+    assert_eq!(r.json(), json!({"input_tokens": usage}));
+    assert_eq!(usage, json!(5));
+    let recorded = &mock.requests()[1];
+    assert_eq!(recorded.path, "/v1/messages/count_tokens");
+    assert_eq!(recorded.query.as_deref(), Some("beta=true"));
+
+    mock.add_rule(Rule::for_key("ak").once().fail(529));
+    let r = request(mock.addr(), "POST", path, &headers, &body).await;
+    assert_eq!(r.status, 529);
+    assert_eq!(r.json()["error"]["type"], "overloaded_error");
+    mock.add_rule(Rule::for_key("ak").once().zero_usage());
+    let r = request(mock.addr(), "POST", path, &headers, &body).await;
+    assert_eq!(r.json(), json!({"input_tokens": 0}));
+
+    let r = request(mock.addr(), "POST", path, &headers[..1], &body).await;
+    assert_eq!(r.status, 400);
+    let r = request(mock.addr(), "POST", path, &headers, &json!({"model": "m"})).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["message"], "messages: Field required");
+}

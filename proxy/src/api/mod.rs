@@ -12,6 +12,7 @@
 mod answer;
 pub mod anthropic_messages;
 mod body;
+pub mod count_tokens;
 pub mod openai_chat;
 pub mod openai_embeddings;
 
