@@ -339,29 +339,10 @@ impl Attempts<'_> {
         let attempt = Attempt::start(candidate, credential);
         let budget = self.attempt_timeout.min(self.deadline - now);
         let request = upstream_request(self.api, self.headers, candidate, credential, body.clone());
-        let send = self.gateway.client.request(request);
-        let response = match tokio::time::timeout(budget, send).await {
-            Err(_) => {
-                let why = format!("no response within {} ms", budget.as_millis());
-                self.failover
-                    .record(metrics, attempt.ended(AttemptOutcome::Timeout, why));
-                return None;
-            }
-            Ok(Err(err)) => {
-                let outcome = if err.is_connect() {
-                    AttemptOutcome::ConnectError
-                } else {
-                    AttemptOutcome::Error
-                };
-                let why = format!("{}: {}", outcome.as_str(), upstream::describe(&err));
-                let attempt = attempt
-                    .ended(outcome, why)
-                    .timed_out(upstream::is_timeout(&err));
-                self.failover.record(metrics, attempt);
-                return None;
-            }
-            Ok(Ok(response)) => response,
-        };
+        let (response, attempt) = self
+            .failover
+            .send(metrics, &self.gateway.client, request, budget, attempt)
+            .await?;
         self.meter.upstream_responded();
         self.meter.upstream_request_id = upstream_request_id(response.headers());
         let status = response.status();

@@ -5,6 +5,7 @@
 use crate::error::ProxyError;
 use crate::gateway::{Candidate, Credential};
 use crate::metrics::Metrics;
+use crate::upstream::{self, UpstreamClient, UpstreamRequest, UpstreamResponse};
 use http::StatusCode;
 use std::time::{Duration, Instant};
 use tollgate_core::{CredentialSource, Escaped, ProviderKeyId};
@@ -122,6 +123,40 @@ impl Default for Failover {
 }
 
 impl Failover {
+    /// Send one attempt's request within `budget`. A timeout or a transport
+    /// error ends the attempt, recorded, and gives `None`; a response of any
+    /// status comes back with the attempt still open for its caller to end.
+    pub async fn send(
+        &mut self,
+        metrics: &Metrics,
+        client: &UpstreamClient,
+        request: UpstreamRequest,
+        budget: Duration,
+        attempt: Attempt,
+    ) -> Option<(UpstreamResponse, Attempt)> {
+        match tokio::time::timeout(budget, client.request(request)).await {
+            Err(_) => {
+                let why = format!("no response within {} ms", budget.as_millis());
+                self.record(metrics, attempt.ended(Outcome::Timeout, why));
+                None
+            }
+            Ok(Err(err)) => {
+                let outcome = if err.is_connect() {
+                    Outcome::ConnectError
+                } else {
+                    Outcome::Error
+                };
+                let why = format!("{}: {}", outcome.as_str(), upstream::describe(&err));
+                let attempt = attempt
+                    .ended(outcome, why)
+                    .timed_out(upstream::is_timeout(&err));
+                self.record(metrics, attempt);
+                None
+            }
+            Ok(Ok(response)) => Some((response, attempt)),
+        }
+    }
+
     /// Record an attempt and count it in `tollgate_proxy_upstream_attempts_total`.
     pub fn record(&mut self, metrics: &Metrics, attempt: Attempt) {
         metrics

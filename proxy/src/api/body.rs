@@ -51,6 +51,51 @@ pub(super) fn present<'de: 'a, 'a, D: serde::Deserializer<'de>>(
     <&'a RawValue as serde::Deserialize>::deserialize(deserializer).map(Some)
 }
 
+/// The fields of a body that must be a JSON object. Only an object may go
+/// on to the typed parse (which would also accept an array as a struct).
+pub(super) fn object_fields<'a, T: serde::Deserialize<'a>>(
+    bytes: &'a Bytes,
+) -> Result<T, ProxyError> {
+    let not_json =
+        |e: serde_json::Error| ProxyError::invalid(format!("request body is not valid JSON: {e}"));
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                Ok(_) => ProxyError::invalid("request body must be a JSON object"),
+                Err(e) => not_json(e),
+            },
+        );
+    }
+    serde_json::from_slice(bytes).map_err(not_json)
+}
+
+/// `model` (a non-empty string) and the optional `models` fallbacks (an
+/// array of non-empty names), as every client API takes them.
+pub(super) fn model_and_fallbacks(
+    model: Option<&RawValue>,
+    models: Option<&RawValue>,
+) -> Result<(String, Vec<String>), ProxyError> {
+    let model = match model.map(|r| serde_json::from_str::<String>(r.get())) {
+        Some(Ok(m)) if !m.is_empty() => m,
+        _ => {
+            return Err(ProxyError::invalid_param(
+                "model",
+                "`model` is required and must be a non-empty string",
+            ))
+        }
+    };
+    let fallbacks = match models.map(RawValue::get) {
+        None | Some("null") => Vec::new(),
+        Some(raw) => serde_json::from_str::<Vec<String>>(raw)
+            .ok()
+            .filter(|names| names.iter().all(|n| !n.is_empty()))
+            .ok_or_else(|| {
+                ProxyError::invalid_param("models", "`models` must be an array of model names")
+            })?,
+    };
+    Ok((model, fallbacks))
+}
+
 fn raw_u64(raw: Option<&RawValue>) -> Option<u64> {
     raw.and_then(|r| serde_json::from_str::<u64>(r.get()).ok())
 }
@@ -61,39 +106,8 @@ pub(super) fn parse_chat_request(
     bytes: Bytes,
     max_tokens_required: bool,
 ) -> Result<ClientRequest, ProxyError> {
-    // Only an object may go on to the typed parse (which would also accept
-    // an array as a struct).
-    if bytes.trim_ascii_start().first() != Some(&b'{') {
-        return Err(
-            match serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
-                Ok(_) => ProxyError::invalid("request body must be a JSON object"),
-                Err(e) => ProxyError::invalid(format!("request body is not valid JSON: {e}")),
-            },
-        );
-    }
-    let fields: RequestFields = serde_json::from_slice(&bytes)
-        .map_err(|e| ProxyError::invalid(format!("request body is not valid JSON: {e}")))?;
-    let model = match fields
-        .model
-        .map(|r| serde_json::from_str::<String>(r.get()))
-    {
-        Some(Ok(m)) if !m.is_empty() => m,
-        _ => {
-            return Err(ProxyError::invalid_param(
-                "model",
-                "`model` is required and must be a non-empty string",
-            ))
-        }
-    };
-    let bad_fallbacks =
-        || ProxyError::invalid_param("models", "`models` must be an array of model names");
-    let fallbacks = match fields.models.map(RawValue::get) {
-        None | Some("null") => Vec::new(),
-        Some(raw) => serde_json::from_str::<Vec<String>>(raw)
-            .ok()
-            .filter(|names| names.iter().all(|n| !n.is_empty()))
-            .ok_or_else(bad_fallbacks)?,
-    };
+    let fields: RequestFields = object_fields(&bytes)?;
+    let (model, fallbacks) = model_and_fallbacks(fields.model, fields.models)?;
     if !fields.messages.is_some_and(|r| r.get().starts_with('[')) {
         return Err(ProxyError::invalid_param(
             "messages",

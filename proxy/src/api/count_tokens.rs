@@ -216,29 +216,16 @@ impl Count<'_> {
         self.attempts += 1;
         let attempt = Attempt::start(call.candidate, call.credential);
         let budget = Duration::from_millis(routing.attempt_timeout_ms).min(self.deadline - now);
-        let send = gateway.client.request(call.request(self.headers));
-        let response = match tokio::time::timeout(budget, send).await {
-            Err(_) => {
-                let why = format!("no response within {} ms", budget.as_millis());
-                self.failover
-                    .record(metrics, attempt.ended(AttemptOutcome::Timeout, why));
-                return None;
-            }
-            Ok(Err(err)) => {
-                let outcome = if err.is_connect() {
-                    AttemptOutcome::ConnectError
-                } else {
-                    AttemptOutcome::Error
-                };
-                let why = format!("{}: {}", outcome.as_str(), upstream::describe(&err));
-                let attempt = attempt
-                    .ended(outcome, why)
-                    .timed_out(upstream::is_timeout(&err));
-                self.failover.record(metrics, attempt);
-                return None;
-            }
-            Ok(Ok(response)) => response,
-        };
+        let (response, attempt) = self
+            .failover
+            .send(
+                metrics,
+                &gateway.client,
+                call.request(self.headers),
+                budget,
+                attempt,
+            )
+            .await?;
         let status = response.status();
         if let Some(failed) = dispatch::retryable_status(status) {
             self.failover.record(metrics, failed(attempt));

@@ -149,37 +149,8 @@ impl ClientApi for OpenAiEmbeddings {
 /// `input` as a string, strings, token ids or arrays of token ids, and
 /// `encoding_format` `float` or `base64` when present.
 fn parse_embeddings_request(bytes: Bytes) -> Result<ClientRequest, ProxyError> {
-    if bytes.trim_ascii_start().first() != Some(&b'{') {
-        return Err(
-            match serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
-                Ok(_) => ProxyError::invalid("request body must be a JSON object"),
-                Err(e) => ProxyError::invalid(format!("request body is not valid JSON: {e}")),
-            },
-        );
-    }
-    let fields: EmbeddingFields = serde_json::from_slice(&bytes)
-        .map_err(|e| ProxyError::invalid(format!("request body is not valid JSON: {e}")))?;
-    let model = match fields
-        .model
-        .map(|r| serde_json::from_str::<String>(r.get()))
-    {
-        Some(Ok(m)) if !m.is_empty() => m,
-        _ => {
-            return Err(ProxyError::invalid_param(
-                "model",
-                "`model` is required and must be a non-empty string",
-            ))
-        }
-    };
-    let fallbacks = match fields.models.map(RawValue::get) {
-        None | Some("null") => Vec::new(),
-        Some(raw) => serde_json::from_str::<Vec<String>>(raw)
-            .ok()
-            .filter(|names| names.iter().all(|n| !n.is_empty()))
-            .ok_or_else(|| {
-                ProxyError::invalid_param("models", "`models` must be an array of model names")
-            })?,
-    };
+    let fields: EmbeddingFields = body::object_fields(&bytes)?;
+    let (model, fallbacks) = body::model_and_fallbacks(fields.model, fields.models)?;
     if !fields.input.is_some_and(valid_input) {
         return Err(ProxyError::invalid_param(
             "input",
