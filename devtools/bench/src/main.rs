@@ -42,9 +42,9 @@ use tollgate_mock_upstream::{MockOptions, MockUpstream};
     about = "Latency, throughput and memory of the Tollgate gateway against a mock upstream",
     long_about = "Measures requests/s and p50/p99 latency (full response and time to first byte) \
 straight to an in-process mock upstream and through a Tollgate gateway child process (auth, \
-metering and usage events on), at each concurrency, plain and streaming; then the gateway's RSS \
+metering and usage events on), at each concurrency, chat plain and streaming and embeddings; then the gateway's RSS \
 with many streams open. Prints figures next to targets; never fails on timing.\n\n\
-Scenario names (for --scenario): direct/chat/c1, gateway/stream/c16, direct-h2/chat/c16, \
+Scenario names (for --scenario): direct/chat/c1, gateway/stream/c16, gateway/embeddings/c16, direct-h2/chat/c16, \
 gateway-h2/chat/c16, portkey/chat/c16, ..., credit (a $5.00 account spent at the highest concurrency: 402s before the admission threshold, target 0) and memory."
 )]
 struct Cli {
@@ -145,10 +145,12 @@ const TARGET_RSS_MIB: f64 = 50.0;
 const TARGET_PEER_RATIO_C16: f64 = 10.0;
 
 const CHAT_BODY: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in one sentence."}]}"#;
+const EMBEDDINGS_BODY: &str =
+    r#"{"model":"text-embedding-3-small","input":"Say hello in one sentence."}"#;
 const STREAM_BODY: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in one sentence."}],"stream":true}"#;
 const MOCK_KEY: &str = "sk-bench-direct";
 /// Requests `sanity_check` sends through the gateway.
-const SANITY_GATEWAY_PROBES: u64 = 2;
+const SANITY_GATEWAY_PROBES: u64 = 3;
 
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
@@ -205,7 +207,21 @@ impl Route {
 enum Kind {
     Chat,
     Stream,
+    Embeddings,
 }
+
+impl Kind {
+    /// The route and body of one request of this kind.
+    fn request(self) -> (&'static str, &'static str) {
+        match self {
+            Kind::Chat => ("/v1/chat/completions", CHAT_BODY),
+            Kind::Stream => ("/v1/chat/completions", STREAM_BODY),
+            Kind::Embeddings => ("/v1/embeddings", EMBEDDINGS_BODY),
+        }
+    }
+}
+
+const KINDS: [Kind; 3] = [Kind::Chat, Kind::Stream, Kind::Embeddings];
 
 struct Row {
     route: Route,
@@ -224,6 +240,7 @@ fn name(route: Route, kind: Kind, concurrency: usize) -> String {
     let k = match kind {
         Kind::Chat => "chat",
         Kind::Stream => "stream",
+        Kind::Embeddings => "embeddings",
     };
     format!("{}/{k}/c{concurrency}", route.label())
 }
@@ -251,7 +268,7 @@ struct Scenario {
 
 fn plan(cli: &Cli) -> Vec<Scenario> {
     let mut out = Vec::new();
-    for kind in [Kind::Chat, Kind::Stream] {
+    for kind in KINDS {
         for &concurrency in &cli.concurrency {
             let mut routes = vec![Route::Direct, Route::Gateway];
             if cli.h2_concurrency.contains(&concurrency) {
@@ -564,16 +581,18 @@ impl Targets {
     ) -> anyhow::Result<Targets> {
         let direct_auth = HeaderValue::from_str(&format!("Bearer {MOCK_KEY}"))?;
         let gateway_auth = HeaderValue::from_str(&format!("Bearer {}", gateway.token))?;
-        let t = |addr, auth: &HeaderValue, body: &'static str, proto| Target {
-            addr,
-            path: "/v1/chat/completions",
-            authorization: auth.clone(),
-            extra_headers: Vec::new(),
-            body: Bytes::from_static(body.as_bytes()),
-            proto,
-        };
+        let t =
+            |addr, auth: &HeaderValue, (path, body): (&'static str, &'static str), proto| Target {
+                addr,
+                path,
+                authorization: auth.clone(),
+                extra_headers: Vec::new(),
+                body: Bytes::from_static(body.as_bytes()),
+                proto,
+            };
         let mut targets = Vec::new();
-        for (kind, body) in [(Kind::Chat, CHAT_BODY), (Kind::Stream, STREAM_BODY)] {
+        for kind in KINDS {
+            let body = kind.request();
             targets.extend([
                 (
                     Route::Direct,
@@ -655,6 +674,17 @@ async fn sanity_check(targets: &Targets) -> anyhow::Result<()> {
     }
     if !ex.headers.contains_key("x-tollgate-event-id") {
         bail!("gateway stream: no x-tollgate-event-id header");
+    }
+    for (label, route) in [("direct", Route::Direct), ("gateway", Route::Gateway)] {
+        let ex = load::probe(targets.get(route, Kind::Embeddings)?).await?;
+        let body: serde_json::Value = serde_json::from_slice(&ex.body).unwrap_or_default();
+        if !ex.status.is_success() || body.pointer("/data/0/embedding").is_none() {
+            bail!(
+                "{label} embeddings: HTTP {}: {}",
+                ex.status,
+                String::from_utf8_lossy(&ex.body)
+            );
+        }
     }
     Ok(())
 }
@@ -783,7 +813,8 @@ fn print_context(cli: &Cli, duration: Duration, warmup: Duration) {
         cli.concurrency
     );
     println!(
-        "requests     : POST /v1/chat/completions {CHAT_BODY} (streaming adds \"stream\":true)"
+        "requests     : POST /v1/chat/completions {CHAT_BODY} (streaming adds \"stream\":true); \
+         POST /v1/embeddings {EMBEDDINGS_BODY}"
     );
     println!(
         "mock reply   : {:?} ({} words; a stream is role chunk + one chunk per word + finish + usage + [DONE])",
@@ -958,7 +989,7 @@ fn print_added_table(rows: &[Row]) {
         (Route::Direct, Route::Gateway, ""),
         (Route::DirectH2, Route::GatewayH2, "h2 "),
     ] {
-        for kind in [Kind::Chat, Kind::Stream] {
+        for kind in KINDS {
             for &c in &concurrencies {
                 if let (Some(d), Some(g)) = (
                     find_row(rows, direct, kind, c),
@@ -966,8 +997,9 @@ fn print_added_table(rows: &[Row]) {
                 ) {
                     let label = format!("{prefix}{}", name(gateway, kind, c));
                     let label = label.replacen(&format!("{}/", gateway.label()), "", 1);
-                    // The targets are for HTTP/1.1, as clients mostly speak it.
-                    added_lines(&mut lines, d, g, &label, prefix.is_empty());
+                    // The targets are for chat over HTTP/1.1, as clients mostly speak it.
+                    let targets = prefix.is_empty() && kind != Kind::Embeddings;
+                    added_lines(&mut lines, d, g, &label, targets);
                 }
             }
         }
