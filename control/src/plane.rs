@@ -693,13 +693,13 @@ pub(crate) fn non_empty(field: &str, value: &str) -> Result<String, ControlError
     }
 }
 
-/// A custom provider's model ids: each requestable (a `model` is never
-/// empty) and listed once.
+/// A custom provider's model ids: each requestable and priceable (the rule
+/// a price override's model follows) and listed once.
 fn check_model_ids(field: &str, models: &[String]) -> Result<(), ControlError> {
     for (i, model) in models.iter().enumerate() {
-        if model.trim().is_empty() {
+        if model.trim().is_empty() || model.trim() != model {
             return Err(ControlError::Invalid(format!(
-                "{field}[{i}]: a model id must not be empty"
+                "{field}[{i}]: must not be empty or start or end with spaces"
             )));
         }
         if models[..i].contains(model) {
