@@ -412,6 +412,10 @@ struct NewCustomProviderBody {
     api: ApiSurface,
     #[serde(default)]
     models: Vec<String>,
+    /// Served on `/v1/embeddings`; only an `openai` api provider may have
+    /// them, and a model is in `models` or here, not both.
+    #[serde(default)]
+    embedding_models: Vec<String>,
 }
 
 /// The admin router; mount it on its own listener.
@@ -988,7 +992,13 @@ async fn create_custom_provider(
 ) -> AdminResult<(StatusCode, Json<CustomProvider>)> {
     let provider = s
         .control
-        .create_custom_provider(&body.id, &body.base_url, body.api, body.models)
+        .create_custom_provider(
+            &body.id,
+            &body.base_url,
+            body.api,
+            body.models,
+            body.embedding_models,
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(provider)))
 }

@@ -517,6 +517,7 @@ impl ControlPlane {
         base_url: &str,
         api: ApiSurface,
         models: Vec<String>,
+        embedding_models: Vec<String>,
     ) -> Result<CustomProvider, ControlError> {
         self.refresh().await?;
         if id.is_empty()
@@ -543,11 +544,25 @@ impl ControlPlane {
         }
         tollgate_core::catalog::check_upstream_url(base_url)
             .map_err(|why| ControlError::Invalid(format!("base_url: {why}")))?;
+        check_model_ids("models", &models)?;
+        check_model_ids("embedding_models", &embedding_models)?;
+        // The same rules as a config-file custom provider's.
+        if !embedding_models.is_empty() && api != ApiSurface::Openai {
+            return Err(ControlError::Invalid(
+                "embedding_models: only an `openai` api provider serves embeddings".into(),
+            ));
+        }
+        if let Some(both) = models.iter().find(|m| embedding_models.contains(m)) {
+            return Err(ControlError::Invalid(format!(
+                "embedding_models: `{both}` is also in `models`; a model is one kind"
+            )));
+        }
         let provider = CustomProvider {
             id: id.to_owned(),
             base_url: base_url.to_owned(),
             api,
             models,
+            embedding_models,
             created_at: Utc::now(),
         };
         self.upsert(ControlObject::CustomProvider(provider.clone()))
@@ -676,4 +691,22 @@ pub(crate) fn non_empty(field: &str, value: &str) -> Result<String, ControlError
     } else {
         Ok(trimmed.to_owned())
     }
+}
+
+/// A custom provider's model ids: each requestable and priceable (the rule
+/// a price override's model follows) and listed once.
+fn check_model_ids(field: &str, models: &[String]) -> Result<(), ControlError> {
+    for (i, model) in models.iter().enumerate() {
+        if model.trim().is_empty() || model.trim() != model {
+            return Err(ControlError::Invalid(format!(
+                "{field}[{i}]: must not be empty or start or end with spaces"
+            )));
+        }
+        if models[..i].contains(model) {
+            return Err(ControlError::Invalid(format!(
+                "{field}[{i}]: `{model}` is listed twice"
+            )));
+        }
+    }
+    Ok(())
 }

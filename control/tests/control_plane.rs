@@ -199,7 +199,13 @@ async fn custom_provider_ids_are_unique_across_config_and_admin() {
     let dir = tempfile::tempdir().unwrap();
     let (a, _log) = plane_on(&dir.path().join("t.db")).await;
     let err = a
-        .create_custom_provider("local", "http://127.0.0.1:9/v1", ApiSurface::Openai, vec![])
+        .create_custom_provider(
+            "local",
+            "http://127.0.0.1:9/v1",
+            ApiSurface::Openai,
+            vec![],
+            vec![],
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("config file"), "{err}");
@@ -208,6 +214,7 @@ async fn custom_provider_ids_are_unique_across_config_and_admin() {
             "openai",
             "http://127.0.0.1:9/v1",
             ApiSurface::Openai,
+            vec![],
             vec![],
         )
         .await
@@ -219,6 +226,7 @@ async fn custom_provider_ids_are_unique_across_config_and_admin() {
             "http://example.com/v1",
             ApiSurface::Openai,
             vec![],
+            vec![],
         )
         .await
         .unwrap_err();
@@ -228,6 +236,7 @@ async fn custom_provider_ids_are_unique_across_config_and_admin() {
         "http://10.0.0.5:8000/v1",
         ApiSurface::Openai,
         vec!["m".into()],
+        vec![],
     )
     .await
     .unwrap();
@@ -236,6 +245,7 @@ async fn custom_provider_ids_are_unique_across_config_and_admin() {
             "vllm",
             "http://10.0.0.5:8000/v1",
             ApiSurface::Openai,
+            vec![],
             vec![]
         )
         .await
@@ -531,4 +541,114 @@ async fn price_overrides_are_validated_naming_the_field_and_replay_after_restart
     assert_eq!(kept.len(), 1);
     assert_eq!(kept[0].model, "meta-llama/llama-3.1:8b");
     assert_eq!(kept[0].prices.cache_write_1h.to_string(), "0.4");
+}
+
+/// POST a custom provider body; (status, JSON body).
+async fn post_custom_provider(url: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{url}/custom-providers"))
+        .bearer_auth("admin-secret-token")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn custom_provider_embedding_models_are_validated_and_replay_after_restart() {
+    let (url, plane, dir) = admin_server().await;
+    let base = "http://10.0.0.5:8000/v1";
+    for (body, field) in [
+        (
+            serde_json::json!({"id": "box", "base_url": base, "api": "anthropic",
+                               "embedding_models": ["emb"]}),
+            "embedding_models",
+        ),
+        (
+            serde_json::json!({"id": "box", "base_url": base, "api": "openai",
+                               "models": ["m", "emb"], "embedding_models": ["emb"]}),
+            "embedding_models",
+        ),
+        (
+            serde_json::json!({"id": "box", "base_url": base, "api": "openai",
+                               "embedding_models": ["emb", " "]}),
+            "embedding_models[1]",
+        ),
+        (
+            serde_json::json!({"id": "box", "base_url": base, "api": "openai",
+                               "embedding_models": ["emb", "emb"]}),
+            "embedding_models[1]",
+        ),
+        (
+            serde_json::json!({"id": "box", "base_url": base, "api": "openai",
+                               "models": [""]}),
+            "models[0]",
+        ),
+    ] {
+        let (status, answer) = post_custom_provider(&url, body.clone()).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(answer["error"]["type"], "invalid_request", "{answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with(field), "{body}: {message}");
+    }
+    assert!(plane.snapshot().custom_providers.is_empty());
+
+    let (status, created) = post_custom_provider(
+        &url,
+        serde_json::json!({"id": "box", "base_url": base, "api": "openai",
+                           "models": ["m"], "embedding_models": ["emb", "nomic:v1.5"]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(
+        created["embedding_models"],
+        serde_json::json!(["emb", "nomic:v1.5"])
+    );
+    // A provider without embedding models leaves the field out.
+    let (status, plain) = post_custom_provider(
+        &url,
+        serde_json::json!({"id": "chat-only", "base_url": base, "api": "anthropic",
+                           "models": ["c"]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{plain}");
+    assert!(plain.get("embedding_models").is_none(), "{plain}");
+
+    // A restarted instance rebuilds both from the log.
+    let (replayed, _log) = plane_on(&dir.path().join("t.db")).await;
+    let snapshot = replayed.snapshot();
+    assert_eq!(snapshot.custom_providers["box"].models, ["m"]);
+    assert_eq!(
+        snapshot.custom_providers["box"].embedding_models,
+        ["emb", "nomic:v1.5"]
+    );
+    assert!(snapshot.custom_providers["chat-only"]
+        .embedding_models
+        .is_empty());
+}
+
+#[test]
+fn a_custom_provider_recorded_before_embedding_models_decodes_unchanged() {
+    use tollgate_core::control::{ControlChange, ControlObject};
+    // The shape written before the field existed.
+    let old = serde_json::json!({
+        "op": "upsert",
+        "object": {
+            "kind": "custom_provider", "id": "box", "base_url": "http://10.0.0.5:8000/v1",
+            "api": "openai", "models": ["m"], "created_at": "2026-01-02T03:04:05Z"
+        }
+    });
+    let change: ControlChange = serde_json::from_value(old.clone()).unwrap();
+    let ControlChange::Upsert { object } = &change else {
+        panic!("not an upsert: {change:?}");
+    };
+    let ControlObject::CustomProvider(provider) = object else {
+        panic!("not a custom provider: {object:?}");
+    };
+    assert_eq!(provider.models, ["m"]);
+    assert!(provider.embedding_models.is_empty());
+    // Written back, it is the same bytes' worth of JSON.
+    assert_eq!(serde_json::to_value(&change).unwrap(), old);
 }

@@ -153,6 +153,10 @@ pub struct CustomProvider {
     pub api: ApiSurface,
     #[serde(default)]
     pub models: Vec<String>,
+    /// Served on `/v1/embeddings` (an `openai` provider only). Left out when
+    /// empty, so changes recorded before it existed read back unchanged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub embedding_models: Vec<String>,
     pub created_at: DateTime<Utc>,
 }
 

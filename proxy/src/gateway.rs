@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 use tollgate_control::{ControlPlane, ControlState, ProviderIds};
-use tollgate_core::control::{Configuration, ConfigurationId, RateLimits};
+use tollgate_core::control::{Configuration, ConfigurationId, CustomProvider, RateLimits};
 use tollgate_core::pricing::AppliedPlan;
 use tollgate_core::secrets::hash_access_token;
 use tollgate_core::{
@@ -429,10 +429,10 @@ impl Gateway {
         self.check_policy(name, &provider, &upstream, spec.is_some(), caller)?;
         let (credentials, operator_withheld) =
             self.credentials_for(&provider, caller, prices.is_some());
-        // Runtime custom providers declare no model kinds.
-        let kind_known = self.catalog.provider(&provider.spec.id).is_some();
         Ok(Candidate {
-            embedding: spec.as_ref().filter(|_| kind_known).map(|s| s.embedding),
+            // A model the catalog (or a runtime custom provider) does not
+            // declare is of unknown kind.
+            embedding: spec.as_ref().map(|s| s.embedding),
             upstream_model: spec.as_ref().map_or(upstream, |s| s.id.clone()),
             prices: prices.unwrap_or_default(),
             max_output_tokens: spec
@@ -522,7 +522,7 @@ impl Gateway {
             }
         }
         for custom in snapshot.custom_providers.values() {
-            for model in &custom.models {
+            for model in custom.models.iter().chain(&custom.embedding_models) {
                 if seen.insert((&custom.id, model)) {
                     add(&custom.id, model, None);
                 }
@@ -569,8 +569,7 @@ impl Gateway {
                     snapshot
                         .custom_providers
                         .get(prefix)
-                        .filter(|c| c.models.iter().any(|m| m == rest))
-                        .map(|_| custom_model(prefix, rest, None))
+                        .and_then(|c| runtime_model(c, rest))
                 });
                 return Ok(Located {
                     provider,
@@ -599,7 +598,7 @@ impl Gateway {
             });
         }
         for custom in snapshot.custom_providers.values() {
-            if custom.models.iter().any(|m| m == name) {
+            if let Some(spec) = runtime_model(custom, name) {
                 if let Some(provider) = runtime_provider(snapshot, &custom.id) {
                     // Runtime custom providers declare no prices: only an
                     // override prices their models.
@@ -607,7 +606,7 @@ impl Gateway {
                     return Ok(Located {
                         provider,
                         upstream: name.to_owned(),
-                        spec: Some(custom_model(&custom.id, name, None)),
+                        spec: Some(spec),
                         prices,
                     });
                 }
@@ -743,6 +742,20 @@ fn custom_model(provider: &str, model: &str, prices: Option<Prices>) -> ModelSpe
     }
 }
 
+/// A runtime custom provider's declared model (chat or embedding), unpriced.
+fn runtime_model(custom: &CustomProvider, model: &str) -> Option<ModelSpec> {
+    let embedding = if custom.models.iter().any(|m| m == model) {
+        false
+    } else if custom.embedding_models.iter().any(|m| m == model) {
+        true
+    } else {
+        return None;
+    };
+    let mut spec = custom_model(&custom.id, model, None);
+    spec.embedding = embedding;
+    Some(spec)
+}
+
 /// A custom provider defined through the admin API, as a runtime provider.
 fn runtime_provider(snapshot: &ControlState, id: &str) -> Option<Arc<ProviderRuntime>> {
     let custom = snapshot.custom_providers.get(id)?;
@@ -753,7 +766,9 @@ fn runtime_provider(snapshot: &ControlState, id: &str) -> Option<Arc<ProviderRun
         api: custom.api,
         operator_credentials: false,
         custom: true,
-        embeddings: false,
+        // Like a config-file custom provider: embedding models give it an
+        // `/embeddings` endpoint.
+        embeddings: !custom.embedding_models.is_empty(),
     };
     ProviderRuntime::new(spec, &custom.base_url, vec![])
         .map(Arc::new)

@@ -12,6 +12,7 @@ use tollgate_core::{ApiSurface, CredentialSource};
 use tollgate_eventlog::EventLog;
 use tollgate_mock_upstream::Rule;
 use tollgate_proxy::config::CustomProviderConfig;
+use tollgate_proxy::PriceSource;
 
 const PATH: &str = "/v1/embeddings";
 
@@ -454,4 +455,107 @@ async fn requests_past_the_edge_cap_get_503_in_openais_shape() {
     let error = refusal(response, 503).await;
     assert_eq!(error["code"], "overloaded");
     assert_eq!(held.await.unwrap().unwrap().status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_custom_providers_serve_their_embedding_models() {
+    let gw = start().await;
+    gw.control
+        .create_custom_provider(
+            "runtime-box",
+            &gw.mock.base_url(),
+            ApiSurface::Openai,
+            vec!["box-chat".into()],
+            vec!["box-emb".into()],
+        )
+        .await
+        .unwrap();
+
+    // Listed among the gateway's prices, unpriced.
+    let listed = |gw: &TestGateway| {
+        gw.gateway
+            .price_list(&gw.control.snapshot())
+            .into_iter()
+            .find(|p| p.provider == "runtime-box" && p.model == "box-emb")
+            .map(|p| p.source)
+    };
+    assert_eq!(listed(&gw), Some(PriceSource::None));
+
+    // Declared without prices: refused on the operator's side, nothing sent.
+    for model in ["runtime-box:box-emb", "box-emb"] {
+        let error = refusal(gw.post_json(PATH, &embed(model, json!("x"))).await, 403).await;
+        assert_eq!(error["code"], "unpriced_model", "{model}: {error}");
+    }
+    assert!(gw.mock.requests().is_empty());
+
+    // On an attached provider key, through the provider's `/embeddings`.
+    let secret = "sk-runtime-box-emb-5a1f";
+    let token = byok_token(&gw, "runtime-box", secret).await;
+    let post = |model: &str| {
+        TestGateway::client()
+            .post(gw.url(PATH))
+            .bearer_auth(&token)
+            .json(&embed(model, json!("one two three")))
+            .send()
+    };
+    for model in ["runtime-box:box-emb", "box-emb"] {
+        gw.mock.clear_requests();
+        let response = post(model).await.unwrap();
+        assert_eq!(header(&response, "x-tollgate-provider"), "runtime-box");
+        let event_id = header(&response, "x-tollgate-event-id");
+        let (status, _, body) = json_of(response).await;
+        assert_eq!(status, 200, "{model}: {body}");
+        assert_eq!(body["usage"]["prompt_tokens"], 3);
+        let sent = gw.mock.requests().pop().unwrap();
+        assert_eq!(sent.path, "/v1/embeddings");
+        assert_eq!(sent.api_key.as_deref(), Some(secret));
+        assert_eq!(sent.body["model"], "box-emb");
+        let event = gw.event(&event_id).await;
+        assert_eq!(event.provider.as_deref(), Some("runtime-box"));
+        assert_eq!(event.credential_source, Some(CredentialSource::Byok));
+        assert_eq!((event.tokens.input, event.tokens.output), (3, 0));
+    }
+
+    // Each model keeps its kind: the chat model is no embedding model, and
+    // the embedding model is refused on the chat routes, nothing sent.
+    gw.mock.clear_requests();
+    let error = refusal(post("runtime-box:box-chat").await.unwrap(), 400).await;
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("runtime-box:box-chat"),
+        "{error}"
+    );
+    for model in ["runtime-box:box-emb", "box-emb"] {
+        let error = refusal(gw.post_openai(chat(model, "hi")).await, 400).await;
+        let message = error["message"].as_str().unwrap();
+        assert!(message.contains("runtime-box:box-emb"), "{message}");
+        assert!(message.contains("/v1/embeddings"), "{message}");
+    }
+    assert!(gw.mock.requests().is_empty());
+
+    // A runtime price override makes it usable on the operator's side: a
+    // keyless custom upstream called without credentials, billed at it.
+    let spec: tollgate_control::PriceSpec =
+        serde_json::from_value(json!({"input": "0.07", "output": "0"})).unwrap();
+    gw.control
+        .set_price_override("runtime-box", "box-emb", &spec)
+        .await
+        .unwrap();
+    assert_eq!(listed(&gw), Some(PriceSource::RuntimeOverride));
+    gw.mock.clear_requests();
+    let response = gw
+        .post_json(PATH, &embed("box-emb", json!("one two")))
+        .await;
+    let event_id = header(&response, "x-tollgate-event-id");
+    let (status, _, body) = json_of(response).await;
+    assert_eq!(status, 200, "{body}");
+    let sent = gw.mock.requests().pop().unwrap();
+    assert_eq!(sent.path, "/v1/embeddings");
+    assert_eq!(sent.api_key, None);
+    let event = gw.event(&event_id).await;
+    assert_eq!(event.credential_source, Some(CredentialSource::Operator));
+    assert_eq!(event.tokens.input, 2);
+    assert_eq!(event.prices.input, usd("0.07"));
 }

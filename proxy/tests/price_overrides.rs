@@ -317,6 +317,7 @@ async fn an_override_makes_an_unpriced_passthrough_or_runtime_custom_model_usabl
             &gw.mock.base_url(),
             ApiSurface::Openai,
             vec!["box-model".into()],
+            vec![],
         )
         .await
         .unwrap();

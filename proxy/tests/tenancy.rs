@@ -1028,6 +1028,7 @@ async fn a_custom_provider_created_at_runtime_becomes_callable_with_its_provider
             &gw.mock.base_url(),
             ApiSurface::Openai,
             vec!["box-model".into()],
+            vec![],
         )
         .await
         .unwrap();

@@ -255,6 +255,10 @@ pub enum CustomProvidersAction {
         /// A model id it serves (repeat).
         #[arg(long = "model")]
         models: Vec<String>,
+        /// An embedding model id it serves on `/v1/embeddings` (repeat;
+        /// `--api openai` only).
+        #[arg(long = "embedding-model")]
+        embedding_models: Vec<String>,
     },
     Delete {
         id: String,
@@ -549,10 +553,17 @@ fn custom_providers_request(action: &CustomProvidersAction) -> Request {
             base_url,
             api,
             models,
+            embedding_models,
         } => (
             Method::POST,
             "/custom-providers".into(),
-            Some(json!({"id": id, "base_url": base_url, "api": api, "models": models})),
+            Some(json!({
+                "id": id,
+                "base_url": base_url,
+                "api": api,
+                "models": models,
+                "embedding_models": embedding_models,
+            })),
         ),
         CustomProvidersAction::Delete { id } => {
             (Method::DELETE, format!("/custom-providers/{id}"), None)

@@ -360,6 +360,58 @@ async fn admin_cli_manages_keys_on_a_running_gateway() {
         let listed = admin(&config, &["keys", "list", "--account", &account_id], None).unwrap();
         assert!(!listed.to_string().contains(&token));
 
+        // Runtime custom providers declare embedding models.
+        let refused = admin(
+            &config,
+            &[
+                "custom-providers",
+                "create",
+                "--id",
+                "box",
+                "--base-url",
+                "http://10.0.0.5:8000/v1",
+                "--api",
+                "anthropic",
+                "--embedding-model",
+                "emb",
+            ],
+            None,
+        )
+        .unwrap_err();
+        assert!(refused.contains("embedding_models"), "{refused}");
+        let created = admin(
+            &config,
+            &[
+                "custom-providers",
+                "create",
+                "--id",
+                "box",
+                "--base-url",
+                "http://10.0.0.5:8000/v1",
+                "--api",
+                "openai",
+                "--model",
+                "chat",
+                "--embedding-model",
+                "emb",
+                "--embedding-model",
+                "emb-large",
+            ],
+            None,
+        )
+        .unwrap();
+        assert_eq!(created["models"], serde_json::json!(["chat"]));
+        assert_eq!(
+            created["embedding_models"],
+            serde_json::json!(["emb", "emb-large"])
+        );
+        let listed = admin(&config, &["custom-providers", "list"], None).unwrap();
+        assert_eq!(
+            listed["data"][0]["embedding_models"],
+            serde_json::json!(["emb", "emb-large"]),
+            "{listed}"
+        );
+
         admin(&config, &["keys", "revoke", &key_id], None).unwrap();
         assert_eq!(chat_status(port, &token), 401);
         let again = admin(&config, &["keys", "revoke", &key_id], None).unwrap_err();
