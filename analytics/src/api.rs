@@ -31,26 +31,16 @@ use tollgate_core::{AccountId, CredentialSource};
             its own account; the admin token sees every account and may pass account_id."
     ),
     paths(usage, openapi),
-    modifiers(&BearerScheme),
+    modifiers(&BEARER_SCHEME),
     security(("bearer" = []))
 )]
 pub struct UsageApiDoc;
 
 /// The bearer scheme: an access key or the admin token.
-struct BearerScheme;
-
-impl utoipa::Modify for BearerScheme {
-    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let scheme = HttpBuilder::new()
-            .scheme(HttpAuthScheme::Bearer)
-            .description(Some("A Tollgate access key (tgk_…) or the admin token."))
-            .build();
-        doc.components
-            .get_or_insert_with(Default::default)
-            .add_security_scheme("bearer", SecurityScheme::Http(scheme));
-    }
-}
+const BEARER_SCHEME: tollgate_core::openapi::BearerScheme = tollgate_core::openapi::BearerScheme {
+    name: "bearer",
+    description: "A Tollgate access key (tgk_…) or the admin token.",
+};
 
 /// The document as served.
 pub fn openapi_document() -> utoipa::openapi::OpenApi {

@@ -67,27 +67,17 @@ mod plans;
         plans::delete_price_plan,
         plans::assign_price_plan,
     ),
-    modifiers(&AdminTokenScheme),
+    modifiers(&ADMIN_TOKEN_SCHEME),
     security(("adminToken" = []))
 )]
 pub struct AdminApiDoc;
 
-struct AdminTokenScheme;
-
-impl utoipa::Modify for AdminTokenScheme {
-    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let scheme = HttpBuilder::new()
-            .scheme(HttpAuthScheme::Bearer)
-            .description(Some(
-                "The admin token (`TOLLGATE_ADMIN_TOKEN` or the admin token file).",
-            ))
-            .build();
-        doc.components
-            .get_or_insert_with(Default::default)
-            .add_security_scheme("adminToken", SecurityScheme::Http(scheme));
-    }
-}
+/// The document's security scheme.
+const ADMIN_TOKEN_SCHEME: tollgate_core::openapi::BearerScheme =
+    tollgate_core::openapi::BearerScheme {
+        name: "adminToken",
+        description: "The admin token (`TOLLGATE_ADMIN_TOKEN` or the admin token file).",
+    };
 
 /// The control plane's admin routes' document (without merged parts).
 pub fn openapi_document() -> utoipa::openapi::OpenApi {

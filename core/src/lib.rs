@@ -8,6 +8,7 @@ pub mod escape;
 pub mod event;
 pub mod ids;
 pub mod money;
+pub mod openapi;
 pub mod pricing;
 pub mod secrets;
 pub mod tokens;

@@ -423,7 +423,7 @@ fn entries_view(
             (never showing more credit than there is)."
     ),
     paths(my_balance, my_lots, my_entries, my_expiring, credits_openapi),
-    modifiers(&AccessKeyScheme),
+    modifiers(&ACCESS_KEY_SCHEME),
     security(("accessKey" = []))
 )]
 pub struct CreditsApiDoc;
@@ -440,22 +440,12 @@ pub struct CreditsApiDoc;
 ))]
 pub struct CreditsAdminDoc;
 
-struct AccessKeyScheme;
-
-impl utoipa::Modify for AccessKeyScheme {
-    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-        let scheme = HttpBuilder::new()
-            .scheme(HttpAuthScheme::Bearer)
-            .description(Some(
-                "A Tollgate access key (tgk_…), as `Authorization: Bearer` or `x-api-key`.",
-            ))
-            .build();
-        doc.components
-            .get_or_insert_with(Default::default)
-            .add_security_scheme("accessKey", SecurityScheme::Http(scheme));
-    }
-}
+/// The document's security scheme.
+const ACCESS_KEY_SCHEME: tollgate_core::openapi::BearerScheme =
+    tollgate_core::openapi::BearerScheme {
+        name: "accessKey",
+        description: "A Tollgate access key (tgk_…), as `Authorization: Bearer` or `x-api-key`.",
+    };
 
 /// The credits API's document as served.
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
