@@ -29,8 +29,8 @@ pub use stream::{AnthropicToOpenAiStream, OpenAiToAnthropicStream};
 pub use usage::{
     anthropic_event_text, anthropic_request_text, anthropic_response_text, anthropic_usage,
     anthropic_usage_json, is_usage_only_chunk, openai_chunk_text, openai_chunk_usage,
-    openai_request_text, openai_response_text, openai_usage, openai_usage_json,
-    AnthropicStreamUsage,
+    openai_request_text, openai_response_text, openai_responses_usage, openai_usage,
+    openai_usage_json, AnthropicStreamUsage,
 };
 
 #[cfg(test)]
