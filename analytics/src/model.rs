@@ -357,6 +357,9 @@ pub struct TokenTotals {
     pub cache_write_5m: u64,
     pub cache_write_1h: u64,
     pub output: u64,
+    /// The part of `output` the provider reported as reasoning (already in
+    /// `output`, billed there once).
+    pub reasoning: u64,
 }
 
 impl TokenTotals {
@@ -366,6 +369,7 @@ impl TokenTotals {
         self.cache_write_5m += tokens.cache_write_5m;
         self.cache_write_1h += tokens.cache_write_1h;
         self.output += tokens.output;
+        self.reasoning += tokens.reasoning;
     }
 }
 

@@ -104,6 +104,9 @@ const MIGRATIONS: &[&str] = &[
      DROP TABLE analytics_usage;
      ALTER TABLE analytics_usage_v2 RENAME TO analytics_usage;
      CREATE INDEX analytics_usage_account_time ON analytics_usage (account_id, started_ms);",
+    // 3: the reasoning part of output tokens; rows stored before it reported
+    // none.
+    "ALTER TABLE analytics_usage ADD COLUMN tokens_reasoning INTEGER NOT NULL DEFAULT 0;",
 ];
 
 pub struct SqliteUsageStore {
@@ -178,9 +181,9 @@ fn write_batch(conn: &mut Connection, batch: &WriteBatch) -> Result<u64, Analyti
                 access_key_id, started_ms, provider, model, model_requested, credential_source,
                 client_api, status, streamed, error_kind, tokens_input, tokens_cached_input,
                 tokens_cache_write_5m, tokens_cache_write_1h, tokens_output, fee, upstream_cost,
-                latency_us, ttft_us)
+                latency_us, ttft_us, tokens_reasoning)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                ?18, ?19, ?20, ?21, ?22, ?23)",
+                ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
         )?;
         for r in batch.rows.iter().filter(|r| r.log_offset >= stored) {
             let ttft = r.ttft_us.map(|t| int(t, "ttft_us")).transpose()?;
@@ -208,6 +211,7 @@ fn write_batch(conn: &mut Connection, batch: &WriteBatch) -> Result<u64, Analyti
                 r.upstream_cost.to_string(),
                 int(r.latency_us, "latency_us")?,
                 ttft,
+                int(r.tokens.reasoning, "tokens")?,
             ])? as u64;
         }
     }
@@ -278,6 +282,7 @@ fn run_query(conn: &Connection, q: &UsageQuery) -> Result<Vec<UsageGroup>, Analy
             cache_write_5m: row.get::<_, i64>(7)? as u64,
             cache_write_1h: row.get::<_, i64>(8)? as u64,
             output: row.get::<_, i64>(9)? as u64,
+            reasoning: row.get::<_, i64>(14)? as u64,
         });
         acc.fee += parse_money(&row.get::<_, String>(10)?)?;
         acc.upstream += parse_money(&row.get::<_, String>(11)?)?;
@@ -299,7 +304,7 @@ fn usage_sql(q: &UsageQuery) -> (String, Vec<Value>) {
     let mut sql = String::from(
         "SELECT started_ms, provider, model, access_key_id, status, tokens_input,
                 tokens_cached_input, tokens_cache_write_5m, tokens_cache_write_1h, tokens_output,
-                fee, upstream_cost, latency_us, ttft_us
+                fee, upstream_cost, latency_us, ttft_us, tokens_reasoning
          FROM analytics_usage WHERE started_ms >= ? AND started_ms < ?",
     );
     let mut params: Vec<Value> = vec![Value::Integer(q.start_ms()), Value::Integer(q.end_ms())];

@@ -25,7 +25,7 @@ async fn sqlite_migrations_are_recorded_and_idempotent() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(versions, vec![1, 2]);
+    assert_eq!(versions, vec![1, 2, 3]);
     // The store crate's own migrations are untouched and separate.
     let store_versions: i64 = conn
         .query_row("SELECT COUNT(*) FROM schema_migrations", [], |r| r.get(0))
@@ -53,8 +53,22 @@ const SQLITE_V1_USAGE_TABLE: &str = "CREATE TABLE analytics_usage (
      CREATE TABLE analytics_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL);
      INSERT INTO analytics_migrations VALUES (1, '2026-01-01T00:00:00Z');";
 
+/// Events as an install of an earlier release holds them (the first half,
+/// stored before reasoning counts existed) followed by events stored after
+/// the upgrade (the second half, with reasoning counts): the reference for
+/// an upgraded store.
+fn upgraded_dataset() -> (Vec<tollgate_core::UsageEvent>, usize) {
+    let events = dataset();
+    let half = events.len() / 2;
+    let mut upgraded = without_reasoning(&events[..half]);
+    upgraded.extend_from_slice(&events[half..]);
+    assert!(upgraded[half..].iter().any(|e| e.tokens.reasoning > 0));
+    (upgraded, half)
+}
+
 /// An install at migration 1 that holds usage rows upgrades in place: every
-/// query answers as before, and a redelivered row is still dropped.
+/// query answers as before (its rows report no reasoning tokens), rows
+/// stored afterwards keep theirs, and a redelivered row is still dropped.
 #[tokio::test]
 async fn sqlite_migration_2_keeps_an_installs_rows() {
     let dir = tempfile::tempdir().unwrap();
@@ -63,13 +77,14 @@ async fn sqlite_migration_2_keeps_an_installs_rows() {
         tollgate_sqlite::Durability::Normal,
     )
     .unwrap();
-    let events = dataset();
-    let old_rows = rows(&events);
+    let (events, half) = upgraded_dataset();
+    let all_rows = rows(&events);
+    let old_rows = &all_rows[..half];
     {
         let mut conn = db.connect().unwrap();
         conn.execute_batch(SQLITE_V1_USAGE_TABLE).unwrap();
         let tx = conn.transaction().unwrap();
-        for r in &old_rows {
+        for r in old_rows {
             tx.execute(
                 "INSERT INTO analytics_usage VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11,
                     ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
@@ -108,11 +123,28 @@ async fn sqlite_migration_2_keeps_an_installs_rows() {
     assert_eq!(store.row_count().await.unwrap(), old_rows.len() as u64);
     for (case, query) in contract_queries() {
         let got = store.query(&query).await.unwrap();
+        assert_matches(
+            case,
+            &got,
+            &reference(&events[..half], &query),
+            Percentiles::Exact,
+        );
+    }
+    load(&store, &all_rows[half..], 100).await;
+    for (case, query) in contract_queries() {
+        let got = store.query(&query).await.unwrap();
         assert_matches(case, &got, &reference(&events, &query), Percentiles::Exact);
     }
+    // Contract answers compare whole token totals, reasoning included.
+    let totals = &contract_queries()[0].1;
+    let want: u64 = reference(&events, totals)
+        .iter()
+        .map(|g| g.group.tokens.reasoning)
+        .sum();
+    assert!(want > 0);
     // The same rows again (no position stored to filter them): none added.
-    load(&store, &old_rows, 100).await;
-    assert_eq!(store.row_count().await.unwrap(), old_rows.len() as u64);
+    load(&store, &all_rows, 100).await;
+    assert_eq!(store.row_count().await.unwrap(), all_rows.len() as u64);
 }
 
 #[tokio::test]
@@ -135,7 +167,7 @@ async fn clickhouse_migrations_are_recorded_and_idempotent() {
         .fetch_all()
         .await
         .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
     let tables: Vec<Name> = client
         .query("SELECT name FROM system.tables WHERE database = currentDatabase() ORDER BY name")
         .fetch_all()
@@ -216,10 +248,10 @@ async fn clickhouse_migration_4_upgrades_an_install_with_data() {
             .await
             .unwrap();
     }
-    let events = dataset();
+    let events = without_reasoning(&dataset());
     let rows = rows(&events);
     for chunk in rows.chunks(40) {
-        store.execute(&sql::insert_values(chunk)).await.unwrap();
+        store.execute(&sql::insert_values_v1(chunk)).await.unwrap();
     }
     store.migrate().await.unwrap();
     let c = store.consistency().await.unwrap();
@@ -232,6 +264,88 @@ async fn clickhouse_migration_4_upgrades_an_install_with_data() {
         let got = store.query(&query).await.unwrap();
         assert_matches(case, &got, &reference(&events, &query), mode);
     }
+    drop_database(&store).await;
+}
+
+/// An install at migration 4 with events upgrades in place: migration 5
+/// adds the reasoning column to the raw table and every rollup (the rows
+/// and rollup states already there read 0), the views carry it from then
+/// on, and every contract answer — from rollups and from raw rows — is
+/// exact over old and new rows together. Run twice, it changes nothing.
+#[tokio::test]
+async fn clickhouse_migration_5_adds_reasoning_keeping_rows_and_rollups() {
+    use tollgate_analytics::clickhouse::sql::{self, plan, Source};
+    let store = shared_clickhouse("migrations_reasoning").await;
+    drop_database(&store).await;
+    let server = ClickHouseStore::new(ClickHouseConfig {
+        database: "default".into(),
+        ..store.config().clone()
+    });
+    server
+        .execute(&sql::create_database(&store.config().database))
+        .await
+        .unwrap();
+    store
+        .execute(&sql::create_migrations_table())
+        .await
+        .unwrap();
+    for (version, statements) in sql::migrations() {
+        if version > 4 {
+            continue;
+        }
+        for statement in statements {
+            store.execute(&statement).await.unwrap();
+        }
+        store
+            .execute(&sql::record_migration(version))
+            .await
+            .unwrap();
+    }
+    let (events, half) = upgraded_dataset();
+    let rows = rows(&events);
+    for chunk in rows[..half].chunks(40) {
+        store.execute(&sql::insert_values_v1(chunk)).await.unwrap();
+    }
+    // A run of migration 5 interrupted after its first statements: the
+    // next run skips the columns already added and completes it.
+    let migration_5 = &sql::migrations()[4];
+    assert_eq!(migration_5.0, 5);
+    for statement in &migration_5.1[..2] {
+        assert!(sql::added_column(statement).is_some());
+        store.execute(statement).await.unwrap();
+    }
+    store.migrate().await.unwrap();
+    tollgate_analytics::migrate(&ClickHouseStore::new(store.config().clone()))
+        .await
+        .unwrap();
+    let c = store.consistency().await.unwrap();
+    assert!(c.exactly(half as u64), "{c:?}");
+    for (case, query) in contract_queries() {
+        let got = store.query(&query).await.unwrap();
+        let want = reference(&events[..half], &query);
+        assert!(got.iter().all(|g| g.tokens.reasoning == 0), "{case}");
+        let mode = match plan(&query, true) {
+            Source::Raw => Percentiles::Exact,
+            Source::Rollup(_) => Percentiles::RankTolerance,
+        };
+        assert_matches(case, &got, &want, mode);
+    }
+    load(&*store, &rows[half..], 60).await;
+    let c = store.consistency().await.unwrap();
+    assert!(c.exactly(rows.len() as u64), "{c:?}");
+    let mut rollup_answers = 0;
+    for (case, query) in contract_queries() {
+        let mode = match plan(&query, true) {
+            Source::Raw => Percentiles::Exact,
+            Source::Rollup(_) => {
+                rollup_answers += 1;
+                Percentiles::RankTolerance
+            }
+        };
+        let got = store.query(&query).await.unwrap();
+        assert_matches(case, &got, &reference(&events, &query), mode);
+    }
+    assert!(rollup_answers > 0);
     drop_database(&store).await;
 }
 
@@ -301,13 +415,25 @@ async fn sqlite_file_from_the_previous_release_keeps_versions_and_rows() {
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(
-        versions,
-        vec![
+        versions[..2],
+        [
             (1, "2026-12-07T17:04:42.474976869+00:00".to_string()),
             (2, "2026-12-07T17:04:42.475403940+00:00".to_string())
         ]
     );
+    // Migration 3 (reasoning tokens) runs on it once; its rows report none.
+    assert_eq!(versions.iter().map(|v| v.0).collect::<Vec<_>>(), [1, 2, 3]);
     assert_eq!(store.row_count().await.unwrap(), 4);
+    let reasoning: Vec<i64> = db
+        .connect()
+        .unwrap()
+        .prepare("SELECT tokens_reasoning FROM analytics_usage")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(reasoning, vec![0; 4]);
     let positions = store.positions().await.unwrap();
     assert_eq!(positions.len(), 1);
 }

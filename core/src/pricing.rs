@@ -184,6 +184,7 @@ mod tests {
         cache_write_5m: 100,
         cache_write_1h: 10,
         output: 500,
+        reasoning: 0,
     };
 
     #[test]
@@ -194,6 +195,30 @@ mod tests {
         // 1000×3 + 2000×0.30 + 100×3.75 + 10×6 + 500×15, per million
         assert_eq!(cost.upstream, Usd(dec!(0.011535)));
         assert_eq!(cost.total(), Usd(dec!(0.0117155)));
+    }
+
+    #[test]
+    fn reasoning_is_part_of_output_and_billed_once() {
+        let with_reasoning = TokenCounts {
+            reasoning: 300,
+            ..TOKENS
+        };
+        assert_eq!(with_reasoning.total(), TOKENS.total());
+        for source in [
+            Some(CredentialSource::Operator),
+            Some(CredentialSource::Byok),
+        ] {
+            let mut plain = event(source, TOKENS);
+            let mut reasoned = event(source, with_reasoning);
+            assert_eq!(cost_of(&reasoned), cost_of(&plain));
+            plain.plan = Some(plan(dec!(0.10), dec!(1.25)));
+            reasoned.plan = plain.plan.clone();
+            assert_eq!(cost_of(&reasoned), cost_of(&plain));
+        }
+        // the same figures as without reasoning: 500 output tokens at $15/M, once
+        let cost = cost_of(&event(Some(CredentialSource::Operator), with_reasoning));
+        assert_eq!(cost.fee, Usd(dec!(0.0001805)));
+        assert_eq!(cost.upstream, Usd(dec!(0.011535)));
     }
 
     #[test]

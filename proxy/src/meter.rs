@@ -420,6 +420,8 @@ fn estimate_counts(
     if let Some(partial) = partial_input.filter(|p| p.total_input() > 0) {
         return TokenCounts {
             output: output.estimate(model),
+            // An estimate has no reasoning part to tell apart.
+            reasoning: 0,
             ..partial
         };
     }

@@ -644,3 +644,106 @@ async fn prometheus_counters_move() {
         ) >= 1.0
     );
 }
+
+/// What the client paid for a response (its cost header), the same as the
+/// event's counts cost without their reasoning part: reasoning is a part of
+/// output, billed once.
+fn assert_reasoning_billed_once(total_header: &str, event: &UsageEvent) {
+    let plain = tollgate_core::TokenCounts {
+        reasoning: 0,
+        ..event.tokens
+    };
+    let cost = |tokens: &tollgate_core::TokenCounts| {
+        tollgate_core::pricing::cost_for(
+            tokens,
+            &event.prices,
+            event.credential_source,
+            event.plan.as_ref(),
+        )
+    };
+    assert_eq!(cost(&event.tokens), cost(&plain));
+    assert_eq!(total_header, cost(&plain).total().to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reported_reasoning_tokens_are_their_own_count_inside_output() {
+    let gw = start().await;
+    gw.mock.add_rule(Rule::any().reasoning_tokens(40));
+    // OpenAI client, OpenAI upstream: the answer, a stream whose client
+    // asked for usage, and one whose usage chunk the gateway asked for.
+    let mut bodies = vec![
+        (chat("gpt-4o-mini", PROMPT), false),
+        (chat_stream("gpt-4o-mini", PROMPT), true),
+    ];
+    let mut with_usage = chat_stream("gpt-4o-mini", PROMPT);
+    with_usage["stream_options"] = json!({"include_usage": true});
+    bodies.push((with_usage, true));
+    for (body, streamed) in bodies {
+        let response = gw.post_openai(body.clone()).await;
+        assert_eq!(response.status(), 200);
+        let event_id = header(&response, "x-tollgate-event-id");
+        let total = header(&response, "x-tollgate-cost-total");
+        let text = response.text().await.unwrap();
+        if !streamed {
+            let usage: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(
+                usage["usage"]["completion_tokens_details"]["reasoning_tokens"],
+                40
+            );
+        }
+        let event = gw.event(&event_id).await;
+        assert_eq!(event.streamed, streamed);
+        assert_eq!(
+            (event.tokens.output, event.tokens.reasoning),
+            (45, 40),
+            "{body}"
+        );
+        assert!(!event.tokens_estimated);
+        if !streamed {
+            assert_reasoning_billed_once(&total, &event);
+        }
+    }
+
+    // Anthropic client, OpenAI upstream: the event keeps the count; the
+    // client's usage (Anthropic's shape) has no such field.
+    for body in [
+        messages("gpt-4o-mini", PROMPT),
+        messages_stream("gpt-4o-mini", PROMPT),
+    ] {
+        let response = gw.post_anthropic(body.clone()).await;
+        assert_eq!(response.status(), 200);
+        let event_id = header(&response, "x-tollgate-event-id");
+        let total = header(&response, "x-tollgate-cost-total");
+        let text = response.text().await.unwrap();
+        assert!(!text.contains("reasoning"), "{text}");
+        assert!(text.contains("\"output_tokens\":45"), "{text}");
+        let event = gw.event(&event_id).await;
+        assert_eq!(
+            (event.tokens.output, event.tokens.reasoning),
+            (45, 40),
+            "{body}"
+        );
+        if body.get("stream").is_none() {
+            assert_reasoning_billed_once(&total, &event);
+        }
+    }
+
+    // OpenAI client, Anthropic upstream: Anthropic reports no reasoning
+    // count (the mock puts the tokens in output_tokens only), so none.
+    for body in [
+        chat("claude-haiku-4-5", PROMPT),
+        chat_stream("claude-haiku-4-5", PROMPT),
+    ] {
+        let response = gw.post_openai(body.clone()).await;
+        assert_eq!(response.status(), 200);
+        let event_id = header(&response, "x-tollgate-event-id");
+        let text = response.text().await.unwrap();
+        assert!(!text.contains("reasoning_tokens"), "{text}");
+        let event = gw.event(&event_id).await;
+        assert_eq!(
+            (event.tokens.output, event.tokens.reasoning),
+            (45, 0),
+            "{body}"
+        );
+    }
+}

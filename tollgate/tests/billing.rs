@@ -2141,3 +2141,72 @@ async fn embeddings_cost_what_the_ledger_and_the_usage_api_say() {
     assert_eq!(mock.requests().len(), before);
     tg.stop_and_audit().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reasoning_tokens_are_billed_once_as_output_and_shown_by_the_usage_api() {
+    let mock = MockUpstream::start().await.unwrap();
+    mock.add_rule(Rule::any().reasoning_tokens(40));
+    let mut tg = Tollgate::start(&mock, &[]).await;
+    let started = chrono::Utc::now() - chrono::Duration::minutes(1);
+    let (account, token) = tg.account_with_key("reasoner").await;
+    tg.adjust(&account, "goodwill_credit", "1.00", "reasoning")
+        .await;
+    tg.wait_balance(&account, usd("1.00")).await;
+    let model = "gpt-4o-mini";
+    // 2 prompt words; the default 5-word reply plus 40 reasoning tokens.
+    let plain = json!({"model": model, "messages": [{"role": "user", "content": "say hello"}]});
+    let mut streamed = plain.clone();
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    // The cost of 2 input and 45 output tokens, without any reasoning count.
+    let each = operator_cost(model, 2, 45);
+    let deadline = Deadline::new("the gateway to see the credit", SETTLE_DEADLINE);
+    let mut spent = Usd::ZERO;
+    for body in [plain, streamed] {
+        let response = loop {
+            let response = tg.chat(&token, &body).await;
+            if response.status() != 402 {
+                break response;
+            }
+            deadline.tick().await;
+        };
+        assert_eq!(response.status(), 200);
+        let event = header_text(&response, "x-tollgate-event-id");
+        let text = response.text().await.unwrap();
+        assert!(text.contains("\"reasoning_tokens\":40"), "{text}");
+        let entry = tg.wait_entry(&account, &event).await;
+        assert_eq!(usd_of(&entry["amount"]), -each, "{entry}");
+        spent += each;
+    }
+    let (balance, _) = tg.balance(&account).await;
+    assert_eq!(balance, usd("1.00") - spent);
+
+    let end = chrono::Utc::now() + chrono::Duration::minutes(1);
+    let query = format!(
+        "/v1/usage?start={}&end={}&status_class=2xx",
+        started.format("%Y-%m-%dT%H:%M:%SZ"),
+        end.format("%Y-%m-%dT%H:%M:%SZ")
+    );
+    let deadline = Deadline::new("the usage API to show 2 requests", SETTLE_DEADLINE);
+    let row = loop {
+        let (status, report) = tg.credits(&token, &query).await;
+        assert_eq!(status, 200, "{report}");
+        let row = report["data"].as_array().and_then(|d| d.first()).cloned();
+        if row.as_ref().is_some_and(|r| r["requests"] == 2) {
+            break row.unwrap();
+        }
+        if deadline.until <= Instant::now() {
+            panic!("the usage API shows {report}");
+        }
+        deadline.tick().await;
+    };
+    assert_eq!(row["tokens"]["input"], 4, "{row}");
+    assert_eq!(row["tokens"]["output"], 90, "{row}");
+    assert_eq!(row["tokens"]["reasoning"], 80, "{row}");
+    assert_eq!(
+        usd_of(&row["cost"]["fee"]) + usd_of(&row["cost"]["upstream"]),
+        spent,
+        "{row}"
+    );
+    tg.stop_and_audit().await;
+}

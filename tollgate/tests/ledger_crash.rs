@@ -127,6 +127,7 @@ impl Generator {
             },
             cache_write_1h: 0,
             output: self.rng.gen_range(0..60_000),
+            reasoning: 0,
         };
         self.seq += 1;
         UsageEvent {

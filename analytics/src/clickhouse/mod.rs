@@ -89,7 +89,7 @@ impl std::fmt::Debug for ClickHouseConfig {
     }
 }
 
-/// One raw row as sent in RowBinary; field order = `sql::RAW_COLUMNS`.
+/// One raw row as sent in RowBinary; field order = `sql::raw_columns()`.
 #[derive(Row, Serialize)]
 struct RawRow<'a> {
     event_id: &'a str,
@@ -117,6 +117,7 @@ struct RawRow<'a> {
     latency_us: u64,
     ttft_us: u64,
     has_ttft: u8,
+    tokens_reasoning: u64,
 }
 
 impl<'a> RawRow<'a> {
@@ -148,6 +149,7 @@ impl<'a> RawRow<'a> {
             latency_us: r.latency_us,
             ttft_us: r.ttft_us.unwrap_or(0),
             has_ttft: u8::from(r.ttft_us.is_some()),
+            tokens_reasoning: r.tokens.reasoning,
         }
     }
 }
@@ -168,6 +170,7 @@ pub struct AggRow {
     pub m_tokens_cache_write_5m: u64,
     pub m_tokens_cache_write_1h: u64,
     pub m_tokens_output: u64,
+    pub m_tokens_reasoning: u64,
     pub m_fee: String,
     pub m_upstream_cost: String,
     pub m_latency: Vec<f64>,
@@ -210,6 +213,7 @@ pub fn groups_from_rows(
                 cache_write_5m: row.m_tokens_cache_write_5m,
                 cache_write_1h: row.m_tokens_cache_write_1h,
                 output: row.m_tokens_output,
+                reasoning: row.m_tokens_reasoning,
             },
             cost: CostTotals {
                 fee: parse_money(&row.m_fee)?,
@@ -251,6 +255,11 @@ struct PartitionRow {
 #[derive(Row, Deserialize)]
 struct VersionRow {
     version: u32,
+}
+
+#[derive(Row, Deserialize)]
+struct CountRow {
+    n: u64,
 }
 
 /// Row counts for checking exactly-once delivery (see `consistency`).
@@ -503,6 +512,13 @@ impl UsageStore for ClickHouseStore {
                 continue;
             }
             for statement in statements {
+                if let Some((table, column)) = sql::added_column(&statement) {
+                    let found: Vec<CountRow> =
+                        self.fetch(&sql::column_exists(table, column)).await?;
+                    if found.iter().any(|c| c.n > 0) {
+                        continue;
+                    }
+                }
                 self.execute(&statement).await?;
             }
             self.execute(&sql::record_migration(version)).await?;

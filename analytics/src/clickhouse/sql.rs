@@ -121,8 +121,9 @@ fn start_of(g: Bucket, column: &str) -> String {
     }
 }
 
-/// Raw columns in insert order (the `Row` struct follows this order).
-pub const RAW_COLUMNS: &[(&str, &str)] = &[
+/// Raw columns as migration 1 created them (never edited); the columns
+/// later migrations add follow in `RAW_COLUMNS_ADDED`.
+const RAW_COLUMNS_V1: &[(&str, &str)] = &[
     ("event_id", "String"),
     ("log_partition", "UInt32"),
     ("log_offset", "UInt64"),
@@ -150,7 +151,17 @@ pub const RAW_COLUMNS: &[(&str, &str)] = &[
     ("has_ttft", "UInt8"),
 ];
 
-const TOKEN_COLUMNS: [&str; 5] = [
+/// Raw columns added by migration 5 (`ALTER … ADD COLUMN` appends them, so
+/// they follow the migration 1 columns).
+const RAW_COLUMNS_ADDED: &[(&str, &str)] = &[("tokens_reasoning", "UInt64")];
+
+/// Raw columns in insert order (the `Row` struct follows this order).
+pub fn raw_columns() -> impl Iterator<Item = &'static (&'static str, &'static str)> {
+    RAW_COLUMNS_V1.iter().chain(RAW_COLUMNS_ADDED)
+}
+
+/// Token columns of the rollups migrations 2 and 4 created (never edited).
+const TOKEN_COLUMNS_V1: [&str; 5] = [
     "tokens_input",
     "tokens_cached_input",
     "tokens_cache_write_5m",
@@ -158,9 +169,24 @@ const TOKEN_COLUMNS: [&str; 5] = [
     "tokens_output",
 ];
 
+/// The reasoning part of output: migration 5 adds it to the raw table and
+/// to every current rollup (existing rows and states read as 0).
+const REASONING_COLUMN: &str = "tokens_reasoning";
+
+/// Every token column of the raw table and the current rollups, in
+/// `AggRow` order.
+const TOKEN_COLUMNS: [&str; 6] = [
+    "tokens_input",
+    "tokens_cached_input",
+    "tokens_cache_write_5m",
+    "tokens_cache_write_1h",
+    "tokens_output",
+    REASONING_COLUMN,
+];
+
 fn create_raw() -> String {
     let mut sql = format!("CREATE TABLE IF NOT EXISTS {RAW_TABLE} (");
-    for (i, (name, ty)) in RAW_COLUMNS.iter().enumerate() {
+    for (i, (name, ty)) in RAW_COLUMNS_V1.iter().enumerate() {
         if i > 0 {
             sql.push_str(", ");
         }
@@ -192,7 +218,7 @@ fn create_rollup(r: Rollup) -> String {
          requests AggregateFunction(sum, UInt64), errors AggregateFunction(sum, UInt64)",
         r.table()
     );
-    for col in TOKEN_COLUMNS {
+    for col in TOKEN_COLUMNS_V1 {
         let _ = write!(sql, ", {col} AggregateFunction(sum, UInt64)");
     }
     sql.push_str(
@@ -211,9 +237,12 @@ fn create_rollup(r: Rollup) -> String {
     sql
 }
 
-/// The aggregation a rollup applies to raw rows: used by its materialized
-/// view and, verbatim, by the repair that re-derives a rollup from raw rows.
-fn rollup_select(r: Rollup, filter: &str) -> String {
+/// The aggregation a rollup applies to raw rows, with the reasoning column
+/// (from migration 5) or without it: used by its materialized view and,
+/// verbatim, by the repair that re-derives a rollup from raw rows. Columns
+/// come in the rollup table's order (`INSERT … SELECT` is positional): the
+/// added reasoning column last.
+fn rollup_select(r: Rollup, reasoning: bool, filter: &str) -> String {
     let bucket = start_of(r.granularity, "started_at");
     let dims = match r.scope {
         Scope::Account => format!(
@@ -226,28 +255,55 @@ fn rollup_select(r: Rollup, filter: &str) -> String {
         "SELECT {dims}, log_partition, \
          sumState(toUInt64(1)) AS requests, sumState(toUInt64(status >= 400)) AS errors"
     );
-    for col in TOKEN_COLUMNS {
+    for col in TOKEN_COLUMNS_V1 {
         let _ = write!(sql, ", sumState({col}) AS {col}");
     }
-    let _ = write!(
-        sql,
+    sql.push_str(
         ", sumState(fee) AS fee, sumState(upstream_cost) AS upstream_cost, \
          quantilesTDigestState(0.5, 0.95, 0.99)(latency_us) AS latency_q, \
          sumState(toUInt64(has_ttft)) AS ttft_n, \
          quantilesTDigestIfState(0.5, 0.95)(ttft_us, has_ttft) AS ttft_q, \
-         maxState(log_offset) AS max_log_offset \
-         FROM {RAW_TABLE}{filter} GROUP BY {}",
-        r.key()
+         maxState(log_offset) AS max_log_offset",
     );
+    if reasoning {
+        let _ = write!(sql, ", sumState({REASONING_COLUMN}) AS {REASONING_COLUMN}");
+    }
+    let _ = write!(sql, " FROM {RAW_TABLE}{filter} GROUP BY {}", r.key());
     sql
 }
 
-fn create_rollup_view(r: Rollup) -> String {
+fn create_rollup_view(r: Rollup, reasoning: bool) -> String {
     format!(
         "CREATE MATERIALIZED VIEW IF NOT EXISTS {} TO {} AS {}",
         r.view(),
         r.table(),
-        rollup_select(r, "")
+        rollup_select(r, reasoning, "")
+    )
+}
+
+/// `ALTER TABLE … ADD COLUMN`: ClickHouse 18.16 has no `IF NOT EXISTS`
+/// there, so the runner skips it when the column exists (`added_column`).
+fn add_column(table: &str, column: &str, ty: &str) -> String {
+    format!("ALTER TABLE {table} ADD COLUMN {column} {ty}")
+}
+
+/// The (table, column) an `add_column` statement adds, so that a migration
+/// interrupted after it can be run again: the runner checks
+/// `column_exists` first.
+pub fn added_column(statement: &str) -> Option<(&str, &str)> {
+    let rest = statement.strip_prefix("ALTER TABLE ")?;
+    let (table, rest) = rest.split_once(" ADD COLUMN ")?;
+    let (column, _) = rest.split_once(' ')?;
+    Some((table, column))
+}
+
+/// Whether `table` of the current database has `column` (a count, 0 or 1).
+pub fn column_exists(table: &str, column: &str) -> String {
+    format!(
+        "SELECT count() AS n FROM system.columns WHERE database = currentDatabase() \
+         AND table = {} AND name = {}",
+        quote(table),
+        quote(column)
     )
 }
 
@@ -280,7 +336,7 @@ pub fn migrations() -> Vec<(u32, Vec<String>)> {
         rollups.push(create_rollup(r));
     }
     for r in MIGRATION_2_ROLLUPS {
-        rollups.push(create_rollup_view(r));
+        rollups.push(create_rollup_view(r, false));
     }
     let mut fewer_rollups = Vec::new();
     for r in MIGRATION_4_DROPPED {
@@ -299,9 +355,25 @@ pub fn migrations() -> Vec<(u32, Vec<String>)> {
     fewer_rollups.push(format!(
         "INSERT INTO {} {}",
         added.table(),
-        rollup_select(added, "")
+        rollup_select(added, false, "")
     ));
-    fewer_rollups.push(create_rollup_view(added));
+    fewer_rollups.push(create_rollup_view(added, false));
+    // Reasoning tokens: a column on the raw table (0 in existing rows) and
+    // a sum state on every rollup (existing states merge to 0: rows before
+    // it reported none), then each view again with the new column. Rows
+    // inserted between a view's drop and its creation are found by the
+    // position check and repaired from raw rows, like a crash between an
+    // insert and its views.
+    let mut reasoning = vec![add_column(RAW_TABLE, REASONING_COLUMN, "UInt64 DEFAULT 0")];
+    for r in ROLLUPS {
+        reasoning.push(add_column(
+            &r.table(),
+            REASONING_COLUMN,
+            "AggregateFunction(sum, UInt64)",
+        ));
+        reasoning.push(format!("DROP TABLE IF EXISTS {}", r.view()));
+        reasoning.push(create_rollup_view(r, true));
+    }
     vec![
         (1, vec![create_raw()]),
         (2, rollups),
@@ -314,6 +386,7 @@ pub fn migrations() -> Vec<(u32, Vec<String>)> {
             )],
         ),
         (4, fewer_rollups),
+        (5, reasoning),
     ]
 }
 
@@ -383,7 +456,11 @@ pub fn repair_rollup(r: Rollup, partition: u32, after_offset: Option<u64>) -> St
         Some(offset) => format!(" WHERE log_partition = {partition} AND log_offset > {offset}"),
         None => format!(" WHERE log_partition = {partition}"),
     };
-    format!("INSERT INTO {} {}", r.table(), rollup_select(r, &filter))
+    format!(
+        "INSERT INTO {} {}",
+        r.table(),
+        rollup_select(r, true, &filter)
+    )
 }
 
 /// Active partitions (months) of every analytics table.
@@ -580,7 +657,21 @@ fn conditions(query: &UsageQuery, source: Source) -> Vec<String> {
 /// `INSERT … VALUES` for rows: how the chdb test loads the same rows the
 /// server gets through RowBinary (chdb has no HTTP interface).
 pub fn insert_values(rows: &[UsageRecord]) -> String {
-    let names: Vec<&str> = RAW_COLUMNS.iter().map(|(name, _)| *name).collect();
+    insert_rows(rows, true)
+}
+
+/// `INSERT … VALUES` into the raw table as migration 1 created it (no
+/// reasoning column): how tests fill an install of an earlier release.
+pub fn insert_values_v1(rows: &[UsageRecord]) -> String {
+    insert_rows(rows, false)
+}
+
+fn insert_rows(rows: &[UsageRecord], reasoning: bool) -> String {
+    let names: Vec<&str> = if reasoning {
+        raw_columns().map(|(name, _)| *name).collect()
+    } else {
+        RAW_COLUMNS_V1.iter().map(|(name, _)| *name).collect()
+    };
     let mut sql = format!("INSERT INTO {RAW_TABLE} ({}) VALUES ", names.join(", "));
     for (i, r) in rows.iter().enumerate() {
         if i > 0 {
@@ -588,7 +679,7 @@ pub fn insert_values(rows: &[UsageRecord]) -> String {
         }
         let _ = write!(
             sql,
-            "({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
+            "({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}",
             quote(&r.event_id),
             r.log_partition,
             r.log_offset,
@@ -615,6 +706,10 @@ pub fn insert_values(rows: &[UsageRecord]) -> String {
             r.ttft_us.unwrap_or(0),
             u8::from(r.ttft_us.is_some()),
         );
+        if reasoning {
+            let _ = write!(sql, ", {}", r.tokens.reasoning);
+        }
+        sql.push(')');
     }
     sql
 }
@@ -687,6 +782,36 @@ mod tests {
         q.group_by = vec![GroupBy::AccessKey];
         assert_eq!(plan(&q, true), r(Bucket::Day, Scope::Account));
         assert_eq!(plan(&q, false), Source::Raw);
+    }
+
+    #[test]
+    fn migration_5_adds_reasoning_to_raw_rows_and_every_rollup() {
+        let all = migrations();
+        let (version, statements) = all.last().cloned().unwrap_or_default();
+        assert_eq!(version, 5);
+        let added: Vec<(&str, &str)> = statements.iter().filter_map(|s| added_column(s)).collect();
+        assert_eq!(added.len(), 1 + ROLLUPS.len());
+        assert_eq!(added[0], (RAW_TABLE, "tokens_reasoning"));
+        for r in ROLLUPS {
+            let table = r.table();
+            assert!(added.contains(&(table.as_str(), "tokens_reasoning")));
+            assert!(statements.iter().any(|s| s.starts_with(&format!(
+                "CREATE MATERIALIZED VIEW IF NOT EXISTS {}",
+                r.view()
+            )) && s.contains("sumState(tokens_reasoning)")));
+        }
+        // Released migrations are unchanged: no reasoning before 5.
+        for (version, statements) in &all[..all.len() - 1] {
+            assert!(
+                statements.iter().all(|s| !s.contains("reasoning")),
+                "migration {version}"
+            );
+        }
+        assert_eq!(added_column("CREATE TABLE x (a UInt8)"), None);
+        assert_eq!(
+            raw_columns().last().map(|(name, _)| *name),
+            Some("tokens_reasoning")
+        );
     }
 
     #[test]

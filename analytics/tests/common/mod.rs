@@ -122,6 +122,18 @@ pub const ACCT_B: &str = "acct_b";
 /// `insufficient_credits` refusals — operator and BYOK,
 /// spanning a day and a month boundary) and 3 hand-written ones of
 /// account B whose sums are checked as literals.
+/// `events` as a release before reasoning counts stored them.
+pub fn without_reasoning(events: &[UsageEvent]) -> Vec<UsageEvent> {
+    events
+        .iter()
+        .cloned()
+        .map(|mut e| {
+            e.tokens.reasoning = 0;
+            e
+        })
+        .collect()
+}
+
 pub fn dataset() -> Vec<UsageEvent> {
     let base = t("2025-02-28T22:00:00Z");
     let mut events = Vec::new();
@@ -179,6 +191,12 @@ pub fn dataset() -> Vec<UsageEvent> {
                 } else {
                     20 + (i * 53) % 400
                 },
+                // OpenAI reports a reasoning part of output (never above 20).
+                reasoning: if provider == Some("openai") && status == 200 {
+                    (i % 3) * 7
+                } else {
+                    0
+                },
             }
         } else {
             TokenCounts::default()
@@ -195,6 +213,7 @@ pub fn dataset() -> Vec<UsageEvent> {
         cache_write_5m: 100,
         cache_write_1h: 10,
         output: 500,
+        reasoning: 300,
     };
     events.push(event(
         ACCT_B,
@@ -459,6 +478,7 @@ pub fn reference(events: &[UsageEvent], query: &UsageQuery) -> Vec<Expected> {
         g.tokens.cache_write_5m += e.tokens.cache_write_5m;
         g.tokens.cache_write_1h += e.tokens.cache_write_1h;
         g.tokens.output += e.tokens.output;
+        g.tokens.reasoning += e.tokens.reasoning;
         let cost = tollgate_core::pricing::cost_of(e);
         g.cost.fee += cost.fee.amount();
         g.cost.upstream += cost.upstream.amount();
@@ -650,10 +670,12 @@ pub fn assert_account_b_literals(got: &[UsageGroup]) {
             cache_write_5m: 200,
             cache_write_1h: 20,
             output: 1_000,
+            reasoning: 600,
         }
     );
     // 2 × 3,610 tokens × $0.05/M; upstream only for the operator request:
-    // 1000×3 + 2000×0.30 + 100×3.75 + 10×6 + 500×15, per million.
+    // 1000×3 + 2000×0.30 + 100×3.75 + 10×6 + 500×15, per million. The
+    // reasoning tokens are a part of output: they add nothing.
     assert_eq!(g.cost.fee.to_string(), "0.000361");
     assert_eq!(g.cost.upstream.to_string(), "0.011535");
     let json = serde_json::to_value(g).unwrap();

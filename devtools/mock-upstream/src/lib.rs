@@ -51,8 +51,12 @@
 //!   8-character fragments of the compact JSON arguments string.
 //! * OpenAI: `prompt_tokens = words + cached_tokens`, `completion_tokens =
 //!   completion`, `total_tokens` = their sum, `prompt_tokens_details.cached_tokens =
-//!   cached_tokens` (cache writes are not reported).
-//! * Anthropic: `input_tokens = words`, `output_tokens = completion`,
+//!   cached_tokens` (cache writes are not reported); with a rule's
+//!   `reasoning_tokens` (> 0), `completion_tokens = completion + reasoning_tokens`
+//!   and `completion_tokens_details.reasoning_tokens = reasoning_tokens`, in
+//!   answers and in the stream's usage chunk.
+//! * Anthropic: `input_tokens = words`, `output_tokens = completion` (plus any
+//!   `reasoning_tokens`, which Anthropic reports no other way),
 //!   `cache_read_input_tokens = cached_tokens`, `cache_creation_input_tokens =
 //!   cache_write_5m + cache_write_1h`, `cache_creation.ephemeral_5m_input_tokens` /
 //!   `ephemeral_1h_input_tokens` as given. Streaming: `message_start` carries the

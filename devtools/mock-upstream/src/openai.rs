@@ -53,11 +53,19 @@ struct OaUsage {
     completion_tokens: u64,
     total_tokens: u64,
     prompt_tokens_details: PromptDetails,
+    /// Present when the rule reports reasoning tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    completion_tokens_details: Option<CompletionDetails>,
 }
 
 #[derive(Serialize)]
 struct PromptDetails {
     cached_tokens: u64,
+}
+
+#[derive(Serialize)]
+struct CompletionDetails {
+    reasoning_tokens: u64,
 }
 
 impl OaUsage {
@@ -71,6 +79,9 @@ impl OaUsage {
             prompt_tokens_details: PromptDetails {
                 cached_tokens: u.cache_read,
             },
+            completion_tokens_details: (u.reasoning > 0).then_some(CompletionDetails {
+                reasoning_tokens: u.reasoning,
+            }),
         }
     }
 }

@@ -149,6 +149,8 @@ pub(crate) struct Usage {
     pub(crate) cache_read: u64,
     pub(crate) cache_write_5m: u64,
     pub(crate) cache_write_1h: u64,
+    /// The part of `output` spent reasoning (OpenAI reports it apart).
+    pub(crate) reasoning: u64,
 }
 
 /// Everything needed to render a successful reply.

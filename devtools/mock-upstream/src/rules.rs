@@ -87,6 +87,12 @@ pub enum Action {
         /// Anthropic 1-hour cache-write tokens.
         #[serde(default)]
         cache_write_1h: u64,
+        /// Reasoning tokens to report: added to the completion count, and
+        /// reported by OpenAI answers and streams as
+        /// `completion_tokens_details.reasoning_tokens` (Anthropic has no
+        /// such field: they are only in `output_tokens`).
+        #[serde(default)]
+        reasoning_tokens: u64,
         /// Report 0 for every usage number.
         #[serde(default)]
         zero_usage: bool,
@@ -127,6 +133,7 @@ impl Action {
             cached_tokens: 0,
             cache_write_5m: 0,
             cache_write_1h: 0,
+            reasoning_tokens: 0,
             zero_usage: false,
             chunk_delay: None,
         }
@@ -319,6 +326,14 @@ impl Rule {
         self
     }
 
+    /// Report `n` reasoning tokens (a part of the completion count).
+    pub fn reasoning_tokens(mut self, n: u64) -> Self {
+        if let Some(r) = self.reply_mut() {
+            *r.reasoning_tokens = n;
+        }
+        self
+    }
+
     /// Delay between stream chunks for this rule.
     pub fn chunk_delay(mut self, delay: Duration) -> Self {
         if let Some(r) = self.reply_mut() {
@@ -340,6 +355,7 @@ impl Rule {
                 cached_tokens,
                 cache_write_5m,
                 cache_write_1h,
+                reasoning_tokens,
                 zero_usage,
                 chunk_delay,
             } => Some(ReplyMut {
@@ -349,6 +365,7 @@ impl Rule {
                 cached_tokens,
                 cache_write_5m,
                 cache_write_1h,
+                reasoning_tokens,
                 zero_usage,
                 chunk_delay,
             }),
@@ -364,6 +381,7 @@ struct ReplyMut<'a> {
     cached_tokens: &'a mut u64,
     cache_write_5m: &'a mut u64,
     cache_write_1h: &'a mut u64,
+    reasoning_tokens: &'a mut u64,
     zero_usage: &'a mut bool,
     chunk_delay: &'a mut Option<Duration>,
 }

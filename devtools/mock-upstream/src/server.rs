@@ -382,6 +382,7 @@ async fn apply_rule(
             cached_tokens,
             cache_write_5m,
             cache_write_1h,
+            reasoning_tokens,
             zero_usage,
             chunk_delay,
             ..
@@ -395,10 +396,11 @@ async fn apply_rule(
             } else {
                 Usage {
                     input: words,
-                    output: content.completion_tokens(),
+                    output: content.completion_tokens() + *reasoning_tokens,
                     cache_read: *cached_tokens,
                     cache_write_5m: *cache_write_5m,
                     cache_write_1h: *cache_write_1h,
+                    reasoning: *reasoning_tokens,
                 }
             };
             let plan = ReplyPlan {

@@ -346,6 +346,28 @@ async fn openai_stream_with_usage() {
 }
 
 #[tokio::test]
+async fn reasoning_tokens_are_reported_in_openai_answers_and_streams() {
+    let mock = MockUpstream::start().await.unwrap();
+    mock.add_rule(Rule::any().reply_text("one two").reasoning_tokens(40));
+    let usage = json!({"prompt_tokens": 4, "completion_tokens": 42, "total_tokens": 46,
+        "prompt_tokens_details": {"cached_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 40}});
+    let r = chat(&mock, "k", oa_body(false, false)).await;
+    assert_eq!(r.json()["usage"], usage);
+    let r = chat(&mock, "k", oa_body(true, true)).await;
+    let chunks = sse_json(&r.body);
+    assert_eq!(chunks.last().unwrap()["usage"], usage);
+    // Anthropic has no such field: the tokens are only in output_tokens.
+    let r = messages(&mock, "k", an_body(false)).await;
+    assert_eq!(r.json()["usage"]["output_tokens"], 42);
+    assert!(!String::from_utf8_lossy(&r.body).contains("reasoning"));
+    // Without the option nothing changes.
+    let plain = MockUpstream::start().await.unwrap();
+    let r = chat(&plain, "k", oa_body(false, false)).await;
+    assert!(r.json()["usage"].get("completion_tokens_details").is_none());
+}
+
+#[tokio::test]
 async fn openai_stream_without_include_usage() {
     let mock = MockUpstream::start().await.unwrap();
     let r = chat(&mock, "k", oa_body(true, false)).await;

@@ -181,6 +181,7 @@ fn usage_event(n: u64) -> tollgate_core::UsageEvent {
             cache_write_5m: 2,
             cache_write_1h: 1,
             output: 40,
+            reasoning: 0,
         },
         tokens_estimated: true,
         prices: Prices {

@@ -29,8 +29,8 @@ pub use stream::{AnthropicToOpenAiStream, OpenAiToAnthropicStream};
 pub use usage::{
     anthropic_event_text, anthropic_request_text, anthropic_response_text, anthropic_usage,
     anthropic_usage_json, is_usage_only_chunk, openai_chunk_text, openai_chunk_usage,
-    openai_request_text, openai_response_text, openai_usage, openai_usage_json,
-    AnthropicStreamUsage,
+    openai_request_text, openai_response_text, openai_responses_usage, openai_usage,
+    openai_usage_json, AnthropicStreamUsage,
 };
 
 #[cfg(test)]
@@ -76,6 +76,9 @@ mod totality {
             "image_url",
             "input",
             "prompt_tokens",
+            "completion_tokens_details",
+            "output_tokens_details",
+            "reasoning_tokens",
             "cache_creation",
             "stream",
             "metadata",
@@ -120,6 +123,7 @@ mod totality {
             let _ = openai_error_to_anthropic(500, &v);
             let _ = anthropic_error_to_openai(0, &v);
             let _ = openai_usage(&v);
+            let _ = openai_responses_usage(&v);
             let _ = anthropic_usage(&v);
             let _ = openai_chunk_usage(&v);
             let _ = is_usage_only_chunk(&v);

@@ -711,7 +711,8 @@ mod tests {
                 cached_input: 1000,
                 cache_write_5m: 20,
                 cache_write_1h: 0,
-                output: 33
+                output: 33,
+                reasoning: 0,
             })
         );
     }
@@ -992,6 +993,23 @@ mod tests {
         }
         assert!(s.finish().is_empty());
         assert_eq!(s.usage().map(|u| u.output), Some(25));
+    }
+
+    #[test]
+    fn openai_reasoning_count_is_kept_for_the_event_not_put_in_the_anthropic_body() {
+        let mut chunks = openai_chunks();
+        let last = chunks.len() - 1;
+        chunks[last]["usage"]["completion_tokens_details"] = json!({"reasoning_tokens": 20});
+        let (s, out) = run_o2a(&chunks);
+        let counts = s.usage().unwrap();
+        assert_eq!((counts.output, counts.reasoning), (25, 20));
+        let (_, delta) = out.iter().find(|(n, _)| *n == "message_delta").unwrap();
+        assert_eq!(
+            delta["usage"],
+            json!({"input_tokens": 44, "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 256, "output_tokens": 25})
+        );
+        assert!(!serde_json::to_string(&out).unwrap().contains("reasoning"));
     }
 
     #[test]

@@ -9,7 +9,9 @@ use tollgate_core::TokenCounts;
 ///
 /// `cached_input` is `prompt_tokens_details.cached_tokens` and `input` is the
 /// remainder of `prompt_tokens` (OpenAI counts cached tokens inside
-/// `prompt_tokens`). `None` when `usage` is not an object or has neither
+/// `prompt_tokens`). `reasoning` is
+/// `completion_tokens_details.reasoning_tokens`, a part of `output` (capped
+/// at it). `None` when `usage` is not an object or has neither
 /// `prompt_tokens` nor `completion_tokens`.
 pub fn openai_usage(usage: &Value) -> Option<TokenCounts> {
     if !usage.is_object() {
@@ -28,12 +30,49 @@ pub fn openai_usage(usage: &Value) -> Option<TokenCounts> {
         // A cached count above the prompt total is nonsense; cap it so the
         // sum of classes still equals what the provider billed as prompt.
         .min(prompt);
+    let output = completion.unwrap_or(0);
     Some(TokenCounts {
         input: prompt - cached,
         cached_input: cached,
         cache_write_5m: 0,
         cache_write_1h: 0,
-        output: completion.unwrap_or(0),
+        output,
+        reasoning: detail(usage, "completion_tokens_details", "reasoning_tokens").min(output),
+    })
+}
+
+/// `usage[details][field]`, 0 when any level is missing.
+fn detail(usage: &Value, details: &str, field: &str) -> u64 {
+    usage
+        .get(details)
+        .and_then(|d| count_field(d, field))
+        .unwrap_or(0)
+}
+
+/// Usage from an OpenAI Responses API `usage` object: `input_tokens`
+/// (cache reads inside, `input_tokens_details.cached_tokens`) and
+/// `output_tokens` (reasoning inside, `output_tokens_details.reasoning_tokens`).
+/// `None` when `usage` is not an object or has neither `input_tokens` nor
+/// `output_tokens`.
+pub fn openai_responses_usage(usage: &Value) -> Option<TokenCounts> {
+    if !usage.is_object() {
+        return None;
+    }
+    let input = count_field(usage, "input_tokens");
+    let output = count_field(usage, "output_tokens");
+    if input.is_none() && output.is_none() {
+        return None;
+    }
+    let input = input.unwrap_or(0);
+    let output = output.unwrap_or(0);
+    let cached = detail(usage, "input_tokens_details", "cached_tokens").min(input);
+    Some(TokenCounts {
+        input: input - cached,
+        cached_input: cached,
+        cache_write_5m: 0,
+        cache_write_1h: 0,
+        output,
+        reasoning: detail(usage, "output_tokens_details", "reasoning_tokens").min(output),
     })
 }
 
@@ -150,6 +189,8 @@ impl AnthropicStreamUsage {
             cache_write_5m: five.saturating_add(uncovered),
             cache_write_1h: hour,
             output: self.output.unwrap_or(0),
+            // Anthropic reports no reasoning count (thinking is in output).
+            reasoning: 0,
         })
     }
 }
@@ -175,14 +216,16 @@ pub fn is_usage_only_chunk(chunk: &Value) -> bool {
 }
 
 /// OpenAI `usage` object for `counts`: `prompt_tokens` includes every input
-/// class, `prompt_tokens_details.cached_tokens` the cache reads.
+/// class, `prompt_tokens_details.cached_tokens` the cache reads, and
+/// `completion_tokens_details.reasoning_tokens` the reasoning part of
+/// output when there is one.
 pub fn openai_usage_json(c: &TokenCounts) -> Value {
     let prompt = c
         .input
         .saturating_add(c.cached_input)
         .saturating_add(c.cache_write_5m)
         .saturating_add(c.cache_write_1h);
-    obj([
+    let mut usage = obj([
         ("prompt_tokens", prompt.into()),
         ("completion_tokens", c.output.into()),
         ("total_tokens", prompt.saturating_add(c.output).into()),
@@ -190,7 +233,16 @@ pub fn openai_usage_json(c: &TokenCounts) -> Value {
             "prompt_tokens_details",
             obj([("cached_tokens", c.cached_input.into())]),
         ),
-    ])
+    ]);
+    if c.reasoning > 0 {
+        if let Value::Object(map) = &mut usage {
+            map.insert(
+                "completion_tokens_details".into(),
+                obj([("reasoning_tokens", c.reasoning.into())]),
+            );
+        }
+    }
+    usage
 }
 
 /// Anthropic `usage` object for `counts` (cache writes of both durations
@@ -423,7 +475,83 @@ mod tests {
             cache_write_5m: w5,
             cache_write_1h: w1,
             output,
+            reasoning: 0,
         }
+    }
+
+    fn reasoned(counts: TokenCounts, reasoning: u64) -> TokenCounts {
+        TokenCounts {
+            reasoning,
+            ..counts
+        }
+    }
+
+    #[test]
+    fn openai_reasoning_tokens_are_a_part_of_output() {
+        let u = json!({"prompt_tokens": 20, "completion_tokens": 300, "total_tokens": 320,
+            "completion_tokens_details": {"reasoning_tokens": 256, "audio_tokens": 0}});
+        assert_eq!(openai_usage(&u), Some(reasoned(tc(20, 0, 0, 0, 300), 256)));
+        // Missing or null details: no reasoning; more than output: capped.
+        let u = json!({"prompt_tokens": 1, "completion_tokens": 2,
+            "completion_tokens_details": null});
+        assert_eq!(openai_usage(&u), Some(tc(1, 0, 0, 0, 2)));
+        let u = json!({"completion_tokens": 2,
+            "completion_tokens_details": {"reasoning_tokens": 9}});
+        assert_eq!(openai_usage(&u), Some(reasoned(tc(0, 0, 0, 0, 2), 2)));
+        // The final chunk of a stream carries them the same way.
+        let chunk = json!({"choices": [], "usage": {"prompt_tokens": 5,
+            "completion_tokens": 40, "completion_tokens_details": {"reasoning_tokens": 32}}});
+        assert_eq!(
+            openai_chunk_usage(&chunk),
+            Some(reasoned(tc(5, 0, 0, 0, 40), 32))
+        );
+        // And they survive a round trip through the OpenAI shape.
+        let u = json!({"prompt_tokens": 50, "completion_tokens": 8, "total_tokens": 58,
+            "prompt_tokens_details": {"cached_tokens": 32},
+            "completion_tokens_details": {"reasoning_tokens": 6}});
+        assert_eq!(openai_usage_json(&openai_usage(&u).unwrap()), u);
+        // Never in the Anthropic shape, which has no such field.
+        let a = anthropic_usage_json(&openai_usage(&u).unwrap());
+        assert_eq!(
+            a,
+            json!({"input_tokens": 18, "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 32, "output_tokens": 8})
+        );
+    }
+
+    #[test]
+    fn openai_responses_usage_shape() {
+        let u = json!({"input_tokens": 84, "input_tokens_details": {"cached_tokens": 64},
+            "output_tokens": 1200, "output_tokens_details": {"reasoning_tokens": 1024},
+            "total_tokens": 1284});
+        assert_eq!(
+            openai_responses_usage(&u),
+            Some(reasoned(tc(20, 64, 0, 0, 1200), 1024))
+        );
+        assert_eq!(
+            openai_responses_usage(&json!({"output_tokens": 3})),
+            Some(tc(0, 0, 0, 0, 3))
+        );
+        assert_eq!(
+            openai_responses_usage(&json!({"input_tokens": 2,
+                "input_tokens_details": {"cached_tokens": 5},
+                "output_tokens": 1, "output_tokens_details": {"reasoning_tokens": 4}})),
+            Some(reasoned(tc(0, 2, 0, 0, 1), 1))
+        );
+        assert_eq!(openai_responses_usage(&json!({"total_tokens": 3})), None);
+        assert_eq!(openai_responses_usage(&Value::Null), None);
+        // A chat-shaped object is not a Responses usage.
+        assert_eq!(
+            openai_responses_usage(&json!({"prompt_tokens": 1, "completion_tokens": 1})),
+            None
+        );
+    }
+
+    #[test]
+    fn anthropic_reports_no_reasoning() {
+        let u = json!({"input_tokens": 3, "output_tokens": 900,
+            "completion_tokens_details": {"reasoning_tokens": 800}});
+        assert_eq!(anthropic_usage(&u).unwrap().reasoning, 0);
     }
 
     #[test]
