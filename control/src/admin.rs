@@ -406,6 +406,11 @@ struct NewCustomProviderBody {
     /// them, and a model is in `models` or here, not both.
     #[serde(default)]
     embedding_models: Vec<String>,
+    /// Whether the upstream serves OpenAI's Responses API (`POST
+    /// /responses`; an `openai` api provider only): `/v1/responses` then
+    /// passes through instead of being translated to chat completions.
+    #[serde(default)]
+    responses: bool,
 }
 
 /// The admin router; mount it on its own listener.
@@ -988,6 +993,7 @@ async fn create_custom_provider(
             body.api,
             body.models,
             body.embedding_models,
+            body.responses,
         )
         .await?;
     Ok((StatusCode::CREATED, Json(provider)))

@@ -518,6 +518,7 @@ impl ControlPlane {
         api: ApiSurface,
         models: Vec<String>,
         embedding_models: Vec<String>,
+        responses: bool,
     ) -> Result<CustomProvider, ControlError> {
         self.refresh().await?;
         if id.is_empty()
@@ -552,6 +553,11 @@ impl ControlPlane {
                 "embedding_models: only an `openai` api provider serves embeddings".into(),
             ));
         }
+        if responses && api != ApiSurface::Openai {
+            return Err(ControlError::Invalid(
+                "responses: only an `openai` api provider serves the Responses API".into(),
+            ));
+        }
         if let Some(both) = models.iter().find(|m| embedding_models.contains(m)) {
             return Err(ControlError::Invalid(format!(
                 "embedding_models: `{both}` is also in `models`; a model is one kind"
@@ -563,6 +569,7 @@ impl ControlPlane {
             api,
             models,
             embedding_models,
+            responses,
             created_at: Utc::now(),
         };
         self.upsert(ControlObject::CustomProvider(provider.clone()))

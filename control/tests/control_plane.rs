@@ -205,6 +205,7 @@ async fn custom_provider_ids_are_unique_across_config_and_admin() {
             ApiSurface::Openai,
             vec![],
             vec![],
+            false,
         )
         .await
         .unwrap_err();
@@ -216,6 +217,7 @@ async fn custom_provider_ids_are_unique_across_config_and_admin() {
             ApiSurface::Openai,
             vec![],
             vec![],
+            false,
         )
         .await
         .unwrap_err();
@@ -227,6 +229,7 @@ async fn custom_provider_ids_are_unique_across_config_and_admin() {
             ApiSurface::Openai,
             vec![],
             vec![],
+            false,
         )
         .await
         .unwrap_err();
@@ -237,6 +240,7 @@ async fn custom_provider_ids_are_unique_across_config_and_admin() {
         ApiSurface::Openai,
         vec!["m".into()],
         vec![],
+        false,
     )
     .await
     .unwrap();
@@ -246,7 +250,8 @@ async fn custom_provider_ids_are_unique_across_config_and_admin() {
             "http://10.0.0.5:8000/v1",
             ApiSurface::Openai,
             vec![],
-            vec![]
+            vec![],
+            false
         )
         .await
         .is_err());

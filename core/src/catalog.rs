@@ -43,6 +43,11 @@ pub struct ProviderSpec {
     /// URL (only providers speaking the OpenAI wire API do).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub embeddings: bool,
+    /// Whether the provider serves OpenAI's Responses API (`POST /responses`)
+    /// under its base URL: `/v1/responses` then passes through unchanged.
+    /// Other providers get Responses requests translated to their chat API.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub responses: bool,
 }
 
 /// Unit prices in USD per million tokens, one per token class.

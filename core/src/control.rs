@@ -157,6 +157,10 @@ pub struct CustomProvider {
     /// empty, so changes recorded before it existed read back unchanged.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub embedding_models: Vec<String>,
+    /// Whether it serves OpenAI's Responses API (`POST /responses`; an
+    /// `openai` provider only). Left out when false, for the same reason.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub responses: bool,
     pub created_at: DateTime<Utc>,
 }
 

@@ -244,6 +244,12 @@ pub struct CustomProviderConfig {
     /// like `models`; priced in `prices` (input only: `output = "0"`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub embedding_models: Vec<String>,
+    /// Whether the upstream serves OpenAI's Responses API (`POST
+    /// /responses`; `api = "openai"` only): `/v1/responses` then passes
+    /// through unchanged instead of being translated to chat completions.
+    /// Default: false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub responses: bool,
     /// Unit prices per model id (each must be in `models` or `embedding_models`). A request the
     /// operator pays for (its `api_keys`, or no key at all) needs one (or a
     /// price override): an unpriced model is refused unless the caller
@@ -416,6 +422,11 @@ impl ProxyConfig {
                     "{field}.embedding_models: only an `api = \"openai\"` provider serves embeddings"
                 ));
             }
+            if custom.responses && custom.api != ApiSurface::Openai {
+                problems.push(format!(
+                    "{field}.responses: only an `api = \"openai\"` provider serves the Responses API"
+                ));
+            }
             if let Some(both) = custom
                 .models
                 .iter()
@@ -525,6 +536,7 @@ mod tests {
                     api: ApiSurface::Openai,
                     models: vec![],
                     embedding_models: vec![],
+                    responses: false,
                     prices: BTreeMap::new(),
                     api_keys: vec![],
                 },
@@ -534,6 +546,7 @@ mod tests {
                     api: ApiSurface::Openai,
                     models: vec![],
                     embedding_models: vec![],
+                    responses: false,
                     prices: BTreeMap::new(),
                     api_keys: vec![],
                 },

@@ -206,9 +206,16 @@ pub(crate) fn resolve_candidates(
 ) -> Result<Vec<Candidate>, ProxyError> {
     let mut candidates = Vec::with_capacity(1 + request.fallbacks.len());
     let mut seen = HashSet::new();
+    // What no price covers goes only on the caller's own provider keys.
+    let unpriced = api.unpriced_features(request).err();
     for name in std::iter::once(&request.model).chain(request.fallbacks.iter()) {
-        let candidate = gateway.resolve(name, caller)?;
+        let mut candidate = gateway.resolve(name, caller)?;
         api.accepts(&candidate)?;
+        if unpriced.is_some() {
+            candidate
+                .credentials
+                .retain(|c| c.source == CredentialSource::Byok);
+        }
         if seen.insert((
             candidate.provider.spec.id.clone(),
             candidate.upstream_model.clone(),
@@ -223,6 +230,9 @@ pub(crate) fn resolve_candidates(
     // has any, the first one's reason is the answer, before the request uses
     // any rate-limit budget or credit.
     if candidates.iter().all(|c| c.credentials.is_empty()) {
+        if let Some(why) = unpriced {
+            return Err(why);
+        }
         if let Some(first) = candidates.first() {
             return Err(first.unusable());
         }

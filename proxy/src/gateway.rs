@@ -74,6 +74,8 @@ pub struct ProviderRuntime {
     pub endpoint: http::Uri,
     /// OpenAI's embeddings endpoint under it, when the provider offers one.
     pub embeddings_endpoint: Option<http::Uri>,
+    /// OpenAI's Responses endpoint under it, when the provider serves one.
+    pub responses_endpoint: Option<http::Uri>,
     /// The operator's credentials for this provider, in order.
     pub credentials: Vec<Arc<Credential>>,
 }
@@ -90,18 +92,24 @@ impl ProviderRuntime {
         let endpoint = endpoint
             .parse::<http::Uri>()
             .map_err(|e| format!("`{endpoint}` is not a valid URL: {e}"))?;
-        let embeddings_endpoint = if spec.embeddings && spec.api == ApiSurface::Openai {
-            let url = format!("{base_url}/embeddings");
+        let under_base = |offered: bool, path: &str| -> Result<Option<http::Uri>, String> {
+            if !offered || spec.api != ApiSurface::Openai {
+                return Ok(None);
+            }
+            let url = format!("{base_url}/{path}");
             let parsed = url.parse::<http::Uri>();
-            Some(parsed.map_err(|e| format!("`{url}` is not a valid URL: {e}"))?)
-        } else {
-            None
+            Ok(Some(
+                parsed.map_err(|e| format!("`{url}` is not a valid URL: {e}"))?,
+            ))
         };
+        let embeddings_endpoint = under_base(spec.embeddings, "embeddings")?;
+        let responses_endpoint = under_base(spec.responses, "responses")?;
         Ok(ProviderRuntime {
             spec,
             base_url,
             endpoint,
             embeddings_endpoint,
+            responses_endpoint,
             credentials,
         })
     }
@@ -282,6 +290,7 @@ impl Gateway {
                 operator_credentials: true,
                 custom: true,
                 embeddings: !custom.embedding_models.is_empty(),
+                responses: custom.responses,
             };
             if catalog.add_provider(spec).is_err() {
                 continue; // already reported by `problems`
@@ -769,6 +778,7 @@ fn runtime_provider(snapshot: &ControlState, id: &str) -> Option<Arc<ProviderRun
         // Like a config-file custom provider: embedding models give it an
         // `/embeddings` endpoint.
         embeddings: !custom.embedding_models.is_empty(),
+        responses: custom.responses,
     };
     ProviderRuntime::new(spec, &custom.base_url, vec![])
         .map(Arc::new)

@@ -3,7 +3,7 @@
 //! or client disconnect) and updates metrics.
 
 use crate::api::ClientApi;
-use crate::gateway::{Candidate, Credential, Gateway};
+use crate::gateway::{Candidate, Credential, Gateway, ProviderRuntime};
 use crate::tokenize::{estimate_tokens, TextWindow};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -35,6 +35,8 @@ pub struct RequestMeter {
     pub streamed: bool,
     pub model_requested: String,
     provider: Option<String>,
+    /// The provider of the attempt that answered (the last one made).
+    upstream_provider: Option<Arc<ProviderRuntime>>,
     model_served: Option<String>,
     credential_source: Option<CredentialSource>,
     provider_key_id: Option<ProviderKeyId>,
@@ -91,6 +93,7 @@ impl RequestMeter {
             streamed: false,
             model_requested: String::new(),
             provider: None,
+            upstream_provider: None,
             model_served: None,
             credential_source: None,
             provider_key_id: None,
@@ -119,6 +122,7 @@ impl RequestMeter {
     pub fn attempt(&mut self, candidate: &Candidate, credential: &Credential) {
         self.attempts += 1;
         self.provider = Some(candidate.provider.spec.id.clone());
+        self.upstream_provider = Some(candidate.provider.clone());
         self.model_served = Some(candidate.upstream_model.clone());
         self.credential_source = Some(credential.source);
         self.provider_key_id = credential.key_id.clone();
@@ -155,6 +159,16 @@ impl RequestMeter {
 
     pub fn provider(&self) -> Option<&str> {
         self.provider.as_deref()
+    }
+
+    /// The provider of the last attempt made (the one that answered).
+    pub fn upstream_provider(&self) -> Option<&ProviderRuntime> {
+        self.upstream_provider.as_deref()
+    }
+
+    /// The client's request body as it came.
+    pub fn request_body(&self) -> Option<&Bytes> {
+        self.request.as_ref()
     }
 
     pub fn model_served(&self) -> Option<&str> {
@@ -229,6 +243,7 @@ impl RequestMeter {
             streamed: self.streamed,
             model_requested: std::mem::take(&mut self.model_requested),
             provider: self.provider.take(),
+            upstream_provider: self.upstream_provider.take(),
             model_served: self.model_served.take(),
             credential_source: self.credential_source,
             provider_key_id: self.provider_key_id.take(),

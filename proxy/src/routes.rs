@@ -8,6 +8,7 @@
 use crate::api::anthropic_messages::AnthropicMessages;
 use crate::api::openai_chat::OpenAiChat;
 use crate::api::openai_embeddings::OpenAiEmbeddings;
+use crate::api::openai_responses::OpenAiResponses;
 use crate::api::ClientApi;
 use crate::dispatch::{extract_token, handle};
 use crate::error::ProxyError;
@@ -50,8 +51,12 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
 
 /// The client APIs the gateway serves, each on its `POST` route. Adding an
 /// API is its module (`crate::api`) plus its entry here.
-pub(crate) static CLIENT_APIS: &[&dyn ClientApi] =
-    &[&OpenAiChat, &AnthropicMessages, &OpenAiEmbeddings];
+pub(crate) static CLIENT_APIS: &[&dyn ClientApi] = &[
+    &OpenAiChat,
+    &AnthropicMessages,
+    &OpenAiEmbeddings,
+    &OpenAiResponses,
+];
 
 /// The API a proxied route speaks. The server answers these through
 /// `dispatch::handle` directly when it is given the gateway (no router, no

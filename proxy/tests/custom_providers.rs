@@ -44,6 +44,7 @@ fn custom_unpriced(
         api,
         models: models.iter().map(|m| (*m).to_owned()).collect(),
         embedding_models: vec![],
+        responses: false,
         prices: BTreeMap::new(),
         api_keys: keys.iter().map(|k| (*k).to_owned()).collect(),
     }

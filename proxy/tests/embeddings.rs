@@ -270,6 +270,7 @@ async fn custom_providers_declare_embedding_models_and_their_prices() {
         api: ApiSurface::Openai,
         models: vec!["chat".into()],
         embedding_models: vec!["emb".into(), "emb-unpriced".into()],
+        responses: false,
         prices,
         api_keys: vec![],
     });
@@ -467,6 +468,7 @@ async fn runtime_custom_providers_serve_their_embedding_models() {
             ApiSurface::Openai,
             vec!["box-chat".into()],
             vec!["box-emb".into()],
+            false,
         )
         .await
         .unwrap();

@@ -72,6 +72,7 @@ async fn a_model_name_with_control_characters_cannot_forge_log_lines() {
             api: ApiSurface::Openai,
             models: vec![forged.into()],
             embedding_models: vec![],
+            responses: false,
             prices: [(
                 forged.to_owned(),
                 DeclaredPrices {

@@ -154,6 +154,7 @@ async fn a_config_override_wins_over_the_catalog_and_a_runtime_one_over_both() {
             api: ApiSurface::Openai,
             models: vec!["undeclared".into()],
             embedding_models: vec![],
+            responses: false,
             prices: Default::default(),
             api_keys: vec![],
         });
@@ -318,6 +319,7 @@ async fn an_override_makes_an_unpriced_passthrough_or_runtime_custom_model_usabl
             ApiSurface::Openai,
             vec!["box-model".into()],
             vec![],
+            false,
         )
         .await
         .unwrap();

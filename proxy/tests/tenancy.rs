@@ -1029,6 +1029,7 @@ async fn a_custom_provider_created_at_runtime_becomes_callable_with_its_provider
             ApiSurface::Openai,
             vec!["box-model".into()],
             vec![],
+            false,
         )
         .await
         .unwrap();

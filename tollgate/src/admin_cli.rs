@@ -259,6 +259,11 @@ pub enum CustomProvidersAction {
         /// `--api openai` only).
         #[arg(long = "embedding-model")]
         embedding_models: Vec<String>,
+        /// It serves OpenAI's Responses API (`POST /responses`) itself:
+        /// `/v1/responses` passes through instead of being translated to
+        /// chat completions (`--api openai` only).
+        #[arg(long)]
+        responses: bool,
     },
     Delete {
         id: String,
@@ -554,6 +559,7 @@ fn custom_providers_request(action: &CustomProvidersAction) -> Request {
             api,
             models,
             embedding_models,
+            responses,
         } => (
             Method::POST,
             "/custom-providers".into(),
@@ -563,6 +569,7 @@ fn custom_providers_request(action: &CustomProvidersAction) -> Request {
                 "api": api,
                 "models": models,
                 "embedding_models": embedding_models,
+                "responses": responses,
             })),
         ),
         CustomProvidersAction::Delete { id } => {

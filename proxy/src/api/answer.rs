@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 /// Translates an upstream answer for the client (`client_model` named in it).
-pub(super) type TranslateAnswer = fn(&Value, &str) -> Value;
+pub(super) type TranslateAnswer<'a> = &'a dyn Fn(&Value, &str) -> Value;
 /// Translates an upstream error body (with its status) for the client.
 pub(super) type TranslateError = fn(u16, &Value) -> Value;
 

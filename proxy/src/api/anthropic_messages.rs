@@ -91,7 +91,7 @@ impl ClientApi for AnthropicMessages {
     ) -> Result<Response, String> {
         let translate: Option<TranslateAnswer> = match upstream {
             ApiSurface::Anthropic => None,
-            ApiSurface::Openai => Some(tr_response::openai_to_anthropic_response),
+            ApiSurface::Openai => Some(&tr_response::openai_to_anthropic_response),
         };
         answer::complete_response(super::upstream(upstream), translate, bytes, meter)
     }

@@ -15,6 +15,7 @@ mod body;
 pub mod count_tokens;
 pub mod openai_chat;
 pub mod openai_embeddings;
+pub mod openai_responses;
 
 use body::present;
 pub use body::ClientRequest;
@@ -74,6 +75,13 @@ pub trait ClientApi: Sync {
                 ),
             ));
         }
+        Ok(())
+    }
+    /// What in the request no price covers (a feature billed upstream in
+    /// other units than tokens): `Err` names it, and the operator's
+    /// credentials are withheld — only the caller's own provider keys may
+    /// answer, and without any the error is the answer.
+    fn unpriced_features(&self, _request: &ClientRequest) -> Result<(), ProxyError> {
         Ok(())
     }
     /// The upstream endpoint this API calls on `provider`.

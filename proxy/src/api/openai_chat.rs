@@ -92,7 +92,7 @@ impl ClientApi for OpenAiChat {
     ) -> Result<Response, String> {
         let translate: Option<TranslateAnswer> = match upstream {
             ApiSurface::Openai => None,
-            ApiSurface::Anthropic => Some(tr_response::anthropic_to_openai_response),
+            ApiSurface::Anthropic => Some(&tr_response::anthropic_to_openai_response),
         };
         answer::complete_response(super::upstream(upstream), translate, bytes, meter)
     }
