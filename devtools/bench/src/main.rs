@@ -47,9 +47,10 @@ metering and usage events on), at each concurrency, chat plain and streaming, em
 Responses (POST /v1/responses, HTTP/1.1 only; a request is done when its stream ends, and a stream whose \
 last event is not response.completed fails the run); then the gateway's RSS \
 with many streams open. Prints figures next to targets; never fails on timing.\n\n\
-Scenario names (for --scenario): ROUTE/KIND/cN with ROUTE direct, gateway, direct-h2, gateway-h2 or portkey and \
-KIND chat, stream, embeddings or responses, e.g. direct/chat/c1, gateway/stream/c16, gateway/embeddings/c16, \
-direct/responses/c1, gateway/responses/c16, direct-h2/chat/c16, gateway-h2/chat/c16, portkey/chat/c16; \
+Scenario names (for --scenario): ROUTE/KIND/cN, ROUTE direct, gateway, direct-h2, gateway-h2 (chat, stream, \
+embeddings) or portkey (chat only), KIND chat, stream, embeddings or responses (direct and gateway only): \
+e.g. direct/chat/c1, gateway/stream/c16, gateway/embeddings/c16, direct/responses/c1, gateway/responses/c16, \
+direct-h2/chat/c16, gateway-h2/chat/c16, portkey/chat/c16; \
 credit (a $5.00 account spent at the highest concurrency: 402s before the admission threshold, target 0) and memory. \
 One scenario quickly: --scenario direct/responses/c1 --duration-secs 1 --rounds 1."
 )]
@@ -298,7 +299,7 @@ fn plan(cli: &Cli) -> Vec<Scenario> {
     for kind in KINDS {
         for &concurrency in &cli.concurrency {
             let mut routes = vec![Route::Direct, Route::Gateway];
-            // Responses: HTTP/1.1 only, as the issue asks.
+            // Responses: HTTP/1.1 only (direct and gateway at each concurrency).
             if kind != Kind::Responses && cli.h2_concurrency.contains(&concurrency) {
                 routes.extend([Route::DirectH2, Route::GatewayH2]);
             }
