@@ -80,7 +80,8 @@ pub async fn spend(
         let (target, host, shared) = (target.clone(), host.clone(), shared.clone());
         workers.push(tokio::spawn(async move {
             loop {
-                let answer = load::exchange(&mut sender, target.request(&host)?, false).await;
+                let answer =
+                    load::exchange(&mut sender, target.request(&host)?, load::Keep::Nothing).await;
                 let now = Instant::now();
                 let mut spend = shared.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
                 match answer {

@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -37,6 +38,9 @@ pub struct Target {
     pub extra_headers: Vec<(HeaderName, HeaderValue)>,
     pub body: Bytes,
     pub proto: Proto,
+    /// A streamed answer counts as done only if its last server-sent event
+    /// is this one (e.g. `response.completed`); else it is a failure.
+    pub final_event: Option<&'static str>,
 }
 
 impl Target {
@@ -118,6 +122,20 @@ pub async fn connect(addr: SocketAddr, proto: Proto) -> anyhow::Result<Sender> {
     }
 }
 
+/// How much of a response body `exchange` keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keep {
+    /// Read and count it only.
+    Nothing,
+    /// The last frames, at least `TAIL_BYTES` of them (refcounted, not copied
+    /// until the end): enough for a stream's final event.
+    Tail,
+    All,
+}
+
+/// What `Keep::Tail` keeps at least (a whole `response.completed` event).
+const TAIL_BYTES: usize = 16 * 1024;
+
 /// One request/response exchange, body read to the end.
 pub struct Exchange {
     pub status: StatusCode,
@@ -126,15 +144,15 @@ pub struct Exchange {
     pub total: Duration,
     /// Send → first non-empty body frame (response headers included).
     pub ttfb: Duration,
+    /// The body, its tail or nothing, as `Keep` said.
     pub body: Bytes,
 }
 
-/// Send one request on `sender` and read the whole body. When `keep_body`
-/// is false the body is read and counted but not kept.
+/// Send one request on `sender` and read the whole body, keeping what `keep` says.
 pub async fn exchange(
     sender: &mut Sender,
     request: Request<Full<Bytes>>,
-    keep_body: bool,
+    keep: Keep,
 ) -> anyhow::Result<Exchange> {
     sender.ready().await?;
     let t0 = Instant::now();
@@ -143,27 +161,87 @@ pub async fn exchange(
     let (parts, mut body) = response.into_parts();
     let mut ttfb = None;
     let mut kept = Vec::new();
+    let mut tail: VecDeque<Bytes> = VecDeque::new();
+    let mut tail_len = 0;
     while let Some(frame) = body.frame().await {
         let frame = frame?;
-        if let Some(data) = frame.data_ref() {
-            if !data.is_empty() {
-                if ttfb.is_none() {
-                    ttfb = Some(t0.elapsed());
-                }
-                if keep_body {
-                    kept.extend_from_slice(data);
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if ttfb.is_none() {
+            ttfb = Some(t0.elapsed());
+        }
+        match keep {
+            Keep::Nothing => {}
+            Keep::All => kept.extend_from_slice(&data),
+            Keep::Tail => {
+                tail_len += data.len();
+                tail.push_back(data);
+                while tail
+                    .front()
+                    .is_some_and(|f| tail_len - f.len() >= TAIL_BYTES)
+                {
+                    tail_len -= tail.pop_front().map_or(0, |f| f.len());
                 }
             }
         }
     }
     let total = t0.elapsed();
+    let body = match (keep, tail.len()) {
+        (Keep::Tail, 1) => tail.pop_front().unwrap_or_default(),
+        (Keep::Tail, _) => Bytes::from(tail.into_iter().flatten().collect::<Vec<u8>>()),
+        _ => Bytes::from(kept),
+    };
     Ok(Exchange {
         status,
         headers: parts.headers,
         total,
         ttfb: ttfb.unwrap_or(total),
-        body: Bytes::from(kept),
+        body,
     })
+}
+
+/// The last server-sent event of a body (or of its tail): its `event:` name,
+/// if it has one, and its `data:` text.
+pub fn last_sse_event(body: &[u8]) -> Option<(Option<&str>, &str)> {
+    let text = std::str::from_utf8(body).ok()?;
+    let text = text.trim_end_matches(['\n', '\r']);
+    // Events end with a blank line: "\n\n", or "\r\n\r\n" from some servers.
+    let start = [text.rfind("\n\n"), text.rfind("\n\r\n")]
+        .into_iter()
+        .flatten()
+        .max()
+        .map_or(0, |i| i + 1);
+    let (mut name, mut data) = (None, None);
+    for line in text[start..].lines() {
+        if let Some(v) = line.strip_prefix("event:") {
+            name = Some(v.trim());
+        } else if let Some(v) = line.strip_prefix("data:") {
+            data = Some(v.trim());
+        }
+    }
+    Some((name, data?))
+}
+
+/// Why a streamed body does not end with event `want` (its `event:` name,
+/// when given, and its data's `"type"`), if it does not.
+pub fn check_final_event(body: &[u8], want: &str) -> Option<String> {
+    let ok = last_sse_event(body).is_some_and(|(name, data)| {
+        name.is_none_or(|n| n == want)
+            && (data.contains(&format!("\"type\":\"{want}\""))
+                || data.contains(&format!("\"type\": \"{want}\"")))
+    });
+    if ok {
+        return None;
+    }
+    let end = String::from_utf8_lossy(&body[body.len().saturating_sub(200)..]).into_owned();
+    Some(format!(
+        "the stream did not end with a `{want}` event; it ended with: {:?}",
+        end
+    ))
 }
 
 /// One request on a fresh connection, body kept (sanity checks); bounded
@@ -172,7 +250,7 @@ pub async fn probe(target: &Target) -> anyhow::Result<Exchange> {
     let limit = Duration::from_secs(10);
     tokio::time::timeout(limit, async {
         let mut sender = connect(target.addr, target.proto).await?;
-        exchange(&mut sender, target.request(&target.host()?)?, true).await
+        exchange(&mut sender, target.request(&target.host()?)?, Keep::All).await
     })
     .await
     .map_err(|_| anyhow::anyhow!("no answer within {limit:?}"))?
@@ -189,6 +267,10 @@ pub struct LoadResult {
     pub first_error: Option<String>,
     /// Every request sent, warm-up included (to check against usage events).
     pub sent: u64,
+    /// Streams (warm-up included) that did not end with the target's
+    /// `final_event`; also counted in `errors` when measured.
+    pub bad_streams: u64,
+    pub first_bad_stream: Option<String>,
     /// From the end of warm-up to the last measured response.
     pub elapsed: Duration,
 }
@@ -203,6 +285,10 @@ impl LoadResult {
             self.first_error = other.first_error;
         }
         self.sent += other.sent;
+        self.bad_streams += other.bad_streams;
+        if self.first_bad_stream.is_none() {
+            self.first_bad_stream = other.first_bad_stream;
+        }
         self.elapsed += other.elapsed;
     }
 
@@ -222,6 +308,8 @@ struct WorkerResult {
     errors: u64,
     first_error: Option<String>,
     sent: u64,
+    bad_streams: u64,
+    first_bad_stream: Option<String>,
     last_done: Instant,
 }
 
@@ -274,6 +362,10 @@ pub async fn closed_loop(
         result.ttfbs.extend(w.ttfbs);
         result.errors += w.errors;
         result.sent += w.sent;
+        result.bad_streams += w.bad_streams;
+        if result.first_bad_stream.is_none() {
+            result.first_bad_stream = w.first_bad_stream;
+        }
         if result.first_error.is_none() {
             result.first_error = w.first_error;
         }
@@ -297,7 +389,14 @@ async fn worker(
         errors: 0,
         first_error: None,
         sent: 0,
+        bad_streams: 0,
+        first_bad_stream: None,
         last_done: warm_end,
+    };
+    let keep = if target.final_event.is_some() {
+        Keep::Tail
+    } else {
+        Keep::Nothing
     };
     let mut reconnects = 0;
     loop {
@@ -309,12 +408,22 @@ async fn worker(
         let outcome = match target.request(&host) {
             Ok(request) => {
                 out.sent += 1;
-                exchange(&mut sender, request, false).await
+                exchange(&mut sender, request, keep).await
             }
             Err(err) => Err(err),
         };
-        let failure = match outcome {
-            Ok(ex) if ex.status.is_success() => {
+        // A streamed answer must end with the expected event to count as done.
+        let bad_end = match (&outcome, target.final_event) {
+            (Ok(ex), Some(want)) if ex.status.is_success() => check_final_event(&ex.body, want),
+            _ => None,
+        };
+        let failure = match (outcome, bad_end) {
+            (Ok(_), Some(why)) => {
+                out.bad_streams += 1;
+                out.first_bad_stream.get_or_insert_with(|| why.clone());
+                Some((why, false))
+            }
+            (Ok(ex), None) if ex.status.is_success() => {
                 if measured {
                     out.latencies.push(ex.total.as_nanos() as u64);
                     out.ttfbs.push(ex.ttfb.as_nanos() as u64);
@@ -322,8 +431,8 @@ async fn worker(
                 }
                 None
             }
-            Ok(ex) => Some((format!("HTTP {}", ex.status), false)),
-            Err(err) => Some((format!("{err:#}"), true)),
+            (Ok(ex), None) => Some((format!("HTTP {}", ex.status), false)),
+            (Err(err), _) => Some((format!("{err:#}"), true)),
         };
         if let Some((why, broken)) = failure {
             if measured {
@@ -461,4 +570,51 @@ async fn hold_stream(
     }
     // Dropping body and sender closes the connection: a client disconnect.
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn final_event_of_a_stream() {
+        let ok = b"event: response.created\ndata: {\"type\":\"response.created\"}\n\n\
+                   event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{}}\n\n";
+        assert_eq!(
+            last_sse_event(ok),
+            Some((
+                Some("response.completed"),
+                "{\"type\":\"response.completed\",\"response\":{}}"
+            ))
+        );
+        assert_eq!(check_final_event(ok, "response.completed"), None);
+        let crlf = b"event: a\r\ndata: {}\r\n\r\nevent: response.completed\r\ndata: {\"type\": \"response.completed\"}\r\n\r\n";
+        assert_eq!(check_final_event(crlf, "response.completed"), None);
+        // Data alone (no event line) is judged by its type.
+        assert_eq!(
+            check_final_event(
+                b"data: {\"type\":\"response.completed\"}\n\n",
+                "response.completed"
+            ),
+            None
+        );
+        // Cut after a delta, a failed response, an empty body, garbage.
+        let cut = b"event: response.created\ndata: {\"type\":\"response.created\"}\n\n\
+                    event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\"}\n\n";
+        for bad in [
+            &cut[..],
+            b"event: response.failed\ndata: {\"type\":\"response.failed\"}\n\n",
+            b"",
+            b"event: response.completed\ndata: {this is not json\n\n",
+        ] {
+            let why = check_final_event(bad, "response.completed");
+            assert!(why.is_some_and(|w| w.contains("did not end with")));
+        }
+        // An event line naming another event with matching data does not pass.
+        assert!(check_final_event(
+            b"event: response.failed\ndata: {\"type\":\"response.completed\"}\n\n",
+            "response.completed"
+        )
+        .is_some());
+    }
 }

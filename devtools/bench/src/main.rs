@@ -3,7 +3,8 @@
 //! Requests/s and p50/p99 latency straight to the mock upstream and through
 //! the gateway (auth, metering and usage events on, embedded SQLite event
 //! log), at two concurrencies, plain and streaming, over HTTP/1.1 and
-//! HTTP/2; optionally through a peer gateway (Portkey's) on the same mock;
+//! HTTP/2, embeddings, and streamed Responses (`POST /v1/responses`, HTTP/1.1);
+//! optionally through a peer gateway (Portkey's) on the same mock;
 //! then a $5.00 account spent at full concurrency (its 402s before and after
 //! admission's threshold, `credit.rs`); then the gateway's RSS with many
 //! streams open. Prints figures next to targets; asserts nothing.
@@ -42,10 +43,16 @@ use tollgate_mock_upstream::{MockOptions, MockUpstream};
     about = "Latency, throughput and memory of the Tollgate gateway against a mock upstream",
     long_about = "Measures requests/s and p50/p99 latency (full response and time to first byte) \
 straight to an in-process mock upstream and through a Tollgate gateway child process (auth, \
-metering and usage events on), at each concurrency, chat plain and streaming and embeddings; then the gateway's RSS \
+metering and usage events on), at each concurrency, chat plain and streaming, embeddings and streamed \
+Responses (POST /v1/responses, HTTP/1.1 only; a request is done when its stream ends, and a stream whose \
+last event is not response.completed fails the run); then the gateway's RSS \
 with many streams open. Prints figures next to targets; never fails on timing.\n\n\
-Scenario names (for --scenario): direct/chat/c1, gateway/stream/c16, gateway/embeddings/c16, direct-h2/chat/c16, \
-gateway-h2/chat/c16, portkey/chat/c16, ..., credit (a $5.00 account spent at the highest concurrency: 402s before the admission threshold, target 0) and memory."
+Scenario names (for --scenario): ROUTE/KIND/cN, ROUTE direct, gateway, direct-h2, gateway-h2 (chat, stream, \
+embeddings) or portkey (chat only), KIND chat, stream, embeddings or responses (direct and gateway only): \
+e.g. direct/chat/c1, gateway/stream/c16, gateway/embeddings/c16, direct/responses/c1, gateway/responses/c16, \
+direct-h2/chat/c16, gateway-h2/chat/c16, portkey/chat/c16; \
+credit (a $5.00 account spent at the highest concurrency: 402s before the admission threshold, target 0) and memory. \
+One scenario quickly: --scenario direct/responses/c1 --duration-secs 1 --rounds 1."
 )]
 struct Cli {
     /// Measured seconds per scenario (after the warm-up), split over --rounds.
@@ -148,6 +155,10 @@ const CHAT_BODY: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","co
 const EMBEDDINGS_BODY: &str =
     r#"{"model":"text-embedding-3-small","input":"Say hello in one sentence."}"#;
 const STREAM_BODY: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in one sentence."}],"stream":true}"#;
+const RESPONSES_BODY: &str =
+    r#"{"model":"gpt-4o-mini","input":"Say hello in one sentence.","stream":true}"#;
+/// The last event of every streamed Responses answer.
+const RESPONSES_FINAL_EVENT: &str = "response.completed";
 const MOCK_KEY: &str = "sk-bench-direct";
 /// Requests `sanity_check` sends through the gateway.
 const SANITY_GATEWAY_PROBES: u64 = 3;
@@ -208,6 +219,8 @@ enum Kind {
     Chat,
     Stream,
     Embeddings,
+    /// `POST /v1/responses`, streamed.
+    Responses,
 }
 
 impl Kind {
@@ -217,11 +230,31 @@ impl Kind {
             Kind::Chat => ("/v1/chat/completions", CHAT_BODY),
             Kind::Stream => ("/v1/chat/completions", STREAM_BODY),
             Kind::Embeddings => ("/v1/embeddings", EMBEDDINGS_BODY),
+            Kind::Responses => ("/v1/responses", RESPONSES_BODY),
         }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Chat => "chat",
+            Kind::Stream => "stream",
+            Kind::Embeddings => "embeddings",
+            Kind::Responses => "responses",
+        }
+    }
+
+    /// The answer is a stream (its time to first byte is reported).
+    fn streamed(self) -> bool {
+        matches!(self, Kind::Stream | Kind::Responses)
+    }
+
+    /// The event a streamed answer must end with to count as done.
+    fn final_event(self) -> Option<&'static str> {
+        (self == Kind::Responses).then_some(RESPONSES_FINAL_EVENT)
     }
 }
 
-const KINDS: [Kind; 3] = [Kind::Chat, Kind::Stream, Kind::Embeddings];
+const KINDS: [Kind; 4] = [Kind::Chat, Kind::Stream, Kind::Embeddings, Kind::Responses];
 
 struct Row {
     route: Route,
@@ -237,12 +270,7 @@ struct Row {
 }
 
 fn name(route: Route, kind: Kind, concurrency: usize) -> String {
-    let k = match kind {
-        Kind::Chat => "chat",
-        Kind::Stream => "stream",
-        Kind::Embeddings => "embeddings",
-    };
-    format!("{}/{k}/c{concurrency}", route.label())
+    format!("{}/{}/c{concurrency}", route.label(), kind.label())
 }
 
 /// A filter selects a scenario when each of its `/`-separated parts is one of
@@ -271,7 +299,8 @@ fn plan(cli: &Cli) -> Vec<Scenario> {
     for kind in KINDS {
         for &concurrency in &cli.concurrency {
             let mut routes = vec![Route::Direct, Route::Gateway];
-            if cli.h2_concurrency.contains(&concurrency) {
+            // Responses: HTTP/1.1 only (direct and gateway at each concurrency).
+            if kind != Kind::Responses && cli.h2_concurrency.contains(&concurrency) {
                 routes.extend([Route::DirectH2, Route::GatewayH2]);
             }
             // Chat only: Portkey's stream relay is not what the issue compares.
@@ -375,6 +404,8 @@ fn load_phase(
     };
     let targets = Targets::new(mock.addr(), &gateway, peer.as_ref().map(|p| p.addr))?;
     load_rt.block_on(sanity_check(&targets))?;
+    // Responses: probed only where measured (a gateway may predate the route).
+    let responses_probes = load_rt.block_on(check_responses(&targets, &scenarios))?;
     // Optional routes that cannot run are reported, not fatal.
     let mut skipped = load_rt.block_on(check_optional(&targets, &scenarios, peer_error));
     if scenarios.iter().any(|s| s.routes.contains(&Route::Portkey)) {
@@ -388,6 +419,7 @@ fn load_phase(
     }
     // A gateway that speaks HTTP/2 metered its probe too.
     let probes = SANITY_GATEWAY_PROBES
+        + responses_probes
         + u64::from(
             scenarios
                 .iter()
@@ -418,6 +450,7 @@ fn load_phase(
     print_cpu_table(&rows);
     print_added_table(&rows);
     print_peer_table(&rows, peer_rss);
+    let bad_streams = bad_streams(&rows);
     println!();
     println!(
         "Gateway child: RSS {:.1} MiB at start, {:.1} MiB after the load (peak {:.1} MiB), {} threads.",
@@ -438,7 +471,33 @@ fn load_phase(
         }
     );
     drop(mock);
+    if let Some(why) = bad_streams {
+        bail!("{why}");
+    }
     Ok(())
+}
+
+/// Streams that did not end with their final event, per scenario: the run fails.
+fn bad_streams(rows: &[Row]) -> Option<String> {
+    let bad: Vec<String> = rows
+        .iter()
+        .filter(|r| r.result.bad_streams > 0)
+        .map(|r| {
+            format!(
+                "{}: {} of {} streams (first: {})",
+                name(r.route, r.kind, r.concurrency),
+                r.result.bad_streams,
+                r.result.sent,
+                r.result.first_bad_stream.as_deref().unwrap_or("-")
+            )
+        })
+        .collect();
+    (!bad.is_empty()).then(|| {
+        format!(
+            "FAILED: streams that did not end with their final event: {}",
+            bad.join("; ")
+        )
+    })
 }
 
 fn warm_peer(
@@ -589,6 +648,7 @@ impl Targets {
                 extra_headers: Vec::new(),
                 body: Bytes::from_static(body.as_bytes()),
                 proto,
+                final_event: None,
             };
         let mut targets = Vec::new();
         for kind in KINDS {
@@ -631,6 +691,9 @@ impl Targets {
                 ];
                 targets.push((Route::Portkey, kind, target));
             }
+        }
+        for (_, kind, target) in &mut targets {
+            target.final_event = kind.final_event();
         }
         Ok(Targets { targets })
     }
@@ -687,6 +750,35 @@ async fn sanity_check(targets: &Targets) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// One streamed Responses exchange on each route the plan measures it on:
+/// 200 and a stream ending with `response.completed`. Returns the probes
+/// sent through the gateway (each is metered).
+async fn check_responses(targets: &Targets, scenarios: &[Scenario]) -> anyhow::Result<u64> {
+    let mut gateway_probes = 0;
+    for route in [Route::Direct, Route::Gateway] {
+        let planned = scenarios
+            .iter()
+            .any(|s| s.kind == Kind::Responses && s.routes.contains(&route));
+        if !planned {
+            continue;
+        }
+        let ex = load::probe(targets.get(route, Kind::Responses)?).await?;
+        gateway_probes += u64::from(route.via_gateway());
+        let label = route.label();
+        if !ex.status.is_success() {
+            bail!(
+                "{label} responses: POST /v1/responses answered HTTP {}: {}",
+                ex.status,
+                String::from_utf8_lossy(&ex.body)
+            );
+        }
+        if let Some(why) = load::check_final_event(&ex.body, RESPONSES_FINAL_EVENT) {
+            bail!("{label} responses: {why}");
+        }
+    }
+    Ok(gateway_probes)
 }
 
 /// Probe the optional routes the plan uses (HTTP/2, the peer); returns
@@ -814,10 +906,13 @@ fn print_context(cli: &Cli, duration: Duration, warmup: Duration) {
     );
     println!(
         "requests     : POST /v1/chat/completions {CHAT_BODY} (streaming adds \"stream\":true); \
-         POST /v1/embeddings {EMBEDDINGS_BODY}"
+         POST /v1/embeddings {EMBEDDINGS_BODY}; POST /v1/responses {RESPONSES_BODY} (done when \
+         the stream ends; it must end with {RESPONSES_FINAL_EVENT})"
     );
     println!(
-        "mock reply   : {:?} ({} words; a stream is role chunk + one chunk per word + finish + usage + [DONE])",
+        "mock reply   : {:?} ({} words; a stream is role chunk + one chunk per word + finish + usage + [DONE]; \
+         a Responses stream is created, in_progress, item and part added, one delta per word, text, part \
+         and item done, completed with usage)",
         tollgate_mock_upstream::DEFAULT_REPLY,
         tollgate_mock_upstream::DEFAULT_REPLY.split_whitespace().count()
     );
@@ -883,9 +978,9 @@ fn print_latency_table(rows: &[Row], duration: Duration, warmup: Duration, round
             || ("-".into(), "-".into(), "-".into(), "-".into()),
             |s| (ms(s.p50), ms(s.p90), ms(s.p99), ms(s.max)),
         );
-        let (t50, t99) = match (row.kind, row.ttfb) {
-            (Kind::Stream, Some(t)) => (ms(t.p50), ms(t.p99)),
-            _ => ("".into(), "".into()),
+        let (t50, t99) = match row.ttfb.filter(|_| row.kind.streamed()) {
+            Some(t) => (ms(t.p50), ms(t.p99)),
+            None => ("".into(), "".into()),
         };
         let _ = writeln!(
             out,
@@ -998,7 +1093,7 @@ fn print_added_table(rows: &[Row]) {
                     let label = format!("{prefix}{}", name(gateway, kind, c));
                     let label = label.replacen(&format!("{}/", gateway.label()), "", 1);
                     // The targets are for chat over HTTP/1.1, as clients mostly speak it.
-                    let targets = prefix.is_empty() && kind != Kind::Embeddings;
+                    let targets = prefix.is_empty() && matches!(kind, Kind::Chat | Kind::Stream);
                     added_lines(&mut lines, d, g, &label, targets);
                 }
             }
@@ -1034,7 +1129,7 @@ fn added_lines(lines: &mut Vec<Line>, d: &Row, g: &Row, label: &str, targets: bo
             format!("< {TARGET_ADDED_P99_MS} ms"),
         ),
     ));
-    if let (Kind::Stream, Some(dt), Some(gt)) = (g.kind, d.ttfb, g.ttfb) {
+    if let (true, Some(dt), Some(gt)) = (g.kind.streamed(), d.ttfb, g.ttfb) {
         let t50 = diff_ms(gt.p50, dt.p50);
         let t99 = diff_ms(gt.p99, dt.p99);
         lines.push(line(
@@ -1165,6 +1260,7 @@ fn credit_run(
         extra_headers: Vec::new(),
         body: Bytes::from(body),
         proto: Proto::Http1,
+        final_event: None,
     };
     eprint!("running credit/$5.00/c{concurrency} ...");
     let spend = load_rt.block_on(credit::spend(

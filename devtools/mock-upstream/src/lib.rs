@@ -1,5 +1,5 @@
-//! A scriptable fake upstream that speaks both the OpenAI chat-completions API and
-//! the Anthropic messages API on one HTTP/1.1 server, for gateway tests and
+//! A scriptable fake upstream that speaks the OpenAI chat-completions and Responses
+//! APIs and the Anthropic messages API on one HTTP/1.1 server, for gateway tests and
 //! benchmarks. With the `tls` feature, [`MockUpstream::start_tls`] serves the
 //! same API over HTTPS with HTTP/2 or HTTP/1.1 by ALPN.
 //!
@@ -16,6 +16,9 @@
 //! # Endpoints
 //! * `POST /v1/chat/completions` (OpenAI), `POST /v1/messages` (Anthropic; requires an
 //!   `anthropic-version` header and `max_tokens`, else 400 `invalid_request_error`),
+//!   `POST /v1/responses` (OpenAI Responses: `input` a string or items, optional
+//!   `instructions`; `previous_response_id` and `store` are accepted and recorded,
+//!   nothing is stored),
 //!   `POST /v1/embeddings` (OpenAI: `input` a string, strings, token ids or token-id
 //!   arrays; `encoding_format` `float` or `base64`; `dimensions`, default 8),
 //!   `GET /v1/models`.
@@ -37,16 +40,21 @@
 //! # Ids and headers
 //! Every API request (every endpoint, including invalid requests) takes the next number
 //! `N` (1, 2, ...) from one counter. Ids: `chatcmpl-mock-N`, `call_mock_N`,
-//! `msg_mock_N`, `toolu_mock_N`. Response header `x-request-id: req_mock_N`
-//! (OpenAI) or `request-id: req_mock_N` (Anthropic), on errors too. `created` is
-//! always `1700000000`. The response `model` echoes the request's `model`
-//! (`""` when absent).
+//! `msg_mock_N`, `toolu_mock_N`, `resp_mock_N`, `fc_mock_N`. Response header
+//! `x-request-id: req_mock_N` (OpenAI, Responses) or `request-id: req_mock_N`
+//! (Anthropic), on errors too; Responses errors have OpenAI's error shape.
+//! `created` (Responses: `created_at`) is always `1700000000`. The response
+//! `model` echoes the request's `model` (`""` when absent).
 //!
 //! # Token accounting
 //! * `words` = whitespace-separated words (`split_whitespace`) in the text of all
 //!   messages (string `content`, or `text` of parts/blocks with `"type":"text"`; other
 //!   blocks such as images, tool_use and tool_result count 0), plus Anthropic
 //!   `system` (string or text blocks). OpenAI system/developer messages are messages.
+//!   Responses: `instructions` plus `input` — a string, or items: messages
+//!   (`content` a string or `input_text`/`output_text` parts) and
+//!   `function_call_output` items (`output` a string or `input_text` parts); other
+//!   items and parts (images, function calls, reasoning) count 0.
 //! * `completion` = words of the reply text, or for a tool call the number of
 //!   8-character fragments of the compact JSON arguments string.
 //! * OpenAI: `prompt_tokens = words + cached_tokens`, `completion_tokens =
@@ -55,6 +63,11 @@
 //!   `reasoning_tokens` (> 0), `completion_tokens = completion + reasoning_tokens`
 //!   and `completion_tokens_details.reasoning_tokens = reasoning_tokens`, in
 //!   answers and in the stream's usage chunk.
+//! * Responses: `input_tokens = words + cached_tokens`,
+//!   `input_tokens_details.cached_tokens = cached_tokens`, `output_tokens =
+//!   completion + reasoning_tokens`, `output_tokens_details.reasoning_tokens =
+//!   reasoning_tokens` (always present, 0 without the option), `total_tokens` =
+//!   their sum.
 //! * Anthropic: `input_tokens = words`, `output_tokens = completion` (plus any
 //!   `reasoning_tokens`, which Anthropic reports no other way),
 //!   `cache_read_input_tokens = cached_tokens`, `cache_creation_input_tokens =
@@ -70,6 +83,8 @@
 //! * `zero_usage`: every number is 0 (including Anthropic's provisional
 //!   `output_tokens` in `message_start`); usage objects are still present.
 //! * `omit_usage`: OpenAI omits `usage` (non-stream) and never sends the usage chunk;
+//!   Responses omits `usage` (non-stream) and sends `"usage": null` in
+//!   `response.completed`;
 //!   Anthropic omits `usage` (non-stream), and when streaming sends `message_start`
 //!   with every usage number 0 and `message_delta` without `usage`.
 //!
@@ -83,7 +98,28 @@
 //! earlier chunk then has `"usage": null`, as OpenAI does); `data: [DONE]`.
 //! Anthropic: `message_start`, `content_block_start`, `ping`, one
 //! `content_block_delta` per word / fragment, `content_block_stop`, `message_delta`,
-//! `message_stop`. Each event is a separate body frame; the chunk delay is slept
+//! `message_stop`.
+//! Responses (`"stream": true`): `event: TYPE` / `data: JSON` events, each with
+//! `type` and `sequence_number` (0, 1, ...): `response.created` and
+//! `response.in_progress` (the Response with `status: "in_progress"`, empty `output`,
+//! `usage: null`); for text `response.output_item.added` (message, no content),
+//! `response.content_part.added` (empty `output_text`), one
+//! `response.output_text.delta` per word, `response.output_text.done`,
+//! `response.content_part.done`, `response.output_item.done`; for a tool call
+//! `response.output_item.added` (`function_call`, `arguments: ""`), one
+//! `response.function_call_arguments.delta` per fragment,
+//! `response.function_call_arguments.done`, `response.output_item.done`; then
+//! `response.completed` with the whole Response and its usage (there is no
+//! `include_usage` option; no `[DONE]`). The deltas are the content chunks a
+//! `cut_stream` counts; garbage is `event: response.created` with non-JSON data.
+//! Non-streamed, the Response object: `output` one `message` (`output_text` part
+//! with `annotations: []`) or one `function_call` (`call_id: call_mock_N`), status
+//! `completed`, plus the request's settings echoed (`instructions`, `tools`,
+//! `tool_choice`, `parallel_tool_calls`, `temperature`, `top_p`,
+//! `max_output_tokens`, `previous_response_id`, `store`, `text`, `metadata`;
+//! OpenAI's defaults when absent), `error` and `incomplete_details` `null`.
+//!
+//! Each event is a separate body frame; the chunk delay is slept
 //! between frames. A stream dropped by the client before its end increments
 //! [`MockUpstream::cancelled_streams`] (a cut or a shutdown does not).
 
@@ -93,6 +129,7 @@ mod anthropic;
 mod embeddings;
 mod openai;
 mod plan;
+mod responses;
 mod rules;
 mod server;
 mod sse;
@@ -142,8 +179,8 @@ impl Default for MockOptions {
     }
 }
 
-/// One API request as received (`POST /v1/chat/completions`, `/v1/messages` or
-/// `/v1/messages/count_tokens`;
+/// One API request as received (`POST /v1/chat/completions`, `/v1/responses`,
+/// `/v1/messages`, `/v1/messages/count_tokens` or `/v1/embeddings`;
 /// models and control requests are not recorded).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordedRequest {

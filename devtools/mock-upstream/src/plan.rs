@@ -140,6 +140,50 @@ pub(crate) fn anthropic_prompt_words(body: &Value) -> u64 {
     content_words(body.get("system")) + messages_words(body)
 }
 
+/// Words in Responses `content` parts: `input_text` and `output_text` parts
+/// (a string counts whole). Images, files and the rest count 0.
+fn responses_content_words(content: Option<&Value>) -> u64 {
+    match content {
+        Some(Value::String(s)) => count_words(s),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter(|p| {
+                matches!(
+                    p.get("type").and_then(Value::as_str),
+                    Some("input_text" | "output_text")
+                )
+            })
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .map(count_words)
+            .sum(),
+        _ => 0,
+    }
+}
+
+/// OpenAI Responses prompt words: `instructions`, plus `input` — a string, or
+/// items: messages (`content` a string or `input_text`/`output_text` parts)
+/// and `function_call_output` items (`output` a string or `input_text` parts).
+/// Other items (function calls, reasoning, references) count 0.
+pub(crate) fn responses_prompt_words(body: &Value) -> u64 {
+    let instructions = body
+        .get("instructions")
+        .and_then(Value::as_str)
+        .map_or(0, count_words);
+    let input = match body.get("input") {
+        Some(Value::String(s)) => count_words(s),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| match item.get("type").and_then(Value::as_str) {
+                Some("function_call_output") => responses_content_words(item.get("output")),
+                None | Some("message") => responses_content_words(item.get("content")),
+                Some(_) => 0,
+            })
+            .sum(),
+        _ => 0,
+    };
+    instructions + input
+}
+
 /// Usage numbers of one reply, after `zero_usage` was applied.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Usage {
@@ -219,5 +263,19 @@ mod tests {
             {"role":"assistant","content":[{"type":"text","text":"three"},{"type":"tool_use","id":"x","name":"n","input":{}}]}
         ]});
         assert_eq!(anthropic_prompt_words(&an), 5);
+        let rs = serde_json::json!({"instructions": "be brief", "input": "hi there you"});
+        assert_eq!(responses_prompt_words(&rs), 5);
+        let rs = serde_json::json!({"instructions": null, "input": [
+            {"role": "developer", "content": "be brief"},
+            {"type": "message", "role": "user", "content": [
+                {"type": "input_text", "text": "one two"},
+                {"type": "input_image", "image_url": "x"}
+            ]},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "three", "annotations": []}]},
+            {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{\"a\": \"x y\"}"},
+            {"type": "function_call_output", "call_id": "c", "output": "four five six"},
+            {"type": "reasoning", "summary": [{"type": "summary_text", "text": "not counted"}]}
+        ]});
+        assert_eq!(responses_prompt_words(&rs), 8);
     }
 }

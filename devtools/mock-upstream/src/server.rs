@@ -1,4 +1,4 @@
-//! HTTP routing and the shared request pipeline of both APIs.
+//! HTTP routing and the shared request pipeline of the three generation APIs.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use crate::embeddings::{EmbeddingRequest, UsageReport};
 use crate::plan::{self, ReplyPlan, Usage};
 use crate::rules::{Action, Rule, RuleSlot};
 use crate::sse::FrameStream;
-use crate::{anthropic, openai, Inner, RecordedRequest};
+use crate::{anthropic, openai, responses, Inner, RecordedRequest};
 
 /// Largest accepted request body.
 const BODY_LIMIT: usize = 64 << 20;
@@ -36,8 +36,11 @@ const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version
 /// Which provider API a request came in on.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Api {
+    /// OpenAI chat completions.
     OpenAi,
     Anthropic,
+    /// OpenAI Responses (OpenAI's error shape and `x-request-id`).
+    Responses,
 }
 
 /// Per-request values the renderers need.
@@ -47,6 +50,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) model: &'a str,
     /// OpenAI `stream_options.include_usage`.
     pub(crate) include_usage: bool,
+    /// Responses: the request settings the Response object repeats.
+    pub(crate) echo: Option<&'a responses::Echo>,
 }
 
 /// Rendered stream frames and where the content frames sit among them.
@@ -60,6 +65,7 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/messages", post(messages))
+        .route("/v1/responses", post(responses_api))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/messages/count_tokens", post(count_tokens))
         .route("/v1/models", get(models))
@@ -82,6 +88,10 @@ async fn chat_completions(State(inner): State<Arc<Inner>>, req: Request) -> Resp
 
 async fn messages(State(inner): State<Arc<Inner>>, req: Request) -> Response {
     handle(inner, Api::Anthropic, req).await
+}
+
+async fn responses_api(State(inner): State<Arc<Inner>>, req: Request) -> Response {
+    handle(inner, Api::Responses, req).await
 }
 
 /// OpenAI embeddings: the shared request numbering, recording and rules,
@@ -267,7 +277,10 @@ async fn handle(inner: Arc<Inner>, api: Api, req: Request) -> Response {
     let words = match api {
         Api::OpenAi => plan::openai_prompt_words(&json),
         Api::Anthropic => plan::anthropic_prompt_words(&json),
+        Api::Responses => plan::responses_prompt_words(&json),
     };
+    // Copied out before the body is recorded (which takes it).
+    let echo = (api == Api::Responses).then(|| responses::Echo::read(&json));
     let invalid = invalid_reason(api, &parts.headers, &json, is_json);
     // Invalid requests do not consume rule budgets.
     let rule = if invalid.is_none() {
@@ -286,6 +299,7 @@ async fn handle(inner: Arc<Inner>, api: Api, req: Request) -> Response {
         n,
         model: &model,
         include_usage,
+        echo: echo.as_ref(),
     };
     match rule {
         None => reply(
@@ -435,7 +449,7 @@ async fn wait(inner: &Inner, d: Duration) -> bool {
 
 fn request_id_header(api: Api) -> HeaderName {
     match api {
-        Api::OpenAi => X_REQUEST_ID,
+        Api::OpenAi | Api::Responses => X_REQUEST_ID,
         Api::Anthropic => REQUEST_ID,
     }
 }
@@ -461,6 +475,7 @@ fn reply(inner: &Arc<Inner>, api: Api, ctx: &Ctx<'_>, stream: bool, plan: &Reply
         let frames = match api {
             Api::OpenAi => openai::stream(ctx, plan),
             Api::Anthropic => anthropic::stream(ctx, plan),
+            Api::Responses => responses::stream(ctx, plan),
         };
         let Ok(f) = frames else {
             return error_response(api, ctx.n, 500, "mock upstream failed to render");
@@ -475,6 +490,7 @@ fn reply(inner: &Arc<Inner>, api: Api, ctx: &Ctx<'_>, stream: bool, plan: &Reply
     let body = match api {
         Api::OpenAi => openai::completion(ctx, plan),
         Api::Anthropic => anthropic::message(ctx, plan),
+        Api::Responses => responses::response(ctx, plan),
     };
     let Ok(body) = body else {
         return error_response(api, ctx.n, 500, "mock upstream failed to render");
@@ -495,6 +511,7 @@ fn garbage(api: Api, n: u64, stream: bool) -> Response {
         (_, false) => b"<html>this is not JSON {\"oops\":",
         (Api::OpenAi, true) => b"data: {this is not json\n\n",
         (Api::Anthropic, true) => b"event: message_start\ndata: {this is not json\n\n",
+        (Api::Responses, true) => b"event: response.created\ndata: {this is not json\n\n",
     };
     base_response(api, n, StatusCode::OK, Body::from(body), stream)
 }
@@ -502,7 +519,7 @@ fn garbage(api: Api, n: u64, stream: bool) -> Response {
 /// `(type, code)` of the default error body for a status.
 fn error_kind(api: Api, status: u16) -> (&'static str, Option<&'static str>) {
     match api {
-        Api::OpenAi => match status {
+        Api::OpenAi | Api::Responses => match status {
             400 | 413 | 422 => ("invalid_request_error", None),
             401 => ("invalid_request_error", Some("invalid_api_key")),
             403 => ("permission_error", Some("permission_denied")),
@@ -527,7 +544,7 @@ fn error_kind(api: Api, status: u16) -> (&'static str, Option<&'static str>) {
 pub(crate) fn error_body(api: Api, status: u16, message: &str) -> Value {
     let (kind, code) = error_kind(api, status);
     match api {
-        Api::OpenAi => json!({
+        Api::OpenAi | Api::Responses => json!({
             "error": {"message": message, "type": kind, "param": null, "code": code}
         }),
         Api::Anthropic => json!({

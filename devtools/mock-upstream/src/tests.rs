@@ -999,3 +999,366 @@ async fn count_tokens_counts_like_messages_and_follows_rules() {
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["error"]["message"], "messages: Field required");
 }
+
+async fn responses(mock: &MockUpstream, key: &str, body: Value) -> Resp {
+    let auth = format!("Bearer {key}");
+    request(
+        mock.addr(),
+        "POST",
+        "/v1/responses",
+        &[("authorization", &auth)],
+        &body,
+    )
+    .await
+}
+
+/// `instructions` (2 words) + one `input_text` part (2 words).
+fn rs_body(stream: bool) -> Value {
+    json!({
+        "model": "gpt-test",
+        "instructions": "be brief",
+        "input": [{"role": "user", "content": [{"type": "input_text", "text": "hi there"}]}],
+        "stream": stream
+    })
+}
+
+/// The echoed settings of a request that sets none of them.
+fn rs_defaults() -> Value {
+    json!({
+        "error": null, "incomplete_details": null, "max_output_tokens": null,
+        "parallel_tool_calls": true, "previous_response_id": null, "store": true,
+        "temperature": 1.0, "text": {"format": {"type": "text"}}, "tool_choice": "auto",
+        "tools": [], "top_p": 1.0, "metadata": {}
+    })
+}
+
+fn with(mut base: Value, extra: Value) -> Value {
+    for (k, v) in extra.as_object().unwrap() {
+        base[k] = v.clone();
+    }
+    base
+}
+
+#[tokio::test]
+async fn responses_non_stream_exact_body() {
+    let mock = MockUpstream::start().await.unwrap();
+    let r = responses(&mock, "k1", rs_body(false)).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-request-id"), Some("req_mock_1"));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let expected = with(
+        rs_defaults(),
+        json!({
+            "id": "resp_mock_1",
+            "object": "response",
+            "created_at": 1_700_000_000,
+            "status": "completed",
+            "instructions": "be brief",
+            "model": "gpt-test",
+            "output": [{
+                "id": "msg_mock_1", "type": "message", "status": "completed", "role": "assistant",
+                "content": [{"type": "output_text", "text": DEFAULT_REPLY, "annotations": []}]
+            }],
+            "usage": {
+                "input_tokens": 4, "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": 5, "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": 9
+            }
+        }),
+    );
+    assert_eq!(r.json(), expected);
+    let reqs = mock.requests();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].path, "/v1/responses");
+    assert_eq!(reqs[0].api_key.as_deref(), Some("k1"));
+    assert_eq!(reqs[0].body, rs_body(false));
+
+    // A string input; the request's settings are echoed, previous_response_id
+    // and store accepted and recorded (nothing is stored).
+    let body = json!({
+        "model": "gpt-test", "input": "one two three", "previous_response_id": "resp_abc",
+        "store": false, "temperature": 0.5, "top_p": null, "max_output_tokens": 64,
+        "tools": [{"type": "function", "name": "f", "parameters": {}}], "tool_choice": "required",
+        "parallel_tool_calls": false, "metadata": {"a": "b"},
+        "text": {"format": {"type": "json_object"}}
+    });
+    let j = responses(&mock, "k1", body.clone()).await.json();
+    assert_eq!(j["id"], "resp_mock_2");
+    assert_eq!(j["instructions"], Value::Null);
+    assert_eq!(j["previous_response_id"], "resp_abc");
+    assert_eq!(j["store"], false);
+    assert_eq!(j["temperature"], 0.5);
+    assert_eq!(j["top_p"], 1.0);
+    assert_eq!(j["max_output_tokens"], 64);
+    assert_eq!(j["tools"], body["tools"]);
+    assert_eq!(j["tool_choice"], "required");
+    assert_eq!(j["parallel_tool_calls"], false);
+    assert_eq!(j["metadata"], json!({"a": "b"}));
+    assert_eq!(j["text"], body["text"]);
+    assert_eq!(j["usage"]["input_tokens"], 3);
+    assert_eq!(mock.requests()[1].body, body);
+}
+
+#[tokio::test]
+async fn responses_stream_sequence() {
+    let mock = MockUpstream::start().await.unwrap();
+    mock.add_rule(Rule::any().reply_text("one two  three"));
+    let r = responses(&mock, "k", rs_body(true)).await;
+    assert_eq!(r.status, 200);
+    assert!(r.complete);
+    assert_eq!(r.header("content-type"), Some("text/event-stream"));
+    assert_eq!(r.header("x-request-id"), Some("req_mock_1"));
+    let events = sse(&r.body);
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_deref().unwrap()).collect();
+    assert_eq!(
+        names,
+        vec![
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added",
+            "response.output_text.delta",
+            "response.output_text.delta",
+            "response.output_text.delta",
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.completed",
+        ]
+    );
+    assert!(!r.text().contains("[DONE]"));
+    let data = sse_json(&r.body);
+    for (i, ((name, _), d)) in events.iter().zip(&data).enumerate() {
+        assert_eq!(d["type"].as_str(), name.as_deref());
+        assert_eq!(d["sequence_number"], i);
+    }
+    let started = with(
+        rs_defaults(),
+        json!({
+            "id": "resp_mock_1", "object": "response", "created_at": 1_700_000_000,
+            "status": "in_progress", "instructions": "be brief", "model": "gpt-test",
+            "output": [], "usage": null
+        }),
+    );
+    assert_eq!(data[0]["response"], started);
+    assert_eq!(data[1]["response"], started);
+    assert_eq!(
+        data[2],
+        json!({"type": "response.output_item.added", "output_index": 0, "sequence_number": 2,
+               "item": {"id": "msg_mock_1", "type": "message", "status": "in_progress",
+                        "role": "assistant", "content": []}})
+    );
+    assert_eq!(
+        data[3],
+        json!({"type": "response.content_part.added", "item_id": "msg_mock_1", "output_index": 0,
+               "content_index": 0, "sequence_number": 3,
+               "part": {"type": "output_text", "text": "", "annotations": []}})
+    );
+    assert_eq!(
+        data[4],
+        json!({"type": "response.output_text.delta", "item_id": "msg_mock_1", "output_index": 0,
+               "content_index": 0, "delta": "one ", "logprobs": [], "sequence_number": 4})
+    );
+    let deltas: String = data[4..7]
+        .iter()
+        .map(|d| d["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(deltas, "one two  three");
+    assert_eq!(data[7]["text"], "one two  three");
+    let part = json!({"type": "output_text", "text": "one two  three", "annotations": []});
+    assert_eq!(data[8]["part"], part);
+    let item = json!({"id": "msg_mock_1", "type": "message", "status": "completed",
+                      "role": "assistant", "content": [part]});
+    assert_eq!(data[9]["item"], item);
+    let completed = with(
+        started,
+        json!({
+            "status": "completed", "output": [item],
+            "usage": {"input_tokens": 4, "input_tokens_details": {"cached_tokens": 0},
+                      "output_tokens": 3, "output_tokens_details": {"reasoning_tokens": 0},
+                      "total_tokens": 7}
+        }),
+    );
+    assert_eq!(data[10]["response"], completed);
+    // The non-streamed answer is the completed response.
+    let r = responses(&mock, "k", rs_body(false)).await;
+    let mut j = r.json();
+    j["id"] = json!("resp_mock_1");
+    j["output"][0]["id"] = json!("msg_mock_1");
+    assert_eq!(j, completed);
+}
+
+#[tokio::test]
+async fn responses_tool_call() {
+    let mock = MockUpstream::start().await.unwrap();
+    mock.add_rule(Rule::any().tool_call("get_weather", json!({"city": "Paris"})));
+    let r = responses(&mock, "k", rs_body(false)).await;
+    let j = r.json();
+    assert_eq!(
+        j["output"],
+        json!([{"id": "fc_mock_1", "type": "function_call", "call_id": "call_mock_1",
+                "name": "get_weather", "arguments": "{\"city\":\"Paris\"}", "status": "completed"}])
+    );
+    // `{"city":"Paris"}` is 16 chars: 2 fragments = 2 output tokens.
+    assert_eq!(j["usage"]["output_tokens"], 2);
+
+    let r = responses(&mock, "k", rs_body(true)).await;
+    let events = sse(&r.body);
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_deref().unwrap()).collect();
+    assert_eq!(
+        names,
+        vec![
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.function_call_arguments.delta",
+            "response.function_call_arguments.delta",
+            "response.function_call_arguments.done",
+            "response.output_item.done",
+            "response.completed",
+        ]
+    );
+    let data = sse_json(&r.body);
+    for (i, d) in data.iter().enumerate() {
+        assert_eq!(d["sequence_number"], i);
+    }
+    assert_eq!(
+        data[2]["item"],
+        json!({"id": "fc_mock_2", "type": "function_call", "call_id": "call_mock_2",
+               "name": "get_weather", "arguments": "", "status": "in_progress"})
+    );
+    assert_eq!(
+        data[3],
+        json!({"type": "response.function_call_arguments.delta", "item_id": "fc_mock_2",
+               "output_index": 0, "delta": "{\"city\":", "sequence_number": 3})
+    );
+    let args: String = data[3..5]
+        .iter()
+        .map(|d| d["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(args, "{\"city\":\"Paris\"}");
+    assert_eq!(
+        data[5],
+        json!({"type": "response.function_call_arguments.done", "item_id": "fc_mock_2",
+               "output_index": 0, "arguments": "{\"city\":\"Paris\"}", "sequence_number": 5})
+    );
+    assert_eq!(data[6]["item"]["status"], "completed");
+    assert_eq!(data[6]["item"]["arguments"], "{\"city\":\"Paris\"}");
+    assert_eq!(data[7]["response"]["output"], json!([data[6]["item"]]));
+    assert_eq!(data[7]["response"]["usage"]["output_tokens"], 2);
+}
+
+#[tokio::test]
+async fn responses_usage_cached_reasoning_zero_and_omitted() {
+    let mock = MockUpstream::start().await.unwrap();
+    mock.add_rule(
+        Rule::any()
+            .times(2)
+            .reply_text("one two")
+            .cached_tokens(3)
+            .reasoning_tokens(40),
+    );
+    let usage = json!({"input_tokens": 7, "input_tokens_details": {"cached_tokens": 3},
+                       "output_tokens": 42, "output_tokens_details": {"reasoning_tokens": 40},
+                       "total_tokens": 49});
+    let r = responses(&mock, "k", rs_body(false)).await;
+    assert_eq!(r.json()["usage"], usage);
+    let r = responses(&mock, "k", rs_body(true)).await;
+    let data = sse_json(&r.body);
+    assert_eq!(data.last().unwrap()["response"]["usage"], usage);
+    assert!(data[..data.len() - 1]
+        .iter()
+        .filter_map(|d| d.get("response"))
+        .all(|resp| resp["usage"].is_null()));
+
+    mock.add_rule(Rule::any().times(2).zero_usage().cached_tokens(5));
+    let zeros = json!({"input_tokens": 0, "input_tokens_details": {"cached_tokens": 0},
+                       "output_tokens": 0, "output_tokens_details": {"reasoning_tokens": 0},
+                       "total_tokens": 0});
+    assert_eq!(
+        responses(&mock, "k", rs_body(false)).await.json()["usage"],
+        zeros
+    );
+    let data = sse_json(&responses(&mock, "k", rs_body(true)).await.body);
+    assert_eq!(data.last().unwrap()["response"]["usage"], zeros);
+
+    mock.add_rule(Rule::any().omit_usage());
+    let j = responses(&mock, "k", rs_body(false)).await.json();
+    assert!(j.get("usage").is_none());
+    assert_eq!(j["output"][0]["content"][0]["text"], DEFAULT_REPLY);
+    let data = sse_json(&responses(&mock, "k", rs_body(true)).await.body);
+    let last = data.last().unwrap();
+    assert_eq!(last["type"], "response.completed");
+    assert!(last["response"].as_object().unwrap().contains_key("usage"));
+    assert!(last["response"]["usage"].is_null());
+}
+
+#[tokio::test]
+async fn responses_rules_fail_cut_garbage_and_delay() {
+    let mock = MockUpstream::start().await.unwrap();
+    mock.add_rule(Rule::for_key("limited").fail(429));
+    mock.add_rule(Rule::for_key("broken").fail(500));
+    mock.add_rule(Rule::for_key("cut").cut_stream(2));
+    mock.add_rule(Rule::for_key("junk").garbage());
+    mock.add_rule(Rule::for_key("slow").delay(Duration::from_millis(200)));
+
+    let r = responses(&mock, "limited", rs_body(true)).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("x-request-id"), Some("req_mock_1"));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(
+        r.json(),
+        json!({"error":{"message":"mock upstream: injected 429 error","type":"rate_limit_error","param":null,"code":"rate_limit_exceeded"}})
+    );
+    let r = responses(&mock, "broken", rs_body(false)).await;
+    assert_eq!(r.status, 500);
+    assert_eq!(r.json()["error"]["type"], "server_error");
+
+    let r = responses(&mock, "cut", rs_body(true)).await;
+    assert_eq!(r.status, 200);
+    assert!(!r.complete, "chunked body must not be terminated");
+    let names: Vec<String> = sse(&r.body).into_iter().map(|(n, _)| n.unwrap()).collect();
+    assert_eq!(
+        names,
+        vec![
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added",
+            "response.output_text.delta",
+            "response.output_text.delta",
+        ]
+    );
+    assert_eq!(sse_json(&r.body)[5]["delta"], "from ");
+    let r = responses(&mock, "cut", rs_body(false)).await;
+    assert!(!r.complete);
+    assert!(serde_json::from_slice::<Value>(&r.body).is_err());
+
+    let r = responses(&mock, "junk", rs_body(true)).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/event-stream"));
+    assert_eq!(
+        r.text(),
+        "event: response.created\ndata: {this is not json\n\n"
+    );
+    let r = responses(&mock, "junk", rs_body(false)).await;
+    assert!(serde_json::from_slice::<Value>(&r.body).is_err());
+
+    let start = Instant::now();
+    let r = responses(&mock, "slow", rs_body(false)).await;
+    assert!(start.elapsed() >= Duration::from_millis(200));
+    assert_eq!(r.json()["output"][0]["content"][0]["text"], DEFAULT_REPLY);
+
+    // A malformed body is refused in OpenAI's shape and recorded.
+    let mut conn = Conn::open(mock.addr()).await;
+    let r = conn.request("POST", "/v1/responses", &[], "{nope").await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.header("x-request-id"), Some("req_mock_8"));
+    assert_eq!(r.json()["error"]["type"], "invalid_request_error");
+    let reqs = mock.requests();
+    assert_eq!(reqs.len(), 8);
+    assert!(reqs.iter().all(|r| r.path == "/v1/responses"));
+    assert_eq!(reqs[7].body, json!("{nope"));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(mock.cancelled_streams(), 0);
+}

@@ -1,5 +1,6 @@
 //! Translation between the OpenAI Chat Completions API and the Anthropic
-//! Messages API, plus the pieces a proxy needs around it: an incremental SSE
+//! Messages API, and between the OpenAI Responses API and Chat Completions
+//! (so Responses reaches Anthropic by composition), plus the pieces a proxy needs around it: an incremental SSE
 //! decoder, usage normalization into [`TokenCounts`](tollgate_core::TokenCounts),
 //! and text extraction for local token estimation.
 //!
@@ -13,6 +14,7 @@
 pub mod error;
 pub mod request;
 pub mod response;
+pub mod responses;
 pub mod sse;
 pub mod stream;
 pub mod usage;
@@ -24,13 +26,15 @@ pub use response::{
     anthropic_error_to_openai, anthropic_stop_to_openai_finish, anthropic_to_openai_response,
     openai_error_to_anthropic, openai_finish_to_anthropic_stop, openai_to_anthropic_response,
 };
+pub use responses::{chat_to_responses_response, responses_to_chat_request, ChatToResponsesStream};
 pub use sse::{encode_event, SseDecoder, SseEvent};
 pub use stream::{AnthropicToOpenAiStream, OpenAiToAnthropicStream};
 pub use usage::{
     anthropic_event_text, anthropic_request_text, anthropic_response_text, anthropic_usage,
     anthropic_usage_json, is_usage_only_chunk, openai_chunk_text, openai_chunk_usage,
     openai_request_text, openai_response_text, openai_responses_usage, openai_usage,
-    openai_usage_json, AnthropicStreamUsage,
+    openai_usage_json, responses_event_text, responses_event_usage, responses_request_text,
+    responses_response_text, responses_usage_json, AnthropicStreamUsage,
 };
 
 #[cfg(test)]
@@ -85,6 +89,21 @@ mod totality {
             "id",
             "name",
             "text",
+            "instructions",
+            "output",
+            "call_id",
+            "output_text",
+            "response",
+            "finish_reason",
+            "refusal",
+            "format",
+            "reasoning",
+            "parts",
+            "summary",
+            "detail",
+            "created",
+            "model",
+            "tool_call_id",
         ];
         let mut out = leaves.clone();
         for k in keys {
@@ -97,6 +116,11 @@ mod totality {
                 );
                 out.push(json!({ "choices": [{ "delta": { "tool_calls": [{ k: v }] } }] }));
                 out.push(json!({ "message": { "usage": { k: v } }, "content_block": { k: v }, "delta": { k: v } }));
+                out.push(json!({ "input": [{ k: v }], "tools": [{ "type": "function", k: v }], "text": { k: v }, "reasoning": { k: v } }));
+                out.push(json!({ "input": [{ "type": "message", "role": "user", "content": [{ "type": "input_image", k: v }] }] }));
+                out.push(json!({ "input": [{ "type": "function_call", "call_id": "c", "name": "f", k: v }, { "type": "function_call_output", "call_id": "c", "output": [{ "type": "input_text", k: v }] }] }));
+                out.push(json!({ "type": "response.completed", "response": { "usage": { k: v }, "output": [{ "type": "message", k: v }] }, "item": { k: v }, "delta": v }));
+                out.push(json!({ "choices": [{ "index": 0, "finish_reason": v, "delta": { "refusal": v, "content": "x" } }], "usage": { k: v } }));
             }
         }
         out
@@ -131,17 +155,26 @@ mod totality {
             let _ = anthropic_request_text(&v);
             let _ = openai_response_text(&v);
             let _ = anthropic_response_text(&v);
+            let _ = responses_to_chat_request(&v, "m");
+            let _ = chat_to_responses_response(&v, &v);
+            let _ = responses_request_text(&v);
+            let _ = responses_response_text(&v);
+            let _ = responses_event_usage(&v);
             let mut s = String::new();
+            responses_event_text(&v, &mut s);
             openai_chunk_text(&v, &mut s);
             let mut a2o = AnthropicToOpenAiStream::new("m", true);
             let mut o2a = OpenAiToAnthropicStream::new("m");
+            let mut c2r = ChatToResponsesStream::new("m", &v);
             let mut acc = AnthropicStreamUsage::new();
             for e in events {
                 anthropic_event_text(e, &v, &mut s);
                 acc.observe(e, &v);
                 let _ = a2o.push(e, &v);
                 let _ = o2a.push(&v);
+                let _ = c2r.push(&v);
             }
+            let _ = c2r.finish();
             let _ = a2o.finish();
             let _ = o2a.finish();
             let _ = acc.counts();

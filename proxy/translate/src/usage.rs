@@ -245,6 +245,45 @@ pub fn openai_usage_json(c: &TokenCounts) -> Value {
     usage
 }
 
+/// OpenAI Responses API `usage` object for `counts`: `input_tokens` includes
+/// every input class (cache reads also in `input_tokens_details.cached_tokens`)
+/// and `output_tokens` the reasoning part
+/// (`output_tokens_details.reasoning_tokens`). Both details objects are
+/// always present because the SDKs require them.
+pub fn responses_usage_json(c: &TokenCounts) -> Value {
+    let input = c
+        .input
+        .saturating_add(c.cached_input)
+        .saturating_add(c.cache_write_5m)
+        .saturating_add(c.cache_write_1h);
+    obj([
+        ("input_tokens", input.into()),
+        (
+            "input_tokens_details",
+            obj([("cached_tokens", c.cached_input.into())]),
+        ),
+        ("output_tokens", c.output.into()),
+        (
+            "output_tokens_details",
+            obj([("reasoning_tokens", c.reasoning.into())]),
+        ),
+        ("total_tokens", input.saturating_add(c.output).into()),
+    ])
+}
+
+/// Usage carried by a Responses stream event: the `response.usage` of
+/// `response.completed`, `response.incomplete` and `response.failed`
+/// (the events that end a response); `None` for every other event.
+pub fn responses_event_usage(event: &Value) -> Option<TokenCounts> {
+    match str_field(event, "type") {
+        Some("response.completed" | "response.incomplete" | "response.failed") => event
+            .get("response")
+            .and_then(|r| non_null(r, "usage"))
+            .and_then(openai_responses_usage),
+        _ => None,
+    }
+}
+
 /// Anthropic `usage` object for `counts` (cache writes of both durations
 /// summed into `cache_creation_input_tokens`).
 pub fn anthropic_usage_json(c: &TokenCounts) -> Value {
@@ -323,6 +362,93 @@ pub fn openai_request_text(body: &Value) -> String {
     serialized_each(body.get("tools"), &mut out);
     serialized_each(body.get("functions"), &mut out);
     out
+}
+
+/// Text of a Responses `content` / `output` value: a string, or the
+/// `text` / `refusal` of each part.
+fn responses_parts_text(content: Option<&Value>, out: &mut String) {
+    match content {
+        Some(Value::String(s)) => piece(out, s),
+        Some(Value::Array(parts)) => {
+            for p in parts {
+                for key in ["text", "refusal"] {
+                    if let Some(s) = str_field(p, key) {
+                        piece(out, s);
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Text of Responses input or output items: message contents, function-call
+/// names and arguments, function-call outputs, reasoning summaries.
+fn responses_items_text(items: Option<&Value>, out: &mut String) {
+    let Some(items) = items else {
+        return;
+    };
+    if let Value::String(s) = items {
+        piece(out, s);
+        return;
+    }
+    for item in items.as_array().into_iter().flatten() {
+        match str_field(item, "type") {
+            None | Some("message") => responses_parts_text(item.get("content"), out),
+            Some("function_call") => {
+                for key in ["name", "arguments"] {
+                    piece(out, str_field(item, key).unwrap_or(""));
+                }
+            }
+            Some("function_call_output") => responses_parts_text(item.get("output"), out),
+            Some("reasoning") => responses_parts_text(item.get("summary"), out),
+            Some(_) => {}
+        }
+    }
+}
+
+/// All prompt text of an OpenAI Responses request: `instructions`, the text
+/// of every input item (message contents, function-call names and
+/// arguments, function-call outputs), and each tool definition serialized as
+/// JSON.
+pub fn responses_request_text(request: &Value) -> String {
+    let mut out = String::new();
+    if let Some(s) = str_field(request, "instructions") {
+        piece(&mut out, s);
+    }
+    responses_items_text(request.get("input"), &mut out);
+    serialized_each(request.get("tools"), &mut out);
+    out
+}
+
+/// Generated text of a non-streamed Responses API response: `output_text`
+/// parts, refusals, function-call names and arguments, reasoning summaries.
+pub fn responses_response_text(response: &Value) -> String {
+    let mut out = String::new();
+    responses_items_text(response.get("output"), &mut out);
+    out
+}
+
+/// Appends the generated text of one Responses stream event to `out`,
+/// without separators: text, refusal, function-call argument and reasoning
+/// deltas, and the name of a function call when its item is added.
+pub fn responses_event_text(event: &Value, out: &mut String) {
+    match str_field(event, "type") {
+        Some(
+            "response.output_text.delta"
+            | "response.refusal.delta"
+            | "response.function_call_arguments.delta"
+            | "response.reasoning_summary_text.delta"
+            | "response.reasoning_text.delta",
+        ) => out.push_str(str_field(event, "delta").unwrap_or("")),
+        Some("response.output_item.added") => {
+            let item = event.get("item").unwrap_or(&Value::Null);
+            if str_field(item, "type") == Some("function_call") {
+                out.push_str(str_field(item, "name").unwrap_or(""));
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Text of Anthropic content (string or blocks), recursing into
@@ -545,6 +671,66 @@ mod tests {
             openai_responses_usage(&json!({"prompt_tokens": 1, "completion_tokens": 1})),
             None
         );
+    }
+
+    #[test]
+    fn responses_usage_json_round_trips() {
+        let c = reasoned(tc(20, 64, 6, 4, 1200), 1024);
+        let u = responses_usage_json(&c);
+        assert_eq!(
+            u,
+            json!({"input_tokens": 94, "input_tokens_details": {"cached_tokens": 64},
+                "output_tokens": 1200, "output_tokens_details": {"reasoning_tokens": 1024},
+                "total_tokens": 1294})
+        );
+        // Cache writes fold into plain input (the Responses shape has no slot).
+        assert_eq!(
+            openai_responses_usage(&u),
+            Some(reasoned(tc(30, 64, 0, 0, 1200), 1024))
+        );
+        let ev = json!({"type": "response.completed", "response": {"usage": u}});
+        assert_eq!(responses_event_usage(&ev), openai_responses_usage(&u));
+        let ev = json!({"type": "response.output_text.delta", "response": {"usage": u}});
+        assert_eq!(responses_event_usage(&ev), None);
+    }
+
+    #[test]
+    fn responses_texts() {
+        let req = json!({"instructions": "I", "input": [
+            {"role": "user", "content": "U"},
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "P"},
+                {"type": "input_image", "image_url": "data:x"}]},
+            {"type": "function_call", "name": "f", "arguments": "{}"},
+            {"type": "function_call_output", "output": "O"},
+            {"type": "function_call_output", "output": [{"type": "input_text", "text": "O2"}]},
+            {"type": "reasoning", "summary": [{"type": "summary_text", "text": "R"}]},
+            {"type": "item_reference", "id": "x"}
+        ], "tools": [{"type": "function", "name": "t"}]});
+        assert_eq!(
+            responses_request_text(&req),
+            format!("I\nU\nP\nf\n{{}}\nO\nO2\nR\n{}", req["tools"][0])
+        );
+        assert_eq!(
+            responses_request_text(&json!({"input": "just this"})),
+            "just this"
+        );
+        let resp = json!({"output": [
+            {"type": "reasoning", "summary": []},
+            {"type": "message", "content": [{"type": "output_text", "text": "A"},
+                {"type": "refusal", "refusal": "N"}]},
+            {"type": "function_call", "name": "g", "arguments": "{\"x\":1}"}
+        ]});
+        assert_eq!(responses_response_text(&resp), "A\nN\ng\n{\"x\":1}");
+        let mut out = String::new();
+        for e in [
+            json!({"type": "response.refusal.delta", "delta": "r"}),
+            json!({"type": "response.reasoning_summary_text.delta", "delta": "s"}),
+            json!({"type": "response.output_item.added", "item": {"type": "message", "name": "no"}}),
+            json!({"type": "response.output_text.delta", "delta": 5}),
+        ] {
+            responses_event_text(&e, &mut out);
+        }
+        assert_eq!(out, "rs");
     }
 
     #[test]
