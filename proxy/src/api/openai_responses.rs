@@ -117,9 +117,13 @@ impl ClientApi for OpenAiResponses {
         if candidate.provider.responses_endpoint.is_some() {
             return body::same_api_body(candidate, request, false);
         }
-        let chat =
-            responses_to_chat_request(&body::request_value(request)?, &candidate.upstream_model)
-                .map_err(|e| ProxyError::invalid(e.to_string()))?;
+        let mut value = body::request_value(request)?;
+        if let Some(fields) = value.as_object_mut() {
+            // The gateway's own field: never translated, never sent.
+            fields.remove("models");
+        }
+        let chat = responses_to_chat_request(&value, &candidate.upstream_model)
+            .map_err(|e| ProxyError::invalid(e.to_string()))?;
         match candidate.provider.spec.api {
             ApiSurface::Openai => body::translated_body(&chat),
             ApiSurface::Anthropic => {
