@@ -533,11 +533,10 @@ mod tests {
 
     #[test]
     fn built_in_tools_and_background_are_named_when_refused() {
-        let refusal =
-            |body: &str| match refuse_unpriced(&parsed(body).unwrap_or_else(|e| panic!("{e}"))) {
-                Err(ProxyError::InvalidRequest { param, message }) => Some((param, message)),
-                _ => None,
-            };
+        let refusal = |body: &str| match parsed(body).map(|r| refuse_unpriced(&r)) {
+            Ok(Err(ProxyError::InvalidRequest { param, message })) => Some((param, message)),
+            _ => None,
+        };
         let tools = r#"{"model":"m","input":"x","tools":[{"type":"function","name":"f"},{"type":"web_search"}]}"#;
         let (param, message) = refusal(tools).unwrap_or_default();
         assert_eq!(param, Some("tools"));
