@@ -344,6 +344,17 @@ async fn input_text_never_reaches_the_event_store() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_balance_is_refused_with_402_in_openais_shape() {
+    let gw = start_with(|c| c.billing.enforce = true).await;
+    let response = gw
+        .post_json(PATH, &embed("text-embedding-3-small", json!("x")))
+        .await;
+    let error = refusal(response, 402).await;
+    assert_eq!(error["code"], "insufficient_credits");
+    assert!(gw.mock.requests().is_empty(), "nothing reached the upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn size_rate_and_time_limits_refuse_in_openais_shape() {
     let gw = start_with(|c| {
         c.server.max_body_bytes = 2_048;
