@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
-use tollgate_core::{AccountId, CredentialSource};
+use tollgate_core::{AccountId, CredentialSource, Endpoint};
 
 /// The usage API's OpenAPI document, generated from the handlers' types
 /// and served at `/v1/usage/openapi.json`.
@@ -216,6 +216,7 @@ pub const PARAMETERS: &[&str] = &[
     "model",
     "status_class",
     "credential_source",
+    "endpoint",
     "group_by",
     "bucket",
 ];
@@ -249,7 +250,11 @@ pub struct UsageParams {
     /// Only requests answered with the operator's credentials or the caller's own provider key.
     #[param(schema_with = credential_source_schema)]
     credential_source: Option<String>,
-    /// Comma-separated dimensions (provider, model, access_key, status), each at most once.
+    /// Only requests served by this endpoint: chat (`/v1/chat/completions`), messages
+    /// (`/v1/messages`), responses (`/v1/responses`) or embeddings (`/v1/embeddings`).
+    #[param(schema_with = endpoint_schema)]
+    endpoint: Option<String>,
+    /// Comma-separated dimensions (provider, model, access_key, status, endpoint), each at most once.
     #[param(example = "provider,model")]
     group_by: Option<String>,
     /// Time bucket (UTC). At most 10000 buckets per range.
@@ -276,6 +281,14 @@ fn credential_source_schema() -> utoipa::openapi::Object {
     )
 }
 
+fn endpoint_schema() -> utoipa::openapi::Object {
+    string_enum(
+        &Endpoint::ALL.map(Endpoint::as_str),
+        "Only requests served by this endpoint: chat (/v1/chat/completions), messages \
+         (/v1/messages), responses (/v1/responses) or embeddings (/v1/embeddings).",
+    )
+}
+
 impl UsageParams {
     /// Sort raw pairs into the parameters: unknown or repeated names are refused.
     fn from_pairs(pairs: &[(String, String)]) -> Result<UsageParams, ApiError> {
@@ -290,6 +303,7 @@ impl UsageParams {
                 "model" => &mut params.model,
                 "status_class" => &mut params.status_class,
                 "credential_source" => &mut params.credential_source,
+                "endpoint" => &mut params.endpoint,
                 "group_by" => &mut params.group_by,
                 "bucket" => &mut params.bucket,
                 _ => {
@@ -370,6 +384,19 @@ fn parse_credential_source(value: Option<&str>) -> Result<Option<CredentialSourc
         .transpose()
 }
 
+fn parse_endpoint(value: Option<&str>) -> Result<Option<Endpoint>, ApiError> {
+    value
+        .map(|v| {
+            Endpoint::parse(v).ok_or_else(|| {
+                ApiError::invalid(
+                    "endpoint",
+                    "`endpoint` must be one of chat, messages, responses, embeddings",
+                )
+            })
+        })
+        .transpose()
+}
+
 fn parse_group_by(value: Option<&str>) -> Result<Vec<GroupBy>, ApiError> {
     let mut group_by = Vec::new();
     for item in value.into_iter().flat_map(|v| v.split(',')).map(str::trim) {
@@ -377,7 +404,7 @@ fn parse_group_by(value: Option<&str>) -> Result<Vec<GroupBy>, ApiError> {
             ApiError::invalid(
                 "group_by",
                 format!(
-                    "`group_by` item `{item}` is not one of provider, model, access_key, status"
+                    "`group_by` item `{item}` is not one of provider, model, access_key, status, endpoint"
                 ),
             )
         })?;
@@ -429,6 +456,7 @@ pub fn parse_query(pairs: &[(String, String)]) -> Result<(UsageQuery, Option<Str
     let account_id = parse_text("account_id", params.account_id.as_ref())?;
     query.status_class = parse_status_class(params.status_class.as_deref())?;
     query.credential_source = parse_credential_source(params.credential_source.as_deref())?;
+    query.endpoint = parse_endpoint(params.endpoint.as_deref())?;
     if params.group_by.is_some() {
         query.group_by = parse_group_by(params.group_by.as_deref())?;
     }

@@ -6,8 +6,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use tollgate_core::{
-    pricing::cost_of, AccountId, CredentialSource, Envelope, EventBody, TokenCounts, UsageEvent,
-    Usd,
+    pricing::cost_of, AccountId, CredentialSource, Endpoint, Envelope, EventBody, TokenCounts,
+    UsageEvent, Usd,
 };
 use tollgate_eventlog::StoredRecord;
 
@@ -33,6 +33,9 @@ pub struct UsageRecord {
     /// `operator`, `byok`, or empty when no upstream was called.
     pub credential_source: String,
     pub client_api: String,
+    /// The endpoint that served the event (`UsageEvent::served_endpoint`:
+    /// backfilled from `client_api` for events that do not record one).
+    pub endpoint: Endpoint,
     pub status: u16,
     /// Request arrival, milliseconds since the Unix epoch (UTC).
     pub started_ms: i64,
@@ -79,6 +82,7 @@ impl UsageRecord {
                 .map(|c| c.as_str().to_owned())
                 .unwrap_or_default(),
             client_api: event.client_api.as_str().to_owned(),
+            endpoint: event.served_endpoint(),
             status: event.status,
             started_ms,
             streamed: event.streamed,
@@ -241,6 +245,7 @@ pub enum GroupBy {
     Model,
     AccessKey,
     Status,
+    Endpoint,
 }
 
 impl GroupBy {
@@ -250,6 +255,7 @@ impl GroupBy {
             "model" => Some(GroupBy::Model),
             "access_key" => Some(GroupBy::AccessKey),
             "status" => Some(GroupBy::Status),
+            "endpoint" => Some(GroupBy::Endpoint),
             _ => None,
         }
     }
@@ -260,6 +266,7 @@ impl GroupBy {
             GroupBy::Model => "model",
             GroupBy::AccessKey => "access_key",
             GroupBy::Status => "status",
+            GroupBy::Endpoint => "endpoint",
         }
     }
 
@@ -270,6 +277,7 @@ impl GroupBy {
             GroupBy::Model => "model",
             GroupBy::AccessKey => "access_key_id",
             GroupBy::Status => "status",
+            GroupBy::Endpoint => "endpoint",
         }
     }
 }
@@ -314,6 +322,8 @@ pub struct UsageQuery {
     pub model: Option<String>,
     pub status_class: Option<StatusClass>,
     pub credential_source: Option<CredentialSource>,
+    /// Only events served by this endpoint.
+    pub endpoint: Option<Endpoint>,
     /// Distinct dimensions, in the order the caller gave.
     pub group_by: Vec<GroupBy>,
     pub bucket: Option<Bucket>,
@@ -331,6 +341,7 @@ impl UsageQuery {
             model: None,
             status_class: None,
             credential_source: None,
+            endpoint: None,
             group_by: Vec::new(),
             bucket: None,
         }
@@ -430,6 +441,10 @@ pub struct UsageGroup {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub status: Option<u16>,
+    /// The endpoint that served the requests; present when grouped by endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub endpoint: Option<Endpoint>,
     pub requests: u64,
     /// Requests answered with a status ≥ 400.
     pub errors: u64,
@@ -439,7 +454,8 @@ pub struct UsageGroup {
     pub ttft_ms: TtftPercentiles,
 }
 
-/// The order every store returns groups in: bucket, then dimensions.
+/// The order every store returns groups in: bucket, then dimensions
+/// (endpoints by name, as ClickHouse orders the stored strings).
 pub fn sort_groups(groups: &mut [UsageGroup]) {
     groups.sort_by(|a, b| {
         (
@@ -448,6 +464,7 @@ pub fn sort_groups(groups: &mut [UsageGroup]) {
             &a.model,
             &a.access_key_id,
             a.status,
+            a.endpoint.map(Endpoint::as_str),
         )
             .cmp(&(
                 b.bucket_start,
@@ -455,6 +472,7 @@ pub fn sort_groups(groups: &mut [UsageGroup]) {
                 &b.model,
                 &b.access_key_id,
                 b.status,
+                b.endpoint.map(Endpoint::as_str),
             ))
     });
 }

@@ -23,7 +23,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use rust_decimal::Decimal;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use tollgate_core::TokenCounts;
+use tollgate_core::{Endpoint, TokenCounts};
 use tollgate_sqlite::Migrations;
 
 /// Numbered migrations, applied once each in order. Never edit a released one.
@@ -107,6 +107,13 @@ const MIGRATIONS: &[&str] = &[
     // 3: the reasoning part of output tokens; rows stored before it reported
     // none.
     "ALTER TABLE analytics_usage ADD COLUMN tokens_reasoning INTEGER NOT NULL DEFAULT 0;",
+    // 4: the endpoint that served each event. Rows stored before it are
+    // backfilled from the client API, as `Endpoint::backfilled` reads
+    // events that do not record one (`openai` → chat, `anthropic` →
+    // messages); the sink writes it for every new row.
+    "ALTER TABLE analytics_usage ADD COLUMN endpoint TEXT NOT NULL DEFAULT '';
+     UPDATE analytics_usage
+        SET endpoint = CASE client_api WHEN 'anthropic' THEN 'messages' ELSE 'chat' END;",
 ];
 
 pub struct SqliteUsageStore {
@@ -181,9 +188,9 @@ fn write_batch(conn: &mut Connection, batch: &WriteBatch) -> Result<u64, Analyti
                 access_key_id, started_ms, provider, model, model_requested, credential_source,
                 client_api, status, streamed, error_kind, tokens_input, tokens_cached_input,
                 tokens_cache_write_5m, tokens_cache_write_1h, tokens_output, fee, upstream_cost,
-                latency_us, ttft_us, tokens_reasoning)
+                latency_us, ttft_us, tokens_reasoning, endpoint)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
+                ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)",
         )?;
         for r in batch.rows.iter().filter(|r| r.log_offset >= stored) {
             let ttft = r.ttft_us.map(|t| int(t, "ttft_us")).transpose()?;
@@ -212,6 +219,7 @@ fn write_batch(conn: &mut Connection, batch: &WriteBatch) -> Result<u64, Analyti
                 int(r.latency_us, "latency_us")?,
                 ttft,
                 int(r.tokens.reasoning, "tokens")?,
+                r.endpoint.as_str(),
             ])? as u64;
         }
     }
@@ -242,6 +250,7 @@ type GroupKey = (
     Option<String>,
     Option<String>,
     Option<u16>,
+    Option<String>,
 );
 
 fn run_query(conn: &Connection, q: &UsageQuery) -> Result<Vec<UsageGroup>, AnalyticsError> {
@@ -270,6 +279,11 @@ fn run_query(conn: &Connection, q: &UsageQuery) -> Result<Vec<UsageGroup>, Analy
                 None
             },
             q.groups(GroupBy::Status).then_some(status),
+            if q.groups(GroupBy::Endpoint) {
+                Some(row.get(15)?)
+            } else {
+                None
+            },
         );
         let acc = groups.entry(key).or_default();
         acc.requests += 1;
@@ -304,7 +318,7 @@ fn usage_sql(q: &UsageQuery) -> (String, Vec<Value>) {
     let mut sql = String::from(
         "SELECT started_ms, provider, model, access_key_id, status, tokens_input,
                 tokens_cached_input, tokens_cache_write_5m, tokens_cache_write_1h, tokens_output,
-                fee, upstream_cost, latency_us, ttft_us, tokens_reasoning
+                fee, upstream_cost, latency_us, ttft_us, tokens_reasoning, endpoint
          FROM analytics_usage WHERE started_ms >= ? AND started_ms < ?",
     );
     let mut params: Vec<Value> = vec![Value::Integer(q.start_ms()), Value::Integer(q.end_ms())];
@@ -332,12 +346,22 @@ fn usage_sql(q: &UsageQuery) -> (String, Vec<Value>) {
         sql.push_str(" AND credential_source = ?");
         params.push(Value::Text(source.as_str().to_owned()));
     }
+    if let Some(endpoint) = q.endpoint {
+        sql.push_str(" AND endpoint = ?");
+        params.push(Value::Text(endpoint.as_str().to_owned()));
+    }
     (sql, params)
 }
 
 /// One group's totals and percentiles.
 fn usage_group(key: GroupKey, mut acc: Acc) -> Result<UsageGroup, AnalyticsError> {
-    let (bucket, provider, model, access_key_id, status) = key;
+    let (bucket, provider, model, access_key_id, status, endpoint) = key;
+    let endpoint = endpoint
+        .map(|e| {
+            Endpoint::parse(&e)
+                .ok_or_else(|| AnalyticsError::Corrupt(format!("stored endpoint {e:?}")))
+        })
+        .transpose()?;
     acc.latency.sort_unstable();
     acc.ttft.sort_unstable();
     let pct =
@@ -348,6 +372,7 @@ fn usage_group(key: GroupKey, mut acc: Acc) -> Result<UsageGroup, AnalyticsError
         model,
         access_key_id,
         status,
+        endpoint,
         requests: acc.requests,
         errors: acc.errors,
         tokens: acc.tokens,

@@ -50,6 +50,28 @@ async fn bad_parameters_are_400s_naming_the_parameter() {
             vec![("start", S), ("end", E), ("credential_source", "mine")],
             "credential_source",
         ),
+        (
+            vec![("start", S), ("end", E), ("endpoint", "completions")],
+            "endpoint",
+        ),
+        (vec![("start", S), ("end", E), ("endpoint", "")], "endpoint"),
+        (
+            vec![("start", S), ("end", E), ("endpoint", "Chat")],
+            "endpoint",
+        ),
+        (
+            vec![
+                ("start", S),
+                ("end", E),
+                ("endpoint", "chat"),
+                ("endpoint", "messages"),
+            ],
+            "endpoint",
+        ),
+        (
+            vec![("start", S), ("end", E), ("group_by", "endpoint,endpoint")],
+            "group_by",
+        ),
         (vec![("start", S), ("end", E), ("provider", "")], "provider"),
         (
             vec![("start", S), ("end", E), ("model", long.as_str())],
@@ -86,8 +108,9 @@ async fn bad_parameters_are_400s_naming_the_parameter() {
         &[
             ("start", "2025-02-28T00:00:00.5+01:00"),
             ("end", E),
-            ("group_by", "provider, model,access_key,status"),
+            ("group_by", "provider, model,access_key,status,endpoint"),
             ("bucket", "hour"),
+            ("endpoint", "chat"),
             ("status_class", "2xx"),
             ("credential_source", "operator"),
             ("provider", "openai"),
@@ -99,7 +122,69 @@ async fn bad_parameters_are_400s_naming_the_parameter() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body["group_by"],
-        serde_json::json!(["provider", "model", "access_key", "status"])
+        serde_json::json!(["provider", "model", "access_key", "status", "endpoint"])
+    );
+}
+
+/// `endpoint` filters and `group_by=endpoint` groups, on the embedded
+/// store here (the contract suite runs the same queries on ClickHouse);
+/// each group names its endpoint.
+#[tokio::test]
+async fn endpoint_filters_and_groups() {
+    let (_dir, _db, store) = sqlite_store();
+    load(&*store, &rows(&dataset()), 100).await;
+    let base = serve(store).await;
+    let (status, body) = get_usage(
+        &base,
+        Some(TOKEN_B),
+        &[("start", S), ("end", E), ("group_by", "endpoint")],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["group_by"], serde_json::json!(["endpoint"]));
+    let data = body["data"].as_array().unwrap();
+    let got: Vec<(&str, u64)> = data
+        .iter()
+        .map(|g| {
+            (
+                g["endpoint"].as_str().unwrap(),
+                g["requests"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    // Account B: one chat, one messages, one embeddings request (by name).
+    assert_eq!(got, [("chat", 1), ("embeddings", 1), ("messages", 1)]);
+    assert!(data[0].get("model").is_none());
+    let (status, body) = get_usage(
+        &base,
+        Some(TOKEN_B),
+        &[("start", S), ("end", E), ("endpoint", "messages")],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1);
+    assert_eq!(data[0]["requests"], 1);
+    assert_eq!(data[0]["cost"]["upstream"], "0.011535");
+    assert!(data[0].get("endpoint").is_none(), "filtered, not grouped");
+    let (status, body) = get_usage(
+        &base,
+        Some(TOKEN_B),
+        &[("start", S), ("end", E), ("endpoint", "responses")],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"], serde_json::json!([]));
+    let (status, body) = get_usage(
+        &base,
+        Some(TOKEN_B),
+        &[("start", S), ("end", E), ("endpoint", "completions")],
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body["error"]["message"],
+        "`endpoint` must be one of chat, messages, responses, embeddings"
     );
 }
 
@@ -187,4 +272,22 @@ async fn openapi_document_is_served_and_complete() {
     let mut documented_sorted = documented.clone();
     documented_sorted.sort_unstable();
     assert_eq!(documented_sorted, accepted);
+    // The endpoint filter and grouping, as enums.
+    let params = served["paths"]["/v1/usage"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    let endpoint = params.iter().find(|p| p["name"] == "endpoint").unwrap();
+    assert_eq!(
+        endpoint["schema"]["enum"],
+        serde_json::json!(["chat", "messages", "responses", "embeddings"])
+    );
+    let schemas = &served["components"]["schemas"];
+    assert!(schemas["GroupBy"]["enum"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!("endpoint")));
+    assert_eq!(
+        schemas["Endpoint"]["enum"],
+        serde_json::json!(["chat", "messages", "responses", "embeddings"])
+    );
 }

@@ -170,8 +170,12 @@ fn migrations_and_every_query_run_on_current_clickhouse_with_the_same_numbers() 
     for chunk in rows.chunks(100) {
         s.exec(sql::insert_values_v1(chunk));
     }
-    s.migrate(Some(&[2, 3, 4, 5]));
+    s.migrate(Some(&[2, 3, 4, 5, 6]));
     let before_repair = s.fetch(sql::consistency_counts());
+    // Rows of the first release read the endpoint backfilled from their
+    // client API (migration 6's default).
+    let backfilled_endpoints =
+        s.fetch("SELECT client_api, endpoint FROM usage_events ORDER BY log_offset");
     for r in ROLLUPS.iter().filter(|r| r.table() != BACKFILLED) {
         s.exec(sql::repair_rollup(*r, 0, None));
     }
@@ -179,6 +183,33 @@ fn migrations_and_every_query_run_on_current_clickhouse_with_the_same_numbers() 
     let empty_rollup = s.fetch(sql::rollup_position(ROLLUPS[0], 7));
     let repaired_positions = s.fetch(sql::rollup_position(ROLLUPS[2], 0));
     let backfilled_positions = s.fetch(sql::rollup_position(ROLLUPS[3], 0));
+
+    // Third database: an install at migration 5 (reasoning, no endpoint)
+    // holding the first half, upgraded, then the second half stored with
+    // endpoints: every contract query answers for old and new rows.
+    let half = events.len() / 2;
+    let mut upgraded = without_endpoint(&events[..half]);
+    upgraded.extend_from_slice(&events[half..]);
+    let upgraded_rows = common::rows(&upgraded);
+    s.use_db("tg_chdb_endpoint");
+    s.migrate(Some(&[1, 2, 3, 4, 5]));
+    for chunk in upgraded_rows[..half].chunks(40) {
+        s.exec(sql::insert_values_v5(chunk));
+    }
+    s.migrate(Some(&[6]));
+    for chunk in upgraded_rows[half..].chunks(40) {
+        s.exec(sql::insert_values(chunk));
+    }
+    let mut upgraded_steps = Vec::new();
+    for (case, query) in contract_queries() {
+        let planned = plan(&query, true);
+        upgraded_steps.push((
+            case,
+            query.clone(),
+            planned,
+            s.fetch(sql::usage_query(&query, planned)),
+        ));
+    }
 
     let (engine, results) = s.run();
     assert!(
@@ -190,7 +221,7 @@ fn migrations_and_every_query_run_on_current_clickhouse_with_the_same_numbers() 
         .iter()
         .map(|r| num(r, "version"))
         .collect();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
     let n = rows.len() as u64;
     let p = rows_of(&results, raw_positions);
     assert_eq!(
@@ -290,4 +321,39 @@ fn migrations_and_every_query_run_on_current_clickhouse_with_the_same_numbers() 
     }
     let e = &rows_of(&results, empty_rollup)[0];
     assert_eq!(num(e, "n"), 0);
+
+    let stored = rows_of(&results, backfilled_endpoints);
+    assert_eq!(stored.len(), rows.len());
+    assert!(stored.iter().any(|r| r["client_api"] == "anthropic"));
+    for r in &stored {
+        let want = if r["client_api"] == "anthropic" {
+            "messages"
+        } else {
+            "chat"
+        };
+        assert_eq!(r["endpoint"], want, "{r}");
+    }
+    let mut endpoint_cases = 0;
+    for (case, query, source, step) in upgraded_steps {
+        let agg: Vec<AggRow> = rows_of(&results, step)
+            .into_iter()
+            .map(|v| serde_json::from_value(v).unwrap())
+            .collect();
+        let got = groups_from_rows(&query, agg).unwrap();
+        let mode = match source {
+            Source::Raw => Percentiles::Exact,
+            Source::Rollup(_) => Percentiles::RankTolerance,
+        };
+        if query.endpoint.is_some() || query.groups(tollgate_analytics::GroupBy::Endpoint) {
+            assert_eq!(source, Source::Raw, "{case}");
+            endpoint_cases += 1;
+        }
+        assert_matches(
+            &format!("chdb upgraded {case} ({source:?})"),
+            &got,
+            &reference(&upgraded, &query),
+            mode,
+        );
+    }
+    assert!(endpoint_cases >= 4);
 }

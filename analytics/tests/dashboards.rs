@@ -172,6 +172,7 @@ struct Scenario {
     account: Option<Vec<&'static str>>,
     provider: Option<Vec<&'static str>>,
     model: Option<Vec<&'static str>>,
+    endpoint: Option<Vec<&'static str>>,
 }
 
 impl Scenario {
@@ -180,6 +181,7 @@ impl Scenario {
             "account" => &self.account,
             "provider" => &self.provider,
             "model" => &self.model,
+            "endpoint" => &self.endpoint,
             other => panic!("unknown template variable ${other}"),
         }
     }
@@ -194,14 +196,16 @@ fn scenarios() -> Vec<Scenario> {
             account: None,
             provider: None,
             model: None,
+            endpoint: None,
         },
         Scenario {
-            name: "unaligned range, account A, two providers, two models",
+            name: "unaligned range, account A, two providers, two models, two endpoints",
             from: t("2025-02-28T23:30:00Z"),
             to: t("2025-03-01T01:45:00Z"),
             account: Some(vec![ACCT_A]),
             provider: Some(vec!["openai", "anthropic"]),
             model: Some(vec!["gpt-4o-mini", "claude-sonnet-4-5"]),
+            endpoint: Some(vec!["chat", "messages"]),
         },
         Scenario {
             name: "account B only",
@@ -210,6 +214,16 @@ fn scenarios() -> Vec<Scenario> {
             account: Some(vec![ACCT_B]),
             provider: None,
             model: None,
+            endpoint: None,
+        },
+        Scenario {
+            name: "every account, embeddings and responses",
+            from: t(FULL_START),
+            to: t(FULL_END),
+            account: None,
+            provider: None,
+            model: None,
+            endpoint: Some(vec!["embeddings", "responses"]),
         },
     ]
 }
@@ -275,7 +289,7 @@ fn expand_clickhouse(text: &str, s: &Scenario) -> String {
     }
     // 2. Template variables. A variable set to All must only appear inside
     // $__conditionalAll: its expansion would be every option, unbounded.
-    for name in ["account", "provider", "model"] {
+    for name in ["account", "provider", "model", "endpoint"] {
         for pattern in [
             format!("${{{name}:singlequote}}"),
             format!("${{{name}}}"),
@@ -430,9 +444,12 @@ enum Var {
     Account,
     Provider,
     Model,
+    Endpoint,
 }
 
 const ALL_VARS: &[Var] = &[Var::Account, Var::Provider, Var::Model];
+/// The usage & cost dashboard's panels also filter by endpoint.
+const USAGE_VARS: &[Var] = &[Var::Account, Var::Provider, Var::Model, Var::Endpoint];
 
 type KeyFn = fn(&UsageEvent) -> Vec<Cell>;
 type ValuesFn = fn(&[&UsageEvent]) -> Vec<Cell>;
@@ -459,6 +476,9 @@ fn model(e: &UsageEvent) -> String {
     e.model_served
         .clone()
         .unwrap_or_else(|| e.model_requested.clone())
+}
+fn endpoint(e: &UsageEvent) -> &'static str {
+    e.served_endpoint().as_str()
 }
 fn secs(e: &UsageEvent) -> i64 {
     e.started_at.timestamp()
@@ -556,10 +576,19 @@ fn specs() -> Vec<Spec> {
             values: none,
         },
         Spec {
+            id: "tollgate-usage / $endpoint",
+            columns: &["endpoint"],
+            range: Range::Hours,
+            vars: &[Var::Account],
+            filter: any,
+            key: Some(|e| vec![text(endpoint(e))]),
+            values: none,
+        },
+        Spec {
             id: "tollgate-usage / Requests",
             columns: &["request_count"],
             range: Range::Hours,
-            vars: ALL_VARS,
+            vars: USAGE_VARS,
             filter: any,
             key: None,
             values: |g| vec![count(g)],
@@ -568,7 +597,7 @@ fn specs() -> Vec<Spec> {
             id: "tollgate-usage / Tokens",
             columns: &["total_tokens"],
             range: Range::Hours,
-            vars: ALL_VARS,
+            vars: USAGE_VARS,
             filter: any,
             key: None,
             values: |g| vec![total_tokens(g)],
@@ -577,7 +606,7 @@ fn specs() -> Vec<Spec> {
             id: "tollgate-usage / Processing fee",
             columns: &["fee_usd"],
             range: Range::Hours,
-            vars: ALL_VARS,
+            vars: USAGE_VARS,
             filter: any,
             key: None,
             values: |g| vec![dec(fee(g))],
@@ -586,7 +615,7 @@ fn specs() -> Vec<Spec> {
             id: "tollgate-usage / Upstream cost",
             columns: &["upstream_usd"],
             range: Range::Hours,
-            vars: ALL_VARS,
+            vars: USAGE_VARS,
             filter: any,
             key: None,
             values: |g| vec![dec(upstream(g))],
@@ -595,7 +624,7 @@ fn specs() -> Vec<Spec> {
             id: "tollgate-usage / Requests by model",
             columns: &["time", "model", "request_count"],
             range: Range::Hours,
-            vars: ALL_VARS,
+            vars: USAGE_VARS,
             filter: any,
             key: Some(|e| vec![hour(e), text(model(e))]),
             values: |g| vec![count(g)],
@@ -604,7 +633,7 @@ fn specs() -> Vec<Spec> {
             id: "tollgate-usage / Requests by access key",
             columns: &["time", "access_key_id", "request_count"],
             range: Range::Hours,
-            vars: ALL_VARS,
+            vars: USAGE_VARS,
             filter: any,
             key: Some(|e| vec![hour(e), text(e.access_key_id.as_str())]),
             values: |g| vec![count(g)],
@@ -620,7 +649,7 @@ fn specs() -> Vec<Spec> {
                 "output_tokens",
             ],
             range: Range::Hours,
-            vars: ALL_VARS,
+            vars: USAGE_VARS,
             filter: any,
             key: Some(|e| vec![hour(e)]),
             values: |g| {
@@ -637,7 +666,7 @@ fn specs() -> Vec<Spec> {
             id: "tollgate-usage / Fee and upstream cost",
             columns: &["time", "fee_usd", "upstream_usd"],
             range: Range::Hours,
-            vars: ALL_VARS,
+            vars: USAGE_VARS,
             filter: any,
             key: Some(|e| vec![hour(e)]),
             values: |g| vec![dec(fee(g)), dec(upstream(g))],
@@ -646,7 +675,7 @@ fn specs() -> Vec<Spec> {
             id: "tollgate-usage / Cost by provider (daily)",
             columns: &["time", "provider", "cost_usd"],
             range: Range::Days,
-            vars: ALL_VARS,
+            vars: USAGE_VARS,
             filter: served,
             key: Some(|e| vec![day(e), text(provider(e))]),
             values: |g| vec![dec(fee(g) + upstream(g))],
@@ -655,7 +684,7 @@ fn specs() -> Vec<Spec> {
             id: "tollgate-usage / Cost by access key (daily)",
             columns: &["time", "access_key_id", "cost_usd"],
             range: Range::Days,
-            vars: ALL_VARS,
+            vars: USAGE_VARS,
             filter: any,
             key: Some(|e| vec![day(e), text(e.access_key_id.as_str())]),
             values: |g| vec![dec(fee(g) + upstream(g))],
@@ -673,7 +702,7 @@ fn specs() -> Vec<Spec> {
                 "cost_usd",
             ],
             range: Range::Hours,
-            vars: ALL_VARS,
+            vars: USAGE_VARS,
             filter: any,
             key: Some(|e| vec![text(e.account_id.as_str()), text(e.access_key_id.as_str())]),
             values: |g| {
@@ -699,7 +728,7 @@ fn specs() -> Vec<Spec> {
                 "upstream_usd",
             ],
             range: Range::Hours,
-            vars: ALL_VARS,
+            vars: USAGE_VARS,
             filter: any,
             key: Some(|e| vec![text(provider(e)), text(model(e))]),
             values: |g| {
@@ -900,6 +929,7 @@ fn expected(spec: &Spec, events: &[UsageEvent], s: &Scenario) -> Vec<Vec<Cell>> 
             Var::Account => &s.account,
             Var::Provider => &s.provider,
             Var::Model => &s.model,
+            Var::Endpoint => &s.endpoint,
         };
         !spec.vars.contains(&var)
             || chosen
@@ -919,6 +949,7 @@ fn expected(spec: &Spec, events: &[UsageEvent], s: &Scenario) -> Vec<Vec<Cell>> 
                 && selected(Var::Account, e.account_id.to_string())
                 && selected(Var::Provider, provider(e))
                 && selected(Var::Model, model(e))
+                && selected(Var::Endpoint, endpoint(e).to_owned())
                 && (spec.filter)(e)
         })
         .collect();
@@ -1093,8 +1124,9 @@ async fn every_clickhouse_panel_query_returns_the_datasets_exact_numbers_on_1816
     }
     drop_database(&store).await;
     println!(
-        "{checked} query runs checked on 18.16 and on chdb ({} queries × 3 scenarios)",
-        found.len()
+        "{checked} query runs checked on 18.16 and on chdb ({} queries × {} scenarios)",
+        found.len(),
+        scenarios().len()
     );
 }
 
@@ -1199,18 +1231,44 @@ fn dashboards_parse_and_use_the_provisioned_datasources() {
     for uid in expected_uids {
         assert!(uids.contains(uid), "dashboard {uid} is missing");
     }
-    // Account, provider and model variables where usage is shown.
+    // Account, provider and model variables where usage is shown, and
+    // the endpoint on usage & cost, each multi-select with All.
     for d in all
         .iter()
         .filter(|d| d.uid == "tollgate-usage" || d.uid == "tollgate-latency")
     {
-        let names: Vec<&str> = d.json["templating"]["list"]
-            .as_array()
-            .unwrap()
+        let variables = d.json["templating"]["list"].as_array().unwrap();
+        let names: Vec<&str> = variables
             .iter()
             .map(|v| v["name"].as_str().unwrap())
             .collect();
-        assert_eq!(names, ["account", "provider", "model"], "{}", d.file);
+        let want: &[&str] = if d.uid == "tollgate-usage" {
+            &["account", "provider", "model", "endpoint"]
+        } else {
+            &["account", "provider", "model"]
+        };
+        assert_eq!(names, want, "{}", d.file);
+        for v in variables {
+            assert_eq!(
+                (&v["multi"], &v["includeAll"]),
+                (&json!(true), &json!(true)),
+                "{}: ${}",
+                d.file,
+                v["name"]
+            );
+        }
+    }
+    // Every usage & cost panel filters by the endpoint.
+    let usage = all.iter().find(|d| d.uid == "tollgate-usage").unwrap();
+    for p in panels(&usage.json) {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let sql = t["rawSql"].as_str().unwrap();
+            assert!(
+                sql.contains("$__conditionalAll(endpoint IN (${endpoint:singlequote}), $endpoint)"),
+                "{}: no endpoint filter",
+                p["title"]
+            );
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use common::*;
 use tollgate_analytics::{
     AnalyticsConfig, Backend, ClickHouseConfig, ClickHouseStore, SqliteUsageStore, UsageStore,
 };
+use tollgate_core::Endpoint;
 
 #[tokio::test]
 async fn sqlite_migrations_are_recorded_and_idempotent() {
@@ -25,7 +26,7 @@ async fn sqlite_migrations_are_recorded_and_idempotent() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(versions, vec![1, 2, 3]);
+    assert_eq!(versions, vec![1, 2, 3, 4]);
     // The store crate's own migrations are untouched and separate.
     let store_versions: i64 = conn
         .query_row("SELECT COUNT(*) FROM schema_migrations", [], |r| r.get(0))
@@ -54,16 +55,45 @@ const SQLITE_V1_USAGE_TABLE: &str = "CREATE TABLE analytics_usage (
      INSERT INTO analytics_migrations VALUES (1, '2026-01-01T00:00:00Z');";
 
 /// Events as an install of an earlier release holds them (the first half,
-/// stored before reasoning counts existed) followed by events stored after
-/// the upgrade (the second half, with reasoning counts): the reference for
-/// an upgraded store.
+/// stored before reasoning counts and endpoints existed: their endpoint is
+/// the one backfilled from the client API) followed by events stored after
+/// the upgrade (the second half, with reasoning counts and endpoints): the
+/// reference for an upgraded store.
 fn upgraded_dataset() -> (Vec<tollgate_core::UsageEvent>, usize) {
     let events = dataset();
     let half = events.len() / 2;
-    let mut upgraded = without_reasoning(&events[..half]);
+    let mut upgraded = as_earlier_release(&events[..half]);
     upgraded.extend_from_slice(&events[half..]);
     assert!(upgraded[half..].iter().any(|e| e.tokens.reasoning > 0));
+    // Some old events were embeddings or responses requests, which the
+    // backfill reads as chat: the reference says so too.
+    assert!(events[..half]
+        .iter()
+        .any(|e| e.endpoint == Some(Endpoint::Embeddings)));
+    assert!(upgraded[..half]
+        .iter()
+        .all(|e| e.endpoint.is_none() && e.served_endpoint() != Endpoint::Embeddings));
     (upgraded, half)
+}
+
+/// Each stored row's (client API, endpoint), from the SQLite file.
+fn sqlite_endpoints(db: &tollgate_sqlite::Database) -> Vec<(String, String)> {
+    db.connect()
+        .unwrap()
+        .prepare("SELECT client_api, endpoint FROM analytics_usage ORDER BY log_offset")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// The backfill rule: `openai` → chat, `anthropic` → messages.
+fn backfilled(client_api: &str) -> &'static str {
+    match client_api {
+        "anthropic" => "messages",
+        _ => "chat",
+    }
 }
 
 /// An install at migration 1 that holds usage rows upgrades in place: every
@@ -121,6 +151,13 @@ async fn sqlite_migration_2_keeps_an_installs_rows() {
 
     let store = SqliteUsageStore::open(&db).unwrap();
     assert_eq!(store.row_count().await.unwrap(), old_rows.len() as u64);
+    // Migration 4 backfilled every old row's endpoint from its client API.
+    let stored = sqlite_endpoints(&db);
+    assert_eq!(stored.len(), half);
+    assert!(stored.iter().any(|(api, _)| api == "anthropic"));
+    for (api, endpoint) in &stored {
+        assert_eq!(endpoint, backfilled(api));
+    }
     for (case, query) in contract_queries() {
         let got = store.query(&query).await.unwrap();
         assert_matches(
@@ -145,6 +182,25 @@ async fn sqlite_migration_2_keeps_an_installs_rows() {
     // The same rows again (no position stored to filter them): none added.
     load(&store, &all_rows, 100).await;
     assert_eq!(store.row_count().await.unwrap(), all_rows.len() as u64);
+    // Rows stored after the upgrade keep the endpoint their events record.
+    let stored = sqlite_endpoints(&db);
+    let recorded: Vec<&str> = events[half..]
+        .iter()
+        .map(|e| e.served_endpoint().as_str())
+        .collect();
+    assert!(recorded.contains(&"embeddings") && recorded.contains(&"responses"));
+    let mut after: Vec<(u64, &str)> = all_rows[half..]
+        .iter()
+        .map(|r| (r.log_offset, r.endpoint.as_str()))
+        .collect();
+    after.sort_unstable();
+    assert_eq!(
+        stored[half..]
+            .iter()
+            .map(|(_, e)| e.as_str())
+            .collect::<Vec<_>>(),
+        after.iter().map(|(_, e)| *e).collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test]
@@ -167,7 +223,7 @@ async fn clickhouse_migrations_are_recorded_and_idempotent() {
         .fetch_all()
         .await
         .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
     let tables: Vec<Name> = client
         .query("SELECT name FROM system.tables WHERE database = currentDatabase() ORDER BY name")
         .fetch_all()
@@ -248,7 +304,7 @@ async fn clickhouse_migration_4_upgrades_an_install_with_data() {
             .await
             .unwrap();
     }
-    let events = without_reasoning(&dataset());
+    let events = as_earlier_release(&dataset());
     let rows = rows(&events);
     for chunk in rows.chunks(40) {
         store.execute(&sql::insert_values_v1(chunk)).await.unwrap();
@@ -349,6 +405,125 @@ async fn clickhouse_migration_5_adds_reasoning_keeping_rows_and_rollups() {
     drop_database(&store).await;
 }
 
+/// Each raw row's (client API, endpoint) as ClickHouse reads it, by offset.
+async fn clickhouse_endpoints(store: &ClickHouseStore) -> Vec<(String, String)> {
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct Stored {
+        client_api: String,
+        endpoint: String,
+    }
+    let client = clickhouse::Client::default()
+        .with_url(clickhouse_url())
+        .with_database(store.config().database.clone())
+        .with_validation(false)
+        .with_compression(clickhouse::Compression::None);
+    let rows: Vec<Stored> = client
+        .query("SELECT client_api, endpoint FROM usage_events ORDER BY log_offset")
+        .fetch_all()
+        .await
+        .unwrap();
+    rows.into_iter()
+        .map(|r| (r.client_api, r.endpoint))
+        .collect()
+}
+
+/// An install at migration 5 with events upgrades in place: migration 6
+/// adds the endpoint to the raw table with a default computed from the
+/// client API, so the rows already there read the backfilled endpoint
+/// (nothing rewritten, nothing lost), rows stored afterwards keep their
+/// own, the rollups are untouched, and every contract answer — endpoint
+/// queries from raw rows, the others from rollups where aligned — is exact
+/// over old and new rows together. Interrupted after its statement or run
+/// twice, it completes and changes nothing.
+#[tokio::test]
+async fn clickhouse_migration_6_adds_the_endpoint_backfilling_existing_rows() {
+    use tollgate_analytics::clickhouse::sql::{self, plan, Source};
+    let store = shared_clickhouse("migrations_endpoint").await;
+    drop_database(&store).await;
+    let server = ClickHouseStore::new(ClickHouseConfig {
+        database: "default".into(),
+        ..store.config().clone()
+    });
+    server
+        .execute(&sql::create_database(&store.config().database))
+        .await
+        .unwrap();
+    store
+        .execute(&sql::create_migrations_table())
+        .await
+        .unwrap();
+    for (version, statements) in sql::migrations() {
+        if version > 5 {
+            continue;
+        }
+        for statement in statements {
+            store.execute(&statement).await.unwrap();
+        }
+        store
+            .execute(&sql::record_migration(version))
+            .await
+            .unwrap();
+    }
+    let events = dataset();
+    let half = events.len() / 2;
+    // The release before endpoints: reasoning counted, no endpoint.
+    let mut upgraded = without_endpoint(&events[..half]);
+    upgraded.extend_from_slice(&events[half..]);
+    let rows = rows(&upgraded);
+    for chunk in rows[..half].chunks(40) {
+        store.execute(&sql::insert_values_v5(chunk)).await.unwrap();
+    }
+    // Interrupted after its one statement: the next run skips the column.
+    let (version, statements) = sql::migrations().pop().unwrap();
+    assert_eq!(version, 6);
+    store.execute(&statements[0]).await.unwrap();
+    store.migrate().await.unwrap();
+    tollgate_analytics::migrate(&ClickHouseStore::new(store.config().clone()))
+        .await
+        .unwrap();
+    let old = clickhouse_endpoints(&store).await;
+    assert_eq!(old.len(), half);
+    assert!(old.iter().any(|(api, _)| api == "anthropic"));
+    for (api, endpoint) in &old {
+        assert_eq!(endpoint, backfilled(api));
+    }
+    let c = store.consistency().await.unwrap();
+    assert!(c.exactly(half as u64), "{c:?}");
+    for (case, query) in contract_queries() {
+        let mode = match plan(&query, true) {
+            Source::Raw => Percentiles::Exact,
+            Source::Rollup(_) => Percentiles::RankTolerance,
+        };
+        let got = store.query(&query).await.unwrap();
+        assert_matches(case, &got, &reference(&upgraded[..half], &query), mode);
+    }
+    load(&*store, &rows[half..], 60).await;
+    let all = clickhouse_endpoints(&store).await;
+    assert_eq!(all.len(), rows.len());
+    for ((_, endpoint), row) in all.iter().zip(&rows) {
+        assert_eq!(endpoint, row.endpoint.as_str(), "offset {}", row.log_offset);
+    }
+    assert!(all[half..].iter().any(|(_, e)| e == "embeddings"));
+    let c = store.consistency().await.unwrap();
+    assert!(c.exactly(rows.len() as u64), "{c:?}");
+    let mut endpoint_cases = 0;
+    for (case, query) in contract_queries() {
+        let source = plan(&query, true);
+        let mode = match source {
+            Source::Raw => Percentiles::Exact,
+            Source::Rollup(_) => Percentiles::RankTolerance,
+        };
+        if query.endpoint.is_some() || query.groups(tollgate_analytics::GroupBy::Endpoint) {
+            assert_eq!(source, Source::Raw, "{case}");
+            endpoint_cases += 1;
+        }
+        let got = store.query(&query).await.unwrap();
+        assert_matches(case, &got, &reference(&upgraded, &query), mode);
+    }
+    assert!(endpoint_cases >= 4);
+    drop_database(&store).await;
+}
+
 #[test]
 fn config_parses_from_toml_with_defaults() {
     let config: AnalyticsConfig = toml::from_str(
@@ -421,8 +596,13 @@ async fn sqlite_file_from_the_previous_release_keeps_versions_and_rows() {
             (2, "2026-12-07T17:04:42.475403940+00:00".to_string())
         ]
     );
-    // Migration 3 (reasoning tokens) runs on it once; its rows report none.
-    assert_eq!(versions.iter().map(|v| v.0).collect::<Vec<_>>(), [1, 2, 3]);
+    // Migrations 3 (reasoning tokens) and 4 (endpoints) run on it once;
+    // its rows report no reasoning and read the endpoint backfilled from
+    // their client API (all four are OpenAI chat requests).
+    assert_eq!(
+        versions.iter().map(|v| v.0).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
     assert_eq!(store.row_count().await.unwrap(), 4);
     let reasoning: Vec<i64> = db
         .connect()
@@ -434,6 +614,19 @@ async fn sqlite_file_from_the_previous_release_keeps_versions_and_rows() {
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(reasoning, vec![0; 4]);
+    assert_eq!(
+        sqlite_endpoints(&db),
+        vec![("openai".to_owned(), "chat".to_owned()); 4]
+    );
+    let mut by_endpoint =
+        tollgate_analytics::UsageQuery::new(t("2026-01-01T00:00:00Z"), t("2027-01-01T00:00:00Z"));
+    by_endpoint.group_by = vec![tollgate_analytics::GroupBy::Endpoint];
+    let got = store.query(&by_endpoint).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (got[0].endpoint, got[0].requests),
+        (Some(Endpoint::Chat), 4)
+    );
     let positions = store.positions().await.unwrap();
     assert_eq!(positions.len(), 1);
 }

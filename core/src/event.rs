@@ -201,6 +201,52 @@ impl CredentialSource {
     }
 }
 
+/// The gateway endpoint that served a request (recorded in usage events):
+/// `chat` (`POST /v1/chat/completions`), `messages` (`POST /v1/messages`),
+/// `responses` (`POST /v1/responses`), `embeddings` (`POST /v1/embeddings`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Endpoint {
+    Chat,
+    Messages,
+    Responses,
+    Embeddings,
+}
+
+impl Endpoint {
+    /// Every endpoint, in declaration order.
+    pub const ALL: [Endpoint; 4] = [
+        Endpoint::Chat,
+        Endpoint::Messages,
+        Endpoint::Responses,
+        Endpoint::Embeddings,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chat",
+            Endpoint::Messages => "messages",
+            Endpoint::Responses => "responses",
+            Endpoint::Embeddings => "embeddings",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Endpoint> {
+        Endpoint::ALL.into_iter().find(|e| e.as_str() == text)
+    }
+
+    /// The endpoint an event written before events recorded one is taken
+    /// to have: the chat endpoint of the API the client spoke (`openai` →
+    /// `chat`, `anthropic` → `messages`). Embeddings requests of those
+    /// releases (client API `openai`) therefore read as `chat`.
+    pub fn backfilled(client_api: ApiSurface) -> Endpoint {
+        match client_api {
+            ApiSurface::Openai => Endpoint::Chat,
+            ApiSurface::Anthropic => Endpoint::Messages,
+        }
+    }
+}
+
 /// One request through the gateway, success or failure. Metadata only.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageEvent {
@@ -211,6 +257,12 @@ pub struct UsageEvent {
     pub access_key_id: AccessKeyId,
     /// The API the client spoke.
     pub client_api: ApiSurface,
+    /// The endpoint that served the request. Always written by this
+    /// release; absent on events written before it (and then not written
+    /// back), which read as `Endpoint::backfilled(client_api)` — use
+    /// `served_endpoint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<Endpoint>,
     /// Provider that answered (or was last tried); None if none was tried.
     pub provider: Option<String>,
     pub model_requested: String,
@@ -251,6 +303,16 @@ pub struct UsageEvent {
     pub instance_seq: Option<u64>,
 }
 
+impl UsageEvent {
+    /// The endpoint that served the request: the recorded one, else (an
+    /// event written before endpoints were recorded) the one backfilled
+    /// from `client_api`.
+    pub fn served_endpoint(&self) -> Endpoint {
+        self.endpoint
+            .unwrap_or_else(|| Endpoint::backfilled(self.client_api))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
@@ -287,17 +349,32 @@ mod tests {
 
     /// Usage envelopes as the hand-written writer of earlier releases wrote
     /// them: four from a running gateway, the rest covering escapes, time
-    /// fractions, decimal edges and a plan. Read back and written again,
-    /// they come out byte for byte the same.
+    /// fractions, decimal edges and a plan; the last three as this release
+    /// writes them, with the serving endpoint. Read back and written again,
+    /// they come out byte for byte the same: the lines without an endpoint
+    /// get none written back, and read as the one backfilled from their
+    /// client API.
     #[test]
     fn usage_events_on_disk_are_written_again_byte_for_byte() {
         let lines = include_str!("../tests/fixtures/usage-envelopes.jsonl");
         let mut seen = 0;
+        let mut with_endpoint = Vec::new();
         for line in lines.lines() {
             let envelope: Envelope = serde_json::from_str(line).unwrap();
             let EventBody::Usage(event) = envelope.body else {
                 panic!("not a usage event: {line}");
             };
+            match event.endpoint {
+                Some(endpoint) => with_endpoint.push(endpoint),
+                None => assert_eq!(
+                    event.served_endpoint(),
+                    match event.client_api {
+                        ApiSurface::Openai => Endpoint::Chat,
+                        ApiSurface::Anthropic => Endpoint::Messages,
+                    },
+                    "{line}"
+                ),
+            }
             let mut written = Vec::new();
             UsageEnvelope(&event).write_json(&mut written);
             assert_eq!(String::from_utf8(written).unwrap(), line);
@@ -305,7 +382,31 @@ mod tests {
             assert_eq!(whole, line);
             seen += 1;
         }
-        assert_eq!(seen, 23);
+        assert_eq!(seen, 26);
+        assert_eq!(
+            with_endpoint,
+            [
+                Endpoint::Embeddings,
+                Endpoint::Responses,
+                Endpoint::Messages
+            ]
+        );
+    }
+
+    #[test]
+    fn endpoints_are_written_as_their_names() {
+        for endpoint in Endpoint::ALL {
+            let json = serde_json::to_string(&endpoint).unwrap();
+            assert_eq!(json, format!("\"{}\"", endpoint.as_str()));
+            assert_eq!(serde_json::from_str::<Endpoint>(&json).unwrap(), endpoint);
+            assert_eq!(Endpoint::parse(endpoint.as_str()), Some(endpoint));
+        }
+        assert_eq!(Endpoint::parse("completions"), None);
+        assert_eq!(Endpoint::backfilled(ApiSurface::Openai), Endpoint::Chat);
+        assert_eq!(
+            Endpoint::backfilled(ApiSurface::Anthropic),
+            Endpoint::Messages
+        );
     }
 
     #[test]

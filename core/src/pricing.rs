@@ -149,6 +149,7 @@ mod tests {
             account_id: AccountId::from("acct_a"),
             access_key_id: AccessKeyId::from("ak_a"),
             client_api: ApiSurface::Openai,
+            endpoint: None,
             provider: Some("anthropic".into()),
             model_requested: "claude-sonnet-4-5".into(),
             model_served: Some("claude-sonnet-4-5".into()),

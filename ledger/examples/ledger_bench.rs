@@ -94,6 +94,7 @@ fn payloads(accounts: usize, events: usize) -> Vec<(String, Vec<u8>)> {
             account_id: AccountId(account),
             access_key_id: AccessKeyId::from("ak_bench"),
             client_api: ApiSurface::Openai,
+            endpoint: None,
             provider: Some("openai".into()),
             model_requested: "gpt-4o".into(),
             model_served: Some("gpt-4o".into()),

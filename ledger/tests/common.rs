@@ -64,6 +64,7 @@ pub fn usage(
         account_id: AccountId::from(account),
         access_key_id: AccessKeyId::from("ak_test"),
         client_api: ApiSurface::Openai,
+        endpoint: None,
         provider: Some("anthropic".into()),
         model_requested: "claude-sonnet-4-5".into(),
         model_served: Some("claude-sonnet-4-5".into()),

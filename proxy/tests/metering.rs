@@ -560,6 +560,88 @@ async fn events_carry_prices_request_id_latency_and_status() {
     assert_eq!(event.client_api.as_str(), "anthropic");
 }
 
+/// Every event records the endpoint that served it — chat, messages or
+/// embeddings, successes and refusals alike — and writes it on the log as
+/// `"endpoint":"<name>"` right after `client_api`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_record_the_endpoint_that_served_them() {
+    use tollgate_core::Endpoint;
+    let gw = start().await;
+    let mut cases = Vec::new();
+    let id = send(
+        &gw,
+        "/v1/chat/completions",
+        &chat("gpt-4o-mini", PROMPT),
+        200,
+    )
+    .await;
+    cases.push((id, Endpoint::Chat, "openai"));
+    let id = send(
+        &gw,
+        "/v1/chat/completions",
+        &chat("nope-model", PROMPT),
+        404,
+    )
+    .await;
+    cases.push((id, Endpoint::Chat, "openai"));
+    let id = send(
+        &gw,
+        "/v1/messages",
+        &messages_stream("claude-sonnet-4-5", PROMPT),
+        200,
+    )
+    .await;
+    cases.push((id, Endpoint::Messages, "anthropic"));
+    // Translated: an Anthropic client answered by an OpenAI model.
+    let id = send(
+        &gw,
+        "/v1/messages",
+        &json!({"model": "gpt-4o-mini", "max_tokens": 16,
+                "messages": [{"role": "user", "content": PROMPT}]}),
+        200,
+    )
+    .await;
+    cases.push((id, Endpoint::Messages, "anthropic"));
+    for (input, status) in [(json!("one two three"), 200), (json!([]), 400)] {
+        let response = gw
+            .post_json(
+                "/v1/embeddings",
+                &json!({"model": "text-embedding-3-small", "input": input}),
+            )
+            .await;
+        let id = header(&response, "x-tollgate-event-id");
+        let got = response.status().as_u16();
+        let body = response.text().await.unwrap();
+        assert_eq!(got, status, "{body}");
+        cases.push((id, Endpoint::Embeddings, "openai"));
+    }
+    for (id, endpoint, client_api) in &cases {
+        let event = gw.event(id).await;
+        assert_eq!(event.endpoint, Some(*endpoint), "{id}");
+        assert_eq!(event.served_endpoint(), *endpoint);
+        assert_eq!(event.client_api.as_str(), *client_api);
+    }
+    // On the log, as written.
+    gw.events.flush().await.unwrap();
+    let records = gw
+        .events
+        .read(tollgate_eventlog::topics::ACCOUNT_EVENTS, 0, 0, 1_000)
+        .await
+        .unwrap();
+    for (id, endpoint, client_api) in &cases {
+        let payload = records
+            .iter()
+            .map(|r| String::from_utf8_lossy(&r.payload).into_owned())
+            .find(|p| p.contains(id.as_str()))
+            .unwrap_or_else(|| panic!("no record of {id}"));
+        let written = format!(
+            r#""client_api":"{client_api}","endpoint":"{}","#,
+            endpoint.as_str()
+        );
+        assert!(payload.contains(&written), "{payload}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_counters_move() {
     let gw = start().await;

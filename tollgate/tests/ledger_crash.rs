@@ -137,6 +137,7 @@ impl Generator {
             account_id: AccountId::from(account),
             access_key_id: AccessKeyId::from("ak_crash"),
             client_api: ApiSurface::Openai,
+            endpoint: None,
             provider: Some("openai".into()),
             model_requested: "gpt-4o".into(),
             model_served: Some("gpt-4o".into()),

@@ -27,6 +27,7 @@ use sql::Source;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::time::Duration;
+use tollgate_core::Endpoint;
 
 /// Response/request compression. `none` is required for ClickHouse 18.16,
 /// whose LZ4 framing the crate cannot read; `lz4` saves bandwidth on
@@ -118,6 +119,7 @@ struct RawRow<'a> {
     ttft_us: u64,
     has_ttft: u8,
     tokens_reasoning: u64,
+    endpoint: &'static str,
 }
 
 impl<'a> RawRow<'a> {
@@ -150,6 +152,7 @@ impl<'a> RawRow<'a> {
             ttft_us: r.ttft_us.unwrap_or(0),
             has_ttft: u8::from(r.ttft_us.is_some()),
             tokens_reasoning: r.tokens.reasoning,
+            endpoint: r.endpoint.as_str(),
         }
     }
 }
@@ -163,6 +166,7 @@ pub struct AggRow {
     pub g_model: String,
     pub g_access_key_id: String,
     pub g_status: u16,
+    pub g_endpoint: String,
     pub m_requests: u64,
     pub m_errors: u64,
     pub m_tokens_input: u64,
@@ -205,6 +209,13 @@ pub fn groups_from_rows(
                 .groups(GroupBy::AccessKey)
                 .then_some(row.g_access_key_id),
             status: query.groups(GroupBy::Status).then_some(row.g_status),
+            endpoint: if query.groups(GroupBy::Endpoint) {
+                Some(Endpoint::parse(&row.g_endpoint).ok_or_else(|| {
+                    AnalyticsError::Corrupt(format!("stored endpoint {:?}", row.g_endpoint))
+                })?)
+            } else {
+                None
+            },
             requests: row.m_requests,
             errors: row.m_errors,
             tokens: TokenTotals {

@@ -96,7 +96,12 @@ impl Rollup {
     }
 
     /// Whether this rollup can answer `query` at all (scope and dimensions).
+    /// No rollup keeps the endpoint (migration 6 added it to raw rows
+    /// only): a query filtering or grouping by it reads raw rows.
     fn serves(self, query: &UsageQuery) -> bool {
+        if query.endpoint.is_some() || query.groups(GroupBy::Endpoint) {
+            return false;
+        }
         let all_accounts = query.account_id.is_none()
             && query.access_key_id.is_none()
             && !query.groups(GroupBy::AccessKey);
@@ -151,9 +156,22 @@ const RAW_COLUMNS_V1: &[(&str, &str)] = &[
     ("has_ttft", "UInt8"),
 ];
 
-/// Raw columns added by migration 5 (`ALTER … ADD COLUMN` appends them, so
-/// they follow the migration 1 columns).
-const RAW_COLUMNS_ADDED: &[(&str, &str)] = &[("tokens_reasoning", "UInt64")];
+/// Raw columns added by later migrations, in order (`ALTER … ADD COLUMN`
+/// appends them, so they follow the migration 1 columns): migration 5's
+/// reasoning tokens, migration 6's endpoint.
+const RAW_COLUMNS_ADDED: &[(&str, &str)] =
+    &[("tokens_reasoning", "UInt64"), (ENDPOINT_COLUMN, "String")];
+
+/// The endpoint that served an event: migration 6 adds it to the raw table
+/// only (no rollup keeps it).
+const ENDPOINT_COLUMN: &str = "endpoint";
+
+/// Migration 6's column default: rows stored before it (and any insert that
+/// leaves the column out) read the endpoint backfilled from the client API,
+/// as `Endpoint::backfilled` reads events that do not record one. ClickHouse
+/// computes a missing column's default when it reads an older part, so the
+/// rows already there are neither rewritten nor lost.
+const ENDPOINT_DEFAULT: &str = "String DEFAULT if(client_api = 'anthropic', 'messages', 'chat')";
 
 /// Raw columns in insert order (the `Row` struct follows this order).
 pub fn raw_columns() -> impl Iterator<Item = &'static (&'static str, &'static str)> {
@@ -387,6 +405,10 @@ pub fn migrations() -> Vec<(u32, Vec<String>)> {
         ),
         (4, fewer_rollups),
         (5, reasoning),
+        (
+            6,
+            vec![add_column(RAW_TABLE, ENDPOINT_COLUMN, ENDPOINT_DEFAULT)],
+        ),
     ]
 }
 
@@ -550,11 +572,12 @@ pub fn usage_query(query: &UsageQuery, source: Source) -> String {
     };
     let mut sql = format!(
         "SELECT {bucket} AS g_bucket, {} AS g_provider, {} AS g_model, {} AS g_access_key_id, \
-         {} AS g_status, ",
+         {} AS g_status, {} AS g_endpoint, ",
         dim(GroupBy::Provider, "''"),
         dim(GroupBy::Model, "''"),
         dim(GroupBy::AccessKey, "''"),
         dim(GroupBy::Status, "toUInt16(0)"),
+        dim(GroupBy::Endpoint, "''"),
     );
     push_metrics(&mut sql, source);
     let table = match source {
@@ -564,8 +587,8 @@ pub fn usage_query(query: &UsageQuery, source: Source) -> String {
     let _ = write!(sql, " FROM {table} WHERE ");
     let conditions = conditions(query, source);
     sql.push_str(&conditions.join(" AND "));
-    sql.push_str(" GROUP BY g_bucket, g_provider, g_model, g_access_key_id, g_status");
-    sql.push_str(" ORDER BY g_bucket, g_provider, g_model, g_access_key_id, g_status");
+    sql.push_str(" GROUP BY g_bucket, g_provider, g_model, g_access_key_id, g_status, g_endpoint");
+    sql.push_str(" ORDER BY g_bucket, g_provider, g_model, g_access_key_id, g_status, g_endpoint");
     sql
 }
 
@@ -651,27 +674,38 @@ fn conditions(query: &UsageQuery, source: Source) -> Vec<String> {
     if let Some(source) = query.credential_source {
         conditions.push(format!("credential_source = {}", quote(source.as_str())));
     }
+    if let Some(endpoint) = query.endpoint {
+        conditions.push(format!("{ENDPOINT_COLUMN} = {}", quote(endpoint.as_str())));
+    }
     conditions
 }
 
 /// `INSERT … VALUES` for rows: how the chdb test loads the same rows the
 /// server gets through RowBinary (chdb has no HTTP interface).
 pub fn insert_values(rows: &[UsageRecord]) -> String {
-    insert_rows(rows, true)
+    insert_rows(rows, RAW_COLUMNS_ADDED.len())
 }
 
 /// `INSERT … VALUES` into the raw table as migration 1 created it (no
-/// reasoning column): how tests fill an install of an earlier release.
+/// reasoning or endpoint column): how tests fill an install of an earlier
+/// release.
 pub fn insert_values_v1(rows: &[UsageRecord]) -> String {
-    insert_rows(rows, false)
+    insert_rows(rows, 0)
 }
 
-fn insert_rows(rows: &[UsageRecord], reasoning: bool) -> String {
-    let names: Vec<&str> = if reasoning {
-        raw_columns().map(|(name, _)| *name).collect()
-    } else {
-        RAW_COLUMNS_V1.iter().map(|(name, _)| *name).collect()
-    };
+/// `INSERT … VALUES` into the raw table as migration 5 left it (reasoning,
+/// no endpoint): how tests fill an install of the release before endpoints.
+pub fn insert_values_v5(rows: &[UsageRecord]) -> String {
+    insert_rows(rows, 1)
+}
+
+/// Rows with the migration 1 columns and the first `added` later ones.
+fn insert_rows(rows: &[UsageRecord], added: usize) -> String {
+    let names: Vec<&str> = RAW_COLUMNS_V1
+        .iter()
+        .chain(&RAW_COLUMNS_ADDED[..added])
+        .map(|(name, _)| *name)
+        .collect();
     let mut sql = format!("INSERT INTO {RAW_TABLE} ({}) VALUES ", names.join(", "));
     for (i, r) in rows.iter().enumerate() {
         if i > 0 {
@@ -706,8 +740,11 @@ fn insert_rows(rows: &[UsageRecord], reasoning: bool) -> String {
             r.ttft_us.unwrap_or(0),
             u8::from(r.ttft_us.is_some()),
         );
-        if reasoning {
+        if added >= 1 {
             let _ = write!(sql, ", {}", r.tokens.reasoning);
+        }
+        if added >= 2 {
+            let _ = write!(sql, ", {}", quote(r.endpoint.as_str()));
         }
         sql.push(')');
     }
@@ -787,7 +824,7 @@ mod tests {
     #[test]
     fn migration_5_adds_reasoning_to_raw_rows_and_every_rollup() {
         let all = migrations();
-        let (version, statements) = all.last().cloned().unwrap_or_default();
+        let (version, statements) = all[4].clone();
         assert_eq!(version, 5);
         let added: Vec<(&str, &str)> = statements.iter().filter_map(|s| added_column(s)).collect();
         assert_eq!(added.len(), 1 + ROLLUPS.len());
@@ -801,7 +838,7 @@ mod tests {
             )) && s.contains("sumState(tokens_reasoning)")));
         }
         // Released migrations are unchanged: no reasoning before 5.
-        for (version, statements) in &all[..all.len() - 1] {
+        for (version, statements) in &all[..4] {
             assert!(
                 statements.iter().all(|s| !s.contains("reasoning")),
                 "migration {version}"
@@ -809,9 +846,52 @@ mod tests {
         }
         assert_eq!(added_column("CREATE TABLE x (a UInt8)"), None);
         assert_eq!(
-            raw_columns().last().map(|(name, _)| *name),
+            raw_columns()
+                .nth(RAW_COLUMNS_V1.len())
+                .map(|(name, _)| *name),
             Some("tokens_reasoning")
         );
+    }
+
+    #[test]
+    fn migration_6_adds_the_endpoint_to_raw_rows_only_backfilled_from_the_client_api() {
+        let all = migrations();
+        let (version, statements) = all.last().cloned().unwrap_or_default();
+        assert_eq!(version, 6);
+        assert_eq!(
+            statements,
+            ["ALTER TABLE usage_events ADD COLUMN endpoint String \
+              DEFAULT if(client_api = 'anthropic', 'messages', 'chat')"]
+        );
+        assert_eq!(added_column(&statements[0]), Some((RAW_TABLE, "endpoint")));
+        for (version, statements) in &all[..5] {
+            assert!(
+                statements.iter().all(|s| !s.contains("endpoint")),
+                "migration {version}"
+            );
+        }
+        assert_eq!(
+            raw_columns().last().map(|(name, _)| *name),
+            Some("endpoint")
+        );
+    }
+
+    #[test]
+    fn endpoint_queries_read_raw_rows() {
+        use tollgate_core::Endpoint;
+        let day = UsageQuery::new(at(0, 0), at(0, 0) + chrono::Duration::days(2));
+        assert_eq!(plan(&day, true), r(Bucket::Day, Scope::All));
+        let mut q = day.clone();
+        q.endpoint = Some(Endpoint::Embeddings);
+        assert_eq!(plan(&q, true), Source::Raw);
+        let sql = usage_query(&q, Source::Raw);
+        assert!(sql.contains("endpoint = 'embeddings'"), "{sql}");
+        let mut q = day.clone();
+        q.account_id = Some("acct_x".into());
+        q.group_by = vec![GroupBy::Endpoint];
+        assert_eq!(plan(&q, true), Source::Raw);
+        let sql = usage_query(&q, Source::Raw);
+        assert!(sql.contains("endpoint AS g_endpoint"), "{sql}");
     }
 
     #[test]

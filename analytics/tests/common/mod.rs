@@ -20,8 +20,8 @@ use tollgate_analytics::{
     UsageQuery, UsageRecord, UsageStore, WriteBatch,
 };
 use tollgate_core::{
-    AccessKeyId, AccountId, ApiSurface, CredentialSource, Envelope, EventId, Prices, TokenCounts,
-    UsageEvent, Usd,
+    AccessKeyId, AccountId, ApiSurface, CredentialSource, Endpoint, Envelope, EventId, Prices,
+    TokenCounts, UsageEvent, Usd,
 };
 use tollgate_eventlog::LogRecord;
 
@@ -87,6 +87,7 @@ pub fn event(
         account_id: AccountId::from(account),
         access_key_id: AccessKeyId::from(key),
         client_api: ApiSurface::Openai,
+        endpoint: Some(Endpoint::Chat),
         provider: provider.map(str::to_owned),
         model_requested: model.to_owned(),
         model_served: provider.map(|_| model.to_owned()),
@@ -117,11 +118,6 @@ pub fn event(
 pub const ACCT_A: &str = "acct_a";
 pub const ACCT_B: &str = "acct_b";
 
-/// The one fixed contract dataset: 240 generated requests of account A
-/// (two keys, three providers, successes and 4xx/5xx — ten of them 402
-/// `insufficient_credits` refusals — operator and BYOK,
-/// spanning a day and a month boundary) and 3 hand-written ones of
-/// account B whose sums are checked as literals.
 /// `events` as a release before reasoning counts stored them.
 pub fn without_reasoning(events: &[UsageEvent]) -> Vec<UsageEvent> {
     events
@@ -134,6 +130,40 @@ pub fn without_reasoning(events: &[UsageEvent]) -> Vec<UsageEvent> {
         .collect()
 }
 
+/// `events` as a release before endpoints were recorded wrote them: no
+/// endpoint, read as the one backfilled from the client API (so the
+/// embeddings and responses requests among them read as chat).
+pub fn without_endpoint(events: &[UsageEvent]) -> Vec<UsageEvent> {
+    events
+        .iter()
+        .cloned()
+        .map(|mut e| {
+            e.endpoint = None;
+            e
+        })
+        .collect()
+}
+
+/// `events` as a release before both reasoning counts and endpoints.
+pub fn as_earlier_release(events: &[UsageEvent]) -> Vec<UsageEvent> {
+    without_endpoint(&without_reasoning(events))
+}
+
+/// Set the endpoint (and the client API it implies) of an event.
+fn served_by(mut e: UsageEvent, endpoint: Endpoint) -> UsageEvent {
+    e.client_api = match endpoint {
+        Endpoint::Messages => ApiSurface::Anthropic,
+        _ => ApiSurface::Openai,
+    };
+    e.endpoint = Some(endpoint);
+    e
+}
+
+/// The one fixed contract dataset: 240 generated requests of account A
+/// (two keys, three providers, successes and 4xx/5xx — ten of them 402
+/// `insufficient_credits` refusals — operator and BYOK, all four
+/// endpoints, spanning a day and a month boundary) and 3 hand-written ones
+/// of account B whose sums are checked as literals.
 pub fn dataset() -> Vec<UsageEvent> {
     let base = t("2025-02-28T22:00:00Z");
     let mut events = Vec::new();
@@ -203,8 +233,17 @@ pub fn dataset() -> Vec<UsageEvent> {
         };
         let latency = 200_000 + (i * 7_919) % 3_000_000;
         let ttft = (i % 2 == 0 && status == 200).then_some(50_000 + (i * 3_571) % 400_000);
-        events.push(event(
-            ACCT_A, key, started, provider, model, credential, status, tokens, latency, ttft,
+        let endpoint = match i % 8 {
+            2 | 3 => Endpoint::Messages,
+            5 => Endpoint::Embeddings,
+            7 => Endpoint::Responses,
+            _ => Endpoint::Chat,
+        };
+        events.push(served_by(
+            event(
+                ACCT_A, key, started, provider, model, credential, status, tokens, latency, ttft,
+            ),
+            endpoint,
         ));
     }
     let b_tokens = TokenCounts {
@@ -215,17 +254,20 @@ pub fn dataset() -> Vec<UsageEvent> {
         output: 500,
         reasoning: 300,
     };
-    events.push(event(
-        ACCT_B,
-        "ak_b1",
-        t("2025-03-01T00:10:00Z"),
-        Some("anthropic"),
-        "claude-sonnet-4-5",
-        Some(CredentialSource::Operator),
-        200,
-        b_tokens,
-        1_000_000,
-        Some(300_000),
+    events.push(served_by(
+        event(
+            ACCT_B,
+            "ak_b1",
+            t("2025-03-01T00:10:00Z"),
+            Some("anthropic"),
+            "claude-sonnet-4-5",
+            Some(CredentialSource::Operator),
+            200,
+            b_tokens,
+            1_000_000,
+            Some(300_000),
+        ),
+        Endpoint::Messages,
     ));
     events.push(event(
         ACCT_B,
@@ -239,17 +281,20 @@ pub fn dataset() -> Vec<UsageEvent> {
         2_000_000,
         None,
     ));
-    events.push(event(
-        ACCT_B,
-        "ak_b1",
-        t("2025-03-01T01:05:00Z"),
-        Some("openai"),
-        "gpt-4o-mini",
-        Some(CredentialSource::Operator),
-        500,
-        TokenCounts::default(),
-        500_000,
-        None,
+    events.push(served_by(
+        event(
+            ACCT_B,
+            "ak_b1",
+            t("2025-03-01T01:05:00Z"),
+            Some("openai"),
+            "gpt-4o-mini",
+            Some(CredentialSource::Operator),
+            500,
+            TokenCounts::default(),
+            500_000,
+            None,
+        ),
+        Endpoint::Embeddings,
     ));
     // Log order is not time order around the edges (events are appended
     // when they finish): swap a few neighbours.
@@ -393,6 +438,28 @@ pub fn contract_queries() -> Vec<(&'static str, UsageQuery)> {
     c.account_id = None;
     c.group_by = vec![GroupBy::Model];
     cases.push(("admin_unaligned", c));
+    // The serving endpoint: raw rows answer (no rollup keeps it), even
+    // where the range is aligned to a rollup.
+    let mut c = full();
+    c.group_by = vec![GroupBy::Endpoint];
+    c.bucket = Some(Bucket::Day);
+    cases.push(("by_endpoint_daily", c));
+    let mut c = full();
+    c.endpoint = Some(Endpoint::Embeddings);
+    c.group_by = vec![GroupBy::Provider];
+    cases.push(("filter_embeddings", c));
+    let mut c = full();
+    c.account_id = None;
+    c.endpoint = Some(Endpoint::Messages);
+    c.group_by = vec![GroupBy::Model, GroupBy::Endpoint];
+    c.bucket = Some(Bucket::Hour);
+    cases.push(("admin_messages_hourly", c));
+    let mut c = full();
+    c.account_id = None;
+    c.endpoint = Some(Endpoint::Responses);
+    c.status_class = Some(StatusClass::Success);
+    c.group_by = vec![GroupBy::Endpoint, GroupBy::AccessKey];
+    cases.push(("admin_responses_2xx", c));
     cases
 }
 
@@ -409,6 +476,7 @@ type Key = (
     Option<String>,
     Option<String>,
     Option<u16>,
+    Option<&'static str>,
 );
 
 /// Independent reference: a plain loop over the events.
@@ -438,6 +506,7 @@ pub fn reference(events: &[UsageEvent], query: &UsageQuery) -> Vec<Expected> {
             || query
                 .credential_source
                 .is_some_and(|c| e.credential_source != Some(c))
+            || query.endpoint.is_some_and(|x| x != e.served_endpoint())
         {
             continue;
         }
@@ -455,6 +524,9 @@ pub fn reference(events: &[UsageEvent], query: &UsageQuery) -> Vec<Expected> {
                 .groups(GroupBy::AccessKey)
                 .then(|| e.access_key_id.to_string()),
             query.groups(GroupBy::Status).then_some(e.status),
+            query
+                .groups(GroupBy::Endpoint)
+                .then(|| e.served_endpoint().as_str()),
         );
         let entry = groups.entry(key.clone()).or_insert_with(|| {
             (
@@ -464,6 +536,7 @@ pub fn reference(events: &[UsageEvent], query: &UsageQuery) -> Vec<Expected> {
                     model: key.2.clone(),
                     access_key_id: key.3.clone(),
                     status: key.4,
+                    endpoint: key.5.and_then(Endpoint::parse),
                     ..UsageGroup::default()
                 },
                 Vec::new(),
@@ -522,6 +595,7 @@ pub fn reference(events: &[UsageEvent], query: &UsageQuery) -> Vec<Expected> {
                 g.model.clone(),
                 g.access_key_id.clone(),
                 g.status,
+                g.endpoint.map(Endpoint::as_str),
             )
         };
         key(&a.group).cmp(&key(&b.group))
@@ -580,15 +654,16 @@ pub fn assert_matches(case: &str, got: &[UsageGroup], want: &[Expected], mode: P
                 &g.provider,
                 &g.model,
                 &g.access_key_id,
-                g.status
+                g.status,
+                g.endpoint
             ))
             .collect::<Vec<_>>()
     );
     for (g, w) in got.iter().zip(want) {
         let e = &w.group;
         let what = format!(
-            "{case} group {:?}/{:?}/{:?}/{:?}/{:?}",
-            e.bucket_start, e.provider, e.model, e.access_key_id, e.status
+            "{case} group {:?}/{:?}/{:?}/{:?}/{:?}/{:?}",
+            e.bucket_start, e.provider, e.model, e.access_key_id, e.status, e.endpoint
         );
         assert_eq!(
             (
@@ -596,14 +671,16 @@ pub fn assert_matches(case: &str, got: &[UsageGroup], want: &[Expected], mode: P
                 &g.provider,
                 &g.model,
                 &g.access_key_id,
-                g.status
+                g.status,
+                g.endpoint
             ),
             (
                 e.bucket_start,
                 &e.provider,
                 &e.model,
                 &e.access_key_id,
-                e.status
+                e.status,
+                e.endpoint
             ),
             "{what}: keys"
         );

@@ -169,6 +169,7 @@ fn usage_event(n: u64) -> tollgate_core::UsageEvent {
         account_id: AccountId::from("acct_ride"),
         access_key_id: AccessKeyId::from("ak_ride"),
         client_api: ApiSurface::Anthropic,
+        endpoint: None,
         provider: Some("openai".into()),
         model_requested: "claude-via-translation".into(),
         model_served: Some("gpt-4o-mini".into()),

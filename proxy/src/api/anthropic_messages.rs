@@ -30,6 +30,10 @@ impl ClientApi for AnthropicMessages {
         ApiSurface::Anthropic
     }
 
+    fn event_endpoint(&self) -> tollgate_core::Endpoint {
+        tollgate_core::Endpoint::Messages
+    }
+
     fn path(&self) -> &'static str {
         "/v1/messages"
     }

@@ -41,6 +41,8 @@ pub const DEFAULT_MAX_OUTPUT_TOKENS: u32 = 4096;
 pub trait ClientApi: Sync {
     /// The API's name in usage events and metrics labels.
     fn surface(&self) -> ApiSurface;
+    /// The endpoint recorded in usage events.
+    fn event_endpoint(&self) -> tollgate_core::Endpoint;
     /// The route the API is served on (`POST`).
     fn path(&self) -> &'static str;
     /// Whether the client's headers say it speaks this API on a path that

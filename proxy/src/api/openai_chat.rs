@@ -29,6 +29,10 @@ impl ClientApi for OpenAiChat {
         ApiSurface::Openai
     }
 
+    fn event_endpoint(&self) -> tollgate_core::Endpoint {
+        tollgate_core::Endpoint::Chat
+    }
+
     fn path(&self) -> &'static str {
         "/v1/chat/completions"
     }

@@ -43,6 +43,10 @@ impl ClientApi for OpenAiEmbeddings {
         ApiSurface::Openai
     }
 
+    fn event_endpoint(&self) -> tollgate_core::Endpoint {
+        tollgate_core::Endpoint::Embeddings
+    }
+
     fn path(&self) -> &'static str {
         "/v1/embeddings"
     }
