@@ -351,7 +351,10 @@ async fn an_empty_balance_is_refused_with_402_in_openais_shape() {
         .await;
     let error = refusal(response, 402).await;
     assert_eq!(error["code"], "insufficient_credits");
-    assert!(gw.mock.requests().is_empty(), "nothing reached the upstream");
+    assert!(
+        gw.mock.requests().is_empty(),
+        "nothing reached the upstream"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -153,6 +153,8 @@ async fn a_responses_provider_gets_the_body_unchanged() {
 
     let event = gw.event(&event_id).await;
     assert_eq!(event.status, 200);
+    assert_eq!(event.endpoint, Some(tollgate_core::Endpoint::Responses));
+    assert_eq!(event.client_api, tollgate_core::ApiSurface::Openai);
     assert!(!event.tokens_estimated);
     assert_eq!((event.tokens.input, event.tokens.output), (3, 5));
     let cost = cost_for(
@@ -219,6 +221,7 @@ async fn chat_only_and_anthropic_providers_get_it_translated() {
         assert_eq!(sent.path, path);
         assert!(sent.body.get("input").is_none(), "{}", sent.body);
         let event = gw.event(&event_id).await;
+        assert_eq!(event.endpoint, Some(tollgate_core::Endpoint::Responses));
         assert_eq!((event.tokens.input, event.tokens.output), (5, 5), "{model}");
         assert!(!event.tokens_estimated);
 

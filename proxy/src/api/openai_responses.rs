@@ -77,6 +77,10 @@ impl ClientApi for OpenAiResponses {
         "/v1/responses"
     }
 
+    fn event_endpoint(&self) -> tollgate_core::Endpoint {
+        tollgate_core::Endpoint::Responses
+    }
+
     fn named_by(&self, _headers: &HeaderMap) -> bool {
         false
     }
