@@ -355,7 +355,32 @@ async fn untranslatable_fields_are_refused_naming_them() {
             assert!(message.contains(field), "{model} {field}: {message}");
         }
     }
+    // Translated to chat completions, but not on to messages.
+    for (field, value) in [
+        ("text", json!({"format": {"type": "json_object"}})),
+        ("reasoning", json!({"effort": "low"})),
+    ] {
+        let mut request = respond("claude-haiku-4-5", json!("hi"));
+        request[field] = value.clone();
+        let error = refusal(gw.post_json(PATH, &request).await, 400).await;
+        let message = error["message"].as_str().unwrap();
+        assert!(
+            message.contains(field) && message.contains("Anthropic"),
+            "{message}"
+        );
+        request["model"] = json!(CHAT_ONLY);
+        let response = gw.post_json(PATH, &request).await;
+        assert_eq!(response.status(), 200, "{field}");
+        let sent = gw.mock.requests().pop().unwrap();
+        let chat_field = if field == "text" {
+            "response_format"
+        } else {
+            "reasoning_effort"
+        };
+        assert!(sent.body.get(chat_field).is_some(), "{}", sent.body);
+    }
     // A built-in tool: untranslatable, and unpriced on the operator's key.
+    gw.mock.clear_requests();
     for model in [CHAT_ONLY, "claude-haiku-4-5", "gpt-4o-mini"] {
         let mut request = respond(model, json!("hi"));
         request["tools"] = json!([{"type": "web_search"}]);

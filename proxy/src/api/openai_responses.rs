@@ -131,6 +131,7 @@ impl ClientApi for OpenAiResponses {
         match candidate.provider.spec.api {
             ApiSurface::Openai => body::translated_body(&chat),
             ApiSurface::Anthropic => {
+                refuse_chat_only_fields(&chat)?;
                 let max_tokens = candidate
                     .max_output_tokens
                     .unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS);
@@ -278,6 +279,22 @@ fn refuse_unpriced(request: &ClientRequest) -> Result<(), ProxyError> {
                 tollgate_core::Escaped(kind)
             ),
         ));
+    }
+    Ok(())
+}
+
+/// Chat fields the chat → messages translation leaves out, named as the
+/// Responses fields they came from: refused, never dropped.
+fn refuse_chat_only_fields(chat: &Value) -> Result<(), ProxyError> {
+    for (chat_field, field, what) in [
+        ("response_format", "text.format", "structured output"),
+        ("reasoning_effort", "reasoning.effort", "a reasoning effort"),
+    ] {
+        if chat.get(chat_field).is_some_and(|v| !v.is_null()) {
+            return Err(ProxyError::invalid(format!(
+                "{field}: {what} cannot be translated to the Anthropic Messages API"
+            )));
+        }
     }
     Ok(())
 }
