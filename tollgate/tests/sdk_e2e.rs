@@ -1,7 +1,11 @@
 //! End to end: the official OpenAI and Anthropic Python SDKs drive the real
 //! `tollgate` binary (a child process configured by a TOML file plus one
 //! `TOLLGATE__` variable), whose providers point at an in-process mock
-//! upstream. The scripts are tests/python/sdk_openai.py and sdk_anthropic.py.
+//! upstream. The scripts are tests/python/sdk_openai.py, sdk_anthropic.py,
+//! sdk_responses.py (the Responses API against a Responses, a chat-only and an
+//! Anthropic model) and sdk_agents.py (the OpenAI Agents SDK); they add their
+//! one-off mock rules (failures for failover, tool calls) through the mock's
+//! control API at `TOLLGATE_MOCK_URL`.
 //!
 //! After the scripts, the binary is stopped with SIGTERM and its SQLite file
 //! is inspected: exactly the usage events the scripts declared (client API,
@@ -43,8 +47,26 @@ const CUT_AFTER_CHUNKS: usize = 2;
 /// `openai-mock` and `anthropic-mock` (config_toml).
 const MOCK_MODELS: &[&str] = &["tool-model", "reply-canary", "cut-model", "slow-stream"];
 
+/// Operator keys, tried in order: the second of each provider answers only
+/// when a script's mock rule fails the first (keep in sync with e2e_common.py).
 const OPENAI_OPERATOR_KEY: &str = "sk-e2e-operator-openai-51c0";
+const OPENAI_OPERATOR_KEY_2: &str = "sk-e2e-operator-openai-2-7b14";
 const ANTHROPIC_OPERATOR_KEY: &str = "sk-ant-e2e-operator-9d2e";
+const ANTHROPIC_OPERATOR_KEY_2: &str = "sk-ant-e2e-operator-2-c3a8";
+const GROQ_OPERATOR_KEY: &str = "gsk-e2e-operator-groq-4e61";
+const GROQ_OPERATOR_KEY_2: &str = "gsk-e2e-operator-groq-2-90fd";
+/// Every operator secret, for the leak scans.
+const OPERATOR_KEYS: &[(&str, &str)] = &[
+    (OPENAI_OPERATOR_KEY, "the OpenAI operator key"),
+    (OPENAI_OPERATOR_KEY_2, "the second OpenAI operator key"),
+    (ANTHROPIC_OPERATOR_KEY, "the Anthropic operator key"),
+    (
+        ANTHROPIC_OPERATOR_KEY_2,
+        "the second Anthropic operator key",
+    ),
+    (GROQ_OPERATOR_KEY, "the Groq operator key"),
+    (GROQ_OPERATOR_KEY_2, "the second Groq operator key"),
+];
 const ACCOUNT_NAME: &str = "sdk-e2e";
 
 /// Deadlines are generous on purpose: a loaded 2-core CI box must not fail this.
@@ -189,8 +211,9 @@ fn require_python_sdks() -> String {
     let output = Command::new(&python)
         .args([
             "-c",
-            "import sys, openai, anthropic; \
-             print(sys.version.split()[0], openai.__version__, anthropic.__version__)",
+            "import sys, importlib.metadata as m, openai, anthropic, agents; \
+             print(sys.version.split()[0], openai.__version__, anthropic.__version__, \
+             m.version('openai-agents'))",
         ])
         .output()
         .unwrap_or_else(|e| {
@@ -201,12 +224,13 @@ fn require_python_sdks() -> String {
         });
     assert!(
         output.status.success(),
-        "the SDK end-to-end test needs the official `openai` and `anthropic` Python SDKs; \
+        "the SDK end-to-end test needs the official `openai`, `anthropic` and `openai-agents` \
+         Python SDKs; \
          `{python}` cannot import them; {install}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
     let versions = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-    eprintln!("python, openai, anthropic: {versions}");
+    eprintln!("python, openai, anthropic, openai-agents: {versions}");
     versions
 }
 
@@ -267,7 +291,11 @@ impl GatewayProcess {
                 // must, or every Claude request fails (checked upstream-side).
                 .env(
                     "TOLLGATE__PROVIDERS__ANTHROPIC__API_KEYS",
-                    format!("[{}]", toml_str(ANTHROPIC_OPERATOR_KEY)),
+                    format!(
+                        "[{}, {}]",
+                        toml_str(ANTHROPIC_OPERATOR_KEY),
+                        toml_str(ANTHROPIC_OPERATOR_KEY_2)
+                    ),
                 )
                 .envs(env.iter().copied())
                 .current_dir(dir)
@@ -423,11 +451,16 @@ connect_timeout_ms = 10000
 
 [providers.openai]
 base_url = {mock}
-api_keys = [{openai_key}]
+api_keys = [{openai_key}, {openai_key_2}]
 
 [providers.anthropic]
 base_url = {mock}
 # api_keys come from TOLLGATE__PROVIDERS__ANTHROPIC__API_KEYS
+
+# A chat-only OpenAI-API provider: Responses requests are translated for it.
+[providers.groq]
+base_url = {mock}
+api_keys = [{groq_key}, {groq_key_2}]
 
 # The mock's special models (not in the catalog), priced so the operator's
 # keys may answer them: one custom provider per upstream API.
@@ -462,6 +495,9 @@ format = "text"
 "#,
         mock = toml_str(mock_base),
         openai_key = toml_str(OPENAI_OPERATOR_KEY),
+        openai_key_2 = toml_str(OPENAI_OPERATOR_KEY_2),
+        groq_key = toml_str(GROQ_OPERATOR_KEY),
+        groq_key_2 = toml_str(GROQ_OPERATOR_KEY_2),
         anthropic_key = toml_str(ANTHROPIC_OPERATOR_KEY),
         special = format!(
             "[{}]",
@@ -622,6 +658,7 @@ struct EventKey {
     status: u16,
     input: u64,
     output: u64,
+    attempts: u32,
 }
 
 impl EventKey {
@@ -634,6 +671,7 @@ impl EventKey {
             status: event.status,
             input: event.tokens.input,
             output: event.tokens.output,
+            attempts: event.attempts,
         }
     }
 }
@@ -642,20 +680,23 @@ impl fmt::Display for EventKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} → {} via {} streamed={} status={} tokens in/out={}/{}",
+            "{} → {} via {} streamed={} status={} tokens in/out={}/{} attempts={}",
             self.client_api,
             self.model_requested,
             self.provider.as_deref().unwrap_or("(none)"),
             self.streamed,
             self.status,
             self.input,
-            self.output
+            self.output,
+            self.attempts
         )
     }
 }
 
 /// An event a script declared (`EXPECT_EVENT` in e2e_common.py); a `None`
-/// token count is one the gateway estimates, so any value matches.
+/// token count is one the gateway estimates, so any value matches. `attempts`
+/// defaults to 1 for a request that reached a provider, else 0 (a script
+/// declares more for failover).
 #[derive(Clone, Debug, Deserialize)]
 struct Expected {
     client_api: String,
@@ -665,6 +706,8 @@ struct Expected {
     status: u16,
     input: Option<u64>,
     output: Option<u64>,
+    #[serde(default)]
+    attempts: Option<u32>,
 }
 
 impl Expected {
@@ -676,6 +719,12 @@ impl Expected {
             && self.status == event.status
             && self.input.is_none_or(|n| n == event.input)
             && self.output.is_none_or(|n| n == event.output)
+            && self.attempts() == event.attempts
+    }
+
+    fn attempts(&self) -> u32 {
+        self.attempts
+            .unwrap_or_else(|| u32::from(self.provider.is_some()))
     }
 
     /// Exact expectations first, so wildcards cannot steal their events.
@@ -689,14 +738,15 @@ impl fmt::Display for Expected {
         let count = |n: Option<u64>| n.map_or_else(|| "*".to_owned(), |n| n.to_string());
         write!(
             f,
-            "{} → {} via {} streamed={} status={} tokens in/out={}/{}",
+            "{} → {} via {} streamed={} status={} tokens in/out={}/{} attempts={}",
             self.client_api,
             self.model_requested,
             self.provider.as_deref().unwrap_or("(none)"),
             self.streamed,
             self.status,
             count(self.input),
-            count(self.output)
+            count(self.output),
+            self.attempts()
         )
     }
 }
@@ -710,7 +760,7 @@ struct ScriptReport {
     output: String,
 }
 
-async fn run_script(name: &'static str, gateway: &GatewayProcess) -> ScriptReport {
+async fn run_script(name: &'static str, gateway: &GatewayProcess, mock_url: &str) -> ScriptReport {
     let script = Path::new(PYTHON_DIR).join(name);
     assert!(script.exists(), "missing {}", script.display());
     let mut cmd = Command::new(python());
@@ -719,6 +769,7 @@ async fn run_script(name: &'static str, gateway: &GatewayProcess) -> ScriptRepor
         .current_dir(PYTHON_DIR)
         .env("TOLLGATE_BASE_URL", &gateway.base_url)
         .env("TOLLGATE_KEY", &gateway.token)
+        .env("TOLLGATE_MOCK_URL", mock_url)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("PYTHONUNBUFFERED", "1")
         .env("PYTHONIOENCODING", "utf-8");
@@ -801,8 +852,15 @@ async fn official_sdks_against_the_binary() {
     );
 
     let mut reports = Vec::new();
-    for script in ["sdk_openai.py", "sdk_anthropic.py"] {
-        let report = run_script(script, &gateway).await;
+    // The mock's control API (`/__mock/rules`) is beside its `/v1`.
+    let mock_url = mock.base_url().trim_end_matches("/v1").to_owned();
+    for script in [
+        "sdk_openai.py",
+        "sdk_anthropic.py",
+        "sdk_responses.py",
+        "sdk_agents.py",
+    ] {
+        let report = run_script(script, &gateway, &mock_url).await;
         reports.push(report);
     }
 
@@ -818,9 +876,10 @@ async fn official_sdks_against_the_binary() {
     for (needle, what) in [
         (CANARY, "the prompt canary"),
         (REPLY_CANARY, "the reply canary"),
-        (OPENAI_OPERATOR_KEY, "the OpenAI operator key"),
-        (ANTHROPIC_OPERATOR_KEY, "the Anthropic operator key"),
-    ] {
+    ]
+    .into_iter()
+    .chain(OPERATOR_KEYS.iter().copied())
+    {
         assert!(
             !logs.contains(needle),
             "{what} ({needle}) appears in the gateway's logs\n{stopped}"
@@ -848,9 +907,10 @@ async fn official_sdks_against_the_binary() {
             (REPLY_CANARY, "the reply canary"),
             ("CANARY", "a canary"),
             (gateway.token.as_str(), "the bootstrap access key's token"),
-            (OPENAI_OPERATOR_KEY, "the OpenAI operator key"),
-            (ANTHROPIC_OPERATOR_KEY, "the Anthropic operator key"),
-        ] {
+        ]
+        .into_iter()
+        .chain(OPERATOR_KEYS.iter().copied())
+        {
             assert!(
                 !contains(&bytes, needle.as_bytes()),
                 "{what} ({needle}) was found in {}",
@@ -954,16 +1014,18 @@ async fn official_sdks_against_the_binary() {
         );
     }
 
-    // Events from both SDKs, each routed to the right provider (also translated).
-    for client in ["openai", "anthropic"] {
+    // Events from both SDKs, each routed to the right provider (also
+    // translated); the OpenAI SDK's Responses requests also reach Groq.
+    for (client, more) in [("openai", &["groq"][..]), ("anthropic", &[][..])] {
+        let mut want = BTreeSet::from(["anthropic", "anthropic-mock", "openai", "openai-mock"]);
+        want.extend(more);
         let providers: BTreeSet<&str> = events
             .iter()
             .filter(|e| e.client_api.as_str() == client && e.status == 200)
             .filter_map(|e| e.provider.as_deref())
             .collect();
         assert_eq!(
-            providers,
-            BTreeSet::from(["anthropic", "anthropic-mock", "openai", "openai-mock"]),
+            providers, want,
             "successful {client}-SDK requests should have reached both providers (and both \
              priced custom providers for the mock's special models)"
         );
@@ -972,8 +1034,8 @@ async fn official_sdks_against_the_binary() {
         let key = EventKey::of(event);
         assert_eq!(event.account_id, account.id, "account of {key}");
         if event.provider.is_some() {
-            // Reached an upstream: exactly once, with the operator's key.
-            assert_eq!(event.attempts, 1, "attempts of {key}");
+            // Reached an upstream (attempts as declared, matched above),
+            // with the operator's keys.
             assert_eq!(
                 event.credential_source,
                 Some(CredentialSource::Operator),
@@ -1066,23 +1128,36 @@ async fn official_sdks_against_the_binary() {
     // ---- What the upstream saw: operator keys, never the access key; the
     // canary did travel (so its absence from storage is meaningful). ----
     let upstream = mock.requests();
-    let reached_upstream = events.iter().filter(|e| e.provider.is_some()).count();
+    // Token counts leave no event: they are counted apart.
+    let is_count = |path: &str| path.starts_with("/v1/messages/count_tokens");
+    let attempted: u32 = events.iter().map(|e| e.attempts).sum();
+    let generating = upstream.iter().filter(|r| !is_count(&r.path)).count();
     assert_eq!(
-        upstream.len(),
-        reached_upstream,
-        "one upstream call per request that reached a provider (no retries, no extra calls)"
+        generating, attempted as usize,
+        "one upstream call per attempt of a request that reached a provider (no extra calls)"
     );
     for request in &upstream {
-        let want_key = match request.path.as_str() {
-            "/v1/chat/completions" | "/v1/embeddings" => OPENAI_OPERATOR_KEY,
-            "/v1/messages" => ANTHROPIC_OPERATOR_KEY,
+        let want_keys: &[&str] = match request.path.as_str() {
+            "/v1/chat/completions" => &[
+                OPENAI_OPERATOR_KEY,
+                OPENAI_OPERATOR_KEY_2,
+                GROQ_OPERATOR_KEY,
+                GROQ_OPERATOR_KEY_2,
+            ],
+            "/v1/embeddings" | "/v1/responses" => &[OPENAI_OPERATOR_KEY, OPENAI_OPERATOR_KEY_2],
+            path if path == "/v1/messages" || is_count(path) => {
+                &[ANTHROPIC_OPERATOR_KEY, ANTHROPIC_OPERATOR_KEY_2]
+            }
             other => panic!("unexpected upstream path {other}"),
         };
-        assert_eq!(
-            request.api_key.as_deref(),
-            Some(want_key),
-            "upstream credential on {}",
-            request.path
+        assert!(
+            request
+                .api_key
+                .as_deref()
+                .is_some_and(|k| want_keys.contains(&k)),
+            "upstream credential on {}: {:?}",
+            request.path,
+            request.api_key
         );
         for (name, value) in &request.headers {
             assert!(
@@ -1091,7 +1166,13 @@ async fn official_sdks_against_the_binary() {
             );
         }
     }
-    for path in ["/v1/chat/completions", "/v1/messages", "/v1/embeddings"] {
+    for path in [
+        "/v1/chat/completions",
+        "/v1/messages",
+        "/v1/embeddings",
+        "/v1/responses",
+        "/v1/messages/count_tokens",
+    ] {
         assert!(
             upstream
                 .iter()
