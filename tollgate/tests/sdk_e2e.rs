@@ -851,6 +851,7 @@ async fn official_sdks_against_the_binary() {
         db_path.display()
     );
 
+    let range_start = chrono::Utc::now() - chrono::Duration::minutes(1);
     let mut reports = Vec::new();
     // The mock's control API (`/__mock/rules`) is beside its `/v1`.
     let mock_url = mock.base_url().trim_end_matches("/v1").to_owned();
@@ -863,6 +864,17 @@ async fn official_sdks_against_the_binary() {
         let report = run_script(script, &gateway, &mock_url).await;
         reports.push(report);
     }
+
+    // The ledger and the usage API, read while the gateway runs; compared
+    // with the stored events below.
+    let debits: usize = reports
+        .iter()
+        .flat_map(|r| &r.expected)
+        .filter(|e| e.provider.is_some())
+        .count();
+    let total_requests: usize = reports.iter().map(|r| r.requests).sum();
+    let ledger = usage_entries(&gateway, debits).await;
+    let usage_report = usage_groups(&gateway, total_requests, range_start).await;
 
     // Stop with SIGTERM; the gateway flushes its event log before exiting 0.
     let stopped = gateway.terminate().await;
@@ -969,7 +981,6 @@ async fn official_sdks_against_the_binary() {
         })
         .collect();
 
-    let total_requests: usize = reports.iter().map(|r| r.requests).sum();
     let describe = |events: &[UsageEvent]| -> String {
         events
             .iter()
@@ -1109,6 +1120,8 @@ async fn official_sdks_against_the_binary() {
         "all events come from the one bootstrap key: {account_keys:?}"
     );
 
+    check_costs(&events, &ledger, &usage_report);
+
     // Event ids the SDKs saw in `x-tollgate-event-id` name stored events.
     for report in &reports {
         for (id, model) in &report.event_ids {
@@ -1180,6 +1193,217 @@ async fn official_sdks_against_the_binary() {
             "no upstream request to {path} carried the canary: the prompts did not get through"
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// Costs: every event's, in the ledger and the usage API
+// ---------------------------------------------------------------------------
+
+/// GET a JSON document from the gateway with the bootstrap key.
+async fn get_json(gateway: &GatewayProcess, path_and_query: &str) -> serde_json::Value {
+    let response = http_client()
+        .get(format!("{}{path_and_query}", gateway.base_url))
+        .bearer_auth(&gateway.token)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {path_and_query}: {e}"));
+    let status = response.status();
+    let body = response.text().await.unwrap();
+    assert!(status.is_success(), "GET {path_and_query}: {status} {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path_and_query}: {e}: {body}"))
+}
+
+/// Every `usage` entry of the bootstrap account's ledger (`/v1/credits/entries`),
+/// once there are `want` of them (the ledger applies events asynchronously).
+async fn usage_entries(gateway: &GatewayProcess, want: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut entries = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut path = "/v1/credits/entries?kind=usage&limit=1000".to_owned();
+            if let Some(cursor) = &after {
+                path.push_str(&format!("&after={cursor}"));
+            }
+            let page = get_json(gateway, &path).await;
+            entries.extend(page["data"].as_array().unwrap().iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(cursor) => after = Some(cursor.to_owned()),
+                None => break,
+            }
+        }
+        if entries.len() >= want || Instant::now() > deadline {
+            return entries;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The usage API's groups by provider, model and status (`/v1/usage`), once
+/// they count `want` requests (the analytics sink reads the log asynchronously).
+async fn usage_groups(
+    gateway: &GatewayProcess,
+    want: usize,
+    start: chrono::DateTime<chrono::Utc>,
+) -> serde_json::Value {
+    let end = chrono::Utc::now() + chrono::Duration::minutes(10);
+    let path = format!(
+        "/v1/usage?start={}&end={}&group_by=provider,model,status",
+        start.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        end.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let report = get_json(gateway, &path).await;
+        let requests: u64 = report["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["requests"].as_u64().unwrap())
+            .sum();
+        if requests as usize >= want || Instant::now() > deadline {
+            return report;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The unit prices a request on `event`'s provider must have been billed at:
+/// the catalog's, or the price the config declares for the mock's models.
+fn expected_prices(event: &UsageEvent) -> tollgate_core::Prices {
+    use tollgate_core::Usd;
+    let provider = event.provider.as_deref().unwrap();
+    let served = event.model_served.as_deref().unwrap();
+    if provider.ends_with("-mock") {
+        // A declared price without cache prices charges input's for them.
+        let input = "0.15".parse::<Usd>().unwrap();
+        return tollgate_core::Prices {
+            input,
+            cached_input: input,
+            cache_write_5m: input,
+            cache_write_1h: input,
+            output: "0.6".parse::<Usd>().unwrap(),
+        };
+    }
+    tollgate_core::Catalog::builtin()
+        .unwrap()
+        .provider_model(provider, served)
+        .unwrap_or_else(|| panic!("{provider}:{served} is not in the catalog"))
+        .prices
+}
+
+fn usd(value: &serde_json::Value, what: &str) -> tollgate_core::Usd {
+    value
+        .as_str()
+        .unwrap_or_else(|| panic!("{what} is not a decimal string: {value}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("{what} {value}: {e:?}"))
+}
+
+/// Each event's cost is the catalog (or declared) price of its exact tokens
+/// on the operator's credentials; the ledger debits exactly that, once per
+/// billed event, and the usage API's groups sum exactly the events' tokens
+/// and costs.
+fn check_costs(events: &[UsageEvent], ledger: &[serde_json::Value], usage: &serde_json::Value) {
+    use std::collections::BTreeMap;
+    use tollgate_core::pricing::cost_for;
+    use tollgate_core::Usd;
+
+    let mut billed = 0usize;
+    // (provider, model served, status) → (requests, input, output, fee, upstream)
+    type Totals = (u64, u64, u64, Usd, Usd);
+    let mut groups: BTreeMap<(String, String, u16), Totals> = BTreeMap::new();
+    for event in events {
+        let key = EventKey::of(event);
+        let cost = if event.provider.is_some() {
+            let prices = expected_prices(event);
+            assert_eq!(event.prices, prices, "prices recorded in {key}");
+            cost_for(
+                &event.tokens,
+                &prices,
+                Some(CredentialSource::Operator),
+                None,
+            )
+        } else {
+            tollgate_core::pricing::Cost::default()
+        };
+        let entries: Vec<&serde_json::Value> = ledger
+            .iter()
+            .filter(|e| e["source_id"].as_str() == Some(&event.event_id.to_string()))
+            .collect();
+        if cost.total() == Usd::ZERO {
+            assert!(
+                entries.is_empty(),
+                "a ledger entry for free {key}: {entries:?}"
+            );
+        } else {
+            billed += 1;
+            assert_eq!(entries.len(), 1, "ledger entries for {key}: {entries:?}");
+            let entry = entries[0];
+            assert!(cost.upstream > Usd::ZERO, "no upstream cost for {key}");
+            assert_eq!(
+                usd(&entry["amount"], "amount"),
+                Usd::ZERO - cost.total(),
+                "ledger amount of {key}: {entry}"
+            );
+            assert_eq!(
+                usd(&entry["fee"], "fee"),
+                cost.fee,
+                "ledger fee of {key}: {entry}"
+            );
+            assert_eq!(
+                usd(&entry["upstream"], "upstream"),
+                cost.upstream,
+                "ledger upstream cost of {key}: {entry}"
+            );
+        }
+        let group = groups
+            .entry((
+                event.provider.clone().unwrap_or_default(),
+                // The usage API's `model` is the model served, when one was.
+                event
+                    .model_served
+                    .clone()
+                    .unwrap_or_else(|| event.model_requested.clone()),
+                event.status,
+            ))
+            .or_insert((0, 0, 0, Usd::ZERO, Usd::ZERO));
+        group.0 += 1;
+        group.1 += event.tokens.input;
+        group.2 += event.tokens.output;
+        group.3 = group.3 + cost.fee;
+        group.4 = group.4 + cost.upstream;
+    }
+    assert_eq!(
+        ledger.len(),
+        billed,
+        "usage entries in the ledger: one per billed event\n{ledger:#?}"
+    );
+    let reported: BTreeMap<(String, String, u16), Totals> = usage["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                (
+                    g["provider"].as_str().unwrap_or_default().to_owned(),
+                    g["model"].as_str().unwrap().to_owned(),
+                    u16::try_from(g["status"].as_u64().unwrap()).unwrap(),
+                ),
+                (
+                    g["requests"].as_u64().unwrap(),
+                    g["tokens"]["input"].as_u64().unwrap(),
+                    g["tokens"]["output"].as_u64().unwrap(),
+                    usd(&g["cost"]["fee"], "cost.fee"),
+                    usd(&g["cost"]["upstream"], "cost.upstream"),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(
+        reported, groups,
+        "the usage API's groups (provider, model, status) differ from the stored events"
+    );
 }
 
 fn lines(items: &[String]) -> String {
