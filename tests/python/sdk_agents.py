@@ -5,7 +5,9 @@
     TOLLGATE_MOCK_URL=http://127.0.0.1:PORT python3 tests/python/sdk_agents.py
 
 One agent with one function tool, on the Responses API (the SDK's
-OpenAIResponsesModel), through the gateway: a mock rule makes the first model
+OpenAIResponsesModel), through the gateway, with `Runner.run_sync` and
+`Runner.run_streamed`, on gpt-4o-mini (Responses passed through), Groq's
+llama-3.1-8b-instant and claude-haiku-4-5 (translated): a mock rule makes the first model
 call a call of the tool, the SDK runs the tool and sends its output back, and
 the second model call answers with text, the run's final output. Tracing is
 disabled (no network but the gateway). Each model call is one usage event.
@@ -69,8 +71,11 @@ def expect_tool_run(model, provider, prompt, streamed):
     run.expect_event("openai", model, provider, streamed, 200, n, TOOL_COMPLETION_TOKENS)
     tool_output = f"Sunny and 21 degrees in {TOOL_ARGS['city']}."
     # The second call sends the function_call item (0 tokens to the mock) and
-    # the tool's output (counted) after the prompt.
-    run.expect_event("openai", model, provider, streamed, 200, n + words(tool_output), REPLY_TOKENS)
+    # the tool's output after the prompt: counted as a function_call_output
+    # item or the chat `tool` message it becomes, not as the Anthropic
+    # tool_result block it becomes for Claude.
+    n2 = n + (0 if provider == "anthropic" else words(tool_output))
+    run.expect_event("openai", model, provider, streamed, 200, n2, REPLY_TOKENS)
 
 
 def make_agent(model):
@@ -93,24 +98,30 @@ def check_result(result, before):
     eq("run items", kinds, ["tool_call_item", "tool_call_output_item", "message_output_item"])
 
 
-@run.check
-def agent_with_a_tool_run_sync():
-    model = "gpt-4o-mini"
+# (model as requested, provider, model as the upstream sees it): the Responses
+# API passed through (OpenAI), and translated for a chat-only provider (Groq)
+# and for Anthropic.
+MODELS = [
+    ("gpt-4o-mini", "openai", "gpt-4o-mini"),
+    ("groq:llama-3.1-8b-instant", "groq", "llama-3.1-8b-instant"),
+    ("claude-haiku-4-5", "anthropic", "claude-haiku-4-5"),
+]
+
+
+def agent_run_sync(model, provider, upstream):
     prompt = f"What is the weather in Paris? {CANARY}"
-    expect_tool_run(model, "openai", prompt, streamed=False)
-    tool_call_once(model)
+    expect_tool_run(model, provider, prompt, streamed=False)
+    tool_call_once(upstream)
     agents.set_default_openai_client(gateway_client(), use_for_tracing=False)
     before = len(calls)
     result = agents.Runner.run_sync(make_agent(model), prompt)
     check_result(result, before)
 
 
-@run.check
-def agent_with_a_tool_run_streamed():
-    model = "gpt-4o-mini"
+def agent_run_streamed(model, provider, upstream):
     prompt = f"Weather in Paris, streamed? {CANARY}"
-    expect_tool_run(model, "openai", prompt, streamed=True)
-    tool_call_once(model)
+    expect_tool_run(model, provider, prompt, streamed=True)
+    tool_call_once(upstream)
 
     async def go():
         agents.set_default_openai_client(gateway_client(), use_for_tracing=False)
@@ -125,6 +136,16 @@ def agent_with_a_tool_run_streamed():
     result, text = asyncio.run(go())
     eq("streamed text deltas", text, DEFAULT_REPLY)
     check_result(result, before)
+
+
+for fn in (agent_run_sync, agent_run_streamed):
+    for model, provider, upstream in MODELS:
+
+        def check(fn=fn, model=model, provider=provider, upstream=upstream):
+            fn(model, provider, upstream)
+
+        check.__name__ = f"{fn.__name__}[{provider}]"
+        run.check(check)
 
 
 if __name__ == "__main__":

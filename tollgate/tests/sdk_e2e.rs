@@ -1371,8 +1371,8 @@ fn check_costs(events: &[UsageEvent], ledger: &[serde_json::Value], usage: &serd
         group.0 += 1;
         group.1 += event.tokens.input;
         group.2 += event.tokens.output;
-        group.3 = group.3 + cost.fee;
-        group.4 = group.4 + cost.upstream;
+        group.3 += cost.fee;
+        group.4 += cost.upstream;
     }
     assert_eq!(
         ledger.len(),
