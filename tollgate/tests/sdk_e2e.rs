@@ -7,9 +7,13 @@
 //! one-off mock rules (failures for failover, tool calls) through the mock's
 //! control API at `TOLLGATE_MOCK_URL`.
 //!
-//! After the scripts, the binary is stopped with SIGTERM and its SQLite file
-//! is inspected: exactly the usage events the scripts declared (client API,
-//! model, provider, streamed, status, tokens), and neither the prompt canary
+//! After the scripts, the ledger (`/v1/credits/entries`) and the usage API
+//! (`/v1/usage`) are read with the access key; then the binary is stopped
+//! with SIGTERM and its SQLite file is inspected: exactly the usage events the
+//! scripts declared (client API, model, provider, streamed, status, tokens,
+//! attempts), each priced at the catalog's (or the config's declared) prices
+//! for its exact tokens, debited exactly that once in the ledger, the usage
+//! API's groups summing them exactly, and neither the prompt canary
 //! nor the reply canary nor any secret anywhere in the database files or the
 //! gateway's logs.
 //!
