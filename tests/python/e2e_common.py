@@ -1,4 +1,5 @@
-"""Shared helpers for the SDK end-to-end scripts (sdk_openai.py, sdk_anthropic.py).
+"""Shared helpers for the SDK end-to-end scripts (sdk_openai.py, sdk_anthropic.py,
+sdk_responses.py, sdk_agents.py).
 
 The scripts talk to a running Tollgate whose `openai` and `anthropic` providers
 point at the bundled mock upstream (tollgate-mock-upstream), and so do two
@@ -14,6 +15,12 @@ have these rules (tollgate/tests/sdk_e2e.rs installs them):
 
 Every other model gets the mock's default reply, DEFAULT_REPLY.
 
+A script may add one-off rules (`times: 1`) through the mock's control API at
+TOLLGATE_MOCK_URL (`mock_rule`): a tool call for the next request to a model,
+or a failure of a provider's first operator key (OPERATOR_KEYS, tried in
+order) so that the request fails over to the second. The scripts run one
+request at a time, so such a rule is used by the very next request it matches.
+
 Output protocol, read by sdk_e2e.rs (one line each):
 
 * `ok   <check>` / `FAIL <check>: <why>` for every check;
@@ -21,8 +28,8 @@ Output protocol, read by sdk_e2e.rs (one line each):
   usage event the gateway must have stored for it (token counts `null` when
   the gateway can only estimate them);
 * `EXPECT_EVENT_ID <id> <model>` for event ids read from `x-tollgate-event-id`;
-* last: `REQUESTS=<n>`, the number of model requests (POST /v1/chat/completions
-  or /v1/messages) that actually went over the wire with the valid key,
+* last: `REQUESTS=<n>`, the number of model requests (POST /v1/chat/completions,
+  /v1/responses, /v1/embeddings or /v1/messages) that actually went over the wire with the valid key,
   counted by an httpx hook, so a check that forgets to declare its event
   is caught.
 
@@ -35,6 +42,7 @@ import os
 import re
 import sys
 import traceback
+import urllib.request
 
 CANARY = "CANARY-7f3a9d"
 """Sent in every prompt; must never reach stored events or logs."""
@@ -55,6 +63,14 @@ TOOL_ARGS = {"city": "Paris"}
 TOOL_ARGS_JSON = json.dumps(TOOL_ARGS, separators=(",", ":"))
 TOOL_COMPLETION_TOKENS = -(-len(TOOL_ARGS_JSON) // 8)
 
+OPERATOR_KEYS = {
+    "openai": ("sk-e2e-operator-openai-51c0", "sk-e2e-operator-openai-2-7b14"),
+    "anthropic": ("sk-ant-e2e-operator-9d2e", "sk-ant-e2e-operator-2-c3a8"),
+    "groq": ("gsk-e2e-operator-groq-4e61", "gsk-e2e-operator-groq-2-90fd"),
+}
+"""The operator keys of each provider, in the order the gateway tries them
+(keep in sync with sdk_e2e.rs)."""
+
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
@@ -65,6 +81,53 @@ def words(*texts):
 
 def completion_words(text):
     return len(text.split())
+
+
+def mock_rule(rule):
+    """Add a rule to the mock upstream (its JSON form: `api_key`, `model`,
+    `times`, `action`)."""
+    base = os.environ.get("TOLLGATE_MOCK_URL", "").rstrip("/")
+    if not base:
+        raise CheckError("TOLLGATE_MOCK_URL is not set: cannot add a mock rule")
+    request = urllib.request.Request(
+        base + "/__mock/rules",
+        data=json.dumps(rule).encode(),
+        headers={"content-type": "application/json"},
+        method="POST",
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(request, timeout=10) as response:
+        if response.status != 200:
+            raise CheckError(f"the mock refused rule {rule}: {response.status}")
+
+
+def fail_first_key_once(provider, status=429):
+    """The next request with `provider`'s first operator key fails with `status`."""
+    mock_rule(
+        {
+            "api_key": OPERATOR_KEYS[provider][0],
+            "times": 1,
+            "action": {"type": "fail", "status": status},
+        }
+    )
+
+
+def tool_call_once(upstream_model, name=None, arguments=None):
+    """The next request for `upstream_model` (as the upstream sees it) answers a
+    tool call (TOOL_NAME with TOOL_ARGS unless given)."""
+    mock_rule(
+        {
+            "model": upstream_model,
+            "times": 1,
+            "action": {
+                "type": "reply",
+                "tool_call": {
+                    "name": name or TOOL_NAME,
+                    "arguments": TOOL_ARGS if arguments is None else arguments,
+                },
+            },
+        }
+    )
 
 
 def require_env():
@@ -118,10 +181,16 @@ class Run:
 
     # -- request accounting -------------------------------------------------
 
+    async def on_request_async(self, request):
+        """The same hook for an async httpx client."""
+        self.on_request(request)
+
     def on_request(self, request):
         """httpx request hook: count model requests by the key they carry."""
         path = request.url.path
-        if request.method != "POST" or not path.endswith(("/chat/completions", "/messages", "/embeddings")):
+        if request.method != "POST" or not path.endswith(
+            ("/chat/completions", "/messages", "/embeddings", "/responses")
+        ):
             return
         auth = request.headers.get("authorization", "")
         api_key = request.headers.get("x-api-key", "")
@@ -130,11 +199,15 @@ class Run:
         else:
             self.sent_other += 1
 
-    def expect_event(self, client_api, model, provider, streamed, status, input_tokens, output_tokens):
+    def expect_event(
+        self, client_api, model, provider, streamed, status, input_tokens, output_tokens, attempts=None
+    ):
         """Declare the usage event the gateway must store for the next request;
-        None for a token count means "estimated, any value"."""
+        None for a token count means "estimated, any value"; `attempts` defaults
+        to 1 when the request reaches a provider, else 0."""
         self.expected.append(
             {
+                "attempts": attempts if attempts is not None else (1 if provider else 0),
                 "client_api": client_api,
                 "model_requested": model,
                 "provider": provider,

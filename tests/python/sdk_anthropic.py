@@ -21,6 +21,7 @@ from e2e_common import (
     Run,
     completion_words,
     eq,
+    fail_first_key_once,
     import_sdk,
     require_env,
     true,
@@ -320,6 +321,74 @@ def stream_cut_claude():
 @run.check
 def stream_cut_gpt():
     stream_cut("openai-mock:cut-model", "openai-mock")
+
+
+# --- count_tokens (never billed: no usage event) ------------------------------------------
+
+
+def count_tokens_of(messages_api, model, provider, system, prompt, attempts="1"):
+    raw = messages_api.with_raw_response.count_tokens(
+        model=model, system=system, messages=user(prompt), tools=TOOLS
+    )
+    eq("x-tollgate-provider", raw.headers.get("x-tollgate-provider"), provider)
+    # Counted locally for an OpenAI-API model: no upstream attempt.
+    want_attempts = attempts if provider == "anthropic" else None
+    eq("x-tollgate-attempts", raw.headers.get("x-tollgate-attempts"), want_attempts)
+    eq("no cost header (count_tokens is free)", raw.headers.get("x-tollgate-cost-total"), None)
+    counted = raw.parse()
+    if provider == "anthropic":
+        # Asked upstream: the mock counts system + message words.
+        eq("input_tokens", counted.input_tokens, words(system, prompt))
+    else:
+        # Counted by the gateway with the model's tiktoken encoding.
+        true("input_tokens estimated", counted.input_tokens >= words(system, prompt), repr(counted))
+    return counted.input_tokens
+
+
+@run.check
+def count_tokens_claude():
+    count_tokens_of(c.messages, "claude-haiku-4-5", "anthropic", f"Be brief. {CANARY}", f"Count me. {CANARY}")
+
+
+@run.check
+def count_tokens_gpt():
+    count_tokens_of(c.messages, "gpt-4o-mini", "openai", f"Be brief. {CANARY}", f"Count me. {CANARY}")
+
+
+@run.check
+def count_tokens_beta_claude():
+    count_tokens_of(c.beta.messages, "claude-haiku-4-5", "anthropic", "Beta system.", f"Count me too. {CANARY}")
+
+
+@run.check
+def count_tokens_beta_gpt():
+    count_tokens_of(c.beta.messages, "gpt-4o-mini", "openai", "Beta system.", f"Count me too. {CANARY}")
+
+
+@run.check
+def count_tokens_fails_over_to_the_second_key():
+    fail_first_key_once("anthropic", 429)
+    count_tokens_of(
+        c.messages, "claude-haiku-4-5", "anthropic", "Fail over.", f"Count after a 429. {CANARY}", attempts="2"
+    )
+    fail_first_key_once("anthropic", 500)
+    count_tokens_of(
+        c.beta.messages, "claude-haiku-4-5", "anthropic", "Fail over.", f"Count after a 500. {CANARY}", attempts="2"
+    )
+
+
+# --- failover on messages ---------------------------------------------------------------
+
+
+@run.check
+def messages_fail_over_to_the_second_key():
+    prompt = f"Fail over, please. {CANARY}"
+    n = words(prompt)
+    run.expect_event("anthropic", "claude-haiku-4-5", "anthropic", False, 200, n, 5, attempts=2)
+    fail_first_key_once("anthropic", 429)
+    raw = c.messages.with_raw_response.create(model="claude-haiku-4-5", max_tokens=64, messages=user(prompt))
+    eq("x-tollgate-attempts", raw.headers.get("x-tollgate-attempts"), "2")
+    check_text_message(raw.parse(), "claude-haiku-4-5", n)
 
 
 # --- models, errors ------------------------------------------------------------------

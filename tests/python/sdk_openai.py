@@ -24,6 +24,7 @@ from e2e_common import (
     Run,
     completion_words,
     eq,
+    fail_first_key_once,
     import_sdk,
     require_env,
     true,
@@ -463,6 +464,31 @@ def embeddings_batch_explicit_base64_with_dimensions():
         model="text-embedding-ada-002", input=texts, encoding_format="base64", dimensions=4
     )
     check_embeddings(r, texts, dimensions=4, decode=True)
+
+
+@run.check
+def embeddings_fail_over_to_the_second_key():
+    texts = [f"fail over {CANARY}", "then embed"]
+    run.expect_event("openai", EMBEDDING_MODEL, "openai", False, 200, words(*texts), 0, attempts=2)
+    fail_first_key_once("openai", 429)
+    raw = c.embeddings.with_raw_response.create(model=EMBEDDING_MODEL, input=texts, encoding_format="float")
+    eq("x-tollgate-attempts", raw.headers.get("x-tollgate-attempts"), "2")
+    check_embeddings(raw.parse(), texts)
+
+
+@run.check
+def chat_fails_over_to_the_second_key():
+    prompt = f"Fail over, then answer. {CANARY}"
+    n = words(prompt)
+    run.expect_event("openai", "gpt-4o-mini", "openai", True, 200, n, 5, attempts=2)
+    fail_first_key_once("openai", 500)
+    stream = c.chat.completions.create(
+        model="gpt-4o-mini", messages=user(prompt), stream=True, stream_options={"include_usage": True}
+    )
+    eq("x-tollgate-attempts", stream.response.headers.get("x-tollgate-attempts"), "2")
+    text, chunks, _ = collect_stream(stream)
+    eq("concatenated deltas", text, DEFAULT_REPLY)
+    check_usage_chunk(chunks, n, 5)
 
 
 @run.check

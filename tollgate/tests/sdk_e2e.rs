@@ -1,11 +1,19 @@
 //! End to end: the official OpenAI and Anthropic Python SDKs drive the real
 //! `tollgate` binary (a child process configured by a TOML file plus one
 //! `TOLLGATE__` variable), whose providers point at an in-process mock
-//! upstream. The scripts are tests/python/sdk_openai.py and sdk_anthropic.py.
+//! upstream. The scripts are tests/python/sdk_openai.py, sdk_anthropic.py,
+//! sdk_responses.py (the Responses API against a Responses, a chat-only and an
+//! Anthropic model) and sdk_agents.py (the OpenAI Agents SDK); they add their
+//! one-off mock rules (failures for failover, tool calls) through the mock's
+//! control API at `TOLLGATE_MOCK_URL`.
 //!
-//! After the scripts, the binary is stopped with SIGTERM and its SQLite file
-//! is inspected: exactly the usage events the scripts declared (client API,
-//! model, provider, streamed, status, tokens), and neither the prompt canary
+//! After the scripts, the ledger (`/v1/credits/entries`) and the usage API
+//! (`/v1/usage`) are read with the access key; then the binary is stopped
+//! with SIGTERM and its SQLite file is inspected: exactly the usage events the
+//! scripts declared (client API, model, provider, streamed, status, tokens,
+//! attempts), each priced at the catalog's (or the config's declared) prices
+//! for its exact tokens, debited exactly that once in the ledger, the usage
+//! API's groups summing them exactly, and neither the prompt canary
 //! nor the reply canary nor any secret anywhere in the database files or the
 //! gateway's logs.
 //!
@@ -43,8 +51,26 @@ const CUT_AFTER_CHUNKS: usize = 2;
 /// `openai-mock` and `anthropic-mock` (config_toml).
 const MOCK_MODELS: &[&str] = &["tool-model", "reply-canary", "cut-model", "slow-stream"];
 
+/// Operator keys, tried in order: the second of each provider answers only
+/// when a script's mock rule fails the first (keep in sync with e2e_common.py).
 const OPENAI_OPERATOR_KEY: &str = "sk-e2e-operator-openai-51c0";
+const OPENAI_OPERATOR_KEY_2: &str = "sk-e2e-operator-openai-2-7b14";
 const ANTHROPIC_OPERATOR_KEY: &str = "sk-ant-e2e-operator-9d2e";
+const ANTHROPIC_OPERATOR_KEY_2: &str = "sk-ant-e2e-operator-2-c3a8";
+const GROQ_OPERATOR_KEY: &str = "gsk-e2e-operator-groq-4e61";
+const GROQ_OPERATOR_KEY_2: &str = "gsk-e2e-operator-groq-2-90fd";
+/// Every operator secret, for the leak scans.
+const OPERATOR_KEYS: &[(&str, &str)] = &[
+    (OPENAI_OPERATOR_KEY, "the OpenAI operator key"),
+    (OPENAI_OPERATOR_KEY_2, "the second OpenAI operator key"),
+    (ANTHROPIC_OPERATOR_KEY, "the Anthropic operator key"),
+    (
+        ANTHROPIC_OPERATOR_KEY_2,
+        "the second Anthropic operator key",
+    ),
+    (GROQ_OPERATOR_KEY, "the Groq operator key"),
+    (GROQ_OPERATOR_KEY_2, "the second Groq operator key"),
+];
 const ACCOUNT_NAME: &str = "sdk-e2e";
 
 /// Deadlines are generous on purpose: a loaded 2-core CI box must not fail this.
@@ -189,8 +215,9 @@ fn require_python_sdks() -> String {
     let output = Command::new(&python)
         .args([
             "-c",
-            "import sys, openai, anthropic; \
-             print(sys.version.split()[0], openai.__version__, anthropic.__version__)",
+            "import sys, importlib.metadata as m, openai, anthropic, agents; \
+             print(sys.version.split()[0], openai.__version__, anthropic.__version__, \
+             m.version('openai-agents'))",
         ])
         .output()
         .unwrap_or_else(|e| {
@@ -201,12 +228,13 @@ fn require_python_sdks() -> String {
         });
     assert!(
         output.status.success(),
-        "the SDK end-to-end test needs the official `openai` and `anthropic` Python SDKs; \
+        "the SDK end-to-end test needs the official `openai`, `anthropic` and `openai-agents` \
+         Python SDKs; \
          `{python}` cannot import them; {install}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
     let versions = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-    eprintln!("python, openai, anthropic: {versions}");
+    eprintln!("python, openai, anthropic, openai-agents: {versions}");
     versions
 }
 
@@ -267,7 +295,11 @@ impl GatewayProcess {
                 // must, or every Claude request fails (checked upstream-side).
                 .env(
                     "TOLLGATE__PROVIDERS__ANTHROPIC__API_KEYS",
-                    format!("[{}]", toml_str(ANTHROPIC_OPERATOR_KEY)),
+                    format!(
+                        "[{}, {}]",
+                        toml_str(ANTHROPIC_OPERATOR_KEY),
+                        toml_str(ANTHROPIC_OPERATOR_KEY_2)
+                    ),
                 )
                 .envs(env.iter().copied())
                 .current_dir(dir)
@@ -423,11 +455,16 @@ connect_timeout_ms = 10000
 
 [providers.openai]
 base_url = {mock}
-api_keys = [{openai_key}]
+api_keys = [{openai_key}, {openai_key_2}]
 
 [providers.anthropic]
 base_url = {mock}
 # api_keys come from TOLLGATE__PROVIDERS__ANTHROPIC__API_KEYS
+
+# A chat-only OpenAI-API provider: Responses requests are translated for it.
+[providers.groq]
+base_url = {mock}
+api_keys = [{groq_key}, {groq_key_2}]
 
 # The mock's special models (not in the catalog), priced so the operator's
 # keys may answer them: one custom provider per upstream API.
@@ -462,6 +499,9 @@ format = "text"
 "#,
         mock = toml_str(mock_base),
         openai_key = toml_str(OPENAI_OPERATOR_KEY),
+        openai_key_2 = toml_str(OPENAI_OPERATOR_KEY_2),
+        groq_key = toml_str(GROQ_OPERATOR_KEY),
+        groq_key_2 = toml_str(GROQ_OPERATOR_KEY_2),
         anthropic_key = toml_str(ANTHROPIC_OPERATOR_KEY),
         special = format!(
             "[{}]",
@@ -622,6 +662,7 @@ struct EventKey {
     status: u16,
     input: u64,
     output: u64,
+    attempts: u32,
 }
 
 impl EventKey {
@@ -634,6 +675,7 @@ impl EventKey {
             status: event.status,
             input: event.tokens.input,
             output: event.tokens.output,
+            attempts: event.attempts,
         }
     }
 }
@@ -642,20 +684,23 @@ impl fmt::Display for EventKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} → {} via {} streamed={} status={} tokens in/out={}/{}",
+            "{} → {} via {} streamed={} status={} tokens in/out={}/{} attempts={}",
             self.client_api,
             self.model_requested,
             self.provider.as_deref().unwrap_or("(none)"),
             self.streamed,
             self.status,
             self.input,
-            self.output
+            self.output,
+            self.attempts
         )
     }
 }
 
 /// An event a script declared (`EXPECT_EVENT` in e2e_common.py); a `None`
-/// token count is one the gateway estimates, so any value matches.
+/// token count is one the gateway estimates, so any value matches. `attempts`
+/// defaults to 1 for a request that reached a provider, else 0 (a script
+/// declares more for failover).
 #[derive(Clone, Debug, Deserialize)]
 struct Expected {
     client_api: String,
@@ -665,6 +710,8 @@ struct Expected {
     status: u16,
     input: Option<u64>,
     output: Option<u64>,
+    #[serde(default)]
+    attempts: Option<u32>,
 }
 
 impl Expected {
@@ -676,6 +723,12 @@ impl Expected {
             && self.status == event.status
             && self.input.is_none_or(|n| n == event.input)
             && self.output.is_none_or(|n| n == event.output)
+            && self.attempts() == event.attempts
+    }
+
+    fn attempts(&self) -> u32 {
+        self.attempts
+            .unwrap_or_else(|| u32::from(self.provider.is_some()))
     }
 
     /// Exact expectations first, so wildcards cannot steal their events.
@@ -689,14 +742,15 @@ impl fmt::Display for Expected {
         let count = |n: Option<u64>| n.map_or_else(|| "*".to_owned(), |n| n.to_string());
         write!(
             f,
-            "{} → {} via {} streamed={} status={} tokens in/out={}/{}",
+            "{} → {} via {} streamed={} status={} tokens in/out={}/{} attempts={}",
             self.client_api,
             self.model_requested,
             self.provider.as_deref().unwrap_or("(none)"),
             self.streamed,
             self.status,
             count(self.input),
-            count(self.output)
+            count(self.output),
+            self.attempts()
         )
     }
 }
@@ -710,7 +764,7 @@ struct ScriptReport {
     output: String,
 }
 
-async fn run_script(name: &'static str, gateway: &GatewayProcess) -> ScriptReport {
+async fn run_script(name: &'static str, gateway: &GatewayProcess, mock_url: &str) -> ScriptReport {
     let script = Path::new(PYTHON_DIR).join(name);
     assert!(script.exists(), "missing {}", script.display());
     let mut cmd = Command::new(python());
@@ -719,6 +773,7 @@ async fn run_script(name: &'static str, gateway: &GatewayProcess) -> ScriptRepor
         .current_dir(PYTHON_DIR)
         .env("TOLLGATE_BASE_URL", &gateway.base_url)
         .env("TOLLGATE_KEY", &gateway.token)
+        .env("TOLLGATE_MOCK_URL", mock_url)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("PYTHONUNBUFFERED", "1")
         .env("PYTHONIOENCODING", "utf-8");
@@ -800,11 +855,30 @@ async fn official_sdks_against_the_binary() {
         db_path.display()
     );
 
+    let range_start = chrono::Utc::now() - chrono::Duration::minutes(1);
     let mut reports = Vec::new();
-    for script in ["sdk_openai.py", "sdk_anthropic.py"] {
-        let report = run_script(script, &gateway).await;
+    // The mock's control API (`/__mock/rules`) is beside its `/v1`.
+    let mock_url = mock.base_url().trim_end_matches("/v1").to_owned();
+    for script in [
+        "sdk_openai.py",
+        "sdk_anthropic.py",
+        "sdk_responses.py",
+        "sdk_agents.py",
+    ] {
+        let report = run_script(script, &gateway, &mock_url).await;
         reports.push(report);
     }
+
+    // The ledger and the usage API, read while the gateway runs; compared
+    // with the stored events below.
+    let debits: usize = reports
+        .iter()
+        .flat_map(|r| &r.expected)
+        .filter(|e| e.provider.is_some())
+        .count();
+    let total_requests: usize = reports.iter().map(|r| r.requests).sum();
+    let ledger = usage_entries(&gateway, debits).await;
+    let usage_report = usage_groups(&gateway, total_requests, range_start).await;
 
     // Stop with SIGTERM; the gateway flushes its event log before exiting 0.
     let stopped = gateway.terminate().await;
@@ -818,9 +892,10 @@ async fn official_sdks_against_the_binary() {
     for (needle, what) in [
         (CANARY, "the prompt canary"),
         (REPLY_CANARY, "the reply canary"),
-        (OPENAI_OPERATOR_KEY, "the OpenAI operator key"),
-        (ANTHROPIC_OPERATOR_KEY, "the Anthropic operator key"),
-    ] {
+    ]
+    .into_iter()
+    .chain(OPERATOR_KEYS.iter().copied())
+    {
         assert!(
             !logs.contains(needle),
             "{what} ({needle}) appears in the gateway's logs\n{stopped}"
@@ -848,9 +923,10 @@ async fn official_sdks_against_the_binary() {
             (REPLY_CANARY, "the reply canary"),
             ("CANARY", "a canary"),
             (gateway.token.as_str(), "the bootstrap access key's token"),
-            (OPENAI_OPERATOR_KEY, "the OpenAI operator key"),
-            (ANTHROPIC_OPERATOR_KEY, "the Anthropic operator key"),
-        ] {
+        ]
+        .into_iter()
+        .chain(OPERATOR_KEYS.iter().copied())
+        {
             assert!(
                 !contains(&bytes, needle.as_bytes()),
                 "{what} ({needle}) was found in {}",
@@ -909,7 +985,6 @@ async fn official_sdks_against_the_binary() {
         })
         .collect();
 
-    let total_requests: usize = reports.iter().map(|r| r.requests).sum();
     let describe = |events: &[UsageEvent]| -> String {
         events
             .iter()
@@ -954,16 +1029,18 @@ async fn official_sdks_against_the_binary() {
         );
     }
 
-    // Events from both SDKs, each routed to the right provider (also translated).
-    for client in ["openai", "anthropic"] {
+    // Events from both SDKs, each routed to the right provider (also
+    // translated); the OpenAI SDK's Responses requests also reach Groq.
+    for (client, more) in [("openai", &["groq"][..]), ("anthropic", &[][..])] {
+        let mut want = BTreeSet::from(["anthropic", "anthropic-mock", "openai", "openai-mock"]);
+        want.extend(more);
         let providers: BTreeSet<&str> = events
             .iter()
             .filter(|e| e.client_api.as_str() == client && e.status == 200)
             .filter_map(|e| e.provider.as_deref())
             .collect();
         assert_eq!(
-            providers,
-            BTreeSet::from(["anthropic", "anthropic-mock", "openai", "openai-mock"]),
+            providers, want,
             "successful {client}-SDK requests should have reached both providers (and both \
              priced custom providers for the mock's special models)"
         );
@@ -972,8 +1049,8 @@ async fn official_sdks_against_the_binary() {
         let key = EventKey::of(event);
         assert_eq!(event.account_id, account.id, "account of {key}");
         if event.provider.is_some() {
-            // Reached an upstream: exactly once, with the operator's key.
-            assert_eq!(event.attempts, 1, "attempts of {key}");
+            // Reached an upstream (attempts as declared, matched above),
+            // with the operator's keys.
             assert_eq!(
                 event.credential_source,
                 Some(CredentialSource::Operator),
@@ -1047,6 +1124,8 @@ async fn official_sdks_against_the_binary() {
         "all events come from the one bootstrap key: {account_keys:?}"
     );
 
+    check_costs(&events, &ledger, &usage_report);
+
     // Event ids the SDKs saw in `x-tollgate-event-id` name stored events.
     for report in &reports {
         for (id, model) in &report.event_ids {
@@ -1066,23 +1145,36 @@ async fn official_sdks_against_the_binary() {
     // ---- What the upstream saw: operator keys, never the access key; the
     // canary did travel (so its absence from storage is meaningful). ----
     let upstream = mock.requests();
-    let reached_upstream = events.iter().filter(|e| e.provider.is_some()).count();
+    // Token counts leave no event: they are counted apart.
+    let is_count = |path: &str| path.starts_with("/v1/messages/count_tokens");
+    let attempted: u32 = events.iter().map(|e| e.attempts).sum();
+    let generating = upstream.iter().filter(|r| !is_count(&r.path)).count();
     assert_eq!(
-        upstream.len(),
-        reached_upstream,
-        "one upstream call per request that reached a provider (no retries, no extra calls)"
+        generating, attempted as usize,
+        "one upstream call per attempt of a request that reached a provider (no extra calls)"
     );
     for request in &upstream {
-        let want_key = match request.path.as_str() {
-            "/v1/chat/completions" | "/v1/embeddings" => OPENAI_OPERATOR_KEY,
-            "/v1/messages" => ANTHROPIC_OPERATOR_KEY,
+        let want_keys: &[&str] = match request.path.as_str() {
+            "/v1/chat/completions" => &[
+                OPENAI_OPERATOR_KEY,
+                OPENAI_OPERATOR_KEY_2,
+                GROQ_OPERATOR_KEY,
+                GROQ_OPERATOR_KEY_2,
+            ],
+            "/v1/embeddings" | "/v1/responses" => &[OPENAI_OPERATOR_KEY, OPENAI_OPERATOR_KEY_2],
+            path if path == "/v1/messages" || is_count(path) => {
+                &[ANTHROPIC_OPERATOR_KEY, ANTHROPIC_OPERATOR_KEY_2]
+            }
             other => panic!("unexpected upstream path {other}"),
         };
-        assert_eq!(
-            request.api_key.as_deref(),
-            Some(want_key),
-            "upstream credential on {}",
-            request.path
+        assert!(
+            request
+                .api_key
+                .as_deref()
+                .is_some_and(|k| want_keys.contains(&k)),
+            "upstream credential on {}: {:?}",
+            request.path,
+            request.api_key
         );
         for (name, value) in &request.headers {
             assert!(
@@ -1091,7 +1183,13 @@ async fn official_sdks_against_the_binary() {
             );
         }
     }
-    for path in ["/v1/chat/completions", "/v1/messages", "/v1/embeddings"] {
+    for path in [
+        "/v1/chat/completions",
+        "/v1/messages",
+        "/v1/embeddings",
+        "/v1/responses",
+        "/v1/messages/count_tokens",
+    ] {
         assert!(
             upstream
                 .iter()
@@ -1099,6 +1197,217 @@ async fn official_sdks_against_the_binary() {
             "no upstream request to {path} carried the canary: the prompts did not get through"
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// Costs: every event's, in the ledger and the usage API
+// ---------------------------------------------------------------------------
+
+/// GET a JSON document from the gateway with the bootstrap key.
+async fn get_json(gateway: &GatewayProcess, path_and_query: &str) -> serde_json::Value {
+    let response = http_client()
+        .get(format!("{}{path_and_query}", gateway.base_url))
+        .bearer_auth(&gateway.token)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {path_and_query}: {e}"));
+    let status = response.status();
+    let body = response.text().await.unwrap();
+    assert!(status.is_success(), "GET {path_and_query}: {status} {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path_and_query}: {e}: {body}"))
+}
+
+/// Every `usage` entry of the bootstrap account's ledger (`/v1/credits/entries`),
+/// once there are `want` of them (the ledger applies events asynchronously).
+async fn usage_entries(gateway: &GatewayProcess, want: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut entries = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut path = "/v1/credits/entries?kind=usage&limit=1000".to_owned();
+            if let Some(cursor) = &after {
+                path.push_str(&format!("&after={cursor}"));
+            }
+            let page = get_json(gateway, &path).await;
+            entries.extend(page["data"].as_array().unwrap().iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(cursor) => after = Some(cursor.to_owned()),
+                None => break,
+            }
+        }
+        if entries.len() >= want || Instant::now() > deadline {
+            return entries;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The usage API's groups by provider, model and status (`/v1/usage`), once
+/// they count `want` requests (the analytics sink reads the log asynchronously).
+async fn usage_groups(
+    gateway: &GatewayProcess,
+    want: usize,
+    start: chrono::DateTime<chrono::Utc>,
+) -> serde_json::Value {
+    let end = chrono::Utc::now() + chrono::Duration::minutes(10);
+    let path = format!(
+        "/v1/usage?start={}&end={}&group_by=provider,model,status",
+        start.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        end.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let report = get_json(gateway, &path).await;
+        let requests: u64 = report["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["requests"].as_u64().unwrap())
+            .sum();
+        if requests as usize >= want || Instant::now() > deadline {
+            return report;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The unit prices a request on `event`'s provider must have been billed at:
+/// the catalog's, or the price the config declares for the mock's models.
+fn expected_prices(event: &UsageEvent) -> tollgate_core::Prices {
+    use tollgate_core::Usd;
+    let provider = event.provider.as_deref().unwrap();
+    let served = event.model_served.as_deref().unwrap();
+    if provider.ends_with("-mock") {
+        // A declared price without cache prices charges input's for them.
+        let input = "0.15".parse::<Usd>().unwrap();
+        return tollgate_core::Prices {
+            input,
+            cached_input: input,
+            cache_write_5m: input,
+            cache_write_1h: input,
+            output: "0.6".parse::<Usd>().unwrap(),
+        };
+    }
+    tollgate_core::Catalog::builtin()
+        .unwrap()
+        .provider_model(provider, served)
+        .unwrap_or_else(|| panic!("{provider}:{served} is not in the catalog"))
+        .prices
+}
+
+fn usd(value: &serde_json::Value, what: &str) -> tollgate_core::Usd {
+    value
+        .as_str()
+        .unwrap_or_else(|| panic!("{what} is not a decimal string: {value}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("{what} {value}: {e:?}"))
+}
+
+/// Each event's cost is the catalog (or declared) price of its exact tokens
+/// on the operator's credentials; the ledger debits exactly that, once per
+/// billed event, and the usage API's groups sum exactly the events' tokens
+/// and costs.
+fn check_costs(events: &[UsageEvent], ledger: &[serde_json::Value], usage: &serde_json::Value) {
+    use std::collections::BTreeMap;
+    use tollgate_core::pricing::cost_for;
+    use tollgate_core::Usd;
+
+    let mut billed = 0usize;
+    // (provider, model served, status) → (requests, input, output, fee, upstream)
+    type Totals = (u64, u64, u64, Usd, Usd);
+    let mut groups: BTreeMap<(String, String, u16), Totals> = BTreeMap::new();
+    for event in events {
+        let key = EventKey::of(event);
+        let cost = if event.provider.is_some() {
+            let prices = expected_prices(event);
+            assert_eq!(event.prices, prices, "prices recorded in {key}");
+            cost_for(
+                &event.tokens,
+                &prices,
+                Some(CredentialSource::Operator),
+                None,
+            )
+        } else {
+            tollgate_core::pricing::Cost::default()
+        };
+        let entries: Vec<&serde_json::Value> = ledger
+            .iter()
+            .filter(|e| e["source_id"].as_str() == Some(&event.event_id.to_string()))
+            .collect();
+        if cost.total() == Usd::ZERO {
+            assert!(
+                entries.is_empty(),
+                "a ledger entry for free {key}: {entries:?}"
+            );
+        } else {
+            billed += 1;
+            assert_eq!(entries.len(), 1, "ledger entries for {key}: {entries:?}");
+            let entry = entries[0];
+            assert!(cost.upstream > Usd::ZERO, "no upstream cost for {key}");
+            assert_eq!(
+                usd(&entry["amount"], "amount"),
+                Usd::ZERO - cost.total(),
+                "ledger amount of {key}: {entry}"
+            );
+            assert_eq!(
+                usd(&entry["fee"], "fee"),
+                cost.fee,
+                "ledger fee of {key}: {entry}"
+            );
+            assert_eq!(
+                usd(&entry["upstream"], "upstream"),
+                cost.upstream,
+                "ledger upstream cost of {key}: {entry}"
+            );
+        }
+        let group = groups
+            .entry((
+                event.provider.clone().unwrap_or_default(),
+                // The usage API's `model` is the model served, when one was.
+                event
+                    .model_served
+                    .clone()
+                    .unwrap_or_else(|| event.model_requested.clone()),
+                event.status,
+            ))
+            .or_insert((0, 0, 0, Usd::ZERO, Usd::ZERO));
+        group.0 += 1;
+        group.1 += event.tokens.input;
+        group.2 += event.tokens.output;
+        group.3 += cost.fee;
+        group.4 += cost.upstream;
+    }
+    assert_eq!(
+        ledger.len(),
+        billed,
+        "usage entries in the ledger: one per billed event\n{ledger:#?}"
+    );
+    let reported: BTreeMap<(String, String, u16), Totals> = usage["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                (
+                    g["provider"].as_str().unwrap_or_default().to_owned(),
+                    g["model"].as_str().unwrap().to_owned(),
+                    u16::try_from(g["status"].as_u64().unwrap()).unwrap(),
+                ),
+                (
+                    g["requests"].as_u64().unwrap(),
+                    g["tokens"]["input"].as_u64().unwrap(),
+                    g["tokens"]["output"].as_u64().unwrap(),
+                    usd(&g["cost"]["fee"], "cost.fee"),
+                    usd(&g["cost"]["upstream"], "cost.upstream"),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(
+        reported, groups,
+        "the usage API's groups (provider, model, status) differ from the stored events"
+    );
 }
 
 fn lines(items: &[String]) -> String {
