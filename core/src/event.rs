@@ -247,6 +247,18 @@ impl Endpoint {
     }
 }
 
+/// The calls of one built-in tool a provider bills per call (web search,
+/// file search…), at the operator's price per call, in a usage event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCallCharge {
+    /// The tool's price key, e.g. `web_search` (see the proxy's
+    /// `builtin_tool_prices`).
+    pub tool: String,
+    pub calls: u64,
+    /// USD per call.
+    pub price: crate::money::Usd,
+}
+
 /// One request through the gateway, success or failure. Metadata only.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageEvent {
@@ -276,6 +288,11 @@ pub struct UsageEvent {
     pub tokens_estimated: bool,
     /// Unit prices copied from the catalog at request time.
     pub prices: Prices,
+    /// Built-in tool calls billed per call, at the prices in force then;
+    /// absent when none (and on events written before they existed, which
+    /// therefore replay to the same balances).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallCharge>,
     pub upstream_request_id: Option<String>,
     pub latency_us: u64,
     /// Time until the first response byte was sent to the client.
@@ -382,13 +399,14 @@ mod tests {
             assert_eq!(whole, line);
             seen += 1;
         }
-        assert_eq!(seen, 26);
+        assert_eq!(seen, 27);
         assert_eq!(
             with_endpoint,
             [
                 Endpoint::Embeddings,
                 Endpoint::Responses,
-                Endpoint::Messages
+                Endpoint::Messages,
+                Endpoint::Responses
             ]
         );
     }

@@ -16,8 +16,8 @@ pub mod tokens;
 pub use catalog::{ApiSurface, Catalog, CatalogError, ModelSpec, Prices, ProviderSpec};
 pub use escape::Escaped;
 pub use event::{
-    check_envelope_version, CredentialSource, Endpoint, Envelope, EventBody, UnsupportedVersion,
-    UsageEnvelope, UsageEvent, ENVELOPE_VERSION,
+    check_envelope_version, CredentialSource, Endpoint, Envelope, EventBody, ToolCallCharge,
+    UnsupportedVersion, UsageEnvelope, UsageEvent, ENVELOPE_VERSION,
 };
 pub use ids::{AccessKeyId, AccountId, EventId, ProviderKeyId};
 pub use money::Usd;

@@ -3,7 +3,7 @@
 //! number a client sees is the number debited. Exact decimals, no rounding.
 
 use crate::catalog::Prices;
-use crate::event::{CredentialSource, UsageEvent};
+use crate::event::{CredentialSource, ToolCallCharge, UsageEvent};
 use crate::money::Usd;
 use crate::tokens::TokenCounts;
 use rust_decimal::Decimal;
@@ -81,9 +81,10 @@ impl Cost {
 /// The cost of one request, from the counts, unit prices and plan in its
 /// event.
 pub fn cost_of(event: &UsageEvent) -> Cost {
-    cost_for(
+    cost_with_tool_calls(
         &event.tokens,
         &event.prices,
+        &event.tool_calls,
         event.credential_source,
         event.plan.as_ref(),
     )
@@ -97,9 +98,27 @@ pub fn cost_for(
     source: Option<CredentialSource>,
     plan: Option<&AppliedPlan>,
 ) -> Cost {
+    cost_with_tool_calls(tokens, prices, &[], source, plan)
+}
+
+/// `cost_for` plus built-in tool calls billed per call: upstream cost like
+/// tokens (so on the operator's credentials only, and under the plan's
+/// multiplier); the processing fee stays on tokens alone.
+pub fn cost_with_tool_calls(
+    tokens: &TokenCounts,
+    prices: &Prices,
+    tool_calls: &[ToolCallCharge],
+    source: Option<CredentialSource>,
+    plan: Option<&AppliedPlan>,
+) -> Cost {
     let fee_rate = plan.map_or(PROCESSING_FEE_PER_MTOK, |p| p.fee_per_mtok);
     let fee = fee_rate.per_million_tokens(tokens.total());
-    let at_cost = provider_cost(tokens, prices, source);
+    let mut at_cost = provider_cost(tokens, prices, source);
+    if source == Some(CredentialSource::Operator) {
+        for charge in tool_calls {
+            at_cost += charge.price * Decimal::from(charge.calls);
+        }
+    }
     let markup = match plan {
         Some(plan) if plan.upstream_multiplier != Decimal::ONE => {
             at_cost * (plan.upstream_multiplier - Decimal::ONE)
@@ -165,6 +184,7 @@ mod tests {
                 cache_write_1h: Usd(dec!(6)),
                 output: Usd(dec!(15)),
             },
+            tool_calls: Vec::new(),
             upstream_request_id: None,
             latency_us: 1,
             ttft_us: None,
@@ -294,5 +314,43 @@ mod tests {
         );
         assert!(check_plan_terms(Usd(dec!(0.05)), dec!(101)).is_err());
         assert!(check_plan_terms(Usd(dec!(0.05)), dec!(-1)).is_err());
+    }
+
+    #[test]
+    fn tool_calls_add_to_the_upstream_cost_under_the_plan_and_never_to_the_fee() {
+        let tokens = TokenCounts {
+            input: 1_000_000,
+            ..TokenCounts::default()
+        };
+        let prices = Prices {
+            input: "1".parse::<Usd>().unwrap(),
+            ..Prices::default()
+        };
+        let calls = [ToolCallCharge {
+            tool: "web_search".into(),
+            calls: 3,
+            price: "0.01".parse::<Usd>().unwrap(),
+        }];
+        let operator = Some(CredentialSource::Operator);
+        let cost = cost_with_tool_calls(&tokens, &prices, &calls, operator, None);
+        assert_eq!(cost.upstream.to_string(), "1.03");
+        assert_eq!(cost.fee.to_string(), "0.05");
+        let plan = AppliedPlan {
+            plan_id: "p".into(),
+            fee_per_mtok: PROCESSING_FEE_PER_MTOK,
+            upstream_multiplier: Decimal::new(2, 0),
+        };
+        let marked_up = cost_with_tool_calls(&tokens, &prices, &calls, operator, Some(&plan));
+        assert_eq!(marked_up.upstream.to_string(), "2.06");
+        assert_eq!(marked_up.markup.to_string(), "1.03");
+        let byok =
+            cost_with_tool_calls(&tokens, &prices, &calls, Some(CredentialSource::Byok), None);
+        assert_eq!(byok.upstream, Usd::ZERO);
+        assert_eq!(
+            cost_for(&tokens, &prices, operator, None)
+                .upstream
+                .to_string(),
+            "1"
+        );
     }
 }

@@ -11,7 +11,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use tollgate_core::billing::{Adjustment, AdjustmentKind, Purchase, CREDIT_LIFETIME_DAYS};
-use tollgate_core::pricing::cost_for;
+use tollgate_core::pricing::cost_with_tool_calls;
 use tollgate_core::{AccountId, UsageEvent, Usd};
 
 /// Ledger accounts of the chart, besides one `customer:<account id>` each.
@@ -335,9 +335,10 @@ impl Ledger {
                 *mark = seq;
             }
         }
-        let cost = cost_for(
+        let cost = cost_with_tool_calls(
             &event.tokens,
             &event.prices,
+            &event.tool_calls,
             event.credential_source,
             event.plan.as_ref(),
         );

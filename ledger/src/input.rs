@@ -17,7 +17,9 @@ use std::fmt;
 use tollgate_core::billing::{Adjustment, Purchase, Tick};
 use tollgate_core::check_envelope_version;
 use tollgate_core::pricing::AppliedPlan;
-use tollgate_core::{AccountId, CredentialSource, EventId, Prices, TokenCounts, UsageEvent};
+use tollgate_core::{
+    AccountId, CredentialSource, EventId, Prices, TokenCounts, ToolCallCharge, UsageEvent,
+};
 
 /// What one account-events record asks of the ledger.
 #[derive(Clone, Debug, PartialEq)]
@@ -42,6 +44,9 @@ pub struct UsageCharge {
     pub credential_source: Option<CredentialSource>,
     pub tokens: TokenCounts,
     pub prices: Prices,
+    /// Built-in tool calls billed per call (none on older events).
+    #[serde(default)]
+    pub tool_calls: Vec<ToolCallCharge>,
     /// The price plan the event was billed on (None: default terms).
     #[serde(default)]
     pub plan: Option<AppliedPlan>,
@@ -60,6 +65,7 @@ impl From<&UsageEvent> for UsageCharge {
             credential_source: event.credential_source,
             tokens: event.tokens,
             prices: event.prices,
+            tool_calls: event.tool_calls.clone(),
             plan: event.plan.clone(),
             instance_id: event.instance_id.clone(),
             instance_seq: event.instance_seq,
@@ -204,7 +210,12 @@ mod tests {
 
     #[test]
     fn usage_reads_what_the_full_envelope_reads() {
+        let with_tool_calls = USAGE.replace(
+            r#""upstream_request_id""#,
+            r#""tool_calls":[{"tool":"web_search","calls":2,"price":"0.01"}],"upstream_request_id""#,
+        );
         for payload in [
+            format!(r#"{{"v":1,"type":"usage","data":{with_tool_calls}}}"#),
             format!(r#"{{"v":1,"type":"usage","data":{USAGE}}}"#),
             // `data` before `type`: parsed after the loop.
             format!(r#"{{"data":{USAGE},"type":"usage","v":1}}"#),

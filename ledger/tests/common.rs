@@ -84,6 +84,7 @@ pub fn usage(
             cache_write_1h: usd("6"),
             output: usd("15"),
         },
+        tool_calls: Vec::new(),
         upstream_request_id: None,
         latency_us: 1000,
         ttft_us: None,

@@ -377,3 +377,47 @@ fn adjustments_are_new_entries_and_an_impossible_refund_is_rejected_visibly() {
     );
     check_double_entry(&out);
 }
+
+#[test]
+fn priced_built_in_tool_calls_are_debited_per_call_on_the_operators_credentials() {
+    let mut ledger = Ledger::default();
+    let mut out = Vec::new();
+    ledger.apply_purchase(
+        0,
+        &purchase("acct_t", "5", "t1", "2026-01-01T00:00:00Z"),
+        &mut out,
+    );
+    let searches = || {
+        vec![tollgate_core::ToolCallCharge {
+            tool: "web_search".into(),
+            calls: 2,
+            price: usd("0.01"),
+        }]
+    };
+    // 1000×3/M + 234×15/M = 0.00651, plus 2 calls × $0.01.
+    let mut operator = usage(
+        "acct_t",
+        1_000,
+        234,
+        CredentialSource::Operator,
+        "2026-01-02T00:00:00Z",
+    );
+    operator.tool_calls = searches();
+    ledger.apply_usage(0, &operator, &mut out);
+    let entry = out.last().unwrap();
+    assert_eq!(entry.fee.to_string(), "0.0000617");
+    assert_eq!(entry.upstream.to_string(), "0.02651");
+    assert_eq!(balance(&ledger, "acct_t"), "4.9734283");
+    // On the caller's own key the provider bills the calls: only the fee.
+    let mut byok = usage(
+        "acct_t",
+        1_000,
+        234,
+        CredentialSource::Byok,
+        "2026-01-02T00:00:01Z",
+    );
+    byok.tool_calls = searches();
+    ledger.apply_usage(0, &byok, &mut out);
+    assert_eq!(out.last().unwrap().upstream.to_string(), "0");
+    assert_eq!(balance(&ledger, "acct_t"), "4.9733666");
+}

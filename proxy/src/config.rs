@@ -354,6 +354,16 @@ pub struct ProxyConfig {
     /// overrides (admin API) win over these.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub price_overrides: BTreeMap<String, DeclaredPrices>,
+    /// USD per call of a built-in tool a provider bills per call, by tool
+    /// (`[builtin_tool_prices]`, e.g. `web_search = "0.01"`): a Responses
+    /// request with a built-in tool priced here may use the operator's
+    /// credentials, and each call the answer reports is billed at this
+    /// price. Tools: `web_search` (also `web_search_preview`),
+    /// `file_search`, `code_interpreter`, `image_generation`, `computer`
+    /// (`computer_use_preview`), `mcp`, `local_shell`. Default: none, so
+    /// built-in tools go only on the caller's own provider keys.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub builtin_tool_prices: BTreeMap<String, ExactUsd>,
 }
 
 impl ProxyConfig {
@@ -391,6 +401,7 @@ impl ProxyConfig {
             }
         }
         self.price_override_problems(known_providers, &mut problems);
+        self.builtin_tool_price_problems(&mut problems);
         let mut seen = std::collections::HashSet::new();
         for (i, custom) in self.custom_providers.iter().enumerate() {
             let field = format!("custom_providers[{i}]");
@@ -450,6 +461,23 @@ impl ProxyConfig {
             }
         }
         problems
+    }
+
+    /// `builtin_tool_prices`: known tools, prices not negative.
+    fn builtin_tool_price_problems(&self, problems: &mut Vec<String>) {
+        let known = crate::api::openai_responses::BUILT_IN_TOOLS;
+        for (tool, price) in &self.builtin_tool_prices {
+            let field = format!("builtin_tool_prices.{tool}");
+            if !known.contains(&tool.as_str()) {
+                problems.push(format!(
+                    "{field}: unknown built-in tool (one of {})",
+                    known.join(", ")
+                ));
+            }
+            if price.0 < Usd::ZERO {
+                problems.push(format!("{field}: a price must not be negative"));
+            }
+        }
     }
 
     /// `price_overrides` keys must be `provider:model` with a built-in or
@@ -687,6 +715,34 @@ mod tests {
                 .iter()
                 .any(|p| p.starts_with("custom_providers[0].prices.\"other\"")),
             "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn builtin_tool_prices_are_exact_strings_for_known_tools() {
+        let parse = |text: &str| toml::from_str::<ProxyConfig>(text).map_err(|e| e.to_string());
+        let Ok(good) = parse("[builtin_tool_prices]\nweb_search = \"0.01\"\n") else {
+            panic!("a price per call parses");
+        };
+        assert_eq!(
+            good.builtin_tool_prices
+                .get("web_search")
+                .map(|p| p.0.to_string()),
+            Some("0.01".to_owned())
+        );
+        assert!(good.problems(&["openai"]).is_empty());
+        assert!(parse("[builtin_tool_prices]\nweb_search = 0.01\n").is_err());
+        let Ok(bad) = parse("[builtin_tool_prices]\nweb_serch = \"0.01\"\nmcp = \"-1\"\n") else {
+            panic!("parses; the problems name it");
+        };
+        let problems = bad.problems(&["openai"]).join("\n");
+        assert!(
+            problems.contains("builtin_tool_prices.web_serch: unknown built-in tool"),
+            "{problems}"
+        );
+        assert!(
+            problems.contains("builtin_tool_prices.mcp: a price must not be negative"),
+            "{problems}"
         );
     }
 

@@ -207,7 +207,7 @@ pub(crate) fn resolve_candidates(
     let mut candidates = Vec::with_capacity(1 + request.fallbacks.len());
     let mut seen = HashSet::new();
     // What no price covers goes only on the caller's own provider keys.
-    let unpriced = api.unpriced_features(request).err();
+    let unpriced = api.unpriced_features(gateway, request).err();
     for name in std::iter::once(&request.model).chain(request.fallbacks.iter()) {
         let mut candidate = gateway.resolve(name, caller)?;
         api.accepts(&candidate)?;

@@ -11,10 +11,10 @@ use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_core::control::RateLimits;
-use tollgate_core::pricing::{cost_for, AppliedPlan, Cost};
+use tollgate_core::pricing::{cost_with_tool_calls, AppliedPlan, Cost};
 use tollgate_core::{
     AccessKeyId, AccountId, CredentialSource, EventId, Prices, ProviderKeyId, TokenCounts,
-    UsageEnvelope, UsageEvent, Usd,
+    ToolCallCharge, UsageEnvelope, UsageEvent, Usd,
 };
 use tollgate_eventlog::topics;
 use tollgate_eventlog::LogRecord;
@@ -48,6 +48,8 @@ pub struct RequestMeter {
     upstream_latency: Option<Duration>,
     ttft: Option<Duration>,
     pub attempts: u32,
+    /// Built-in tool calls the answer reported, at the operator's prices.
+    pub tool_calls: Vec<ToolCallCharge>,
     /// Usage as reported by the upstream, if it reported any.
     pub reported: Option<TokenCounts>,
     /// Input-side counts reported before a stream broke off (Anthropic
@@ -103,6 +105,7 @@ impl RequestMeter {
             upstream_latency: None,
             ttft: None,
             attempts: 0,
+            tool_calls: Vec::new(),
             reported: None,
             partial_input: None,
             request: None,
@@ -148,9 +151,10 @@ impl RequestMeter {
     /// The cost of the usage reported so far (for the final usage chunk).
     pub fn reported_cost(&self) -> Option<Cost> {
         self.reported.map(|tokens| {
-            cost_for(
+            cost_with_tool_calls(
                 &tokens,
                 &self.prices,
+                &self.tool_calls,
                 self.credential_source,
                 self.plan.as_ref(),
             )
@@ -164,6 +168,13 @@ impl RequestMeter {
     /// The provider of the last attempt made (the one that answered).
     pub fn upstream_provider(&self) -> Option<&ProviderRuntime> {
         self.upstream_provider.as_deref()
+    }
+
+    /// The operator's prices per built-in tool call.
+    pub fn builtin_tool_prices(
+        &self,
+    ) -> &std::collections::BTreeMap<String, crate::config::ExactUsd> {
+        &self.gateway.config.builtin_tool_prices
     }
 
     /// The client's request body as it came.
@@ -253,6 +264,7 @@ impl RequestMeter {
             upstream_latency: self.upstream_latency,
             ttft: self.ttft,
             attempts: self.attempts,
+            tool_calls: std::mem::take(&mut self.tool_calls),
             reported: self.reported,
             partial_input: self.partial_input,
             request: self.request.take(),
@@ -293,9 +305,10 @@ impl RequestMeter {
         metrics.in_flight.dec();
         let latency = self.started.elapsed();
         let (tokens, tokens_estimated) = self.tokens(status);
-        self.cost = Some(cost_for(
+        self.cost = Some(cost_with_tool_calls(
             &tokens,
             &self.prices,
+            &self.tool_calls,
             self.credential_source,
             self.plan.as_ref(),
         ));
@@ -350,6 +363,7 @@ impl RequestMeter {
             tokens,
             tokens_estimated,
             prices: self.prices,
+            tool_calls: std::mem::take(&mut self.tool_calls),
             upstream_request_id: self.upstream_request_id.take(),
             latency_us: latency.as_micros() as u64,
             ttft_us: self.ttft.map(|d| d.as_micros() as u64),
@@ -651,6 +665,7 @@ mod tests {
             tokens: TokenCounts::default(),
             tokens_estimated: false,
             prices: Prices::default(),
+            tool_calls: Vec::new(),
             upstream_request_id: Some("req_\"quoted\"".into()),
             latency_us: 250,
             ttft_us: Some(100),

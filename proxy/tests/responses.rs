@@ -668,3 +668,122 @@ async fn input_text_never_reaches_the_event_store() {
         assert!(!payload.contains("Hello from"), "output stored: {payload}");
     }
 }
+
+/// A Responses answer reporting `searches` web-search calls.
+fn answer_with_searches(searches: usize) -> Value {
+    let mut output: Vec<Value> = (0..searches)
+        .map(|i| json!({"type": "web_search_call", "id": format!("ws_{i}"), "status": "completed"}))
+        .collect();
+    output.push(json!({
+        "type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
+        "content": [{"type": "output_text", "text": "found it", "annotations": []}],
+    }));
+    json!({
+        "id": "resp_1", "object": "response", "created_at": 1, "status": "completed",
+        "model": "gpt-4o-mini", "output": output,
+        "usage": {"input_tokens": 1000, "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": 200, "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": 1200},
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priced_built_in_tool_calls_are_billed_per_call() {
+    let gw = start_with(|c| {
+        c.builtin_tool_prices.insert(
+            "web_search".into(),
+            tollgate_proxy::config::ExactUsd(usd("0.01")),
+        );
+    })
+    .await;
+    gw.mock
+        .add_rule(Rule::any().fail_with(200, answer_with_searches(2)));
+    let mut request = respond("gpt-4o-mini", json!("search for it"));
+    request["tools"] = json!([{"type": "web_search_preview"}, {"type": "function", "name": "f"}]);
+    let response = gw.post_json(PATH, &request).await;
+    let event_id = header(&response, "x-tollgate-event-id");
+    let total = header(&response, "x-tollgate-cost-total");
+    let (status, _, body) = json_of(response).await;
+    assert_eq!(status, 200, "{body}");
+    let event = gw.event(&event_id).await;
+    assert_eq!(
+        event.tool_calls,
+        vec![tollgate_core::ToolCallCharge {
+            tool: "web_search".into(),
+            calls: 2,
+            price: usd("0.01"),
+        }]
+    );
+    // gpt-4o-mini: $0.15 in, $0.60 out per million; fee $0.05 per million.
+    let tokens_cost = usd("0.00015") + usd("0.00012");
+    let fee = usd("0.00006");
+    let cost = tollgate_core::pricing::cost_of(&event);
+    assert_eq!(cost.upstream, tokens_cost + usd("0.02"));
+    assert_eq!(cost.fee, fee);
+    assert_eq!(total, cost.total().to_string());
+
+    // A built-in tool the operator did not price is still refused.
+    let mut request = respond("gpt-4o-mini", json!("x"));
+    request["tools"] = json!([{"type": "web_search"}, {"type": "file_search"}]);
+    let error = refusal(gw.post_json(PATH, &request).await, 400).await;
+    assert!(
+        error["message"].as_str().unwrap().contains("tools[1].type"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priced_built_in_tool_calls_in_a_stream_are_billed_per_call() {
+    let gw = start_with(|c| {
+        c.builtin_tool_prices.insert(
+            "web_search".into(),
+            tollgate_proxy::config::ExactUsd(usd("0.01")),
+        );
+    })
+    .await;
+    let completed = answer_with_searches(3);
+    let mut created = completed.clone();
+    created["status"] = json!("in_progress");
+    created["output"] = json!([]);
+    created["usage"] = Value::Null;
+    let events = [
+        (
+            "response.created",
+            json!({"type": "response.created", "sequence_number": 0, "response": created}),
+        ),
+        (
+            "response.output_text.delta",
+            json!({"type": "response.output_text.delta", "sequence_number": 1,
+            "item_id": "msg_1", "output_index": 3, "content_index": 0, "delta": "found it"}),
+        ),
+        (
+            "response.completed",
+            json!({"type": "response.completed", "sequence_number": 2, "response": completed}),
+        ),
+    ];
+    let body: String = events
+        .iter()
+        .map(|(name, data)| format!("event: {name}\ndata: {data}\n\n"))
+        .collect();
+    gw.mock.add_rule(Rule::any().events(body));
+    let mut request = streamed("gpt-4o-mini", json!("search for it"));
+    request["tools"] = json!([{"type": "web_search"}]);
+    let response = gw.post_json(PATH, &request).await;
+    assert_eq!(response.status(), 200);
+    let event_id = header(&response, "x-tollgate-event-id");
+    let text = response.text().await.unwrap();
+    let last = stream_events(&text).pop().unwrap().1;
+    let event = gw.event(&event_id).await;
+    assert_eq!(event.tool_calls.len(), 1);
+    assert_eq!(
+        (event.tool_calls[0].calls, event.tool_calls[0].price),
+        (3, usd("0.01"))
+    );
+    let cost = tollgate_core::pricing::cost_of(&event);
+    assert_eq!(cost.upstream, usd("0.00015") + usd("0.00012") + usd("0.03"));
+    // The closing event shows the same cost, tool calls included.
+    assert_eq!(
+        last["response"]["usage"]["tollgate_cost"]["total"],
+        cost.total().to_string()
+    );
+}

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tollgate_proxy::config::{
-    CustomProviderConfig, DeclaredPrices, ProviderSettings, RoutingConfig, ServerConfig,
+    CustomProviderConfig, DeclaredPrices, ExactUsd, ProviderSettings, RoutingConfig, ServerConfig,
     UpstreamConfig,
 };
 use tollgate_proxy::ProxyConfig;
@@ -26,6 +26,11 @@ pub struct Config {
     /// (`[price_overrides."openai:gpt-4o"] input = "2.00"`, …).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub price_overrides: BTreeMap<String, DeclaredPrices>,
+    /// USD per call of a built-in Responses tool on the operator's
+    /// credentials (`[builtin_tool_prices] web_search = "0.01"`); unpriced
+    /// built-in tools go only on callers' own provider keys.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub builtin_tool_prices: BTreeMap<String, ExactUsd>,
     /// The upstream client (`[upstream]`): egress proxy, CA files, pool.
     pub upstream: UpstreamConfig,
     pub storage: StorageConfig,
@@ -280,6 +285,7 @@ impl Config {
             billing: self.billing.clone(),
             upstream: self.upstream.clone(),
             price_overrides: self.price_overrides.clone(),
+            builtin_tool_prices: self.builtin_tool_prices.clone(),
         }
     }
 

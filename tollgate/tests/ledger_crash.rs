@@ -147,6 +147,7 @@ impl Generator {
             tokens,
             tokens_estimated: false,
             prices,
+            tool_calls: Vec::new(),
             upstream_request_id: None,
             latency_us: 1_000,
             ttft_us: None,

@@ -97,6 +97,7 @@ pub fn event(
         tokens,
         tokens_estimated: false,
         prices: prices(model),
+        tool_calls: Vec::new(),
         upstream_request_id: None,
         latency_us,
         ttft_us,

@@ -108,6 +108,12 @@ pub enum Action {
     },
     /// 200 with a body that is not JSON; for streams, a single malformed SSE data line.
     Garbage,
+    /// 200 `text/event-stream` with exactly this body (for a stream shape
+    /// the renderers do not make), whatever the request asked for.
+    Events {
+        /// The SSE text sent as is.
+        body: String,
+    },
     /// Streaming: close the connection abruptly after `after_chunks` content chunks.
     /// Non-streaming: send 200 headers and part of the body, then close abruptly.
     CutStream {
@@ -270,6 +276,11 @@ impl Rule {
     /// Answer with a non-JSON body / malformed SSE line.
     pub fn garbage(self) -> Self {
         self.action(Action::Garbage)
+    }
+
+    /// Answer with exactly this SSE text as a 200 event stream.
+    pub fn events(self, body: impl Into<String>) -> Self {
+        self.action(Action::Events { body: body.into() })
     }
 
     /// Cut the stream after `after_chunks` content chunks.

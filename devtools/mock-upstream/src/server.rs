@@ -148,6 +148,7 @@ async fn embeddings(State(inner): State<Arc<Inner>>, req: Request) -> Response {
             (false, false) => UsageReport::Honest,
         }),
         Action::Garbage => garbage(Api::OpenAi, n, false),
+        Action::Events { body } => events(Api::OpenAi, n, body),
         Action::CutStream { .. } => {
             // Headers and half the JSON, then an aborted connection.
             let body = Bytes::from(json_bytes(&request.response(&model, UsageReport::Honest)));
@@ -225,6 +226,7 @@ async fn count_tokens(State(inner): State<Arc<Inner>>, req: Request) -> Response
             count(words)
         }
         Some(Action::Garbage) => garbage(Api::Anthropic, n, false),
+        Some(Action::Events { body }) => events(Api::Anthropic, n, body),
     }
 }
 
@@ -428,6 +430,7 @@ async fn apply_rule(
             reply(inner, api, ctx, stream, &plan)
         }
         Action::Garbage => garbage(api, ctx.n, stream),
+        Action::Events { body } => events(api, ctx.n, body),
         Action::CutStream { after_chunks } => reply(
             inner,
             api,
@@ -504,6 +507,11 @@ fn reply(inner: &Arc<Inner>, api: Api, ctx: &Ctx<'_>, stream: bool, plan: &Reply
         return base_response(api, ctx.n, StatusCode::OK, Body::from_stream(stream), false);
     }
     base_response(api, ctx.n, StatusCode::OK, Body::from(body), false)
+}
+
+fn events(api: Api, n: u64, body: &str) -> Response {
+    let body = Body::from(body.to_owned());
+    base_response(api, n, StatusCode::OK, body, true)
 }
 
 fn garbage(api: Api, n: u64, stream: bool) -> Response {

@@ -190,6 +190,7 @@ fn usage_event(n: u64) -> tollgate_core::UsageEvent {
             output: "0.6000001".parse::<Usd>().unwrap(),
             ..Prices::default()
         },
+        tool_calls: Vec::new(),
         upstream_request_id: Some("req_\"x\"".into()),
         latency_us: 250,
         ttft_us: Some(90),

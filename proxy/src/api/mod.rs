@@ -83,7 +83,11 @@ pub trait ClientApi: Sync {
     /// other units than tokens): `Err` names it, and the operator's
     /// credentials are withheld — only the caller's own provider keys may
     /// answer, and without any the error is the answer.
-    fn unpriced_features(&self, _request: &ClientRequest) -> Result<(), ProxyError> {
+    fn unpriced_features(
+        &self,
+        _gateway: &crate::gateway::Gateway,
+        _request: &ClientRequest,
+    ) -> Result<(), ProxyError> {
         Ok(())
     }
     /// The upstream endpoint this API calls on `provider`.

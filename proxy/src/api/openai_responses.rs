@@ -7,16 +7,19 @@
 //! Completions to and from Messages for Anthropic-API ones. A field that
 //! cannot be translated is refused naming it, never dropped.
 //!
-//! What a token price cannot cover — built-in tools (billed per call
-//! upstream) and `background` (usage arrives after the request ends) — goes
-//! only on the caller's own provider keys (`unpriced_features`).
+//! What a token price cannot cover goes only on the caller's own provider
+//! keys (`unpriced_features`): `background` (usage arrives after the request
+//! ends), and built-in tools (billed per call upstream) unless the operator
+//! prices their calls (`builtin_tool_prices`) — then each call the answer
+//! reports is billed at that price.
 
 use super::answer::{self, TranslateAnswer};
 use super::body::{self, ClientRequest};
 use super::openai_chat::{self, OpenAiChat};
 use super::{anthropic_messages, ClientApi, StreamStart, UpstreamApi, DEFAULT_MAX_OUTPUT_TOKENS};
+use crate::config::ExactUsd;
 use crate::error::ProxyError;
-use crate::gateway::{Candidate, ProviderRuntime};
+use crate::gateway::{Candidate, Gateway, ProviderRuntime};
 use crate::meter::RequestMeter;
 use crate::relay::{self, RelayEvents, RelayState};
 use axum::body::Body;
@@ -26,7 +29,8 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::borrow::Cow;
-use tollgate_core::{ApiSurface, Prices, TokenCounts};
+use std::collections::BTreeMap;
+use tollgate_core::{ApiSurface, Prices, TokenCounts, ToolCallCharge};
 use tollgate_translate::responses::{
     chat_to_responses_response, responses_to_chat_request, ChatToResponsesStream,
 };
@@ -36,6 +40,67 @@ use tollgate_translate::usage::{self as tr_usage, AnthropicStreamUsage};
 use tollgate_translate::{request as tr_request, response as tr_response};
 
 pub struct OpenAiResponses;
+
+/// The built-in tools whose calls an operator may price, by price key.
+pub const BUILT_IN_TOOLS: &[&str] = &[
+    "web_search",
+    "file_search",
+    "code_interpreter",
+    "image_generation",
+    "computer",
+    "mcp",
+    "local_shell",
+];
+
+/// The price key of a request tool's `type`: `None` for the tools the
+/// client runs itself (`function`, `custom`), which cost nothing per call;
+/// `Some(None)` for a built-in tool the gateway cannot price.
+fn tool_price_key(kind: &str) -> Option<Option<&'static str>> {
+    match kind {
+        "function" | "custom" => None,
+        k if k.starts_with("web_search") => Some(Some("web_search")),
+        k if k.starts_with("computer_use") => Some(Some("computer")),
+        k => Some(BUILT_IN_TOOLS.iter().copied().find(|known| *known == k)),
+    }
+}
+
+/// The price key of an output item reporting a built-in tool call.
+fn call_price_key(item_type: &str) -> Option<&'static str> {
+    let tool = item_type.strip_suffix("_call")?;
+    BUILT_IN_TOOLS.iter().copied().find(|known| *known == tool)
+}
+
+/// The priced built-in tool calls among a response's `output` items.
+fn tool_call_charges(
+    output: impl IntoIterator<Item = impl AsRef<str>>,
+    prices: &BTreeMap<String, ExactUsd>,
+) -> Vec<ToolCallCharge> {
+    let mut charges: Vec<ToolCallCharge> = Vec::new();
+    for item_type in output {
+        let Some(tool) = call_price_key(item_type.as_ref()) else {
+            continue;
+        };
+        let Some(price) = prices.get(tool) else {
+            continue;
+        };
+        match charges.iter_mut().find(|c| c.tool == tool) {
+            Some(charge) => charge.calls += 1,
+            None => charges.push(ToolCallCharge {
+                tool: tool.to_owned(),
+                calls: 1,
+                price: price.0,
+            }),
+        }
+    }
+    charges
+}
+
+/// The `type` of each output item of a Responses answer, borrowed.
+#[derive(serde::Deserialize)]
+struct OutputProbe<'a> {
+    #[serde(borrow, default)]
+    output: Vec<ToolKind<'a>>,
+}
 
 /// The request fields the gateway reads, borrowed; `input` stays raw text.
 #[derive(serde::Deserialize)]
@@ -102,8 +167,12 @@ impl ClientApi for OpenAiResponses {
         tr_usage::responses_request_text(request)
     }
 
-    fn unpriced_features(&self, request: &ClientRequest) -> Result<(), ProxyError> {
-        refuse_unpriced(request)
+    fn unpriced_features(
+        &self,
+        gateway: &Gateway,
+        request: &ClientRequest,
+    ) -> Result<(), ProxyError> {
+        refuse_unpriced(request, &gateway.config.builtin_tool_prices)
     }
 
     fn endpoint<'p>(&self, provider: &'p ProviderRuntime) -> &'p http::Uri {
@@ -159,6 +228,12 @@ impl ClientApi for OpenAiResponses {
         meter: &mut RequestMeter,
     ) -> Result<Response, String> {
         if speaks_responses(meter) {
+            if !meter.builtin_tool_prices().is_empty() {
+                if let Ok(probe) = serde_json::from_slice::<OutputProbe>(&bytes) {
+                    let kinds = probe.output.iter().filter_map(|i| i.kind.as_deref());
+                    meter.tool_calls = tool_call_charges(kinds, meter.builtin_tool_prices());
+                }
+            }
             return answer::complete_response(&OpenAiResponses, None, bytes, meter);
         }
         let request = client_request(meter);
@@ -253,7 +328,10 @@ fn client_request(meter: &RequestMeter) -> Value {
 
 /// Refuses, on the operator's credentials, what a token price cannot
 /// cover, naming the field.
-fn refuse_unpriced(request: &ClientRequest) -> Result<(), ProxyError> {
+fn refuse_unpriced(
+    request: &ClientRequest,
+    tool_prices: &BTreeMap<String, ExactUsd>,
+) -> Result<(), ProxyError> {
     let Ok(fields) = serde_json::from_slice::<UnpricedFields>(&request.raw) else {
         // `parse` accepted the body; a field of an unexpected shape is the
         // upstream's to refuse.
@@ -266,16 +344,18 @@ fn refuse_unpriced(request: &ClientRequest) -> Result<(), ProxyError> {
         ));
     }
     let tools = fields.tools.unwrap_or_default();
-    if let Some((index, kind)) = tools.iter().enumerate().find_map(|(i, t)| {
-        t.kind
-            .as_deref()
-            .filter(|k| *k != "function")
-            .map(|k| (i, k))
-    }) {
+    let unpriced = tools.iter().enumerate().find_map(|(i, tool)| {
+        let kind = tool.kind.as_deref()?;
+        match tool_price_key(kind)? {
+            Some(key) if tool_prices.contains_key(key) => None,
+            _ => Some((i, kind)),
+        }
+    });
+    if let Some((index, kind)) = unpriced {
         return Err(ProxyError::invalid_param(
             "tools",
             format!(
-                "tools[{index}].type: built-in tool `{}` is billed per call upstream and has no price here; it is refused on the operator's credentials (attach your own provider key)",
+                "tools[{index}].type: built-in tool `{}` is billed per call upstream and the operator has not priced its calls ([builtin_tool_prices]); it is refused on the operator's credentials (attach your own provider key)",
                 tollgate_core::Escaped(kind)
             ),
         ));
@@ -417,6 +497,16 @@ impl RelayEvents for Passthrough {
                 if let Some(counts) = tr_usage::responses_event_usage(&value) {
                     relay.meter.reported = Some(counts);
                 }
+                if !relay.meter.builtin_tool_prices().is_empty() {
+                    let output = value["response"]["output"].as_array().map(|items| {
+                        items
+                            .iter()
+                            .filter_map(|i| i["type"].as_str().map(str::to_owned))
+                            .collect::<Vec<_>>()
+                    });
+                    let prices = relay.meter.builtin_tool_prices();
+                    relay.meter.tool_calls = tool_call_charges(output.unwrap_or_default(), prices);
+                }
                 if kind == "response.failed" {
                     relay.upstream_error = true;
                     relay.out.extend_from_slice(&event.raw);
@@ -554,7 +644,8 @@ mod tests {
 
     #[test]
     fn built_in_tools_and_background_are_named_when_refused() {
-        let refusal = |body: &str| match parsed(body).map(|r| refuse_unpriced(&r)) {
+        let refusal = |body: &str| match parsed(body).map(|r| refuse_unpriced(&r, &BTreeMap::new()))
+        {
             Ok(Err(ProxyError::InvalidRequest { param, message })) => Some((param, message)),
             _ => None,
         };
@@ -569,5 +660,45 @@ mod tests {
         assert_eq!(refusal(background).map(|r| r.0), Some(Some("background")));
         let fine = r#"{"model":"m","input":"x","background":false,"tools":[{"type":"function","name":"f"}]}"#;
         assert_eq!(refusal(fine), None);
+    }
+
+    #[test]
+    fn built_in_calls_are_counted_per_priced_tool() {
+        assert_eq!(tool_price_key("function"), None);
+        assert_eq!(tool_price_key("custom"), None);
+        assert_eq!(
+            tool_price_key("web_search_preview_2025_03_11"),
+            Some(Some("web_search"))
+        );
+        assert_eq!(
+            tool_price_key("computer_use_preview"),
+            Some(Some("computer"))
+        );
+        assert_eq!(tool_price_key("file_search"), Some(Some("file_search")));
+        assert_eq!(tool_price_key("something_new"), Some(None));
+        let prices: BTreeMap<String, ExactUsd> = [
+            (
+                "web_search".to_owned(),
+                ExactUsd("0.01".parse().unwrap_or_default()),
+            ),
+            (
+                "mcp".to_owned(),
+                ExactUsd("0.002".parse().unwrap_or_default()),
+            ),
+        ]
+        .into();
+        let output = [
+            "web_search_call",
+            "message",
+            "function_call",
+            "web_search_call",
+            "mcp_call",
+            "file_search_call",
+            "reasoning",
+        ];
+        let charges = tool_call_charges(output, &prices);
+        let counted: Vec<(&str, u64)> =
+            charges.iter().map(|c| (c.tool.as_str(), c.calls)).collect();
+        assert_eq!(counted, [("web_search", 2), ("mcp", 1)]);
     }
 }
