@@ -1,0 +1,36 @@
+//! `chat_to_responses_response` on arbitrary JSON (as the upstream's chat
+//! completion, and as the client's request it echoes). Invariant: a
+//! Responses object whose status is known and whose `output` is an array
+//! of message or function-call items. The Responses usage and text readers
+//! (used on passed-through answers) run on the same input and on the result.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use serde_json::json;
+use tollgate_fuzz::json;
+use tollgate_translate::{
+    chat_to_responses_response, openai_responses_usage, responses_event_usage,
+    responses_response_text,
+};
+
+fuzz_target!(|data: &[u8]| {
+    let Some(value) = json(data) else {
+        return;
+    };
+    let request = json!({"model": "m", "instructions": "x", "tools": []});
+    for (chat, req) in [(&value, &request), (&value, &value)] {
+        let response = chat_to_responses_response(chat, req);
+        assert_eq!(response["object"], "response", "{response}");
+        let status = response["status"].as_str().unwrap_or_default();
+        assert!(matches!(status, "completed" | "incomplete"), "{response}");
+        for item in response["output"].as_array().expect("an output array") {
+            let kind = item["type"].as_str().unwrap_or_default();
+            assert!(matches!(kind, "message" | "function_call"), "{response}");
+        }
+        let _ = responses_response_text(&response);
+        let _ = openai_responses_usage(&response["usage"]);
+    }
+    let _ = responses_response_text(&value);
+    let _ = responses_event_usage(&value);
+    let _ = openai_responses_usage(&value);
+});
