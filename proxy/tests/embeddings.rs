@@ -376,24 +376,7 @@ async fn size_rate_and_time_limits_refuse_in_openais_shape() {
     assert_eq!(error["code"], "request_too_large");
 
     // 429: the key's requests per minute.
-    let spec = tollgate_control::ConfigurationSpec {
-        name: "one-a-minute".into(),
-        rate_limits: tollgate_core::control::RateLimits {
-            requests_per_minute: Some(1),
-            tokens_per_minute: None,
-        },
-        ..tollgate_control::ConfigurationSpec::default()
-    };
-    let config = gw
-        .control
-        .create_configuration(&gw.account_id, spec)
-        .await
-        .unwrap();
-    let (_, limited) = gw
-        .control
-        .create_access_key(&gw.account_id, "limited", Some(config.id))
-        .await
-        .unwrap();
+    let limited = one_a_minute_key(&gw).await;
     let post_limited = || {
         TestGateway::client()
             .post(gw.url(PATH))
@@ -406,21 +389,7 @@ async fn size_rate_and_time_limits_refuse_in_openais_shape() {
     assert_eq!(error["code"], "rate_limit_exceeded");
 
     // 403: a model outside the key's allowlist.
-    let spec = tollgate_control::ConfigurationSpec {
-        name: "small-only".into(),
-        allowed_models: Some(vec!["text-embedding-3-small".into()]),
-        ..tollgate_control::ConfigurationSpec::default()
-    };
-    let config = gw
-        .control
-        .create_configuration(&gw.account_id, spec)
-        .await
-        .unwrap();
-    let (_, allowlisted) = gw
-        .control
-        .create_access_key(&gw.account_id, "allowlisted", Some(config.id))
-        .await
-        .unwrap();
+    let allowlisted = allowlisted_key(&gw, &["text-embedding-3-small"]).await;
     let response = TestGateway::client()
         .post(gw.url(PATH))
         .bearer_auth(&allowlisted)

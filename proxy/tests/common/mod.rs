@@ -651,3 +651,42 @@ pub fn declared(
         cache_write_1h: None,
     }
 }
+
+/// A new access key of the test account under a configuration allowing one
+/// request per minute.
+pub async fn one_a_minute_key(gw: &TestGateway) -> String {
+    let spec = tollgate_control::ConfigurationSpec {
+        name: "one-a-minute".into(),
+        rate_limits: tollgate_core::control::RateLimits {
+            requests_per_minute: Some(1),
+            tokens_per_minute: None,
+        },
+        ..tollgate_control::ConfigurationSpec::default()
+    };
+    key_under(gw, spec).await
+}
+
+/// A new access key of the test account allowed only `models`.
+pub async fn allowlisted_key(gw: &TestGateway, models: &[&str]) -> String {
+    let spec = tollgate_control::ConfigurationSpec {
+        name: "allowlisted".into(),
+        allowed_models: Some(models.iter().map(|m| (*m).to_owned()).collect()),
+        ..tollgate_control::ConfigurationSpec::default()
+    };
+    key_under(gw, spec).await
+}
+
+async fn key_under(gw: &TestGateway, spec: tollgate_control::ConfigurationSpec) -> String {
+    let name = spec.name.clone();
+    let config = gw
+        .control
+        .create_configuration(&gw.account_id, spec)
+        .await
+        .unwrap();
+    let (_, token) = gw
+        .control
+        .create_access_key(&gw.account_id, &name, Some(config.id))
+        .await
+        .unwrap();
+    token
+}
