@@ -2,15 +2,16 @@
 //! completion, and as the client's request it echoes). Invariant: a
 //! Responses object whose status is known and whose `output` is an array
 //! of message or function-call items. The Responses usage and text readers
-//! (used on passed-through answers) run on the same input and on the result.
+//! (used on passed-through answers) run on the same input and on the result;
+//! the input read as an Anthropic answer goes through chat to Responses too.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;
 use tollgate_fuzz::json;
 use tollgate_translate::{
-    chat_to_responses_response, openai_responses_usage, responses_event_usage,
-    responses_response_text,
+    anthropic_to_openai_response, chat_to_responses_response, openai_responses_usage,
+    responses_event_usage, responses_response_text,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -30,6 +31,9 @@ fuzz_target!(|data: &[u8]| {
         let _ = responses_response_text(&response);
         let _ = openai_responses_usage(&response["usage"]);
     }
+    // An Anthropic answer reaches a Responses client through chat.
+    let via_chat = chat_to_responses_response(&anthropic_to_openai_response(&value, "m"), &request);
+    assert_eq!(via_chat["object"], "response", "{via_chat}");
     let _ = responses_response_text(&value);
     let _ = responses_event_usage(&value);
     let _ = openai_responses_usage(&value);

@@ -174,3 +174,47 @@ pub fn check_openai_chunks(chunks: &[Value], model: &str, include_usage: bool) {
     }
     assert!(finishes <= 1, "{finishes} chunks with a finish_reason");
 }
+
+/// A Responses event stream as the SDK's helpers need it: `type` = event
+/// name; `sequence_number` from 0 without gaps; `response.created` first;
+/// one terminal event, last; a finished response's output items equal the
+/// `output_item.done` events at their `output_index`. Text extraction runs
+/// on every event.
+pub fn check_responses_stream(events: &[(&str, Value)]) {
+    const TERMINAL: [&str; 3] = [
+        "response.completed",
+        "response.incomplete",
+        "response.failed",
+    ];
+    let mut text = String::new();
+    let mut done_items = Vec::new();
+    for (i, (name, data)) in events.iter().enumerate() {
+        assert_eq!(data["type"], *name, "event {i}");
+        assert_eq!(data["sequence_number"], i, "event {i}: {name}");
+        assert_eq!(i == 0, *name == "response.created", "event {i}: {name}");
+        let last = i + 1 == events.len();
+        assert_eq!(TERMINAL.contains(name), last, "event {i}: {name}");
+        if *name == "response.output_item.done" {
+            done_items.push((data["output_index"].as_u64(), data["item"].clone()));
+        }
+        tollgate_translate::responses_event_text(data, &mut text);
+    }
+    if let Some((name, data)) = events.last() {
+        if *name != "response.failed" {
+            let output = data["response"]["output"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            // Items close in any order (a tool call stays open while text
+            // follows it): each done event matches the item at its index.
+            assert_eq!(output.len(), done_items.len(), "{name}");
+            for (index, done) in &done_items {
+                let item = index
+                    .and_then(|i| output.get(i as usize))
+                    .expect("a valid output_index");
+                assert_eq!(item["id"], done["id"]);
+                assert_eq!(item["type"], done["type"]);
+            }
+        }
+    }
+}
