@@ -15,6 +15,9 @@ use tollgate_translate::{
 };
 
 fuzz_target!(|data: &[u8]| {
+    // The gateway reads a Responses request's echoed members from its bytes.
+    let echo = responses_echo_request(data);
+    assert!(echo.is_null() || echo.get("input").is_none(), "{echo}");
     let Some(value) = json(data) else {
         return;
     };

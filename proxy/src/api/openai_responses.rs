@@ -32,7 +32,8 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use tollgate_core::{ApiSurface, Prices, TokenCounts, ToolCallCharge};
 use tollgate_translate::responses::{
-    chat_to_responses_response, responses_to_chat_request, ChatToResponsesStream,
+    chat_to_responses_response, responses_echo_request, responses_to_chat_request,
+    ChatToResponsesStream,
 };
 use tollgate_translate::sse::{encode_event, SseEvent};
 use tollgate_translate::stream::AnthropicToOpenAiStream;
@@ -317,13 +318,13 @@ fn speaks_responses(meter: &RequestMeter) -> bool {
         .is_some_and(|p| p.responses_endpoint.is_some())
 }
 
-/// The client's request, echoed in translated answers (`instructions`,
-/// `tools`, sampling settings) the way the Responses API does.
+/// What translated answers echo of the client's request (`model`,
+/// `instructions`, `tools`, sampling settings), as the Responses API does;
+/// read without building the request's `input` again.
 fn client_request(meter: &RequestMeter) -> Value {
     meter
         .request_body()
-        .and_then(|raw| serde_json::from_slice(raw).ok())
-        .unwrap_or(Value::Null)
+        .map_or(Value::Null, |raw| responses_echo_request(raw))
 }
 
 /// Refuses, on the operator's credentials, what a token price cannot

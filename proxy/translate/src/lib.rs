@@ -26,7 +26,10 @@ pub use response::{
     anthropic_error_to_openai, anthropic_stop_to_openai_finish, anthropic_to_openai_response,
     openai_error_to_anthropic, openai_finish_to_anthropic_stop, openai_to_anthropic_response,
 };
-pub use responses::{chat_to_responses_response, responses_to_chat_request, ChatToResponsesStream};
+pub use responses::{
+    chat_to_responses_response, responses_echo_request, responses_to_chat_request,
+    ChatToResponsesStream,
+};
 pub use sse::{encode_event, SseDecoder, SseEvent};
 pub use stream::{AnthropicToOpenAiStream, OpenAiToAnthropicStream};
 pub use usage::{

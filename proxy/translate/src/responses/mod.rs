@@ -196,6 +196,27 @@ pub(crate) fn echoed_fields(request: &Value) -> Value {
     Value::Object(m)
 }
 
+/// The request members a translated answer reads (`model` and the echoed
+/// parameters), read from the request's bytes without building its
+/// `input`: members are scanned as raw text and only these are parsed.
+/// `Value::Null` when the bytes are not a JSON object.
+pub fn responses_echo_request(raw: &[u8]) -> Value {
+    let Ok(members) = serde_json::from_slice::<
+        std::collections::HashMap<std::borrow::Cow<'_, str>, &serde_json::value::RawValue>,
+    >(raw) else {
+        return Value::Null;
+    };
+    let mut m = Map::new();
+    for (key, value) in members {
+        if key == "model" || ECHOED.contains(&key.as_ref()) {
+            if let Ok(value) = serde_json::from_str(value.get()) {
+                m.insert(key.into_owned(), value);
+            }
+        }
+    }
+    Value::Object(m)
+}
+
 const ECHOED: [&str; 11] = [
     "instructions",
     "max_output_tokens",
@@ -213,4 +234,26 @@ const ECHOED: [&str; 11] = [
 /// The model name to report: the one the client asked for, else `fallback`.
 pub(crate) fn client_model<'a>(request: &'a Value, fallback: &'a str) -> &'a str {
     str_field(request, "model").unwrap_or(fallback)
+}
+
+#[cfg(test)]
+mod echo_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_echo_reads_the_same_members_as_the_full_request() {
+        let request = json!({
+            "model": "m", "input": [{"role": "user", "content": "long prompt"}],
+            "instructions": "be brief", "tools": [{"type": "function", "name": "f"}],
+            "temperature": 0.5, "metadata": {"a": "b"}, "stream": true,
+        });
+        let echo = responses_echo_request(&serde_json::to_vec(&request).unwrap());
+        assert!(echo.get("input").is_none() && echo.get("stream").is_none());
+        assert_eq!(echo["model"], "m");
+        assert_eq!(echoed_fields(&echo), echoed_fields(&request));
+        assert_eq!(responses_echo_request(b"[1]"), Value::Null);
+        assert_eq!(responses_echo_request(b"{nope"), Value::Null);
+    }
 }
