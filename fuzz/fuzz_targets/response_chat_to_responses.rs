@@ -11,7 +11,7 @@ use serde_json::json;
 use tollgate_fuzz::json;
 use tollgate_translate::{
     anthropic_to_openai_response, chat_to_responses_response, openai_responses_usage,
-    responses_event_usage, responses_response_text,
+    responses_echo_request, responses_event_usage, responses_response_text,
 };
 
 fuzz_target!(|data: &[u8]| {
