@@ -61,10 +61,18 @@ fn rss_bytes() -> Option<u64> {
 
 /// A gateway whose upstream reports no usage (so every request is
 /// estimated) and that accepts bodies of 9 MiB and more.
+/// Deadlines these tests never mean to reach: the mock renders tens of MB
+/// up front and estimates tokenize MBs, slow on a loaded machine.
+fn generous_deadlines(mut config: tollgate_proxy::ProxyConfig) -> tollgate_proxy::ProxyConfig {
+    config.routing.attempt_timeout_ms = 60_000;
+    config.routing.total_timeout_ms = 120_000;
+    config
+}
+
 async fn gateway_without_upstream_usage() -> TestGateway {
     let mock = mock_on_its_own_runtime();
     mock.add_rule(Rule::any().omit_usage());
-    let mut config = mock_config(&mock);
+    let mut config = generous_deadlines(mock_config(&mock));
     config.server.max_body_bytes = 24 << 20;
     start_on(mock, config).await
 }
@@ -174,7 +182,7 @@ async fn a_long_stream_without_usage_is_estimated_in_bounded_memory() {
     mock.add_rule(Rule::any().once().reply_text(text.clone()));
     mock.add_rule(Rule::any().once().omit_usage().reply_text(text.clone()));
     mock.add_rule(Rule::any().reply_text(text.clone()));
-    let config = mock_config(&mock);
+    let config = generous_deadlines(mock_config(&mock));
     let gw = start_on(mock, config).await;
 
     let ((warm_up, _), _) = stream_to_the_end(&gw).await;

@@ -209,9 +209,10 @@ impl TestGateway {
             .collect()
     }
 
-    /// Wait (bounded) until at least `n` usage events are stored.
+    /// Wait (bounded, generously: a loaded machine is slow) until at least
+    /// `n` usage events are stored.
     pub async fn wait_for_events(&self, n: usize) -> Vec<UsageEvent> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             let events = self.usage_events().await;
             if events.len() >= n || tokio::time::Instant::now() > deadline {
