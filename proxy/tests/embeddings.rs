@@ -22,12 +22,7 @@ fn embed(model: &str, input: Value) -> Value {
 
 /// Status, then the OpenAI-shaped error (`type`, `code`, `param`, message).
 async fn refusal(response: reqwest::Response, status: u16) -> Value {
-    let (got, _, body) = json_of(response).await;
-    assert_eq!(got, status, "{body}");
-    let error = &body["error"];
-    assert!(error["message"].is_string(), "{body}");
-    assert!(error["type"].is_string(), "{body}");
-    error.clone()
+    openai_refusal(response, status).await
 }
 
 /// Mock vector component `j` of input `i` with `tokens` prompt tokens.
@@ -359,57 +354,16 @@ async fn an_empty_balance_is_refused_with_402_in_openais_shape() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn size_rate_and_time_limits_refuse_in_openais_shape() {
-    let gw = start_with(|c| {
-        c.server.max_body_bytes = 2_048;
-        c.routing.total_timeout_ms = 700;
-        c.routing.attempt_timeout_ms = 5_000;
-    })
-    .await;
-    // 413: over the body limit.
-    let big = "word ".repeat(1_000);
-    let error = refusal(
-        gw.post_json(PATH, &embed("text-embedding-3-small", json!(big)))
-            .await,
-        413,
+    let gw = start_with(tight_limits).await;
+    let embeddings = |model: &str, input: Value| embed(model, input);
+    check_openai_limits(
+        &gw,
+        PATH,
+        embeddings,
+        "text-embedding-3-small",
+        "text-embedding-3-large",
     )
     .await;
-    assert_eq!(error["code"], "request_too_large");
-
-    // 429: the key's requests per minute.
-    let limited = one_a_minute_key(&gw).await;
-    let post_limited = || {
-        TestGateway::client()
-            .post(gw.url(PATH))
-            .bearer_auth(&limited)
-            .json(&embed("text-embedding-3-small", json!("x")))
-            .send()
-    };
-    assert_eq!(post_limited().await.unwrap().status(), 200);
-    let error = refusal(post_limited().await.unwrap(), 429).await;
-    assert_eq!(error["code"], "rate_limit_exceeded");
-
-    // 403: a model outside the key's allowlist.
-    let allowlisted = allowlisted_key(&gw, &["text-embedding-3-small"]).await;
-    let response = TestGateway::client()
-        .post(gw.url(PATH))
-        .bearer_auth(&allowlisted)
-        .json(&embed("text-embedding-3-large", json!("x")))
-        .send()
-        .await
-        .unwrap();
-    let error = refusal(response, 403).await;
-    assert_eq!(error["code"], "model_not_allowed");
-
-    // 504: the upstream does not answer within the total deadline.
-    gw.mock
-        .add_rule(Rule::any().delay(std::time::Duration::from_secs(60)));
-    let error = refusal(
-        gw.post_json(PATH, &embed("text-embedding-3-small", json!("x")))
-            .await,
-        504,
-    )
-    .await;
-    assert_eq!(error["code"], "upstream_timeout");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,12 +46,7 @@ async fn start_all() -> TestGateway {
 
 /// Status, then the OpenAI-shaped error.
 async fn refusal(response: reqwest::Response, status: u16) -> Value {
-    let (got, _, body) = json_of(response).await;
-    assert_eq!(got, status, "{body}");
-    let error = &body["error"];
-    assert!(error["message"].is_string(), "{body}");
-    assert!(error["type"].is_string(), "{body}");
-    error.clone()
+    openai_refusal(response, status).await
 }
 
 /// The `output_text` of a Responses object, as the SDK computes it.
@@ -474,12 +469,7 @@ async fn keys_and_fallback_models_fail_over_streaming_included() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_come_in_openais_shape() {
-    let gw = start_with(|c| {
-        c.server.max_body_bytes = 2_048;
-        c.routing.total_timeout_ms = 700;
-        c.routing.attempt_timeout_ms = 5_000;
-    })
-    .await;
+    let gw = start_with(tight_limits).await;
     // 401: no key, a wrong key.
     let response = TestGateway::client()
         .post(gw.url(PATH))
@@ -522,47 +512,8 @@ async fn refusals_come_in_openais_shape() {
         error["message"].as_str().unwrap().contains("embedding"),
         "{error}"
     );
-    // 413: over the body limit.
-    let big = "word ".repeat(1_000);
-    let error = refusal(
-        gw.post_json(PATH, &respond("gpt-4o-mini", json!(big)))
-            .await,
-        413,
-    )
-    .await;
-    assert_eq!(error["code"], "request_too_large");
-    // 429: the key's requests per minute.
-    let limited = one_a_minute_key(&gw).await;
-    let post_limited = || {
-        TestGateway::client()
-            .post(gw.url(PATH))
-            .bearer_auth(&limited)
-            .json(&respond("gpt-4o-mini", json!("x")))
-            .send()
-    };
-    assert_eq!(post_limited().await.unwrap().status(), 200);
-    let error = refusal(post_limited().await.unwrap(), 429).await;
-    assert_eq!(error["code"], "rate_limit_exceeded");
-    // 403: a model outside the key's allowlist.
-    let allowlisted = allowlisted_key(&gw, &["gpt-4o-mini"]).await;
-    let response = TestGateway::client()
-        .post(gw.url(PATH))
-        .bearer_auth(&allowlisted)
-        .json(&respond("gpt-4o", json!("x")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(refusal(response, 403).await["code"], "model_not_allowed");
-    // 504: the upstream does not answer within the total deadline.
-    gw.mock
-        .add_rule(Rule::any().delay(std::time::Duration::from_secs(60)));
-    let error = refusal(
-        gw.post_json(PATH, &respond("gpt-4o-mini", json!("x")))
-            .await,
-        504,
-    )
-    .await;
-    assert_eq!(error["code"], "upstream_timeout");
+    // 413, 429, 403 and 504.
+    check_openai_limits(&gw, PATH, respond, "gpt-4o-mini", "gpt-4o").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -691,3 +691,66 @@ async fn key_under(gw: &TestGateway, spec: tollgate_control::ConfigurationSpec) 
         .unwrap();
     token
 }
+
+/// Status, then the error in OpenAI's shape (`message` and `type` set).
+pub async fn openai_refusal(response: reqwest::Response, status: u16) -> serde_json::Value {
+    let (got, _, body) = json_of(response).await;
+    assert_eq!(got, status, "{body}");
+    let error = &body["error"];
+    assert!(error["message"].is_string(), "{body}");
+    assert!(error["type"].is_string(), "{body}");
+    error.clone()
+}
+
+/// Settings under which `check_openai_limits` can reach every limit.
+pub fn tight_limits(config: &mut ProxyConfig) {
+    config.server.max_body_bytes = 2_048;
+    config.routing.total_timeout_ms = 700;
+    config.routing.attempt_timeout_ms = 5_000;
+}
+
+/// On an OpenAI-shaped route of a gateway started with `tight_limits`:
+/// 413 over the body limit, 429 past a key's requests per minute, 403 for
+/// a model outside the key's allowlist and 504 when the upstream never
+/// answers in time — each in OpenAI's error shape. `request(model, input)`
+/// makes the route's body; `allowed` is on the allowlist, `denied` is not.
+pub async fn check_openai_limits(
+    gw: &TestGateway,
+    path: &str,
+    request: impl Fn(&str, serde_json::Value) -> serde_json::Value,
+    allowed: &str,
+    denied: &str,
+) {
+    let x = || serde_json::json!("x");
+    let big = serde_json::json!("word ".repeat(1_000));
+    let error = openai_refusal(gw.post_json(path, &request(allowed, big)).await, 413).await;
+    assert_eq!(error["code"], "request_too_large");
+
+    let limited = one_a_minute_key(gw).await;
+    let post_limited = || {
+        TestGateway::client()
+            .post(gw.url(path))
+            .bearer_auth(&limited)
+            .json(&request(allowed, x()))
+            .send()
+    };
+    assert_eq!(post_limited().await.unwrap().status(), 200);
+    let error = openai_refusal(post_limited().await.unwrap(), 429).await;
+    assert_eq!(error["code"], "rate_limit_exceeded");
+
+    let allowlisted = allowlisted_key(gw, &[allowed]).await;
+    let response = TestGateway::client()
+        .post(gw.url(path))
+        .bearer_auth(&allowlisted)
+        .json(&request(denied, x()))
+        .send()
+        .await
+        .unwrap();
+    let error = openai_refusal(response, 403).await;
+    assert_eq!(error["code"], "model_not_allowed");
+
+    gw.mock
+        .add_rule(tollgate_mock_upstream::Rule::any().delay(Duration::from_secs(60)));
+    let error = openai_refusal(gw.post_json(path, &request(allowed, x())).await, 504).await;
+    assert_eq!(error["code"], "upstream_timeout");
+}
