@@ -98,6 +98,8 @@ pub fn event(
         tokens_estimated: false,
         prices: prices(model),
         tool_calls: Vec::new(),
+        end_user: None,
+        tags: Default::default(),
         upstream_request_id: None,
         latency_us,
         ttft_us,
