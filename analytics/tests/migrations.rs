@@ -76,8 +76,11 @@ fn upgraded_dataset() -> (Vec<tollgate_core::UsageEvent>, usize) {
     (upgraded, half)
 }
 
+/// A stored row's end user and tags (JSON), NULL when none.
+type Attribution = (Option<String>, Option<String>);
+
 /// Each stored row's (end user, tags JSON), from the SQLite file.
-fn sqlite_attribution(db: &tollgate_sqlite::Database) -> Vec<(Option<String>, Option<String>)> {
+fn sqlite_attribution(db: &tollgate_sqlite::Database) -> Vec<Attribution> {
     db.connect()
         .unwrap()
         .prepare("SELECT end_user, tags FROM analytics_usage ORDER BY log_offset")
@@ -188,7 +191,7 @@ async fn sqlite_migration_2_keeps_an_installs_rows() {
     }
     // Rows stored after it keep their end user and tags (JSON), NULL when none.
     let stored = sqlite_attribution(&db);
-    let mut want: Vec<(u64, (Option<String>, Option<String>))> = all_rows[half..]
+    let mut want: Vec<(u64, Attribution)> = all_rows[half..]
         .iter()
         .map(|r| {
             let tags = (!r.tags.is_empty()).then(|| serde_json::to_string(&r.tags).unwrap());
