@@ -491,7 +491,7 @@ const TOP: &[(&str, usize, usize)] = &[("tollgate-usage / Top end users by cost"
 
 /// Queries whose rows come from an array column: each event yields one key
 /// per element (ARRAY JOIN) instead of one.
-fn exploded(id: &str) -> Option<fn(&UsageEvent) -> Vec<Vec<Cell>>> {
+fn exploded(id: &str) -> Option<KeysFn> {
     match id {
         "tollgate-usage / $tag" => {
             Some(|e| tag_pairs(e).into_iter().map(|p| vec![text(p)]).collect())
@@ -507,6 +507,7 @@ fn tag_pairs(e: &UsageEvent) -> Vec<String> {
 
 type KeyFn = fn(&UsageEvent) -> Vec<Cell>;
 type ValuesFn = fn(&[&UsageEvent]) -> Vec<Cell>;
+type KeysFn = fn(&UsageEvent) -> Vec<Vec<Cell>>;
 
 /// What one dashboard query must answer, computed from the dataset.
 struct Spec {
