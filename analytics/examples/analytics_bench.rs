@@ -66,6 +66,8 @@ fn synthetic(i: u64, total: u64) -> UsageRecord {
         .into(),
         client_api: "openai".into(),
         endpoint: tollgate_core::Endpoint::Chat,
+        end_user: None,
+        tags: Default::default(),
         status: if h % 100 < 95 { 200 } else { 429 },
         started_ms,
         streamed: i.is_multiple_of(2),

@@ -217,6 +217,8 @@ pub const PARAMETERS: &[&str] = &[
     "status_class",
     "credential_source",
     "endpoint",
+    "end_user",
+    "tag",
     "group_by",
     "bucket",
 ];
@@ -254,7 +256,15 @@ pub struct UsageParams {
     /// (`/v1/messages`), responses (`/v1/responses`) or embeddings (`/v1/embeddings`).
     #[param(schema_with = endpoint_schema)]
     endpoint: Option<String>,
-    /// Comma-separated dimensions (provider, model, access_key, status, endpoint), each at most once.
+    /// Only requests made for this end user (as the gateway stored it: declared or hashed).
+    #[param(min_length = 1, max_length = 256)]
+    end_user: Option<String>,
+    /// Only requests carrying this tag with this value: `<key>:<value>` (the value may
+    /// contain `:`). A key is 1 to 64 letters, digits, `_`, `-` or `.`.
+    #[param(schema_with = tag_schema)]
+    tag: Option<String>,
+    /// Comma-separated dimensions (provider, model, access_key, status, endpoint, end_user,
+    /// `tag:<key>`), each at most once, at most one tag.
     #[param(example = "provider,model")]
     group_by: Option<String>,
     /// Time bucket (UTC). At most 10000 buckets per range.
@@ -289,6 +299,31 @@ fn endpoint_schema() -> utoipa::openapi::Object {
     )
 }
 
+fn tag_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .pattern(Some(TAG_FILTER_PATTERN))
+        .max_length(Some(256 + 65))
+        .description(Some(
+            "Only requests carrying this tag with this value: `<key>:<value>`. A key is 1 to 64 \
+             letters, digits, `_`, `-` or `.`; the value 1 to 256 characters.",
+        ))
+        .examples([serde_json::json!("team:search")])
+        .build()
+}
+
+/// A tag filter: key, `:`, value.
+const TAG_FILTER_PATTERN: &str = "^[A-Za-z0-9_.-]{1,64}:.{1,256}$";
+
+/// Whether `key` is a tag key the API accepts: 1 to 64 ASCII letters,
+/// digits, `_`, `-` or `.`.
+pub fn valid_tag_key(key: &str) -> bool {
+    (1..=64).contains(&key.len())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
 impl UsageParams {
     /// Sort raw pairs into the parameters: unknown or repeated names are refused.
     fn from_pairs(pairs: &[(String, String)]) -> Result<UsageParams, ApiError> {
@@ -304,6 +339,8 @@ impl UsageParams {
                 "status_class" => &mut params.status_class,
                 "credential_source" => &mut params.credential_source,
                 "endpoint" => &mut params.endpoint,
+                "end_user" => &mut params.end_user,
+                "tag" => &mut params.tag,
                 "group_by" => &mut params.group_by,
                 "bucket" => &mut params.bucket,
                 _ => {
@@ -397,17 +434,61 @@ fn parse_endpoint(value: Option<&str>) -> Result<Option<Endpoint>, ApiError> {
         .transpose()
 }
 
-fn parse_group_by(value: Option<&str>) -> Result<Vec<GroupBy>, ApiError> {
+fn parse_tag(value: Option<&str>) -> Result<Option<(String, String)>, ApiError> {
+    let Some(v) = value else {
+        return Ok(None);
+    };
+    let (key, tag_value) = v.split_once(':').ok_or_else(|| {
+        ApiError::invalid("tag", "`tag` must be `<key>:<value>`, e.g. team:search")
+    })?;
+    if !valid_tag_key(key) {
+        return Err(ApiError::invalid(
+            "tag",
+            "`tag`'s key must be 1 to 64 letters, digits, `_`, `-` or `.`",
+        ));
+    }
+    if tag_value.is_empty() || tag_value.chars().count() > 256 {
+        return Err(ApiError::invalid(
+            "tag",
+            "`tag`'s value must be 1 to 256 characters",
+        ));
+    }
+    Ok(Some((key.to_owned(), tag_value.to_owned())))
+}
+
+/// The dimensions, and the tag key when `tag:<key>` is one of them.
+fn parse_group_by(value: Option<&str>) -> Result<(Vec<GroupBy>, Option<String>), ApiError> {
     let mut group_by = Vec::new();
+    let mut tag = None;
     for item in value.into_iter().flat_map(|v| v.split(',')).map(str::trim) {
-        let dim = GroupBy::parse(item).ok_or_else(|| {
-            ApiError::invalid(
-                "group_by",
-                format!(
-                    "`group_by` item `{item}` is not one of provider, model, access_key, status, endpoint"
-                ),
-            )
-        })?;
+        let dim = if let Some(key) = item.strip_prefix("tag:") {
+            if !valid_tag_key(key) {
+                return Err(ApiError::invalid(
+                    "group_by",
+                    format!(
+                        "`group_by` item `{item}`: a tag key is 1 to 64 letters, digits, `_`, `-` or `.`"
+                    ),
+                ));
+            }
+            if tag.is_some() {
+                return Err(ApiError::invalid(
+                    "group_by",
+                    "`group_by` may name at most one tag",
+                ));
+            }
+            tag = Some(key.to_owned());
+            GroupBy::Tag
+        } else {
+            GroupBy::parse(item).ok_or_else(|| {
+                ApiError::invalid(
+                    "group_by",
+                    format!(
+                        "`group_by` item `{item}` is not one of provider, model, access_key, status, \
+                         endpoint, end_user, tag:<key>"
+                    ),
+                )
+            })?
+        };
         if group_by.contains(&dim) {
             return Err(ApiError::invalid(
                 "group_by",
@@ -416,7 +497,7 @@ fn parse_group_by(value: Option<&str>) -> Result<Vec<GroupBy>, ApiError> {
         }
         group_by.push(dim);
     }
-    Ok(group_by)
+    Ok((group_by, tag))
 }
 
 fn parse_bucket(value: Option<&str>, query: &UsageQuery) -> Result<Option<Bucket>, ApiError> {
@@ -457,8 +538,10 @@ pub fn parse_query(pairs: &[(String, String)]) -> Result<(UsageQuery, Option<Str
     query.status_class = parse_status_class(params.status_class.as_deref())?;
     query.credential_source = parse_credential_source(params.credential_source.as_deref())?;
     query.endpoint = parse_endpoint(params.endpoint.as_deref())?;
+    query.end_user = parse_text("end_user", params.end_user.as_ref())?;
+    query.tag = parse_tag(params.tag.as_deref())?;
     if params.group_by.is_some() {
-        query.group_by = parse_group_by(params.group_by.as_deref())?;
+        (query.group_by, query.group_tag) = parse_group_by(params.group_by.as_deref())?;
     }
     query.bucket = parse_bucket(params.bucket.as_deref(), &query)?;
     Ok((query, account_id))
@@ -474,7 +557,9 @@ struct UsageResponse {
     end: DateTime<Utc>,
     account_id: Option<String>,
     bucket: Option<Bucket>,
-    group_by: Vec<GroupBy>,
+    /// The dimensions as asked (`tag:<key>` for a tag).
+    #[schema(example = json!(["model", "tag:team"]))]
+    group_by: Vec<String>,
     /// Groups in bucket, then dimension order; only groups with requests appear.
     data: Vec<UsageGroup>,
 }
@@ -536,7 +621,7 @@ async fn usage(
         end: query.end,
         account_id: query.account_id.as_ref().map(|a| a.to_string()),
         bucket: query.bucket,
-        group_by: query.group_by.clone(),
+        group_by: query.group_by_names(),
         data,
     })
     .into_response())

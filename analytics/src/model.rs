@@ -5,6 +5,7 @@ use crate::error::AnalyticsError;
 use chrono::{DateTime, TimeZone, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use tollgate_core::{
     pricing::cost_of, AccountId, CredentialSource, Endpoint, Envelope, EventBody, TokenCounts,
     UsageEvent, Usd,
@@ -36,6 +37,11 @@ pub struct UsageRecord {
     /// The endpoint that served the event (`UsageEvent::served_endpoint`:
     /// backfilled from `client_api` for events that do not record one).
     pub endpoint: Endpoint,
+    /// The end user the client declared (`UsageEvent::end_user`); None when
+    /// none (an empty one is none too: ClickHouse stores none as `''`).
+    pub end_user: Option<String>,
+    /// The request's tags (`UsageEvent::tags`), empty when none.
+    pub tags: BTreeMap<String, String>,
     pub status: u16,
     /// Request arrival, milliseconds since the Unix epoch (UTC).
     pub started_ms: i64,
@@ -83,6 +89,8 @@ impl UsageRecord {
                 .unwrap_or_default(),
             client_api: event.client_api.as_str().to_owned(),
             endpoint: event.served_endpoint(),
+            end_user: event.end_user.clone().filter(|u| !u.is_empty()),
+            tags: event.tags.clone(),
             status: event.status,
             started_ms,
             streamed: event.streamed,
@@ -246,6 +254,10 @@ pub enum GroupBy {
     AccessKey,
     Status,
     Endpoint,
+    /// The end user (`group_by=end_user`).
+    EndUser,
+    /// One tag's value (`group_by=tag:<key>`; the key is `UsageQuery::group_tag`).
+    Tag,
 }
 
 impl GroupBy {
@@ -256,6 +268,7 @@ impl GroupBy {
             "access_key" => Some(GroupBy::AccessKey),
             "status" => Some(GroupBy::Status),
             "endpoint" => Some(GroupBy::Endpoint),
+            "end_user" => Some(GroupBy::EndUser),
             _ => None,
         }
     }
@@ -267,10 +280,13 @@ impl GroupBy {
             GroupBy::AccessKey => "access_key",
             GroupBy::Status => "status",
             GroupBy::Endpoint => "endpoint",
+            GroupBy::EndUser => "end_user",
+            GroupBy::Tag => "tag",
         }
     }
 
-    /// The stored column holding this dimension (same name in both stores).
+    /// The stored column holding this dimension (same name in both stores;
+    /// a tag's value is looked up by key, see the stores).
     pub fn column(self) -> &'static str {
         match self {
             GroupBy::Provider => "provider",
@@ -278,6 +294,8 @@ impl GroupBy {
             GroupBy::AccessKey => "access_key_id",
             GroupBy::Status => "status",
             GroupBy::Endpoint => "endpoint",
+            GroupBy::EndUser => "end_user",
+            GroupBy::Tag => "tags",
         }
     }
 }
@@ -324,8 +342,14 @@ pub struct UsageQuery {
     pub credential_source: Option<CredentialSource>,
     /// Only events served by this endpoint.
     pub endpoint: Option<Endpoint>,
+    /// Only events for this end user.
+    pub end_user: Option<String>,
+    /// Only events carrying this tag with this value: (key, value).
+    pub tag: Option<(String, String)>,
     /// Distinct dimensions, in the order the caller gave.
     pub group_by: Vec<GroupBy>,
+    /// The tag key `GroupBy::Tag` groups by (set exactly when it is in `group_by`).
+    pub group_tag: Option<String>,
     pub bucket: Option<Bucket>,
 }
 
@@ -342,7 +366,10 @@ impl UsageQuery {
             status_class: None,
             credential_source: None,
             endpoint: None,
+            end_user: None,
+            tag: None,
             group_by: Vec::new(),
+            group_tag: None,
             bucket: None,
         }
     }
@@ -357,6 +384,26 @@ impl UsageQuery {
 
     pub fn groups(&self, dim: GroupBy) -> bool {
         self.group_by.contains(&dim)
+    }
+
+    /// Whether the query filters or groups by an attribution (end user or
+    /// tag), which only raw rows keep.
+    pub fn uses_attribution(&self) -> bool {
+        self.end_user.is_some()
+            || self.tag.is_some()
+            || self.groups(GroupBy::EndUser)
+            || self.groups(GroupBy::Tag)
+    }
+
+    /// `group_by` as the API echoes it: `tag:<key>` for the tag dimension.
+    pub fn group_by_names(&self) -> Vec<String> {
+        self.group_by
+            .iter()
+            .map(|g| match (g, &self.group_tag) {
+                (GroupBy::Tag, Some(key)) => format!("tag:{key}"),
+                _ => g.as_str().to_owned(),
+            })
+            .collect()
     }
 }
 
@@ -445,6 +492,16 @@ pub struct UsageGroup {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub endpoint: Option<Endpoint>,
+    /// Present when grouped by end_user: the end user, null for requests
+    /// that declared none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, nullable = true)]
+    pub end_user: Option<Option<String>>,
+    /// Present when grouped by `tag:<key>`: that tag's value, null for
+    /// requests without the tag.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, nullable = true)]
+    pub tag: Option<Option<String>>,
     pub requests: u64,
     /// Requests answered with a status ≥ 400.
     pub errors: u64,
@@ -455,7 +512,8 @@ pub struct UsageGroup {
 }
 
 /// The order every store returns groups in: bucket, then dimensions
-/// (endpoints by name, as ClickHouse orders the stored strings).
+/// (endpoints by name, as ClickHouse orders the stored strings; requests
+/// without an end user or the tag before those with one).
 pub fn sort_groups(groups: &mut [UsageGroup]) {
     groups.sort_by(|a, b| {
         (
@@ -465,6 +523,8 @@ pub fn sort_groups(groups: &mut [UsageGroup]) {
             &a.access_key_id,
             a.status,
             a.endpoint.map(Endpoint::as_str),
+            &a.end_user,
+            &a.tag,
         )
             .cmp(&(
                 b.bucket_start,
@@ -473,6 +533,8 @@ pub fn sort_groups(groups: &mut [UsageGroup]) {
                 &b.access_key_id,
                 b.status,
                 b.endpoint.map(Endpoint::as_str),
+                &b.end_user,
+                &b.tag,
             ))
     });
 }

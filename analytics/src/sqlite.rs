@@ -114,6 +114,12 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE analytics_usage ADD COLUMN endpoint TEXT NOT NULL DEFAULT '';
      UPDATE analytics_usage
         SET endpoint = CASE client_api WHEN 'anthropic' THEN 'messages' ELSE 'chat' END;",
+    // 5: attribution — the end user the client declared and the request's
+    // tags as a JSON object (`{"team":"search"}`), both NULL when none.
+    // Rows stored before it had neither and keep NULL; nothing is
+    // rewritten. Filters and groups read a tag with `json_extract`.
+    "ALTER TABLE analytics_usage ADD COLUMN end_user TEXT;
+     ALTER TABLE analytics_usage ADD COLUMN tags TEXT;",
 ];
 
 pub struct SqliteUsageStore {
@@ -188,12 +194,20 @@ fn write_batch(conn: &mut Connection, batch: &WriteBatch) -> Result<u64, Analyti
                 access_key_id, started_ms, provider, model, model_requested, credential_source,
                 client_api, status, streamed, error_kind, tokens_input, tokens_cached_input,
                 tokens_cache_write_5m, tokens_cache_write_1h, tokens_output, fee, upstream_cost,
-                latency_us, ttft_us, tokens_reasoning, endpoint)
+                latency_us, ttft_us, tokens_reasoning, endpoint, end_user, tags)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)",
+                ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
         )?;
         for r in batch.rows.iter().filter(|r| r.log_offset >= stored) {
             let ttft = r.ttft_us.map(|t| int(t, "ttft_us")).transpose()?;
+            let tags = if r.tags.is_empty() {
+                None
+            } else {
+                Some(
+                    serde_json::to_string(&r.tags)
+                        .map_err(|e| AnalyticsError::BadData(format!("tags: {e}")))?,
+                )
+            };
             written += insert.execute(rusqlite::params![
                 r.event_id,
                 r.log_partition,
@@ -220,6 +234,8 @@ fn write_batch(conn: &mut Connection, batch: &WriteBatch) -> Result<u64, Analyti
                 ttft,
                 int(r.tokens.reasoning, "tokens")?,
                 r.endpoint.as_str(),
+                r.end_user,
+                tags,
             ])? as u64;
         }
     }
@@ -251,6 +267,8 @@ type GroupKey = (
     Option<String>,
     Option<u16>,
     Option<String>,
+    Option<Option<String>>,
+    Option<Option<String>>,
 );
 
 fn run_query(conn: &Connection, q: &UsageQuery) -> Result<Vec<UsageGroup>, AnalyticsError> {
@@ -284,6 +302,16 @@ fn run_query(conn: &Connection, q: &UsageQuery) -> Result<Vec<UsageGroup>, Analy
             } else {
                 None
             },
+            if q.groups(GroupBy::EndUser) {
+                Some(row.get(16)?)
+            } else {
+                None
+            },
+            if q.groups(GroupBy::Tag) {
+                Some(row.get(17)?)
+            } else {
+                None
+            },
         );
         let acc = groups.entry(key).or_default();
         acc.requests += 1;
@@ -313,15 +341,29 @@ fn run_query(conn: &Connection, q: &UsageQuery) -> Result<Vec<UsageGroup>, Analy
     Ok(out)
 }
 
-/// The raw rows the query selects, and its parameters.
+/// The JSON path of one tag in the `tags` column. API-validated keys are
+/// letters, digits, `_`, `-` and `.`; quoted, so `.` is part of the key.
+fn tag_path(key: &str) -> String {
+    format!("$.\"{key}\"")
+}
+
+/// The raw rows the query selects, and its parameters. Column 17 is the
+/// grouped tag's value (NULL without the tag, or when not grouping by one).
 fn usage_sql(q: &UsageQuery) -> (String, Vec<Value>) {
     let mut sql = String::from(
         "SELECT started_ms, provider, model, access_key_id, status, tokens_input,
                 tokens_cached_input, tokens_cache_write_5m, tokens_cache_write_1h, tokens_output,
-                fee, upstream_cost, latency_us, ttft_us, tokens_reasoning, endpoint
+                fee, upstream_cost, latency_us, ttft_us, tokens_reasoning, endpoint, end_user,
+                json_extract(tags, ?)
          FROM analytics_usage WHERE started_ms >= ? AND started_ms < ?",
     );
-    let mut params: Vec<Value> = vec![Value::Integer(q.start_ms()), Value::Integer(q.end_ms())];
+    let mut params: Vec<Value> = vec![
+        q.group_tag
+            .as_deref()
+            .map_or(Value::Null, |key| Value::Text(tag_path(key))),
+        Value::Integer(q.start_ms()),
+        Value::Integer(q.end_ms()),
+    ];
     if let Some(account) = &q.account_id {
         sql.push_str(" AND account_id = ?");
         params.push(Value::Text(account.to_string()));
@@ -350,12 +392,21 @@ fn usage_sql(q: &UsageQuery) -> (String, Vec<Value>) {
         sql.push_str(" AND endpoint = ?");
         params.push(Value::Text(endpoint.as_str().to_owned()));
     }
+    if let Some(end_user) = &q.end_user {
+        sql.push_str(" AND end_user = ?");
+        params.push(Value::Text(end_user.clone()));
+    }
+    if let Some((key, value)) = &q.tag {
+        sql.push_str(" AND json_extract(tags, ?) = ?");
+        params.push(Value::Text(tag_path(key)));
+        params.push(Value::Text(value.clone()));
+    }
     (sql, params)
 }
 
 /// One group's totals and percentiles.
 fn usage_group(key: GroupKey, mut acc: Acc) -> Result<UsageGroup, AnalyticsError> {
-    let (bucket, provider, model, access_key_id, status, endpoint) = key;
+    let (bucket, provider, model, access_key_id, status, endpoint, end_user, tag) = key;
     let endpoint = endpoint
         .map(|e| {
             Endpoint::parse(&e)
@@ -373,6 +424,8 @@ fn usage_group(key: GroupKey, mut acc: Acc) -> Result<UsageGroup, AnalyticsError
         access_key_id,
         status,
         endpoint,
+        end_user,
+        tag,
         requests: acc.requests,
         errors: acc.errors,
         tokens: acc.tokens,

@@ -16,6 +16,7 @@ async fn bad_parameters_are_400s_naming_the_parameter() {
     let (_dir, _db, store) = sqlite_store();
     let base = serve(store).await;
     let long = "m".repeat(300);
+    let long_key = format!("{}:x", "k".repeat(65));
     let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
         (vec![("end", E)], "start"),
         (vec![("start", S)], "end"),
@@ -82,6 +83,51 @@ async fn bad_parameters_are_400s_naming_the_parameter() {
             "access_key_id",
         ),
         (vec![("start", S), ("start", S), ("end", E)], "start"),
+        // Attribution: a tag filter is `<key>:<value>`, a key 1 to 64 of
+        // letters, digits, `_`, `-`, `.`; group_by takes one `tag:<key>`.
+        (vec![("start", S), ("end", E), ("end_user", "")], "end_user"),
+        (
+            vec![("start", S), ("end", E), ("end_user", long.as_str())],
+            "end_user",
+        ),
+        (vec![("start", S), ("end", E), ("tag", "team")], "tag"),
+        (vec![("start", S), ("end", E), ("tag", ":search")], "tag"),
+        (vec![("start", S), ("end", E), ("tag", "team:")], "tag"),
+        (vec![("start", S), ("end", E), ("tag", "te am:x")], "tag"),
+        (vec![("start", S), ("end", E), ("tag", "t'eam:x")], "tag"),
+        (vec![("start", S), ("end", E), ("tag", "tëam:x")], "tag"),
+        (
+            vec![("start", S), ("end", E), ("tag", long_key.as_str())],
+            "tag",
+        ),
+        (
+            vec![("start", S), ("end", E), ("tag", "a:b"), ("tag", "c:d")],
+            "tag",
+        ),
+        (
+            vec![("start", S), ("end", E), ("group_by", "tag")],
+            "group_by",
+        ),
+        (
+            vec![("start", S), ("end", E), ("group_by", "tag:")],
+            "group_by",
+        ),
+        (
+            vec![("start", S), ("end", E), ("group_by", "tag:te am")],
+            "group_by",
+        ),
+        (
+            vec![("start", S), ("end", E), ("group_by", "tag:a:b")],
+            "group_by",
+        ),
+        (
+            vec![("start", S), ("end", E), ("group_by", "tag:team,tag:env")],
+            "group_by",
+        ),
+        (
+            vec![("start", S), ("end", E), ("group_by", "end_user,end_user")],
+            "group_by",
+        ),
     ];
     for (params, param) in cases {
         let (status, body) = get_usage(&base, Some(TOKEN_A), &params).await;
@@ -108,9 +154,14 @@ async fn bad_parameters_are_400s_naming_the_parameter() {
         &[
             ("start", "2025-02-28T00:00:00.5+01:00"),
             ("end", E),
-            ("group_by", "provider, model,access_key,status,endpoint"),
+            (
+                "group_by",
+                "provider, model,access_key,status,endpoint,end_user,tag:team",
+            ),
             ("bucket", "hour"),
             ("endpoint", "chat"),
+            ("end_user", "u_alice"),
+            ("tag", "env.name:prod:eu-1"),
             ("status_class", "2xx"),
             ("credential_source", "operator"),
             ("provider", "openai"),
@@ -122,7 +173,105 @@ async fn bad_parameters_are_400s_naming_the_parameter() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body["group_by"],
-        serde_json::json!(["provider", "model", "access_key", "status", "endpoint"])
+        serde_json::json!([
+            "provider",
+            "model",
+            "access_key",
+            "status",
+            "endpoint",
+            "end_user",
+            "tag:team"
+        ])
+    );
+}
+
+/// `end_user` and `tag` filter, `group_by=end_user` and `group_by=tag:<key>`
+/// group; a group's key is the end user or the tag's value, null for
+/// requests without one. (The contract suite runs the same queries on
+/// ClickHouse and checks that the groups add up to the totals.)
+#[tokio::test]
+async fn attribution_filters_and_groups() {
+    let (_dir, _db, store) = sqlite_store();
+    load(&*store, &rows(&dataset()), 100).await;
+    let base = serve(store).await;
+    // Account B: its first request is u_alice's, tagged team=search.
+    let (status, body) = get_usage(
+        &base,
+        Some(TOKEN_B),
+        &[("start", S), ("end", E), ("group_by", "tag:team,end_user")],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["group_by"],
+        serde_json::json!(["tag:team", "end_user"])
+    );
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2, "{body}");
+    assert!(data[0]["end_user"].is_null() && data[0]["tag"].is_null());
+    assert!(data[0].as_object().unwrap().contains_key("end_user"));
+    assert!(data[0].as_object().unwrap().contains_key("tag"));
+    assert_eq!(data[0]["requests"], 2);
+    assert_eq!(data[1]["end_user"], "u_alice");
+    assert_eq!(data[1]["tag"], "search");
+    assert_eq!(data[1]["requests"], 1);
+    assert_eq!(data[1]["cost"]["upstream"], "0.011535");
+    assert!(data[1].get("model").is_none());
+    for (param, value) in [("end_user", "u_alice"), ("tag", "team:search")] {
+        let (status, body) = get_usage(
+            &base,
+            Some(TOKEN_B),
+            &[("start", S), ("end", E), (param, value)],
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let data = body["data"].as_array().unwrap();
+        assert_eq!(data.len(), 1);
+        assert_eq!(data[0]["requests"], 1, "{param}");
+        assert!(data[0].get("end_user").is_none(), "filtered, not grouped");
+        assert!(data[0].get("tag").is_none(), "filtered, not grouped");
+    }
+    for (param, value) in [
+        ("end_user", "u_bob"),
+        ("tag", "team:ads"),
+        ("tag", "team:search:x"),
+        ("tag", "no_such:search"),
+    ] {
+        let (status, body) = get_usage(
+            &base,
+            Some(TOKEN_B),
+            &[("start", S), ("end", E), (param, value)],
+        )
+        .await;
+        assert_eq!((status, &body["data"]), (200, &serde_json::json!([])));
+    }
+    // The end user with a quote, across accounts (admin).
+    let (status, body) = get_usage(
+        &base,
+        Some(ADMIN),
+        &[
+            ("start", S),
+            ("end", E),
+            ("end_user", "u_o'brien"),
+            ("group_by", "end_user"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1);
+    assert_eq!(data[0]["end_user"], "u_o'brien");
+    assert_eq!(data[0]["requests"], 40); // i % 6 == 4 of 240
+    let (status, body) = get_usage(
+        &base,
+        Some(TOKEN_B),
+        &[("start", S), ("end", E), ("tag", "te am:x")],
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body["error"]["message"],
+        "`tag`'s key must be 1 to 64 letters, digits, `_`, `-` or `.`"
     );
 }
 
@@ -281,11 +430,27 @@ async fn openapi_document_is_served_and_complete() {
         endpoint["schema"]["enum"],
         serde_json::json!(["chat", "messages", "responses", "embeddings"])
     );
-    let schemas = &served["components"]["schemas"];
-    assert!(schemas["GroupBy"]["enum"]
-        .as_array()
+    let tag = params.iter().find(|p| p["name"] == "tag").unwrap();
+    assert_eq!(tag["schema"]["pattern"], "^[A-Za-z0-9_.-]{1,64}:.{1,256}$");
+    let group_by = params.iter().find(|p| p["name"] == "group_by").unwrap();
+    assert!(group_by["description"]
+        .as_str()
         .unwrap()
-        .contains(&serde_json::json!("endpoint")));
+        .contains("tag:<key>"));
+    let schemas = &served["components"]["schemas"];
+    for field in ["end_user", "tag"] {
+        let schema = &schemas["UsageGroup"]["properties"][field];
+        assert!(
+            schema["type"]
+                .as_array()
+                .is_some_and(|t| t.contains(&serde_json::json!("null"))),
+            "{field}: {schema}"
+        );
+    }
+    assert_eq!(
+        schemas["UsageReport"]["properties"]["group_by"]["items"]["type"],
+        "string"
+    );
     assert_eq!(
         schemas["Endpoint"]["enum"],
         serde_json::json!(["chat", "messages", "responses", "embeddings"])

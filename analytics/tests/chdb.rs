@@ -170,7 +170,7 @@ fn migrations_and_every_query_run_on_current_clickhouse_with_the_same_numbers() 
     for chunk in rows.chunks(100) {
         s.exec(sql::insert_values_v1(chunk));
     }
-    s.migrate(Some(&[2, 3, 4, 5, 6]));
+    s.migrate(Some(&[2, 3, 4, 5, 6, 7]));
     let before_repair = s.fetch(sql::consistency_counts());
     // Rows of the first release read the endpoint backfilled from their
     // client API (migration 6's default).
@@ -185,21 +185,34 @@ fn migrations_and_every_query_run_on_current_clickhouse_with_the_same_numbers() 
     let backfilled_positions = s.fetch(sql::rollup_position(ROLLUPS[3], 0));
 
     // Third database: an install at migration 5 (reasoning, no endpoint)
-    // holding the first half, upgraded, then the second half stored with
-    // endpoints: every contract query answers for old and new rows.
-    let half = events.len() / 2;
-    let mut upgraded = without_endpoint(&events[..half]);
-    upgraded.extend_from_slice(&events[half..]);
+    // holding the first third, upgraded to 6, the second third stored with
+    // endpoints (no attribution), upgraded to 7, the last third stored with
+    // end users and tags: every contract query answers for old and new rows.
+    let third = events.len() / 3;
+    let mut upgraded = without_attribution(&without_endpoint(&events[..third]));
+    upgraded.extend(without_attribution(&events[third..2 * third]));
+    upgraded.extend_from_slice(&events[2 * third..]);
     let upgraded_rows = common::rows(&upgraded);
     s.use_db("tg_chdb_endpoint");
     s.migrate(Some(&[1, 2, 3, 4, 5]));
-    for chunk in upgraded_rows[..half].chunks(40) {
+    for chunk in upgraded_rows[..third].chunks(40) {
         s.exec(sql::insert_values_v5(chunk));
     }
     s.migrate(Some(&[6]));
-    for chunk in upgraded_rows[half..].chunks(40) {
+    for chunk in upgraded_rows[third..2 * third].chunks(40) {
+        s.exec(sql::insert_values_v6(chunk));
+    }
+    s.migrate(Some(&[7]));
+    for chunk in upgraded_rows[2 * third..].chunks(40) {
         s.exec(sql::insert_values(chunk));
     }
+    // Rows stored before migration 7 read no end user and no tags.
+    let attribution_of_old_rows = s.fetch(format!(
+        "SELECT count() AS n, sum(end_user != '') AS with_end_user, \
+         sum(length(tag_keys) + length(tag_values)) AS tags FROM usage_events \
+         WHERE log_offset <= {}",
+        2 * third
+    ));
     let mut upgraded_steps = Vec::new();
     for (case, query) in contract_queries() {
         let planned = plan(&query, true);
@@ -221,7 +234,7 @@ fn migrations_and_every_query_run_on_current_clickhouse_with_the_same_numbers() 
         .iter()
         .map(|r| num(r, "version"))
         .collect();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7]);
     let n = rows.len() as u64;
     let p = rows_of(&results, raw_positions);
     assert_eq!(
@@ -333,7 +346,13 @@ fn migrations_and_every_query_run_on_current_clickhouse_with_the_same_numbers() 
         };
         assert_eq!(r["endpoint"], want, "{r}");
     }
+    let old = &rows_of(&results, attribution_of_old_rows)[0];
+    assert_eq!(
+        (num(old, "n"), num(old, "with_end_user"), num(old, "tags")),
+        (2 * third as u64, 0, 0)
+    );
     let mut endpoint_cases = 0;
+    let mut attribution_cases = 0;
     for (case, query, source, step) in upgraded_steps {
         let agg: Vec<AggRow> = rows_of(&results, step)
             .into_iter()
@@ -348,6 +367,10 @@ fn migrations_and_every_query_run_on_current_clickhouse_with_the_same_numbers() 
             assert_eq!(source, Source::Raw, "{case}");
             endpoint_cases += 1;
         }
+        if query.uses_attribution() {
+            assert_eq!(source, Source::Raw, "{case}");
+            attribution_cases += 1;
+        }
         assert_matches(
             &format!("chdb upgraded {case} ({source:?})"),
             &got,
@@ -356,4 +379,5 @@ fn migrations_and_every_query_run_on_current_clickhouse_with_the_same_numbers() 
         );
     }
     assert!(endpoint_cases >= 4);
+    assert!(attribution_cases >= 6);
 }

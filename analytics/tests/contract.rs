@@ -32,7 +32,66 @@ async fn run_contract(
             assert_eq!(got[0].requests, 240);
         }
     }
+    attribution_groups_add_up(store).await;
 }
+
+/// Grouped by end user or by a tag, the groups (null group included) add
+/// up to the ungrouped totals — which the planner may answer from a
+/// rollup — per account and across accounts.
+async fn attribution_groups_add_up(store: &dyn UsageStore) {
+    use tollgate_analytics::{GroupBy, UsageGroup};
+    fn sum(groups: &[UsageGroup]) -> (u64, u64, TokensAndCost) {
+        let mut t = TokensAndCost::default();
+        for g in groups {
+            t.0.input += g.tokens.input;
+            t.0.cached_input += g.tokens.cached_input;
+            t.0.cache_write_5m += g.tokens.cache_write_5m;
+            t.0.cache_write_1h += g.tokens.cache_write_1h;
+            t.0.output += g.tokens.output;
+            t.0.reasoning += g.tokens.reasoning;
+            t.1 += g.cost.fee;
+            t.2 += g.cost.upstream;
+        }
+        t.1 = t.1.normalize();
+        t.2 = t.2.normalize();
+        (
+            groups.iter().map(|g| g.requests).sum(),
+            groups.iter().map(|g| g.errors).sum(),
+            t,
+        )
+    }
+    for account in [Some(ACCT_A), None] {
+        let mut total = q(FULL_START, FULL_END);
+        total.account_id = account.map(Into::into);
+        let want = sum(&store.query(&total).await.unwrap());
+        assert!(want.0 > 0);
+        for (dim, key) in [
+            (GroupBy::EndUser, None),
+            (GroupBy::Tag, Some("team")),
+            (GroupBy::Tag, Some("env")),
+        ] {
+            let mut grouped = total.clone();
+            grouped.group_by = vec![dim];
+            grouped.group_tag = key.map(Into::into);
+            let groups = store.query(&grouped).await.unwrap();
+            assert!(groups.len() >= 2, "{dim:?} {key:?}: {groups:?}");
+            assert!(
+                groups
+                    .iter()
+                    .any(|g| g.end_user == Some(None) || g.tag == Some(None)),
+                "{dim:?} {key:?}: a group for rows without it"
+            );
+            assert_eq!(sum(&groups), want, "{account:?} {dim:?} {key:?}");
+        }
+    }
+}
+
+#[derive(Debug, Default, PartialEq)]
+struct TokensAndCost(
+    tollgate_analytics::model::TokenTotals,
+    rust_decimal::Decimal,
+    rust_decimal::Decimal,
+);
 
 #[tokio::test]
 async fn sqlite_store_meets_the_contract() {

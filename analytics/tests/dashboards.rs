@@ -173,6 +173,8 @@ struct Scenario {
     provider: Option<Vec<&'static str>>,
     model: Option<Vec<&'static str>>,
     endpoint: Option<Vec<&'static str>>,
+    /// `key=value` tags.
+    tag: Option<Vec<&'static str>>,
 }
 
 impl Scenario {
@@ -182,6 +184,7 @@ impl Scenario {
             "provider" => &self.provider,
             "model" => &self.model,
             "endpoint" => &self.endpoint,
+            "tag" => &self.tag,
             other => panic!("unknown template variable ${other}"),
         }
     }
@@ -197,6 +200,7 @@ fn scenarios() -> Vec<Scenario> {
             provider: None,
             model: None,
             endpoint: None,
+            tag: None,
         },
         Scenario {
             name: "unaligned range, account A, two providers, two models, two endpoints",
@@ -206,6 +210,7 @@ fn scenarios() -> Vec<Scenario> {
             provider: Some(vec!["openai", "anthropic"]),
             model: Some(vec!["gpt-4o-mini", "claude-sonnet-4-5"]),
             endpoint: Some(vec!["chat", "messages"]),
+            tag: None,
         },
         Scenario {
             name: "account B only",
@@ -215,15 +220,37 @@ fn scenarios() -> Vec<Scenario> {
             provider: None,
             model: None,
             endpoint: None,
+            tag: None,
         },
         Scenario {
-            name: "every account, embeddings and responses",
+            name: "every account, embeddings and responses, two tags",
             from: t(FULL_START),
             to: t(FULL_END),
             account: None,
             provider: None,
             model: None,
             endpoint: Some(vec!["embeddings", "responses"]),
+            tag: Some(vec!["team=ads", "env=prod"]),
+        },
+        Scenario {
+            name: "every account, one tag",
+            from: t(FULL_START),
+            to: t(FULL_END),
+            account: None,
+            provider: None,
+            model: None,
+            endpoint: None,
+            tag: Some(vec!["team=search"]),
+        },
+        Scenario {
+            name: "unaligned range, account A, a tag value no request has",
+            from: t("2025-02-28T22:30:00Z"),
+            to: t("2025-03-01T00:15:00Z"),
+            account: Some(vec![ACCT_A]),
+            provider: None,
+            model: None,
+            endpoint: None,
+            tag: Some(vec!["team=nobody"]),
         },
     ]
 }
@@ -289,7 +316,7 @@ fn expand_clickhouse(text: &str, s: &Scenario) -> String {
     }
     // 2. Template variables. A variable set to All must only appear inside
     // $__conditionalAll: its expansion would be every option, unbounded.
-    for name in ["account", "provider", "model", "endpoint"] {
+    for name in ["account", "provider", "model", "endpoint", "tag"] {
         for pattern in [
             format!("${{{name}:singlequote}}"),
             format!("${{{name}}}"),
@@ -445,14 +472,42 @@ enum Var {
     Provider,
     Model,
     Endpoint,
+    Tag,
 }
 
 const ALL_VARS: &[Var] = &[Var::Account, Var::Provider, Var::Model];
-/// The usage & cost dashboard's panels also filter by endpoint.
-const USAGE_VARS: &[Var] = &[Var::Account, Var::Provider, Var::Model, Var::Endpoint];
+/// The usage & cost dashboard's panels also filter by endpoint and tag.
+const USAGE_VARS: &[Var] = &[
+    Var::Account,
+    Var::Provider,
+    Var::Model,
+    Var::Endpoint,
+    Var::Tag,
+];
+
+/// Queries that order by a value column, descending (then by key), and
+/// keep the first rows: (id, value column index in the output, limit).
+const TOP: &[(&str, usize, usize)] = &[("tollgate-usage / Top end users by cost", 3, 20)];
+
+/// Queries whose rows come from an array column: each event yields one key
+/// per element (ARRAY JOIN) instead of one.
+fn exploded(id: &str) -> Option<KeysFn> {
+    match id {
+        "tollgate-usage / $tag" => {
+            Some(|e| tag_pairs(e).into_iter().map(|p| vec![text(p)]).collect())
+        }
+        _ => None,
+    }
+}
+
+/// An event's tags as the dashboard shows them: `key=value`.
+fn tag_pairs(e: &UsageEvent) -> Vec<String> {
+    e.tags.iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
 
 type KeyFn = fn(&UsageEvent) -> Vec<Cell>;
 type ValuesFn = fn(&[&UsageEvent]) -> Vec<Cell>;
+type KeysFn = fn(&UsageEvent) -> Vec<Vec<Cell>>;
 
 /// What one dashboard query must answer, computed from the dataset.
 struct Spec {
@@ -583,6 +638,24 @@ fn specs() -> Vec<Spec> {
             filter: any,
             key: Some(|e| vec![text(endpoint(e))]),
             values: none,
+        },
+        Spec {
+            id: "tollgate-usage / $tag",
+            columns: &["tag"],
+            range: Range::Hours,
+            vars: &[Var::Account],
+            filter: any,
+            key: Some(|_| unreachable!("exploded")),
+            values: none,
+        },
+        Spec {
+            id: "tollgate-usage / Top end users by cost",
+            columns: &["end_user", "request_count", "total_tokens", "cost_usd"],
+            range: Range::Hours,
+            vars: USAGE_VARS,
+            filter: |e| e.end_user.is_some(),
+            key: Some(|e| vec![text(e.end_user.clone().unwrap_or_default())]),
+            values: |g| vec![count(g), total_tokens(g), dec(fee(g) + upstream(g))],
         },
         Spec {
             id: "tollgate-usage / Requests",
@@ -930,11 +1003,19 @@ fn expected(spec: &Spec, events: &[UsageEvent], s: &Scenario) -> Vec<Vec<Cell>> 
             Var::Provider => &s.provider,
             Var::Model => &s.model,
             Var::Endpoint => &s.endpoint,
+            Var::Tag => &s.tag,
         };
         !spec.vars.contains(&var)
             || chosen
                 .as_ref()
                 .is_none_or(|values| values.contains(&value.as_str()))
+    };
+    // A request matches the tag variable when it carries any selected tag.
+    let tagged = |e: &UsageEvent| {
+        !spec.vars.contains(&Var::Tag)
+            || s.tag
+                .as_ref()
+                .is_none_or(|values| tag_pairs(e).iter().any(|p| values.contains(&p.as_str())))
     };
     let matching: Vec<&UsageEvent> = events
         .iter()
@@ -950,6 +1031,7 @@ fn expected(spec: &Spec, events: &[UsageEvent], s: &Scenario) -> Vec<Vec<Cell>> 
                 && selected(Var::Provider, provider(e))
                 && selected(Var::Model, model(e))
                 && selected(Var::Endpoint, endpoint(e).to_owned())
+                && tagged(e)
                 && (spec.filter)(e)
         })
         .collect();
@@ -957,8 +1039,14 @@ fn expected(spec: &Spec, events: &[UsageEvent], s: &Scenario) -> Vec<Vec<Cell>> 
         return vec![(spec.values)(&matching)];
     };
     let mut groups: BTreeMap<String, (Vec<Cell>, Vec<&UsageEvent>)> = BTreeMap::new();
-    for e in matching {
-        let k = key(e);
+    let keyed: Vec<(Vec<Cell>, &UsageEvent)> = match exploded(spec.id) {
+        Some(keys) => matching
+            .into_iter()
+            .flat_map(|e| keys(e).into_iter().map(move |k| (k, e)))
+            .collect(),
+        None => matching.into_iter().map(|e| (key(e), e)).collect(),
+    };
+    for (k, e) in keyed {
         // Times first, as zero-padded numbers, so string order = output order.
         let sort_key = k
             .iter()
@@ -976,13 +1064,22 @@ fn expected(spec: &Spec, events: &[UsageEvent], s: &Scenario) -> Vec<Vec<Cell>> 
             .1
             .push(e);
     }
-    groups
+    let mut rows: Vec<Vec<Cell>> = groups
         .into_values()
         .map(|(mut k, g)| {
             k.extend((spec.values)(&g));
             k
         })
-        .collect()
+        .collect();
+    if let Some((_, column, limit)) = TOP.iter().find(|(id, _, _)| *id == spec.id) {
+        // Stable: equal values keep the key order (the query's tiebreak).
+        rows.sort_by(|a, b| match (&b[*column], &a[*column]) {
+            (Cell::Dec(x), Cell::Dec(y)) => x.cmp(y),
+            other => panic!("top column {other:?}"),
+        });
+        rows.truncate(*limit);
+    }
+    rows
 }
 
 // ------------------------------------------------------------------ engines
@@ -1156,6 +1253,29 @@ fn hand_checked_numbers_of_the_dataset() {
             dec(Decimal::from_str("0.011896").unwrap()),
         ]]
     );
+    // Account B's one attributed request: u_alice, operator credentials,
+    // 3,610 tokens, $0.0001805 fee + $0.011535 upstream.
+    let top = specs
+        .iter()
+        .find(|s| s.id == "tollgate-usage / Top end users by cost")
+        .unwrap();
+    assert_eq!(
+        expected(top, &events, b),
+        vec![vec![
+            text("u_alice"),
+            Cell::Int(1),
+            Cell::Int(3_610),
+            dec(Decimal::from_str("0.0117155").unwrap()),
+        ]]
+    );
+    // Across accounts the three end users, by cost descending.
+    let got = expected(top, &events, &scenarios()[0]);
+    assert_eq!(got.len(), 3);
+    let costs: Vec<&Cell> = got.iter().map(|r| &r[3]).collect();
+    assert!(costs.windows(2).all(|w| match (w[0], w[1]) {
+        (Cell::Dec(a), Cell::Dec(b)) => a >= b,
+        _ => false,
+    }));
     let rejections = specs
         .iter()
         .find(|s| s.id == "tollgate-credits / Rejections by access key")
@@ -1243,7 +1363,7 @@ fn dashboards_parse_and_use_the_provisioned_datasources() {
             .map(|v| v["name"].as_str().unwrap())
             .collect();
         let want: &[&str] = if d.uid == "tollgate-usage" {
-            &["account", "provider", "model", "endpoint"]
+            &["account", "provider", "model", "endpoint", "tag"]
         } else {
             &["account", "provider", "model"]
         };
@@ -1258,7 +1378,7 @@ fn dashboards_parse_and_use_the_provisioned_datasources() {
             );
         }
     }
-    // Every usage & cost panel filters by the endpoint.
+    // Every usage & cost panel filters by the endpoint and the tag.
     let usage = all.iter().find(|d| d.uid == "tollgate-usage").unwrap();
     for p in panels(&usage.json) {
         for t in p["targets"].as_array().into_iter().flatten() {
@@ -1268,8 +1388,27 @@ fn dashboards_parse_and_use_the_provisioned_datasources() {
                 "{}: no endpoint filter",
                 p["title"]
             );
+            assert!(
+                sql.contains(
+                    "$__conditionalAll(hasAny(arrayMap((k, v) -> concat(k, '=', v), tag_keys, \
+                     tag_values), [${tag:singlequote}]), $tag)"
+                ),
+                "{}: no tag filter",
+                p["title"]
+            );
         }
     }
+    // The end users table: top 20 by cost.
+    let top = panels(&usage.json)
+        .into_iter()
+        .find(|p| p["title"] == "Top end users by cost")
+        .unwrap();
+    assert_eq!(top["type"], "table");
+    let sql = top["targets"][0]["rawSql"].as_str().unwrap();
+    assert!(
+        sql.ends_with("ORDER BY cost_usd DESC, end_user\nLIMIT 20"),
+        "{sql}"
+    );
 }
 
 fn production_sources() -> Vec<PathBuf> {

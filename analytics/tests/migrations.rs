@@ -26,7 +26,7 @@ async fn sqlite_migrations_are_recorded_and_idempotent() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
     // The store crate's own migrations are untouched and separate.
     let store_versions: i64 = conn
         .query_row("SELECT COUNT(*) FROM schema_migrations", [], |r| r.get(0))
@@ -74,6 +74,21 @@ fn upgraded_dataset() -> (Vec<tollgate_core::UsageEvent>, usize) {
         .iter()
         .all(|e| e.endpoint.is_none() && e.served_endpoint() != Endpoint::Embeddings));
     (upgraded, half)
+}
+
+/// A stored row's end user and tags (JSON), NULL when none.
+type Attribution = (Option<String>, Option<String>);
+
+/// Each stored row's (end user, tags JSON), from the SQLite file.
+fn sqlite_attribution(db: &tollgate_sqlite::Database) -> Vec<Attribution> {
+    db.connect()
+        .unwrap()
+        .prepare("SELECT end_user, tags FROM analytics_usage ORDER BY log_offset")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
 }
 
 /// Each stored row's (client API, endpoint), from the SQLite file.
@@ -158,6 +173,8 @@ async fn sqlite_migration_2_keeps_an_installs_rows() {
     for (api, endpoint) in &stored {
         assert_eq!(endpoint, backfilled(api));
     }
+    // Migration 5 added attribution: the old rows have none (NULL).
+    assert_eq!(sqlite_attribution(&db), vec![(None, None); half]);
     for (case, query) in contract_queries() {
         let got = store.query(&query).await.unwrap();
         assert_matches(
@@ -172,6 +189,22 @@ async fn sqlite_migration_2_keeps_an_installs_rows() {
         let got = store.query(&query).await.unwrap();
         assert_matches(case, &got, &reference(&events, &query), Percentiles::Exact);
     }
+    // Rows stored after it keep their end user and tags (JSON), NULL when none.
+    let stored = sqlite_attribution(&db);
+    let mut want: Vec<(u64, Attribution)> = all_rows[half..]
+        .iter()
+        .map(|r| {
+            let tags = (!r.tags.is_empty()).then(|| serde_json::to_string(&r.tags).unwrap());
+            (r.log_offset, (r.end_user.clone(), tags))
+        })
+        .collect();
+    want.sort_unstable();
+    assert!(want.iter().any(|(_, (u, t))| u.is_some() && t.is_some()));
+    assert!(want.iter().any(|(_, (u, t))| u.is_none() && t.is_none()));
+    assert_eq!(
+        stored[half..],
+        want.into_iter().map(|(_, a)| a).collect::<Vec<_>>()
+    );
     // Contract answers compare whole token totals, reasoning included.
     let totals = &contract_queries()[0].1;
     let want: u64 = reference(&events, totals)
@@ -223,7 +256,7 @@ async fn clickhouse_migrations_are_recorded_and_idempotent() {
         .fetch_all()
         .await
         .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7]);
     let tables: Vec<Name> = client
         .query("SELECT name FROM system.tables WHERE database = currentDatabase() ORDER BY name")
         .fetch_all()
@@ -466,15 +499,16 @@ async fn clickhouse_migration_6_adds_the_endpoint_backfilling_existing_rows() {
     }
     let events = dataset();
     let half = events.len() / 2;
-    // The release before endpoints: reasoning counted, no endpoint.
-    let mut upgraded = without_endpoint(&events[..half]);
+    // The release before endpoints: reasoning counted, no endpoint (and no
+    // attribution, which came later still).
+    let mut upgraded = without_attribution(&without_endpoint(&events[..half]));
     upgraded.extend_from_slice(&events[half..]);
     let rows = rows(&upgraded);
     for chunk in rows[..half].chunks(40) {
         store.execute(&sql::insert_values_v5(chunk)).await.unwrap();
     }
     // Interrupted after its one statement: the next run skips the column.
-    let (version, statements) = sql::migrations().pop().unwrap();
+    let (version, statements) = sql::migrations()[5].clone();
     assert_eq!(version, 6);
     store.execute(&statements[0]).await.unwrap();
     store.migrate().await.unwrap();
@@ -521,6 +555,133 @@ async fn clickhouse_migration_6_adds_the_endpoint_backfilling_existing_rows() {
         assert_matches(case, &got, &reference(&upgraded, &query), mode);
     }
     assert!(endpoint_cases >= 4);
+    drop_database(&store).await;
+}
+
+/// Each raw row's (end user, tag keys, tag values) as ClickHouse reads it,
+/// by offset.
+async fn clickhouse_attribution(
+    store: &ClickHouseStore,
+) -> Vec<(String, Vec<String>, Vec<String>)> {
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct Stored {
+        end_user: String,
+        tag_keys: Vec<String>,
+        tag_values: Vec<String>,
+    }
+    let client = clickhouse::Client::default()
+        .with_url(clickhouse_url())
+        .with_database(store.config().database.clone())
+        .with_validation(false)
+        .with_compression(clickhouse::Compression::None);
+    let rows: Vec<Stored> = client
+        .query("SELECT end_user, tag_keys, tag_values FROM usage_events ORDER BY log_offset")
+        .fetch_all()
+        .await
+        .unwrap();
+    rows.into_iter()
+        .map(|r| (r.end_user, r.tag_keys, r.tag_values))
+        .collect()
+}
+
+/// An install at migration 6 with events upgrades in place: migration 7
+/// adds `end_user` and the parallel tag arrays to the raw table only, the
+/// rows already there read `''` and `[]` (nothing rewritten, nothing
+/// lost), rows stored afterwards keep theirs, the rollups are untouched,
+/// and every contract answer — attribution queries from raw rows, the
+/// others from rollups where aligned — is exact over old and new rows.
+/// Interrupted after its first statement or run twice, it completes.
+#[tokio::test]
+async fn clickhouse_migration_7_adds_attribution_keeping_rows() {
+    use tollgate_analytics::clickhouse::sql::{self, plan, Source};
+    let store = shared_clickhouse("migrations_attribution").await;
+    drop_database(&store).await;
+    let server = ClickHouseStore::new(ClickHouseConfig {
+        database: "default".into(),
+        ..store.config().clone()
+    });
+    server
+        .execute(&sql::create_database(&store.config().database))
+        .await
+        .unwrap();
+    store
+        .execute(&sql::create_migrations_table())
+        .await
+        .unwrap();
+    for (version, statements) in sql::migrations() {
+        if version > 6 {
+            continue;
+        }
+        for statement in statements {
+            store.execute(&statement).await.unwrap();
+        }
+        store
+            .execute(&sql::record_migration(version))
+            .await
+            .unwrap();
+    }
+    let events = dataset();
+    let half = events.len() / 2;
+    let mut upgraded = without_attribution(&events[..half]);
+    upgraded.extend_from_slice(&events[half..]);
+    let rows = rows(&upgraded);
+    for chunk in rows[..half].chunks(40) {
+        store.execute(&sql::insert_values_v6(chunk)).await.unwrap();
+    }
+    let (version, statements) = sql::migrations().pop().unwrap();
+    assert_eq!(version, 7);
+    store.execute(&statements[0]).await.unwrap();
+    store.migrate().await.unwrap();
+    tollgate_analytics::migrate(&ClickHouseStore::new(store.config().clone()))
+        .await
+        .unwrap();
+    let old = clickhouse_attribution(&store).await;
+    assert_eq!(old, vec![(String::new(), vec![], vec![]); half]);
+    let c = store.consistency().await.unwrap();
+    assert!(c.exactly(half as u64), "{c:?}");
+    for (case, query) in contract_queries() {
+        let mode = match plan(&query, true) {
+            Source::Raw => Percentiles::Exact,
+            Source::Rollup(_) => Percentiles::RankTolerance,
+        };
+        let got = store.query(&query).await.unwrap();
+        assert_matches(case, &got, &reference(&upgraded[..half], &query), mode);
+    }
+    load(&*store, &rows[half..], 60).await;
+    let all = clickhouse_attribution(&store).await;
+    assert_eq!(all.len(), rows.len());
+    for ((end_user, keys, values), row) in all.iter().zip(&rows) {
+        assert_eq!(
+            (end_user.as_str(), keys, values),
+            (
+                row.end_user.as_deref().unwrap_or_default(),
+                &row.tags.keys().cloned().collect::<Vec<_>>(),
+                &row.tags.values().cloned().collect::<Vec<_>>()
+            ),
+            "offset {}",
+            row.log_offset
+        );
+    }
+    assert!(all[half..]
+        .iter()
+        .any(|(u, k, _)| u == "u_o'brien" && k.len() == 2));
+    let c = store.consistency().await.unwrap();
+    assert!(c.exactly(rows.len() as u64), "{c:?}");
+    let mut attribution_cases = 0;
+    for (case, query) in contract_queries() {
+        let source = plan(&query, true);
+        let mode = match source {
+            Source::Raw => Percentiles::Exact,
+            Source::Rollup(_) => Percentiles::RankTolerance,
+        };
+        if query.uses_attribution() {
+            assert_eq!(source, Source::Raw, "{case}");
+            attribution_cases += 1;
+        }
+        let got = store.query(&query).await.unwrap();
+        assert_matches(case, &got, &reference(&upgraded, &query), mode);
+    }
+    assert!(attribution_cases >= 6);
     drop_database(&store).await;
 }
 
@@ -596,13 +757,15 @@ async fn sqlite_file_from_the_previous_release_keeps_versions_and_rows() {
             (2, "2026-12-07T17:04:42.475403940+00:00".to_string())
         ]
     );
-    // Migrations 3 (reasoning tokens) and 4 (endpoints) run on it once;
-    // its rows report no reasoning and read the endpoint backfilled from
-    // their client API (all four are OpenAI chat requests).
+    // Migrations 3 (reasoning tokens), 4 (endpoints) and 5 (attribution)
+    // run on it once; its rows report no reasoning, read the endpoint
+    // backfilled from their client API (all four are OpenAI chat requests)
+    // and have no end user and no tags.
     assert_eq!(
         versions.iter().map(|v| v.0).collect::<Vec<_>>(),
-        [1, 2, 3, 4]
+        [1, 2, 3, 4, 5]
     );
+    assert_eq!(sqlite_attribution(&db), vec![(None, None); 4]);
     assert_eq!(store.row_count().await.unwrap(), 4);
     let reasoning: Vec<i64> = db
         .connect()

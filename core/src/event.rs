@@ -293,6 +293,17 @@ pub struct UsageEvent {
     /// therefore replay to the same balances).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCallCharge>,
+    /// The end user the client says the request was made for (OpenAI's
+    /// `safety_identifier`, else `user`; Anthropic's `metadata.user_id`), as
+    /// the gateway's `[privacy] end_user` setting stores it: as declared, as
+    /// a keyed hash, or not at all. A label the client declares, not an
+    /// identity the gateway checked. Absent when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_user: Option<String>,
+    /// Labels from the request's `x-tollgate-tags` header over the access
+    /// key configuration's default tags. Absent when none.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tags: std::collections::BTreeMap<String, String>,
     pub upstream_request_id: Option<String>,
     pub latency_us: u64,
     /// Time until the first response byte was sent to the client.

@@ -185,6 +185,8 @@ mod tests {
                 output: Usd(dec!(15)),
             },
             tool_calls: Vec::new(),
+            end_user: None,
+            tags: Default::default(),
             upstream_request_id: None,
             latency_us: 1,
             ttft_us: None,

@@ -109,6 +109,8 @@ fn payloads(accounts: usize, events: usize) -> Vec<(String, Vec<u8>)> {
             tokens_estimated: false,
             prices,
             tool_calls: Vec::new(),
+            end_user: None,
+            tags: Default::default(),
             upstream_request_id: Some(format!("req_{n}")),
             latency_us: rng.gen_range(100_000..2_000_000),
             ttft_us: None,

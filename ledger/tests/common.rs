@@ -85,6 +85,8 @@ pub fn usage(
             output: usd("15"),
         },
         tool_calls: Vec::new(),
+        end_user: None,
+        tags: Default::default(),
         upstream_request_id: None,
         latency_us: 1000,
         ttft_us: None,

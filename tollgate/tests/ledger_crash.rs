@@ -148,6 +148,8 @@ impl Generator {
             tokens_estimated: false,
             prices,
             tool_calls: Vec::new(),
+            end_user: None,
+            tags: Default::default(),
             upstream_request_id: None,
             latency_us: 1_000,
             ttft_us: None,

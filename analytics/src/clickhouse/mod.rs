@@ -120,6 +120,9 @@ struct RawRow<'a> {
     has_ttft: u8,
     tokens_reasoning: u64,
     endpoint: &'static str,
+    end_user: &'a str,
+    tag_keys: Vec<&'a str>,
+    tag_values: Vec<&'a str>,
 }
 
 impl<'a> RawRow<'a> {
@@ -153,6 +156,9 @@ impl<'a> RawRow<'a> {
             has_ttft: u8::from(r.ttft_us.is_some()),
             tokens_reasoning: r.tokens.reasoning,
             endpoint: r.endpoint.as_str(),
+            end_user: r.end_user.as_deref().unwrap_or_default(),
+            tag_keys: r.tags.keys().map(String::as_str).collect(),
+            tag_values: r.tags.values().map(String::as_str).collect(),
         }
     }
 }
@@ -167,6 +173,9 @@ pub struct AggRow {
     pub g_access_key_id: String,
     pub g_status: u16,
     pub g_endpoint: String,
+    pub g_end_user: String,
+    pub g_has_tag: u8,
+    pub g_tag: String,
     pub m_requests: u64,
     pub m_errors: u64,
     pub m_tokens_input: u64,
@@ -216,6 +225,13 @@ pub fn groups_from_rows(
             } else {
                 None
             },
+            // Stored `''`: the request declared no end user.
+            end_user: query
+                .groups(GroupBy::EndUser)
+                .then(|| Some(row.g_end_user).filter(|u| !u.is_empty())),
+            tag: query
+                .groups(GroupBy::Tag)
+                .then(|| (row.g_has_tag != 0).then_some(row.g_tag)),
             requests: row.m_requests,
             errors: row.m_errors,
             tokens: TokenTotals {

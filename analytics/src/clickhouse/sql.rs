@@ -97,9 +97,10 @@ impl Rollup {
 
     /// Whether this rollup can answer `query` at all (scope and dimensions).
     /// No rollup keeps the endpoint (migration 6 added it to raw rows
-    /// only): a query filtering or grouping by it reads raw rows.
+    /// only), the end user or the tags (migration 7, likewise): a query
+    /// filtering or grouping by any of them reads raw rows.
     fn serves(self, query: &UsageQuery) -> bool {
-        if query.endpoint.is_some() || query.groups(GroupBy::Endpoint) {
+        if query.endpoint.is_some() || query.groups(GroupBy::Endpoint) || query.uses_attribution() {
             return false;
         }
         let all_accounts = query.account_id.is_none()
@@ -158,9 +159,37 @@ const RAW_COLUMNS_V1: &[(&str, &str)] = &[
 
 /// Raw columns added by later migrations, in order (`ALTER … ADD COLUMN`
 /// appends them, so they follow the migration 1 columns): migration 5's
-/// reasoning tokens, migration 6's endpoint.
-const RAW_COLUMNS_ADDED: &[(&str, &str)] =
-    &[("tokens_reasoning", "UInt64"), (ENDPOINT_COLUMN, "String")];
+/// reasoning tokens, migration 6's endpoint, migration 7's attribution.
+const RAW_COLUMNS_ADDED: &[(&str, &str)] = &[
+    ("tokens_reasoning", "UInt64"),
+    (ENDPOINT_COLUMN, "String"),
+    (END_USER_COLUMN, "String"),
+    (TAG_KEYS_COLUMN, "Array(String)"),
+    (TAG_VALUES_COLUMN, "Array(String)"),
+];
+
+/// Migration 7 (attribution, raw rows only): the end user the client
+/// declared (`''` when none, which is also what rows stored before it read)
+/// and the request's tags as parallel arrays — `tag_keys[i]` has the value
+/// `tag_values[i]`, keys sorted and distinct — since 18.16 has no `Map`.
+/// Rows stored before it read `[]` (no tags).
+const END_USER_COLUMN: &str = "end_user";
+const TAG_KEYS_COLUMN: &str = "tag_keys";
+const TAG_VALUES_COLUMN: &str = "tag_values";
+
+/// The value of tag `key` in a raw row (`''` when the row lacks it; tell
+/// the two apart with [`has_tag`]).
+pub fn tag_value(key: &str) -> String {
+    format!(
+        "arrayElement({TAG_VALUES_COLUMN}, indexOf({TAG_KEYS_COLUMN}, {}))",
+        quote(key)
+    )
+}
+
+/// Whether a raw row carries tag `key` (UInt8).
+pub fn has_tag(key: &str) -> String {
+    format!("has({TAG_KEYS_COLUMN}, {})", quote(key))
+}
 
 /// The endpoint that served an event: migration 6 adds it to the raw table
 /// only (no rollup keeps it).
@@ -409,6 +438,14 @@ pub fn migrations() -> Vec<(u32, Vec<String>)> {
             6,
             vec![add_column(RAW_TABLE, ENDPOINT_COLUMN, ENDPOINT_DEFAULT)],
         ),
+        (
+            7,
+            vec![
+                add_column(RAW_TABLE, END_USER_COLUMN, "String DEFAULT ''"),
+                add_column(RAW_TABLE, TAG_KEYS_COLUMN, "Array(String)"),
+                add_column(RAW_TABLE, TAG_VALUES_COLUMN, "Array(String)"),
+            ],
+        ),
     ]
 }
 
@@ -570,14 +607,20 @@ pub fn usage_query(query: &UsageQuery, source: Source) -> String {
             absent.to_owned()
         }
     };
+    // Tag groups: (has the tag, its value); without the tag sorts first.
+    let (has, tag) = match (&query.group_tag, query.groups(GroupBy::Tag)) {
+        (Some(key), true) => (format!("toUInt8({})", has_tag(key)), tag_value(key)),
+        _ => ("toUInt8(0)".to_owned(), "''".to_owned()),
+    };
     let mut sql = format!(
         "SELECT {bucket} AS g_bucket, {} AS g_provider, {} AS g_model, {} AS g_access_key_id, \
-         {} AS g_status, {} AS g_endpoint, ",
+         {} AS g_status, {} AS g_endpoint, {} AS g_end_user, {has} AS g_has_tag, {tag} AS g_tag, ",
         dim(GroupBy::Provider, "''"),
         dim(GroupBy::Model, "''"),
         dim(GroupBy::AccessKey, "''"),
         dim(GroupBy::Status, "toUInt16(0)"),
         dim(GroupBy::Endpoint, "''"),
+        dim(GroupBy::EndUser, "''"),
     );
     push_metrics(&mut sql, source);
     let table = match source {
@@ -587,8 +630,9 @@ pub fn usage_query(query: &UsageQuery, source: Source) -> String {
     let _ = write!(sql, " FROM {table} WHERE ");
     let conditions = conditions(query, source);
     sql.push_str(&conditions.join(" AND "));
-    sql.push_str(" GROUP BY g_bucket, g_provider, g_model, g_access_key_id, g_status, g_endpoint");
-    sql.push_str(" ORDER BY g_bucket, g_provider, g_model, g_access_key_id, g_status, g_endpoint");
+    let keys = "g_bucket, g_provider, g_model, g_access_key_id, g_status, g_endpoint, \
+                g_end_user, g_has_tag, g_tag";
+    let _ = write!(sql, " GROUP BY {keys} ORDER BY {keys}");
     sql
 }
 
@@ -677,6 +721,17 @@ fn conditions(query: &UsageQuery, source: Source) -> Vec<String> {
     if let Some(endpoint) = query.endpoint {
         conditions.push(format!("{ENDPOINT_COLUMN} = {}", quote(endpoint.as_str())));
     }
+    if let Some(end_user) = &query.end_user {
+        conditions.push(format!("{END_USER_COLUMN} = {}", quote(end_user)));
+    }
+    if let Some((key, value)) = &query.tag {
+        conditions.push(format!(
+            "{} AND {} = {}",
+            has_tag(key),
+            tag_value(key),
+            quote(value)
+        ));
+    }
     conditions
 }
 
@@ -697,6 +752,18 @@ pub fn insert_values_v1(rows: &[UsageRecord]) -> String {
 /// no endpoint): how tests fill an install of the release before endpoints.
 pub fn insert_values_v5(rows: &[UsageRecord]) -> String {
     insert_rows(rows, 1)
+}
+
+/// `INSERT … VALUES` into the raw table as migration 6 left it (endpoint,
+/// no attribution): how tests fill an install of the release before it.
+pub fn insert_values_v6(rows: &[UsageRecord]) -> String {
+    insert_rows(rows, 2)
+}
+
+/// A ClickHouse `Array(String)` literal.
+fn string_array<'a>(items: impl Iterator<Item = &'a String>) -> String {
+    let items: Vec<String> = items.map(|i| quote(i)).collect();
+    format!("[{}]", items.join(", "))
 }
 
 /// Rows with the migration 1 columns and the first `added` later ones.
@@ -745,6 +812,15 @@ fn insert_rows(rows: &[UsageRecord], added: usize) -> String {
         }
         if added >= 2 {
             let _ = write!(sql, ", {}", quote(r.endpoint.as_str()));
+        }
+        if added >= 5 {
+            let _ = write!(
+                sql,
+                ", {}, {}, {}",
+                quote(r.end_user.as_deref().unwrap_or_default()),
+                string_array(r.tags.keys()),
+                string_array(r.tags.values())
+            );
         }
         sql.push(')');
     }
@@ -856,7 +932,7 @@ mod tests {
     #[test]
     fn migration_6_adds_the_endpoint_to_raw_rows_only_backfilled_from_the_client_api() {
         let all = migrations();
-        let (version, statements) = all.last().cloned().unwrap_or_default();
+        let (version, statements) = all[5].clone();
         assert_eq!(version, 6);
         assert_eq!(
             statements,
@@ -871,9 +947,75 @@ mod tests {
             );
         }
         assert_eq!(
-            raw_columns().last().map(|(name, _)| *name),
+            raw_columns()
+                .nth(RAW_COLUMNS_V1.len() + 1)
+                .map(|(name, _)| *name),
             Some("endpoint")
         );
+    }
+
+    #[test]
+    fn migration_7_adds_attribution_to_raw_rows_only() {
+        let all = migrations();
+        let (version, statements) = all.last().cloned().unwrap_or_default();
+        assert_eq!(version, 7);
+        assert_eq!(
+            statements,
+            [
+                "ALTER TABLE usage_events ADD COLUMN end_user String DEFAULT ''",
+                "ALTER TABLE usage_events ADD COLUMN tag_keys Array(String)",
+                "ALTER TABLE usage_events ADD COLUMN tag_values Array(String)",
+            ]
+        );
+        for s in &statements {
+            assert_eq!(added_column(s).map(|(t, _)| t), Some(RAW_TABLE));
+        }
+        for (version, statements) in &all[..6] {
+            assert!(
+                statements
+                    .iter()
+                    .all(|s| !s.contains("end_user") && !s.contains("tag_")),
+                "migration {version}"
+            );
+        }
+        let last: Vec<&str> = raw_columns().map(|(name, _)| *name).collect();
+        assert_eq!(
+            last[last.len() - 3..],
+            ["end_user", "tag_keys", "tag_values"]
+        );
+    }
+
+    #[test]
+    fn attribution_queries_read_raw_rows() {
+        let day = UsageQuery::new(at(0, 0), at(0, 0) + chrono::Duration::days(2));
+        let mut q = day.clone();
+        q.end_user = Some("u'1".into());
+        assert_eq!(plan(&q, true), Source::Raw);
+        assert!(usage_query(&q, Source::Raw).contains("end_user = 'u\\'1'"));
+        let mut q = day.clone();
+        q.tag = Some(("team".into(), "search".into()));
+        assert_eq!(plan(&q, true), Source::Raw);
+        let sql = usage_query(&q, Source::Raw);
+        assert!(
+            sql.contains(
+                "has(tag_keys, 'team') AND arrayElement(tag_values, indexOf(tag_keys, 'team')) = 'search'"
+            ),
+            "{sql}"
+        );
+        let mut q = day.clone();
+        q.group_by = vec![GroupBy::Tag];
+        q.group_tag = Some("team".into());
+        assert_eq!(plan(&q, true), Source::Raw);
+        let sql = usage_query(&q, Source::Raw);
+        assert!(
+            sql.contains("toUInt8(has(tag_keys, 'team')) AS g_has_tag"),
+            "{sql}"
+        );
+        let mut q = day;
+        q.account_id = Some("acct_x".into());
+        q.group_by = vec![GroupBy::EndUser];
+        assert_eq!(plan(&q, true), Source::Raw);
+        assert!(usage_query(&q, Source::Raw).contains("end_user AS g_end_user"));
     }
 
     #[test]

@@ -98,6 +98,8 @@ pub fn event(
         tokens_estimated: false,
         prices: prices(model),
         tool_calls: Vec::new(),
+        end_user: None,
+        tags: Default::default(),
         upstream_request_id: None,
         latency_us,
         ttft_us,
@@ -145,9 +147,36 @@ pub fn without_endpoint(events: &[UsageEvent]) -> Vec<UsageEvent> {
         .collect()
 }
 
-/// `events` as a release before both reasoning counts and endpoints.
+/// `events` as a release before attribution was recorded: no end user,
+/// no tags.
+pub fn without_attribution(events: &[UsageEvent]) -> Vec<UsageEvent> {
+    events
+        .iter()
+        .cloned()
+        .map(|mut e| {
+            e.end_user = None;
+            e.tags.clear();
+            e
+        })
+        .collect()
+}
+
+/// `events` as a release before reasoning counts, endpoints and attribution.
 pub fn as_earlier_release(events: &[UsageEvent]) -> Vec<UsageEvent> {
-    without_endpoint(&without_reasoning(events))
+    without_attribution(&without_endpoint(&without_reasoning(events)))
+}
+
+/// The end users of the dataset (one with a quote, to prove escaping).
+pub const END_USERS: [&str; 3] = ["u_alice", "u_bob", "u_o'brien"];
+
+/// Attribute an event to an end user and tags.
+fn attributed(mut e: UsageEvent, end_user: Option<&str>, tags: &[(&str, &str)]) -> UsageEvent {
+    e.end_user = end_user.map(str::to_owned);
+    e.tags = tags
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    e
 }
 
 /// Set the endpoint (and the client API it implies) of an event.
@@ -240,11 +269,30 @@ pub fn dataset() -> Vec<UsageEvent> {
             7 => Endpoint::Responses,
             _ => Endpoint::Chat,
         };
-        events.push(served_by(
-            event(
-                ACCT_A, key, started, provider, model, credential, status, tokens, latency, ttft,
+        // Attribution on some rows: three end users and none; tags `team`
+        // and `env` in different combinations, and none.
+        let end_user = match i % 6 {
+            0 | 3 => Some(END_USERS[0]),
+            1 => Some(END_USERS[1]),
+            4 => Some(END_USERS[2]),
+            _ => None,
+        };
+        let tags: &[(&str, &str)] = match i % 7 {
+            0..=2 => &[("team", "search")],
+            3 | 4 => &[("env", "prod"), ("team", "ads")],
+            5 => &[("env", "prod")],
+            _ => &[],
+        };
+        events.push(attributed(
+            served_by(
+                event(
+                    ACCT_A, key, started, provider, model, credential, status, tokens, latency,
+                    ttft,
+                ),
+                endpoint,
             ),
-            endpoint,
+            end_user,
+            tags,
         ));
     }
     let b_tokens = TokenCounts {
@@ -255,20 +303,24 @@ pub fn dataset() -> Vec<UsageEvent> {
         output: 500,
         reasoning: 300,
     };
-    events.push(served_by(
-        event(
-            ACCT_B,
-            "ak_b1",
-            t("2025-03-01T00:10:00Z"),
-            Some("anthropic"),
-            "claude-sonnet-4-5",
-            Some(CredentialSource::Operator),
-            200,
-            b_tokens,
-            1_000_000,
-            Some(300_000),
+    events.push(attributed(
+        served_by(
+            event(
+                ACCT_B,
+                "ak_b1",
+                t("2025-03-01T00:10:00Z"),
+                Some("anthropic"),
+                "claude-sonnet-4-5",
+                Some(CredentialSource::Operator),
+                200,
+                b_tokens,
+                1_000_000,
+                Some(300_000),
+            ),
+            Endpoint::Messages,
         ),
-        Endpoint::Messages,
+        Some(END_USERS[0]),
+        &[("team", "search")],
     ));
     events.push(event(
         ACCT_B,
@@ -461,6 +513,37 @@ pub fn contract_queries() -> Vec<(&'static str, UsageQuery)> {
     c.status_class = Some(StatusClass::Success);
     c.group_by = vec![GroupBy::Endpoint, GroupBy::AccessKey];
     cases.push(("admin_responses_2xx", c));
+    // Attribution: raw rows answer (no rollup keeps end users or tags),
+    // even where the range is aligned to a rollup.
+    let mut c = full();
+    c.group_by = vec![GroupBy::EndUser];
+    cases.push(("by_end_user", c));
+    let mut c = full();
+    c.group_by = vec![GroupBy::Tag];
+    c.group_tag = Some("team".into());
+    c.bucket = Some(Bucket::Day);
+    cases.push(("by_tag_team_daily", c));
+    let mut c = full();
+    c.end_user = Some(END_USERS[2].into());
+    c.group_by = vec![GroupBy::Model];
+    cases.push(("filter_end_user_quoted", c));
+    let mut c = full();
+    c.tag = Some(("env".into(), "prod".into()));
+    c.group_by = vec![GroupBy::Tag, GroupBy::EndUser];
+    c.group_tag = Some("team".into());
+    cases.push(("filter_tag_by_other_tag_and_end_user", c));
+    let mut c = full();
+    c.account_id = None;
+    c.tag = Some(("team".into(), "search".into()));
+    c.group_by = vec![GroupBy::EndUser];
+    c.bucket = Some(Bucket::Hour);
+    cases.push(("admin_team_search_by_end_user_hourly", c));
+    let mut c = full();
+    c.account_id = None;
+    c.end_user = Some(END_USERS[0].into());
+    c.group_by = vec![GroupBy::Tag];
+    c.group_tag = Some("no_such_key".into());
+    cases.push(("admin_alice_by_absent_tag", c));
     cases
 }
 
@@ -478,6 +561,8 @@ type Key = (
     Option<String>,
     Option<u16>,
     Option<&'static str>,
+    Option<Option<String>>,
+    Option<Option<String>>,
 );
 
 /// Independent reference: a plain loop over the events.
@@ -508,6 +593,14 @@ pub fn reference(events: &[UsageEvent], query: &UsageQuery) -> Vec<Expected> {
                 .credential_source
                 .is_some_and(|c| e.credential_source != Some(c))
             || query.endpoint.is_some_and(|x| x != e.served_endpoint())
+            || query
+                .end_user
+                .as_ref()
+                .is_some_and(|u| e.end_user.as_ref() != Some(u))
+            || query
+                .tag
+                .as_ref()
+                .is_some_and(|(k, v)| e.tags.get(k) != Some(v))
         {
             continue;
         }
@@ -528,6 +621,12 @@ pub fn reference(events: &[UsageEvent], query: &UsageQuery) -> Vec<Expected> {
             query
                 .groups(GroupBy::Endpoint)
                 .then(|| e.served_endpoint().as_str()),
+            query.groups(GroupBy::EndUser).then(|| e.end_user.clone()),
+            query.groups(GroupBy::Tag).then(|| {
+                e.tags
+                    .get(query.group_tag.as_deref().unwrap_or_default())
+                    .cloned()
+            }),
         );
         let entry = groups.entry(key.clone()).or_insert_with(|| {
             (
@@ -538,6 +637,8 @@ pub fn reference(events: &[UsageEvent], query: &UsageQuery) -> Vec<Expected> {
                     access_key_id: key.3.clone(),
                     status: key.4,
                     endpoint: key.5.and_then(Endpoint::parse),
+                    end_user: key.6.clone(),
+                    tag: key.7.clone(),
                     ..UsageGroup::default()
                 },
                 Vec::new(),
@@ -597,6 +698,8 @@ pub fn reference(events: &[UsageEvent], query: &UsageQuery) -> Vec<Expected> {
                 g.access_key_id.clone(),
                 g.status,
                 g.endpoint.map(Endpoint::as_str),
+                g.end_user.clone(),
+                g.tag.clone(),
             )
         };
         key(&a.group).cmp(&key(&b.group))
@@ -656,15 +759,24 @@ pub fn assert_matches(case: &str, got: &[UsageGroup], want: &[Expected], mode: P
                 &g.model,
                 &g.access_key_id,
                 g.status,
-                g.endpoint
+                g.endpoint,
+                &g.end_user,
+                &g.tag
             ))
             .collect::<Vec<_>>()
     );
     for (g, w) in got.iter().zip(want) {
         let e = &w.group;
         let what = format!(
-            "{case} group {:?}/{:?}/{:?}/{:?}/{:?}/{:?}",
-            e.bucket_start, e.provider, e.model, e.access_key_id, e.status, e.endpoint
+            "{case} group {:?}/{:?}/{:?}/{:?}/{:?}/{:?}/{:?}/{:?}",
+            e.bucket_start,
+            e.provider,
+            e.model,
+            e.access_key_id,
+            e.status,
+            e.endpoint,
+            e.end_user,
+            e.tag
         );
         assert_eq!(
             (
@@ -673,7 +785,9 @@ pub fn assert_matches(case: &str, got: &[UsageGroup], want: &[Expected], mode: P
                 &g.model,
                 &g.access_key_id,
                 g.status,
-                g.endpoint
+                g.endpoint,
+                &g.end_user,
+                &g.tag
             ),
             (
                 e.bucket_start,
@@ -681,7 +795,9 @@ pub fn assert_matches(case: &str, got: &[UsageGroup], want: &[Expected], mode: P
                 &e.model,
                 &e.access_key_id,
                 e.status,
-                e.endpoint
+                e.endpoint,
+                &e.end_user,
+                &e.tag
             ),
             "{what}: keys"
         );

@@ -191,6 +191,8 @@ fn usage_event(n: u64) -> tollgate_core::UsageEvent {
             ..Prices::default()
         },
         tool_calls: Vec::new(),
+        end_user: None,
+        tags: Default::default(),
         upstream_request_id: Some("req_\"x\"".into()),
         latency_us: 250,
         ttft_us: Some(90),
