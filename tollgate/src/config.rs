@@ -37,6 +37,9 @@ pub struct Config {
     pub secrets: SecretsConfig,
     pub admin: AdminConfig,
     pub billing: tollgate_proxy::config::BillingConfig,
+    /// How declared end users are stored (`[privacy] end_user = "keep" |
+    /// "hash" | "drop"`, default `keep`).
+    pub privacy: tollgate_proxy::config::PrivacyConfig,
     pub ledger: LedgerConfig,
     pub eventlog: EventLogConfig,
     /// The usage store and sink (`[analytics]`: backend sqlite|clickhouse, …).
@@ -286,6 +289,7 @@ impl Config {
             upstream: self.upstream.clone(),
             price_overrides: self.price_overrides.clone(),
             builtin_tool_prices: self.builtin_tool_prices.clone(),
+            privacy: self.privacy.clone(),
         }
     }
 

@@ -115,6 +115,10 @@ struct ResponsesFields<'a> {
     stream: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "super::present")]
     max_output_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "super::present")]
+    user: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "super::present")]
+    safety_identifier: Option<&'a RawValue>,
 }
 
 /// What the operator's credentials cannot carry, read only for them.
@@ -413,7 +417,9 @@ fn parse_responses_request(bytes: Bytes) -> Result<ClientRequest, ProxyError> {
             )
         })?),
     };
+    let end_user = body::openai_end_user(fields.safety_identifier, fields.user)?;
     Ok(ClientRequest {
+        end_user,
         has_fallbacks: fields.models.is_some(),
         max_tokens,
         model,
