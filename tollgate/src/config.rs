@@ -493,4 +493,26 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn privacy_end_user_is_keep_by_default_and_takes_hash_or_drop() {
+        use tollgate_proxy::config::EndUserPolicy;
+        let config = Config::load_from(None, env(&[])).unwrap();
+        assert_eq!(config.proxy().privacy.end_user, EndUserPolicy::Keep);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.toml");
+        std::fs::write(&file, "[privacy]\nend_user = \"hash\"\n").unwrap();
+        let config = Config::load_from(Some(&file), env(&[])).unwrap();
+        assert_eq!(config.proxy().privacy.end_user, EndUserPolicy::Hash);
+        let config =
+            Config::load_from(Some(&file), env(&[("TOLLGATE__PRIVACY__END_USER", "drop")]))
+                .unwrap();
+        assert_eq!(config.proxy().privacy.end_user, EndUserPolicy::Drop);
+        let err =
+            Config::load_from(None, env(&[("TOLLGATE__PRIVACY__END_USER", "plain")])).unwrap_err();
+        assert!(
+            err.to_string().contains("TOLLGATE__PRIVACY__END_USER"),
+            "{err}"
+        );
+    }
 }

@@ -325,3 +325,68 @@ pub(super) fn translated_body(value: &Value) -> Result<Bytes, ProxyError> {
         .map(Bytes::from)
         .map_err(|e| ProxyError::Internal(format!("upstream body did not serialize: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+
+    fn end_user(body: &str, field: EndUserField) -> Result<Option<String>, ProxyError> {
+        parse_chat_request(Bytes::from(body.to_owned()), false, field).map(|r| r.end_user)
+    }
+
+    #[test]
+    fn end_users_are_non_empty_strings_from_the_apis_member() {
+        let openai = EndUserField::OpenAi;
+        let anthropic = EndUserField::Anthropic;
+        for (body, field, expected) in [
+            (
+                r#"{"model":"m","messages":[],"user":"a\"b"}"#,
+                openai,
+                Some("a\"b"),
+            ),
+            (r#"{"model":"m","messages":[],"user":5}"#, openai, None),
+            (r#"{"model":"m","messages":[],"user":null}"#, openai, None),
+            (r#"{"model":"m","messages":[],"user":""}"#, openai, None),
+            (
+                r#"{"model":"m","messages":[],"safety_identifier":7,"user":"u"}"#,
+                openai,
+                Some("u"),
+            ),
+            (
+                r#"{"model":"m","messages":[],"metadata":{"user_id":"x"}}"#,
+                openai,
+                None,
+            ),
+            (
+                r#"{"model":"m","messages":[],"metadata":{"user_id":"x"}}"#,
+                anthropic,
+                Some("x"),
+            ),
+            (
+                r#"{"model":"m","messages":[],"metadata":"x","user":"u"}"#,
+                anthropic,
+                None,
+            ),
+            (
+                r#"{"model":"m","messages":[],"metadata":{"user_id":["x"]}}"#,
+                anthropic,
+                None,
+            ),
+        ] {
+            assert_eq!(
+                end_user(body, field).unwrap().as_deref(),
+                expected,
+                "{body}"
+            );
+        }
+        let long = format!(
+            r#"{{"model":"m","messages":[],"user":"{}"}}"#,
+            "é".repeat(129)
+        );
+        match end_user(&long, openai) {
+            Err(ProxyError::InvalidRequest { param, .. }) => assert_eq!(param, Some("user")),
+            other => panic!("not refused: {:?}", other.map(|_| ())),
+        }
+    }
+}
