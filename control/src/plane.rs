@@ -5,7 +5,7 @@ use crate::crypto::MasterKey;
 use crate::state::ControlState;
 use arc_swap::ArcSwap;
 use chrono::Utc;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tollgate_core::control::{
@@ -54,6 +54,13 @@ pub struct ConfigurationSpec {
     pub allow_passthrough_models: bool,
     #[serde(default)]
     pub rate_limits: RateLimits,
+    /// Tags recorded on every usage event of the keys assigned to this
+    /// configuration; a request's `x-tollgate-tags` header overrides a
+    /// default of the same key. Keys `[a-z0-9_.-]{1,64}`; values 1–128
+    /// printable ASCII characters other than `,` and `=`, without
+    /// surrounding spaces; at most 10. Client-declared labels: never secrets.
+    #[serde(default)]
+    pub default_tags: BTreeMap<String, String>,
 }
 
 fn default_true() -> bool {
@@ -87,6 +94,12 @@ impl ControlPlane {
         });
         plane.catch_up().await?;
         Ok(plane)
+    }
+
+    /// Pseudonymizes end users with a key derived from the master key (the
+    /// same on every instance sharing it).
+    pub fn end_user_hasher(&self) -> &crate::crypto::EndUserHasher {
+        self.master.end_user_hasher()
     }
 
     pub fn snapshot(&self) -> Arc<ControlState> {
@@ -315,6 +328,8 @@ impl ControlPlane {
 
     fn check_spec(&self, spec: &ConfigurationSpec) -> Result<(), ControlError> {
         non_empty("name", &spec.name)?;
+        tollgate_core::attribution::check_default_tags(&spec.default_tags)
+            .map_err(|why| ControlError::Invalid(format!("default_tags: {why}")))?;
         if let Some(providers) = &spec.allowed_providers {
             for p in providers {
                 if !self.known_provider(p) {
@@ -344,6 +359,7 @@ impl ControlPlane {
             allow_passthrough_models: spec.allow_passthrough_models,
             provider_keys: vec![],
             rate_limits: spec.rate_limits,
+            default_tags: spec.default_tags,
             created_at: Utc::now(),
         };
         self.upsert(ControlObject::Configuration(config.clone()))
@@ -364,6 +380,7 @@ impl ControlPlane {
         config.allowed_models = spec.allowed_models;
         config.allow_passthrough_models = spec.allow_passthrough_models;
         config.rate_limits = spec.rate_limits;
+        config.default_tags = spec.default_tags;
         self.upsert(ControlObject::Configuration(config.clone()))
             .await?;
         Ok(config)

@@ -657,3 +657,94 @@ fn a_custom_provider_recorded_before_embedding_models_decodes_unchanged() {
     // Written back, it is the same bytes' worth of JSON.
     assert_eq!(serde_json::to_value(&change).unwrap(), old);
 }
+
+#[tokio::test]
+async fn configuration_default_tags_are_validated_and_shown_in_the_admin_api() {
+    let (url, _plane, _dir) = admin_server().await;
+    let client = reqwest::Client::new();
+    let auth = "admin-secret-token";
+    let account: serde_json::Value = client
+        .post(format!("{url}/accounts"))
+        .bearer_auth(auth)
+        .json(&serde_json::json!({"name": "acme"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let account_id = account["id"].as_str().unwrap();
+    let create = |body: serde_json::Value| {
+        client
+            .post(format!("{url}/accounts/{account_id}/configurations"))
+            .bearer_auth(auth)
+            .json(&body)
+            .send()
+    };
+    for (tags, says) in [
+        (serde_json::json!({"Team": "x"}), "key `Team` must match"),
+        (serde_json::json!({"team": ""}), "empty value"),
+        (serde_json::json!({"team": "a,b"}), "must not contain `,`"),
+        (
+            serde_json::json!({"team": "café"}),
+            "outside printable ASCII",
+        ),
+    ] {
+        let refused = create(serde_json::json!({"name": "c", "default_tags": tags}))
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 400, "{tags}");
+        let body: serde_json::Value = refused.json().await.unwrap();
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("default_tags: ") && message.contains(says),
+            "{message}"
+        );
+    }
+    let eleven: serde_json::Map<String, serde_json::Value> = (0..11)
+        .map(|i| (format!("k{i}"), serde_json::json!("v")))
+        .collect();
+    let refused = create(serde_json::json!({"name": "c", "default_tags": eleven}))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+
+    let created = create(serde_json::json!({"name": "c", "default_tags": {"team": "search"}}))
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let created: serde_json::Value = created.json().await.unwrap();
+    assert_eq!(
+        created["default_tags"],
+        serde_json::json!({"team": "search"})
+    );
+    let id = created["id"].as_str().unwrap();
+    let updated: serde_json::Value = client
+        .put(format!("{url}/configurations/{id}"))
+        .bearer_auth(auth)
+        .json(&serde_json::json!({"name": "c", "default_tags": {"env": "prod"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(updated["default_tags"], serde_json::json!({"env": "prod"}));
+    let got: serde_json::Value = client
+        .get(format!("{url}/configurations/{id}"))
+        .bearer_auth(auth)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["default_tags"], serde_json::json!({"env": "prod"}));
+
+    // The generated document shows the field on the body and the object.
+    let doc = serde_json::to_value(tollgate_control::admin::openapi_document()).unwrap();
+    for schema in ["ConfigurationSpec", "Configuration"] {
+        let field = &doc["components"]["schemas"][schema]["properties"]["default_tags"];
+        assert_eq!(field["type"], "object", "{schema}: {field}");
+    }
+}

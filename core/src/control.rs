@@ -12,6 +12,7 @@ use crate::pricing::AppliedPlan;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// An access-key configuration's id.
 #[derive(
@@ -125,6 +126,10 @@ pub struct Configuration {
     pub provider_keys: Vec<ProviderKeyAttachment>,
     #[serde(default)]
     pub rate_limits: RateLimits,
+    /// Tags recorded on the usage events of the keys assigned to this
+    /// configuration, under the request's `x-tollgate-tags` (which win).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub default_tags: BTreeMap<String, String>,
     pub created_at: DateTime<Utc>,
 }
 

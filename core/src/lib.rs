@@ -1,6 +1,7 @@
 //! Types shared by every Tollgate service: money, ids, the model catalog,
 //! and the usage-event schema.
 
+pub mod attribution;
 pub mod billing;
 pub mod catalog;
 pub mod control;

@@ -337,6 +337,30 @@ impl Default for BillingConfig {
     }
 }
 
+/// How personal data clients declare is stored (`[privacy]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacyConfig {
+    /// The end user a request names (`safety_identifier`/`user`,
+    /// `metadata.user_id`) in usage events: `keep` as declared (default),
+    /// `hash` as `h:` and HMAC-SHA256 hex under a key derived from the
+    /// master key (the same on every instance), `drop` not at all.
+    pub end_user: EndUserPolicy,
+}
+
+/// `[privacy] end_user`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndUserPolicy {
+    /// Recorded as the client declared it.
+    #[default]
+    Keep,
+    /// Recorded as `h:<HMAC-SHA256 hex>`, keyed from the master key.
+    Hash,
+    /// Not recorded.
+    Drop,
+}
+
 /// Everything the proxy needs to know from configuration.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -364,6 +388,8 @@ pub struct ProxyConfig {
     /// built-in tools go only on the caller's own provider keys.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub builtin_tool_prices: BTreeMap<String, ExactUsd>,
+    /// `[privacy]`: how declared end users are stored.
+    pub privacy: PrivacyConfig,
 }
 
 impl ProxyConfig {

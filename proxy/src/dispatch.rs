@@ -15,7 +15,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use futures::StreamExt;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_core::pricing::{cost_for, AppliedPlan};
@@ -71,7 +71,15 @@ pub async fn handle(
         api,
     );
     meter.plan = caller.price_plan();
-    let body = edge::read_body(body, gateway.config.server.max_body_bytes).await;
+    // Tags come from the headers: refused ones are answered without
+    // reading the body.
+    let body = match request_tags(&headers, &caller) {
+        Ok(tags) => {
+            meter.tags = tags;
+            edge::read_body(body, gateway.config.server.max_body_bytes).await
+        }
+        Err(err) => Err(err),
+    };
     match run(&gateway, &caller, api, &headers, body, &mut meter, started).await {
         Ok(Outcome::Complete(mut response)) => {
             add_trace_headers(&mut response, &meter);
@@ -183,9 +191,39 @@ async fn run(
     attempts.run(candidates).await
 }
 
+/// The request's `x-tollgate-tags` (all its lines, as one list) over the
+/// caller's configuration's default tags; a refusal names the problem.
+fn request_tags(
+    headers: &HeaderMap,
+    caller: &Caller,
+) -> Result<BTreeMap<String, String>, ProxyError> {
+    use tollgate_core::attribution::{merge_tags, parse_tags_header, TAGS_HEADER};
+    let mut lines = headers.get_all(TAGS_HEADER).iter();
+    let declared = match (lines.next(), lines.next()) {
+        (None, _) => Ok(Vec::new()),
+        (Some(one), None) => parse_tags_header(one.as_bytes()),
+        (Some(first), Some(second)) => {
+            let mut joined = [first.as_bytes(), second.as_bytes()].join(&b","[..]);
+            for more in lines {
+                joined.push(b',');
+                joined.extend_from_slice(more.as_bytes());
+            }
+            parse_tags_header(&joined)
+        }
+    }
+    .map_err(|why| ProxyError::invalid(format!("{TAGS_HEADER}: {why}")))?;
+    let defaults = caller.configuration().map(|c| &c.default_tags);
+    if declared.is_empty() {
+        return Ok(defaults.cloned().unwrap_or_default());
+    }
+    merge_tags(defaults, declared)
+        .map_err(|why| ProxyError::invalid(format!("{TAGS_HEADER}: {why}")))
+}
+
 /// What the meter needs from the request for its event and a token estimate.
 fn keep_request(meter: &mut RequestMeter, request: &ClientRequest) {
     meter.model_requested = request.model.clone();
+    meter.set_end_user(request.end_user.as_deref());
     meter.streamed = request.stream;
     // A small body is usually a slice of the connection's read buffer: a
     // copy lets that buffer go while a long stream runs.

@@ -3,11 +3,13 @@
 //! or client disconnect) and updates metrics.
 
 use crate::api::ClientApi;
+use crate::config::EndUserPolicy;
 use crate::gateway::{Candidate, Credential, Gateway, ProviderRuntime};
 use crate::tokenize::{estimate_tokens, TextWindow};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_core::control::RateLimits;
@@ -67,6 +69,10 @@ pub struct RequestMeter {
     pub rate_limits: RateLimits,
     /// What the request costs, once it ended (the ledger debits exactly this).
     pub cost: Option<Cost>,
+    /// The declared end user as `[privacy] end_user` stores it (`set_end_user`).
+    end_user: Option<String>,
+    /// The request's tags over its configuration's defaults.
+    pub tags: BTreeMap<String, String>,
     finished: bool,
 }
 
@@ -113,8 +119,21 @@ impl RequestMeter {
             estimated: None,
             rate_limits: RateLimits::default(),
             cost: None,
+            end_user: None,
+            tags: BTreeMap::new(),
             finished: false,
         }
+    }
+
+    /// The end user the client declared, stored as `[privacy] end_user`
+    /// says: as declared, pseudonymized (`h:` + HMAC-SHA256 hex under a
+    /// key derived from the master key) or not at all.
+    pub fn set_end_user(&mut self, declared: Option<&str>) {
+        self.end_user = declared.and_then(|user| match self.gateway.config.privacy.end_user {
+            EndUserPolicy::Keep => Some(user.to_owned()),
+            EndUserPolicy::Hash => Some(self.gateway.control.end_user_hasher().hash(user)),
+            EndUserPolicy::Drop => None,
+        });
     }
 
     pub fn set_request(&mut self, request: Bytes) {
@@ -272,6 +291,8 @@ impl RequestMeter {
             estimated: self.estimated.take(),
             rate_limits: self.rate_limits,
             cost: None,
+            end_user: self.end_user.take(),
+            tags: std::mem::take(&mut self.tags),
             finished: false,
         }
     }
@@ -364,8 +385,8 @@ impl RequestMeter {
             tokens_estimated,
             prices: self.prices,
             tool_calls: std::mem::take(&mut self.tool_calls),
-            end_user: None,
-            tags: Default::default(),
+            end_user: self.end_user.take(),
+            tags: std::mem::take(&mut self.tags),
             upstream_request_id: self.upstream_request_id.take(),
             latency_us: latency.as_micros() as u64,
             ttft_us: self.ttft.map(|d| d.as_micros() as u64),

@@ -165,6 +165,18 @@ pub struct ConfigSpecArgs {
     /// Tokens per minute per key (per gateway instance).
     #[arg(long)]
     tpm: Option<u32>,
+    /// A default tag `key=value` recorded on the keys' usage events (repeat;
+    /// a request's `x-tollgate-tags` header overrides it). Client-declared
+    /// labels: never put secrets in them.
+    #[arg(long = "tag", value_parser = parse_tag)]
+    tag: Vec<(String, String)>,
+}
+
+/// `key=value` (checked by the server).
+fn parse_tag(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("`{text}` is not key=value"))
 }
 
 impl ConfigSpecArgs {
@@ -176,6 +188,11 @@ impl ConfigSpecArgs {
             "allowed_models": list(&self.allow_model),
             "allow_passthrough_models": !self.no_passthrough,
             "rate_limits": {"requests_per_minute": self.rpm, "tokens_per_minute": self.tpm},
+            "default_tags": self
+                .tag
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+                .collect::<serde_json::Map<String, Value>>(),
         })
     }
 }

@@ -37,6 +37,9 @@ pub struct Config {
     pub secrets: SecretsConfig,
     pub admin: AdminConfig,
     pub billing: tollgate_proxy::config::BillingConfig,
+    /// How declared end users are stored (`[privacy] end_user = "keep" |
+    /// "hash" | "drop"`, default `keep`).
+    pub privacy: tollgate_proxy::config::PrivacyConfig,
     pub ledger: LedgerConfig,
     pub eventlog: EventLogConfig,
     /// The usage store and sink (`[analytics]`: backend sqlite|clickhouse, …).
@@ -286,6 +289,7 @@ impl Config {
             upstream: self.upstream.clone(),
             price_overrides: self.price_overrides.clone(),
             builtin_tool_prices: self.builtin_tool_prices.clone(),
+            privacy: self.privacy.clone(),
         }
     }
 
@@ -486,6 +490,28 @@ mod tests {
             Config::load_from(None, env(&[("TOLLGATE__SERVER__LISTEN", "nope")])).unwrap_err();
         assert!(
             err.to_string().contains("TOLLGATE__SERVER__LISTEN"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn privacy_end_user_is_keep_by_default_and_takes_hash_or_drop() {
+        use tollgate_proxy::config::EndUserPolicy;
+        let config = Config::load_from(None, env(&[])).unwrap();
+        assert_eq!(config.proxy().privacy.end_user, EndUserPolicy::Keep);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.toml");
+        std::fs::write(&file, "[privacy]\nend_user = \"hash\"\n").unwrap();
+        let config = Config::load_from(Some(&file), env(&[])).unwrap();
+        assert_eq!(config.proxy().privacy.end_user, EndUserPolicy::Hash);
+        let config =
+            Config::load_from(Some(&file), env(&[("TOLLGATE__PRIVACY__END_USER", "drop")]))
+                .unwrap();
+        assert_eq!(config.proxy().privacy.end_user, EndUserPolicy::Drop);
+        let err =
+            Config::load_from(None, env(&[("TOLLGATE__PRIVACY__END_USER", "plain")])).unwrap_err();
+        assert!(
+            err.to_string().contains("TOLLGATE__PRIVACY__END_USER"),
             "{err}"
         );
     }

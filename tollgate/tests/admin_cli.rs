@@ -200,10 +200,18 @@ async fn admin_cli_manages_keys_on_a_running_gateway() {
                 "only-anthropic",
                 "--allow-provider",
                 "anthropic",
+                "--tag",
+                "team=search",
+                "--tag",
+                "env=prod",
             ],
             None,
         )
         .unwrap();
+        assert_eq!(
+            cfg["default_tags"],
+            serde_json::json!({"team": "search", "env": "prod"})
+        );
         let cfg_id = cfg["id"].as_str().unwrap().to_owned();
         let created = admin(
             &config,

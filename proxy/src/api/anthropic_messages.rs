@@ -44,7 +44,7 @@ impl ClientApi for AnthropicMessages {
     }
 
     fn parse(&self, body: Bytes) -> Result<ClientRequest, ProxyError> {
-        body::parse_chat_request(body, true)
+        body::parse_chat_request(body, true, body::EndUserField::Anthropic)
     }
 
     fn error_body(&self, err: &ProxyError) -> Value {

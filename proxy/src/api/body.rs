@@ -21,6 +21,18 @@ pub struct ClientRequest {
     pub fallbacks: Vec<String>,
     pub stream: bool,
     pub include_usage: bool,
+    /// The end user the client declares the request is for (as declared,
+    /// at most `MAX_END_USER_BYTES`); stored as `[privacy] end_user` says.
+    pub end_user: Option<String>,
+}
+
+/// Where a chat-style API names the request's end user.
+#[derive(Clone, Copy)]
+pub(super) enum EndUserField {
+    /// OpenAI: `safety_identifier` when a non-empty string, else `user`.
+    OpenAi,
+    /// Anthropic: `metadata.user_id`.
+    Anthropic,
 }
 
 /// The request fields the gateway reads, borrowed from the body (a JSON
@@ -42,6 +54,60 @@ struct RequestFields<'a> {
     stream: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     stream_options: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    user: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    safety_identifier: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    metadata: Option<&'a RawValue>,
+}
+
+/// A declared end user from one body member: a non-empty string (anything
+/// else is not one: the upstream judges the member), at most
+/// `MAX_END_USER_BYTES` or refused naming the member.
+pub(super) fn end_user_member(
+    param: &'static str,
+    raw: Option<&RawValue>,
+) -> Result<Option<String>, ProxyError> {
+    let Some(raw) = raw.filter(|r| r.get().starts_with('"')) else {
+        return Ok(None);
+    };
+    let Ok(text) = serde_json::from_str::<String>(raw.get()) else {
+        return Ok(None);
+    };
+    const MAX: usize = tollgate_core::attribution::MAX_END_USER_BYTES;
+    if text.len() > MAX {
+        return Err(ProxyError::invalid_param(
+            param,
+            format!("`{param}` is longer than {MAX} bytes; the gateway records it as the end user"),
+        ));
+    }
+    Ok(Some(text).filter(|t| !t.is_empty()))
+}
+
+/// OpenAI's end user: `safety_identifier` when a non-empty string, else `user`.
+pub(super) fn openai_end_user(
+    safety_identifier: Option<&RawValue>,
+    user: Option<&RawValue>,
+) -> Result<Option<String>, ProxyError> {
+    match end_user_member("safety_identifier", safety_identifier)? {
+        Some(id) => Ok(Some(id)),
+        None => end_user_member("user", user),
+    }
+}
+
+/// Anthropic's end user: `metadata.user_id` (only `metadata` is parsed again).
+fn anthropic_end_user(metadata: Option<&RawValue>) -> Result<Option<String>, ProxyError> {
+    #[derive(serde::Deserialize)]
+    struct Metadata<'a> {
+        #[serde(borrow, default)]
+        user_id: Option<&'a RawValue>,
+    }
+    let user_id = metadata
+        .filter(|r| r.get().starts_with('{'))
+        .and_then(|r| serde_json::from_str::<Metadata>(r.get()).ok())
+        .and_then(|m| m.user_id);
+    end_user_member("metadata.user_id", user_id)
 }
 
 /// A member that is present, whatever its value (`null` too).
@@ -105,6 +171,7 @@ fn raw_u64(raw: Option<&RawValue>) -> Option<u64> {
 pub(super) fn parse_chat_request(
     bytes: Bytes,
     max_tokens_required: bool,
+    end_user_field: EndUserField,
 ) -> Result<ClientRequest, ProxyError> {
     let fields: RequestFields = object_fields(&bytes)?;
     let (model, fallbacks) = model_and_fallbacks(fields.model, fields.models)?;
@@ -142,7 +209,12 @@ pub(super) fn parse_chat_request(
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
     let max_tokens = raw_u64(fields.max_completion_tokens).or(max_tokens_field);
+    let end_user = match end_user_field {
+        EndUserField::OpenAi => openai_end_user(fields.safety_identifier, fields.user)?,
+        EndUserField::Anthropic => anthropic_end_user(fields.metadata)?,
+    };
     Ok(ClientRequest {
+        end_user,
         has_fallbacks: fields.models.is_some(),
         max_tokens,
         model,
@@ -252,4 +324,69 @@ pub(super) fn translated_body(value: &Value) -> Result<Bytes, ProxyError> {
     serde_json::to_vec(value)
         .map(Bytes::from)
         .map_err(|e| ProxyError::Internal(format!("upstream body did not serialize: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+
+    fn end_user(body: &str, field: EndUserField) -> Result<Option<String>, ProxyError> {
+        parse_chat_request(Bytes::from(body.to_owned()), false, field).map(|r| r.end_user)
+    }
+
+    #[test]
+    fn end_users_are_non_empty_strings_from_the_apis_member() {
+        let openai = EndUserField::OpenAi;
+        let anthropic = EndUserField::Anthropic;
+        for (body, field, expected) in [
+            (
+                r#"{"model":"m","messages":[],"user":"a\"b"}"#,
+                openai,
+                Some("a\"b"),
+            ),
+            (r#"{"model":"m","messages":[],"user":5}"#, openai, None),
+            (r#"{"model":"m","messages":[],"user":null}"#, openai, None),
+            (r#"{"model":"m","messages":[],"user":""}"#, openai, None),
+            (
+                r#"{"model":"m","messages":[],"safety_identifier":7,"user":"u"}"#,
+                openai,
+                Some("u"),
+            ),
+            (
+                r#"{"model":"m","messages":[],"metadata":{"user_id":"x"}}"#,
+                openai,
+                None,
+            ),
+            (
+                r#"{"model":"m","messages":[],"metadata":{"user_id":"x"}}"#,
+                anthropic,
+                Some("x"),
+            ),
+            (
+                r#"{"model":"m","messages":[],"metadata":"x","user":"u"}"#,
+                anthropic,
+                None,
+            ),
+            (
+                r#"{"model":"m","messages":[],"metadata":{"user_id":["x"]}}"#,
+                anthropic,
+                None,
+            ),
+        ] {
+            assert_eq!(
+                end_user(body, field).unwrap().as_deref(),
+                expected,
+                "{body}"
+            );
+        }
+        let long = format!(
+            r#"{{"model":"m","messages":[],"user":"{}"}}"#,
+            "é".repeat(129)
+        );
+        match end_user(&long, openai) {
+            Err(ProxyError::InvalidRequest { param, .. }) => assert_eq!(param, Some("user")),
+            other => panic!("not refused: {:?}", other.map(|_| ())),
+        }
+    }
 }

@@ -152,7 +152,7 @@ impl Count<'_> {
         body: Result<Bytes, ProxyError>,
     ) -> Result<Answered, ProxyError> {
         // Anthropic's count_tokens takes no `max_tokens`.
-        let request = body::parse_chat_request(body?, false)?;
+        let request = body::parse_chat_request(body?, false, body::EndUserField::Anthropic)?;
         let candidates =
             dispatch::resolve_candidates(self.gateway, caller, &AnthropicMessages, &request)?;
         // One request unit; no token budget is taken, since nothing is generated.

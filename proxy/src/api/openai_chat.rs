@@ -43,7 +43,7 @@ impl ClientApi for OpenAiChat {
     }
 
     fn parse(&self, body: Bytes) -> Result<ClientRequest, ProxyError> {
-        body::parse_chat_request(body, false)
+        body::parse_chat_request(body, false, body::EndUserField::OpenAi)
     }
 
     fn error_body(&self, err: &ProxyError) -> Value {

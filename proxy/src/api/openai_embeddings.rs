@@ -35,6 +35,8 @@ struct EmbeddingFields<'a> {
     input: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "super::present")]
     encoding_format: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "super::present")]
+    user: Option<&'a RawValue>,
 }
 
 impl ClientApi for OpenAiEmbeddings {
@@ -170,7 +172,9 @@ fn parse_embeddings_request(bytes: Bytes) -> Result<ClientRequest, ProxyError> {
             ))
         }
     }
+    let end_user = body::end_user_member("user", fields.user)?;
     Ok(ClientRequest {
+        end_user,
         has_fallbacks: fields.models.is_some(),
         // Nothing is generated: the most a request costs is its input.
         max_tokens: Some(0),

@@ -116,6 +116,10 @@ struct ResponsesFields<'a> {
     stream: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "super::present")]
     max_output_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "super::present")]
+    user: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "super::present")]
+    safety_identifier: Option<&'a RawValue>,
 }
 
 /// What the operator's credentials cannot carry, read only for them.
@@ -414,7 +418,9 @@ fn parse_responses_request(bytes: Bytes) -> Result<ClientRequest, ProxyError> {
             )
         })?),
     };
+    let end_user = body::openai_end_user(fields.safety_identifier, fields.user)?;
     Ok(ClientRequest {
+        end_user,
         has_fallbacks: fields.models.is_some(),
         max_tokens,
         model,

@@ -677,7 +677,7 @@ pub async fn allowlisted_key(gw: &TestGateway, models: &[&str]) -> String {
     key_under(gw, spec).await
 }
 
-async fn key_under(gw: &TestGateway, spec: tollgate_control::ConfigurationSpec) -> String {
+pub async fn key_under(gw: &TestGateway, spec: tollgate_control::ConfigurationSpec) -> String {
     let name = spec.name.clone();
     let config = gw
         .control
