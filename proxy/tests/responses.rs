@@ -707,3 +707,58 @@ async fn priced_built_in_tool_calls_in_a_stream_are_billed_per_call() {
         cost.total().to_string()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_cut_by_max_tokens_is_incomplete_streamed_and_not() {
+    let gw = start_all().await;
+    let usage = json!({"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6});
+    let completion = json!({
+        "id": "chatcmpl-cut", "object": "chat.completion", "created": 1, "model": CHAT_ONLY,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from"},
+            "finish_reason": "length"}],
+        "usage": usage,
+    });
+    gw.mock
+        .add_rule(Rule::any().once().fail_with(200, completion));
+    let mut request = respond(CHAT_ONLY, json!("one two three four"));
+    request["max_output_tokens"] = json!(2);
+    let (status, _, body) = json_of(gw.post_json(PATH, &request).await).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "incomplete", "{body}");
+    assert_eq!(body["incomplete_details"]["reason"], "max_output_tokens");
+    assert_eq!(output_text(&body), "Hello from");
+    assert_eq!(gw.mock.requests().pop().unwrap().body["max_tokens"], 2);
+
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": "chatcmpl-cut", "object": "chat.completion.chunk", "created": 1,
+            "model": CHAT_ONLY, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    };
+    let chunks = [
+        chunk(
+            json!({"role": "assistant", "content": "Hello "}),
+            Value::Null,
+        ),
+        chunk(json!({"content": "from"}), Value::Null),
+        chunk(json!({}), json!("length")),
+        json!({"id": "chatcmpl-cut", "object": "chat.completion.chunk", "created": 1,
+            "model": CHAT_ONLY, "choices": [], "usage": usage}),
+    ];
+    let mut sse: String = chunks.iter().map(|c| format!("data: {c}\n\n")).collect();
+    sse.push_str("data: [DONE]\n\n");
+    gw.mock.add_rule(Rule::any().once().events(sse));
+    request["stream"] = json!(true);
+    let response = gw.post_json(PATH, &request).await;
+    assert_eq!(response.status(), 200);
+    let event_id = header(&response, "x-tollgate-event-id");
+    let events = stream_events(&response.text().await.unwrap());
+    let (name, last) = events.last().unwrap();
+    assert_eq!(name, "response.incomplete");
+    assert_eq!(
+        last["response"]["incomplete_details"]["reason"],
+        "max_output_tokens"
+    );
+    assert_eq!(output_text(&last["response"]), "Hello from");
+    let event = gw.event(&event_id).await;
+    assert_eq!((event.tokens.input, event.tokens.output), (4, 2));
+    assert!(!event.tokens_estimated);
+}
