@@ -369,30 +369,15 @@ async fn size_rate_and_time_limits_refuse_in_openais_shape() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_past_the_edge_cap_get_503_in_openais_shape() {
     let gw = start_with(|c| c.server.max_requests = 1).await;
-    gw.mock.add_rule(
-        Rule::for_model("text-embedding-3-large").delay(std::time::Duration::from_millis(1_000)),
-    );
-    let held = TestGateway::client()
-        .post(gw.url(PATH))
-        .bearer_auth(&gw.token)
-        .json(&embed("text-embedding-3-large", json!("slow")))
-        .send();
-    let held = tokio::spawn(held);
-    // The held request is in flight once the mock has it.
-    assert!(
-        eventually(std::time::Duration::from_secs(5), || !gw
-            .mock
-            .requests()
-            .is_empty())
-        .await
-    );
-    let response = gw
-        .post_json(PATH, &embed("text-embedding-3-small", json!("x")))
-        .await;
-    assert_eq!(header(&response, "retry-after"), "1");
-    let error = refusal(response, 503).await;
-    assert_eq!(error["code"], "overloaded");
-    assert_eq!(held.await.unwrap().unwrap().status(), 200);
+    let embeddings = |model: &str, input: Value| embed(model, input);
+    check_openai_edge_cap(
+        &gw,
+        PATH,
+        embeddings,
+        "text-embedding-3-large",
+        "text-embedding-3-small",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

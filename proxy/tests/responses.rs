@@ -531,27 +531,7 @@ async fn an_empty_balance_is_refused_with_402() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_past_the_edge_cap_get_503() {
     let gw = start_with(|c| c.server.max_requests = 1).await;
-    gw.mock
-        .add_rule(Rule::for_model("gpt-4o").delay(std::time::Duration::from_millis(1_000)));
-    let held = TestGateway::client()
-        .post(gw.url(PATH))
-        .bearer_auth(&gw.token)
-        .json(&respond("gpt-4o", json!("slow")))
-        .send();
-    let held = tokio::spawn(held);
-    assert!(
-        eventually(std::time::Duration::from_secs(5), || !gw
-            .mock
-            .requests()
-            .is_empty())
-        .await
-    );
-    let response = gw
-        .post_json(PATH, &respond("gpt-4o-mini", json!("x")))
-        .await;
-    assert_eq!(header(&response, "retry-after"), "1");
-    assert_eq!(refusal(response, 503).await["code"], "overloaded");
-    assert_eq!(held.await.unwrap().unwrap().status(), 200);
+    check_openai_edge_cap(&gw, PATH, respond, "gpt-4o", "gpt-4o-mini").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

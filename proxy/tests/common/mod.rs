@@ -754,3 +754,33 @@ pub async fn check_openai_limits(
     let error = openai_refusal(gw.post_json(path, &request(allowed, x())).await, 504).await;
     assert_eq!(error["code"], "upstream_timeout");
 }
+
+/// On an OpenAI-shaped route of a gateway started with
+/// `server.max_requests = 1`: while a request for `slow` (held 1 s by the
+/// mock) is in flight, another (`fast`) gets 503 `overloaded` with
+/// `retry-after: 1` in OpenAI's shape, and the held one still succeeds.
+pub async fn check_openai_edge_cap(
+    gw: &TestGateway,
+    path: &str,
+    request: impl Fn(&str, serde_json::Value) -> serde_json::Value,
+    slow: &str,
+    fast: &str,
+) {
+    gw.mock.add_rule(
+        tollgate_mock_upstream::Rule::for_model(slow).delay(Duration::from_millis(1_000)),
+    );
+    let held = TestGateway::client()
+        .post(gw.url(path))
+        .bearer_auth(&gw.token)
+        .json(&request(slow, serde_json::json!("slow")))
+        .send();
+    let held = tokio::spawn(held);
+    // The held request is in flight once the mock has it.
+    assert!(eventually(Duration::from_secs(5), || !gw.mock.requests().is_empty()).await);
+    let response = gw
+        .post_json(path, &request(fast, serde_json::json!("x")))
+        .await;
+    assert_eq!(header(&response, "retry-after"), "1");
+    assert_eq!(openai_refusal(response, 503).await["code"], "overloaded");
+    assert_eq!(held.await.unwrap().unwrap().status(), 200);
+}
