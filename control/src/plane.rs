@@ -232,6 +232,7 @@ impl ControlPlane {
             name,
             created_at: Utc::now(),
             price_plan_id: None,
+            low_balance_usd: None,
         };
         self.upsert(ControlObject::Account(account.clone())).await?;
         Ok(account)

@@ -4,6 +4,7 @@
 use crate::crypto::MasterKey;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use tollgate_core::budget::{Budget, BudgetId, Webhook};
 use tollgate_core::control::{
     AccessKey, Account, Configuration, ConfigurationId, ControlChange, ControlKind, ControlObject,
     CustomProvider, PriceOverride, PricePlan, ProviderKey,
@@ -36,6 +37,13 @@ pub struct ControlState {
     /// Runtime price overrides by provider, then model (nested so a lookup
     /// on the request path allocates nothing).
     pub price_overrides: BTreeMap<String, BTreeMap<String, PriceOverride>>,
+    pub budgets: BTreeMap<BudgetId, Budget>,
+    /// Each account's budgets, its keys' included (in id order), so the
+    /// request path finds them without scanning every budget.
+    budgets_by_account: HashMap<AccountId, Vec<Budget>>,
+    pub webhooks: BTreeMap<String, Webhook>,
+    /// Decrypted webhook signing secrets, by webhook id.
+    webhook_secrets: HashMap<String, ProviderSecret>,
     /// The next control-log offset to read.
     pub next_offset: u64,
 }
@@ -102,7 +110,51 @@ impl ControlState {
                     .or_default()
                     .insert(price.model.clone(), price);
             }
+            ControlObject::Budget(budget) => {
+                let account = budget.account_id.clone();
+                self.budgets.insert(budget.id.clone(), budget);
+                self.index_budgets(&account);
+            }
+            ControlObject::Webhook(webhook) => {
+                match master.decrypt(&webhook.secret_ciphertext) {
+                    Ok(secret) => {
+                        self.webhook_secrets
+                            .insert(webhook.id.clone(), ProviderSecret(Arc::from(secret)));
+                    }
+                    Err(err) => {
+                        self.webhook_secrets.remove(&webhook.id);
+                        tracing::error!(webhook = %webhook.id, error = %err, "webhook secret cannot be decrypted; deliveries to it wait");
+                    }
+                }
+                self.webhooks.insert(webhook.id.clone(), webhook);
+            }
         }
+    }
+
+    fn index_budgets(&mut self, account: &AccountId) {
+        let of_account: Vec<Budget> = self
+            .budgets
+            .values()
+            .filter(|b| &b.account_id == account)
+            .cloned()
+            .collect();
+        if of_account.is_empty() {
+            self.budgets_by_account.remove(account);
+        } else {
+            self.budgets_by_account.insert(account.clone(), of_account);
+        }
+    }
+
+    /// The budgets on `account` and on its keys.
+    pub fn budgets_of(&self, account: &AccountId) -> &[Budget] {
+        self.budgets_by_account
+            .get(account)
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// A webhook's decrypted signing secret.
+    pub fn webhook_secret(&self, id: &str) -> Option<&ProviderSecret> {
+        self.webhook_secrets.get(id)
     }
 
     fn delete(&mut self, kind: ControlKind, id: &str) {
@@ -138,6 +190,15 @@ impl ControlState {
                         }
                     }
                 }
+            }
+            ControlKind::Budget => {
+                if let Some(old) = self.budgets.remove(&BudgetId(id.to_owned())) {
+                    self.index_budgets(&old.account_id);
+                }
+            }
+            ControlKind::Webhook => {
+                self.webhooks.remove(id);
+                self.webhook_secrets.remove(id);
             }
         }
     }

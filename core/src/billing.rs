@@ -74,4 +74,8 @@ pub struct BalanceUpdate {
     pub as_of: DateTime<Utc>,
     #[serde(default)]
     pub applied: BTreeMap<String, u64>,
+    /// Each budget on the account or its keys: its current period (by
+    /// ledger time) and the spend in it. Left out when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub budgets: Vec<crate::budget::BudgetSpend>,
 }

@@ -44,6 +44,10 @@ pub struct Account {
     /// The price plan the account is billed on; None: the default terms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price_plan_id: Option<String>,
+    /// A low-balance alert is raised when the balance falls below this;
+    /// None: the ledger's global default (`[alerts] low_balance_usd`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_balance_usd: Option<Usd>,
 }
 
 /// Terms an operator bills accounts on (internal teams, resale): the
@@ -200,6 +204,8 @@ pub enum ControlObject {
     CustomProvider(CustomProvider),
     PricePlan(PricePlan),
     PriceOverride(PriceOverride),
+    Budget(crate::budget::Budget),
+    Webhook(crate::budget::Webhook),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -212,6 +218,8 @@ pub enum ControlKind {
     CustomProvider,
     PricePlan,
     PriceOverride,
+    Budget,
+    Webhook,
 }
 
 impl ControlObject {
@@ -224,6 +232,8 @@ impl ControlObject {
             ControlObject::CustomProvider(_) => ControlKind::CustomProvider,
             ControlObject::PricePlan(_) => ControlKind::PricePlan,
             ControlObject::PriceOverride(_) => ControlKind::PriceOverride,
+            ControlObject::Budget(_) => ControlKind::Budget,
+            ControlObject::Webhook(_) => ControlKind::Webhook,
         }
     }
 
@@ -237,6 +247,8 @@ impl ControlObject {
             ControlObject::CustomProvider(c) => format!("custom_provider:{}", c.id),
             ControlObject::PricePlan(p) => format!("price_plan:{}", p.id),
             ControlObject::PriceOverride(o) => format!("price_override:{}", o.id()),
+            ControlObject::Budget(b) => b.id.to_string(),
+            ControlObject::Webhook(w) => w.id.clone(),
         }
     }
 }

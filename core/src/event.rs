@@ -73,6 +73,7 @@ impl Serialize for Envelope {
             EventBody::Adjustment(data) => with_data(envelope, "adjustment", data),
             EventBody::Tick(data) => with_data(envelope, "tick", data),
             EventBody::Balance(data) => with_data(envelope, "balance", data),
+            EventBody::Alert(data) => with_data(envelope, "alert", data),
             EventBody::Unknown => {
                 envelope.serialize_field("type", "unknown")?;
                 envelope.end()
@@ -114,6 +115,8 @@ pub enum EventBody {
     Adjustment(crate::billing::Adjustment),
     Tick(crate::billing::Tick),
     Balance(crate::billing::BalanceUpdate),
+    /// Raised by the ledger (topic `tollgate.alerts`).
+    Alert(crate::budget::Alert),
     /// A kind this reader does not know (written by a newer version): skipped.
     Unknown,
 }
@@ -148,6 +151,7 @@ impl<'de> Deserialize<'de> for Envelope {
             "adjustment" => EventBody::Adjustment(parse(data)?),
             "tick" => EventBody::Tick(parse(data)?),
             "balance" => EventBody::Balance(parse(data)?),
+            "alert" => EventBody::Alert(parse(data)?),
             _ => EventBody::Unknown,
         };
         Ok(Envelope { v: raw.v, body })

@@ -3,6 +3,7 @@
 
 pub mod attribution;
 pub mod billing;
+pub mod budget;
 pub mod catalog;
 pub mod control;
 pub mod escape;

@@ -132,4 +132,6 @@ pub mod topics {
     pub const CONTROL: &str = "tollgate.control";
     /// Balance updates from the ledger, keyed by account id (compacted in Kafka).
     pub const BALANCES: &str = "tollgate.balances";
+    /// Alerts the ledger raises, keyed by alert id (compacted in Kafka).
+    pub const ALERTS: &str = "tollgate.alerts";
 }

@@ -310,6 +310,7 @@ impl LedgerService {
                 balance: s.balance(),
                 as_of: now,
                 applied: s.applied.clone(),
+                budgets: Vec::new(),
             })
             .collect();
         all.sort_by(|a, b| a.account_id.cmp(&b.account_id));
@@ -550,6 +551,7 @@ fn apply_in_transaction(
                 balance: s.balance(),
                 as_of,
                 applied: s.applied.clone(),
+                budgets: Vec::new(),
             })
         })
         .collect();

@@ -366,6 +366,7 @@ mod tests {
             balance: usd(balance),
             as_of: chrono::Utc::now(),
             applied: applied.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            budgets: Vec::new(),
         }
     }
 

@@ -383,6 +383,7 @@ async fn insufficient_credits_say_the_available_amount_and_the_balance() {
         balance: amount.parse().unwrap(),
         as_of: chrono::Utc::now(),
         applied: Default::default(),
+        budgets: Vec::new(),
     };
     // Less than one request costs (gpt-4o, 1 + 5 tokens: $0.0000528).
     gw.gateway.admission.apply(&balance("0.00005"));
