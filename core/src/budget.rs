@@ -308,6 +308,7 @@ impl Webhook {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn at(text: &str) -> DateTime<Utc> {
