@@ -1,6 +1,7 @@
 //! The admin API: JSON over HTTP under `/admin/v1`, authenticated by an
 //! admin token compared in constant time. Secrets never leave it: access-key
-//! tokens are returned once at creation; provider keys never.
+//! tokens and webhook signing secrets are returned once (at creation or
+//! rotation); provider keys never.
 
 use crate::plane::{ConfigurationSpec, ControlError, ControlPlane, PriceSpec};
 use axum::extract::{FromRequestParts, Path, State};
@@ -12,6 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
+use tollgate_core::budget::Budget;
 use tollgate_core::control::{
     AccessKey, Account, Configuration, ConfigurationId, CustomProvider, PriceOverride, PricePlan,
     ProviderKey,
@@ -19,7 +21,9 @@ use tollgate_core::control::{
 use tollgate_core::{AccessKeyId, AccountId, ApiSurface, ProviderKeyId};
 use utoipa::ToSchema;
 
+mod budgets;
 mod plans;
+mod webhooks;
 
 /// The control plane's part of the admin API document, generated from the
 /// handlers' types. The served document adds the parts of the routers
@@ -30,8 +34,8 @@ mod plans;
         title = "Tollgate admin API",
         version = "1",
         description = "Manage accounts, access keys, access-key configurations, provider keys, \
-            custom providers, price overrides and price plans, and (where the ledger runs) \
-            accounts' credits. Every change is recorded on the control log and reaches every \
+            custom providers, price overrides, price plans, budgets, alert webhooks and \
+            accounts' low-balance amounts, and (where the ledger runs) accounts' credits. Every change is recorded on the control log and reaches every \
             gateway instance within a second."
     ),
     paths(
@@ -66,6 +70,18 @@ mod plans;
         plans::update_price_plan,
         plans::delete_price_plan,
         plans::assign_price_plan,
+        budgets::list_budgets,
+        budgets::create_budget,
+        budgets::get_budget,
+        budgets::update_budget,
+        budgets::delete_budget,
+        budgets::set_low_balance,
+        webhooks::list_webhooks,
+        webhooks::create_webhook,
+        webhooks::get_webhook,
+        webhooks::update_webhook,
+        webhooks::delete_webhook,
+        webhooks::rotate_webhook_secret,
     ),
     modifiers(&ADMIN_TOKEN_SCHEME),
     security(("adminToken" = []))
@@ -254,6 +270,27 @@ where
     }
 }
 
+/// Query parameters with a 400 in the API's JSON shape (axum's is plain text).
+struct QueryParams<T>(T);
+
+impl<T, S> FromRequestParts<S> for QueryParams<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = AdminError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(QueryParams(value)),
+            Err(rejection) => Err(AdminError::BadRequest(rejection.body_text())),
+        }
+    }
+}
+
 /// `{"data": [...]}`, the shape of every listing.
 macro_rules! listing {
     ($name:ident, $item:ty, $doc:literal) => {
@@ -280,6 +317,12 @@ listing!(
 );
 listing!(PriceOverrideList, PriceOverride, "Runtime price overrides.");
 listing!(PricePlanList, PricePlan, "Price plans.");
+listing!(BudgetList, Budget, "Budgets.");
+listing!(
+    WebhookList,
+    webhooks::WebhookView,
+    "Webhooks (never their secrets)."
+);
 
 /// A new access key and its token, shown this once.
 #[derive(Serialize, ToSchema)]
@@ -469,6 +512,8 @@ pub fn router(state: AdminState) -> Router {
             axum::routing::delete(delete_custom_provider),
         )
         .merge(plans::routes())
+        .merge(budgets::routes())
+        .merge(webhooks::routes())
         .route("/admin/v1/price-overrides", get(list_price_overrides))
         .route(
             "/admin/v1/price-overrides/{provider}/{*model}",

@@ -204,6 +204,12 @@ impl ControlPlane {
         .await
     }
 
+    /// Encrypt a secret for storage on the control log (provider keys,
+    /// webhook signing secrets).
+    pub(crate) fn encrypt(&self, plaintext: &str) -> String {
+        self.master.encrypt(plaintext)
+    }
+
     pub(crate) async fn upsert(&self, object: ControlObject) -> Result<(), ControlError> {
         self.publish(ControlChange::Upsert { object }).await
     }
