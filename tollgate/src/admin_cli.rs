@@ -7,7 +7,9 @@ use serde_json::{json, Value};
 use std::io::Read;
 
 mod plans;
+mod spend;
 pub use plans::{PlanSpecArgs, PricePlansAction};
+pub use spend::{BudgetAlertArgs, BudgetsAction, WebhooksAction};
 
 #[derive(Args)]
 pub struct AdminArgs {
@@ -23,7 +25,7 @@ pub struct AdminArgs {
 
 #[derive(Subcommand)]
 pub enum AdminCommand {
-    /// Accounts: the unit that owns keys and credits.
+    /// Accounts: the unit that owns keys and credits (and its low-balance alert amount).
     Accounts {
         #[command(subcommand)]
         action: AccountsAction,
@@ -65,6 +67,18 @@ pub enum AdminCommand {
     Credits {
         #[command(subcommand)]
         action: CreditsAction,
+    },
+    /// Budgets: spending limits per period on an account or an access key,
+    /// with a threshold alert and (optionally) refusal at the limit.
+    Budgets {
+        #[command(subcommand)]
+        action: BudgetsAction,
+    },
+    /// Webhooks alerts (budget threshold and exceeded, low balance, credits
+    /// expiring) are delivered to; signing secret shown once.
+    Webhooks {
+        #[command(subcommand)]
+        action: WebhooksAction,
     },
 }
 
@@ -116,7 +130,18 @@ pub enum CreditsAction {
 #[derive(Subcommand)]
 pub enum AccountsAction {
     List,
-    Create { name: String },
+    Create {
+        name: String,
+    },
+    /// Set the balance below which the account gets a low-balance alert.
+    LowBalance {
+        /// The account (acct_…).
+        account: String,
+        /// USD, e.g. 2.50 (at least 0, at most 6 decimal places), or
+        /// `default` for the ledger's global default (`[alerts] low_balance_usd`).
+        #[arg(allow_hyphen_values = true)]
+        amount: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -392,6 +417,8 @@ fn request(command: &AdminCommand) -> anyhow::Result<Request> {
         AdminCommand::PricePlans { action } => plans::request(action),
         AdminCommand::PriceOverrides { action } => price_overrides_request(action)?,
         AdminCommand::ModelPrices => (Method::GET, "/model-prices".into(), None),
+        AdminCommand::Budgets { action } => spend::budgets_request(action),
+        AdminCommand::Webhooks { action } => spend::webhooks_request(action),
     })
 }
 
@@ -405,6 +432,9 @@ fn accounts_request(action: &AccountsAction) -> Request {
             "/accounts".into(),
             Some(json!({"name": name})),
         ),
+        AccountsAction::LowBalance { account, amount } => {
+            spend::low_balance_request(account, amount)
+        }
     }
 }
 
@@ -622,6 +652,11 @@ pub async fn run(base_url: &str, token: &str, command: &AdminCommand) -> anyhow:
             .map(str::to_owned)
             .unwrap_or_else(|| value.to_string());
         bail!("admin API answered {}: {message}", status.as_u16());
+    }
+    if let AdminCommand::Webhooks { action } = command {
+        if let Some(note) = spend::note(action) {
+            eprintln!("{note}");
+        }
     }
     Ok(value)
 }

@@ -643,3 +643,227 @@ async fn price_overrides_from_the_config_file_and_the_cli_are_what_the_ledger_de
     }
     drop(server);
 }
+
+/// `tollgate admin …` that succeeds; (parsed stdout, stderr).
+fn admin_with_notes(config: &Path, args: &[&str]) -> (Value, String) {
+    let output = clean_command(config)
+        .arg("admin")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{args:?}: {stderr}");
+    (serde_json::from_slice(&output.stdout).unwrap(), stderr)
+}
+
+/// Budgets, webhooks and the low-balance amount through the CLI against a
+/// running gateway: flags become the API's fields, refusals name the
+/// field, and a webhook's secret is printed once with a note saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_cli_manages_budgets_webhooks_and_low_balance() {
+    let mock = MockUpstream::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (config, port, _) = write_config(dir.path(), &mock.base_url());
+    tokio::task::spawn_blocking(move || {
+        let (server, _) = start(&config, port);
+        let account = admin(&config, &["accounts", "create", "spend"], None).unwrap();
+        let account_id = account["id"].as_str().unwrap().to_owned();
+        let key = admin(
+            &config,
+            &["keys", "create", "--account", &account_id, "--name", "svc"],
+            None,
+        )
+        .unwrap();
+        let key_id = key["access_key"]["id"].as_str().unwrap().to_owned();
+        budgets_through_the_cli(&config, &account_id, &key_id);
+        webhooks_through_the_cli(&config);
+
+        let low = admin(
+            &config,
+            &["accounts", "low-balance", &account_id, "2.50"],
+            None,
+        )
+        .unwrap();
+        assert_eq!(low["low_balance_usd"], "2.5", "{low}");
+        let refused = admin(
+            &config,
+            &["accounts", "low-balance", &account_id, "-1"],
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            refused.contains("amount: `-1` must be at least 0"),
+            "{refused}"
+        );
+        let back = admin(
+            &config,
+            &["accounts", "low-balance", &account_id, "default"],
+            None,
+        )
+        .unwrap();
+        assert!(back.get("low_balance_usd").is_none(), "{back}");
+        drop(server);
+    })
+    .await
+    .unwrap();
+}
+
+fn budgets_through_the_cli(config: &Path, account_id: &str, key_id: &str) {
+    let on_key = admin(
+        config,
+        &[
+            "budgets",
+            "create",
+            "--account",
+            account_id,
+            "--key",
+            key_id,
+            "--name",
+            "daily",
+            "--amount",
+            "1.50",
+            "--period",
+            "day",
+        ],
+        None,
+    )
+    .unwrap();
+    assert_eq!(on_key["access_key_id"], key_id, "{on_key}");
+    assert_eq!(on_key["amount"], "1.5");
+    assert_eq!(on_key["soft_threshold_percent"], 80);
+    assert_eq!(on_key["refuse"], true);
+    let on_account = admin(
+        config,
+        &[
+            "budgets",
+            "create",
+            "--account",
+            account_id,
+            "--name",
+            "month",
+            "--amount",
+            "100",
+            "--period",
+            "month",
+            "--soft-threshold-percent",
+            "50",
+            "--refuse",
+            "false",
+        ],
+        None,
+    )
+    .unwrap();
+    assert!(on_account.get("access_key_id").is_none(), "{on_account}");
+    assert_eq!(
+        (&on_account["soft_threshold_percent"], &on_account["refuse"]),
+        (&serde_json::json!(50), &serde_json::json!(false))
+    );
+    let refused = admin(
+        config,
+        &[
+            "budgets",
+            "create",
+            "--account",
+            account_id,
+            "--name",
+            "x",
+            "--amount",
+            "0.0000001",
+            "--period",
+            "week",
+        ],
+        None,
+    )
+    .unwrap_err();
+    assert!(refused.contains("more than 6 decimal places"), "{refused}");
+
+    let id = on_key["id"].as_str().unwrap();
+    let updated = admin(
+        config,
+        &[
+            "budgets", "update", id, "--amount", "3", "--refuse", "false",
+        ],
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        (&updated["amount"], &updated["refuse"], &updated["name"]),
+        (
+            &serde_json::json!("3"),
+            &serde_json::json!(false),
+            &serde_json::json!("daily")
+        )
+    );
+    let listed = admin(config, &["budgets", "list", "--key", key_id], None).unwrap();
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1, "{listed}");
+    let listed = admin(config, &["budgets", "list", "--account", account_id], None).unwrap();
+    assert_eq!(listed["data"].as_array().unwrap().len(), 2, "{listed}");
+    assert_eq!(
+        admin(config, &["budgets", "get", id], None).unwrap()["amount"],
+        "3"
+    );
+    admin(config, &["budgets", "delete", id], None).unwrap();
+    let gone = admin(config, &["budgets", "get", id], None).unwrap_err();
+    assert!(gone.contains("404") && gone.contains("not found"), "{gone}");
+}
+
+fn webhooks_through_the_cli(config: &Path) {
+    let (created, note) = admin_with_notes(
+        config,
+        &[
+            "webhooks",
+            "create",
+            "--url",
+            "https://hooks.example.com/t",
+            "--kind",
+            "low_balance",
+            "--kind",
+            "budget_exceeded",
+        ],
+    );
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("whsec_"), "{created}");
+    assert!(note.contains("shown once"), "{note}");
+    assert_eq!(
+        created["kinds"],
+        serde_json::json!(["budget_exceeded", "low_balance"])
+    );
+    let id = created["id"].as_str().unwrap();
+    let refused = admin(
+        config,
+        &[
+            "webhooks",
+            "create",
+            "--url",
+            "https://x.example/",
+            "--kind",
+            "weather",
+        ],
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        refused.contains("unknown alert kind `weather`"),
+        "{refused}"
+    );
+
+    let updated = admin(config, &["webhooks", "update", id, "--all-kinds"], None).unwrap();
+    assert_eq!(updated["kinds"], serde_json::json!([]), "{updated}");
+    let (shown, quiet) = admin_with_notes(config, &["webhooks", "get", id]);
+    let (listed, _) = admin_with_notes(config, &["webhooks", "list"]);
+    for text in [updated.to_string(), shown.to_string(), listed.to_string()] {
+        assert!(
+            !text.contains(&secret) && !text.contains("secret"),
+            "{text}"
+        );
+    }
+    assert!(!quiet.contains("shown once"), "{quiet}");
+    let (rotated, note) = admin_with_notes(config, &["webhooks", "rotate-secret", id]);
+    let new_secret = rotated["secret"].as_str().unwrap();
+    assert!(new_secret.starts_with("whsec_") && new_secret != secret);
+    assert!(note.contains("shown once"), "{note}");
+    admin(config, &["webhooks", "delete", id], None).unwrap();
+    let gone = admin(config, &["webhooks", "get", id], None).unwrap_err();
+    assert!(gone.contains("404"), "{gone}");
+}
