@@ -177,15 +177,16 @@ async fn every_listener_serves_exactly_the_routes_its_document_names() {
         include_str!("../../control/src/admin.rs"),
         include_str!("../../control/src/admin/plans.rs"),
         include_str!("../../ledger/src/api.rs"),
+        include_str!("../../ledger/src/webhooks.rs"),
         include_str!("../../proxy/src/routes.rs"),
     ];
-    // 31 control-plane operations, 6 credits, 1 model-prices.
+    // 31 control-plane operations, 6 credits, 2 webhook deliveries, 1 model-prices.
     route_coverage::assert_routes_documented(
         &server.admin,
         &admin_doc,
         &admin_sources,
         ADMIN_TOKEN,
-        38,
+        40,
     )
     .await;
     let credits_doc = server
