@@ -274,9 +274,26 @@ impl WebhookDeliverer {
         self: Arc<Self>,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), LedgerError> {
-        let intake = tokio::spawn(self.clone().intake(shutdown.clone()));
+        let intake = tokio::spawn(self.clone().keep_intake(shutdown.clone()));
         self.send_loop(shutdown).await;
-        intake.await.map_err(|e| LedgerError::Join(e.to_string()))?
+        intake.await.map_err(|e| LedgerError::Join(e.to_string()))
+    }
+
+    /// The intake, subscribed again after a failure (its position is
+    /// durable, so nothing is skipped).
+    async fn keep_intake(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        while !*shutdown.borrow() {
+            match self.clone().intake(shutdown.clone()).await {
+                Ok(()) => return,
+                Err(err) => {
+                    tracing::warn!(error = %err, "webhook intake failed; subscribing again");
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
     }
 
     /// Consume the alerts topic into delivery rows.

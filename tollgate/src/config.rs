@@ -547,6 +547,37 @@ mod tests {
     }
 
     #[test]
+    fn alerts_section_defaults_and_exact_amounts() {
+        let config = Config::load_from(None, env(&[])).unwrap();
+        let settings = config.alerts.webhook_settings();
+        assert_eq!(settings.retry_initial.as_millis(), 1_000);
+        assert_eq!(settings.retry_max.as_secs(), 3_600);
+        assert_eq!(settings.give_up_after.as_secs(), 72 * 3_600);
+        assert_eq!(config.alerts.low_balance_usd.0.to_string(), "1");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.toml");
+        std::fs::write(
+            &file,
+            "[alerts]\nlow_balance_usd = \"2.50\"\nwebhook_retry_initial_ms = 20\n",
+        )
+        .unwrap();
+        let config = Config::load_from(Some(&file), env(&[])).unwrap();
+        assert_eq!(
+            config.alerts.evaluator_settings().low_balance,
+            "2.50".parse().unwrap()
+        );
+        assert_eq!(
+            config.alerts.webhook_settings().retry_initial.as_millis(),
+            20
+        );
+        std::fs::write(&file, "[alerts]\nlow_balance_usd = 2.5\n").unwrap();
+        assert!(
+            Config::load_from(Some(&file), env(&[])).is_err(),
+            "a float is refused"
+        );
+    }
+
+    #[test]
     fn privacy_end_user_is_keep_by_default_and_takes_hash_or_drop() {
         use tollgate_proxy::config::EndUserPolicy;
         let config = Config::load_from(None, env(&[])).unwrap();
