@@ -349,7 +349,8 @@ impl WebhookDeliverer {
                     hook.id,
                     alert.kind.as_str(),
                     payload,
-                    now.to_rfc3339(),
+                    // Fixed width, so the listing's text order is time order.
+                    now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
                     now.timestamp_millis()
                 ])?;
             }
@@ -474,8 +475,9 @@ impl WebhookDeliverer {
             Err(err) => {
                 return Attempt::Failed {
                     status: None,
-                    error: error_chain(&err),
-                }
+                    // The URL is the admin's; its query may hold a token.
+                    error: error_chain(&err.without_url()),
+                };
             }
         };
         let status = response.status().as_u16();

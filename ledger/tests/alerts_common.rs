@@ -88,6 +88,23 @@ impl Env {
         self.control.catch_up().await.unwrap();
     }
 
+    pub async fn delete_webhook(&self, id: &str) {
+        let change = ControlChange::Delete {
+            kind: tollgate_core::control::ControlKind::Webhook,
+            id: id.into(),
+        };
+        self.log
+            .append(LogRecord {
+                topic: topics::CONTROL.into(),
+                key: id.into(),
+                payload: serde_json::to_vec(&Envelope::control(change)).unwrap(),
+            })
+            .await
+            .unwrap();
+        self.log.flush().await.unwrap();
+        self.control.catch_up().await.unwrap();
+    }
+
     pub async fn account(&self, id: &str, low_balance: Option<Usd>) {
         self.upsert(ControlObject::Account(Account {
             id: AccountId::from(id),

@@ -344,6 +344,46 @@ async fn a_delivery_is_given_up_listed_as_failed_and_retried_by_the_admin() {
     running.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_receivers_are_retried_and_deleted_webhooks_fail() {
+    let env = Env::new().await;
+    // A port nobody listens on: connection refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/gone", closed.local_addr().unwrap());
+    drop(closed);
+    env.webhook("whk_closed", &url, vec![], SECRET_ALL).await;
+    let a = alert(AlertKind::LowBalance, "acct_closed");
+    env.append(topics::ALERTS, &a.alert_id, EventBody::Alert(a.clone()))
+        .await;
+    let db = env.db("ledger.db");
+    let running = Running::start(&env, &db, fast());
+    wait_for("two refused tries", || running.count("retry") >= 2).await;
+    let pending = running
+        .deliverer
+        .list(Some(DeliveryState::Pending), Some("whk_closed"), 10)
+        .unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].last_status, None);
+    let error = pending[0].last_error.clone().unwrap();
+    assert!(!error.is_empty() && !error.contains(SECRET_ALL), "{error}");
+    assert!(pending[0].next_attempt_at.is_some());
+    // Deleted: its delivery fails at the next try, not retried for ever.
+    env.delete_webhook("whk_closed").await;
+    wait_for("the deleted webhook's delivery to fail", || {
+        running.deliverer.metrics.failed.get() == 1
+    })
+    .await;
+    let failed = running
+        .deliverer
+        .list(Some(DeliveryState::Failed), None, 10)
+        .unwrap();
+    assert_eq!(
+        failed[0].last_error.as_deref(),
+        Some("the webhook was deleted")
+    );
+    running.stop().await;
+}
+
 #[test]
 fn backoff_doubles_from_the_initial_delay_up_to_the_cap() {
     let settings = WebhookSettings::default();
