@@ -3,6 +3,7 @@
 //! (365-day expiry, earliest-expiring burnt first) and debt, and publishes
 //! balance updates that gateways use for admission.
 
+pub mod alerts;
 pub mod api;
 pub mod audit;
 pub mod engine;
@@ -10,6 +11,7 @@ pub mod input;
 pub mod service;
 pub mod sqlite;
 pub mod text;
+pub mod webhooks;
 
 pub use engine::{Entry, EntryKind, Ledger, Lot};
 pub use service::{LedgerMetrics, LedgerService};
@@ -36,4 +38,6 @@ pub enum LedgerError {
     },
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("webhook client: {0}")]
+    Http(String),
 }

@@ -41,6 +41,8 @@ pub struct Config {
     /// "hash" | "drop"`, default `keep`).
     pub privacy: tollgate_proxy::config::PrivacyConfig,
     pub ledger: LedgerConfig,
+    /// Alerts and their webhook deliveries (`[alerts]`), run by the ledger.
+    pub alerts: AlertsConfig,
     pub eventlog: EventLogConfig,
     /// The usage store and sink (`[analytics]`: backend sqlite|clickhouse, …).
     pub analytics: tollgate_analytics::AnalyticsConfig,
@@ -162,6 +164,56 @@ impl Default for LedgerConfig {
         LedgerConfig {
             tick_interval_ms: 60_000,
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8082)),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Low-balance amount of accounts that set none (USD, decimal string):
+    /// a balance below it raises a `low_balance` alert. Default "1.00";
+    /// "0" turns the alert off for those accounts.
+    pub low_balance_usd: ExactUsd,
+    /// Wait after a webhook delivery's first failed try, doubled after each
+    /// next one. Default 1000 ms.
+    pub webhook_retry_initial_ms: u64,
+    /// Longest wait between two tries. Default 3600000 ms (1 h).
+    pub webhook_retry_max_ms: u64,
+    /// A delivery is given up (listed as failed) when its next try would be
+    /// later than this after its first. Default 72 h.
+    pub webhook_give_up_after_hours: u64,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            low_balance_usd: ExactUsd(
+                tollgate_ledger::alerts::AlertSettings::default().low_balance,
+            ),
+            webhook_retry_initial_ms: 1_000,
+            webhook_retry_max_ms: 3_600_000,
+            webhook_give_up_after_hours: 72,
+        }
+    }
+}
+
+impl AlertsConfig {
+    pub fn evaluator_settings(&self) -> tollgate_ledger::alerts::AlertSettings {
+        tollgate_ledger::alerts::AlertSettings {
+            low_balance: self.low_balance_usd.0,
+        }
+    }
+
+    pub fn webhook_settings(&self) -> tollgate_ledger::webhooks::WebhookSettings {
+        let ms = std::time::Duration::from_millis;
+        tollgate_ledger::webhooks::WebhookSettings {
+            retry_initial: ms(self.webhook_retry_initial_ms.max(1)),
+            retry_max: ms(self.webhook_retry_max_ms.max(1)),
+            give_up_after: std::time::Duration::from_secs(
+                self.webhook_give_up_after_hours.saturating_mul(3600),
+            ),
+            ..Default::default()
         }
     }
 }
@@ -491,6 +543,37 @@ mod tests {
         assert!(
             err.to_string().contains("TOLLGATE__SERVER__LISTEN"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn alerts_section_defaults_and_exact_amounts() {
+        let config = Config::load_from(None, env(&[])).unwrap();
+        let settings = config.alerts.webhook_settings();
+        assert_eq!(settings.retry_initial.as_millis(), 1_000);
+        assert_eq!(settings.retry_max.as_secs(), 3_600);
+        assert_eq!(settings.give_up_after.as_secs(), 72 * 3_600);
+        assert_eq!(config.alerts.low_balance_usd.0.to_string(), "1");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.toml");
+        std::fs::write(
+            &file,
+            "[alerts]\nlow_balance_usd = \"2.50\"\nwebhook_retry_initial_ms = 20\n",
+        )
+        .unwrap();
+        let config = Config::load_from(Some(&file), env(&[])).unwrap();
+        assert_eq!(
+            config.alerts.evaluator_settings().low_balance,
+            "2.50".parse().unwrap()
+        );
+        assert_eq!(
+            config.alerts.webhook_settings().retry_initial.as_millis(),
+            20
+        );
+        std::fs::write(&file, "[alerts]\nlow_balance_usd = 2.5\n").unwrap();
+        assert!(
+            Config::load_from(Some(&file), env(&[])).is_err(),
+            "a float is refused"
         );
     }
 

@@ -54,6 +54,9 @@ const LEDGER_FAMILIES: &[&str] = &[
     "tollgate_ledger_consumer_lag_seconds",
     "tollgate_ledger_balance_usd",
     "tollgate_ledger_credits_expiring_30d_usd",
+    "tollgate_alerts_raised_total",
+    "tollgate_webhook_deliveries_total",
+    "tollgate_webhook_deliveries_failed_total",
 ];
 const ANALYTICS_FAMILIES: &[&str] = &[
     "tollgate_analytics_rows_inserted_total",

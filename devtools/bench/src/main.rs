@@ -1526,6 +1526,7 @@ fn start_kafka_mock() -> anyhow::Result<MockKafka> {
     mock.create_topic("tollgate.account-events", 12, 1)?;
     mock.create_topic("tollgate.control", 1, 1)?;
     mock.create_topic("tollgate.balances", 12, 1)?;
+    mock.create_topic("tollgate.alerts", 12, 1)?;
     let _ = KAFKA_BROKERS.set(mock.bootstrap_servers());
     Ok(mock)
 }

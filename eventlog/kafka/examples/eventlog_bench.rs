@@ -126,6 +126,7 @@ async fn main() {
     mock.create_topic("tollgate.control", 1, 1).unwrap();
     mock.create_topic("tollgate.balances", PARTITIONS, 1)
         .unwrap();
+    mock.create_topic("tollgate.alerts", PARTITIONS, 1).unwrap();
     let config = KafkaConfig {
         brokers: vec![mock.bootstrap_servers()],
         spool_path: dir.path().join("kafka-spool.db"),

@@ -71,7 +71,7 @@ impl Default for KafkaConfig {
     }
 }
 
-/// Names of the three topics in the cluster.
+/// Names of the four topics in the cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TopicNames {
@@ -82,6 +82,9 @@ pub struct TopicNames {
     pub control: String,
     /// Balance updates, key = account id; compacted.
     pub balances: String,
+    /// Alerts the ledger raised, key = alert id; compacted (the ledger
+    /// reads it from the start to never raise an id twice).
+    pub alerts: String,
 }
 
 impl Default for TopicNames {
@@ -90,6 +93,7 @@ impl Default for TopicNames {
             account_events: topics::ACCOUNT_EVENTS.to_owned(),
             control: topics::CONTROL.to_owned(),
             balances: BALANCES_TOPIC.to_owned(),
+            alerts: topics::ALERTS.to_owned(),
         }
     }
 }
@@ -103,6 +107,7 @@ pub struct TopicPartitions {
     /// Must be 1: the control plane replays one totally ordered partition.
     pub control: u32,
     pub balances: u32,
+    pub alerts: u32,
 }
 
 impl Default for TopicPartitions {
@@ -111,6 +116,7 @@ impl Default for TopicPartitions {
             account_events: 12,
             control: 1,
             balances: 12,
+            alerts: 12,
         }
     }
 }
@@ -179,6 +185,7 @@ impl KafkaConfig {
             ("topics.account_events", &self.topics.account_events),
             ("topics.control", &self.topics.control),
             ("topics.balances", &self.topics.balances),
+            ("topics.alerts", &self.topics.alerts),
         ];
         for (field, name) in names {
             if let Err(why) = check_topic_name(name) {
@@ -196,6 +203,7 @@ impl KafkaConfig {
         for (field, n) in [
             ("partitions.account_events", self.partitions.account_events),
             ("partitions.balances", self.partitions.balances),
+            ("partitions.alerts", self.partitions.alerts),
         ] {
             if n == 0 || n > i32::MAX as u32 {
                 problems.add(field, format!("{n}: must be at least 1"));
@@ -283,7 +291,7 @@ impl KafkaConfig {
         }
     }
 
-    /// The topic in the cluster for a topic name used in code: the three
+    /// The topic in the cluster for a topic name used in code: the four
     /// Tollgate topics map to their configured names, any other name is used
     /// as it is.
     pub fn physical_topic<'a>(&'a self, logical: &'a str) -> &'a str {
@@ -291,6 +299,7 @@ impl KafkaConfig {
             topics::ACCOUNT_EVENTS => &self.topics.account_events,
             topics::CONTROL => &self.topics.control,
             BALANCES_TOPIC => &self.topics.balances,
+            topics::ALERTS => &self.topics.alerts,
             other => other,
         }
     }

@@ -39,7 +39,7 @@ pub enum KafkaLogError {
     #[error(
         "missing Kafka topics: {}. Create them (e.g. `kafka-topics.sh --bootstrap-server {brokers} \
          --create --topic NAME --partitions N --replication-factor R`, with \
-         cleanup.policy=compact for the control and balances topics and retention.ms=-1 for \
+         cleanup.policy=compact for the control, balances and alerts topics and retention.ms=-1 for \
          account events) or set kafka.create_topics = true",
         missing.join(", ")
     )]

@@ -1,4 +1,4 @@
-//! Startup checks: the cluster answers, the three topics exist (or are
+//! Startup checks: the cluster answers, the four topics exist (or are
 //! created when allowed), the control topic has one partition.
 
 use crate::config::KafkaConfig;
@@ -21,7 +21,7 @@ pub struct TopicSpec {
     pub configs: Vec<(&'static str, String)>,
 }
 
-/// The three topics as `create_topics` would create them.
+/// The four topics as `create_topics` would create them.
 pub fn topic_specs(config: &KafkaConfig) -> Vec<TopicSpec> {
     let rf = i32::from(config.replication_factor);
     // acks=all only protects against a broker loss when more than one
@@ -55,6 +55,13 @@ pub fn topic_specs(config: &KafkaConfig) -> Vec<TopicSpec> {
             replication_factor: rf,
             configs: with(vec![("cleanup.policy", "compact".into())]),
         },
+        // Keyed by alert id: compaction keeps one record per alert.
+        TopicSpec {
+            name: config.topics.alerts.clone(),
+            partitions: partitions(config.partitions.alerts),
+            replication_factor: rf,
+            configs: with(vec![("cleanup.policy", "compact".into())]),
+        },
     ]
 }
 
@@ -79,7 +86,7 @@ pub(crate) fn cluster_topics(
         .collect())
 }
 
-/// Check (and when allowed, create) the three topics.
+/// Check (and when allowed, create) the four topics.
 pub(crate) async fn ensure_topics(
     meta: Arc<BaseConsumer<LogContext>>,
     config: &KafkaConfig,
@@ -166,9 +173,9 @@ async fn create(config: &KafkaConfig, specs: &[&TopicSpec]) -> Result<(), KafkaL
 }
 
 /// Create Tollgate's topics, under their default names, on a librdkafka
-/// mock cluster (which does not answer CreateTopics): account events and
-/// balances with `partitions` partitions each, control with one. For tests
-/// and benchmarks.
+/// mock cluster (which does not answer CreateTopics): account events,
+/// balances and alerts with `partitions` partitions each, control with one.
+/// For tests and benchmarks.
 pub fn create_mock_topics<C: rdkafka::ClientContext>(
     cluster: &rdkafka::mocking::MockCluster<'_, C>,
     partitions: i32,
@@ -176,5 +183,6 @@ pub fn create_mock_topics<C: rdkafka::ClientContext>(
     let defaults = crate::config::TopicNames::default();
     cluster.create_topic(&defaults.account_events, partitions, 1)?;
     cluster.create_topic(&defaults.control, 1, 1)?;
-    cluster.create_topic(&defaults.balances, partitions, 1)
+    cluster.create_topic(&defaults.balances, partitions, 1)?;
+    cluster.create_topic(&defaults.alerts, partitions, 1)
 }

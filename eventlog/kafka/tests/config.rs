@@ -13,6 +13,7 @@ fn defaults_are_valid_and_documented_values() {
     assert_eq!(c.topics.account_events, "tollgate.account-events");
     assert_eq!(c.topics.control, "tollgate.control");
     assert_eq!(c.topics.balances, "tollgate.balances");
+    assert_eq!(c.topics.alerts, "tollgate.alerts");
     assert_eq!(c.partitions.control, 1);
     assert!(!c.create_topics);
     assert_eq!(c.spool_path, PathBuf::from("data/kafka-spool.db"));
@@ -62,6 +63,7 @@ fn parses_a_full_section() {
         "prod.account-events"
     );
     assert_eq!(c.physical_topic("tollgate.balances"), "tollgate.balances");
+    assert_eq!(c.physical_topic("tollgate.alerts"), "tollgate.alerts");
     assert_eq!(c.physical_topic("other"), "other");
 }
 
@@ -133,7 +135,7 @@ fn created_topics_get_their_policies() {
     assert!(events
         .configs
         .contains(&("min.insync.replicas", "2".into())));
-    for compacted in ["tollgate.control", "tollgate.balances"] {
+    for compacted in ["tollgate.control", "tollgate.balances", "tollgate.alerts"] {
         assert!(get(compacted)
             .configs
             .contains(&("cleanup.policy", "compact".into())));

@@ -45,14 +45,15 @@ async fn missing_topics_are_listed_with_how_to_create_them() {
             missing,
             &[
                 "tollgate.account-events".to_owned(),
-                "tollgate.balances".to_owned()
+                "tollgate.balances".to_owned(),
+                "tollgate.alerts".to_owned()
             ]
         ),
         other => panic!("expected MissingTopics, got {other:?}"),
     }
     let text = err.to_string();
     assert!(
-        text.contains("tollgate.account-events, tollgate.balances"),
+        text.contains("tollgate.account-events, tollgate.balances, tollgate.alerts"),
         "{text}"
     );
     assert!(text.contains("create_topics = true"), "{text}");
@@ -93,6 +94,7 @@ async fn a_control_topic_with_several_partitions_is_refused() {
     mock.create_topic("tollgate.account-events", 2, 1).unwrap();
     mock.create_topic("tollgate.control", 3, 1).unwrap();
     mock.create_topic("tollgate.balances", 2, 1).unwrap();
+    mock.create_topic("tollgate.alerts", 2, 1).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let err = KafkaEventLog::connect(common::config(&mock, &dir.path().join("s.db")))
         .await

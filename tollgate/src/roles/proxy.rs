@@ -144,7 +144,9 @@ async fn admin_api(
     let mut state = AdminState::new(node.control.clone(), token)
         .with_document(tollgate_proxy::admin_docs::admin_openapi());
     if ledger_runs {
-        state = state.with_document(tollgate_ledger::api::admin_openapi());
+        state = state
+            .with_document(tollgate_ledger::api::admin_openapi())
+            .with_document(tollgate_ledger::webhooks::admin_openapi());
     }
     let mut app = tollgate_control::admin::router(state.clone()).merge(
         tollgate_proxy::admin_router(gateway.clone(), state.auth.clone()),

@@ -25,7 +25,7 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// A mock cluster holding the three Tollgate topics plus `extra` topics
+/// A mock cluster holding the four Tollgate topics plus `extra` topics
 /// (each with `ACCOUNT_PARTITIONS` partitions).
 pub fn cluster(brokers: i32, extra: &[&str]) -> Mock {
     init_tracing();
@@ -34,6 +34,8 @@ pub fn cluster(brokers: i32, extra: &[&str]) -> Mock {
         .unwrap();
     mock.create_topic("tollgate.control", 1, 1).unwrap();
     mock.create_topic("tollgate.balances", ACCOUNT_PARTITIONS, 1)
+        .unwrap();
+    mock.create_topic("tollgate.alerts", ACCOUNT_PARTITIONS, 1)
         .unwrap();
     for topic in extra {
         mock.create_topic(topic, ACCOUNT_PARTITIONS, 1).unwrap();
