@@ -7,6 +7,11 @@
 //! when it ends its reservation becomes its actual cost, which is released
 //! once a balance update says the ledger applied its event. See
 //! `docs/ledger.md` (Admission) for the bounds this gives.
+//!
+//! Refusing budgets are admitted against the same way, per scope (the
+//! account, or one key): amount − published spend in the current period −
+//! the scope's own reserved and unconfirmed costs must stay above zero
+//! (`docs/ledger.md`, Budgets: enforcement).
 
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
