@@ -244,28 +244,34 @@ impl AccountCredit {
     }
 
     /// Check every refusing budget on the account or on `key`; when all
-    /// have room, what a reservation may hold per scope (account, key):
-    /// half of the least any of the scope's budgets has left.
+    /// have room, the least any of each scope's budgets has left (a
+    /// reservation holds at most half of it).
     fn check_budgets(
         &mut self,
         key: &AccessKeyId,
         budgets: &[Budget],
         now: DateTime<Utc>,
         instant: Instant,
-    ) -> Result<BudgetCaps, Box<BudgetExceeded>> {
-        let mut caps = BudgetCaps::default();
+    ) -> Result<LeastLeft, Box<BudgetExceeded>> {
+        let mut least = LeastLeft::default();
+        let mut windows = Windows::at(now);
+        // What this instance holds per scope, summed once, not per budget.
+        let mut held_in = |scope| {
+            self.budget_holds(scope).map_or(Usd::ZERO, |holds| {
+                holds.release_stale(instant);
+                holds.held()
+            })
+        };
+        let held_by = [held_in(None), held_in(Some(key))];
         for budget in budgets {
             let scope = budget.access_key_id.as_ref();
             if !budget.refuse || scope.is_some_and(|k| k != key) {
                 continue;
             }
-            let (window_start, resets_at) = budget.window(now);
+            let (window_start, resets_at) = windows.of(budget);
             let left = budget.amount - self.published_spend(budget, window_start, now);
-            let held = self.budget_holds(scope).map_or(Usd::ZERO, |holds| {
-                holds.release_stale(instant);
-                holds.held()
-            });
-            if left - held <= Usd::ZERO {
+            let held = held_by[usize::from(scope.is_some())];
+            if left <= held {
                 return Err(Box::new(BudgetExceeded {
                     budget_id: budget.id.clone(),
                     name: budget.name.clone(),
@@ -276,36 +282,35 @@ impl AccountCredit {
                     resets_at,
                 }));
             }
-            // left > held ≥ 0, so every cap is positive.
-            let cap = if scope.is_some() {
-                &mut caps.key
+            // left > held ≥ 0: every cap is positive.
+            let least = if scope.is_some() {
+                &mut least.key
             } else {
-                &mut caps.account
+                &mut least.account
             };
-            let half = left * RESERVATION_CAP;
-            *cap = Some(cap.map_or(half, |c| c.min(half)));
+            *least = Some(least.map_or(left, |l| l.min(left)));
         }
-        Ok(caps)
+        Ok(least)
     }
 
     fn reserve_budgets(
         &mut self,
         key: &AccessKeyId,
-        caps: BudgetCaps,
+        least: LeastLeft,
         reservation: u64,
         max_cost: Usd,
         at: Instant,
     ) {
-        if let Some(cap) = caps.account {
+        if let Some(left) = least.account {
             let holds = self.account_budgets.get_or_insert_with(Holds::default);
-            holds.reserve(reservation, max_cost.min(cap), at);
+            holds.reserve(reservation, max_cost.min(left * RESERVATION_CAP), at);
         }
-        if let Some(cap) = caps.key {
+        if let Some(left) = least.key {
             if !self.key_budgets.contains_key(key) {
                 self.key_budgets.insert(key.clone(), Holds::default());
             }
             if let Some(holds) = self.key_budgets.get_mut(key) {
-                holds.reserve(reservation, max_cost.min(cap), at);
+                holds.reserve(reservation, max_cost.min(left * RESERVATION_CAP), at);
             }
         }
     }
@@ -319,12 +324,41 @@ impl AccountCredit {
     }
 }
 
-/// Per scope, the most a reservation holds against its budgets; None: the
-/// scope has no refusing budget.
+/// Per scope, the least any of its refusing budgets has left (amount −
+/// published spend); None: the scope has no refusing budget.
 #[derive(Clone, Copy, Default)]
-struct BudgetCaps {
+struct LeastLeft {
     account: Option<Usd>,
     key: Option<Usd>,
+}
+
+/// A period window: its start, and its end (None: lifetime).
+type Window = (DateTime<Utc>, Option<DateTime<Utc>>);
+
+/// The day, week and month windows at one instant, each computed once
+/// however many budgets share it.
+struct Windows {
+    now: DateTime<Utc>,
+    computed: [Option<Window>; 3],
+}
+
+impl Windows {
+    fn at(now: DateTime<Utc>) -> Windows {
+        Windows {
+            now,
+            computed: [None; 3],
+        }
+    }
+
+    fn of(&mut self, budget: &Budget) -> Window {
+        let slot = match budget.period {
+            BudgetPeriod::Day => 0,
+            BudgetPeriod::Week => 1,
+            BudgetPeriod::Month => 2,
+            BudgetPeriod::Lifetime => return budget.window(self.now),
+        };
+        *self.computed[slot].get_or_insert_with(|| budget.window(self.now))
+    }
 }
 
 pub struct Admission {
@@ -470,8 +504,8 @@ impl Admission {
                 held: credit.holds.held(),
             }));
         }
-        let caps = if budgets.is_empty() {
-            BudgetCaps::default()
+        let least = if budgets.is_empty() {
+            LeastLeft::default()
         } else {
             credit
                 .check_budgets(key, budgets, now, instant)
@@ -480,7 +514,7 @@ impl Admission {
         // available > 0 implies balance > 0, so the cap is positive.
         let held = max_cost.min(credit.balance * RESERVATION_CAP);
         credit.holds.reserve(reservation, held, instant);
-        credit.reserve_budgets(key, caps, reservation, max_cost, instant);
+        credit.reserve_budgets(key, least, reservation, max_cost, instant);
         Ok(())
     }
 
