@@ -1345,7 +1345,11 @@ fn budgets_run(
         } else {
             warmup.min(Duration::from_millis(100))
         };
-        for (i, target) in targets.iter().enumerate() {
+        // Who goes first alternates too, so neither always runs on a machine
+        // the other just warmed (or left busy).
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let target = &targets[i];
             eprint!(
                 "running budgets/{}/c{CONCURRENCY} round {}/{rounds} ...",
                 labels[i],
