@@ -2,6 +2,7 @@
 //! API's own), resolve candidates, admit, try them in order with failover,
 //! and answer through the API (`crate::api::ClientApi`).
 
+use crate::admission::Refused;
 use crate::api::{ClientApi, ClientRequest, StreamStart, DEFAULT_MAX_OUTPUT_TOKENS};
 use crate::edge;
 use crate::error::ProxyError;
@@ -278,7 +279,8 @@ pub(crate) fn resolve_candidates(
     Ok(candidates)
 }
 
-/// The key's rate limits, then a credit reservation for the request's most cost.
+/// The key's rate limits, then a credit reservation for the request's most
+/// cost, against the balance and the refusing budgets on its path.
 fn admit(
     gateway: &Gateway,
     caller: &Caller,
@@ -299,13 +301,28 @@ fn admit(
     meter.rate_limits = limits;
 
     let max_cost = max_cost(candidates, request, meter.plan.as_ref());
+    // The account's budgets and its keys': admission skips other keys'.
+    let budgets = caller.snapshot.budgets_of(&caller.account_id);
     gateway
         .admission
-        .admit(&caller.account_id, meter.request_seq, max_cost)
-        .map_err(|refused| ProxyError::InsufficientCredits {
-            available: refused.available.to_string(),
-            balance: refused.balance.to_string(),
-            reserved: refused.held.to_string(),
+        .admit(
+            &caller.account_id,
+            &caller.key_id,
+            budgets,
+            meter.request_seq,
+            max_cost,
+            chrono::Utc::now(),
+        )
+        .map_err(|refused| match refused {
+            Refused::Credit(refused) => ProxyError::InsufficientCredits {
+                available: refused.available.to_string(),
+                balance: refused.balance.to_string(),
+                reserved: refused.held.to_string(),
+            },
+            Refused::Budget(refused) => {
+                gateway.metrics.budget_refusals.inc();
+                ProxyError::BudgetExceeded(refused)
+            }
         })?;
     meter.reserved = gateway.admission.enforce;
     Ok(())

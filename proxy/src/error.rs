@@ -41,6 +41,10 @@ pub enum ProxyError {
         balance: String,
         reserved: String,
     },
+    /// A refusing budget has nothing left in its period. 402 rather than
+    /// 429: SDKs retry 429 at once, and a budget comes back at its reset.
+    #[error("{0}")]
+    BudgetExceeded(Box<crate::admission::BudgetExceeded>),
     #[error("rate limit exceeded for this access key ({limit}); retry after {retry_after_secs} s")]
     RateLimited {
         limit: &'static str,
@@ -90,7 +94,9 @@ impl ProxyError {
             | ProxyError::PassthroughNotAllowed { .. }
             | ProxyError::UnpricedModel { .. } => StatusCode::FORBIDDEN,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ProxyError::InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
+            ProxyError::InsufficientCredits { .. } | ProxyError::BudgetExceeded(_) => {
+                StatusCode::PAYMENT_REQUIRED
+            }
             ProxyError::ModelUnknown { .. } => StatusCode::NOT_FOUND,
             ProxyError::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -116,9 +122,35 @@ impl ProxyError {
             ProxyError::UnpricedModel { .. } => "unpriced_model",
             ProxyError::RateLimited { .. } => "rate_limited",
             ProxyError::InsufficientCredits { .. } => "insufficient_credits",
+            ProxyError::BudgetExceeded(_) => "budget_exceeded",
             ProxyError::UpstreamFailed { .. } => "upstream_failed",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::Internal(_) => "internal",
+        }
+    }
+
+    /// Machine-readable details to add to the error object, for the errors
+    /// that have some (a budget refusal: which budget, its amount, what was
+    /// spent and when it resets; amounts as exact decimal strings).
+    pub fn details(&self) -> Option<serde_json::Map<String, serde_json::Value>> {
+        let ProxyError::BudgetExceeded(refusal) = self else {
+            return None;
+        };
+        let scope = match refusal.scope {
+            tollgate_core::budget::SpendScope::AccessKey(_) => "key",
+            tollgate_core::budget::SpendScope::Account(_) => "account",
+        };
+        let details = serde_json::json!({
+            "budget_id": refusal.budget_id.as_str(),
+            "scope": scope,
+            "amount": refusal.amount.to_string(),
+            "period": refusal.period.as_str(),
+            "spent": refusal.spent.to_string(),
+            "resets_at": refusal.resets_at.map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        });
+        match details {
+            serde_json::Value::Object(map) => Some(map),
+            _ => None,
         }
     }
 

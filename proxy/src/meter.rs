@@ -594,10 +594,16 @@ fn emit(gateway: &Arc<Gateway>, event: UsageEvent, reservation: Option<u64>) {
     // The reservation becomes the event's own cost (what the ledger will
     // debit), held until a balance update covers `seq`.
     let held = reservation.zip(cost).map(|(reservation, cost)| {
-        gateway
-            .admission
-            .emitted(&event.account_id, reservation, seq, cost);
-        (seq, cost)
+        let key_holds = gateway.admission.emitted(
+            &event.account_id,
+            &event.access_key_id,
+            reservation,
+            seq,
+            cost,
+        );
+        // The key is copied only when its budgets hold the cost.
+        let key = key_holds.then(|| event.access_key_id.clone());
+        (seq, cost, key)
     });
     // Not shared yet, so this sets the field in place.
     Arc::make_mut(&mut event).instance_seq = Some(seq);
@@ -619,7 +625,8 @@ fn emit(gateway: &Arc<Gateway>, event: UsageEvent, reservation: Option<u64>) {
         Err(record) => {
             // Rare (the log's queue is full): the account is named again
             // only here, for the case that the append fails.
-            let held = held.map(|(seq, cost)| (AccountId::from(record.key.as_str()), seq, cost));
+            let held =
+                held.map(|(seq, cost, key)| (AccountId::from(record.key.as_str()), key, seq, cost));
             let Ok(runtime) = tokio::runtime::Handle::try_current() else {
                 // Off the runtime (the estimate thread): waiting here is fine.
                 match futures::executor::block_on(gateway.events.append(record)) {
@@ -648,9 +655,9 @@ fn emit(gateway: &Arc<Gateway>, event: UsageEvent, reservation: Option<u64>) {
 }
 
 /// The ledger will never apply a lost event: stop holding its cost.
-fn release_lost(gateway: &Gateway, held: Option<(AccountId, u64, Usd)>) {
-    if let Some((account, seq, cost)) = held {
-        gateway.admission.lost(&account, seq, cost);
+fn release_lost(gateway: &Gateway, held: Option<(AccountId, Option<AccessKeyId>, u64, Usd)>) {
+    if let Some((account, key, seq, cost)) = held {
+        gateway.admission.lost(&account, key.as_ref(), seq, cost);
     }
 }
 

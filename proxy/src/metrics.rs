@@ -20,6 +20,9 @@ pub struct Metrics {
     pub tokens: IntCounterVec,
     pub events_emitted: IntCounter,
     pub events_dropped: IntCounter,
+    /// Requests refused by a budget (402 `budget_exceeded`); no per-key
+    /// label, which would grow without bound.
+    pub budget_refusals: IntCounter,
     pub in_flight: IntGauge,
     pub ledger_round_trip: Histogram,
 }
@@ -120,6 +123,11 @@ impl Metrics {
             )
             .buckets(ROUND_TRIP_BUCKETS.to_vec()),
         )?;
+        let budget_refusals = IntCounter::new(
+            "tollgate_proxy_budget_refusals_total",
+            "Requests refused because a refusing budget had nothing left in its period (402 budget_exceeded).",
+        )?;
+        registry.register(Box::new(budget_refusals.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(ledger_round_trip.clone()))?;
         Ok(Metrics {
@@ -134,6 +142,7 @@ impl Metrics {
             tokens,
             events_emitted,
             events_dropped,
+            budget_refusals,
             in_flight,
             ledger_round_trip,
         })

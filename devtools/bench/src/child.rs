@@ -182,7 +182,7 @@ pub struct GatewayChild {
     lines: mpsc::Receiver<String>,
     pub addr: SocketAddr,
     pub token: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl GatewayChild {
@@ -234,7 +234,7 @@ impl GatewayChild {
             lines,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             token: String::new(),
-            _dir: dir,
+            dir,
         };
         // The child also prints the bootstrap banner; wait for READY.
         let mut ready = handle.next_line(Duration::from_secs(30))?;
@@ -256,6 +256,11 @@ impl GatewayChild {
         self.lines
             .recv_timeout(limit)
             .map_err(|_| anyhow!("the gateway child said nothing within {limit:?}"))
+    }
+
+    /// The child's embedded store (`child_config`'s storage path).
+    pub fn store_path(&self) -> PathBuf {
+        self.dir.path().join("tollgate.db")
     }
 
     pub fn pid(&self) -> u32 {

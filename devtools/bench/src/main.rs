@@ -14,6 +14,7 @@
 //! gateway runs in a child process (`tollgate-bench gateway-child`), built
 //! as `tollgate serve` builds it, so its memory is measured alone.
 
+mod budgets;
 mod child;
 mod cpu;
 mod credit;
@@ -51,7 +52,8 @@ Scenario names (for --scenario): ROUTE/KIND/cN, ROUTE direct, gateway, direct-h2
 embeddings) or portkey (chat only), KIND chat, stream, embeddings or responses (direct and gateway only): \
 e.g. direct/chat/c1, gateway/stream/c16, gateway/embeddings/c16, direct/responses/c1, gateway/responses/c16, \
 direct-h2/chat/c16, gateway-h2/chat/c16, portkey/chat/c16; \
-credit (a $5.00 account spent at the highest concurrency: 402s before the admission threshold, target 0) and memory. \
+credit (a $5.00 account spent at the highest concurrency: 402s before the admission threshold, target 0), \
+budgets (chat at c=16 without budgets and with 10 refusing budgets on the key's path, alternating rounds) and memory. \
 One scenario quickly: --scenario direct/responses/c1 --duration-secs 1 --rounds 1."
 )]
 struct Cli {
@@ -367,6 +369,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     }
     if selected(cli, "credit") {
         credit_run(cli, &mock_rt, &load_rt)?;
+    }
+    if selected(cli, "budgets") {
+        budgets_run(cli, &mock_rt, &load_rt, duration, warmup)?;
     }
     if selected(cli, "memory") {
         // Before any token estimate, then with the estimator loaded (as in
@@ -1299,6 +1304,83 @@ fn credit_run(
             spend.first_error.as_deref().unwrap_or("-")
         );
     }
+    Ok(())
+}
+
+/// Issue #19: chat at c=16 through two gateway children on one mock, one
+/// without budgets and one with `budgets::BUDGETS` refusing budgets on the
+/// key's path (never reached), in alternating rounds; prints both req/s.
+fn budgets_run(
+    cli: &Cli,
+    mock_rt: &tokio::runtime::Runtime,
+    load_rt: &tokio::runtime::Runtime,
+    duration: Duration,
+    warmup: Duration,
+) -> anyhow::Result<()> {
+    const CONCURRENCY: usize = 16;
+    if kafka_brokers().is_some() {
+        println!("== budgets: skipped (writes budgets into the embedded store; run without --eventlog kafka)");
+        return Ok(());
+    }
+    let mock = mock_rt.block_on(MockUpstream::start_with(MockOptions {
+        record: false,
+        ..MockOptions::default()
+    }))?;
+    let plain = spawn_gateway(cli, &mock.base_url())?;
+    let budgeted = spawn_gateway(cli, &mock.base_url())?;
+    let chat = |gateway: &GatewayChild| {
+        Targets::new(mock.addr(), gateway, None)
+            .and_then(|t| t.get(Route::Gateway, Kind::Chat).cloned())
+    };
+    let targets = [chat(&plain)?, chat(&budgeted)?];
+    let store = load_rt.block_on(budgets::Store::open(&budgeted))?;
+    load_rt.block_on(store.install(&targets[1]))?;
+    let labels = ["without budgets", "with 10 budgets"];
+    let mut results = [LoadResult::default(), LoadResult::default()];
+    let rounds = cli.rounds.max(1);
+    let per_round = duration.div_f64(rounds as f64);
+    for round in 0..rounds {
+        let round_warmup = if round == 0 {
+            warmup
+        } else {
+            warmup.min(Duration::from_millis(100))
+        };
+        // Who goes first alternates too, so neither always runs on a machine
+        // the other just warmed (or left busy).
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let target = &targets[i];
+            eprint!(
+                "running budgets/{}/c{CONCURRENCY} round {}/{rounds} ...",
+                labels[i],
+                round + 1
+            );
+            let result = load_rt.block_on(load::closed_loop(
+                target,
+                CONCURRENCY,
+                round_warmup,
+                per_round,
+            ))?;
+            eprintln!(" {:>9.0} req/s", result.throughput());
+            results[i].merge(result);
+        }
+    }
+    drop((plain, budgeted, mock));
+    println!();
+    println!(
+        "== budgets: chat at c={CONCURRENCY}, {rounds} alternating rounds (issue #19; 5 key + 5 account budgets, all refusing, never reached; enforcement on)"
+    );
+    for (label, result) in labels.iter().zip(&mut results) {
+        let summary = Summary::of(&mut result.latencies);
+        let p50 = summary.map_or_else(|| "-".to_owned(), |s| ms(s.p50));
+        println!(
+            "{label:<16}: {:>9.0} req/s   p50 {p50} ms   errors {}",
+            result.throughput(),
+            result.errors
+        );
+    }
+    let ratio = results[1].throughput() / results[0].throughput().max(1e-9);
+    println!("with ÷ without : {ratio:.3}");
     Ok(())
 }
 

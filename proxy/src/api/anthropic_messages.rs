@@ -48,7 +48,11 @@ impl ClientApi for AnthropicMessages {
     }
 
     fn error_body(&self, err: &ProxyError) -> Value {
-        json!({"type": "error", "error": {"type": error_type(err), "message": err.to_string()}})
+        let mut error = json!({"type": error_type(err), "message": err.to_string()});
+        if let (Some(details), Some(error)) = (err.details(), error.as_object_mut()) {
+            error.extend(details);
+        }
+        json!({"type": "error", "error": error})
     }
 
     fn request_text(&self, request: &Value) -> String {
@@ -181,7 +185,7 @@ fn error_type(err: &ProxyError) -> &'static str {
         | ProxyError::PassthroughNotAllowed { .. }
         | ProxyError::UnpricedModel { .. } => "permission_error",
         ProxyError::RateLimited { .. } => "rate_limit_error",
-        ProxyError::InsufficientCredits { .. } => "billing_error",
+        ProxyError::InsufficientCredits { .. } | ProxyError::BudgetExceeded(_) => "billing_error",
         ProxyError::InvalidRequest { .. }
         | ProxyError::ProviderUnknown { .. }
         | ProxyError::NoCredentials { .. } => "invalid_request_error",

@@ -173,7 +173,11 @@ pub fn error_body(err: &ProxyError) -> Value {
         | ProxyError::ProviderNotAllowed { .. } => Some("model"),
         _ => None,
     };
-    json!({"error": {"message": err.to_string(), "type": kind, "param": param, "code": code}})
+    let mut error = json!({"message": err.to_string(), "type": kind, "param": param, "code": code});
+    if let (Some(details), Some(error)) = (err.details(), error.as_object_mut()) {
+        error.extend(details);
+    }
+    json!({ "error": error })
 }
 
 fn error_type_and_code(err: &ProxyError) -> (&'static str, Option<&'static str>) {
@@ -197,6 +201,7 @@ fn error_type_and_code(err: &ProxyError) -> (&'static str, Option<&'static str>)
         ProxyError::InsufficientCredits { .. } => {
             ("insufficient_credits", Some("insufficient_credits"))
         }
+        ProxyError::BudgetExceeded(_) => ("budget_exceeded", Some("budget_exceeded")),
         ProxyError::InvalidRequest { .. } | ProxyError::NoCredentials { .. } => {
             ("invalid_request_error", None)
         }
