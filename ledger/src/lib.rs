@@ -8,11 +8,12 @@ pub mod audit;
 pub mod engine;
 pub mod input;
 pub mod service;
+pub mod spend;
 pub mod sqlite;
 pub mod text;
 
 pub use engine::{Entry, EntryKind, Ledger, Lot};
-pub use service::{LedgerMetrics, LedgerService};
+pub use service::{BudgetSource, LedgerMetrics, LedgerService, NoBudgets};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {

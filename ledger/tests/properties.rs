@@ -185,7 +185,12 @@ async fn run(backend: Backend, payloads: &[Keyed], rng: &mut StdRng, max_batch: 
             .unwrap();
     }
     shared.flush().await.unwrap();
-    let ledger = LedgerService::open(&db, shared.clone(), &prometheus::Registry::new()).unwrap();
+    let ledger = LedgerService::open(
+        &db,
+        shared.clone(),
+        &prometheus::Registry::new(),
+        Arc::new(tollgate_ledger::NoBudgets),
+    ).unwrap();
     let records: Vec<StoredRecord> = audit::read_log(shared.as_ref()).await.unwrap();
     // At least every payload (Kafka may add redelivered copies).
     assert!(records.len() >= payloads.len(), "{backend:?}: records lost");
@@ -401,7 +406,12 @@ async fn a_record_from_a_newer_build_stops_the_ledger_and_the_audit() {
         shared.append(record).await.unwrap();
     }
     shared.flush().await.unwrap();
-    let ledger = LedgerService::open(&db, shared.clone(), &prometheus::Registry::new()).unwrap();
+    let ledger = LedgerService::open(
+        &db,
+        shared.clone(),
+        &prometheus::Registry::new(),
+        Arc::new(tollgate_ledger::NoBudgets),
+    ).unwrap();
     let records = audit::read_log(shared.as_ref()).await.unwrap();
     let newer_offset = records[10].offset;
     let batch = |records: &[StoredRecord]| Batch {

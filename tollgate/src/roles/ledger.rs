@@ -18,7 +18,12 @@ pub async fn start(
     node: &Node,
     admin_token: Option<&str>,
 ) -> anyhow::Result<Role> {
-    let ledger = LedgerService::open(&node.db, node.log.clone(), &node.metrics)
+    let ledger = LedgerService::open(
+        &node.db,
+        node.log.clone(),
+        &node.metrics,
+        node.control.clone(),
+    )
         .context("opening the ledger")?;
     ledger.publish_all().await;
     let run = tokio::spawn(ledger.clone().run(node.stop_signal()));
