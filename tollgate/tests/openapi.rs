@@ -179,13 +179,13 @@ async fn every_listener_serves_exactly_the_routes_its_document_names() {
         include_str!("../../ledger/src/api.rs"),
         include_str!("../../proxy/src/routes.rs"),
     ];
-    // 31 control-plane operations, 6 credits, 1 model-prices.
+    // 31 control-plane operations, 7 credits, 1 model-prices.
     route_coverage::assert_routes_documented(
         &server.admin,
         &admin_doc,
         &admin_sources,
         ADMIN_TOKEN,
-        38,
+        39,
     )
     .await;
     let credits_doc = server
@@ -196,7 +196,7 @@ async fn every_listener_serves_exactly_the_routes_its_document_names() {
         &credits_doc,
         &[include_str!("../../ledger/src/api.rs")],
         &server.token,
-        5,
+        6,
     )
     .await;
     let usage_doc = server
