@@ -336,7 +336,8 @@ async fn through_kafka(accounts: usize, events: usize, dir: &std::path::Path) {
         shared,
         &prometheus::Registry::new(),
         Arc::new(tollgate_ledger::NoBudgets),
-    ).unwrap();
+    )
+    .unwrap();
     let conn = db.connect().unwrap();
     let applied = || -> Vec<u64> {
         (0..KAFKA_PARTITIONS as u32)

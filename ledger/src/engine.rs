@@ -10,8 +10,8 @@ use crate::input::UsageCharge;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use tollgate_core::budget::spend_day;
 use tollgate_core::billing::{Adjustment, AdjustmentKind, Purchase, CREDIT_LIFETIME_DAYS};
+use tollgate_core::budget::spend_day;
 use tollgate_core::pricing::cost_with_tool_calls;
 use tollgate_core::{AccountId, UsageEvent, Usd};
 

@@ -18,7 +18,8 @@ use tollgate_core::billing::{Adjustment, Purchase, Tick};
 use tollgate_core::check_envelope_version;
 use tollgate_core::pricing::AppliedPlan;
 use tollgate_core::{
-    AccessKeyId, AccountId, CredentialSource, EventId, Prices, TokenCounts, ToolCallCharge, UsageEvent,
+    AccessKeyId, AccountId, CredentialSource, EventId, Prices, TokenCounts, ToolCallCharge,
+    UsageEvent,
 };
 
 /// What one account-events record asks of the ledger.

@@ -4,9 +4,9 @@
 
 use crate::engine::{AccountState, Entry, EntryKind, Ledger};
 use crate::input::{LedgerInput, UsageCharge};
+use crate::spend::UsageOrigin;
 use crate::sqlite;
 use crate::LedgerError;
-use crate::spend::UsageOrigin;
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use prometheus::{Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
@@ -387,7 +387,10 @@ impl LedgerService {
 
     /// Balance updates of `accounts` at their partitions' ledger time (the
     /// run loop publishes them when their budgets change).
-    pub fn balance_updates(&self, accounts: impl IntoIterator<Item = AccountId>) -> Vec<BalanceUpdate> {
+    pub fn balance_updates(
+        &self,
+        accounts: impl IntoIterator<Item = AccountId>,
+    ) -> Vec<BalanceUpdate> {
         let conn = self.writer.lock();
         let state = self.state.lock();
         let mut lifetime = self.lifetime.lock();

@@ -6,11 +6,11 @@ use crate::engine::{
     has_standard_postings, standard_postings, AccountState, Allocation, Entry, EntryKind, Ledger,
     Lot, LotSource, Posting,
 };
+use crate::spend::{parse_scope, Spend, UsageOrigin};
 use crate::text;
 use crate::LedgerError;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
-use crate::spend::{parse_scope, Spend, UsageOrigin};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::str::FromStr;
 use tollgate_core::budget::SpendScope;
@@ -287,7 +287,8 @@ pub fn creation_day_spend(
     key: Option<&AccessKeyId>,
     from: DateTime<Utc>,
 ) -> Result<Usd, LedgerError> {
-    let day_end = from.date_naive().and_time(chrono::NaiveTime::MIN).and_utc() + chrono::Duration::days(1);
+    let day_end =
+        from.date_naive().and_time(chrono::NaiveTime::MIN).and_utc() + chrono::Duration::days(1);
     let mut stmt = conn.prepare_cached(
         "SELECT amount FROM ledger_entries
          WHERE account_id = ?1 AND kind = 'usage' AND started_at >= ?2 AND started_at < ?3
