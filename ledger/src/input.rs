@@ -23,6 +23,9 @@ use tollgate_core::{
 };
 
 /// What one account-events record asks of the ledger.
+// Usage is the common case and inputs are decoded and applied one at a
+// time: boxing it would allocate once per event for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum LedgerInput {
     Usage(UsageCharge),

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_core::billing::{BalanceUpdate, Tick};
-use tollgate_core::budget::{spend_day, Budget, BudgetId, BudgetSpend, SpendScope};
+use tollgate_core::budget::{spend_day, Budget, BudgetId, BudgetSpend};
 use tollgate_core::{AccessKeyId, AccountId, Envelope, EventBody, Usd};
 use tollgate_eventlog::topics;
 use tollgate_eventlog::{Batch, EventLog, LogRecord, PositionSource};
@@ -151,6 +151,9 @@ impl BudgetSource for NoBudgets {
         BTreeMap::new()
     }
 }
+
+/// The instant periods were taken at, and each budget with its spend.
+pub type BudgetStatus = (DateTime<Utc>, Vec<(Budget, BudgetSpend)>);
 
 /// How often the run loop looks for created, changed or deleted budgets.
 const BUDGET_CHECK: Duration = Duration::from_millis(250);
@@ -364,7 +367,7 @@ impl LedgerService {
     pub fn budget_status(
         &self,
         account: &AccountId,
-    ) -> Result<(DateTime<Utc>, Vec<(Budget, BudgetSpend)>), LedgerError> {
+    ) -> Result<BudgetStatus, LedgerError> {
         let budgets = self.budgets.budgets_of(account);
         let conn = self.writer.lock();
         let state = self.state.lock();
@@ -740,17 +743,16 @@ fn apply_in_transaction(
     }
     sqlite::insert_entries(&tx, &entries, &origins)?;
     sqlite::save_accounts(&tx, state, &changed, &before)?;
-    let spend_rows: BTreeSet<(SpendScope, i64)> = origins
+    // The spend rows the batch changed, borrowed (no id copied per event).
+    let key_days: HashSet<(&AccessKeyId, i64)> = origins
         .iter()
-        .flat_map(|o| {
-            let day = spend_day(o.started_at);
-            [
-                (SpendScope::AccessKey(o.access_key_id.clone()), day),
-                (SpendScope::Account(o.account_id.clone()), day),
-            ]
-        })
+        .map(|o| (&o.access_key_id, spend_day(o.started_at)))
         .collect();
-    sqlite::save_spend(&tx, &state.spend, &spend_rows)?;
+    let account_days: HashSet<(&AccountId, i64)> = origins
+        .iter()
+        .map(|o| (&o.account_id, spend_day(o.started_at)))
+        .collect();
+    sqlite::save_spend(&tx, &state.spend, &key_days, &account_days)?;
     sqlite::save_clocks(&tx, &state.clocks)?;
     sqlite::save_position(&tx, topic, partition, next_offset)?;
     tx.commit()?;

@@ -11,7 +11,7 @@ use crate::text;
 use crate::LedgerError;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
 use tollgate_core::budget::SpendScope;
 use tollgate_core::{AccessKeyId, AccountId, Usd};
@@ -264,14 +264,23 @@ pub fn spend_rows(conn: &Connection) -> Result<BTreeMap<(String, i64), Usd>, Led
 pub fn save_spend(
     tx: &Transaction<'_>,
     spend: &Spend,
-    changed: &BTreeSet<(SpendScope, i64)>,
+    key_days: &HashSet<(&AccessKeyId, i64)>,
+    account_days: &HashSet<(&AccountId, i64)>,
 ) -> Result<(), LedgerError> {
     let mut stmt = tx.prepare_cached(
         "INSERT INTO ledger_spend (scope, day, spent) VALUES (?1, ?2, ?3)
          ON CONFLICT (scope, day) DO UPDATE SET spent = excluded.spent",
     )?;
-    for (scope, day) in changed {
-        let spent = spend.row(scope, *day);
+    let rows = key_days
+        .iter()
+        .map(|(id, day)| (SpendScope::AccessKey((*id).clone()), *day))
+        .chain(
+            account_days
+                .iter()
+                .map(|(id, day)| (SpendScope::Account((*id).clone()), *day)),
+        );
+    for (scope, day) in rows {
+        let spent = spend.row(&scope, day);
         stmt.execute(params![scope.key(), day, text::decimal(spent.0)])?;
     }
     Ok(())
