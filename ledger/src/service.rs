@@ -364,10 +364,7 @@ impl LedgerService {
     /// `account`'s budgets with their current period and spend, at the later
     /// of its partition's ledger time and now (so periods end by the clock
     /// even with no traffic, and never read earlier than a published update).
-    pub fn budget_status(
-        &self,
-        account: &AccountId,
-    ) -> Result<BudgetStatus, LedgerError> {
+    pub fn budget_status(&self, account: &AccountId) -> Result<BudgetStatus, LedgerError> {
         let budgets = self.budgets.budgets_of(account);
         let conn = self.writer.lock();
         let state = self.state.lock();

@@ -24,7 +24,7 @@ pub async fn start(
         &node.metrics,
         node.control.clone(),
     )
-        .context("opening the ledger")?;
+    .context("opening the ledger")?;
     ledger.publish_all().await;
     let run = tokio::spawn(ledger.clone().run(node.stop_signal()));
     let ticker = node
