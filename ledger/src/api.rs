@@ -634,6 +634,18 @@ pub struct BudgetsView {
     budgets: Vec<BudgetView>,
 }
 
+/// Reaching the amount exceeds a budget; reaching its soft threshold
+/// (percent of the amount) is the warning.
+pub fn budget_state(budget: &Budget, spent: Usd) -> BudgetState {
+    if spent >= budget.amount {
+        BudgetState::Exceeded
+    } else if spent >= budget.soft_threshold() {
+        BudgetState::Threshold
+    } else {
+        BudgetState::Ok
+    }
+}
+
 /// The budgets of `account` that `keep` selects, with their spend now.
 fn budgets_view(
     api: &CreditsApi,
@@ -648,13 +660,7 @@ fn budgets_view(
         .into_iter()
         .filter(|(budget, _)| keep(budget))
         .map(|(budget, spend)| {
-            let state = if spend.spent >= budget.amount {
-                BudgetState::Exceeded
-            } else if spend.spent >= budget.soft_threshold() {
-                BudgetState::Threshold
-            } else {
-                BudgetState::Ok
-            };
+            let state = budget_state(&budget, spend.spent);
             BudgetView {
                 scope: if budget.access_key_id.is_some() {
                     BudgetScopeView::AccessKey
@@ -1104,4 +1110,34 @@ async fn record_adjustment(
     };
     append(&api, &account, EventBody::Adjustment(adjustment.clone())).await?;
     Ok((StatusCode::ACCEPTED, Json(adjustment)))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_budget_is_at_its_threshold_from_the_percent_and_exceeded_at_its_amount() {
+        let at: DateTime<Utc> = "2030-01-01T00:00:00Z".parse().unwrap();
+        let budget = Budget {
+            id: BudgetId("bud_1".into()),
+            account_id: AccountId::from("acct_1"),
+            access_key_id: None,
+            name: "b".into(),
+            amount: "1.00".parse().unwrap(),
+            period: BudgetPeriod::Day,
+            soft_threshold_percent: 80,
+            refuse: true,
+            created_at: at,
+            updated_at: at,
+        };
+        let state = |spent: &str| budget_state(&budget, spent.parse().unwrap());
+        assert_eq!(state("0"), BudgetState::Ok);
+        assert_eq!(state("0.7999"), BudgetState::Ok);
+        assert_eq!(state("0.80"), BudgetState::Threshold);
+        assert_eq!(state("0.99999"), BudgetState::Threshold);
+        assert_eq!(state("1"), BudgetState::Exceeded);
+        assert_eq!(state("1.5"), BudgetState::Exceeded);
+    }
 }
