@@ -197,6 +197,7 @@ async fn main() {
         &db,
         log.clone() as Arc<dyn EventLog>,
         &prometheus::Registry::new(),
+        Arc::new(tollgate_ledger::NoBudgets),
     )
     .unwrap();
     let mut from = 0;
@@ -249,6 +250,7 @@ async fn main() {
         &copy_db,
         copy_log.clone() as Arc<dyn EventLog>,
         &prometheus::Registry::new(),
+        Arc::new(tollgate_ledger::NoBudgets),
     )
     .unwrap();
     let conn = copy_db.connect().unwrap();
@@ -329,7 +331,13 @@ async fn through_kafka(accounts: usize, events: usize, dir: &std::path::Path) {
 
     let db = Database::open(dir.join("kafka-ledger.db"), Durability::Normal).unwrap();
     let shared: Arc<dyn EventLog> = Arc::new(log.clone());
-    let service = LedgerService::open(&db, shared, &prometheus::Registry::new()).unwrap();
+    let service = LedgerService::open(
+        &db,
+        shared,
+        &prometheus::Registry::new(),
+        Arc::new(tollgate_ledger::NoBudgets),
+    )
+    .unwrap();
     let conn = db.connect().unwrap();
     let applied = || -> Vec<u64> {
         (0..KAFKA_PARTITIONS as u32)

@@ -22,8 +22,9 @@ use std::sync::Arc;
 use tollgate_control::admin::AdminAuth;
 use tollgate_control::ControlPlane;
 use tollgate_core::billing::{Adjustment, AdjustmentKind, Purchase, MINIMUM_PURCHASE_USD};
+use tollgate_core::budget::{Budget, BudgetId, BudgetPeriod};
 use tollgate_core::secrets::hash_access_token;
-use tollgate_core::{AccountId, Envelope, EventBody, Usd};
+use tollgate_core::{AccessKeyId, AccountId, Envelope, EventBody, Usd};
 use tollgate_eventlog::topics;
 use tollgate_eventlog::{EventLog, LogRecord};
 use utoipa::{IntoParams, ToSchema};
@@ -149,6 +150,17 @@ fn caller_account(api: &CreditsApi, headers: &HeaderMap) -> ApiResult<AccountId>
         .snapshot()
         .key_by_hash(&hash_access_token(token))
         .map(|k| k.account_id.clone())
+        .ok_or_else(ApiError::unauthorized)
+}
+
+/// The caller's account and key.
+fn caller_key(api: &CreditsApi, headers: &HeaderMap) -> ApiResult<(AccountId, AccessKeyId)> {
+    let token =
+        tollgate_core::secrets::request_token(headers).ok_or_else(ApiError::unauthorized)?;
+    api.control
+        .snapshot()
+        .key_by_hash(&hash_access_token(token))
+        .map(|k| (k.account_id.clone(), k.id.clone()))
         .ok_or_else(ApiError::unauthorized)
 }
 
@@ -418,11 +430,11 @@ fn entries_view(
     info(
         title = "Tollgate credits API",
         version = "1",
-        description = "An access key's own credits: balance, lots, ledger entries and credit about \
-            to expire. Amounts are exact decimal strings; `*_display` fields round down to the cent \
+        description = "An access key's own credits: balance, lots, ledger entries, credit about to expire \
+            and budgets. Amounts are exact decimal strings; `*_display` fields round down to the cent \
             (never showing more credit than there is)."
     ),
-    paths(my_balance, my_lots, my_entries, my_expiring, credits_openapi),
+    paths(my_balance, my_lots, my_entries, my_expiring, my_budgets, credits_openapi),
     modifiers(&ACCESS_KEY_SCHEME),
     security(("accessKey" = []))
 )]
@@ -435,6 +447,7 @@ pub struct CreditsApiDoc;
     admin_lots,
     admin_entries,
     admin_expiring,
+    admin_budgets,
     record_purchase,
     record_adjustment
 ))]
@@ -464,6 +477,7 @@ pub fn public_router(api: Arc<CreditsApi>) -> Router {
         .route("/v1/credits/lots", get(my_lots))
         .route("/v1/credits/entries", get(my_entries))
         .route("/v1/credits/expiring", get(my_expiring))
+        .route("/v1/credits/budgets", get(my_budgets))
         .route("/v1/credits/openapi.json", get(credits_openapi))
         .with_state(api)
 }
@@ -561,6 +575,140 @@ async fn my_expiring(
     )?))
 }
 
+/// Where a budget stands in its period.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetState {
+    /// Below the soft threshold.
+    Ok,
+    /// At or above the soft threshold, below the amount.
+    Threshold,
+    /// At or above the amount.
+    Exceeded,
+}
+
+/// What a budget counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetScopeView {
+    AccessKey,
+    Account,
+}
+
+/// One budget and the spend in its current period.
+#[derive(Serialize, ToSchema)]
+#[schema(as = BudgetStatus)]
+pub struct BudgetView {
+    budget_id: BudgetId,
+    name: String,
+    scope: BudgetScopeView,
+    /// The key whose spend counts (scope `access_key`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    access_key_id: Option<AccessKeyId>,
+    /// The limit for one period.
+    amount: Usd,
+    period: BudgetPeriod,
+    soft_threshold_percent: u8,
+    /// Whether reaching `amount` refuses requests.
+    refuse: bool,
+    /// The current period's start (a lifetime budget's creation).
+    period_start: DateTime<Utc>,
+    /// When the period ends and spend starts again from zero; null: lifetime.
+    resets_at: Option<DateTime<Utc>>,
+    /// Usage debits (fee plus upstream, after the price plan) of usage
+    /// started in the period, exact.
+    spent: Usd,
+    /// `amount − spent`; negative once exceeded.
+    remaining: Usd,
+    state: BudgetState,
+}
+
+/// Budgets and their spend, as of `as_of`.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Budgets)]
+pub struct BudgetsView {
+    account_id: AccountId,
+    /// The instant periods are taken at: the later of the ledger's time for
+    /// the account and now.
+    as_of: DateTime<Utc>,
+    budgets: Vec<BudgetView>,
+}
+
+/// Reaching the amount exceeds a budget; reaching its soft threshold
+/// (percent of the amount) is the warning.
+pub fn budget_state(budget: &Budget, spent: Usd) -> BudgetState {
+    if spent >= budget.amount {
+        BudgetState::Exceeded
+    } else if spent >= budget.soft_threshold() {
+        BudgetState::Threshold
+    } else {
+        BudgetState::Ok
+    }
+}
+
+/// The budgets of `account` that `keep` selects, with their spend now.
+fn budgets_view(
+    api: &CreditsApi,
+    account: &AccountId,
+    keep: impl Fn(&Budget) -> bool,
+) -> ApiResult<BudgetsView> {
+    let (as_of, all) = api
+        .ledger
+        .budget_status(account)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let budgets = all
+        .into_iter()
+        .filter(|(budget, _)| keep(budget))
+        .map(|(budget, spend)| {
+            let state = budget_state(&budget, spend.spent);
+            BudgetView {
+                scope: if budget.access_key_id.is_some() {
+                    BudgetScopeView::AccessKey
+                } else {
+                    BudgetScopeView::Account
+                },
+                remaining: budget.amount - spend.spent,
+                budget_id: budget.id,
+                name: budget.name,
+                access_key_id: budget.access_key_id,
+                amount: budget.amount,
+                period: budget.period,
+                soft_threshold_percent: budget.soft_threshold_percent,
+                refuse: budget.refuse,
+                period_start: spend.period_start,
+                resets_at: spend.resets_at,
+                spent: spend.spent,
+                state,
+            }
+        })
+        .collect();
+    Ok(BudgetsView {
+        account_id: account.clone(),
+        as_of,
+        budgets,
+    })
+}
+
+/// The caller's own budgets and its account's, with the spend in each
+/// current period.
+#[utoipa::path(
+    get,
+    path = "/v1/credits/budgets",
+    responses(
+        (status = 200, description = "The key's and its account's budgets", body = BudgetsView),
+        (status = 401, description = "Missing or unknown access key", body = ErrorBody),
+    )
+)]
+async fn my_budgets(
+    State(api): State<Arc<CreditsApi>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<BudgetsView>> {
+    let (account, key) = caller_key(&api, &headers)?;
+    Ok(Json(budgets_view(&api, &account, |b| {
+        b.access_key_id.as_ref().is_none_or(|k| *k == key)
+    })?))
+}
+
 /// Admin routes: any account's credits, purchases and adjustments.
 pub fn admin_router(api: Arc<CreditsApi>, auth: AdminAuth) -> Router {
     Router::new()
@@ -579,6 +727,10 @@ pub fn admin_router(api: Arc<CreditsApi>, auth: AdminAuth) -> Router {
         .route(
             "/admin/v1/accounts/{account_id}/credits/expiring",
             get(admin_expiring),
+        )
+        .route(
+            "/admin/v1/accounts/{account_id}/credits/budgets",
+            get(admin_budgets),
         )
         .route(
             "/admin/v1/accounts/{account_id}/purchases",
@@ -691,6 +843,29 @@ async fn admin_expiring(
         api.ledger.account_state(&account).as_ref(),
         &query,
     )?))
+}
+
+/// Every budget of an account (its keys' included), with the spend in each
+/// current period.
+#[utoipa::path(
+    get,
+    path = "/admin/v1/accounts/{account_id}/credits/budgets",
+    tag = "credits",
+    params(("account_id" = String, Path, description = "The account (acct_…)")),
+    responses(
+        (status = 200, description = "The account's budgets", body = BudgetsView),
+        (status = 400, description = "Invalid request", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such account", body = ErrorBody),
+    )
+)]
+async fn admin_budgets(
+    State(api): State<Arc<CreditsApi>>,
+    id: AccountPath,
+) -> ApiResult<Json<BudgetsView>> {
+    let Path(id) = id?;
+    let account = known_account(&api, &id)?;
+    Ok(Json(budgets_view(&api, &account, |_| true)?))
 }
 
 /// A stable id from (account, idempotency key): a retried request gets the
@@ -935,4 +1110,34 @@ async fn record_adjustment(
     };
     append(&api, &account, EventBody::Adjustment(adjustment.clone())).await?;
     Ok((StatusCode::ACCEPTED, Json(adjustment)))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_budget_is_at_its_threshold_from_the_percent_and_exceeded_at_its_amount() {
+        let at: DateTime<Utc> = "2030-01-01T00:00:00Z".parse().unwrap();
+        let budget = Budget {
+            id: BudgetId("bud_1".into()),
+            account_id: AccountId::from("acct_1"),
+            access_key_id: None,
+            name: "b".into(),
+            amount: "1.00".parse().unwrap(),
+            period: BudgetPeriod::Day,
+            soft_threshold_percent: 80,
+            refuse: true,
+            created_at: at,
+            updated_at: at,
+        };
+        let state = |spent: &str| budget_state(&budget, spent.parse().unwrap());
+        assert_eq!(state("0"), BudgetState::Ok);
+        assert_eq!(state("0.7999"), BudgetState::Ok);
+        assert_eq!(state("0.80"), BudgetState::Threshold);
+        assert_eq!(state("0.99999"), BudgetState::Threshold);
+        assert_eq!(state("1"), BudgetState::Exceeded);
+        assert_eq!(state("1.5"), BudgetState::Exceeded);
+    }
 }

@@ -8,6 +8,8 @@
 //! expiry (purchase + 365 days) is at or before ledger time expire; a debit
 //! takes from the lot expiring first (then the oldest), the rest is debt;
 //! new credit pays debt first; a refund needs enough unexpired credit.
+//! Spend: each usage debit counts for its key and its account on the UTC
+//! day its usage started.
 
 use crate::sqlite;
 use crate::LedgerError;
@@ -15,6 +17,7 @@ use chrono::{DateTime, Duration, Utc};
 use rusqlite::Connection;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use tollgate_core::billing::{AdjustmentKind, CREDIT_LIFETIME_DAYS};
+use tollgate_core::budget::{spend_day, SpendScope};
 use tollgate_core::pricing::cost_of;
 use tollgate_core::{Envelope, EventBody, Usd};
 use tollgate_eventlog::topics;
@@ -42,6 +45,9 @@ pub type EntryKey = (String, String, Usd);
 pub struct Derived {
     pub balances: BTreeMap<String, Usd>,
     pub entries: BTreeMap<String, Vec<EntryKey>>,
+    /// Budget spend: (scope key, UTC day of the usage's start) → the usage
+    /// debits (each counted for its key and for its account).
+    pub spend: BTreeMap<(String, i64), Usd>,
 }
 
 fn expire(
@@ -109,11 +115,23 @@ fn give(state: &mut SimpleAccount, id: String, at: DateTime<Utc>, amount: Usd) {
 
 /// Derive balances and entries from records (each partition in offset order).
 pub fn derive(records: &[StoredRecord]) -> Result<Derived, LedgerError> {
+    derive_excluding(records, HashSet::new())
+}
+
+/// `derive`, leaving out of spend the usage events in `not_in_spend` (those
+/// a release before spend booked: it kept no spend for them).
+pub fn derive_excluding(
+    records: &[StoredRecord],
+    not_in_spend: HashSet<String>,
+) -> Result<Derived, LedgerError> {
     let mut by_partition: BTreeMap<u32, Vec<&StoredRecord>> = BTreeMap::new();
     for r in records {
         by_partition.entry(r.partition).or_default().push(r);
     }
-    let mut replay = Replay::default();
+    let mut replay = Replay {
+        not_in_spend,
+        ..Replay::default()
+    };
     for (partition, mut list) in by_partition {
         list.sort_by_key(|r| r.offset);
         let mut clock: Option<DateTime<Utc>> = None;
@@ -141,6 +159,7 @@ pub fn derive(records: &[StoredRecord]) -> Result<Derived, LedgerError> {
 struct Replay {
     accounts: HashMap<String, SimpleAccount>,
     seen: HashSet<String>,
+    not_in_spend: HashSet<String>,
     out: Derived,
 }
 
@@ -176,11 +195,30 @@ impl Replay {
         }
         let now = clock.map_or(at, |c| c.max(at));
         *clock = Some(now);
+        if let EventBody::Usage(u) = &body {
+            self.count_spend(u);
+        }
         let state = self.accounts.entry(account.clone()).or_default();
         state.partition = partition;
         expire(&account, state, now, &mut self.out.entries);
         let entries = self.out.entries.entry(account).or_default();
         apply(state, entries, body);
+    }
+
+    /// A usage debit is spend of its key and of its account on the day it
+    /// started.
+    fn count_spend(&mut self, u: &tollgate_core::UsageEvent) {
+        let cost = cost_of(u).total();
+        if cost == Usd::ZERO || self.not_in_spend.contains(&u.event_id.to_string()) {
+            return;
+        }
+        let day = spend_day(u.started_at);
+        for scope in [
+            SpendScope::AccessKey(u.access_key_id.clone()),
+            SpendScope::Account(u.account_id.clone()),
+        ] {
+            *self.out.spend.entry((scope.key(), day)).or_default() += cost;
+        }
     }
 
     /// A tick expires lots on every account of its partition, in name order.
@@ -284,7 +322,35 @@ pub fn stored(conn: &Connection) -> Result<Derived, LedgerError> {
     for (id, state) in ledger.accounts {
         out.balances.insert(id.to_string(), state.balance());
     }
+    out.spend = sqlite::spend_rows(conn)?;
     Ok(out)
+}
+
+/// Usage entries booked before the ledger kept spend (no `started_at`).
+pub fn booked_before_spend(conn: &Connection) -> Result<HashSet<String>, LedgerError> {
+    let mut stmt = conn.prepare(
+        "SELECT source_id FROM ledger_entries WHERE kind = 'usage' AND started_at IS NULL",
+    )?;
+    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Differences between derived and stored spend rows (a missing row is zero).
+fn compare_spend(derived: &Derived, ledger: &Derived, problems: &mut Vec<String>) {
+    let rows: std::collections::BTreeSet<&(String, i64)> =
+        derived.spend.keys().chain(ledger.spend.keys()).collect();
+    for row in rows {
+        let want = derived.spend.get(row).copied().unwrap_or_default();
+        let have = ledger.spend.get(row).copied().unwrap_or_default();
+        if want != have {
+            let (scope, day) = row;
+            let date = chrono::DateTime::from_timestamp(day * 86_400, 0)
+                .map_or_else(|| day.to_string(), |d| d.date_naive().to_string());
+            problems.push(format!(
+                "spend of {scope} on {date}: from the log {want}, the ledger says {have}"
+            ));
+        }
+    }
 }
 
 /// Every difference between the re-derivation and the ledger, described.
@@ -321,6 +387,7 @@ pub fn compare(derived: &Derived, ledger: &Derived) -> Vec<String> {
             ));
         }
     }
+    compare_spend(derived, ledger, &mut problems);
     problems
 }
 
@@ -336,7 +403,7 @@ pub async fn audit(log: &dyn EventLog, conn: &Connection) -> Result<Vec<String>,
         }
     }
     records.retain(|r| r.offset < applied_through.get(&r.partition).copied().unwrap_or(0));
-    let derived = derive(&records)?;
+    let derived = derive_excluding(&records, booked_before_spend(conn)?)?;
     let ledger = stored(conn)?;
     Ok(compare(&derived, &ledger))
 }

@@ -11,6 +11,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use tollgate_core::billing::{Adjustment, AdjustmentKind, Purchase, CREDIT_LIFETIME_DAYS};
+use tollgate_core::budget::spend_day;
 use tollgate_core::pricing::cost_with_tool_calls;
 use tollgate_core::{AccountId, UsageEvent, Usd};
 
@@ -157,6 +158,8 @@ pub struct Ledger {
     pub accounts: HashMap<AccountId, AccountState>,
     /// Ledger time per partition: the latest event time seen there.
     pub clocks: HashMap<u32, DateTime<Utc>>,
+    /// Usage debits per key and account per day of `started_at` (budgets).
+    pub spend: crate::spend::Spend,
 }
 
 /// Lots expire exactly 365 days after purchase.
@@ -348,6 +351,12 @@ impl Ledger {
         }
         let allocations = Self::burn(state, total);
         let balance_after = state.balance();
+        self.spend.add(
+            &event.account_id,
+            &event.access_key_id,
+            spend_day(event.started_at),
+            total,
+        );
         let account = event.account_id.as_str();
         let mut postings = vec![
             posting(&chart::customer(account), total),

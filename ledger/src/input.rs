@@ -18,10 +18,14 @@ use tollgate_core::billing::{Adjustment, Purchase, Tick};
 use tollgate_core::check_envelope_version;
 use tollgate_core::pricing::AppliedPlan;
 use tollgate_core::{
-    AccountId, CredentialSource, EventId, Prices, TokenCounts, ToolCallCharge, UsageEvent,
+    AccessKeyId, AccountId, CredentialSource, EventId, Prices, TokenCounts, ToolCallCharge,
+    UsageEvent,
 };
 
 /// What one account-events record asks of the ledger.
+// Usage is the common case and inputs are decoded and applied one at a
+// time: boxing it would allocate once per event for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum LedgerInput {
     Usage(UsageCharge),
@@ -39,8 +43,12 @@ pub enum LedgerInput {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct UsageCharge {
     pub event_id: EventId,
+    /// When the usage started: the day its spend counts in (budgets).
+    pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     pub account_id: AccountId,
+    /// The key that made the request: its budgets count the debit too.
+    pub access_key_id: AccessKeyId,
     pub credential_source: Option<CredentialSource>,
     pub tokens: TokenCounts,
     pub prices: Prices,
@@ -60,8 +68,10 @@ impl From<&UsageEvent> for UsageCharge {
     fn from(event: &UsageEvent) -> UsageCharge {
         UsageCharge {
             event_id: event.event_id,
+            started_at: event.started_at,
             finished_at: event.finished_at,
             account_id: event.account_id.clone(),
+            access_key_id: event.access_key_id.clone(),
             credential_source: event.credential_source,
             tokens: event.tokens,
             prices: event.prices,

@@ -9,12 +9,13 @@ pub mod audit;
 pub mod engine;
 pub mod input;
 pub mod service;
+pub mod spend;
 pub mod sqlite;
 pub mod text;
 pub mod webhooks;
 
 pub use engine::{Entry, EntryKind, Ledger, Lot};
-pub use service::{LedgerMetrics, LedgerService};
+pub use service::{BudgetSource, LedgerMetrics, LedgerService, NoBudgets};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {

@@ -4,18 +4,20 @@
 
 use crate::engine::{AccountState, Entry, EntryKind, Ledger};
 use crate::input::{LedgerInput, UsageCharge};
+use crate::spend::UsageOrigin;
 use crate::sqlite;
 use crate::LedgerError;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use prometheus::{Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use rusqlite::Connection;
 use rust_decimal::prelude::ToPrimitive;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tollgate_core::billing::{BalanceUpdate, Tick};
-use tollgate_core::{AccountId, Envelope, EventBody};
+use tollgate_core::budget::{spend_day, Budget, BudgetId, BudgetSpend};
+use tollgate_core::{AccessKeyId, AccountId, Envelope, EventBody, Usd};
 use tollgate_eventlog::topics;
 use tollgate_eventlog::{Batch, EventLog, LogRecord, PositionSource};
 use tollgate_sqlite::Database;
@@ -120,10 +122,117 @@ impl LedgerMetrics {
     }
 }
 
+/// Where the ledger reads budgets (the control plane; tests give their own).
+pub trait BudgetSource: Send + Sync {
+    /// The budgets on `account` and on its keys.
+    fn budgets_of(&self, account: &AccountId) -> Vec<Budget>;
+    /// Every budget, by id (the run loop diffs it to republish accounts
+    /// whose budgets changed).
+    fn all_budgets(&self) -> BTreeMap<BudgetId, Budget>;
+}
+
+impl BudgetSource for tollgate_control::ControlPlane {
+    fn budgets_of(&self, account: &AccountId) -> Vec<Budget> {
+        self.snapshot().budgets_of(account).to_vec()
+    }
+    fn all_budgets(&self) -> BTreeMap<BudgetId, Budget> {
+        self.snapshot().budgets.clone()
+    }
+}
+
+/// No budgets (benchmarks, tests of other things).
+pub struct NoBudgets;
+
+impl BudgetSource for NoBudgets {
+    fn budgets_of(&self, _: &AccountId) -> Vec<Budget> {
+        Vec::new()
+    }
+    fn all_budgets(&self) -> BTreeMap<BudgetId, Budget> {
+        BTreeMap::new()
+    }
+}
+
+/// The instant periods were taken at, and each budget with its spend.
+pub type BudgetStatus = (DateTime<Utc>, Vec<(Budget, BudgetSpend)>);
+
+/// How often the run loop looks for created, changed or deleted budgets.
+const BUDGET_CHECK: Duration = Duration::from_millis(250);
+
+/// A lifetime budget's creation day counted from `created_at`: computed
+/// once from the stored usage entries, then kept up to date from each
+/// batch's usage (so it never depends on batch boundaries).
+struct CreationDay {
+    created_at: DateTime<Utc>,
+    account: AccountId,
+    key: Option<AccessKeyId>,
+    spent: Usd,
+}
+
+#[derive(Default)]
+struct LifetimeParts {
+    parts: HashMap<BudgetId, CreationDay>,
+    /// The creation days of `parts`: a batch's usage on other days skips them.
+    days: HashSet<i64>,
+}
+
+impl LifetimeParts {
+    fn get(&mut self, conn: &Connection, budget: &Budget) -> Result<Usd, LedgerError> {
+        if let Some(part) = self.parts.get(&budget.id) {
+            if part.created_at == budget.created_at
+                && part.account == budget.account_id
+                && part.key == budget.access_key_id
+            {
+                return Ok(part.spent);
+            }
+        }
+        let spent = sqlite::creation_day_spend(
+            conn,
+            &budget.account_id,
+            budget.access_key_id.as_ref(),
+            budget.created_at,
+        )?;
+        self.days.insert(spend_day(budget.created_at));
+        self.parts.insert(
+            budget.id.clone(),
+            CreationDay {
+                created_at: budget.created_at,
+                account: budget.account_id.clone(),
+                key: budget.access_key_id.clone(),
+                spent,
+            },
+        );
+        Ok(spent)
+    }
+
+    /// Add a committed batch's usage to the parts it falls in.
+    fn apply(&mut self, origins: &[UsageOrigin]) {
+        if self.days.is_empty() {
+            return;
+        }
+        for origin in origins {
+            let day = spend_day(origin.started_at);
+            if !self.days.contains(&day) {
+                continue;
+            }
+            for part in self.parts.values_mut() {
+                if origin.started_at >= part.created_at
+                    && spend_day(part.created_at) == day
+                    && origin.account_id == part.account
+                    && part.key.as_ref().is_none_or(|k| *k == origin.access_key_id)
+                {
+                    part.spent += origin.spent;
+                }
+            }
+        }
+    }
+}
+
 pub struct LedgerService {
     db: Database,
     writer: Mutex<Connection>,
     state: Mutex<Ledger>,
+    lifetime: Mutex<LifetimeParts>,
+    budgets: Arc<dyn BudgetSource>,
     log: Arc<dyn EventLog>,
     pub metrics: LedgerMetrics,
 }
@@ -140,11 +249,13 @@ impl PositionSource for StoredPositions {
 
 impl LedgerService {
     /// Open (migrating) the ledger tables in `db` and load the state; its
-    /// metrics go on `metrics`.
+    /// metrics go on `metrics`; balance updates carry the spend of the
+    /// budgets `budgets` holds.
     pub fn open(
         db: &Database,
         log: Arc<dyn EventLog>,
         metrics: &Registry,
+        budgets: Arc<dyn BudgetSource>,
     ) -> Result<Arc<LedgerService>, LedgerError> {
         let mut writer = db.connect()?;
         // A batch dirties a page of the entries index per account it
@@ -159,6 +270,8 @@ impl LedgerService {
             db: db.clone(),
             writer: Mutex::new(writer),
             state: Mutex::new(state),
+            lifetime: Mutex::new(LifetimeParts::default()),
+            budgets,
             log,
             metrics: LedgerMetrics::new(metrics)?,
         }))
@@ -197,14 +310,94 @@ impl LedgerService {
             batch,
             last.offset + 1,
         );
-        if result.is_err() {
-            // The transaction rolled back: the in-memory state must too.
-            match sqlite::load(&conn) {
-                Ok(reloaded) => *state = reloaded,
-                Err(err) => tracing::error!(error = %err, "ledger state reload failed"),
+        let (changed, origins) = match result {
+            Ok(applied) => applied,
+            Err(err) => {
+                // The transaction rolled back: the in-memory state must too.
+                match sqlite::load(&conn) {
+                    Ok(reloaded) => *state = reloaded,
+                    Err(err) => tracing::error!(error = %err, "ledger state reload failed"),
+                }
+                return Err(err);
             }
+        };
+        let mut lifetime = self.lifetime.lock();
+        lifetime.apply(&origins);
+        let as_of = state
+            .clocks
+            .get(&batch.partition)
+            .copied()
+            .unwrap_or_else(Utc::now);
+        let mut updates: Vec<BalanceUpdate> = changed
+            .into_iter()
+            .filter_map(|id| self.update_of(&state, &conn, &mut lifetime, id, Some(as_of)))
+            .collect();
+        updates.sort_by(|a, b| a.account_id.cmp(&b.account_id));
+        Ok(updates)
+    }
+
+    /// An account's balance update at `as_of` (None: its partition's ledger
+    /// time, else now); None when the ledger has never seen the account.
+    fn update_of(
+        &self,
+        state: &Ledger,
+        conn: &Connection,
+        lifetime: &mut LifetimeParts,
+        id: AccountId,
+        as_of: Option<DateTime<Utc>>,
+    ) -> Option<BalanceUpdate> {
+        let account = state.accounts.get(&id)?;
+        let as_of = as_of
+            .or_else(|| state.clocks.get(&account.partition).copied())
+            .unwrap_or_else(Utc::now);
+        let budgets = self.budgets.budgets_of(&id);
+        let budgets = budget_spends(state, conn, lifetime, &budgets, as_of);
+        Some(BalanceUpdate {
+            account_id: id,
+            balance: account.balance(),
+            as_of,
+            applied: account.applied.clone(),
+            budgets,
+        })
+    }
+
+    /// `account`'s budgets with their current period and spend, at the later
+    /// of its partition's ledger time and now (so periods end by the clock
+    /// even with no traffic, and never read earlier than a published update).
+    pub fn budget_status(&self, account: &AccountId) -> Result<BudgetStatus, LedgerError> {
+        let budgets = self.budgets.budgets_of(account);
+        let conn = self.writer.lock();
+        let state = self.state.lock();
+        let mut lifetime = self.lifetime.lock();
+        let now = Utc::now();
+        let at = state
+            .accounts
+            .get(account)
+            .and_then(|a| state.clocks.get(&a.partition))
+            .map_or(now, |clock| now.max(*clock));
+        let mut out = Vec::with_capacity(budgets.len());
+        for budget in budgets {
+            let spend = state
+                .spend
+                .budget_spend(&budget, at, |b| lifetime.get(&conn, b))?;
+            out.push((budget, spend));
         }
-        result
+        Ok((at, out))
+    }
+
+    /// Balance updates of `accounts` at their partitions' ledger time (the
+    /// run loop publishes them when their budgets change).
+    pub fn balance_updates(
+        &self,
+        accounts: impl IntoIterator<Item = AccountId>,
+    ) -> Vec<BalanceUpdate> {
+        let conn = self.writer.lock();
+        let state = self.state.lock();
+        let mut lifetime = self.lifetime.lock();
+        accounts
+            .into_iter()
+            .filter_map(|id| self.update_of(&state, &conn, &mut lifetime, id, None))
+            .collect()
     }
 
     /// Consume until `shutdown` turns true.
@@ -217,9 +410,14 @@ impl LedgerService {
         let mut subscription = self.log.subscribe(topic, CONSUMER_GROUP, positions).await?;
         let mut gauges_refreshed = Instant::now();
         let mut linger_until: Option<tokio::time::Instant> = None;
+        let mut budgets = BudgetWatch::new(self.budgets.all_budgets());
         loop {
             if *shutdown.borrow() {
                 break;
+            }
+            if let Some(accounts) = budgets.changed(self.budgets.as_ref()) {
+                let updates = self.balance_updates(accounts);
+                self.publish(updates).await;
             }
             if let Some(until) = linger_until.take() {
                 tokio::select! {
@@ -300,18 +498,14 @@ impl LedgerService {
     /// The current balance update of every account (published at start so
     /// gateways that start later know every balance).
     pub fn all_balances(&self) -> Vec<BalanceUpdate> {
+        let conn = self.writer.lock();
         let state = self.state.lock();
+        let mut lifetime = self.lifetime.lock();
         let now = Utc::now();
-        let mut all: Vec<BalanceUpdate> = state
-            .accounts
-            .iter()
-            .map(|(id, s)| BalanceUpdate {
-                account_id: id.clone(),
-                balance: s.balance(),
-                as_of: now,
-                applied: s.applied.clone(),
-                budgets: Vec::new(),
-            })
+        let ids: Vec<AccountId> = state.accounts.keys().cloned().collect();
+        let mut all: Vec<BalanceUpdate> = ids
+            .into_iter()
+            .filter_map(|id| self.update_of(&state, &conn, &mut lifetime, id, Some(now)))
             .collect();
         all.sort_by(|a, b| a.account_id.cmp(&b.account_id));
         all
@@ -403,6 +597,8 @@ struct BatchChanges {
     /// Accounts as they were before this batch (None: new in it), so that
     /// only what changed is written back.
     before: HashMap<AccountId, Option<AccountState>>,
+    /// The usage entries' key, start and debit, in entry order.
+    origins: Vec<UsageOrigin>,
 }
 
 impl BatchChanges {
@@ -428,8 +624,22 @@ fn apply_input(
         LedgerInput::Usage(event) => {
             if claims.claim(&format!("usage:{}", event.event_id))? {
                 work.remember(state, &event.account_id);
+                let booked = work.entries.len();
                 state.apply_charge(partition, &event, &mut work.entries);
                 work.changed.insert(event.account_id.clone());
+                // A usage entry is the last one it books (expiries first).
+                if let Some(entry) = work.entries[booked..]
+                    .last()
+                    .filter(|e| e.kind == EntryKind::Usage)
+                {
+                    work.origins.push(UsageOrigin {
+                        entry: work.entries.len() - 1,
+                        spent: -entry.amount,
+                        account_id: event.account_id,
+                        access_key_id: event.access_key_id,
+                        started_at: event.started_at,
+                    });
+                }
             } else {
                 metrics.duplicates.inc();
             }
@@ -472,6 +682,8 @@ fn apply_input(
     Ok(())
 }
 
+/// Apply `batch` in one transaction; returns the accounts it changed and
+/// its usage entries' origins.
 fn apply_in_transaction(
     conn: &mut Connection,
     state: &mut Ledger,
@@ -479,7 +691,7 @@ fn apply_in_transaction(
     topic: &str,
     batch: &Batch,
     next_offset: u64,
-) -> Result<Vec<BalanceUpdate>, LedgerError> {
+) -> Result<(HashSet<AccountId>, Vec<UsageOrigin>), LedgerError> {
     let tx = conn.transaction()?;
     let mut work = BatchChanges::default();
     let partition = batch.partition;
@@ -514,6 +726,7 @@ fn apply_in_transaction(
         entries,
         mut changed,
         before,
+        origins,
     } = work;
     // Entries by kind, counted once per batch and only once committed.
     let mut booked = [0u64; EntryKind::ALL.len()];
@@ -525,8 +738,18 @@ fn apply_in_transaction(
             booked[i] += 1;
         }
     }
-    sqlite::insert_entries(&tx, &entries)?;
+    sqlite::insert_entries(&tx, &entries, &origins)?;
     sqlite::save_accounts(&tx, state, &changed, &before)?;
+    // The spend rows the batch changed, borrowed (no id copied per event).
+    let key_days: HashSet<(&AccessKeyId, i64)> = origins
+        .iter()
+        .map(|o| (&o.access_key_id, spend_day(o.started_at)))
+        .collect();
+    let account_days: HashSet<(&AccountId, i64)> = origins
+        .iter()
+        .map(|o| (&o.account_id, spend_day(o.started_at)))
+        .collect();
+    sqlite::save_spend(&tx, &state.spend, &key_days, &account_days)?;
     sqlite::save_clocks(&tx, &state.clocks)?;
     sqlite::save_position(&tx, topic, partition, next_offset)?;
     tx.commit()?;
@@ -538,23 +761,70 @@ fn apply_in_transaction(
                 .inc_by(count);
         }
     }
-    let as_of = state
-        .clocks
-        .get(&partition)
-        .copied()
-        .unwrap_or_else(Utc::now);
-    let mut updates: Vec<BalanceUpdate> = changed
-        .into_iter()
-        .filter_map(|id| {
-            state.accounts.get(&id).map(|s| BalanceUpdate {
-                account_id: id.clone(),
-                balance: s.balance(),
-                as_of,
-                applied: s.applied.clone(),
-                budgets: Vec::new(),
-            })
+    Ok((changed, origins))
+}
+
+/// Each budget's current period at `at` and the spend in it. A budget whose
+/// lifetime part cannot be read is left out (logged): the gateways keep its
+/// last published spend rather than the ledger stopping after a commit.
+fn budget_spends(
+    state: &Ledger,
+    conn: &Connection,
+    lifetime: &mut LifetimeParts,
+    budgets: &[Budget],
+    at: DateTime<Utc>,
+) -> Vec<BudgetSpend> {
+    budgets
+        .iter()
+        .filter_map(|budget| {
+            state
+                .spend
+                .budget_spend(budget, at, |b| lifetime.get(conn, b))
+                .inspect_err(|err| {
+                    tracing::error!(budget = %budget.id, error = %err, "budget spend not computed");
+                })
+                .ok()
         })
-        .collect();
-    updates.sort_by(|a, b| a.account_id.cmp(&b.account_id));
-    Ok(updates)
+        .collect()
+}
+
+/// The budgets last seen, to republish the accounts whose budgets change.
+struct BudgetWatch {
+    seen: BTreeMap<BudgetId, Budget>,
+    checked: Instant,
+}
+
+impl BudgetWatch {
+    fn new(seen: BTreeMap<BudgetId, Budget>) -> BudgetWatch {
+        BudgetWatch {
+            seen,
+            checked: Instant::now(),
+        }
+    }
+
+    /// Every `BUDGET_CHECK`: the accounts with a budget created, changed or
+    /// deleted since the last look (None when nothing changed).
+    fn changed(&mut self, source: &dyn BudgetSource) -> Option<BTreeSet<AccountId>> {
+        if self.checked.elapsed() < BUDGET_CHECK {
+            return None;
+        }
+        self.checked = Instant::now();
+        let now = source.all_budgets();
+        if now == self.seen {
+            return None;
+        }
+        let mut accounts = BTreeSet::new();
+        for (id, budget) in &now {
+            if self.seen.get(id) != Some(budget) {
+                accounts.insert(budget.account_id.clone());
+            }
+        }
+        for (id, budget) in &self.seen {
+            if now.get(id) != Some(budget) {
+                accounts.insert(budget.account_id.clone());
+            }
+        }
+        self.seen = now;
+        Some(accounts)
+    }
 }

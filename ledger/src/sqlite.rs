@@ -6,13 +6,15 @@ use crate::engine::{
     has_standard_postings, standard_postings, AccountState, Allocation, Entry, EntryKind, Ledger,
     Lot, LotSource, Posting,
 };
+use crate::spend::{parse_scope, Spend, UsageOrigin};
 use crate::text;
 use crate::LedgerError;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
-use tollgate_core::{AccountId, Usd};
+use tollgate_core::budget::SpendScope;
+use tollgate_core::{AccessKeyId, AccountId, Usd};
 use tollgate_sqlite::Migrations;
 
 const MIGRATIONS: &[&str] = &[
@@ -96,6 +98,21 @@ const MIGRATIONS: &[&str] = &[
     DROP TABLE ledger_entries;
     ALTER TABLE ledger_entries_v2 RENAME TO ledger_entries;
     CREATE INDEX ledger_entries_account ON ledger_entries (account_id, seq);
+",
+    "
+    -- Budgets: usage debits per scope ('key:<id>', 'account:<id>') per UTC
+    -- day of the usage's start (days since 1970-01-01).
+    CREATE TABLE ledger_spend (
+        scope TEXT NOT NULL,
+        day INTEGER NOT NULL,
+        spent TEXT NOT NULL,
+        PRIMARY KEY (scope, day)
+    ) WITHOUT ROWID;
+    -- Usage entries keep their key and start, so a lifetime budget's
+    -- creation day can be counted from its creation instant. NULL on
+    -- entries booked before this version (and on every other kind).
+    ALTER TABLE ledger_entries ADD COLUMN access_key_id TEXT;
+    ALTER TABLE ledger_entries ADD COLUMN started_at TEXT;
 ",
 ];
 
@@ -217,7 +234,89 @@ pub fn load(conn: &Connection) -> Result<Ledger, LedgerError> {
         let (partition, at) = row?;
         ledger.clocks.insert(partition as u32, parse_time(&at)?);
     }
+    for ((scope, day), spent) in spend_rows(conn)? {
+        let scope = parse_scope(&scope)
+            .ok_or_else(|| LedgerError::Corrupt(format!("spend scope {scope}")))?;
+        ledger.spend.set(scope, day, spent);
+    }
     Ok(ledger)
+}
+
+/// The stored spend rows: (scope key, day) → spent.
+pub fn spend_rows(conn: &Connection) -> Result<BTreeMap<(String, i64), Usd>, LedgerError> {
+    let mut stmt = conn.prepare("SELECT scope, day, spent FROM ledger_spend")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    let mut out = BTreeMap::new();
+    for row in rows {
+        let (scope, day, spent) = row?;
+        out.insert((scope, day), parse_usd(&spent)?);
+    }
+    Ok(out)
+}
+
+/// Write the spend rows a batch changed, from the in-memory state.
+pub fn save_spend(
+    tx: &Transaction<'_>,
+    spend: &Spend,
+    key_days: &HashSet<(&AccessKeyId, i64)>,
+    account_days: &HashSet<(&AccountId, i64)>,
+) -> Result<(), LedgerError> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO ledger_spend (scope, day, spent) VALUES (?1, ?2, ?3)
+         ON CONFLICT (scope, day) DO UPDATE SET spent = excluded.spent",
+    )?;
+    let rows = key_days
+        .iter()
+        .map(|(id, day)| (SpendScope::AccessKey((*id).clone()), *day))
+        .chain(
+            account_days
+                .iter()
+                .map(|(id, day)| (SpendScope::Account((*id).clone()), *day)),
+        );
+    for (scope, day) in rows {
+        let spent = spend.row(&scope, day);
+        stmt.execute(params![scope.key(), day, text::decimal(spent.0)])?;
+    }
+    Ok(())
+}
+
+/// The usage debits of `account` (only `key`'s when set) started at or
+/// after `from` and before the end of `from`'s UTC day: the part of a
+/// lifetime budget's creation day that counts. Summed here, exactly (SQLite
+/// cannot add decimal text exactly). Scans the account's entries.
+pub fn creation_day_spend(
+    conn: &Connection,
+    account: &AccountId,
+    key: Option<&AccessKeyId>,
+    from: DateTime<Utc>,
+) -> Result<Usd, LedgerError> {
+    let day_end =
+        from.date_naive().and_time(chrono::NaiveTime::MIN).and_utc() + chrono::Duration::days(1);
+    let mut stmt = conn.prepare_cached(
+        "SELECT amount FROM ledger_entries
+         WHERE account_id = ?1 AND kind = 'usage' AND started_at >= ?2 AND started_at < ?3
+           AND (?4 IS NULL OR access_key_id = ?4)",
+    )?;
+    let rows = stmt.query_map(
+        params![
+            account.as_str(),
+            time_text(from),
+            time_text(day_end),
+            key.map(AccessKeyId::as_str)
+        ],
+        |r| r.get::<_, String>(0),
+    )?;
+    let mut total = Usd::ZERO;
+    for row in rows {
+        total -= parse_usd(&row?)?;
+    }
+    Ok(total)
 }
 
 /// Mark `dedup_key` applied; false when it already was (a redelivery).
@@ -248,13 +347,21 @@ fn stored_postings(e: &Entry) -> Option<String> {
     (!has_standard_postings(e)).then(|| text::postings_json(&e.postings))
 }
 
-pub fn insert_entries(tx: &Transaction<'_>, entries: &[Entry]) -> Result<(), LedgerError> {
+/// Insert `entries`; `origins` (in entry order) give the usage entries'
+/// key and start.
+pub fn insert_entries(
+    tx: &Transaction<'_>,
+    entries: &[Entry],
+    origins: &[UsageOrigin],
+) -> Result<(), LedgerError> {
     let mut stmt = tx.prepare_cached(
         "INSERT INTO ledger_entries (account_id, at, kind, source_id, amount, fee, upstream,
-            balance_after, postings, allocations, memo)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            balance_after, postings, allocations, memo, access_key_id, started_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )?;
-    for e in entries {
+    let mut origins = origins.iter().peekable();
+    for (i, e) in entries.iter().enumerate() {
+        let origin = origins.next_if(|o| o.entry == i);
         stmt.execute(params![
             e.account_id.as_str(),
             time_text(e.at),
@@ -267,6 +374,8 @@ pub fn insert_entries(tx: &Transaction<'_>, entries: &[Entry]) -> Result<(), Led
             stored_postings(e),
             text::allocations_json(&e.allocations),
             e.memo,
+            origin.map(|o| o.access_key_id.as_str()),
+            origin.map(|o| time_text(o.started_at)),
         ])?;
     }
     Ok(())
@@ -510,6 +619,7 @@ mod tests {
                 allocations: vec![],
                 memo: Some("test".into()),
             }],
+            &[],
         )
         .unwrap();
         tx.commit().unwrap();

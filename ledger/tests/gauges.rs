@@ -67,6 +67,7 @@ async fn balance_and_expiring_credit_gauges_follow_the_ledger() {
         &db,
         log.clone() as Arc<dyn EventLog>,
         &prometheus::Registry::new(),
+        Arc::new(tollgate_ledger::NoBudgets),
     )
     .unwrap();
     let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tollgate_core::billing::AdjustmentKind;
 use tollgate_core::pricing::AppliedPlan;
-use tollgate_core::{CredentialSource, EventBody, Usd};
+use tollgate_core::{AccessKeyId, CredentialSource, EventBody, Usd};
 use tollgate_eventlog::topics;
 use tollgate_eventlog::{Batch, EventLog, LogRecord, StoredRecord};
 use tollgate_kafka::{KafkaConfig, KafkaEventLog};
@@ -70,6 +70,11 @@ fn history(rng: &mut StdRng, length: usize) -> (Vec<Keyed>, usize) {
                 let input = rng.gen_range(0..400_000);
                 let output = rng.gen_range(0..60_000);
                 let mut event = usage(account, input, output, source, &when);
+                // Two keys per account; some requests start before midnight
+                // and finish after it.
+                event.access_key_id = AccessKeyId(format!("ak_{account}_{}", rng.gen_range(0..2)));
+                event.started_at =
+                    event.finished_at - chrono::Duration::seconds(rng.gen_range(0..7_200));
                 // Some on a price plan (terms as the event recorded them).
                 event.plan = match rng.gen_range(0..4) {
                     0 => Some(AppliedPlan {
@@ -185,7 +190,13 @@ async fn run(backend: Backend, payloads: &[Keyed], rng: &mut StdRng, max_batch: 
             .unwrap();
     }
     shared.flush().await.unwrap();
-    let ledger = LedgerService::open(&db, shared.clone(), &prometheus::Registry::new()).unwrap();
+    let ledger = LedgerService::open(
+        &db,
+        shared.clone(),
+        &prometheus::Registry::new(),
+        Arc::new(tollgate_ledger::NoBudgets),
+    )
+    .unwrap();
     let records: Vec<StoredRecord> = audit::read_log(shared.as_ref()).await.unwrap();
     // At least every payload (Kafka may add redelivered copies).
     assert!(records.len() >= payloads.len(), "{backend:?}: records lost");
@@ -261,6 +272,18 @@ fn book(r: &Run) -> Book {
     out
 }
 
+/// The stored spend rows, checked equal to the in-memory ones.
+fn spend(r: &Run) -> BTreeMap<(String, i64), Usd> {
+    let conn = r.db.connect().unwrap();
+    let stored = tollgate_ledger::sqlite::spend_rows(&conn).unwrap();
+    assert_eq!(
+        stored,
+        r.ledger.snapshot().spend.rows(),
+        "stored spend is the state's"
+    );
+    stored
+}
+
 /// The properties over `seeds` random histories of `length` records.
 async fn random_histories_balance_replay_and_ignore_duplicates(
     backend: Backend,
@@ -274,6 +297,33 @@ async fn random_histories_balance_replay_and_ignore_duplicates(
 
         let live = run(backend, &payloads, &mut rng, 7).await;
         let live_book = book(&live);
+        let live_spend = spend(&live);
+        // Each account's spend is its usage debits, and so is the sum of
+        // its keys' spend.
+        for (account, (entries, _)) in &live_book {
+            let debits: Usd = -entries
+                .iter()
+                .filter(|(kind, ..)| kind == "usage")
+                .map(|(_, _, a, _)| usd(a))
+                .sum::<Usd>();
+            let of = |prefix: String| -> Usd {
+                live_spend
+                    .iter()
+                    .filter(|((scope, _), _)| scope.starts_with(&prefix))
+                    .map(|(_, v)| *v)
+                    .sum()
+            };
+            assert_eq!(
+                of(format!("account:{account}")),
+                debits,
+                "seed {seed}: {account}"
+            );
+            assert_eq!(
+                of(format!("key:ak_{account}_")),
+                debits,
+                "seed {seed}: {account} keys"
+            );
+        }
         assert!(
             live_book.values().any(|(entries, _)| !entries.is_empty()),
             "{backend:?} seed {seed}: the ledger booked nothing"
@@ -303,6 +353,11 @@ async fn random_histories_balance_replay_and_ignore_duplicates(
             live_book,
             "{backend:?} seed {seed}: replay equals live"
         );
+        assert_eq!(
+            spend(&replay),
+            live_spend,
+            "{backend:?} seed {seed}: replayed spend equals live"
+        );
         replay.log.close().await;
 
         // Without the duplicates, nothing changes.
@@ -318,6 +373,11 @@ async fn random_histories_balance_replay_and_ignore_duplicates(
             book(&deduped),
             live_book,
             "{backend:?} seed {seed}: duplicates change nothing"
+        );
+        assert_eq!(
+            spend(&deduped),
+            live_spend,
+            "{backend:?} seed {seed}: duplicates add no spend"
         );
         deduped.log.close().await;
 
@@ -354,6 +414,31 @@ async fn audit_detects_a_tampered_ledger(backend: Backend) {
         !problems.is_empty(),
         "{backend:?}: a changed entry must be reported"
     );
+    // A spend row off by a hundredth of a cent is reported on its own.
+    let fresh = run(backend, &payloads, &mut rng, 10).await;
+    let conn = fresh.db.connect().unwrap();
+    let (scope, day, spent): (String, i64, String) = conn
+        .query_row(
+            "SELECT scope, day, spent FROM ledger_spend ORDER BY scope, day LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    let tampered = usd(&spent) + usd("0.0001");
+    conn.execute(
+        "UPDATE ledger_spend SET spent = ?1 WHERE scope = ?2 AND day = ?3",
+        rusqlite::params![tampered.to_string(), scope, day],
+    )
+    .unwrap();
+    let problems = audit::audit(fresh.log.shared().as_ref(), &conn)
+        .await
+        .unwrap();
+    assert_eq!(problems.len(), 1, "{backend:?}: {problems:#?}");
+    assert!(
+        problems[0].starts_with(&format!("spend of {scope} on ")),
+        "{problems:?}"
+    );
+    fresh.log.close().await;
     live.log.close().await;
 }
 
@@ -401,7 +486,13 @@ async fn a_record_from_a_newer_build_stops_the_ledger_and_the_audit() {
         shared.append(record).await.unwrap();
     }
     shared.flush().await.unwrap();
-    let ledger = LedgerService::open(&db, shared.clone(), &prometheus::Registry::new()).unwrap();
+    let ledger = LedgerService::open(
+        &db,
+        shared.clone(),
+        &prometheus::Registry::new(),
+        Arc::new(tollgate_ledger::NoBudgets),
+    )
+    .unwrap();
     let records = audit::read_log(shared.as_ref()).await.unwrap();
     let newer_offset = records[10].offset;
     let batch = |records: &[StoredRecord]| Batch {

@@ -137,7 +137,7 @@ fn every_kind_of_entry_reads_back_as_booked() {
     let mut conn = db.connect().unwrap();
     sqlite::migrate(&mut conn).unwrap();
     let tx = conn.transaction().unwrap();
-    sqlite::insert_entries(&tx, &out).unwrap();
+    sqlite::insert_entries(&tx, &out, &[]).unwrap();
     tx.commit().unwrap();
 
     let back = read_back(&conn);
@@ -177,7 +177,7 @@ fn a_file_from_the_previous_release_keeps_its_ledger() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(versions, vec![1, 2]);
+    assert_eq!(versions, vec![1, 2, 3]);
     let entries: i64 = conn
         .query_row("SELECT COUNT(*) FROM ledger_entries", [], |r| r.get(0))
         .unwrap();
@@ -186,4 +186,21 @@ fn a_file_from_the_previous_release_keeps_its_ledger() {
     let account = AccountId::from("acct_01a251771a417473ab113f3efa01b2b0");
     let balance = ledger.accounts[&account].balance();
     assert_eq!(balance.to_string(), "29.99998695");
+    // Version 3 (spend) keeps every entry; the ones booked before it have
+    // no key or start and no spend, and the audit leaves them out of spend.
+    assert!(ledger.spend.rows().is_empty());
+    let usage: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM ledger_entries WHERE kind = 'usage' AND started_at IS NULL AND access_key_id IS NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(usage > 0);
+    assert_eq!(
+        tollgate_ledger::audit::booked_before_spend(&conn)
+            .unwrap()
+            .len() as i64,
+        usage
+    );
 }

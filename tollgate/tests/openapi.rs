@@ -182,13 +182,13 @@ async fn every_listener_serves_exactly_the_routes_its_document_names() {
         include_str!("../../ledger/src/webhooks.rs"),
         include_str!("../../proxy/src/routes.rs"),
     ];
-    // 43 control-plane operations, 6 credits, 2 webhook deliveries, 1 model-prices.
+    // 43 control-plane operations, 7 credits, 2 webhook deliveries, 1 model-prices.
     route_coverage::assert_routes_documented(
         &server.admin,
         &admin_doc,
         &admin_sources,
         ADMIN_TOKEN,
-        52,
+        53,
     )
     .await;
     let credits_doc = server
@@ -199,7 +199,7 @@ async fn every_listener_serves_exactly_the_routes_its_document_names() {
         &credits_doc,
         &[include_str!("../../ledger/src/api.rs")],
         &server.token,
-        5,
+        6,
     )
     .await;
     let usage_doc = server

@@ -21,8 +21,13 @@ pub async fn start(
     node: &Node,
     admin_token: Option<&str>,
 ) -> anyhow::Result<Role> {
-    let ledger = LedgerService::open(&node.db, node.log.clone(), &node.metrics)
-        .context("opening the ledger")?;
+    let ledger = LedgerService::open(
+        &node.db,
+        node.log.clone(),
+        &node.metrics,
+        node.control.clone(),
+    )
+    .context("opening the ledger")?;
     ledger.publish_all().await;
     let run = tokio::spawn(ledger.clone().run(node.stop_signal()));
     let evaluator = AlertEvaluator::open(
