@@ -77,6 +77,7 @@ async fn low_balance_and_expiring_credit_alert_once_with_exact_amounts() {
         &env.db("ledger.db"),
         env.log(),
         &prometheus::Registry::new(),
+        env.control.clone(),
     )
     .unwrap();
     let mut from = 0;
@@ -143,6 +144,7 @@ async fn low_balance_and_expiring_credit_alert_once_with_exact_amounts() {
         &env.db("standby.db"),
         env.log(),
         &prometheus::Registry::new(),
+        env.control.clone(),
     )
     .unwrap();
     // The standby applies the whole log and publishes its balances again.
@@ -207,6 +209,7 @@ async fn the_account_low_balance_amount_wins_and_zero_turns_it_off() {
         &env.db("ledger.db"),
         env.log(),
         &prometheus::Registry::new(),
+        env.control.clone(),
     )
     .unwrap();
     env.apply(&ledger, &mut 0).await;
@@ -276,6 +279,7 @@ async fn budget_alerts_once_per_period_threshold_then_limit() {
         &env.db("ledger.db"),
         env.log(),
         &prometheus::Registry::new(),
+        env.control.clone(),
     )
     .unwrap();
     env.apply(&ledger, &mut 0).await;
