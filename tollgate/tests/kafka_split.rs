@@ -330,6 +330,42 @@ level = "info"
     }
 }
 
+/// What the split tests run on: a mock cluster, a mock upstream, a
+/// directory for the processes' files and an HTTP client. Fields drop in
+/// order: the cluster last.
+struct Rig {
+    http: reqwest::Client,
+    root: tempfile::TempDir,
+    upstream: MockUpstream,
+    mock: Mock,
+}
+
+impl Rig {
+    async fn new() -> Rig {
+        Rig {
+            http: http_client(),
+            root: tempfile::tempdir().unwrap(),
+            upstream: MockUpstream::start().await.unwrap(),
+            mock: cluster(),
+        }
+    }
+
+    /// Admission on; `bootstrap`: the process may create the first account.
+    fn options(&self, bootstrap: bool) -> NodeOptions {
+        NodeOptions {
+            brokers: brokers(&self.mock),
+            upstream: self.upstream.base_url(),
+            bootstrap,
+            enforce: true,
+            startup_timeout_ms: 30_000,
+        }
+    }
+
+    fn node(&self, name: &str, bootstrap: bool) -> Node {
+        node(self.root.path(), name, &self.options(bootstrap))
+    }
+}
+
 /// A running `tollgate proxy` or `tollgate ledger`.
 struct Process {
     what: String,
@@ -604,13 +640,17 @@ async fn chat_ok(http: &reqwest::Client, port: u16, token: &str, model: &str) ->
 }
 
 async fn admin_post(http: &reqwest::Client, port: u16, path: &str, body: Value) -> (u16, Value) {
-    let response = http
-        .post(format!("http://127.0.0.1:{port}/admin/v1{path}"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/admin/v1{path}");
+    admin_send(http.post(url).json(&body)).await
+}
+
+async fn admin_get(http: &reqwest::Client, port: u16, path: &str) -> (u16, Value) {
+    admin_send(http.get(format!("http://127.0.0.1:{port}/admin/v1{path}"))).await
+}
+
+/// Send with the admin token; the status and the JSON body (or its text).
+async fn admin_send(request: reqwest::RequestBuilder) -> (u16, Value) {
+    let response = request.bearer_auth(ADMIN_TOKEN).send().await.unwrap();
     let status = response.status().as_u16();
     let text = response.text().await.unwrap();
     (
@@ -621,11 +661,13 @@ async fn admin_post(http: &reqwest::Client, port: u16, path: &str, body: Value) 
 
 /// The balance the ledger serves to `token` (credits API on `ledger.listen`).
 async fn ledger_balance(http: &reqwest::Client, node: &Node, token: &str) -> Option<Decimal> {
+    decimal(&ledger_get(http, node, token, "/v1/credits/balance").await?["balance"])
+}
+
+/// A 200 answer of the ledger's credits API to `token`.
+async fn ledger_get(http: &reqwest::Client, node: &Node, token: &str, path: &str) -> Option<Value> {
     let response = http
-        .get(format!(
-            "http://127.0.0.1:{}/v1/credits/balance",
-            node.ledger
-        ))
+        .get(format!("http://127.0.0.1:{}{path}", node.ledger))
         .bearer_auth(token)
         .send()
         .await
@@ -633,8 +675,12 @@ async fn ledger_balance(http: &reqwest::Client, node: &Node, token: &str) -> Opt
     if response.status() != 200 {
         return None;
     }
-    let body: Value = response.json().await.ok()?;
-    match &body["balance"] {
+    response.json().await.ok()
+}
+
+/// An amount as the APIs write it (a decimal string, or a number).
+fn decimal(value: &Value) -> Option<Decimal> {
+    match value {
         Value::String(s) => Decimal::from_str(s).ok(),
         Value::Number(n) => Decimal::from_str(&n.to_string()).ok(),
         _ => None,
@@ -771,30 +817,14 @@ fn sum(answers: &[Answer]) -> Decimal {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_proxies_and_a_ledger_converge_on_control_state_and_balances() {
     let _heavy = HEAVY.lock().await;
-    let mock = cluster();
-    let upstream = MockUpstream::start().await.unwrap();
-    let root = tempfile::tempdir().unwrap();
-    let http = http_client();
-    let options = |bootstrap| NodeOptions {
-        brokers: brokers(&mock),
-        upstream: upstream.base_url(),
-        bootstrap,
-        enforce: true,
-        startup_timeout_ms: 30_000,
-    };
-    let a = node(root.path(), "proxy-a", &options(true));
-    let l = node(root.path(), "ledger", &options(false));
-    let b = node(root.path(), "proxy-b", &options(true));
-
-    let proxy_a = Process::start(&http, &a, "proxy").await;
-    let boot_token = proxy_a.wait_for_token().await;
-    let ledger = Process::start(&http, &l, "ledger").await;
-    let proxy_b = Process::start(&http, &b, "proxy").await;
+    let split = TwoProxies::start().await;
+    let (http, boot_token) = (split.http.clone(), split.token.clone());
+    let (a, b, l) = (split.a.clone(), split.b.clone(), split.l.clone());
     assert_eq!(
-        proxy_b.printed_token(),
+        split.proxy_b.printed_token(),
         None,
         "B found the control topic non-empty and did not bootstrap\n{}",
-        proxy_b.logs()
+        split.proxy_b.logs()
     );
 
     // Control state through A's admin API.
@@ -1053,28 +1083,17 @@ async fn two_proxies_and_a_ledger_converge_on_control_state_and_balances() {
         tiny_answers.len()
     );
 
-    proxy_b.stop_cleanly().await;
-    proxy_a.stop_cleanly().await;
-    ledger.stop_cleanly().await;
+    split.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_event_arrives_after_the_broker_was_down_under_load() {
     let _heavy = HEAVY.lock().await;
     let clock = Clock::start();
-    let mock = cluster();
-    let upstream = MockUpstream::start().await.unwrap();
-    let root = tempfile::tempdir().unwrap();
-    let http = http_client();
-    let options = |bootstrap| NodeOptions {
-        brokers: brokers(&mock),
-        upstream: upstream.base_url(),
-        bootstrap,
-        enforce: true,
-        startup_timeout_ms: 30_000,
-    };
-    let p = node(root.path(), "proxy", &options(true));
-    let l = node(root.path(), "ledger", &options(false));
+    let rig = Rig::new().await;
+    let (mock, http) = (&rig.mock, rig.http.clone());
+    let p = rig.node("proxy", true);
+    let l = rig.node("ledger", false);
     let proxy = Process::start(&http, &p, "proxy").await;
     let token = proxy.wait_for_token().await;
     let ledger = Process::start(&http, &l, "ledger").await;
@@ -1160,7 +1179,7 @@ async fn every_event_arrives_after_the_broker_was_down_under_load() {
         "every answer names its event"
     );
     clock.note("load done");
-    let mut reader = EventReader::connect(&mock, root.path()).await;
+    let mut reader = EventReader::connect(&rig.mock, rig.root.path()).await;
     let deadline = Deadline::new(
         "every usage event in the account-events topic",
         CONVERGE_DEADLINE,
@@ -1211,22 +1230,14 @@ async fn every_event_arrives_after_the_broker_was_down_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_of_the_proxy_loses_at_most_the_group_commit_window() {
     let _heavy = HEAVY.lock().await;
-    let mock = cluster();
-    let upstream = MockUpstream::start().await.unwrap();
-    let root = tempfile::tempdir().unwrap();
-    let http = http_client();
+    let rig = Rig::new().await;
+    let http = rig.http.clone();
     // No ledger here: admission off, so every request is answered 200.
-    let p = node(
-        root.path(),
-        "proxy",
-        &NodeOptions {
-            brokers: brokers(&mock),
-            upstream: upstream.base_url(),
-            bootstrap: true,
-            enforce: false,
-            startup_timeout_ms: 30_000,
-        },
-    );
+    let options = NodeOptions {
+        enforce: false,
+        ..rig.options(true)
+    };
+    let p = node(rig.root.path(), "proxy", &options);
     let mut proxy = Process::start(&http, &p, "proxy").await;
     let token = proxy.wait_for_token().await;
 
@@ -1306,7 +1317,7 @@ async fn sigkill_of_the_proxy_loses_at_most_the_group_commit_window() {
         .unwrap_or_else(|| "0".into());
     println!("the restarted proxy found {resumed} records in its spool and delivered them");
 
-    let mut reader = EventReader::connect(&mock, root.path()).await;
+    let mut reader = EventReader::connect(&rig.mock, rig.root.path()).await;
     reader.catch_up().await;
     let (found, duplicates) = reader.distinct();
     let missing: Vec<&Answer> = answers
@@ -1501,6 +1512,13 @@ struct ProxyTally {
 }
 
 impl ProxyTally {
+    fn add(&mut self, other: ProxyTally) {
+        self.spent += other.spent;
+        self.admitted += other.admitted;
+        self.refused += other.refused;
+        self.costs.extend(other.costs);
+    }
+
     /// The most spent by requests answered within any `window`.
     fn most_spent_within(&mut self, window: Duration) -> Decimal {
         self.costs.sort_by_key(|(at, _)| *at);
@@ -1517,8 +1535,15 @@ impl ProxyTally {
     }
 }
 
+/// The error code of a refusal's body (`error.code`).
+fn error_code(body: &str) -> Option<String> {
+    let body: Value = serde_json::from_str(body).ok()?;
+    body["error"]["code"].as_str().map(str::to_owned)
+}
+
 /// Clients sending `body` to `port` back to back until they are refused
-/// once `spent` is set (the ledger saw the credit used up).
+/// once `spent` is set (the ledger saw the credit used up). Every refusal
+/// must be a 402 with the error code `refusal`.
 fn spend_through(
     http: &reqwest::Client,
     port: u16,
@@ -1526,6 +1551,7 @@ fn spend_through(
     body: &Value,
     clients: usize,
     spent: &Arc<AtomicBool>,
+    refusal: &'static str,
 ) -> Vec<tokio::task::JoinHandle<ProxyTally>> {
     (0..clients)
         .map(|_| {
@@ -1542,6 +1568,12 @@ fn spend_through(
                             tally.costs.push((answer.completed, answer.cost));
                         }
                         402 => {
+                            assert_eq!(
+                                error_code(&answer.body).as_deref(),
+                                Some(refusal),
+                                "a 402 refused with another code: {}",
+                                answer.body
+                            );
                             tally.refused += 1;
                             if spent.load(Ordering::Relaxed) {
                                 return tally;
@@ -1555,6 +1587,187 @@ fn spend_through(
         .collect()
 }
 
+/// 200 prompt tokens on gpt-4o: about $0.0005 a request, so a dollar lasts
+/// many round trips.
+fn spend_body() -> Value {
+    json!({
+        "model": TINY_MODEL,
+        "max_tokens": 16,
+        "messages": [{"role": "user", "content": vec!["a"; 200].join(" ")}],
+    })
+}
+
+/// The most a request with `body` may cost (M of the bound): its maximum
+/// as admission prices it, every byte counted as an input token.
+fn max_cost(body: &Value) -> Decimal {
+    let prices = tollgate_core::Catalog::builtin()
+        .unwrap()
+        .model(TINY_MODEL)
+        .unwrap()
+        .prices;
+    let tokens = tollgate_core::TokenCounts {
+        input: serde_json::to_vec(body).unwrap().len() as u64,
+        output: 16,
+        ..tollgate_core::TokenCounts::default()
+    };
+    let cost = tollgate_core::pricing::cost_for(
+        &tokens,
+        &prices,
+        Some(tollgate_core::CredentialSource::Operator),
+        None,
+    );
+    cost.total().amount()
+}
+
+/// Two `tollgate proxy` processes (A bootstraps the $5.00 account) and a
+/// `tollgate ledger` on one mock cluster. Fields drop in order: the
+/// processes before the rig they use.
+struct TwoProxies {
+    proxy_a: Process,
+    proxy_b: Process,
+    ledger: Process,
+    a: Node,
+    b: Node,
+    l: Node,
+    /// The bootstrap key's token.
+    token: String,
+    http: reqwest::Client,
+    _rig: Rig,
+}
+
+impl TwoProxies {
+    /// Start them and wait until the ledger serves the starting credit.
+    async fn start() -> TwoProxies {
+        let rig = Rig::new().await;
+        let http = rig.http.clone();
+        let a = rig.node("proxy-a", true);
+        let l = rig.node("ledger", false);
+        let b = rig.node("proxy-b", true);
+        let proxy_a = Process::start(&http, &a, "proxy").await;
+        let token = proxy_a.wait_for_token().await;
+        let ledger = Process::start(&http, &l, "ledger").await;
+        let proxy_b = Process::start(&http, &b, "proxy").await;
+        // The bootstrap account's $5.00 (`starting_credit_usd`).
+        wait_for_balance(&http, &l, &token, usd("5.00"), "the starting credit").await;
+        TwoProxies {
+            proxy_a,
+            proxy_b,
+            ledger,
+            a,
+            b,
+            l,
+            token,
+            http,
+            _rig: rig,
+        }
+    }
+
+    /// One request answered 200 through each proxy (each knows the
+    /// balance); what they cost.
+    async fn warm_up(&self) -> Decimal {
+        let mut answers = Vec::new();
+        for port in [self.a.server, self.b.server] {
+            chat_until(
+                &self.http,
+                port,
+                &self.token,
+                TINY_MODEL,
+                200,
+                &mut answers,
+                "the balance on both proxies",
+            )
+            .await;
+        }
+        sum(&answers)
+    }
+
+    /// `clients` clients per proxy send `body` until `used_up` says the
+    /// ledger saw the limit reached, and then each until its proxy refuses
+    /// it (402 with the code `refusal`). Returns each proxy's tally.
+    async fn spend<F, Fut>(
+        &self,
+        body: &Value,
+        clients: usize,
+        refusal: &'static str,
+        used_up: F,
+    ) -> Vec<ProxyTally>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<(), String>>,
+    {
+        let flag = Arc::new(AtomicBool::new(false));
+        let spenders = [self.a.server, self.b.server].map(|port| {
+            spend_through(&self.http, port, &self.token, body, clients, &flag, refusal)
+        });
+        eventually("the limit to be spent", Duration::from_secs(180), used_up).await;
+        // Every client now runs until its proxy refuses it (within a round trip).
+        flag.store(true, Ordering::Relaxed);
+        let mut tallies = Vec::new();
+        for spender in spenders {
+            let mut tally = ProxyTally::default();
+            for client in spender {
+                tally.add(client.await.unwrap());
+            }
+            tallies.push(tally);
+        }
+        tallies
+    }
+
+    /// Assert `overshoot` within N × 2 × M + (N − 1) × S, with the round
+    /// trip the proxies measured (the slowest bucket either saw) and S the
+    /// most either instance spent within one; print the figures.
+    async fn assert_within_bound(
+        &self,
+        tallies: &mut [ProxyTally],
+        max_cost: Decimal,
+        overshoot: Decimal,
+        clients: usize,
+    ) {
+        let mut round_trip = 0f64;
+        for (name, port) in [("A", self.a.server), ("B", self.b.server)] {
+            let (count, mean, highest) = round_trips(&self.http, port).await;
+            println!(
+                "proxy {name}: {count} ledger round trips, mean {:.1} ms, all within {highest} s",
+                mean * 1e3
+            );
+            assert!(count > 0, "proxy {name} timed no round trip");
+            round_trip = round_trip.max(highest);
+        }
+        let per_round_trip = tallies
+            .iter_mut()
+            .map(|t| t.most_spent_within(Duration::from_secs_f64(round_trip)))
+            .max()
+            .unwrap();
+        let instances = Decimal::from(2);
+        // Per instance: M, or 2 × M once what is left is under 2 × M (the cap).
+        let bound = instances * (max_cost + max_cost) + (instances - Decimal::ONE) * per_round_trip;
+        for (name, tally) in ["A", "B"].iter().zip(tallies.iter()) {
+            println!(
+                "proxy {name}: {} admitted, {} refused, spent {}",
+                tally.admitted, tally.refused, tally.spent
+            );
+        }
+        println!(
+            "one request's maximum {max_cost}; the most one instance spent within a round trip \
+             ({round_trip} s): {per_round_trip}; overshoot {overshoot}, bound {bound}",
+        );
+        assert!(
+            overshoot <= bound,
+            "overshoot {overshoot} beyond the bound {bound}"
+        );
+        assert!(
+            tallies.iter().all(|t| t.refused >= clients),
+            "every client was refused in the end"
+        );
+    }
+
+    async fn stop(self) {
+        self.proxy_b.stop_cleanly().await;
+        self.proxy_a.stop_cleanly().await;
+        self.ledger.stop_cleanly().await;
+    }
+}
+
 /// Issue #16, N instances: two proxies spend one $5.00 account at once
 /// through Kafka. Each sees the other's spend one ledger round trip late,
 /// so the overshoot is bounded by N × (per-instance overshoot) + (N − 1) ×
@@ -1565,139 +1778,153 @@ fn spend_through(
 async fn two_proxies_overshoot_a_balance_within_the_round_trip_bound() {
     const CLIENTS_PER_PROXY: usize = 8;
     let _heavy = HEAVY.lock().await;
-    let mock = cluster();
-    let upstream = MockUpstream::start().await.unwrap();
-    let root = tempfile::tempdir().unwrap();
-    let http = http_client();
-    let options = |bootstrap| NodeOptions {
-        brokers: brokers(&mock),
-        upstream: upstream.base_url(),
-        bootstrap,
-        enforce: true,
-        startup_timeout_ms: 30_000,
-    };
-    let a = node(root.path(), "proxy-a", &options(true));
-    let l = node(root.path(), "ledger", &options(false));
-    let b = node(root.path(), "proxy-b", &options(true));
-    let proxy_a = Process::start(&http, &a, "proxy").await;
-    let token = proxy_a.wait_for_token().await;
-    let ledger = Process::start(&http, &l, "ledger").await;
-    let proxy_b = Process::start(&http, &b, "proxy").await;
-    // The bootstrap account's $5.00 (`starting_credit_usd`).
+    let split = TwoProxies::start().await;
+    let (http, l, token) = (&split.http, &split.l, split.token.as_str());
     let balance = usd("5.00");
-    wait_for_balance(&http, &l, &token, balance, "the starting credit").await;
+    let body = spend_body();
+    let warmup = split.warm_up().await;
 
-    // 200 prompt tokens on gpt-4o: about $0.0005 a request, so the $5.00
-    // lasts many round trips.
-    let body = json!({
-        "model": TINY_MODEL,
-        "max_tokens": 16,
-        "messages": [{"role": "user", "content": vec!["a"; 200].join(" ")}],
-    });
-    let max_cost = {
-        let prices = tollgate_core::Catalog::builtin()
-            .unwrap()
-            .model(TINY_MODEL)
-            .unwrap()
-            .prices;
-        let tokens = tollgate_core::TokenCounts {
-            input: serde_json::to_vec(&body).unwrap().len() as u64,
-            output: 16,
-            ..tollgate_core::TokenCounts::default()
-        };
-        let cost = tollgate_core::pricing::cost_for(
-            &tokens,
-            &prices,
-            Some(tollgate_core::CredentialSource::Operator),
-            None,
-        );
-        cost.total().amount()
-    };
-    let mut answers = Vec::new();
-    for port in [a.server, b.server] {
-        chat_until(
-            &http,
-            port,
-            &token,
-            TINY_MODEL,
-            200,
-            &mut answers,
-            "the balance on both proxies",
-        )
-        .await;
-    }
-    let warmup = sum(&answers);
-
-    let spent_up = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let clients_a = spend_through(&http, a.server, &token, &body, CLIENTS_PER_PROXY, &spent_up);
-    let clients_b = spend_through(&http, b.server, &token, &body, CLIENTS_PER_PROXY, &spent_up);
-    let deadline = Deadline::new("the $5.00 to be spent", Duration::from_secs(180));
-    loop {
-        match ledger_balance(&http, &l, &token).await {
-            Some(left) if left <= Decimal::ZERO => break,
-            other => deadline.tick(format!("ledger balance {other:?}")).await,
+    let used_up = || async {
+        match ledger_balance(http, l, token).await {
+            Some(left) if left <= Decimal::ZERO => Ok(()),
+            other => Err(format!("ledger balance {other:?}")),
         }
-    }
-    // Every client now runs until its proxy refuses it (within a round trip).
-    spent_up.store(true, Ordering::Relaxed);
-    let mut tallies: Vec<ProxyTally> = Vec::new();
-    for clients in [clients_a, clients_b] {
-        let mut tally = ProxyTally::default();
-        for client in clients {
-            let one = client.await.unwrap();
-            tally.spent += one.spent;
-            tally.admitted += one.admitted;
-            tally.refused += one.refused;
-            tally.costs.extend(one.costs);
-        }
-        tallies.push(tally);
-    }
+    };
+    let mut tallies = split
+        .spend(&body, CLIENTS_PER_PROXY, "insufficient_credits", used_up)
+        .await;
     let spent = warmup + tallies.iter().map(|t| t.spent).sum::<Decimal>();
     let expected = balance - spent;
-    wait_for_balance(&http, &l, &token, expected, "every answer debited").await;
+    wait_for_balance(http, l, token, expected, "every answer debited").await;
+    println!("spent in {:.1} s", started.elapsed().as_secs_f64());
     let overshoot = -expected;
+    split
+        .assert_within_bound(&mut tallies, max_cost(&body), overshoot, CLIENTS_PER_PROXY)
+        .await;
+    split.stop().await;
+}
 
-    // The bound, with the round trip the proxies measured (the slowest
-    // bucket either saw) and the most either instance spent within one.
-    let mut round_trip = 0f64;
-    for (name, port) in [("A", a.server), ("B", b.server)] {
-        let (count, mean, highest) = round_trips(&http, port).await;
-        println!(
-            "proxy {name}: {count} ledger round trips, mean {:.1} ms, all within {highest} s",
-            mean * 1e3
-        );
-        assert!(count > 0, "proxy {name} timed no round trip");
-        round_trip = round_trip.max(highest);
+/// The budget `budget_id` as the ledger's credits API shows it to `token`.
+async fn ledger_budget(
+    http: &reqwest::Client,
+    ledger: &Node,
+    token: &str,
+    budget_id: &str,
+) -> Option<Value> {
+    let body = ledger_get(http, ledger, token, "/v1/credits/budgets").await?;
+    body["budgets"]
+        .as_array()?
+        .iter()
+        .find(|b| b["budget_id"] == budget_id)
+        .cloned()
+}
+
+/// The account and id of the key whose token is `token`, through the
+/// admin API on `admin`.
+async fn access_key_id(http: &reqwest::Client, admin: u16, token: &str) -> (String, String) {
+    let (status, accounts) = admin_get(http, admin, "/accounts").await;
+    assert_eq!(status, 200, "{accounts}");
+    for account in accounts["data"].as_array().unwrap() {
+        let account_id = account["id"].as_str().unwrap();
+        let path = format!("/accounts/{account_id}/access-keys");
+        let (status, keys) = admin_get(http, admin, &path).await;
+        assert_eq!(status, 200, "{keys}");
+        let mine = keys["data"].as_array().unwrap().iter().find(|k| {
+            k["token_prefix"]
+                .as_str()
+                .is_some_and(|p| token.starts_with(p))
+        });
+        if let Some(key) = mine {
+            return (
+                account_id.to_owned(),
+                key["id"].as_str().unwrap().to_owned(),
+            );
+        }
     }
-    let per_round_trip = tallies
-        .iter_mut()
-        .map(|t| t.most_spent_within(Duration::from_secs_f64(round_trip)))
-        .max()
-        .unwrap();
-    let elapsed = started.elapsed().as_secs_f64();
-    let instances = Decimal::from(2);
-    // Per instance: M, or 2 × M once the balance is under 2 × M (the cap).
-    let bound = instances * (max_cost + max_cost) + (instances - Decimal::ONE) * per_round_trip;
-    for (name, tally) in ["A", "B"].iter().zip(&tallies) {
-        println!(
-            "proxy {name}: {} admitted, {} refused, spent {}",
-            tally.admitted, tally.refused, tally.spent
-        );
-    }
+    panic!("no access key for the token in {accounts}");
+}
+
+/// Issue #19, N instances: two proxies spend one refusing $1.00 key budget
+/// at once through Kafka (the account's $5.00 balance never limits). The
+/// overshoot is bounded as the balance's: spend ≤ amount + N × 2 × M +
+/// (N − 1) × S (docs/ledger.md, "Budgets: enforcement"), S measured with
+/// the round trip the proxies timed; every refusal is `budget_exceeded`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_proxies_overshoot_a_key_budget_within_the_round_trip_bound() {
+    const CLIENTS_PER_PROXY: usize = 8;
+    let _heavy = HEAVY.lock().await;
+    let split = TwoProxies::start().await;
+    let (http, l, token) = (&split.http, &split.l, split.token.as_str());
+    let (account_id, key_id) = access_key_id(http, split.a.admin, token).await;
+    let amount = usd("1.00");
+    let (status, budget) = admin_post(
+        http,
+        split.a.admin,
+        "/budgets",
+        json!({"account_id": account_id, "access_key_id": key_id, "name": "split",
+               "amount": amount.to_string(), "period": "lifetime", "refuse": true}),
+    )
+    .await;
+    assert_eq!(status, 201, "{budget}");
+    let budget_id = budget["id"].as_str().unwrap().to_owned();
+    // Both proxies' control planes and the ledger have the budget.
+    eventually("the budget everywhere", CONVERGE_DEADLINE, || async {
+        for admin in [split.a.admin, split.b.admin] {
+            let (status, found) = admin_get(http, admin, &format!("/budgets/{budget_id}")).await;
+            if status != 200 {
+                return Err(format!("admin port {admin}: {status} {found}"));
+            }
+        }
+        match ledger_budget(http, l, token, &budget_id).await {
+            Some(_) => Ok(()),
+            None => Err("the ledger does not list the budget".to_owned()),
+        }
+    })
+    .await;
+    let body = spend_body();
+    let warmup = split.warm_up().await;
+
+    let started = Instant::now();
+    let used_up = || async {
+        let budget = ledger_budget(http, l, token, &budget_id).await;
+        match budget.as_ref().and_then(|b| decimal(&b["spent"])) {
+            Some(spent) if spent >= amount => Ok(()),
+            _ => Err(format!("budget {budget:?}")),
+        }
+    };
+    let mut tallies = split
+        .spend(&body, CLIENTS_PER_PROXY, "budget_exceeded", used_up)
+        .await;
+    let spent = warmup + tallies.iter().map(|t| t.spent).sum::<Decimal>();
+    let budget = eventually("every answer in the budget", CONVERGE_DEADLINE, || async {
+        let budget = ledger_budget(http, l, token, &budget_id).await;
+        match budget.as_ref().and_then(|b| decimal(&b["spent"])) {
+            Some(seen) if seen == spent => Ok(budget.unwrap()),
+            _ => Err(format!("budget {budget:?}, expected spent {spent}")),
+        }
+    })
+    .await;
     println!(
-        "spent in {elapsed:.1} s; one request's maximum {max_cost}; the most one instance spent within a round trip ({round_trip} s): {per_round_trip}; overshoot {overshoot}, bound {bound}",
+        "spent in {:.1} s: {spent} of the budget's {amount}",
+        started.elapsed().as_secs_f64()
     );
-    assert!(
-        overshoot <= bound,
-        "overshoot {overshoot} beyond the bound {bound}"
-    );
-    assert!(
-        tallies.iter().all(|t| t.refused >= CLIENTS_PER_PROXY),
-        "every client was refused in the end"
-    );
-
-    proxy_b.stop_cleanly().await;
-    proxy_a.stop_cleanly().await;
-    ledger.stop_cleanly().await;
+    assert_eq!(budget["state"], "exceeded", "{budget}");
+    wait_for_balance(
+        http,
+        l,
+        token,
+        usd("5.00") - spent,
+        "the balance moved by the spend",
+    )
+    .await;
+    split
+        .assert_within_bound(
+            &mut tallies,
+            max_cost(&body),
+            spent - amount,
+            CLIENTS_PER_PROXY,
+        )
+        .await;
+    split.stop().await;
 }
