@@ -116,20 +116,8 @@ impl Metrics {
         registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(events_emitted.clone()))?;
         registry.register(Box::new(events_dropped.clone()))?;
-        let ledger_round_trip = Histogram::with_opts(
-            HistogramOpts::new(
-                "tollgate_proxy_ledger_round_trip_seconds",
-                "Time from a usage event's emission to this gateway applying the balance update that covers it (admission stops holding its cost then).",
-            )
-            .buckets(ROUND_TRIP_BUCKETS.to_vec()),
-        )?;
-        let budget_refusals = IntCounter::new(
-            "tollgate_proxy_budget_refusals_total",
-            "Requests refused because a refusing budget had nothing left in its period (402 budget_exceeded).",
-        )?;
-        registry.register(Box::new(budget_refusals.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
-        registry.register(Box::new(ledger_round_trip.clone()))?;
+        let (ledger_round_trip, budget_refusals) = Metrics::admission(registry)?;
         Ok(Metrics {
             registry: registry.clone(),
             requests,
@@ -146,6 +134,24 @@ impl Metrics {
             in_flight,
             ledger_round_trip,
         })
+    }
+
+    /// Admission's own metrics: the ledger round trip and budget refusals.
+    fn admission(registry: &Registry) -> Result<(Histogram, IntCounter), prometheus::Error> {
+        let ledger_round_trip = Histogram::with_opts(
+            HistogramOpts::new(
+                "tollgate_proxy_ledger_round_trip_seconds",
+                "Time from a usage event's emission to this gateway applying the balance update that covers it (admission stops holding its cost then).",
+            )
+            .buckets(ROUND_TRIP_BUCKETS.to_vec()),
+        )?;
+        let budget_refusals = IntCounter::new(
+            "tollgate_proxy_budget_refusals_total",
+            "Requests refused because a refusing budget had nothing left in its period (402 budget_exceeded).",
+        )?;
+        registry.register(Box::new(ledger_round_trip.clone()))?;
+        registry.register(Box::new(budget_refusals.clone()))?;
+        Ok((ledger_round_trip, budget_refusals))
     }
 
     /// Every metric on the gateway's registry, in the text exposition format.
