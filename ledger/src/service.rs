@@ -22,6 +22,8 @@ use tollgate_eventlog::topics;
 use tollgate_eventlog::{Batch, EventLog, LogRecord, PositionSource};
 use tollgate_sqlite::Database;
 
+mod backfill;
+
 pub const CONSUMER_GROUP: &str = "tollgate-ledger";
 /// Most records applied in one transaction.
 pub const BATCH_MAX: usize = 10_000;

@@ -261,6 +261,45 @@ pub fn spend_rows(conn: &Connection) -> Result<BTreeMap<(String, i64), Usd>, Led
 }
 
 /// Write the spend rows a batch changed, from the in-memory state.
+/// Usage entries booked before spend was kept (ledger migration 3): their
+/// event id → (entry seq, account, entry amount).
+pub fn usage_without_start(
+    conn: &Connection,
+) -> Result<HashMap<String, (i64, AccountId, Usd)>, LedgerError> {
+    let mut stmt = conn.prepare(
+        "SELECT source_id, seq, account_id, amount FROM ledger_entries
+         WHERE kind = 'usage' AND started_at IS NULL",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+        ))
+    })?;
+    let mut out = HashMap::new();
+    for row in rows {
+        let (source_id, seq, account, amount) = row?;
+        out.insert(source_id, (seq, AccountId(account), parse_usd(&amount)?));
+    }
+    Ok(out)
+}
+
+/// Record a usage entry's key and start (spend backfill), by its seq.
+pub fn set_usage_origin(
+    tx: &Transaction<'_>,
+    seq: i64,
+    key: &AccessKeyId,
+    started_at: DateTime<Utc>,
+) -> Result<(), LedgerError> {
+    tx.prepare_cached(
+        "UPDATE ledger_entries SET access_key_id = ?1, started_at = ?2 WHERE seq = ?3",
+    )?
+    .execute(params![key.as_str(), time_text(started_at), seq])?;
+    Ok(())
+}
+
 pub fn save_spend(
     tx: &Transaction<'_>,
     spend: &Spend,

@@ -594,3 +594,44 @@ async fn a_new_budget_is_published_without_traffic() {
     stop.send(true).unwrap();
     run.await.unwrap().unwrap();
 }
+
+/// A ledger upgraded from before spend (usage entries without key or start,
+/// no spend rows) books that usage's spend from the log at start: the rows
+/// the live run wrote, so the audit agrees; a later start finds nothing.
+#[tokio::test]
+async fn usage_from_before_spend_is_booked_from_the_log_at_start() {
+    let mut h = Harness::new(vec![]);
+    for event in lifetime_events("acct_up") {
+        h.append(event).await;
+    }
+    h.apply(3).await;
+    let conn = h.db.connect().unwrap();
+    let live = tollgate_ledger::sqlite::spend_rows(&conn).unwrap();
+    let usage: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM ledger_entries WHERE kind = 'usage'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(usage > 1 && !live.is_empty());
+    // What a ledger from before migration 3 left behind.
+    conn.execute_batch(
+        "DELETE FROM ledger_spend;
+         UPDATE ledger_entries SET access_key_id = NULL, started_at = NULL;",
+    )
+    .unwrap();
+    let upgraded = LedgerService::open(
+        &h.db,
+        h.log.clone() as Arc<dyn EventLog>,
+        &prometheus::Registry::new(),
+        h.budgets.clone(),
+    )
+    .unwrap();
+    assert_eq!(upgraded.snapshot().spend, Default::default());
+    assert_eq!(upgraded.backfill_spend().await.unwrap(), usage as usize);
+    assert_eq!(tollgate_ledger::sqlite::spend_rows(&conn).unwrap(), live);
+    assert_eq!(upgraded.snapshot().spend, h.ledger.snapshot().spend);
+    assert_eq!(h.audit().await, Vec::<String>::new());
+    assert_eq!(upgraded.backfill_spend().await.unwrap(), 0);
+}

@@ -28,6 +28,11 @@ pub async fn start(
         node.control.clone(),
     )
     .context("opening the ledger")?;
+    // Usage applied before spend was kept gets its spend from the log once;
+    // should that fail, the next start tries again.
+    if let Err(err) = ledger.backfill_spend().await {
+        tracing::warn!(error = %err, "spend of usage from before budgets not booked yet");
+    }
     ledger.publish_all().await;
     let run = tokio::spawn(ledger.clone().run(node.stop_signal()));
     let evaluator = AlertEvaluator::open(
