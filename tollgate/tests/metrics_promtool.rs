@@ -46,6 +46,7 @@ const PROXY_FAMILIES: &[&str] = &[
     "tollgate_proxy_usage_events_dropped_total",
     "tollgate_proxy_in_flight_requests",
     "tollgate_proxy_ledger_round_trip_seconds",
+    "tollgate_proxy_budget_refusals_total",
 ];
 const LEDGER_FAMILIES: &[&str] = &[
     "tollgate_ledger_entries_total",
