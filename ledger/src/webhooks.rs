@@ -32,6 +32,7 @@ use tokio::task::JoinSet;
 use tollgate_control::admin::AdminAuth;
 use tollgate_control::ControlPlane;
 use tollgate_core::budget::{Alert, AlertKind};
+use tollgate_core::Escaped;
 use tollgate_eventlog::{topics, EventLog, PositionSource};
 use tollgate_sqlite::Database;
 use utoipa::{IntoParams, ToSchema};
@@ -786,20 +787,26 @@ async fn list_deliveries(
     query: Result<Query<DeliveriesQuery>, QueryRejection>,
 ) -> Result<Json<DeliveriesView>, ApiError> {
     let Query(query) = query?;
+    // The message starts with the parameter, as every other 400 here.
     let bad = |param, message: &str| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             Some(param),
-            message.to_owned(),
+            format!("{param}: {message}"),
         )
     };
     let state = match query.state.as_deref() {
         None => None,
-        Some(text) => Some(
-            DeliveryState::parse(text)
-                .ok_or_else(|| bad("state", "one of pending, delivered, failed"))?,
-        ),
+        Some(text) => Some(DeliveryState::parse(text).ok_or_else(|| {
+            bad(
+                "state",
+                &format!(
+                    "must be pending, delivered or failed, not `{}`",
+                    Escaped(text)
+                ),
+            )
+        })?),
     };
     let limit = match query.limit.as_deref() {
         None => 100,
@@ -807,7 +814,7 @@ async fn list_deliveries(
             .parse::<usize>()
             .ok()
             .filter(|n| (1..=1000).contains(n))
-            .ok_or_else(|| bad("limit", "an integer from 1 to 1000"))?,
+            .ok_or_else(|| bad("limit", "must be an integer from 1 to 1000"))?,
     };
     let this = deliverer.clone();
     let data =

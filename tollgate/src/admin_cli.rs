@@ -88,6 +88,12 @@ pub enum CreditsAction {
         #[arg(long)]
         account: String,
     },
+    /// The account's budgets (its keys' included) with their spend in the
+    /// current period, what is left and their state (ok, threshold, exceeded).
+    Budgets {
+        #[arg(long)]
+        account: String,
+    },
     Lots {
         #[arg(long)]
         account: String,
@@ -540,6 +546,11 @@ fn credits_request(action: &CreditsAction) -> Request {
         CreditsAction::Balance { account } => (
             Method::GET,
             format!("/accounts/{account}/credits/balance"),
+            None,
+        ),
+        CreditsAction::Budgets { account } => (
+            Method::GET,
+            format!("/accounts/{account}/credits/budgets"),
             None,
         ),
         CreditsAction::Lots { account } => (

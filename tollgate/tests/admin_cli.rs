@@ -703,10 +703,51 @@ async fn admin_cli_manages_budgets_webhooks_and_low_balance() {
         )
         .unwrap();
         assert!(back.get("low_balance_usd").is_none(), "{back}");
+        statuses_and_deliveries_through_the_cli(&config, &account_id);
         drop(server);
     })
     .await
     .unwrap();
+}
+
+/// Budget status and webhook deliveries (none yet) read through the CLI.
+fn statuses_and_deliveries_through_the_cli(config: &Path, account_id: &str) {
+    let statuses = admin(
+        config,
+        &["credits", "budgets", "--account", account_id],
+        None,
+    )
+    .unwrap();
+    let budgets = statuses["budgets"].as_array().unwrap();
+    assert_eq!(budgets.len(), 1, "the account's budget is left: {statuses}");
+    assert_eq!(
+        (&budgets[0]["spent"], &budgets[0]["state"]),
+        (&serde_json::json!("0"), &serde_json::json!("ok")),
+        "{statuses}"
+    );
+    let failed = admin(
+        config,
+        &[
+            "webhooks",
+            "deliveries",
+            "--state",
+            "failed",
+            "--limit",
+            "10",
+        ],
+        None,
+    )
+    .unwrap();
+    assert_eq!(failed["data"], serde_json::json!([]), "{failed}");
+    let bad = admin(config, &["webhooks", "deliveries", "--state", "lost"], None).unwrap_err();
+    assert!(bad.contains("400") && bad.contains("state"), "{bad}");
+    let missing = admin(
+        config,
+        &["webhooks", "retry-delivery", "alrt_none", "whk_none"],
+        None,
+    )
+    .unwrap_err();
+    assert!(missing.contains("404"), "{missing}");
 }
 
 fn budgets_through_the_cli(config: &Path, account_id: &str, key_id: &str) {

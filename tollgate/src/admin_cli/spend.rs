@@ -116,6 +116,27 @@ pub enum WebhooksAction {
         /// The webhook (whk_…).
         id: String,
     },
+    /// Deliveries of alerts to webhooks, newest first.
+    Deliveries {
+        /// Only deliveries in this state: pending (waiting for a try),
+        /// delivered (acknowledged with a 2xx) or failed (given up after
+        /// 72 h). Default: every state.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only this webhook's deliveries (whk_…).
+        #[arg(long)]
+        webhook: Option<String>,
+        /// At most this many (1–1000). Default: 100.
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Try a failed delivery again now (its 72 hours start over).
+    RetryDelivery {
+        /// The alert (alrt_…).
+        alert_id: String,
+        /// The webhook (whk_…).
+        webhook_id: String,
+    },
 }
 
 impl BudgetAlertArgs {
@@ -215,6 +236,31 @@ pub(super) fn webhooks_request(action: &WebhooksAction) -> super::Request {
         WebhooksAction::RotateSecret { id } => {
             (Method::POST, format!("/webhooks/{id}/rotate-secret"), None)
         }
+        WebhooksAction::Deliveries {
+            state,
+            webhook,
+            limit,
+        } => {
+            let limit = limit.map(|n| n.to_string());
+            let query: Vec<String> = [("state", state), ("webhook_id", webhook), ("limit", &limit)]
+                .into_iter()
+                .filter_map(|(name, value)| value.as_ref().map(|v| format!("{name}={v}")))
+                .collect();
+            let query = if query.is_empty() {
+                String::new()
+            } else {
+                format!("?{}", query.join("&"))
+            };
+            (Method::GET, format!("/webhook-deliveries{query}"), None)
+        }
+        WebhooksAction::RetryDelivery {
+            alert_id,
+            webhook_id,
+        } => (
+            Method::POST,
+            format!("/webhook-deliveries/{alert_id}/{webhook_id}/retry"),
+            None,
+        ),
     }
 }
 
