@@ -344,13 +344,7 @@ impl AlertEvaluator {
         self: &Arc<Self>,
         work: impl FnOnce(&AlertEvaluator) -> Result<T, LedgerError> + Send + 'static,
     ) -> Result<T, LedgerError> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || {
-            tollgate_sqlite::background_priority();
-            work(&this)
-        })
-        .await
-        .map_err(|e| LedgerError::Join(e.to_string()))?
+        crate::on_blocking_thread(self.clone(), work).await
     }
 
     fn stored_position(&self, topic: &'static str, partition: u32) -> Result<u64, LedgerError> {

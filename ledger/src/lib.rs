@@ -17,6 +17,24 @@ pub mod webhooks;
 pub use engine::{Entry, EntryKind, Ledger, Lot};
 pub use service::{BudgetSource, LedgerMetrics, LedgerService, NoBudgets};
 
+/// Run `work` (SQLite) on a blocking thread at background priority, never
+/// on an async worker; shared by the alert evaluator and the deliverer.
+pub(crate) async fn on_blocking_thread<S, T>(
+    this: std::sync::Arc<S>,
+    work: impl FnOnce(&S) -> Result<T, LedgerError> + Send + 'static,
+) -> Result<T, LedgerError>
+where
+    S: Send + Sync + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        tollgate_sqlite::background_priority();
+        work(&this)
+    })
+    .await
+    .map_err(|e| LedgerError::Join(e.to_string()))?
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error("ledger storage failed: {0}")]

@@ -260,13 +260,7 @@ impl WebhookDeliverer {
         self: &Arc<Self>,
         work: impl FnOnce(&WebhookDeliverer) -> Result<T, LedgerError> + Send + 'static,
     ) -> Result<T, LedgerError> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || {
-            tollgate_sqlite::background_priority();
-            work(&this)
-        })
-        .await
-        .map_err(|e| LedgerError::Join(e.to_string()))?
+        crate::on_blocking_thread(self.clone(), work).await
     }
 
     /// Queue and send until `shutdown` turns true. Deliveries in flight at

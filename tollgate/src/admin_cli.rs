@@ -563,18 +563,7 @@ fn credits_request(action: &CreditsAction) -> Request {
             kind,
             after,
         } => {
-            let mut query = Vec::new();
-            if let Some(kind) = kind {
-                query.push(format!("kind={kind}"));
-            }
-            if let Some(after) = after {
-                query.push(format!("after={after}"));
-            }
-            let query = if query.is_empty() {
-                String::new()
-            } else {
-                format!("?{}", query.join("&"))
-            };
+            let query = query_string(&[("kind", kind), ("after", after)]);
             (
                 Method::GET,
                 format!("/accounts/{account}/credits/entries{query}"),
@@ -603,6 +592,19 @@ fn credits_request(action: &CreditsAction) -> Request {
                 json!({"kind": kind, "amount": amount, "reason": reason, "idempotency_key": idempotency_key}),
             ),
         ),
+    }
+}
+
+/// `?name=value&…` of the parameters given; empty when none is.
+fn query_string(params: &[(&str, &Option<String>)]) -> String {
+    let given: Vec<String> = params
+        .iter()
+        .filter_map(|(name, value)| value.as_ref().map(|v| format!("{name}={v}")))
+        .collect();
+    if given.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", given.join("&"))
     }
 }
 

@@ -242,15 +242,11 @@ pub(super) fn webhooks_request(action: &WebhooksAction) -> super::Request {
             limit,
         } => {
             let limit = limit.map(|n| n.to_string());
-            let query: Vec<String> = [("state", state), ("webhook_id", webhook), ("limit", &limit)]
-                .into_iter()
-                .filter_map(|(name, value)| value.as_ref().map(|v| format!("{name}={v}")))
-                .collect();
-            let query = if query.is_empty() {
-                String::new()
-            } else {
-                format!("?{}", query.join("&"))
-            };
+            let query = super::query_string(&[
+                ("state", state),
+                ("webhook_id", webhook),
+                ("limit", &limit),
+            ]);
             (Method::GET, format!("/webhook-deliveries{query}"), None)
         }
         WebhooksAction::RetryDelivery {
